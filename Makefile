@@ -1,0 +1,47 @@
+# smtp-harness — one entry point for a fresh Debian 12 machine (run as root).
+#   make install   apt packages (only the missing ones) + .venv with the package
+#   make test      install, then the whole test suite (unit + real-namespace tests)
+#   make demo      install, then the main job: the seed scenario
+#   make bench     install, then the benchmarks (they print ratios against peers)
+#   make lint      ruff
+SHELL := /bin/bash
+VENV  := .venv
+PY    := $(VENV)/bin/python
+APT_PACKAGES := iproute2 tcpdump tshark dnsutils dnsperf procps
+STAMP := $(VENV)/.installed
+
+.PHONY: install apt venv test demo bench lint clean-lab
+
+install: apt $(STAMP)
+
+apt:
+	@missing=""; for p in $(APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "apt: installing$$missing"; \
+	  echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev,bench]'
+	touch $(STAMP)
+
+test: install
+	$(VENV)/bin/pytest -q -p no:cacheprovider
+
+demo: install
+	$(VENV)/bin/smtp-harness demo
+
+bench: install
+	$(PY) bench/run.py
+
+lint: install
+	$(VENV)/bin/ruff check harness tests bench
+	$(VENV)/bin/ruff format --check harness tests bench
+
+clean-lab: install
+	$(VENV)/bin/smtp-harness lab clean

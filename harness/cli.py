@@ -1,0 +1,41 @@
+"""The ``smtp-harness`` command.
+
+Each subsystem owns its subcommands (``harness/<pkg>/commands.py``); this module only
+assembles them and enforces the CLI contract: a ``HarnessError`` is one line on stderr and
+exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from harness.errors import HarnessError
+
+
+class _Main(click.Group):
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except HarnessError as exc:
+            click.echo(f"smtp-harness: error: {exc}", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=_Main)
+@click.version_option(package_name="smtp-harness")
+def main() -> None:
+    """Packet-level SMTP conformance harness."""
+
+
+def _register() -> None:
+    from harness.dns.commands import dns
+    from harness.lab.commands import demo, lab
+
+    main.add_command(lab)
+    main.add_command(dns)
+    main.add_command(demo)
+
+
+_register()

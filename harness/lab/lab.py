@@ -1,0 +1,301 @@
+"""A lab: the topology's hosts, each in its own network namespace, on one private bridge.
+
+Rules kept here:
+- Nothing is created in the root namespace.  The bridge lives in ``<id>-lan``; each host is
+  ``<id>-<host>`` with one veth (``eth0``) into the bridge; no host has a default route.
+- Every resource is recorded in the lab's ownership record before it exists (registry.py)
+  and is removed by ``down()`` — on normal exit, on an exception, on Ctrl-C and on SIGTERM
+  (turned into ``SystemExit`` while a lab is up) — or by ``clean_stale()`` after a SIGKILL.
+- Programs we do not write see the lab's DNS because they run through ``ip netns exec``,
+  which bind-mounts ``/etc/netns/<ns>/resolv.conf`` and ``hosts``.  Our own code gets
+  sockets created inside a host (netns.socket_in) instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from harness.errors import LabError
+from harness.lab import netns
+from harness.lab.registry import Record, all_records, create_record, process_start
+from harness.lab.topology import Host, Topology, default_topology
+
+ETC_NETNS = Path("/etc/netns")
+KILL_GRACE_S = 1.0
+
+
+def _ip_batch(commands: Sequence[str], netns_name: str | None = None, force: bool = False) -> None:
+    """Run several iproute2 commands in one ``ip -batch`` process."""
+    argv = ["ip"] + (["-n", netns_name] if netns_name else []) + (["-force"] if force else [])
+    argv += ["-batch", "-"]
+    proc = subprocess.run(argv, input="\n".join(commands) + "\n", capture_output=True, text=True)
+    if proc.returncode != 0 and not force:
+        detail = (proc.stderr or proc.stdout).strip().splitlines()
+        raise LabError(f"ip {' '.join(argv[1:-2])}: {detail[-1] if detail else 'failed'}")
+
+
+class Lab:
+    """Bring a topology up with ``with Lab(topology) as lab:``; it is gone afterwards."""
+
+    def __init__(self, topology: Topology | None = None, purpose: str = "run") -> None:
+        self.topology = topology or default_topology()
+        self.purpose = purpose
+        self.record: Record | None = None
+        self._old_handlers: dict[int, object] = {}
+
+    # --- naming -------------------------------------------------------------------------
+    @property
+    def id(self) -> str:
+        if self.record is None:
+            raise LabError("lab is not up")
+        return self.record.lab_id
+
+    @property
+    def lan_ns(self) -> str:
+        return f"{self.id}-lan"
+
+    def ns(self, host: str) -> str:
+        self.topology.host(host)
+        return f"{self.id}-{host}"
+
+    def host(self, name: str) -> Host:
+        return self.topology.host(name)
+
+    # --- life cycle ---------------------------------------------------------------------
+    def __enter__(self) -> Lab:
+        self._trap_signals()
+        try:
+            self.up()
+        except BaseException:
+            self.down()
+            self._restore_signals()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self.down()
+        finally:
+            self._restore_signals()
+
+    def up(self) -> None:
+        _require_root()
+        rec = self.record = create_record(self.purpose)
+        rec.hosts = {h.name: f"{rec.lab_id}-{h.name}" for h in self.topology.hosts}
+        rec.namespaces = [self.lan_ns, *rec.hosts.values()]
+        rec.paths = [str(ETC_NETNS / ns) for ns in rec.hosts.values()]
+        rec.save()
+        _ip_batch([f"netns add {ns}" for ns in rec.namespaces])
+        self._quiet_ipv6()
+        self._wire_bridge()
+        for host in self.topology.hosts:
+            self._configure_host(host)
+            self._write_resolver_files(host)
+
+    def down(self) -> None:
+        """Remove everything the lab made.  Safe to call twice and after a failed ``up``."""
+        if self.record is None:
+            return
+        with _signals_deferred():
+            teardown(self.record)
+        self.record = None
+
+    # --- building blocks ----------------------------------------------------------------
+    def _quiet_ipv6(self) -> None:
+        """No IPv6 on bridge ports; hosts send no router solicitations and skip DAD."""
+        for key in ("all", "default"):
+            netns.write_sysctl(self.lan_ns, f"net.ipv6.conf.{key}.disable_ipv6", "1")
+        for ns in self.record.hosts.values():
+            netns.write_sysctl(ns, "net.ipv6.conf.default.router_solicitations", "0")
+            netns.write_sysctl(ns, "net.ipv6.conf.default.accept_dad", "0")
+
+    def _wire_bridge(self) -> None:
+        cmds = [
+            "link set lo up",
+            "link add br0 type bridge stp_state 0 forward_delay 0 mcast_snooping 0",
+            "link set br0 up",
+        ]
+        for i, host in enumerate(self.topology.hosts):
+            port = f"p{i}"
+            cmds += [
+                f"link add {port} type veth peer name eth0 netns {self.ns(host.name)}",
+                f"link set {port} master br0",
+                f"link set {port} up",
+            ]
+        _ip_batch(cmds, self.lan_ns)
+
+    def _configure_host(self, host: Host) -> None:
+        cmds = ["link set lo up", f"addr add {host.ipv4}/{self.topology.ipv4_prefix} dev eth0"]
+        if host.ipv6:
+            cmds.append(f"addr add {host.ipv6}/{self.topology.ipv6_prefix} dev eth0 nodad")
+        cmds.append("link set eth0 up")
+        _ip_batch(cmds, self.ns(host.name))
+
+    def _write_resolver_files(self, host: Host) -> None:
+        etc = ETC_NETNS / self.ns(host.name)
+        etc.mkdir(parents=True, exist_ok=True)
+        dns = self.topology.dns_server
+        lines = [f"nameserver {dns.ipv4}", "options timeout:1 attempts:2"] if dns else []
+        (etc / "resolv.conf").write_text("".join(f"{x}\n" for x in lines))
+        names = ["127.0.0.1 localhost", "::1 localhost ip6-localhost"]
+        for h in self.topology.hosts:
+            alias = f"{h.fqdn} {h.name}" if h.fqdn else h.name
+            names += [f"{a} {alias}" for a in h.addresses]
+        (etc / "hosts").write_text("".join(f"{x}\n" for x in names))
+
+    # --- using the hosts ----------------------------------------------------------------
+    def exec_argv(self, host: str, argv: Sequence[str]) -> list[str]:
+        return ["ip", "netns", "exec", self.ns(host), *argv]
+
+    def run(self, host: str, argv: Sequence[str], **kwargs) -> subprocess.CompletedProcess:
+        """Run a command to completion inside ``host`` (with the lab's resolv.conf)."""
+        kwargs.setdefault("capture_output", True)
+        kwargs.setdefault("text", True)
+        return subprocess.run(self.exec_argv(host, argv), **kwargs)
+
+    def popen(self, host: str, argv: Sequence[str], **kwargs) -> subprocess.Popen:
+        """Start a long-running command inside ``host``; ``down()`` will end it."""
+        proc = subprocess.Popen(self.exec_argv(host, argv), **kwargs)
+        start = process_start(proc.pid)
+        if start is not None:
+            self.record.pids.append((proc.pid, start))
+            self.record.save()
+        return proc
+
+    def socket_factory(self, host: str) -> netns.SocketFactory:
+        """A ``socket.socket`` stand-in whose sockets live in ``host``."""
+        return netns.socket_factory(self.ns(host))
+
+    def own_path(self, path: str | os.PathLike) -> None:
+        """Record a file or folder the lab must remove on teardown."""
+        self.record.paths.append(str(path))
+        self.record.save()
+
+    # --- signals ------------------------------------------------------------------------
+    def _trap_signals(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            self._old_handlers[sig] = signal.signal(sig, _raise_system_exit)
+
+    def _restore_signals(self) -> None:
+        for sig, handler in self._old_handlers.items():
+            signal.signal(sig, handler)
+        self._old_handlers.clear()
+
+
+def _raise_system_exit(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+class _signals_deferred:
+    """Hold SIGINT/SIGTERM/SIGHUP while a teardown runs, deliver them afterwards."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+    def __enter__(self) -> None:
+        self.active = threading.current_thread() is threading.main_thread()
+        if self.active:
+            self.old = signal.pthread_sigmask(signal.SIG_BLOCK, self.SIGNALS)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.active:
+            signal.pthread_sigmask(signal.SIG_SETMASK, self.old)
+
+
+def _require_root() -> None:
+    if os.geteuid() != 0:
+        raise LabError("the lab needs root (network namespaces); run as root")
+
+
+# --- teardown, shared by Lab.down and `lab clean` ----------------------------------------
+def teardown(rec: Record) -> None:
+    """Remove every resource ``rec`` names; the record goes last, once all is gone."""
+    own = [ns for ns in rec.namespaces if ns.startswith(rec.lab_id + "-")]
+    _end_processes(rec, own)
+    existing = [ns for ns in own if netns.netns_inode(ns) is not None]
+    if existing:
+        _ip_batch([f"netns delete {ns}" for ns in existing], force=True)
+    for path in rec.paths:
+        _remove_path(path, rec.lab_id)
+    left = [ns for ns in own if netns.netns_inode(ns) is not None]
+    if left:
+        raise LabError(f"lab {rec.lab_id}: could not delete namespaces {', '.join(left)}")
+    rec.delete()
+
+
+def _remove_path(path: str, lab_id: str) -> None:
+    p = Path(path)
+    if lab_id not in p.name and lab_id not in str(p.parent):
+        return  # never remove what does not carry the lab's id
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p, ignore_errors=True)
+    else:
+        p.unlink(missing_ok=True)
+
+
+def _end_processes(rec: Record, namespaces: list[str]) -> None:
+    """SIGTERM, then SIGKILL, our recorded children and anything living in our namespaces."""
+    victims = {pid for pid, start in rec.pids if process_start(pid) == start}
+    victims |= _pids_in(namespaces)
+    victims.discard(os.getpid())
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in victims:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + KILL_GRACE_S
+        while victims and time.monotonic() < deadline:
+            victims = {pid for pid in victims if _alive(pid)}
+            if victims:
+                time.sleep(0.01)
+        if not victims:
+            return
+
+
+def _alive(pid: int) -> bool:
+    try:
+        waited, _ = os.waitpid(pid, os.WNOHANG)  # reap our own children
+        if waited == pid:
+            return False
+    except ChildProcessError:
+        pass
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return b") Z" not in f.read(64)  # a zombie is as good as gone
+    except FileNotFoundError:
+        return False
+
+
+def _pids_in(namespaces: list[str]) -> set[int]:
+    inodes = {netns.netns_inode(ns) for ns in namespaces} - {None}
+    if not inodes:
+        return set()
+    found = set()
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            link = os.readlink(f"/proc/{entry.name}/ns/net")
+        except OSError:
+            continue
+        if int(link[5:-1]) in inodes:  # "net:[4026532281]"
+            found.add(int(entry.name))
+    return found
+
+
+def clean_stale() -> list[str]:
+    """Tear down every lab whose owner process is gone; return their ids."""
+    cleaned = []
+    for rec in all_records():
+        if not rec.owner_alive():
+            teardown(rec)
+            cleaned.append(rec.lab_id)
+    return cleaned

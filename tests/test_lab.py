@@ -1,0 +1,218 @@
+"""The lab in real network namespaces: wiring, isolation, ownership and teardown."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import textwrap
+
+import pytest
+from conftest import CLI, PYTHON, ROOT, system_snapshot
+
+from harness.errors import HarnessError
+from harness.lab import Host, Lab, Topology, clean_stale, default_topology
+from harness.lab.registry import STATE_DIR
+
+pytestmark = pytest.mark.lab
+
+
+def _connect(lab: Lab, src: str, dst_addr: str, port: int, family: int) -> str:
+    dst = next(h for h in lab.topology.hosts if dst_addr in h.addresses)
+    srv = lab.socket_factory(dst.name)(family, socket.SOCK_STREAM)
+    cli = lab.socket_factory(src)(family, socket.SOCK_STREAM)
+    with srv, cli:
+        srv.bind((dst_addr, port))
+        srv.listen()
+        cli.settimeout(2)
+        cli.connect((dst_addr, port))
+        conn, peer = srv.accept()
+        conn.close()
+        return peer[0]
+
+
+def test_hosts_reach_each_other_over_ipv4_and_ipv6(lab: Lab) -> None:
+    assert _connect(lab, "sender", "192.0.2.25", 25, socket.AF_INET) == "192.0.2.10"
+    assert _connect(lab, "sender", "2001:db8::25", 25, socket.AF_INET6) == "2001:db8::10"
+    assert _connect(lab, "receiver", "192.0.2.53", 53, socket.AF_INET) == "192.0.2.25"
+
+
+def test_no_route_out_of_the_lab(lab: Lab) -> None:
+    routes = lab.run("sender", ["ip", "route", "show"]).stdout
+    assert "default" not in routes
+    assert routes.split()[0] == "192.0.2.0/24"
+    assert "default" not in lab.run("sender", ["ip", "-6", "route", "show"]).stdout
+    cli = lab.socket_factory("sender")(socket.AF_INET, socket.SOCK_STREAM)
+    with cli, pytest.raises(OSError) as err:
+        cli.connect(("198.51.100.1", 25))
+    assert err.value.errno == 101  # ENETUNREACH: nothing was sent
+
+
+def test_bridge_lives_in_the_lab_namespace_not_the_root(lab: Lab) -> None:
+    links = lab.run("sender", ["ip", "-o", "link"]).stdout  # sanity: command ran in host
+    assert "eth0" in links
+    lan = subprocess.run(["ip", "-n", lab.lan_ns, "-o", "link"], capture_output=True, text=True)
+    assert "br0" in lan.stdout
+    root = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    assert lab.id not in root and "br0" not in root
+
+
+def test_programs_in_a_host_see_the_lab_resolver_and_hosts(lab: Lab) -> None:
+    resolv = lab.run("sender", ["cat", "/etc/resolv.conf"]).stdout
+    assert resolv.startswith("nameserver 192.0.2.53\n")
+    hosts = lab.run("sender", ["getent", "hosts", "mail.receiver.com"]).stdout
+    assert hosts.split()[0] in {"192.0.2.25", "2001:db8::25"}
+
+
+def test_two_labs_at_once_do_not_clash(lab_factory) -> None:
+    a, b = lab_factory(), lab_factory()
+    assert a.id != b.id
+    assert _connect(a, "sender", "192.0.2.25", 25, socket.AF_INET) == "192.0.2.10"
+    assert _connect(b, "sender", "192.0.2.25", 25, socket.AF_INET) == "192.0.2.10"
+
+
+def test_custom_topology() -> None:
+    topo = Topology(
+        hosts=(Host("a", "203.0.113.1"), Host("b", "203.0.113.2"), Host("dns", "203.0.113.3"))
+    )
+    with Lab(topo) as lab:
+        assert _connect(lab, "a", "203.0.113.2", 2525, socket.AF_INET) == "203.0.113.1"
+
+
+@pytest.mark.parametrize(
+    ("hosts", "message"),
+    [
+        ((Host("a", "10.0.0.1"),), "not a documentation address"),
+        ((Host("a", "192.0.2.1"), Host("a", "192.0.2.2")), "appears twice"),
+        ((Host("a", "192.0.2.1"), Host("b", "198.51.100.2")), "outside the lab segment"),
+        ((Host("Bad-Name", "192.0.2.1"),), "lowercase"),
+        ((Host("a", "192.0.2.1", "2001:db9::1"),), "not a documentation address"),
+    ],
+)
+def test_topology_rejects_what_could_leave_the_lab(hosts, message) -> None:
+    with pytest.raises(HarnessError, match=message):
+        Topology(hosts=hosts, dns_host=None)
+
+
+# --- teardown -------------------------------------------------------------------------
+
+
+def test_nothing_left_after_a_normal_run() -> None:
+    before = system_snapshot()
+    with Lab() as lab:
+        lab.popen("receiver", ["sleep", "60"])
+        assert system_snapshot() != before
+    assert system_snapshot() == before
+
+
+def test_nothing_left_after_an_exception() -> None:
+    before = system_snapshot()
+    with pytest.raises(RuntimeError), Lab() as lab:
+        lab.popen("sender", ["sleep", "60"])
+        raise RuntimeError("boom")
+    assert system_snapshot() == before
+
+
+OWNER = textwrap.dedent(
+    """
+    import sys, time
+    from harness.lab import Lab
+    with Lab() as lab:
+        lab.popen("receiver", ["sleep", "60"])
+        print(lab.id, flush=True)
+        time.sleep(60)
+    """
+)
+
+
+def _start_owner() -> tuple[subprocess.Popen, str]:
+    proc = subprocess.Popen([PYTHON, "-c", OWNER], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    lab_id = proc.stdout.readline().strip()
+    assert lab_id.startswith("sh"), lab_id
+    return proc, lab_id
+
+
+@pytest.mark.parametrize(
+    ("sig", "code"),
+    [(signal.SIGTERM, 128 + 15), (signal.SIGINT, -signal.SIGINT), (signal.SIGHUP, 128 + 1)],
+)
+def test_nothing_left_after_a_signal(sig, code) -> None:
+    before = system_snapshot()
+    proc, _ = _start_owner()
+    proc.send_signal(sig)
+    assert proc.wait(timeout=10) == code
+    assert system_snapshot() == before
+
+
+def test_sigkill_leaves_a_stale_lab_that_clean_removes() -> None:
+    before = system_snapshot()
+    proc, lab_id = _start_owner()
+    proc.kill()
+    proc.wait()
+    left = system_snapshot()
+    assert lab_id in left["netns"]
+    assert left["processes in other netns"] - before["processes in other netns"]  # the sleep
+    listed = subprocess.run([*CLI, "lab", "list"], capture_output=True, text=True).stdout
+    assert f"{lab_id}" in listed and "stale" in listed
+    out = subprocess.run([*CLI, "lab", "clean"], capture_output=True, text=True)
+    assert out.returncode == 0
+    assert f"removed lab {lab_id}" in out.stdout
+    assert system_snapshot() == before
+
+
+def test_clean_spares_running_labs_and_foreign_namespaces(lab: Lab) -> None:
+    foreign = f"foreign{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", foreign], check=True)
+    try:
+        assert lab.id not in clean_stale()
+        namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True)
+        assert foreign in namespaces.stdout
+        assert lab.ns("sender") in namespaces.stdout
+    finally:
+        subprocess.run(["ip", "netns", "delete", foreign], check=True)
+
+
+def test_clean_ignores_a_record_whose_owner_is_a_recycled_pid() -> None:
+    """A record naming a live pid with another start time is stale, never 'running'."""
+    with Lab() as lab:
+        record = json.loads((STATE_DIR / f"{lab.id}.json").read_text())
+        assert record["owner_pid"] == os.getpid()
+        lab.record.owner_start += 1  # as if our pid had been recycled
+        assert not lab.record.owner_alive()
+        lab.record.owner_start -= 1
+        assert lab.record.owner_alive()
+
+
+# --- CLI ---------------------------------------------------------------------------------
+
+
+def test_cli_lab_up_list_down() -> None:
+    before = system_snapshot()
+    up = subprocess.Popen([*CLI, "lab", "up"], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    first = up.stdout.readline()
+    assert " is up " in first, first
+    lab_id = first.split()[1]
+    listed = subprocess.run([*CLI, "lab", "list"], capture_output=True, text=True).stdout
+    assert lab_id in listed and "running" in listed
+    down = subprocess.run([*CLI, "lab", "down"], capture_output=True, text=True)
+    assert down.returncode == 0, down.stderr
+    assert f"lab {lab_id} is down" in down.stdout
+    assert up.wait(timeout=10) in (0, 143)
+    assert system_snapshot() == before
+
+
+def test_cli_bad_scenario_is_one_line_exit_2(tmp_path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[hosts]]\nname = "a"\nipv4 = "10.1.2.3"\n')
+    out = subprocess.run([*CLI, "lab", "up", str(bad)], capture_output=True, text=True)
+    assert out.returncode == 2
+    assert out.stderr.count("\n") == 1
+    assert str(bad) in out.stderr and "documentation address" in out.stderr
+
+
+def test_seed_topology_defaults() -> None:
+    topo = default_topology()
+    assert [h.name for h in topo.hosts] == ["sender", "dns", "receiver"]
+    assert topo.host("receiver").fqdn == "mail.receiver.com"
