@@ -30,12 +30,12 @@ def main() -> None:
 
 
 def _register() -> None:
+    from harness.commands import demo, run
     from harness.dns.commands import dns
-    from harness.lab.commands import demo, lab
+    from harness.lab.commands import lab
 
-    main.add_command(lab)
-    main.add_command(dns)
-    main.add_command(demo)
+    for command in (lab, dns, run, demo):
+        main.add_command(command)
 
 
 _register()

@@ -6,6 +6,13 @@ Rules kept here:
   when the TOML parser reports one).  Nothing downstream re-validates.
 - Every key has a default, so an empty file is the seed exchange; paths are relative to the
   scenario file.  ``load_scenario(None)`` is the embedded seed (fixtures/scenarios/seed.toml).
+- The schema is the table below: one line per key, its type and its default.
+
+Sections: ``[scenario]`` name/description; ``[[hosts]]`` the topology (default: the
+seed's three hosts); ``[dns]`` zones, zones without glue, extra records, ``[[dns.faults]]``;
+``[receiver]`` the scripted receiver with ``[[receiver.replies]]``; ``[sender]`` the
+scripted sender with ``[[sender.script]]``; ``[expect]`` per-recipient outcomes and DNS
+questions.
 """
 
 from __future__ import annotations
@@ -17,20 +24,86 @@ from typing import Any
 
 from harness.errors import HarnessError
 from harness.lab.topology import Topology, default_topology, topology_from_dict
+from harness.smtp.receiver import ReceiverConfig, ReplyRule
+from harness.smtp.sender import ScriptStep, SenderConfig
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 SEED_SCENARIO = FIXTURES / "scenarios" / "seed.toml"
 
-# section -> key -> (expected type(s), default)
+_STRS = list  # a TOML array of strings
+
+# table -> key -> (expected type(s), default); "REQUIRED" marks keys without a default
 SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
     "scenario": {"name": (str, "unnamed"), "description": (str, "")},
     "dns": {
         "zones": (str, str(FIXTURES / "zones")),
-        "glue": (bool, True),
+        "no_glue": (_STRS, []),
+        "records": (_STRS, []),
         "faults": (list, []),
+    },
+    "receiver": {
+        "host": (str, "receiver"),
+        "port": (int, 25),
+        "hostname": (str, "mail.receiver.com"),
+        "greeting": (str, "ESMTP smtp-harness"),
+        "domains": (_STRS, ["receiver.com"]),
+        "users": (_STRS, ["c3po", "r2d2"]),
+        "vrfy": (str, "check"),
+        "ptr_check": (str, "accept"),
+        "ptr_at": (str, "helo"),
+        "extensions": (_STRS, ["PIPELINING", "8BITMIME", "SIZE 10240000"]),
+        "bad_lines": (str, "reject"),
+        "replies": (list, []),
+    },
+    "receiver.replies": {
+        "on": (str, "REQUIRED"),
+        "argument": ((str, type(None)), None),
+        "code": ((int, type(None)), None),
+        "text": ((str, list, type(None)), None),
+        "raw": ((str, type(None)), None),
+        "delay_ms": (int, 0),
+        "close": (bool, False),
+    },
+    "sender": {
+        "host": (str, "sender"),
+        "helo": ((str, type(None)), None),
+        "ehlo": (bool, False),
+        "vrfy": (bool, True),
+        "mail_from": (str, "luke@sender.com"),
+        "recipients": (_STRS, ["aibo@receiver.com", "c3po@receiver.com", "r2d2@receiver.com"]),
+        "message": (str, str(FIXTURES / "messages" / "seed.eml")),
+        "port": (int, 25),
+        "use_glue": (bool, True),
+        "timeout_ms": (int, 10000),
+        "script": (list, []),
+    },
+    "sender.script": {
+        "at": (str, "REQUIRED"),
+        "position": (str, "before"),
+        "argument": ((str, type(None)), None),
+        "send": ((str, type(None)), None),
+        "raw": ((str, type(None)), None),
+        "pause_ms": (int, 0),
+        "reply": (bool, True),
+    },
+    "expect": {
+        "delivered": ((_STRS, type(None)), None),
+        "rejected": ((_STRS, type(None)), None),
+        "deferred": ((_STRS, type(None)), None),
+        "dns_questions": ((_STRS, type(None)), None),
     },
 }
 TOP_LEVEL = {"scenario", "hosts", "dns", "receiver", "sender", "expect"}
+
+
+@dataclass
+class Expectations:
+    """What must hold after the run; None means "not checked"."""
+
+    delivered: list[str] | None = None
+    rejected: list[str] | None = None
+    deferred: list[str] | None = None
+    dns_questions: list[str] | None = None  # "NAME TYPE", in this order, as a subsequence
 
 
 @dataclass
@@ -40,9 +113,15 @@ class Scenario:
     description: str
     topology: Topology
     zones_dir: Path
-    glue: bool
-    dns_faults: list[dict] = field(default_factory=list)
-    raw: dict = field(default_factory=dict)
+    no_glue: list[str]
+    dns_records: list[str]
+    dns_faults: list[dict]
+    receiver_host: str
+    receiver_port: int
+    receiver: ReceiverConfig
+    sender_host: str
+    sender: SenderConfig
+    expect: Expectations = field(default_factory=Expectations)
 
 
 def load_scenario(path: Path | str | None) -> Scenario:
@@ -56,64 +135,197 @@ def load_scenario(path: Path | str | None) -> Scenario:
         raise HarnessError(f"{where}: cannot read: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise HarnessError(f"{where}: not valid TOML: {exc}") from None
-    return _build(path, data)
-
-
-def _build(path: Path, data: dict) -> Scenario:
-    where = str(path)
-    unknown = set(data) - TOP_LEVEL
-    if unknown:
-        raise HarnessError(f"{where}: unknown section {sorted(unknown)[0]!r}")
-    meta = _section(where, data, "scenario")
-    dns = _section(where, data, "dns")
-    zones = _resolve(path, dns["zones"])
-    if not zones.is_dir():
-        raise HarnessError(f"{where}: dns.zones: {zones} is not a directory")
-    return Scenario(
-        path=path,
-        name=meta["name"],
-        description=meta["description"],
-        topology=_topology(where, data),
-        zones_dir=zones,
-        glue=dns["glue"],
-        dns_faults=dns["faults"],
-        raw=data,
-    )
-
-
-def _section(where: str, data: dict, name: str) -> dict:
-    given = data.get(name, {})
-    if not isinstance(given, dict):
-        raise HarnessError(f"{where}: {name}: must be a table")
-    schema = SCHEMA[name]
-    unknown = set(given) - set(schema)
-    if unknown:
-        raise HarnessError(f"{where}: unknown key {name}.{sorted(unknown)[0]}")
-    out = {}
-    for key, (kind, default) in schema.items():
-        value = given.get(key, default)
-        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise HarnessError(f"{where}: {name}.{key}: expected {_kind_name(kind)}")
-        out[key] = value
-    return out
-
-
-def _kind_name(kind: type | tuple[type, ...]) -> str:
-    kinds = kind if isinstance(kind, tuple) else (kind,)
-    return " or ".join(k.__name__ for k in kinds)
-
-
-def _topology(where: str, data: dict) -> Topology:
-    if "hosts" not in data:
-        return default_topology()
-    if not isinstance(data["hosts"], list):
-        raise HarnessError(f"{where}: hosts: must be an array of tables ([[hosts]])")
     try:
-        return topology_from_dict({"hosts": data["hosts"]}, where="hosts")
+        return _build(path, data)
     except HarnessError as exc:
         raise HarnessError(f"{where}: {exc}") from None
 
 
-def _resolve(path: Path, value: str) -> Path:
+def _build(path: Path, data: dict) -> Scenario:
+    unknown = set(data) - TOP_LEVEL
+    if unknown:
+        raise HarnessError(f"unknown section [{sorted(unknown)[0]}]")
+    meta = _table(data.get("scenario", {}), "scenario")
+    dns = _table(data.get("dns", {}), "dns")
+    zones = _existing(path, dns["zones"], "dns.zones", directory=True)
+    topology = _topology(data)
+    recv = _table(data.get("receiver", {}), "receiver")
+    send = _table(data.get("sender", {}), "sender")
+    for role, section in (("receiver", recv), ("sender", send)):
+        if section["host"] not in {h.name for h in topology.hosts}:
+            raise HarnessError(f"{role}.host: no host named {section['host']!r} in the topology")
+    scenario = Scenario(
+        path=path,
+        name=meta["name"],
+        description=meta["description"],
+        topology=topology,
+        zones_dir=zones,
+        no_glue=list(_strings(dns["no_glue"], "dns.no_glue")),
+        dns_records=dns["records"],
+        dns_faults=[_fault(f, i) for i, f in enumerate(dns["faults"])],
+        receiver_host=recv["host"],
+        receiver_port=_port(recv["port"], "receiver.port"),
+        receiver=_receiver_config(recv),
+        sender_host=send["host"],
+        sender=_sender_config(path, send, topology.host(send["host"]).fqdn),
+        expect=Expectations(**_table(data.get("expect", {}), "expect")),
+    )
+    return scenario
+
+
+def _table(given: Any, name: str, where: str | None = None) -> dict:
+    """Validate one table against SCHEMA[name]; return it with defaults filled in."""
+    where = where or name
+    if not isinstance(given, dict):
+        raise HarnessError(f"{where}: must be a table")
+    schema = SCHEMA[name]
+    unknown = set(given) - set(schema)
+    if unknown:
+        raise HarnessError(f"unknown key {where}.{sorted(unknown)[0]}")
+    out = {}
+    for key, (kind, default) in schema.items():
+        if default == "REQUIRED" and key not in given:
+            raise HarnessError(f"{where}.{key}: required")
+        value = given.get(key, default)
+        if not _is(value, kind):
+            raise HarnessError(f"{where}.{key}: expected {_kind_name(kind)}, got {value!r}")
+        out[key] = value
+    return out
+
+
+def _is(value: Any, kind: type | tuple[type, ...]) -> bool:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if isinstance(value, bool) and bool not in kinds:
+        return False
+    if isinstance(value, list) and list in kinds:
+        return True
+    return isinstance(value, kinds)
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join("none" if k is type(None) else k.__name__ for k in kinds)
+
+
+def _strings(value: list, where: str) -> tuple[str, ...]:
+    if not all(isinstance(v, str) for v in value):
+        raise HarnessError(f"{where}: expected an array of strings")
+    return tuple(value)
+
+
+def _port(value: int, where: str) -> int:
+    if not 1 <= value <= 65535:
+        raise HarnessError(f"{where}: {value} is not a TCP port")
+    return value
+
+
+def _ms(value: int, where: str) -> float:
+    if value < 0:
+        raise HarnessError(f"{where}: must not be negative")
+    return value / 1000
+
+
+def _existing(path: Path, value: str, where: str, directory: bool = False) -> Path:
     p = Path(value)
-    return p if p.is_absolute() else (path.parent / p).resolve()
+    p = p if p.is_absolute() else (path.parent / p).resolve()
+    if directory and not p.is_dir():
+        raise HarnessError(f"{where}: {p} is not a directory")
+    if not directory and not p.is_file():
+        raise HarnessError(f"{where}: {p}: no such file")
+    return p
+
+
+def _topology(data: dict) -> Topology:
+    if "hosts" not in data:
+        return default_topology()
+    if not isinstance(data["hosts"], list):
+        raise HarnessError("hosts: must be an array of tables ([[hosts]])")
+    return topology_from_dict({"hosts": data["hosts"]}, where="hosts")
+
+
+def _fault(table: Any, index: int) -> dict:
+    from harness.dns.faults import FaultRule
+
+    where = f"dns.faults[{index}]"
+    if not isinstance(table, dict):
+        raise HarnessError(f"{where}: must be a table")
+    FaultRule.from_dict(table, where=where)  # validate now; the runner builds it again
+    return table
+
+
+def _receiver_config(t: dict) -> ReceiverConfig:
+    rules = [_reply_rule(r, i) for i, r in enumerate(t["replies"])]
+    return ReceiverConfig(
+        hostname=t["hostname"],
+        greeting=t["greeting"],
+        domains=_strings(t["domains"], "receiver.domains"),
+        users=_strings(t["users"], "receiver.users"),
+        vrfy=t["vrfy"],
+        ptr_check=t["ptr_check"],
+        ptr_at=t["ptr_at"],
+        extensions=_strings(t["extensions"], "receiver.extensions"),
+        bad_lines=t["bad_lines"],
+        rules=rules,
+    )
+
+
+def _reply_rule(given: Any, index: int) -> ReplyRule:
+    where = f"receiver.replies[{index}]"
+    t = _table(given, "receiver.replies", where)
+    if t["code"] is not None and not 200 <= t["code"] <= 599:
+        raise HarnessError(f"{where}.code: {t['code']} is not an SMTP reply code")
+    text = t["text"]
+    if isinstance(text, list):
+        text = _strings(text, f"{where}.text")
+    return ReplyRule(
+        on=t["on"],
+        argument=t["argument"],
+        code=t["code"],
+        text=text,
+        raw=_raw(t["raw"]),
+        delay=_ms(t["delay_ms"], f"{where}.delay_ms"),
+        close=t["close"],
+    )
+
+
+def _sender_config(path: Path, t: dict, fqdn: str | None) -> SenderConfig:
+    message = _existing(path, t["message"], "sender.message")
+    script = [_script_step(s, i) for i, s in enumerate(t["script"])]
+    return SenderConfig(
+        recipients=_strings(t["recipients"], "sender.recipients"),
+        message=message.read_bytes(),
+        mail_from=t["mail_from"],
+        helo_name=t["helo"] or fqdn or "localhost",
+        ehlo=t["ehlo"],
+        vrfy=t["vrfy"],
+        port=_port(t["port"], "sender.port"),
+        use_glue=t["use_glue"],
+        timeout=_ms(t["timeout_ms"], "sender.timeout_ms"),
+        script=script,
+    )
+
+
+def _script_step(given: Any, index: int) -> ScriptStep:
+    where = f"sender.script[{index}]"
+    t = _table(given, "sender.script", where)
+    if t["send"] is not None and t["raw"] is not None:
+        raise HarnessError(f"{where}: give send or raw, not both")
+    send = _raw(t["raw"]) if t["raw"] is not None else t["send"]
+    return ScriptStep(
+        at=t["at"],
+        position=t["position"],
+        argument=t["argument"],
+        send=send,
+        pause=_ms(t["pause_ms"], f"{where}.pause_ms"),
+        reply=t["reply"],
+    )
+
+
+def _raw(value: str | None) -> bytes | None:
+    """TOML strings carry raw probes: "\\r", "\\n", "\\u0000" escapes; latin-1 maps 1:1."""
+    if value is None:
+        return None
+    try:
+        return value.encode("latin-1")
+    except UnicodeEncodeError as exc:
+        raise HarnessError(f"raw: character {value[exc.start]!r} is not a single byte") from None

@@ -41,12 +41,14 @@ class CaptureIncomplete(HarnessError):
     """The kernel dropped packets: the pcap is not the whole exchange."""
 
 
-def open_bridge_socket(netns_name: str, iface: str = "br0") -> socket.socket:
+def open_bridge_socket(
+    netns_name: str, iface: str = "br0", buffer_bytes: int = BUFFER_BYTES
+) -> socket.socket:
     """A promiscuous AF_PACKET socket on ``iface`` inside ``netns_name``."""
     with netns.entered(netns_name):
         sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
         index = socket.if_nametoindex(iface)
-    sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, BUFFER_BYTES)
+    sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, buffer_bytes)
     mreq = struct.pack("iHH8s", index, PACKET_MR_PROMISC, 0, b"")
     sock.setsockopt(SOL_PACKET, PACKET_ADD_MEMBERSHIP, mreq)
     sock.bind((iface, ETH_P_ALL))
@@ -61,12 +63,19 @@ def kernel_counts(sock: socket.socket) -> tuple[int, int]:
 class Capture:
     """``with Capture(lab, path):`` captures everything on the lab bridge into ``path``."""
 
-    def __init__(self, lab, path: str | os.PathLike, backend: str = "afpacket") -> None:
+    def __init__(
+        self,
+        lab,
+        path: str | os.PathLike,
+        backend: str = "afpacket",
+        buffer_bytes: int = BUFFER_BYTES,
+    ) -> None:
         if backend not in BACKENDS:
             raise HarnessError(f"capture backend {backend!r}: expected one of {BACKENDS}")
         self.lab = lab
         self.path = Path(path)
         self.backend = backend
+        self.buffer_bytes = buffer_bytes
         self.packets = 0
         self.dropped = 0
         self._sock: socket.socket | None = None
@@ -85,7 +94,7 @@ class Capture:
     def start(self) -> None:
         from scapy.utils import RawPcapWriter
 
-        self._sock = open_bridge_socket(self.lab.lan_ns)
+        self._sock = open_bridge_socket(self.lab.lan_ns, buffer_bytes=self.buffer_bytes)
         kernel_counts(self._sock)  # reset: count from here on
         self._writer = RawPcapWriter(str(self.path), linktype=1, nano=True, snaplen=SNAPLEN)
         self._writer.write_header(None)

@@ -1,0 +1,222 @@
+"""Benchmark: our pcap reader + decoder + TCP reassembly against dpkt, tshark and scapy.
+
+Rules this script keeps:
+
+- The input is generated, never captured: interleaved SMTP sessions (handshake, commands,
+  replies, a message, QUIT, FIN both ways) written as raw bytes under .cache/bench/ and
+  reused on later runs.
+- Each reader runs in a child process of its own, so its peak RSS (ru_maxrss, from wait4)
+  is its own; a figure is the best of REPEATS runs.
+- Ours does more than its peers (decode every layer, reassemble, emit events); dpkt and
+  scapy only get each packet's TCP flags and payload, tshark prints them.
+- scapy is timed on the first 10,000 packets (it is ~20x slower) and its rate scaled.
+  Python readers are timed inside the child (no interpreter start-up); tshark by wall clock,
+  its ~0.3 s start-up included, as a user would run it.
+- The whole run stays under three minutes on the lab machine (2 cores).
+
+Usage: .venv/bin/python bench/bench_pcap.py [--packets 100000] [--big 1000000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CACHE = ROOT / ".cache" / "bench"
+REPEATS = 3
+SCAPY_PACKETS = 10_000
+CONCURRENT = 8  # sessions interleaved packet by packet
+STEP_NS = 100_000  # capture time between packets
+
+sys.path.insert(0, str(ROOT))
+
+from harness.capture.pcapfile import PcapWriter  # noqa: E402
+
+_BODY = b"".join(
+    b"Line %04d of a message that is long enough to fill segments.\r\n" % i for i in range(60)
+)
+_SESSION = [  # (from client?, flags, payload); flags as in the TCP header
+    (True, 0x02, b""),
+    (False, 0x12, b""),
+    (True, 0x10, b""),
+    (False, 0x18, b"220 mx.example.net ESMTP ready\r\n"),
+    (True, 0x10, b""),
+    (True, 0x18, b"EHLO client.example.org\r\n"),
+    (False, 0x18, b"250-mx.example.net\r\n250-PIPELINING\r\n250-SIZE 10240000\r\n250 8BITMIME\r\n"),
+    (True, 0x18, b"MAIL FROM:<alice@example.org>\r\n"),
+    (False, 0x18, b"250 2.1.0 Ok\r\n"),
+    (True, 0x18, b"RCPT TO:<bob@example.net>\r\n"),
+    (False, 0x18, b"250 2.1.5 Ok\r\n"),
+    (True, 0x18, b"DATA\r\n"),
+    (False, 0x18, b"354 End data with <CR><LF>.<CR><LF>\r\n"),
+    (True, 0x10, _BODY[:1400]),
+    (True, 0x10, _BODY[1400:2800]),
+    (True, 0x18, _BODY[2800:] + b".\r\n"),
+    (False, 0x10, b""),
+    (False, 0x18, b"250 2.0.0 Ok: queued as 4BC2D1E3F\r\n"),
+    (True, 0x18, b"QUIT\r\n"),
+    (False, 0x18, b"221 2.0.0 Bye\r\n"),
+    (False, 0x11, b""),
+    (True, 0x10, b""),
+    (True, 0x11, b""),
+    (False, 0x10, b""),
+]
+
+
+def _frames(count: int):
+    """Yield *count* Ethernet frames of interleaved SMTP sessions."""
+    eth = bytes.fromhex("020000000002020000000001") + b"\x08\x00"
+    server = bytes([198, 51, 100, 25])
+    sessions: list[list] = []
+    started = 0
+    while count:
+        while len(sessions) < CONCURRENT:
+            client = bytes([192, 0, 2, 1 + started % 200])
+            sport = 1024 + started % 60000
+            sessions.append([0, client, sport, 1000 + started * 7919, 5000 + started * 104729])
+            started += 1
+        for session in list(sessions):
+            step, client, sport, cseq, sseq = session
+            from_client, flags, payload = _SESSION[step]
+            if from_client:
+                src, dst, ports, seq, ack = client, server, (sport, 25), cseq, sseq
+            else:
+                src, dst, ports, seq, ack = server, client, (25, sport), sseq, cseq
+            seq, ack = seq & 0xFFFFFFFF, ack & 0xFFFFFFFF
+            tcp = struct.pack("!HHIIBBHHH", *ports, seq, ack, 0x50, flags, 64240, 0, 0)
+            length = 40 + len(payload)
+            ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, length, 0, 0x4000, 64, 6, 0, src, dst)
+            yield eth + ip + tcp + payload
+            advance = len(payload) + (1 if flags & 0x03 else 0)
+            session[3 if from_client else 4] += advance
+            session[0] += 1
+            if session[0] == len(_SESSION):
+                sessions.remove(session)
+            count -= 1
+            if not count:
+                return
+
+
+def generate(count: int) -> Path:
+    """The path of a cached pcap of *count* packets, written if missing."""
+    path = CACHE / f"smtp-{count}.pcap"
+    if not path.exists():
+        CACHE.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        with open(tmp, "wb") as f:
+            writer = PcapWriter(f)
+            for i, frame in enumerate(_frames(count)):
+                writer.write(1_700_000_000_000_000_000 + i * STEP_NS, frame)
+        tmp.rename(path)
+    return path
+
+
+# --- the readers, each run in a child: ``bench_pcap.py --run NAME FILE`` prints packets/s
+
+
+def run_ours(path: str) -> int:
+    from harness.capture.pcapfile import read
+    from harness.ladder.packets import Decoder
+    from harness.ladder.tcpstream import reassemble
+
+    decoder = Decoder()
+    data = 0
+    for event in reassemble(decoder.decode_all(read(path))):
+        if event.kind == "data":
+            data += event.length
+    assert not decoder.warnings, decoder.warnings
+    return data
+
+
+def run_dpkt(path: str) -> int:
+    import dpkt
+
+    data = 0
+    with open(path, "rb") as f:
+        for _ts, buf in dpkt.pcap.Reader(f):
+            segment = dpkt.ethernet.Ethernet(buf).data.data
+            _flags, payload = segment.flags, segment.data
+            data += len(payload)
+    return data
+
+
+def run_scapy(path: str) -> int:
+    from scapy.layers.inet import TCP
+    from scapy.utils import PcapReader
+
+    data = 0
+    with PcapReader(path) as reader:
+        for packet in reader:
+            segment = packet[TCP]
+            _flags, payload = segment.flags, bytes(segment.payload)
+            data += len(payload)
+    return data
+
+
+RUNNERS = {"ours": run_ours, "dpkt": run_dpkt, "scapy": run_scapy}
+
+
+def _child(name: str, path: str) -> None:
+    start = time.perf_counter()
+    data = RUNNERS[name](path)
+    print(json.dumps({"seconds": time.perf_counter() - start, "bytes": data}))
+
+
+def _measure(name: str, path: Path, packets: int) -> tuple[float, int]:
+    """(best packets/s, peak RSS in KiB) of *name* reading *path*, each run a child."""
+    best, rss = 0.0, 0
+    for _ in range(REPEATS):
+        if name == "tshark":
+            argv = ["tshark", "-r", str(path), "-T", "fields", "-e", "tcp.flags"]
+            argv += ["-e", "tcp.payload"]
+            out = subprocess.DEVNULL
+        else:
+            argv = [sys.executable, __file__, "--run", name, str(path)]
+            out = subprocess.PIPE
+        start = time.perf_counter()
+        child = subprocess.Popen(argv, stdout=out, stderr=subprocess.DEVNULL)
+        stdout = child.stdout.read() if child.stdout else b""
+        _, status, usage = os.wait4(child.pid, 0)
+        seconds = time.perf_counter() - start
+        if status:
+            raise SystemExit(f"{name} failed on {path} (status {status})")
+        if stdout:
+            seconds = json.loads(stdout)["seconds"]  # time inside the reader, not start-up
+        best, rss = max(best, packets / seconds), max(rss, usage.ru_maxrss)
+    return best, rss
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--packets", type=int, default=100_000)
+    parser.add_argument("--big", type=int, default=1_000_000, help="size for the RSS check")
+    parser.add_argument("--run", nargs=2, metavar=("READER", "FILE"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.run:
+        return _child(*args.run)
+    began = time.perf_counter()
+    small, sample, big = generate(args.packets), generate(SCAPY_PACKETS), generate(args.big)
+    print(f"input: {small.name}, {sample.name}, {big.name} in {CACHE}")
+    rates, rss = {}, {}
+    for name in ("ours", "dpkt", "tshark"):
+        rates[name], rss[name] = _measure(name, small, args.packets)
+    rates["scapy"], rss["scapy"] = _measure("scapy", sample, SCAPY_PACKETS)
+    for name, rate in rates.items():
+        print(f"{name:7} {rate:10,.0f} packets/s   peak RSS {rss[name] / 1024:6.1f} MiB")
+    for peer in ("dpkt", "tshark", "scapy"):
+        print(f"ours/{peer:7} {rates['ours'] / rates[peer]:6.2f}x")
+    big_rate, big_rss = _measure("ours", big, args.big)
+    print(f"ours peak RSS at {args.packets:,} packets: {rss['ours'] / 1024:.1f} MiB")
+    print(f"ours peak RSS at {args.big:,} packets: {big_rss / 1024:.1f} MiB ({big_rate:,.0f}/s)")
+    print(f"total {time.perf_counter() - began:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

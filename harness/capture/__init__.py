@@ -1,0 +1,1 @@
+"""Captures: reading (and writing) pcap/pcapng files; live capture comes here too."""

@@ -1,0 +1,313 @@
+"""Streaming reader (and a small writer) for pcap and pcapng capture files.
+
+Rules this module keeps:
+
+- Streaming: the file is read in CHUNK-sized pieces; memory is bounded by CHUNK plus the
+  largest single record or block (MAX_CAPLEN, MAX_BLOCK), never by the file size.
+- Records come out in file order as ``Record`` tuples, numbered from 1 like tshark's
+  ``frame.number``.
+- Time is an ``int`` of nanoseconds since the Unix epoch: exact for every timestamp
+  resolution (a float cannot hold nanoseconds at today's epoch) and cheap to subtract.
+- pcap: both byte orders, micro- and nanosecond magic.  pcapng: every section (either byte
+  order), per-interface link type, ``if_tsresol`` and ``if_tsoffset``; Enhanced, Simple and
+  (obsolete) Packet blocks; any other block is skipped.
+- The pcap header's snaplen is advisory (writers put 0, 65535, 262144 or more); what bounds
+  memory is the length of each record: a captured length above MAX_CAPLEN (libpcap's own
+  maximum) or a pcapng block above MAX_BLOCK is an error.
+- Only the link types in LINKTYPES are accepted; another one is an error at the header or
+  interface block that declares it (it could not be decoded anyway).
+- Anything else that is not a well-formed capture raises ``PcapError``: one line naming the
+  file and the byte offset of the offending header, record or block.  Records before the
+  fault have already been yielded, so nothing readable is lost.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from typing import BinaryIO, NamedTuple
+
+from harness.errors import HarnessError
+
+LINKTYPE_NULL = 0  # BSD loopback, address family in the writer's byte order
+LINKTYPE_ETHERNET = 1
+LINKTYPE_RAW = 101  # IPv4 or IPv6, told apart by the version nibble
+LINKTYPE_LOOP = 108  # OpenBSD loopback, address family in network byte order
+LINKTYPE_LINUX_SLL = 113
+LINKTYPE_IPV4 = 228
+LINKTYPE_IPV6 = 229
+LINKTYPE_LINUX_SLL2 = 276
+LINKTYPES = frozenset(
+    {
+        LINKTYPE_NULL,
+        LINKTYPE_ETHERNET,
+        LINKTYPE_RAW,
+        LINKTYPE_LOOP,
+        LINKTYPE_LINUX_SLL,
+        LINKTYPE_IPV4,
+        LINKTYPE_IPV6,
+        LINKTYPE_LINUX_SLL2,
+    }
+)
+
+CHUNK = 1 << 20
+MAX_CAPLEN = 262_144
+MAX_BLOCK = 4 << 20
+
+_PCAP_MAGIC = {  # first four bytes -> (byte order, nanoseconds per timestamp fraction unit)
+    b"\xd4\xc3\xb2\xa1": ("<", 1000),
+    b"\xa1\xb2\xc3\xd4": (">", 1000),
+    b"\x4d\x3c\xb2\xa1": ("<", 1),
+    b"\xa1\xb2\x3c\x4d": (">", 1),
+}
+_PCAPNG_SHB = b"\x0a\x0d\x0d\x0a"
+_PCAPNG_BOM = {b"\x4d\x3c\x2b\x1a": "<", b"\x1a\x2b\x3c\x4d": ">"}
+
+# pcapng block types
+_IDB, _OPB, _SPB, _EPB, _SHB = 1, 2, 3, 6, 0x0A0D0D0A
+# pcapng interface options
+_IF_TSRESOL, _IF_TSOFFSET = 9, 14
+
+_new = tuple.__new__  # builds a NamedTuple without its Python-level __new__ (2x faster)
+
+
+class PcapError(HarnessError):
+    """The file is not a readable pcap/pcapng capture."""
+
+
+class Record(NamedTuple):
+    """One captured frame, as stored in the file."""
+
+    number: int  # 1-based, in file order
+    time: int  # nanoseconds since the Unix epoch
+    linktype: int
+    data: bytes  # the captured bytes (caplen of them)
+    caplen: int
+    origlen: int  # length on the wire
+    offset: int  # byte offset of the record (pcap) or block (pcapng) in the file
+
+
+def read(path: str) -> Iterator[Record]:
+    """Yield every record of the pcap or pcapng file at *path*, streaming."""
+    with open(path, "rb") as f:
+        source = _Source(f, str(path))
+        head = source.buf[:4]
+        if not head:
+            raise source.error(0, "empty file, not a pcap or pcapng capture")
+        if head == _PCAPNG_SHB:
+            yield from _read_pcapng(source)
+        elif head in _PCAP_MAGIC:
+            yield from _read_pcap(source)
+        else:
+            raise source.error(0, f"not a pcap or pcapng file (magic {head.hex()})")
+
+
+class _Source:
+    """A file seen through a sliding buffer; ``base`` is the file offset of ``buf[0]``."""
+
+    __slots__ = ("base", "buf", "file", "path")
+
+    def __init__(self, file: BinaryIO, path: str) -> None:
+        self.file = file
+        self.path = path
+        self.base = 0
+        self.buf = file.read(CHUNK)
+
+    def refill(self, pos: int, need: int) -> bytes:
+        """Drop ``buf[:pos]`` and read until *need* bytes follow, or the file ends."""
+        self.base += pos
+        buf = self.buf[pos:]
+        if len(buf) < need:
+            buf += self.file.read(max(CHUNK, need - len(buf)))
+        self.buf = buf
+        return buf
+
+    def error(self, pos: int, what: str) -> PcapError:
+        return PcapError(f"{self.path}: offset {self.base + pos}: {what}")
+
+
+def _read_pcap(source: _Source) -> Iterator[Record]:
+    buf = source.refill(0, 24)
+    if len(buf) < 24:
+        raise source.error(0, f"truncated pcap file header ({len(buf)} of 24 bytes)")
+    order, unit = _PCAP_MAGIC[buf[:4]]
+    major, linktype = struct.unpack_from(order + "H14xI", buf, 4)  # skips minor ... snaplen
+    if major != 2:
+        raise source.error(4, f"unsupported pcap version {major}")
+    linktype &= 0x03FF_FFFF  # the upper bits may carry FCS information
+    if linktype not in LINKTYPES:
+        raise source.error(20, f"unsupported link type {linktype}")
+    header = struct.Struct(order + "IIII").unpack_from
+    number = 0
+    pos, end = 24, len(buf)
+    while True:
+        if pos + 16 > end:
+            buf = source.refill(pos, 16)
+            pos, end = 0, len(buf)
+            if end == 0:
+                return
+            if end < 16:
+                raise source.error(0, f"truncated record header ({end} of 16 bytes)")
+        sec, frac, caplen, origlen = header(buf, pos)
+        if caplen > MAX_CAPLEN:
+            raise source.error(pos, f"record length {caplen} exceeds {MAX_CAPLEN}")
+        stop = pos + 16 + caplen
+        if stop > end:
+            buf = source.refill(pos, 16 + caplen)
+            pos, end, stop = 0, len(buf), 16 + caplen
+            if stop > end:
+                raise source.error(0, f"truncated record ({end - 16} of {caplen} bytes)")
+        number += 1
+        yield _new(
+            Record,
+            (
+                number,
+                sec * 1_000_000_000 + frac * unit,
+                linktype,
+                buf[pos + 16 : stop],
+                caplen,
+                origlen,
+                source.base + pos,
+            ),
+        )
+        pos = stop
+
+
+class _Interface(NamedTuple):
+    """A pcapng interface: time = (ts * mul // div) + offset, all in nanoseconds."""
+
+    linktype: int
+    snaplen: int
+    mul: int
+    div: int
+    offset: int
+
+
+def _read_pcapng(source: _Source) -> Iterator[Record]:
+    order = "<"
+    interfaces: list[_Interface] = []
+    number = 0
+    buf, pos = source.buf, 0
+    while True:
+        if pos + 12 > len(buf):
+            buf, pos = source.refill(pos, 12), 0
+            if not buf:
+                return
+            if len(buf) < 12:
+                raise source.error(0, f"truncated block header ({len(buf)} of 12 bytes)")
+        if buf[pos : pos + 4] == _PCAPNG_SHB:
+            order = _PCAPNG_BOM.get(buf[pos + 8 : pos + 12], "")
+            if not order:
+                raise source.error(pos, "section header without a byte-order magic")
+            interfaces = []
+        btype, blen = struct.unpack_from(order + "II", buf, pos)
+        if blen < 12 or blen % 4 or blen > MAX_BLOCK:
+            raise source.error(pos, f"bad block length {blen} (block type {btype:#x})")
+        if pos + blen > len(buf):
+            buf, pos = source.refill(pos, blen), 0
+            if blen > len(buf):
+                raise source.error(0, f"truncated block ({len(buf)} of {blen} bytes)")
+        if struct.unpack_from(order + "I", buf, pos + blen - 4)[0] != blen:
+            raise source.error(pos, "block length and trailing length differ")
+        if btype in (_EPB, _SPB, _OPB):
+            iface, ts, data, origlen = _packet(source, buf, pos, btype, order, interfaces)
+            number += 1
+            time = ts * iface.mul // iface.div + iface.offset
+            yield _new(
+                Record,
+                (number, time, iface.linktype, data, len(data), origlen, source.base + pos),
+            )
+        elif btype == _SHB:
+            major = struct.unpack_from(order + "H", buf, pos + 12)[0]
+            if major != 1:
+                raise source.error(pos, f"unsupported pcapng version {major}")
+        elif btype == _IDB:
+            interfaces.append(_interface(source, buf, pos, blen, order))
+        pos += blen
+
+
+def _packet(
+    source: _Source, buf: bytes, pos: int, btype: int, order: str, interfaces: list[_Interface]
+) -> tuple[_Interface, int, bytes, int]:
+    """Decode an EPB, SPB or OPB at *pos*: (interface, raw timestamp, data, origlen)."""
+    blen = struct.unpack_from(order + "I", buf, pos + 4)[0]
+    if btype == _SPB:
+        if blen < 16:
+            raise source.error(pos, f"simple packet block too short ({blen} bytes)")
+        ifid, ts = 0, 0
+        origlen = struct.unpack_from(order + "I", buf, pos + 8)[0]
+        start, caplen = 12, min(origlen, blen - 16)
+        if interfaces:
+            caplen = min(caplen, interfaces[0].snaplen or caplen)
+    else:
+        if blen < 32:
+            raise source.error(pos, f"packet block too short ({blen} bytes)")
+        fmt = "IIIII" if btype == _EPB else "HHIIII"
+        fields = struct.unpack_from(order + fmt, buf, pos + 8)
+        ifid, hi, lo, caplen, origlen = fields[0], *fields[-4:]
+        ts, start = (hi << 32) | lo, 28
+        if caplen > blen - 32:
+            raise source.error(pos, f"captured length {caplen} overruns its block")
+    if caplen > MAX_CAPLEN:
+        raise source.error(pos, f"record length {caplen} exceeds {MAX_CAPLEN}")
+    if ifid >= len(interfaces):
+        raise source.error(pos, f"packet names undeclared interface {ifid}")
+    data = buf[pos + start : pos + start + caplen]
+    return interfaces[ifid], ts, data, origlen
+
+
+def _interface(source: _Source, buf: bytes, pos: int, blen: int, order: str) -> _Interface:
+    """Decode an Interface Description Block, including its time options."""
+    if blen < 20:
+        raise source.error(pos, f"interface block too short ({blen} bytes)")
+    linktype, _reserved, snaplen = struct.unpack_from(order + "HHI", buf, pos + 8)
+    if linktype not in LINKTYPES:
+        raise source.error(pos, f"unsupported link type {linktype}")
+    mul, div, offset = 1000, 1, 0  # default resolution: microseconds
+    opt, stop = pos + 16, pos + blen - 4
+    while opt + 4 <= stop:
+        code, length = struct.unpack_from(order + "HH", buf, opt)
+        if code == 0:
+            break
+        if opt + 4 + length > stop:
+            raise source.error(pos, f"interface option {code} overruns its block")
+        if code == _IF_TSRESOL and length >= 1:
+            mul, div = _resolution(buf[opt + 4])
+        elif code == _IF_TSOFFSET and length >= 8:
+            offset = struct.unpack_from(order + "q", buf, opt + 4)[0] * 1_000_000_000
+        opt += 4 + (length + 3) // 4 * 4
+    return _Interface(linktype, snaplen, mul, div, offset)
+
+
+def _resolution(tsresol: int) -> tuple[int, int]:
+    """(mul, div) turning a timestamp in if_tsresol units into nanoseconds."""
+    if tsresol & 0x80:
+        return 1_000_000_000, 1 << (tsresol & 0x7F)
+    if tsresol <= 9:
+        return 10 ** (9 - tsresol), 1
+    return 1, 10 ** (tsresol - 9)
+
+
+class PcapWriter:
+    """Write a classic pcap file (for tests, benchmarks and simple captures)."""
+
+    def __init__(
+        self,
+        file: BinaryIO,
+        linktype: int = LINKTYPE_ETHERNET,
+        *,
+        nanoseconds: bool = False,
+        byteorder: str = "<",
+        snaplen: int = MAX_CAPLEN,
+    ) -> None:
+        self._file = file
+        self._unit = 1 if nanoseconds else 1000
+        self._header = struct.Struct(byteorder + "IIII")
+        magic = 0xA1B23C4D if nanoseconds else 0xA1B2C3D4
+        file.write(struct.pack(byteorder + "IHHiIII", magic, 2, 4, 0, 0, snaplen, linktype))
+
+    def write(self, time: int, data: bytes, origlen: int | None = None) -> None:
+        """Append one frame; *time* is in nanoseconds since the epoch."""
+        sec, ns = divmod(time, 1_000_000_000)
+        header = self._header.pack(sec, ns // self._unit, len(data), origlen or len(data))
+        self._file.write(header + data)

@@ -1,0 +1,1 @@
+"""From packets to the ladder: decoding, TCP reassembly, dissection, comparison."""

@@ -1,0 +1,161 @@
+"""One run of a scenario: lab, DNS, receiver, sender, capture — and its verdict.
+
+Rules kept here:
+- Everything a run starts is stopped by the ``with`` that started it, innermost first: the
+  peers, then the capture, then the DNS server, then the lab.
+- Both peers run on one asyncio loop in the calling thread, each with sockets created in
+  its own lab host and a resolver that asks the lab DNS from that host.
+- A run's folder holds what it produced: ``capture.pcap``, ``receiver.jsonl``,
+  ``sender.jsonl``, ``dns.jsonl`` and the stored mail under ``maildir/``.
+- The verdict compares what happened with ``[expect]``; a delivered recipient also needs a
+  stored message byte-identical to what the sender sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import functools
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from harness.capture.live import Capture
+from harness.dns import DnsServer, FaultRule, FaultRules, QueryLog, ZoneSet, aquery
+from harness.lab import Lab
+from harness.scenario import Scenario
+from harness.smtp.receiver import Receiver, StoredMessage
+from harness.smtp.sender import Sender, SendReport
+
+DNS_PORT = 53
+
+
+@contextmanager
+def lab_dns(lab: Lab, scenario: Scenario, log_path: Path | None = None) -> Iterator[DnsServer]:
+    """The scenario's DNS server, answering on port 53 of the lab's DNS host."""
+    zones = ZoneSet.from_dir(scenario.zones_dir)
+    for origin in scenario.no_glue:
+        zones.set_glue(origin, False)
+    if scenario.dns_records:
+        zones.add("\n".join(scenario.dns_records), replace=True)
+    faults = FaultRules(FaultRule.from_dict(f) for f in scenario.dns_faults)
+    server = DnsServer(zones, faults, QueryLog(log_path))
+    host = lab.topology.dns_server
+    server.start([(a, DNS_PORT) for a in host.addresses], lab.socket_factory(host.name))
+    try:
+        yield server
+    finally:
+        server.stop()
+        server.log.close()
+
+
+def resolver_for(lab: Lab, host: str):
+    """An async ``resolve(qname, qtype)`` asking the lab DNS from inside ``host``."""
+    dns = lab.topology.dns_server
+    return functools.partial(aquery, (dns.ipv4, DNS_PORT), socket_factory=lab.socket_factory(host))
+
+
+@dataclass
+class RunResult:
+    scenario: Scenario
+    folder: Path
+    report: SendReport
+    stored: list[StoredMessage]
+    receiver_log: list[dict]
+    dns_log: list
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def timeline(self) -> list[dict]:
+        """Sender DNS, then what the receiver saw, merged by wall-clock time."""
+        sender = [
+            e
+            for e in self.report.transcript
+            if e["kind"].startswith("dns-") or e["kind"] == "message"
+        ]
+        for e in sender:
+            e.setdefault("side", "sender")
+        for e in self.receiver_log:
+            e.setdefault("side", "receiver")
+        return sorted(sender + self.receiver_log, key=lambda e: e["wall"])
+
+
+def run_scenario(scenario: Scenario, folder: Path, capture_backend: str = "afpacket") -> RunResult:
+    folder.mkdir(parents=True, exist_ok=True)
+    with (
+        Lab(scenario.topology) as lab,
+        lab_dns(lab, scenario, folder / "dns.jsonl") as dns,
+        Capture(lab, folder / "capture.pcap", capture_backend),
+    ):
+        report, receiver = asyncio.run(_exchange(lab, scenario, folder))
+    result = RunResult(
+        scenario=scenario,
+        folder=folder,
+        report=report,
+        stored=receiver.stored,
+        receiver_log=receiver.log.entries,
+        dns_log=dns.log.entries(),
+    )
+    result.problems = judge(result)
+    return result
+
+
+async def _exchange(lab: Lab, scenario: Scenario, folder: Path) -> tuple[SendReport, Receiver]:
+    rconf = dataclasses.replace(
+        scenario.receiver, maildir=folder / "maildir", log_path=folder / "receiver.jsonl"
+    )
+    sconf = dataclasses.replace(scenario.sender, log_path=folder / "sender.jsonl")
+    rhost = lab.host(scenario.receiver_host)
+    receiver = Receiver(
+        rconf,
+        resolve=resolver_for(lab, rhost.name),
+        socket_factory=lab.socket_factory(rhost.name),
+    )
+    sender = Sender(
+        sconf,
+        resolve=resolver_for(lab, scenario.sender_host),
+        socket_factory=lab.socket_factory(scenario.sender_host),
+    )
+    async with receiver:
+        for address in rhost.addresses:
+            await receiver.start(address, scenario.receiver_port)
+        report = await sender.send()
+        await receiver.idle()
+    return report, receiver
+
+
+def judge(result: RunResult) -> list[str]:
+    """Every way the run differs from the scenario's expectations, one line each."""
+    exp = result.scenario.expect
+    outcomes = result.report.outcomes
+    problems = []
+    for status in ("delivered", "rejected", "deferred"):
+        wanted = getattr(exp, status)
+        if wanted is None:
+            continue
+        got = sorted(r for r, o in outcomes.items() if o.status == status)
+        if got != sorted(wanted):
+            problems.append(f"expected {status} {sorted(wanted)}, got {got}")
+    sent = result.scenario.sender.message
+    for rcpt, outcome in outcomes.items():
+        if outcome.status != "delivered":
+            continue
+        copies = [m for m in result.stored if m.recipient.lower() == rcpt.lower()]
+        if len(copies) != 1:
+            problems.append(f"{rcpt}: delivered, but the receiver stored {len(copies)} copies")
+        elif copies[0].data != (sent if sent.endswith(b"\r\n") else sent + b"\r\n"):
+            problems.append(f"{rcpt}: the stored message differs from the one sent")
+    if exp.dns_questions is not None:
+        asked = [f"{e.qname.rstrip('.')} {e.qtype}".lower() for e in result.dns_log]
+        if not _subsequence([q.lower() for q in exp.dns_questions], asked):
+            problems.append(f"expected DNS questions {exp.dns_questions} in order, got {asked}")
+    return problems
+
+
+def _subsequence(wanted: list[str], seen: list[str]) -> bool:
+    it = iter(seen)
+    return all(any(w == s for s in it) for w in wanted)

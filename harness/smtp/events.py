@@ -1,0 +1,156 @@
+"""What the SMTP core reports: small frozen records of what one side sent.
+
+Rules kept here:
+
+1. Every event names the ``direction`` of the bytes it came from (who sent them) and the
+   ``offset``, in that direction's byte stream, where those bytes begin.  Offsets count every
+   byte received, including the skipped tail of an overlong line, so a dissector can map an
+   event back to a TCP sequence number.
+2. Events report, they never judge and the core never raises on what a peer sent: a
+   malformed command is a ``Command`` with ``syntax_error`` set, an odd byte is an
+   ``Anomaly``, a malformed reply is a ``Reply`` with ``error`` set.
+3. Text is decoded as UTF-8 with ``surrogateescape``, so ``text.encode("utf-8",
+   "surrogateescape")`` gives back the exact bytes; message content stays ``bytes``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+
+class Direction(Enum):
+    """Who sent the bytes: the SMTP client (sender) or the SMTP server (receiver)."""
+
+    CLIENT = "client"
+    SERVER = "server"
+
+
+class Status(Enum):
+    """What ``next_event`` returns when it has no event to give."""
+
+    NEED_DATA = "need data"  # feed more bytes (or b"" for EOF)
+    PAUSED = "paused"  # the peer's bytes wait for our reply to DATA or STARTTLS
+
+
+NEED_DATA = Status.NEED_DATA
+PAUSED = Status.PAUSED
+
+
+class AnomalyKind(Enum):
+    BARE_CR = "bare CR"  # a CR not followed by LF (RFC 5321 §2.3.8)
+    BARE_LF = "bare LF"  # an LF not preceded by CR (RFC 5321 §2.3.8)
+    NUL = "NUL"  # a NUL octet
+    LINE_TOO_LONG = "line too long"  # over RFC 5321 §4.5.3.1.4-.6 limits (512 / 1000 octets)
+    SMUGGLING = "end-of-data look-alike"  # a dot between line breaks other than CRLF.CRLF
+    PLAINTEXT_AFTER_STARTTLS = "plaintext after STARTTLS"  # RFC 3207 §4.2, CVE-2011-0411
+
+
+@dataclass(frozen=True, kw_only=True)
+class Event:
+    direction: Direction
+    offset: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class Anomaly(Event):
+    """An odd byte sequence at ``offset``; it is reported before the event that contains it."""
+
+    kind: AnomalyKind
+    detail: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Command(Event):
+    """One command line.  ``flaws`` are the line-level anomalies found in it (NUL, bare CR or
+    LF, too long): a server answers those with 500, a ``syntax_error`` with 501 and a
+    command that is not ``in_order`` with 503."""
+
+    verb: str  # upper-cased; "" for an empty line
+    argument: str | None  # the text after the first SP, case kept; None when there is no SP
+    known: bool
+    raw: bytes  # the line as received, with its line ending (cut at the limit if overlong)
+    address: str | None = None  # MAIL/RCPT path without <> and source route ("" = null path)
+    params: dict[str, str | None] = field(default_factory=dict)  # ESMTP parameters, keys upper
+    chunk_size: int | None = None  # BDAT
+    last: bool = False  # BDAT ... LAST
+    syntax_error: str | None = None
+    flaws: frozenset[AnomalyKind] = frozenset()
+    in_order: bool = True  # legal in the session state it arrived in (see state.py)
+
+    @property
+    def key(self) -> str:
+        """The name the session state table knows this command by."""
+        return "BDAT LAST" if self.last else self.verb
+
+
+@dataclass(frozen=True, kw_only=True)
+class Reply(Event):
+    """A complete reply, single or multi-line; ``code`` is None when unreadable."""
+
+    code: int | None
+    lines: tuple[str, ...]  # the text of each line, after the code and separator
+    raw: bytes
+    error: str | None = None
+    flaws: frozenset[AnomalyKind] = frozenset()
+    answers: str | None = None  # the command key it answers, e.g. "EHLO", "<greeting>"
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+    @property
+    def positive(self) -> bool:
+        """2yz or 3yz (RFC 5321 §4.2.1)."""
+        return self.code is not None and 200 <= self.code < 400
+
+    @property
+    def transient(self) -> bool:
+        """4yz: try again later."""
+        return self.code is not None and 400 <= self.code < 500
+
+    @property
+    def permanent(self) -> bool:
+        """5yz, or a reply with no readable code (RFC 5321 §4.2.1, §4.3.2)."""
+        return self.code is None or self.code >= 500
+
+
+@dataclass(frozen=True, kw_only=True)
+class Content(Event):
+    """A piece of message content, exactly as stored: dot-unstuffed, line endings kept."""
+
+    data: bytes
+
+
+@dataclass(frozen=True, kw_only=True)
+class EndOfData(Event):
+    """The CRLF.CRLF marker ending DATA; ``size`` is the unstuffed content length."""
+
+    size: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class EndOfChunk(Event):
+    """The end of a BDAT chunk (RFC 3030)."""
+
+    size: int
+    last: bool
+
+
+@dataclass(frozen=True, kw_only=True)
+class TlsStarted(Event):
+    """From here on this direction carries TLS records; the core no longer parses it."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Opaque(Event):
+    """``size`` bytes of TLS (or other unparsed) traffic."""
+
+    size: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConnectionClosed(Event):
+    """EOF in this direction; ``partial`` holds bytes that never formed a complete unit."""
+
+    partial: bytes = b""

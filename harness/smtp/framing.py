@@ -1,0 +1,111 @@
+"""Line framing: the receive buffer, line limits, odd-byte detection and dot-stuffing.
+
+Rules kept here:
+
+1. A *unit* ends at an LF, bare or not.  A bare LF therefore ends a unit (for framing, for
+   the length limit and for event granularity) but it is reported as ``BARE_LF``, and it
+   does not end an SMTP *line*: only CRLF does (RFC 5321 §2.3.8).  A bare CR never ends
+   anything; it stays inside the unit and is reported as ``BARE_CR``.  NUL is reported.
+2. Limits count octets including the CRLF: command and reply lines 512, text lines 1000
+   (RFC 5321 §4.5.3.1.4-.6).  When ``limit`` octets arrive without an LF the buffer hands
+   out a piece of at most ``limit`` octets (never ending in a CR, which may pair with the
+   next LF); the readers decide to keep or skip it.
+3. Framing depends only on the bytes, never on how they were split into segments: feeding
+   byte by byte yields the same units as feeding everything at once.
+4. Dot-stuffing (RFC 5321 §4.5.2) works on CRLF lines only; a final CRLF is added to
+   content that lacks one (§4.1.1.4), except to empty content.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from harness.smtp.events import Anomaly, AnomalyKind, Direction
+
+COMMAND_LINE_LIMIT = 512  # RFC 5321 §4.5.3.1.4
+REPLY_LINE_LIMIT = 512  # RFC 5321 §4.5.3.1.5
+TEXT_LINE_LIMIT = 1000  # RFC 5321 §4.5.3.1.6
+
+_ODD_BYTES = re.compile(rb"\r(?!\n)|(?<!\r)\n|\x00")
+_ODD_KIND = {b"\r": AnomalyKind.BARE_CR, b"\n": AnomalyKind.BARE_LF, b"\x00": AnomalyKind.NUL}
+
+
+@dataclass(frozen=True, slots=True)
+class Unit:
+    """Bytes up to and including an LF (``complete``), or a piece of an overlong one."""
+
+    raw: bytes
+    offset: int
+    complete: bool
+
+    @property
+    def crlf(self) -> bool:
+        return self.raw.endswith(b"\r\n")
+
+    @property
+    def body(self) -> bytes:
+        """The unit without its line ending (CRLF or bare LF)."""
+        if self.crlf:
+            return self.raw[:-2]
+        return self.raw[:-1] if self.complete else self.raw
+
+
+class ReceiveBuffer:
+    """Bytes received in one direction and not yet consumed, with their stream offset."""
+
+    def __init__(self) -> None:
+        self._data = bytearray()
+        self.offset = 0  # stream offset of the first unconsumed byte
+        self.eof = False
+        self._searched = 0  # leading bytes already known to hold no LF
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def feed(self, data: bytes) -> None:
+        if self.eof and data:
+            raise RuntimeError("data received after EOF")
+        if data:
+            self._data += data
+        else:
+            self.eof = True
+
+    def take(self, n: int) -> bytes:
+        taken = bytes(self._data[:n])
+        del self._data[:n]
+        self.offset += len(taken)
+        self._searched = 0
+        return taken
+
+    def next_unit(self, limit: int) -> Unit | None:
+        """The next unit, a piece of an overlong one, or None if more bytes are needed."""
+        lf = self._data.find(b"\n", self._searched, limit)
+        if lf >= 0:
+            return self._unit(lf + 1, complete=True)
+        if len(self._data) < limit:
+            self._searched = len(self._data)
+            return None
+        end = limit - 1 if self._data[limit - 1] == 0x0D else limit
+        return self._unit(end, complete=False)
+
+    def _unit(self, n: int, *, complete: bool) -> Unit:
+        offset = self.offset
+        return Unit(self.take(n), offset, complete)
+
+
+def odd_bytes(raw: bytes, offset: int, direction: Direction) -> list[Anomaly]:
+    """Bare CR, bare LF and NUL in ``raw`` (which starts at stream ``offset``)."""
+    return [
+        Anomaly(direction=direction, offset=offset + m.start(), kind=_ODD_KIND[m.group()])
+        for m in _ODD_BYTES.finditer(raw)
+    ]
+
+
+def dot_stuff(body: bytes) -> bytes:
+    """Content as sent after DATA's 354, without the final ``.`` line: a leading dot on
+    every CRLF line doubled, a final CRLF added if missing (empty content stays empty)."""
+    if body and not body.endswith(b"\r\n"):
+        body += b"\r\n"
+    stuffed = body.replace(b"\r\n.", b"\r\n..")
+    return b"." + stuffed if stuffed.startswith(b".") else stuffed

@@ -1,0 +1,57 @@
+"""What the scripted receiver and sender share: injected I/O and their JSON-lines logs.
+
+Rules kept here:
+
+1. Peers never call ``socket.socket`` or a resolver directly: a ``SocketFactory`` and an
+   async ``Resolve`` are injected, so the same peer runs on loopback in a test and inside
+   a lab namespace with the lab's DNS (``harness.dns.stub.aquery`` fits ``Resolve`` once
+   its server address is bound with ``functools.partial``).
+2. A log entry is a flat JSON object with the seconds since the log started (``t``) and a
+   ``kind``; entries are kept in memory and, when a path is given, appended to it one line
+   each, flushed at once, so a crash never loses what already happened.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TextIO
+
+from dnslib import DNSRecord
+
+SocketFactory = Callable[[int, int], socket.socket]
+Resolve = Callable[[str, str], Awaitable[DNSRecord]]
+
+
+def family_of(host: str) -> int:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+class EventLog:
+    """An ordered list of JSON-able entries, mirrored to a JSON-lines file if asked."""
+
+    def __init__(self, path: Path | None = None) -> None:
+        self.entries: list[dict[str, Any]] = []
+        self._start = time.monotonic()
+        self._file: TextIO | None = path.open("a", encoding="utf-8") if path else None
+
+    def add(self, kind: str, **fields: Any) -> dict[str, Any]:
+        entry = {
+            "t": round(time.monotonic() - self._start, 6),
+            "wall": time.time(),  # to merge the logs of both peers into one timeline
+            "kind": kind,
+            **fields,
+        }
+        self.entries.append(entry)
+        if self._file:
+            self._file.write(json.dumps(entry, default=str) + "\n")
+            self._file.flush()
+        return entry
+
+    def close(self) -> None:
+        if self._file:
+            self._file.close()
+            self._file = None

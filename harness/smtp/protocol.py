@@ -1,0 +1,236 @@
+"""The sans-IO SMTP core: bytes in, events out, no sockets, no clock.
+
+Rules kept here (the grammar is in commands.py and replies.py, framing in framing.py,
+readers in readers.py, the state table in state.py):
+
+1. One engine, three uses.  ``Observer`` sees both directions of a connection and is the
+   whole protocol; ``ServerConnection`` and ``ClientConnection`` are observers that also
+   *feed their own output* through it, so a scripted peer and a pcap dissector track
+   state with the very same code.
+2. Each direction is read in one mode at a time (h11's reader table):
+
+       client: COMMAND --DATA/STARTTLS--> paused --reply--> DATA content | COMMAND | TLS
+               COMMAND --BDAT n--> CHUNK (n octets) --> COMMAND
+               DATA --CRLF.CRLF--> COMMAND
+       server: REPLY --220 to STARTTLS--> TLS
+
+   After DATA or STARTTLS the client's bytes wait unparsed until the server's reply says
+   what they are: content after 354, TLS after 220, commands otherwise.
+3. When TLS starts, bytes already received in either direction were sent in plaintext
+   after STARTTLS: they are reported (``PLAINTEXT_AFTER_STARTTLS``) and dropped, never
+   parsed as commands (RFC 3207 §4.2, CVE-2011-0411, CVE-2021-38371).
+4. A connection object parses its peer's bytes lazily, one unit per ``next_event`` step,
+   so each command is judged in the state left by the replies to all earlier commands -
+   a pipelined RCPT after a refused MAIL is out of order (503), as RFC 2920 wants.
+   Its own output is parsed at once.
+5. Nothing here raises on what the peer sent; bad local input (an invalid reply code, a
+   command containing CRLF) raises ``HarnessError``.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
+
+from harness.smtp.commands import format_command
+from harness.smtp.events import (
+    NEED_DATA,
+    PAUSED,
+    Anomaly,
+    AnomalyKind,
+    Command,
+    ConnectionClosed,
+    Direction,
+    EndOfChunk,
+    EndOfData,
+    Event,
+    Reply,
+    Status,
+    TlsStarted,
+)
+from harness.smtp.framing import ReceiveBuffer, dot_stuff
+from harness.smtp.readers import (
+    ChunkReader,
+    CommandReader,
+    DataReader,
+    OpaqueReader,
+    Reader,
+    ReplyReader,
+)
+from harness.smtp.replies import format_reply
+from harness.smtp.state import END_OF_DATA, Session, State
+
+CLIENT, SERVER = Direction.CLIENT, Direction.SERVER
+_AWAIT_REPLY = frozenset({"DATA", "STARTTLS"})  # the reply decides what the next bytes are
+
+
+class Observer:
+    """Both directions of one SMTP connection: ``feed(direction, data)`` returns events."""
+
+    def __init__(self) -> None:
+        self.session = Session()
+        self._buffers = {d: ReceiveBuffer() for d in Direction}
+        self._readers: dict[Direction, Reader | None] = {
+            CLIENT: CommandReader(),
+            SERVER: ReplyReader(),
+        }
+        self._closed: set[Direction] = set()
+        self._paused_on: str | None = None
+
+    @property
+    def state(self) -> State:
+        return self.session.state
+
+    def feed(self, direction: Direction, data: bytes) -> list[Event]:
+        """Bytes seen travelling in ``direction`` (b"" for its EOF); all events they complete.
+
+        The client's bytes are parsed first, one unit at a time: a reply may let the client's
+        buffered bytes be parsed (354 after DATA), and the replies after it may answer them."""
+        self.receive_data(direction, data)
+        events: list[Event] = []
+        while (step := self.step(CLIENT)) is not None or (step := self.step(SERVER)) is not None:
+            events += step
+        return events
+
+    def receive_data(self, direction: Direction, data: bytes) -> None:
+        """Buffer bytes without parsing them (b"" marks EOF); ``step`` parses."""
+        self._buffers[direction].feed(data)
+
+    def paused(self, direction: Direction) -> bool:
+        return self._readers[direction] is None
+
+    def step(self, direction: Direction) -> list[Event] | None:
+        """Parse one unit in ``direction``: its events, or None if nothing can be parsed."""
+        reader, buf = self._readers[direction], self._buffers[direction]
+        if reader is None:
+            return None
+        events = reader.read(buf, direction)
+        if events is not None:
+            return [out for event in events for out in self._apply(event)]
+        if buf.eof and direction not in self._closed:
+            self._closed.add(direction)
+            return [
+                ConnectionClosed(direction=direction, offset=buf.offset, partial=buf.take(len(buf)))
+            ]
+        return None
+
+    def _apply(self, event: Event) -> list[Event]:
+        """Update the session and the reading modes for ``event``; annotate it."""
+        match event:
+            case Command():
+                event = replace(event, in_order=self.session.command(event.key))
+                if event.verb in _AWAIT_REPLY:
+                    self._readers[CLIENT], self._paused_on = None, event.verb
+                elif event.chunk_size is not None:
+                    self._readers[CLIENT] = ChunkReader(event.chunk_size, event.last)
+            case Reply():
+                event = replace(event, answers=self.session.reply(event.code))
+                return [event, *self._after_reply(event.answers)]
+            case EndOfData():
+                self.session.command(END_OF_DATA)
+                self._readers[CLIENT] = CommandReader()
+            case EndOfChunk():
+                self._readers[CLIENT] = CommandReader()
+        return [event]
+
+    def _after_reply(self, answered: str | None) -> list[Event]:
+        if self.session.state is State.TLS:
+            return self._start_tls()
+        if answered is not None and answered == self._paused_on:
+            self._paused_on = None
+            data = self.session.state is State.DATA
+            self._readers[CLIENT] = DataReader() if data else CommandReader()
+        return []
+
+    def _start_tls(self) -> list[Event]:
+        events: list[Event] = []
+        for d in Direction:
+            buf = self._buffers[d]
+            if len(buf):
+                events.append(
+                    Anomaly(
+                        direction=d,
+                        offset=buf.offset,
+                        kind=AnomalyKind.PLAINTEXT_AFTER_STARTTLS,
+                        detail=f"{len(buf.take(len(buf)))} octets dropped",
+                    )
+                )
+            events.append(TlsStarted(direction=d, offset=buf.offset))
+            self._readers[d] = OpaqueReader()
+        self._paused_on = None
+        return events
+
+
+class _Peer:
+    """One end of the connection: the peer's bytes in, events out, our bytes tracked."""
+
+    _ours: Direction
+    _theirs: Direction
+
+    def __init__(self) -> None:
+        self._observer = Observer()
+        self._events: deque[Event] = deque()
+
+    @property
+    def state(self) -> State:
+        return self._observer.state
+
+    @property
+    def session(self) -> Session:
+        return self._observer.session
+
+    def receive_data(self, data: bytes) -> None:
+        """The peer's bytes; b"" when the peer closed its side."""
+        self._observer.receive_data(self._theirs, data)
+
+    def next_event(self) -> Event | Status:
+        """The next event from the peer, or NEED_DATA, or PAUSED (we owe a reply)."""
+        while not self._events:
+            events = self._observer.step(self._theirs)
+            if events is None:
+                return PAUSED if self._observer.paused(self._theirs) else NEED_DATA
+            self._keep(events)
+            self._drain_ours()
+        return self._events.popleft()
+
+    def send_raw(self, data: bytes) -> bytes:
+        """Send arbitrary bytes (probes); they are tracked like any other output."""
+        self._observer.receive_data(self._ours, data)
+        self._drain_ours()
+        return data
+
+    def _drain_ours(self) -> None:
+        while (events := self._observer.step(self._ours)) is not None:
+            self._keep(events)
+
+    def _keep(self, events: Iterable[Event]) -> None:
+        self._events.extend(e for e in events if e.direction is self._theirs)
+
+
+class ServerConnection(_Peer):
+    """The receiving end: feed it the client's bytes, answer each command with a reply."""
+
+    _ours, _theirs = SERVER, CLIENT
+
+    def send_reply(self, code: int, text: str | Sequence[str] = "") -> bytes:
+        """The bytes of a (multi-line, if ``text`` is a list) reply, now tracked as sent."""
+        return self.send_raw(format_reply(code, text))
+
+
+class ClientConnection(_Peer):
+    """The sending end: feed it the server's bytes, get Reply events; send commands."""
+
+    _ours, _theirs = CLIENT, SERVER
+
+    def send_command(self, verb: str, argument: str | None = None) -> bytes:
+        return self.send_raw(format_command(verb, argument))
+
+    def send_data(self, body: bytes) -> bytes:
+        """The message after 354: dot-stuffed, final CRLF ensured, then ``.`` CRLF."""
+        return self.send_raw(dot_stuff(body) + b".\r\n")
+
+    def send_bdat(self, chunk: bytes, *, last: bool = False) -> bytes:
+        """A BDAT command and its chunk (RFC 3030)."""
+        argument = f"{len(chunk)} LAST" if last else str(len(chunk))
+        return self.send_raw(format_command("BDAT", argument) + chunk)

@@ -1,0 +1,217 @@
+"""Readers: each turns the bytes of one direction, in one mode, into events.
+
+Rules kept here (the modes and who switches them are in protocol.py):
+
+1. ``read(buf, direction)`` consumes at most one unit and returns its events, or None when
+   it needs more bytes.  An empty list means progress without an event (a skipped piece).
+2. Command and reply lines over their limit are cut at the limit and the rest of the line
+   is skipped up to its LF; one ``LINE_TOO_LONG`` anomaly and one command/reply report it.
+3. DATA content (RFC 5321 §4.1.1.4, §4.5.2): only CRLF ``.`` CRLF ends it, where the first
+   CRLF is the end of the previous line (or of the DATA command).  A leading dot is removed
+   only at the start of a CRLF line (the line that follows a bare LF did not start a line).
+   Every other dot between line breaks - ``LF.LF``, ``LF.CRLF``, ``CRLF.LF``, ``CR.CR``,
+   ``CRLF.CRCRLF`` and kin - is content, reported as a ``SMUGGLING`` anomaly.  Overlong
+   text lines are reported once and kept whole: content is never dropped.
+4. BDAT content is counted, not framed: exactly ``chunk_size`` octets, handed out in
+   pieces of at most ``CHUNK_PIECE`` so that events do not depend on segmentation.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import NamedTuple, Protocol
+
+from harness.smtp.commands import parse_command
+from harness.smtp.events import (
+    Anomaly,
+    AnomalyKind,
+    Content,
+    Direction,
+    EndOfChunk,
+    EndOfData,
+    Event,
+    Opaque,
+    Reply,
+)
+from harness.smtp.framing import (
+    COMMAND_LINE_LIMIT,
+    REPLY_LINE_LIMIT,
+    TEXT_LINE_LIMIT,
+    ReceiveBuffer,
+    Unit,
+    odd_bytes,
+)
+from harness.smtp.replies import ReplyBuilder, parse_reply_line
+
+CHUNK_PIECE = 65536
+_END_MARKER = b".\r\n"
+_DOT_ALONE = re.compile(rb"\.[\r\n]*\n")  # a unit holding a dot and line breaks only
+_DOT_AFTER_CR = re.compile(rb"\r\.(?=[\r\n])")  # a dot between a bare CR and a break
+
+
+class Reader(Protocol):
+    def read(self, buf: ReceiveBuffer, direction: Direction) -> list[Event] | None: ...
+
+
+class _Line(NamedTuple):
+    body: bytes  # without the line ending
+    offset: int
+    raw: bytes  # as received (only the kept head of an overlong line)
+    anomalies: list[Anomaly]
+
+
+class _LineReader:
+    """Whole lines up to ``limit`` octets; an overlong line is cut (rule 2)."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._head: Unit | None = None  # the kept first piece of an overlong line
+
+    def next_line(self, buf: ReceiveBuffer, direction: Direction) -> _Line | None:
+        while (unit := buf.next_unit(self._limit)) is not None:
+            if not unit.complete:
+                self._head = self._head or unit
+                continue
+            head, self._head = self._head, None
+            if head is None:
+                return _Line(
+                    unit.body, unit.offset, unit.raw, odd_bytes(unit.raw, unit.offset, direction)
+                )
+            cut = _too_long(head.offset, direction, self._limit)
+            return _Line(
+                head.raw, head.offset, head.raw, [*odd_bytes(head.raw, head.offset, direction), cut]
+            )
+        return None
+
+
+def _too_long(offset: int, direction: Direction, limit: int) -> Anomaly:
+    """Reported at the start of the overlong line."""
+    kind, detail = AnomalyKind.LINE_TOO_LONG, f"over {limit} octets"
+    return Anomaly(direction=direction, offset=offset, kind=kind, detail=detail)
+
+
+def _flaws(anomalies: list[Anomaly]) -> frozenset[AnomalyKind]:
+    return frozenset(a.kind for a in anomalies)
+
+
+class CommandReader:
+    def __init__(self) -> None:
+        self._lines = _LineReader(COMMAND_LINE_LIMIT)
+
+    def read(self, buf: ReceiveBuffer, direction: Direction) -> list[Event] | None:
+        line = self._lines.next_line(buf, direction)
+        if line is None:
+            return None
+        command = parse_command(
+            line.body,
+            direction=direction,
+            offset=line.offset,
+            raw=line.raw,
+            flaws=_flaws(line.anomalies),
+        )
+        return [*line.anomalies, command]
+
+
+class ReplyReader:
+    def __init__(self) -> None:
+        self._lines = _LineReader(REPLY_LINE_LIMIT)
+        self._builder = ReplyBuilder()
+        self._start = 0
+        self._raw = b""
+        self._flaws: frozenset[AnomalyKind] = frozenset()
+
+    def read(self, buf: ReceiveBuffer, direction: Direction) -> list[Event] | None:
+        line = self._lines.next_line(buf, direction)
+        if line is None:
+            return None
+        if not self._builder.started:
+            self._start, self._raw, self._flaws = line.offset, b"", frozenset()
+        self._raw += line.raw
+        self._flaws |= _flaws(line.anomalies)
+        done = self._builder.add(parse_reply_line(line.body))
+        if done is None:
+            return line.anomalies
+        code, lines, error = done
+        reply = Reply(
+            direction=direction,
+            offset=self._start,
+            code=code,
+            lines=lines,
+            raw=self._raw,
+            error=error,
+            flaws=self._flaws,
+        )
+        return [*line.anomalies, reply]
+
+
+class DataReader:
+    """DATA content up to CRLF.CRLF (rule 3)."""
+
+    def __init__(self) -> None:
+        self._line_start = True  # the DATA command's CRLF starts the first line
+        self._continuing = False  # the last unit was a piece of an overlong line
+        self._size = 0
+
+    def read(self, buf: ReceiveBuffer, direction: Direction) -> list[Event] | None:
+        unit = buf.next_unit(TEXT_LINE_LIMIT)
+        if unit is None:
+            return None
+        if self._line_start and unit.raw == _END_MARKER:
+            return [EndOfData(direction=direction, offset=unit.offset, size=self._size)]
+        events: list[Event] = [*odd_bytes(unit.raw, unit.offset, direction)]
+        events += self._lookalikes(unit, direction)
+        if not unit.complete and not self._continuing:
+            events.append(_too_long(unit.offset, direction, TEXT_LINE_LIMIT))
+        data = unit.raw[1:] if self._line_start and unit.raw[:1] == b"." else unit.raw
+        self._size += len(data)
+        self._line_start = unit.crlf
+        self._continuing = not unit.complete
+        events.append(Content(direction=direction, offset=unit.offset, data=data))
+        return events
+
+    def _lookalikes(self, unit: Unit, direction: Direction) -> list[Anomaly]:
+        """Dots that some parser might take for the end of data (rule 3)."""
+        found = [m.start() for m in _DOT_AFTER_CR.finditer(unit.raw)]
+        if not self._continuing and _DOT_ALONE.fullmatch(unit.raw):
+            found.insert(0, 0)
+        detail = "only CRLF.CRLF ends DATA (RFC 5321 §4.1.1.4)"
+        return [
+            Anomaly(
+                direction=direction,
+                offset=unit.offset + i,
+                kind=AnomalyKind.SMUGGLING,
+                detail=detail,
+            )
+            for i in found
+        ]
+
+
+class ChunkReader:
+    """One BDAT chunk of ``size`` octets (rule 4)."""
+
+    def __init__(self, size: int, last: bool) -> None:
+        self._size = size
+        self._left = size
+        self._last = last
+
+    def read(self, buf: ReceiveBuffer, direction: Direction) -> list[Event] | None:
+        if not self._left:
+            return [
+                EndOfChunk(direction=direction, offset=buf.offset, size=self._size, last=self._last)
+            ]
+        want = min(self._left, CHUNK_PIECE)
+        if len(buf) < want:
+            return None
+        offset = buf.offset
+        self._left -= want
+        return [Content(direction=direction, offset=offset, data=buf.take(want))]
+
+
+class OpaqueReader:
+    """TLS records after STARTTLS: counted, not parsed."""
+
+    def read(self, buf: ReceiveBuffer, direction: Direction) -> list[Event] | None:
+        if not len(buf):
+            return None
+        offset = buf.offset
+        return [Opaque(direction=direction, offset=offset, size=len(buf.take(len(buf))))]

@@ -1,0 +1,391 @@
+"""The scripted SMTP sender: resolve MX, deliver over one session per domain, report.
+
+Rules kept here:
+
+1. Every byte in and out goes through ``ClientConnection``; this module only decides.
+2. MX (RFC 5321 §5.1): the lowest preference value first, equal ones in DNS order, the
+   next host when one cannot be reached or greets with 4yz; no MX records: the domain's
+   own address (implicit MX); NXDOMAIN or a null MX (RFC 7505) reject; other DNS failures
+   defer.  The MX host's address comes from the additional section when it is there (the
+   seed's step 2; ``use_glue=False`` asks for the A record instead, as real MTAs do).
+3. The seed dialogue: wait for 220, HELO (or EHLO, falling back to HELO on 500/502,
+   §3.2), VRFY each recipient and drop those answered 550/551/553 (a 502 or 252 only
+   says "cannot verify"), MAIL, RCPT for the rest, DATA, the message, QUIT, then wait for
+   221 *and* the receiver's FIN before closing: the receiver releases first (seed 29-33).
+4. Outcomes by the first digit (§4.2.1, §4.3.2): 4yz defers, 5yz rejects, per recipient at
+   RCPT, for all remaining recipients elsewhere; a lost connection or a timeout before the
+   reply to the end of data defers (§6.1: after "." the outcome is unknown, so retry).
+5. Scripting edits the dialogue, not the rules: ``ScriptStep`` adds, replaces or follows
+   any command (or the message, ``<message>``) with a command line, raw bytes or a pause.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dnslib import QTYPE, RCODE, DNSRecord
+
+from harness.errors import HarnessError
+from harness.smtp.commands import path_argument
+from harness.smtp.events import NEED_DATA, Anomaly, ConnectionClosed, Event, Reply, Status
+from harness.smtp.peer import EventLog, Resolve, SocketFactory, family_of
+from harness.smtp.protocol import ClientConnection
+from harness.smtp.state import GREETING, State
+
+MESSAGE = "<message>"
+_UNKNOWN_USER = frozenset({550, 551, 553})  # VRFY replies that say "no such user" (§3.5.3)
+_POSITIONS = ("before", "instead", "after")
+
+
+@dataclass(frozen=True)
+class ScriptStep:
+    """Something to do around the sender's command ``at`` (a verb, or ``<message>``).
+
+    ``argument`` narrows it to one argument (the address for MAIL/RCPT, the user for VRFY).
+    ``send`` is a command line (str, CRLF added) or raw bytes (sent as they are: bare-LF
+    probes); None only pauses.  ``reply`` waits for a reply to what was sent.  With
+    ``instead``, the last reply received stands for the replaced command's reply."""
+
+    at: str
+    position: str = "before"
+    argument: str | None = None
+    send: str | bytes | None = None
+    pause: float = 0.0
+    reply: bool = True
+
+    def __post_init__(self) -> None:
+        if self.position not in _POSITIONS:
+            raise HarnessError(f"script step position {self.position!r}: expected {_POSITIONS}")
+
+    def matches(self, key: str, argument: str | None) -> bool:
+        if self.at.upper() != key.upper():
+            return False
+        return self.argument is None or (argument or "").lower() == self.argument.lower()
+
+
+@dataclass
+class SenderConfig:
+    recipients: tuple[str, ...]
+    message: bytes
+    mail_from: str = "luke@sender.com"
+    helo_name: str = "mail.sender.com"
+    ehlo: bool = False  # the seed says HELO
+    vrfy: bool = True  # the seed verifies every recipient first
+    port: int = 25
+    use_glue: bool = True
+    timeout: float = 30.0  # per connect and per reply
+    script: list[ScriptStep] = field(default_factory=list)
+    log_path: Path | None = None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    recipient: str
+    status: str  # delivered, rejected, deferred
+    stage: str  # what decided it: dns, connect, <greeting>, HELO, VRFY, MAIL, RCPT, ...
+    code: int | None = None
+    text: str = ""
+
+
+@dataclass
+class SendReport:
+    outcomes: dict[str, Outcome]
+    transcript: list[dict[str, object]]
+
+    def status(self, recipient: str) -> str:
+        return self.outcomes[recipient].status
+
+
+class _Settled(Exception):
+    """Every recipient still open gets this outcome; the session ends."""
+
+    def __init__(self, status: str, stage: str, reply: Reply | None = None, text: str = "") -> None:
+        super().__init__(text)
+        self.status, self.stage = status, stage
+        self.code = reply.code if reply else None
+        self.text = reply.text if reply else text
+
+
+class _NextHost(Exception):
+    """This MX host cannot take the mail now; try the next one (§5.1)."""
+
+
+class Sender:
+    """Delivers one message to its recipients, one SMTP session per recipient domain."""
+
+    def __init__(
+        self,
+        config: SenderConfig,
+        *,
+        resolve: Resolve,
+        socket_factory: SocketFactory = socket.socket,
+    ) -> None:
+        self.config = config
+        self.resolve = resolve
+        self.socket_factory = socket_factory
+        self.log = EventLog(config.log_path)
+        self._outcomes: dict[str, Outcome] = {}
+
+    async def send(self) -> SendReport:
+        try:
+            for domain, recipients in _by_domain(self.config.recipients).items():
+                await self._deliver(domain, recipients)
+        finally:
+            self.log.close()
+        return SendReport(self._outcomes, self.log.entries)
+
+    def settle(self, recipients: list[str], outcome: _Settled) -> None:
+        for r in recipients:
+            if r not in self._outcomes:
+                o = outcome
+                self._outcomes[r] = Outcome(r, o.status, o.stage, o.code, o.text)
+
+    async def _deliver(self, domain: str, recipients: list[str]) -> None:
+        try:
+            if not domain:
+                raise _Settled("rejected", "address", text="no domain in the address")
+            last = _Settled("deferred", "connect", text="no MX host took the mail")
+            for host, glue in await self._mx(domain):
+                try:
+                    addresses = glue or _rdata((await self._query(host, "A")).rr, QTYPE.A)
+                except _Settled as failure:  # this host has no address now: try the next
+                    last = _Settled("deferred", "dns", text=failure.text)
+                    continue
+                for address in addresses:
+                    with contextlib.suppress(_NextHost):
+                        await self._session(host, address, recipients)
+                        return
+            raise last
+        except _Settled as outcome:
+            self.settle(recipients, outcome)
+
+    async def _query(self, qname: str, qtype: str) -> DNSRecord:
+        self.log.add("dns-query", qname=qname, qtype=qtype)
+        try:
+            record = await self.resolve(qname, qtype)
+        except Exception as exc:  # whatever the resolver raises, there is no usable answer
+            error = f"{type(exc).__name__}: {exc}"
+            self.log.add("dns-error", qname=qname, qtype=qtype, error=error)
+            raise _Settled("deferred", "dns", text=f"{qname} {qtype}: {exc}") from None
+        rcode = RCODE.get(record.header.rcode)
+        self.log.add("dns-answer", qname=qname, qtype=qtype, rcode=rcode, answers=_rdata(record.rr))
+        if rcode == "NXDOMAIN":
+            raise _Settled("rejected", "dns", text=f"{qname}: no such domain")
+        if rcode != "NOERROR":
+            raise _Settled("deferred", "dns", text=f"{qname} {qtype}: {rcode}")
+        return record
+
+    async def _mx(self, domain: str) -> list[tuple[str, list[str]]]:
+        """(host, glue addresses) to try, in order (rule 2)."""
+        answer = await self._query(domain, "MX")
+        records = [rr.rdata for rr in answer.rr if rr.rtype == QTYPE.MX]
+        mx = sorted(((r.preference, str(r.label).rstrip(".")) for r in records), key=lambda m: m[0])
+        if any(host == "" for _, host in mx):
+            raise _Settled("rejected", "dns", text=f"{domain} has a null MX (RFC 7505)")
+        hosts = [host for _, host in mx] or [domain]
+        if not self.config.use_glue:
+            return [(host, []) for host in hosts]
+        glue = [(r.rname, str(r.rdata)) for r in answer.ar if r.rtype == QTYPE.A]
+        return [(host, [a for name, a in glue if _same(name, host)]) for host in hosts]
+
+    async def _session(self, host: str, address: str, recipients: list[str]) -> None:
+        sock = self.socket_factory(family_of(address), socket.SOCK_STREAM)
+        sock.setblocking(False)
+        target = (address, self.config.port)
+        self.log.add("connect", host=host, to=list(target))
+        try:
+            loop = asyncio.get_running_loop()
+            await asyncio.wait_for(loop.sock_connect(sock, target), self.config.timeout)
+            reader, writer = await asyncio.open_connection(sock=sock)
+        except (OSError, TimeoutError) as exc:
+            sock.close()
+            self.log.add("connect-failed", to=list(target), error=f"{type(exc).__name__}: {exc}")
+            raise _NextHost from None
+        self.log.add("connected", local=list(sock.getsockname()[:2]))
+        dialogue = _Dialogue(self, reader, writer)
+        try:
+            await dialogue.run(recipients)
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+            self.log.add("close")
+
+
+class _Lost(Exception):
+    """The connection broke or timed out."""
+
+
+class _Dialogue:
+    """One SMTP session over an open connection (rules 3 and 4)."""
+
+    def __init__(
+        self, sender: Sender, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        self.sender, self.config, self.log = sender, sender.config, sender.log
+        self.reader, self.writer = reader, writer
+        self.conn = ClientConnection()
+        self.open: list[str] = []  # recipients without an outcome yet
+
+    async def run(self, recipients: list[str]) -> None:
+        self.open = list(recipients)
+        try:
+            await self._transaction()
+        except _Settled as outcome:
+            self.sender.settle(self.open, outcome)
+        except _Lost as lost:
+            self.sender.settle(self.open, _Settled("deferred", "connection", text=str(lost)))
+            return
+        with contextlib.suppress(_Lost):
+            await self._quit()
+
+    async def _transaction(self) -> None:
+        greeting = await self._reply()
+        if greeting.transient:
+            with contextlib.suppress(_Lost):
+                await self._quit()
+            raise _NextHost
+        _require(greeting, GREETING)
+        await self._hello()
+        if self.config.vrfy:
+            await self._verify()
+        if not self.open:
+            return
+        sender = self.config.mail_from
+        _require(await self._command("MAIL", path_argument("FROM", sender), sender), "MAIL")
+        accepted = [r for r in list(self.open) if await self._recipient(r)]
+        if not accepted:
+            return
+        _require(await self._command("DATA"), "DATA")
+        final = await self._step(MESSAGE, None, lambda: self.conn.send_data(self.config.message))
+        self._finish(accepted, final)
+
+    async def _hello(self) -> None:
+        verb = "EHLO" if self.config.ehlo else "HELO"
+        reply = await self._command(verb, self.config.helo_name)
+        if verb == "EHLO" and reply.code in (500, 502):
+            reply = await self._command("HELO", self.config.helo_name)
+        _require(reply, verb)
+
+    async def _verify(self) -> None:
+        for recipient in list(self.open):
+            user = recipient.partition("@")[0]
+            reply = await self._command("VRFY", user, user)
+            if reply.code in _UNKNOWN_USER:
+                self.sender.settle([recipient], _Settled("rejected", "VRFY", reply))
+                self.open.remove(recipient)
+
+    async def _recipient(self, recipient: str) -> bool:
+        reply = await self._command("RCPT", path_argument("TO", recipient), recipient)
+        if reply.positive:
+            return True
+        status = "deferred" if reply.transient else "rejected"
+        self.sender.settle([recipient], _Settled(status, "RCPT", reply))
+        self.open.remove(recipient)
+        return False
+
+    def _finish(self, accepted: list[str], final: Reply) -> None:
+        status = "delivered" if final.positive else "deferred" if final.transient else "rejected"
+        self.sender.settle(accepted, _Settled(status, "<end-of-data>", final))
+        self.open = [r for r in self.open if r not in accepted]
+
+    async def _quit(self) -> None:
+        """QUIT, its 221, then the receiver's FIN (rule 3); nothing if the server closed."""
+        if self.conn.state is not State.CLOSED:
+            await self._command("QUIT")
+        while not isinstance(await self._next(), ConnectionClosed):
+            pass
+        self.log.add("eof")
+
+    async def _command(
+        self, verb: str, argument: str | None = None, match: str | None = None
+    ) -> Reply:
+        return await self._step(
+            verb, match or argument, lambda: self.conn.send_command(verb, argument)
+        )
+
+    async def _step(self, key: str, argument: str | None, send: Callable[[], bytes]) -> Reply:
+        """Send one command (or the message) with the script's edits around it (rule 5)."""
+        steps = [s for s in self.config.script if s.matches(key, argument)]
+        for step in steps:
+            if step.position == "before":
+                await self._scripted(step)
+        instead = [s for s in steps if s.position == "instead"]
+        reply = None
+        for step in instead:
+            reply = await self._scripted(step) or reply
+        if not instead:
+            self._write(send())
+        if reply is None:
+            reply = await self._reply()
+        for step in steps:
+            if step.position == "after":
+                await self._scripted(step)
+        return reply
+
+    async def _scripted(self, step: ScriptStep) -> Reply | None:
+        if step.pause:
+            self.log.add("pause", seconds=step.pause)
+            await asyncio.sleep(step.pause)
+        if step.send is None:
+            return None
+        data = step.send if isinstance(step.send, bytes) else step.send.encode() + b"\r\n"
+        self._write(self.conn.send_raw(data))
+        return await self._reply() if step.reply else None
+
+    def _write(self, data: bytes) -> None:
+        if self.conn.state is State.DATA:
+            self.log.add("message", size=len(data), sha256=hashlib.sha256(data).hexdigest())
+        else:
+            lines = data.decode("utf-8", "surrogateescape").split("\r\n")[:-1]
+            self.log.add("sent", lines=lines or [repr(data)])
+        self.writer.write(data)
+
+    async def _reply(self) -> Reply:
+        while not isinstance(event := await self._next(), Reply):
+            if isinstance(event, ConnectionClosed):
+                raise _Lost("the server closed the connection")
+        self.log.add("reply", code=event.code, lines=list(event.lines))
+        if event.code == 421 and event.answers != GREETING:  # closing: stop here (§3.8)
+            raise _Settled("deferred", event.answers or "reply", event)
+        return event
+
+    async def _next(self) -> Event | Status:
+        """The next event from the server, reading as needed (timeout: ``_Lost``)."""
+        while (event := self.conn.next_event()) is NEED_DATA:
+            try:
+                await self.writer.drain()
+                data = await asyncio.wait_for(self.reader.read(65536), self.config.timeout)
+            except (OSError, TimeoutError) as exc:
+                raise _Lost(f"{type(exc).__name__}: {exc}") from None
+            self.conn.receive_data(data)
+        if isinstance(event, Anomaly):
+            self.log.add("anomaly", anomaly=event.kind.value, offset=event.offset)
+        return event
+
+
+def _require(reply: Reply, stage: str) -> None:
+    """Positive, or every open recipient is settled by the first digit (rule 4)."""
+    if not reply.positive:
+        raise _Settled("deferred" if reply.transient else "rejected", stage, reply)
+
+
+def _by_domain(recipients: tuple[str, ...]) -> dict[str, list[str]]:
+    groups: dict[str, list[str]] = {}
+    for r in recipients:
+        groups.setdefault(r.rpartition("@")[2].lower() if "@" in r else "", []).append(r)
+    return groups
+
+
+def _same(name: object, host: str) -> bool:
+    return str(name).rstrip(".").lower() == host.lower()
+
+
+def _rdata(records: list, qtype: int | None = None) -> list[str]:
+    return [str(rr.rdata) for rr in records if qtype is None or rr.rtype == qtype]

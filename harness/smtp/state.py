@@ -1,0 +1,122 @@
+"""Session state of one SMTP connection, shared by client, server and observer.
+
+Rules kept here:
+
+1. The state changes only on a *reply*: the server decides, so the state a server builds
+   from its own replies and the state an observer builds from the captured replies are
+   the same.  Each reply answers the oldest command still waiting for one (FIFO, which is
+   what PIPELINING needs, RFC 2920); the greeting and the end of DATA wait like commands.
+2. ``SUCCESS`` says where a positive (2yz/3yz) reply leads; a key absent from a state's row
+   leaves the state unchanged.  ``FAILURE`` lists the few negative replies that move it;
+   421 closes from anywhere (RFC 5321 §3.8, §4.2.3).
+3. A command is legal in a state if that state's row names it, or if it is one of the
+   ``ANYTIME`` commands in an open session (RFC 5321 §4.1.4: NOOP, HELP, EXPN, VRFY, RSET
+   at any time; EHLO/HELO reset; QUIT always).  Legality is judged against the state the
+   session will be in once every waiting command has succeeded (that is how a pipelining
+   client sees it), except that nothing is legal before the greeting (§3.1).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from enum import Enum
+
+
+class State(Enum):
+    GREETING = "awaiting greeting"
+    HELLO = "awaiting HELO/EHLO"
+    READY = "ready for MAIL"
+    MAIL = "MAIL accepted"
+    RCPT = "recipient accepted"
+    DATA = "receiving DATA content"
+    BDAT = "receiving BDAT chunks"
+    REFUSED = "refused at greeting; only QUIT"
+    TLS = "TLS (opaque)"
+    CLOSED = "closed"
+
+
+GREETING = "<greeting>"  # the server's first reply answers this
+END_OF_DATA = "<end-of-data>"  # the reply after CRLF.CRLF answers this
+
+_HELLO = {"HELO": State.READY, "EHLO": State.READY, "QUIT": State.CLOSED}
+_ABORT = {**_HELLO, "RSET": State.READY}
+
+SUCCESS: dict[State, dict[str, State]] = {
+    State.GREETING: {GREETING: State.HELLO},
+    State.HELLO: _HELLO,
+    State.READY: {**_HELLO, "MAIL": State.MAIL, "STARTTLS": State.TLS},
+    State.MAIL: {**_ABORT, "RCPT": State.RCPT},
+    State.RCPT: {
+        **_ABORT,
+        "RCPT": State.RCPT,
+        "DATA": State.DATA,
+        "BDAT": State.BDAT,
+        "BDAT LAST": State.READY,
+    },
+    State.DATA: {END_OF_DATA: State.READY},
+    State.BDAT: {**_ABORT, "BDAT": State.BDAT, "BDAT LAST": State.READY},
+    State.REFUSED: {"QUIT": State.CLOSED},
+    State.TLS: {},
+    State.CLOSED: {},
+}
+
+FAILURE: dict[tuple[State, str], State] = {
+    (State.GREETING, GREETING): State.REFUSED,  # 554 greeting: wait for QUIT (§3.1)
+    (State.DATA, END_OF_DATA): State.READY,  # the transaction is over either way (§4.1.1.4)
+}
+
+ANYTIME = frozenset({"NOOP", "HELP", "VRFY", "EXPN", "RSET", "QUIT", "HELO", "EHLO"})
+_OPEN = (State.HELLO, State.READY, State.MAIL, State.RCPT, State.BDAT)
+
+LEGAL: dict[State, frozenset[str]] = {
+    state: frozenset(row) | (ANYTIME if state in _OPEN else frozenset())
+    for state, row in SUCCESS.items()
+}
+
+
+def next_state(state: State, key: str | None, code: int) -> State:
+    """The state after reply ``code`` to the command known as ``key`` (None: unsolicited)."""
+    if code == 421:
+        return State.CLOSED
+    if key is None:
+        return state
+    if 200 <= code < 400:
+        return SUCCESS[state].get(key, state)
+    return FAILURE.get((state, key), state)
+
+
+class Session:
+    """The confirmed state plus the commands still waiting for their replies."""
+
+    def __init__(self) -> None:
+        self.state = State.GREETING
+        self._waiting: deque[str] = deque([GREETING])
+
+    @property
+    def waiting(self) -> tuple[str, ...]:
+        return tuple(self._waiting)
+
+    def expected(self) -> State:
+        """The state once every waiting command has succeeded (see rule 3)."""
+        state = self.state
+        for key in self._waiting:
+            if key == GREETING:
+                return State.GREETING
+            state = SUCCESS[state].get(key, state)
+        return state
+
+    def allows(self, key: str) -> bool:
+        return key in LEGAL[self.expected()]
+
+    def command(self, key: str) -> bool:
+        """Record a command (or END_OF_DATA) awaiting a reply; return whether it is legal."""
+        legal = self.allows(key)
+        self._waiting.append(key)
+        return legal
+
+    def reply(self, code: int | None) -> str | None:
+        """Apply a reply; return the key it answers (None if nothing was waiting)."""
+        key = self._waiting.popleft() if self._waiting else None
+        if code is not None:
+            self.state = next_state(self.state, key, code)
+        return key

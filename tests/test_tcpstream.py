@@ -1,0 +1,389 @@
+"""TCP reassembly: order, retransmission, overlap, gaps, roles, closing, the corpus."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from harness.capture.pcapfile import read
+from harness.ladder.packets import ACK, FIN, PSH, RST, SYN, Decoder, Packet
+from harness.ladder.tcpstream import CLIENT, SERVER, Event, Reassembler, reassemble
+
+CORPUS = Path("/work/shared/corpus/zeek")
+T0 = 1_700_000_000_000_000_000
+CLIENT_ADDR, SERVER_ADDR = bytes([192, 0, 2, 1]), bytes([198, 51, 100, 25])
+C_ISN, S_ISN = 1000, 5000
+PA = PSH | ACK
+
+
+def seg(number, direction, flags, seq, ack=0, payload=b"", *, ports=(40000, 25), time=None):
+    """A TCP packet of the test connection; *seq*/*ack* are relative to the ISNs."""
+    cport, sport = ports
+    if direction == CLIENT:
+        addrs, seq, ack = (CLIENT_ADDR, SERVER_ADDR, cport, sport), C_ISN + seq, S_ISN + ack
+    else:
+        addrs, seq, ack = (SERVER_ADDR, CLIENT_ADDR, sport, cport), S_ISN + seq, C_ISN + ack
+    src, dst, sp, dp = addrs
+    time = T0 + number * 1_000_000 if time is None else time
+    mask = 0xFFFFFFFF
+    return Packet(number, time, src, dst, 6, sp, dp, seq & mask, ack & mask, flags, 1000, payload)
+
+
+def handshake():
+    return [seg(1, CLIENT, SYN, 0), seg(2, SERVER, SYN | ACK, 0, 1), seg(3, CLIENT, ACK, 1, 1)]
+
+
+def run(packets, **options) -> list[Event]:
+    return list(reassemble(packets, **options))
+
+
+def steps(events) -> list[tuple]:
+    return [(e.kind, e.direction, e.first, e.offset) for e in events if e.kind != "close"]
+
+
+def stream(events, direction) -> bytes:
+    return b"".join(e.data for e in events if e.kind == "data" and e.direction == direction)
+
+
+def test_a_whole_session():
+    packets = [
+        *handshake(),
+        seg(4, SERVER, PA, 1, 1, b"220 ready\r\n"),
+        seg(5, CLIENT, ACK, 1, 12),
+        seg(6, CLIENT, PA, 1, 12, b"QUIT\r\n"),
+        seg(7, SERVER, PA, 12, 7, b"221 bye\r\n"),
+        seg(8, SERVER, FIN | ACK, 21, 7),
+        seg(9, CLIENT, ACK, 7, 22),
+        seg(10, CLIENT, FIN | ACK, 7, 22),
+        seg(11, SERVER, ACK, 22, 8),
+    ]
+    events = run(packets)
+    assert steps(events) == [
+        ("syn", CLIENT, 1, -1),
+        ("syn-ack", SERVER, 2, -1),
+        ("handshake-ack", CLIENT, 3, 0),
+        ("data", SERVER, 4, 0),
+        ("ack", CLIENT, 5, 11),
+        ("data", CLIENT, 6, 0),
+        ("ack", SERVER, 7, 6),
+        ("data", SERVER, 7, 11),
+        ("fin", SERVER, 8, 20),
+        ("ack", CLIENT, 9, 21),  # acknowledges the FIN too
+        ("fin", CLIENT, 10, 6),
+        ("ack", SERVER, 11, 7),
+    ]
+    close = events[-1]
+    assert (close.kind, close.conn.end, close.conn.roles) == ("close", "fin", "syn")
+    assert close.conn.client == ("192.0.2.1", 40000)
+    assert close.conn.server == ("198.51.100.25", 25)
+    assert all(e.conn is close.conn for e in events)
+    assert [e.time for e in events[:3]] == [T0 + n * 1_000_000 for n in (1, 2, 3)]
+
+
+def test_lines_cut_across_segments():
+    parts = [b"EH", b"LO client\r", b"\nMAIL FROM:<a@", b"example.org>\r\n"]
+    packets, offset = handshake(), 1
+    for number, part in enumerate(parts, 4):
+        packets.append(seg(number, CLIENT, PA, offset, 1, part))
+        offset += len(part)
+    events = run(packets)
+    assert stream(events, CLIENT) == b"EHLO client\r\nMAIL FROM:<a@example.org>\r\n"
+    assert [e.first for e in events if e.kind == "data"] == [4, 5, 6, 7]
+
+
+def test_out_of_order_segments_wait_for_the_hole():
+    events = run(
+        [
+            *handshake(),
+            seg(4, CLIENT, PA, 5, 1, b" x\r\n"),
+            seg(5, CLIENT, PA, 9, 1, b"QUIT\r\n"),
+            seg(6, CLIENT, PA, 1, 1, b"EHLO"),
+        ]
+    )
+    data = [e for e in events if e.kind == "data"]
+    assert len(data) == 1
+    assert (data[0].data, data[0].first, data[0].last, data[0].offset) == (
+        b"EHLO x\r\nQUIT\r\n",
+        4,
+        6,
+        0,
+    )
+
+
+def test_retransmission_is_dropped():
+    again = seg(5, CLIENT, PA, 1, 1, b"EHLO x\r\n")
+    events = run([*handshake(), seg(4, CLIENT, PA, 1, 1, b"EHLO x\r\n"), again])
+    assert [e.kind for e in events[3:]] == ["data", "close"]
+
+
+def test_differing_retransmission_is_reported_and_the_first_copy_wins():
+    events = run(
+        [
+            *handshake(),
+            seg(4, CLIENT, PA, 1, 1, b"EHLO x\r\n"),
+            seg(5, CLIENT, PA, 3, 1, b"LO y\r\nQUIT\r\n"),  # overlaps, differs, and extends
+        ]
+    )
+    overlap = next(e for e in events if e.kind == "overlap")
+    assert (overlap.first, overlap.offset, overlap.length, overlap.data) == (5, 2, 6, b"LO y\r\n")
+    assert stream(events, CLIENT) == b"EHLO x\r\nQUIT\r\n"
+
+
+def test_overlapping_held_segments_first_copy_wins():
+    events = run(
+        [
+            *handshake(),
+            seg(4, CLIENT, PA, 5, 1, b"AAAA"),
+            seg(5, CLIENT, PA, 7, 1, b"BBBBCC"),  # overlaps the held AAAA by two bytes
+            seg(6, CLIENT, PA, 1, 1, b"1234"),
+        ]
+    )
+    assert [(e.kind, e.offset, e.data) for e in events if e.kind == "overlap"] == [
+        ("overlap", 6, b"BB")
+    ]
+    assert stream(events, CLIENT) == b"1234AAAABBCC"
+
+
+def test_gap_is_skipped_when_the_peer_acknowledges_past_it():
+    events = run(
+        [
+            *handshake(),
+            seg(4, CLIENT, PA, 1, 1, b"BDAT 8\r\n"),
+            # packet 5, with bytes 8..16, was not captured
+            seg(6, CLIENT, PA, 17, 1, b"QUIT\r\n"),
+            seg(7, SERVER, ACK, 1, 23),
+        ]
+    )
+    assert steps(events)[3:] == [
+        ("data", CLIENT, 4, 0),
+        ("gap", CLIENT, 7, 8),
+        ("data", CLIENT, 6, 16),
+        ("ack", SERVER, 7, 22),
+    ]
+    gap = next(e for e in events if e.kind == "gap")
+    assert gap.length == 8
+
+
+def test_gap_is_skipped_at_the_end_without_acknowledgements():
+    events = run(
+        [
+            seg(1, CLIENT, SYN, 0),
+            seg(2, CLIENT, PSH, 1, 0, b"one"),
+            seg(3, CLIENT, PSH, 9, 0, b"two"),
+        ]
+    )
+    assert [(e.kind, e.offset, e.length) for e in events[1:]] == [
+        ("data", 0, 3),
+        ("gap", 3, 5),
+        ("data", 8, 3),
+        ("close", 0, 0),
+    ]
+
+
+def test_gap_is_skipped_when_too_much_waits_behind_it():
+    packets = [*handshake()] + [seg(4 + i, CLIENT, PA, 11 + 4 * i, 1, b"abcd") for i in range(4)]
+    events = run(packets, max_ahead=10)
+    assert [(e.kind, e.first, e.offset, e.length) for e in events[3:6]] == [
+        ("gap", 6, 0, 10),
+        ("data", 4, 10, 12),
+        ("data", 7, 22, 4),
+    ]
+
+
+def test_fin_comes_after_the_data_before_it():
+    events = run(
+        [
+            *handshake(),
+            seg(4, CLIENT, FIN | ACK, 5, 1),
+            seg(5, CLIENT, PA, 1, 1, b"QUIT"),
+        ]
+    )
+    assert steps(events)[3:] == [("data", CLIENT, 5, 0), ("fin", CLIENT, 4, 4)]
+
+
+def test_one_sided_capture():
+    events = run(
+        [
+            seg(1, CLIENT, SYN, 0),
+            seg(2, CLIENT, ACK, 1, 1),
+            seg(3, CLIENT, ACK, 1, 30),  # the greeting was never captured
+            seg(4, CLIENT, PA, 1, 30, b"EHLO x\r\n"),
+            seg(5, CLIENT, FIN | ACK, 9, 90),
+        ]
+    )
+    assert steps(events) == [
+        ("syn", CLIENT, 1, -1),
+        ("handshake-ack", CLIENT, 2, 0),
+        ("ack", CLIENT, 3, 29),
+        ("data", CLIENT, 4, 0),
+        ("ack", CLIENT, 5, 89),
+        ("fin", CLIENT, 5, 8),
+    ]
+    assert events[-1].conn.end == "end"
+
+
+@pytest.mark.parametrize(
+    ("ports", "first_from", "server_port"),
+    [
+        ((40000, 25), CLIENT, 25),
+        ((40000, 25), SERVER, 25),
+        ((20, 587), SERVER, 587),  # the SMTP port wins over the lower port
+        ((50000, 8080), SERVER, 8080),
+    ],
+)
+def test_roles_without_a_handshake(ports, first_from, server_port):
+    events = run([seg(1, first_from, PA, 1, 1, b"x", ports=ports)])
+    conn = events[0].conn
+    assert (conn.roles, conn.server[1], events[0].direction) == ("port", server_port, first_from)
+    assert events[0].offset == 0
+
+
+def test_roles_from_a_syn_ack():
+    events = run(
+        [
+            seg(2, SERVER, SYN | ACK, 0, 1, ports=(25, 40000)),
+            seg(3, CLIENT, ACK, 1, 1, ports=(25, 40000)),
+        ]
+    )
+    assert events[0].conn.roles == "syn-ack"
+    assert events[0].conn.client == ("192.0.2.1", 25)
+    assert steps(events) == [("syn-ack", SERVER, 2, -1), ("handshake-ack", CLIENT, 3, 0)]
+
+
+def test_sequence_numbers_wrap():
+    isn = 0xFFFF_FFFF - 3 - C_ISN
+    packets = [
+        seg(1, CLIENT, SYN, isn),
+        seg(2, CLIENT, PA, isn + 1, 0, b"EHLO"),
+        seg(3, CLIENT, PA, isn + 5, 0, b" x\r\n"),
+    ]
+    events = run(packets)
+    assert stream(events, CLIENT) == b"EHLO x\r\n"
+    assert [e.offset for e in events if e.kind == "data"] == [0, 4]
+
+
+def test_rst_closes_the_connection():
+    events = run([*handshake(), seg(4, CLIENT, RST | ACK, 1, 1), seg(5, CLIENT, RST, 1)])
+    assert steps(events)[3:] == [("rst", CLIENT, 4, 0), ("rst", CLIENT, 5, 0)]
+    assert events[-1].conn.end == "rst"
+
+
+def test_connections_finish_after_linger_and_idle_keeping_memory_flat():
+    reassembler = Reassembler(idle=60, linger=1)
+    closes = []
+    for n in range(50):
+        ports, base = (30000 + n, 25), n * 100
+        packets = [
+            seg(base + 1, CLIENT, SYN, 0, ports=ports),
+            seg(base + 2, SERVER, SYN | ACK, 0, 1, ports=ports),
+            seg(base + 3, CLIENT, RST, 1, ports=ports),
+        ]
+        for packet in packets:
+            closes += [
+                e
+                for e in reassembler.feed(packet._replace(time=T0 + n * 2 * 10**9))
+                if e.kind == "close"
+            ]
+    assert len(closes) == 49  # each closed one is finished by a later packet
+    assert len(reassembler.flush()) == 1
+    reassembler = Reassembler(idle=60)
+    idle = seg(1, CLIENT, PA, 1, 1, b"x", time=T0)
+    later = seg(2, CLIENT, PA, 1, 1, b"y", ports=(1, 25), time=T0 + 61 * 10**9)
+    reassembler.feed(idle)
+    events = reassembler.feed(later)
+    assert [(e.kind, e.conn.end) for e in events[:1]] == [("close", "idle")]
+
+
+def test_a_new_syn_on_the_same_ports_is_a_new_connection():
+    events = run([*handshake(), seg(4, CLIENT, SYN, 777), seg(5, CLIENT, SYN, 777)])
+    syns = [e for e in events if e.kind == "syn"]
+    assert [e.conn.id for e in syns] == [1, 2]
+    assert syns[0].conn.end == "reused"
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    message=st.binary(min_size=1, max_size=200),
+    cuts=st.lists(st.tuples(st.integers(0, 200), st.integers(1, 60)), max_size=20),
+    order=st.randoms(use_true_random=False),
+)
+def test_any_order_and_duplication_gives_the_stream_back(message, cuts, order):
+    """Segments cover the message, overlapping, duplicated and shuffled: it comes back whole."""
+    size = len(message)
+    ranges = [(i, min(i + 16, size)) for i in range(0, size, 16)]  # full coverage
+    ranges += [(start % size, min(size, start % size + length)) for start, length in cuts]
+    order.shuffle(ranges)
+    packets = [seg(1, CLIENT, SYN, 0)]
+    for number, (lo, hi) in enumerate(ranges, 2):
+        packets.append(seg(number, CLIENT, PSH, 1 + lo, 0, message[lo:hi]))
+    events = run(packets)
+    assert stream(events, CLIENT) == message
+    assert not [e for e in events if e.kind in ("gap", "overlap")]
+
+
+# --- the foreign corpus
+
+FIRST_COMMANDS = {
+    "connect-with-smtp.pcap": b"CONNECT mailin03.sul.t-online.de:25",
+    "smtp-attachment-msg.pcap": b"ehlo localhost.localdomain\r\nmail FROM:",
+    "smtp-one-side-only.pcap": b"ehlo enzo.icir.org\r\nmail FROM:",
+    "smtp-starttls.pcap": b"EHLO openssl.client.net\r\nSTARTTLS\r\n",
+}
+
+
+@pytest.mark.parametrize("path", sorted(CORPUS.glob("*.pcap*")), ids=lambda p: p.name)
+def test_corpus_streams_start_with_smtp(path):
+    events = list(reassemble(Decoder().decode_all(read(str(path)))))
+    client: dict[int, bytes] = {}
+    server: dict[int, bytes] = {}
+    for e in events:
+        if e.kind == "data":
+            streams = client if e.direction == CLIENT else server
+            streams[e.conn.id] = streams.get(e.conn.id, b"") + e.data
+    smtp = [e.conn.id for e in events if e.kind == "syn" and e.conn.server[1] in (25, 8240)]
+    assert smtp
+    for conn_id in smtp:
+        expected = FIRST_COMMANDS.get(path.name, b"EHLO ")
+        assert client[conn_id].startswith(expected)
+        if conn_id in server and path.name != "connect-with-smtp.pcap":
+            assert server[conn_id].startswith(b"220")
+    assert sum(e.kind == "close" for e in events) == len({e.conn.id for e in events})
+    if path.name == "smtp-bdat-gap.pcap":
+        assert [(e.offset, e.length) for e in events if e.kind == "gap"] == [(200, 1000)]
+    else:
+        assert not [e for e in events if e.kind in ("gap", "overlap")]
+
+
+def _tshark_follow(path: Path) -> tuple[str, dict[bool, bytes]]:
+    """tshark's reassembly of TCP stream 0: (node 0 as "addr:port", {sent by node 0: bytes})."""
+    out = subprocess.run(
+        ["tshark", "-r", str(path), "-qz", "follow,tcp,raw,0"],
+        capture_output=True,
+        check=True,
+        text=True,
+    ).stdout
+    node0 = out.split("Node 0: ", 1)[1].split("\n", 1)[0]
+    sent: dict[bool, bytes] = {True: b"", False: b""}
+    for line in out.split("Node 1: ", 1)[1].splitlines()[1:]:
+        if line and not line.startswith("="):
+            sent[not line.startswith("\t")] += bytes.fromhex(line.strip())
+    return node0, sent
+
+
+@pytest.mark.skipif(not shutil.which("tshark"), reason="tshark not installed")
+@pytest.mark.parametrize(
+    "path",
+    [p for p in sorted(CORPUS.glob("*.pcap*")) if p.name != "smtp-bdat-gap.pcap"],
+    ids=lambda p: p.name,
+)
+def test_corpus_first_stream_matches_tshark(path):
+    node0, sent = _tshark_follow(path)
+    events = [e for e in reassemble(Decoder().decode_all(read(str(path)))) if e.conn.id == 1]
+    node0_is_client = node0.endswith(f":{events[0].conn.client[1]}")  # ports differ here
+    assert stream(events, CLIENT) == sent[node0_is_client]
+    assert stream(events, SERVER) == sent[not node0_is_client]
