@@ -120,7 +120,8 @@ OWNER = textwrap.dedent(
     import sys, time
     from harness.lab import Lab
     with Lab() as lab:
-        lab.popen("receiver", ["sleep", "60"])
+        child = lab.popen("receiver", ["sh", "-c", "echo up; exec sleep 60"], stdout=-1)
+        child.stdout.readline()  # the child is inside the host now
         print(lab.id, flush=True)
         time.sleep(60)
     """
