@@ -33,8 +33,9 @@ def _register() -> None:
     from harness.commands import demo, run
     from harness.dns.commands import dns
     from harness.lab.commands import lab
+    from harness.ladder.commands import check, ladder
 
-    for command in (lab, dns, run, demo):
+    for command in (lab, dns, run, demo, ladder, check):
         main.add_command(command)
 
 

@@ -5,10 +5,14 @@ Rules kept here:
   peers, then the capture, then the DNS server, then the lab.
 - Both peers run on one asyncio loop in the calling thread, each with sockets created in
   its own lab host and a resolver that asks the lab DNS from that host.
-- A run's folder holds what it produced: ``capture.pcap``, ``receiver.jsonl``,
-  ``sender.jsonl``, ``dns.jsonl`` and the stored mail under ``maildir/``.
-- The verdict compares what happened with ``[expect]``; a delivered recipient also needs a
-  stored message byte-identical to what the sender sent.
+- A run's folder holds what it produced: ``capture.pcap`` and its ladder (``ladder.txt``,
+  ``ladder.svg``, ``ladder.html``, ``ladder.json``), ``receiver.jsonl``, ``sender.jsonl``,
+  ``dns.jsonl`` and the stored mail under ``maildir/``.
+- The verdict compares what happened with ``[expect]``: per-recipient outcomes, DNS
+  questions, and — when ``expect.golden`` names a capture — the wire itself, ladder against
+  golden ladder (``harness.ladder.compare``).  A delivered recipient also needs a stored
+  message byte-identical to what the sender sent.
+- Only ``update_golden=True`` writes a golden capture; nothing else does.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -23,12 +28,18 @@ from pathlib import Path
 
 from harness.capture.live import Capture
 from harness.dns import DnsServer, FaultRule, FaultRules, QueryLog, ZoneSet, aquery
+from harness.errors import HarnessError
 from harness.lab import Lab
+from harness.ladder.compare import compare, format_diff
+from harness.ladder.dissect import dissect
+from harness.ladder.model import Ladder
+from harness.render import render
 from harness.scenario import Scenario
 from harness.smtp.receiver import Receiver, StoredMessage
 from harness.smtp.sender import Sender, SendReport
 
 DNS_PORT = 53
+LADDER_FORMATS = {"txt": "text", "svg": "svg", "html": "html", "json": "json"}
 
 
 @contextmanager
@@ -64,27 +75,30 @@ class RunResult:
     stored: list[StoredMessage]
     receiver_log: list[dict]
     dns_log: list
+    ladder: Ladder
     problems: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return not self.problems
 
-    def timeline(self) -> list[dict]:
-        """Sender DNS, then what the receiver saw, merged by wall-clock time."""
-        sender = [
-            e
-            for e in self.report.transcript
-            if e["kind"].startswith("dns-") or e["kind"] == "message"
-        ]
-        for e in sender:
-            e.setdefault("side", "sender")
-        for e in self.receiver_log:
-            e.setdefault("side", "receiver")
-        return sorted(sender + self.receiver_log, key=lambda e: e["wall"])
+    @property
+    def pcap(self) -> Path:
+        return self.folder / "capture.pcap"
 
 
-def run_scenario(scenario: Scenario, folder: Path, capture_backend: str = "afpacket") -> RunResult:
+def run_scenario(
+    scenario: Scenario,
+    folder: Path,
+    capture_backend: str = "afpacket",
+    update_golden: bool = False,
+) -> RunResult:
+    golden = scenario.expect.golden
+    if golden is not None and not update_golden and not golden.is_file():
+        raise HarnessError(
+            f"{scenario.path}: expect.golden: {golden} does not exist "
+            "(record it with --update-golden)"
+        )
     folder.mkdir(parents=True, exist_ok=True)
     with (
         Lab(scenario.topology) as lab,
@@ -99,9 +113,32 @@ def run_scenario(scenario: Scenario, folder: Path, capture_backend: str = "afpac
         stored=receiver.stored,
         receiver_log=receiver.log.entries,
         dns_log=dns.log.entries(),
+        ladder=dissect(str(folder / "capture.pcap"), host_names(scenario.topology)),
     )
+    write_ladder(result.ladder, folder)
+    if golden is not None and update_golden:
+        golden.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(result.pcap, golden)
     result.problems = judge(result)
+    if golden is not None and not update_golden:
+        result.problems += judge_wire(result.ladder, result.pcap, golden, scenario.topology)
     return result
+
+
+def host_names(topology) -> dict[str, str]:
+    """Address -> host name, for the ladder of a lab capture."""
+    return {addr: h.name for h in topology.hosts for addr in h.addresses}
+
+
+def write_ladder(ladder: Ladder, folder: Path) -> None:
+    for suffix, fmt in LADDER_FORMATS.items():
+        (folder / f"ladder.{suffix}").write_text(render(ladder, fmt), encoding="utf-8")
+
+
+def judge_wire(ladder: Ladder, pcap: Path, golden: Path, topology) -> list[str]:
+    """The packetdrill-style diff against the golden capture, or nothing if it matches."""
+    verdict = compare(ladder, dissect(str(golden), host_names(topology)))
+    return [] if verdict.ok else [format_diff(verdict, str(pcap), str(golden)).rstrip()]
 
 
 async def _exchange(lab: Lab, scenario: Scenario, folder: Path) -> tuple[SendReport, Receiver]:

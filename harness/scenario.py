@@ -91,6 +91,7 @@ SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
         "rejected": ((_STRS, type(None)), None),
         "deferred": ((_STRS, type(None)), None),
         "dns_questions": ((_STRS, type(None)), None),
+        "golden": ((str, type(None)), None),
     },
 }
 TOP_LEVEL = {"scenario", "hosts", "dns", "receiver", "sender", "expect"}
@@ -104,6 +105,7 @@ class Expectations:
     rejected: list[str] | None = None
     deferred: list[str] | None = None
     dns_questions: list[str] | None = None  # "NAME TYPE", in this order, as a subsequence
+    golden: Path | None = None  # the capture whose ladder the run's must match
 
 
 @dataclass
@@ -168,9 +170,16 @@ def _build(path: Path, data: dict) -> Scenario:
         receiver=_receiver_config(recv),
         sender_host=send["host"],
         sender=_sender_config(path, send, topology.host(send["host"]).fqdn),
-        expect=Expectations(**_table(data.get("expect", {}), "expect")),
+        expect=_expectations(path, _table(data.get("expect", {}), "expect")),
     )
     return scenario
+
+
+def _expectations(path: Path, t: dict) -> Expectations:
+    if t["golden"] is not None:
+        golden = Path(t["golden"])
+        t["golden"] = golden if golden.is_absolute() else (path.parent / golden).resolve()
+    return Expectations(**t)
 
 
 def _table(given: Any, name: str, where: str | None = None) -> dict:

@@ -8,16 +8,8 @@ import pytest
 
 from harness.dns import FaultRule, query
 from harness.lab import Lab
-from harness.runner import lab_dns
-from harness.scenario import load_scenario
 
 pytestmark = pytest.mark.lab
-
-
-@pytest.fixture
-def dns(lab: Lab):
-    with lab_dns(lab, load_scenario(None)) as server:
-        yield server
 
 
 def dig(lab: Lab, *args: str) -> str:

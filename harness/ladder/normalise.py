@@ -1,0 +1,144 @@
+"""Normalise a ladder: take out what varies between runs, keep what the protocol fixes.
+
+Rules this module keeps (design rule 6), applied in this order:
+
+| what varies          | rule                                                                   |
+|----------------------|------------------------------------------------------------------------|
+| addresses            | ``hosts`` (address -> name) renames ``src``/``dst``; ``addr:port`` keeps |
+|                      | only the address's name when the port is ephemeral (>= 1024, not SMTP) |
+| ports, ISNs          | already gone: the dissector shows no client port and relative offsets  |
+| times                | kept on each step for display; ``compare`` never looks at them         |
+| connection ids       | renumbered 1, 2, ... in order of first appearance                      |
+| variable text        | ``MASKS``: each (regex, label) replaces what it matches in step text   |
+|                      | and string details with a stand-in ``<LABEL-n>``; ``n`` counts distinct |
+|                      | values per label in this ladder, so the same value twice gets the same |
+|                      | stand-in (Exim's test suite does this with queue ids)                  |
+| content digest       | replaced by ``<DIGEST>`` unless ``digest=True`` (Received headers and  |
+|                      | dates inside the message differ between runs; size and lines stay)     |
+
+A mask with a group named ``value`` replaces only that group (``queued as (?P<value>\\w+)``).
+Masks run in list order, so a date inside a banner is a DATE before the banner is masked.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
+
+from harness.ladder.dissect import SMTP_PORTS
+from harness.ladder.model import Ladder, Step
+
+Mask = tuple[str, str]  # (regular expression, label)
+
+_MONTH = r"(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)"
+_ZONE = r"(?:[+-]\d{4}|UT|GMT|[ECMP][SD]T|Z)"
+
+MASKS: tuple[Mask, ...] = (
+    # RFC 5322 date-time, with optional day name, seconds, zone and comment
+    (
+        rf"(?:(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun),\s*)?\d{{1,2}}\s+{_MONTH}\s+\d{{2,4}}\s+"
+        rf"\d{{1,2}}:\d{{2}}(?::\d{{2}})?(?:\s*{_ZONE})?(?:\s*\([A-Za-z ]+\))?",
+        "DATE",
+    ),
+    (r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:Z|[+-]\d{2}:?\d{2})?", "DATE"),
+    (r"(?i)message-id:\s*(?P<value><[^>\s]+>)", "MSGID"),
+    # queue ids: Exim (old 6-6-2 and 4.97+ 6-11-4), then those named by context
+    (r"\b[0-9A-Za-z]{6}-[0-9A-Za-z]{6,11}-[0-9A-Za-z]{2,4}\b", "QUEUEID"),
+    (r"(?i)\bqueued as (?P<value>[0-9A-Za-z]+)", "QUEUEID"),  # Postfix, short or long
+    (r"(?i)\bwith [a-z]+ id (?P<value>[0-9A-Za-z.]+)", "QUEUEID"),  # Received: ... id X
+    (r"(?i)^250 (?:\d\.\d\.\d )?(?P<value>[0-9A-Za-z]{8,14}) Message accepted", "QUEUEID"),
+    (r"(?i)\[InternalId=(?P<value>\d+)\]", "QUEUEID"),
+    (r"\b1[5-9]\d{8}(?:\.\d+)?\b", "TIMESTAMP"),  # Unix time, 2017 to 2033
+    (r"(?i)\bpid[= ](?P<value>\d+)", "PID"),
+    (r"\b[a-z]+(?:/[a-z]+)*\[(?P<value>\d+)\]", "PID"),  # postfix/smtpd[1234]
+    # what a greeting says after the host name (version, date, mood)
+    (r"\A220[ -]\S+ (?P<value>.+)", "BANNER"),
+)
+_DIGEST = re.compile(r"sha256:[0-9a-f]+")
+
+
+class Normaliser:
+    """Applies the rules above; one instance per ladder (stand-ins count per ladder)."""
+
+    def __init__(
+        self,
+        masks: Iterable[Mask] = MASKS,
+        hosts: dict[str, str] | None = None,
+        *,
+        digest: bool = False,
+    ) -> None:
+        self._masks = [(re.compile(pattern, re.MULTILINE), label) for pattern, label in masks]
+        self._hosts = hosts or {}
+        self._digest = digest
+        self._seen: dict[str, dict[str, int]] = {}
+        self._conns: dict[int, int] = {}
+
+    def ladder(self, ladder: Ladder) -> Ladder:
+        steps = [self.step(s) for s in ladder.steps]
+        coverage = {
+            self._conn(c): replace(cov, conn=self._conn(c)) for c, cov in ladder.coverage.items()
+        }
+        return replace(ladder, steps=steps, coverage=coverage)
+
+    def step(self, step: Step) -> Step:
+        return replace(
+            step,
+            src=self._name(step.src),
+            dst=self._name(step.dst),
+            text=self.text(step.text),
+            conn=None if step.conn is None else self._conn(step.conn),
+            detail=tuple(
+                (k, self._value(k, v) if isinstance(v, str) else v) for k, v in step.detail
+            ),
+        )
+
+    def text(self, text: str) -> str:
+        for pattern, label in self._masks:
+            text = pattern.sub(lambda m, label=label: self._stand_in(m, label), text)
+        return text if self._digest else _DIGEST.sub("sha256:<DIGEST>", text)
+
+    def _value(self, key: str, value: str) -> str:
+        if key == "sha256" and not self._digest:
+            return "<DIGEST>"
+        return self.text(value)
+
+    def _stand_in(self, match: re.Match[str], label: str) -> str:
+        group = "value" if "value" in match.re.groupindex else 0
+        seen = self._seen.setdefault(label, {})
+        stand_in = f"<{label}-{seen.setdefault(match.group(group), len(seen) + 1)}>"
+        if group == 0:
+            return stand_in
+        start, end = match.span(group)
+        whole = match.group(0)
+        offset = match.start(0)
+        return whole[: start - offset] + stand_in + whole[end - offset :]
+
+    def _name(self, name: str) -> str:
+        addr, port = _split_port(name)
+        addr = self._hosts.get(addr, addr)
+        if port is None or (port >= 1024 and port not in SMTP_PORTS):
+            return addr
+        return f"{addr}:{port}"
+
+    def _conn(self, conn: int) -> int:
+        return self._conns.setdefault(conn, len(self._conns) + 1)
+
+
+def normalise(
+    ladder: Ladder,
+    masks: Sequence[Mask] = MASKS,
+    hosts: dict[str, str] | None = None,
+    *,
+    digest: bool = False,
+) -> Ladder:
+    """*ladder* with the rules of this module applied."""
+    return Normaliser(masks, hosts, digest=digest).ladder(ladder)
+
+
+def _split_port(name: str) -> tuple[str, int | None]:
+    """``addr:port`` or ``[v6]:port`` -> (addr, port); anything else -> (name, None)."""
+    m = re.fullmatch(r"\[(.+)\]:(\d+)|([^:]+):(\d+)", name)
+    if m is None:
+        return name, None
+    return (m.group(1) or m.group(3)), int(m.group(2) or m.group(4))

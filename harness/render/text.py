@@ -1,0 +1,71 @@
+"""A terminal ladder: one column per host, one arrow per step, the step text on the arrow.
+
+Layout: ``number time`` in a gutter, then the columns spread evenly over ``width``
+(100-120 is the target).  ``──►`` points right, ``◄──`` left; text that does not fit
+between the arrow's ends is cut with …; an arrow crossing a column hides its lifeline.
+"""
+
+from __future__ import annotations
+
+from harness.ladder.model import Ladder, Step
+from harness.render.style import clip, label, seconds
+
+WIDTH = 110
+_GUTTER = 13  # "nnnn tttt.ttt "
+_MARGIN = 8  # room for half a host name outside the outer lifelines
+
+
+def render(ladder: Ladder, width: int = WIDTH) -> str:
+    hosts = ladder.participants
+    if not hosts:
+        return "(no steps)\n"
+    columns = _columns(len(hosts), width)
+    lines = [_header(hosts, columns, width), "".join(_lifelines(columns, width)).rstrip()]
+    for step in ladder.steps:
+        row = _lifelines(columns, width)
+        _arrow(row, columns[hosts.index(step.src)], columns[hosts.index(step.dst)], step)
+        prefix = f"{step.index:>4} {seconds(ladder, step):8.3f}"
+        lines.append(prefix + "".join(row)[len(prefix) :].rstrip())
+    return "\n".join(lines) + "\n"
+
+
+def _columns(n: int, width: int) -> list[int]:
+    """Lifeline positions: the outer ones _MARGIN inside the area, the rest evenly between."""
+    first, last = _GUTTER + _MARGIN, width - _MARGIN
+    if n == 1:
+        return [first]
+    return [first + (last - first) * i // (n - 1) for i in range(n)]
+
+
+def _header(hosts: list[str], columns: list[int], width: int) -> str:
+    row = [" "] * width
+    room = (columns[1] - columns[0] - 1) if len(columns) > 1 else width - _GUTTER
+    for name, x in zip(hosts, columns, strict=True):
+        name = clip(name, room)
+        start = max(0, min(width - len(name), x - len(name) // 2))
+        row[start : start + len(name)] = name
+    return "".join(row).rstrip()
+
+
+def _lifelines(columns: list[int], width: int) -> list[str]:
+    row = [" "] * width
+    for x in columns:
+        row[x] = "│"
+    return row
+
+
+def _arrow(row: list[str], a: int, b: int, step: Step) -> None:
+    """Draw the arrow from column *a* to column *b* into *row*, text in the middle."""
+    if a == b:
+        b = a + 6
+    lo, hi = min(a, b), max(a, b)
+    row[lo + 1 : hi] = "─" * (hi - lo - 1)
+    if b > a:
+        row[hi - 1] = "►"
+    else:
+        row[lo + 1] = "◄"
+    text = clip(label(step), hi - lo - 7)
+    if text:
+        text = f" {text} "
+        start = lo + (hi - lo - len(text)) // 2 + 1
+        row[start : start + len(text)] = text

@@ -1,0 +1,153 @@
+"""tshark as the second opinion (design rule 5) on every corpus and golden capture.
+
+Per connection, our ladder and tshark must agree on the SMTP command verbs, the reply
+codes and the SYN / SYN-ACK / FIN / RST sequence, and on the DNS questions asked.
+
+TCP flags are read with pyshark in JSON mode.  SMTP and DNS are read with ``tshark -T
+fields`` instead, because pyshark's JSON mode is broken for them here: it splits JSON
+keys at dots, so a DNS query (keyed ``mail.patriots.in: type A, class IN``) becomes a
+tree of junk, and it keeps one of several duplicate keys, so two SMTP responses in one
+packet count as one.
+
+tshark's SMTP dissector truncates verbs to four letters (``STAR`` for STARTTLS): verbs
+are compared on four letters.  Lines that are not commands (AUTH LOGIN's base64, text
+a server refused as a command) are left out on our side: tshark does not call them
+commands.  Where tshark and we read a capture differently, ``TSHARK_DIFFERS`` says why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+from collections import defaultdict
+from pathlib import Path
+
+import dnslib
+import pyshark
+import pytest
+
+from harness.ladder.dissect import dissect
+from harness.ladder.model import Ladder
+from harness.smtp.commands import VERBS
+
+CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
+GOLDEN = Path(__file__).resolve().parents[1] / "pcaps"
+FILES = sorted((CORPUS / "zeek").glob("*.pcap*")) + sorted(GOLDEN.glob("*.pcap*"))
+KNOWN = {verb[:4] for verb in (*VERBS, "AUTH")}
+
+TSHARK_DIFFERS = {  # file -> why tshark sees fewer commands than we do
+    "connect-with-smtp.pcap": "SMTP inside an HTTP CONNECT tunnel on port 8240: tshark "
+    "decodes no SMTP commands there",
+    "smtp-bdat-gap.pcap": "tshark stops reading commands after the BDAT chunk with a gap",
+    "smtp-bdat-pipeline-8bitmime.pcap": "tshark does not read commands pipelined in the "
+    "segment before a BDAT chunk",
+    "smtp-bdat-cmd-invalid.pcapng": "after BDAT without a size (or with a bad one) tshark "
+    "reads the QUIT that follows as chunk data",
+}
+ONE_SIDED = {  # file -> why we parse less than tshark
+    "smtp-one-side-only.pcap": "no server side captured: the core waits for the reply to "
+    "DATA and reports the rest as unparsed; tshark assumes a 354",
+}
+
+Streams = dict[int, list]
+
+
+def test_the_corpus_is_there():
+    assert (CORPUS / "zeek").is_dir(), f"missing corpus {CORPUS}: CI must copy shared/ beside"
+    assert len(FILES) >= 12
+
+
+def tshark_fields(path: Path, *fields: str) -> list[list[str]]:
+    args = ["tshark", "-r", str(path), "-T", "fields", "-E", "occurrence=a", "-E", "aggregator=|"]
+    for field in fields:
+        args += ["-e", field]
+    out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
+    return [line.split("\t") for line in out.splitlines()]
+
+
+def tshark_smtp(path: Path) -> tuple[Streams, Streams]:
+    commands: Streams = defaultdict(list)
+    replies: Streams = defaultdict(list)
+    for stream, verbs, codes in tshark_fields(
+        path, "tcp.stream", "smtp.req.command", "smtp.response.code"
+    ):
+        commands[int(stream or -1)] += [v.upper() for v in verbs.split("|") if v.upper() in KNOWN]
+        replies[int(stream or -1)] += [int(c) for c in codes.split("|") if c]
+    return _drop_empty(commands), _drop_empty(replies)
+
+
+def tshark_questions(path: Path) -> list[tuple[str, int]]:
+    rows = tshark_fields(path, "dns.flags.response", "dns.qry.name", "dns.qry.type")
+    return [(name, int(qtype)) for response, name, qtype in rows if response in ("0", "False")]
+
+
+def tshark_flags(path: Path) -> Streams:
+    """SYN, SYN-ACK, FIN, RST per tcp.stream, from pyshark's JSON mode."""
+    flags: Streams = defaultdict(list)
+    # pyshark 0.6 needs a current event loop; asyncio.run() elsewhere in the suite leaves none
+    loop = asyncio.new_event_loop()
+    capture = pyshark.FileCapture(
+        str(path), use_json=True, include_raw=False, keep_packets=False, eventloop=loop
+    )
+    try:
+        for packet in capture:
+            if "TCP" in packet:
+                bits = int(packet.tcp.flags, 16)
+                stream = flags[int(packet.tcp.stream)]
+                if bits & 0x02:
+                    stream.append("syn-ack" if bits & 0x10 else "syn")
+                stream += ["fin"] * (bits & 0x01) + ["rst"] * (bits >> 2 & 1)
+    finally:
+        capture.close()
+        loop.close()
+    return _drop_empty(flags)
+
+
+def ours(ladder: Ladder) -> tuple[Streams, Streams, Streams, list[tuple[str, int]]]:
+    """Commands, replies and flags by tcp.stream (our connection id - 1); DNS questions."""
+    commands: Streams = defaultdict(list)
+    replies: Streams = defaultdict(list)
+    flags: Streams = defaultdict(list)
+    questions = []
+    for s in ladder.steps:
+        stream = (s.conn or 0) - 1
+        if s.kind == "command" and s.get("verb")[:4] in KNOWN and s.get("in_order") is not None:
+            commands[stream].append(s.get("verb")[:4])
+        elif s.kind == "reply":
+            replies[stream].append(s.get("code"))
+        elif s.kind in ("syn", "syn-ack", "fin", "rst"):
+            flags[stream].append(s.kind)
+        elif s.kind == "dns-query":
+            name, _, qtype = s.text.split(" ")
+            questions.append((name, getattr(dnslib.QTYPE, qtype)))
+    return _drop_empty(commands), _drop_empty(replies), _drop_empty(flags), questions
+
+
+def _drop_empty(streams: Streams) -> Streams:
+    return {k: v for k, v in streams.items() if v}
+
+
+def is_subsequence(short: list, long: list) -> bool:
+    rest = iter(long)
+    return all(item in rest for item in short)
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
+def test_our_ladder_agrees_with_tshark(path):
+    ladder = dissect(str(path))
+    commands, replies, flags, questions = ours(ladder)
+    their_commands, their_replies = tshark_smtp(path)
+    assert flags == tshark_flags(path)
+    assert questions == tshark_questions(path)
+    if path.name in ONE_SIDED:
+        (stream,) = their_commands
+        assert their_commands[stream][: len(commands[stream])] == commands[stream]
+        assert len(commands[stream]) < len(their_commands[stream])
+        assert any("never parsed" in s.text for s in ladder.steps if s.kind == "anomaly")
+    elif path.name in TSHARK_DIFFERS:
+        for stream, verbs in their_commands.items():
+            assert is_subsequence(verbs, commands[stream]), TSHARK_DIFFERS[path.name]
+        assert sum(map(len, commands.values())) > sum(map(len, their_commands.values()))
+    else:
+        assert commands == their_commands
+        assert replies == their_replies
