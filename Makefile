@@ -3,6 +3,8 @@
 #   make test      install, then the whole test suite (unit + real-namespace tests)
 #   make demo      install, then the main job: the seed scenario
 #   make bench     install, then the benchmarks (they print ratios against peers)
+#   make mtas      unpack Postfix, Exim, OpenSMTPD, Sendmail into .cache/debs (idempotent)
+#   make conformance  the conformance matrix: checks x MTAs x roles -> runs/conformance/
 #   make lint      ruff
 SHELL := /bin/bash
 VENV  := .venv
@@ -10,7 +12,7 @@ PY    := $(VENV)/bin/python
 APT_PACKAGES := iproute2 tcpdump tshark dnsutils dnsperf procps
 STAMP := $(VENV)/.installed
 
-.PHONY: install apt venv test demo bench lint clean-lab
+.PHONY: install apt venv test demo bench lint clean-lab mtas conformance
 
 install: apt $(STAMP)
 
@@ -30,8 +32,14 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev,bench]'
 	touch $(STAMP)
 
-test: install
+mtas: install
+	$(PY) -m harness.mta prepare
+
+test: install mtas
 	$(VENV)/bin/pytest -q -p no:cacheprovider
+
+conformance: install mtas
+	$(VENV)/bin/smtp-harness matrix --out runs/conformance --expected fixtures/expected-matrix.toml
 
 demo: install
 	$(VENV)/bin/smtp-harness demo

@@ -30,12 +30,13 @@ def main() -> None:
 
 
 def _register() -> None:
+    from harness.checks.commands import matrix
     from harness.commands import demo, run
     from harness.dns.commands import dns
     from harness.lab.commands import lab
     from harness.ladder.commands import check, ladder
 
-    for command in (lab, dns, run, demo, ladder, check):
+    for command in (lab, dns, run, demo, ladder, check, matrix):
         main.add_command(command)
 
 

@@ -12,7 +12,9 @@ Sections: ``[scenario]`` name/description; ``[[hosts]]`` the topology (default: 
 seed's three hosts); ``[dns]`` zones, zones without glue, extra records, ``[[dns.faults]]``;
 ``[receiver]`` the scripted receiver with ``[[receiver.replies]]``; ``[sender]`` the
 scripted sender with ``[[sender.script]]``; ``[expect]`` per-recipient outcomes and DNS
-questions.
+questions.  ``mta = "postfix"`` (any name ``harness.mta.base.adapters()`` knows) in
+``[receiver]`` or ``[sender]`` puts that real MTA in the role instead of the scripted peer:
+then only the keys in ``MTA_KEYS`` apply to that side, and the other side stays scripted.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
     },
     "receiver": {
         "host": (str, "receiver"),
+        "mta": ((str, type(None)), None),
         "port": (int, 25),
         "hostname": (str, "mail.receiver.com"),
         "greeting": (str, "ESMTP smtp-harness"),
@@ -66,6 +69,7 @@ SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
     },
     "sender": {
         "host": (str, "sender"),
+        "mta": ((str, type(None)), None),
         "helo": ((str, type(None)), None),
         "ehlo": (bool, False),
         "vrfy": (bool, True),
@@ -95,6 +99,11 @@ SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
     },
 }
 TOP_LEVEL = {"scenario", "hosts", "dns", "receiver", "sender", "expect"}
+# the keys that still mean something when a real MTA plays the role
+MTA_KEYS = {
+    "receiver": {"host", "mta", "port", "hostname", "domains", "users"},
+    "sender": {"host", "mta", "helo", "mail_from", "recipients", "message"},
+}
 
 
 @dataclass
@@ -124,6 +133,8 @@ class Scenario:
     sender_host: str
     sender: SenderConfig
     expect: Expectations = field(default_factory=Expectations)
+    receiver_mta: str | None = None  # a real MTA instead of the scripted receiver
+    sender_mta: str | None = None  # a real MTA instead of the scripted sender
 
 
 def load_scenario(path: Path | str | None) -> Scenario:
@@ -137,10 +148,16 @@ def load_scenario(path: Path | str | None) -> Scenario:
         raise HarnessError(f"{where}: cannot read: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise HarnessError(f"{where}: not valid TOML: {exc}") from None
+    return scenario_from_data(data, path)
+
+
+def scenario_from_data(data: dict, path: Path) -> Scenario:
+    """A scenario from already-parsed TOML data; ``path`` anchors relative paths and names
+    the scenario in errors (checks build their scenarios this way)."""
     try:
         return _build(path, data)
     except HarnessError as exc:
-        raise HarnessError(f"{where}: {exc}") from None
+        raise HarnessError(f"{path}: {exc}") from None
 
 
 def _build(path: Path, data: dict) -> Scenario:
@@ -171,8 +188,35 @@ def _build(path: Path, data: dict) -> Scenario:
         sender_host=send["host"],
         sender=_sender_config(path, send, topology.host(send["host"]).fqdn),
         expect=_expectations(path, _table(data.get("expect", {}), "expect")),
+        receiver_mta=_mta(data, "receiver"),
+        sender_mta=_mta(data, "sender"),
     )
+    _check_mta_sides(scenario)
     return scenario
+
+
+def _mta(data: dict, role: str) -> str | None:
+    """The MTA named by ``[role] mta``, with only the keys that apply to it."""
+    given = data.get(role, {})
+    name = given.get("mta")
+    if name is None:
+        return None
+    from harness.mta.base import adapters
+
+    known = adapters()
+    if name not in known:
+        raise HarnessError(f"{role}.mta: no adapter named {name!r} (known: {', '.join(known)})")
+    extra = sorted(set(given) - MTA_KEYS[role])
+    if extra:
+        raise HarnessError(f"{role}.{extra[0]}: applies to the scripted {role}, not to {name}")
+    return name
+
+
+def _check_mta_sides(scenario: Scenario) -> None:
+    if scenario.receiver_mta and scenario.sender_mta:
+        raise HarnessError("receiver.mta and sender.mta: one side must be a scripted peer")
+    if scenario.sender_mta and scenario.receiver_port != 25:
+        raise HarnessError(f"receiver.port: {scenario.sender_mta} as sender delivers to port 25")
 
 
 def _expectations(path: Path, t: dict) -> Expectations:

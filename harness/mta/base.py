@@ -103,6 +103,13 @@ class MtaAdapter(ABC):
         """Receiver role: the messages delivered to local ``user``, oldest first, as stored."""
         raise HarnessError(f"{self.name}: mailbox() is for the receiver role")
 
+    def as_sent(self, stored: bytes) -> bytes:
+        """The message as its author submitted it, from a copy this MTA relayed (sender
+        role: as a peer stored it) or stored (receiver role: from ``mailbox``): without the
+        trace header fields the MTA prepends, in wire form (CRLF line ends).  The runner
+        compares this with the scenario's message byte for byte.  Default: no change."""
+        return stored
+
     def __enter__(self) -> MtaAdapter:
         self.start()
         return self

@@ -70,14 +70,14 @@ def parse_command(
     verb, sep, rest = text.partition(" ")
     verb = verb.upper()
     argument = rest if sep else None
-    shape = VERBS.get(verb)
-    fields, error = _PARSERS[shape](verb, argument) if shape else ({}, None)
+    parser = _VERB_PARSERS.get(verb)
+    fields, error = parser(verb, argument) if parser else ({}, None)
     return Command(
         direction=direction,
         offset=offset,
         verb=verb,
         argument=argument,
-        known=shape is not None,
+        known=parser is not None,
         raw=line if raw is None else raw,
         syntax_error=error,
         flaws=flaws,
@@ -150,6 +150,10 @@ def _split_path(text: str, errors: list[str]) -> tuple[str, str]:
         errors.append("the address is not in angle brackets")
         address, _, tail = text.partition(" ")
         return address, " " + tail if tail else ""
+    if '"' not in text:  # the common case: no quoted local part, the first > closes
+        close = text.find(">")
+        if close > 0:
+            return text[1:close], text[close + 1 :]
     quoted = False
     for i, ch in enumerate(text[1:], start=1):
         if ch == '"' and text[i - 1] != "\\":
@@ -202,3 +206,4 @@ _PARSERS: dict[Shape, Callable[[str, str | None], Parsed]] = {
     Shape.FORWARD_PATH: _path("TO", null_ok=False),
     Shape.CHUNK: _chunk,
 }
+_VERB_PARSERS = {verb: _PARSERS[shape] for verb, shape in VERBS.items()}  # one lookup a line

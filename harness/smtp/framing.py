@@ -19,7 +19,7 @@ Rules kept here:
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from harness.smtp.events import Anomaly, AnomalyKind, Direction
 
@@ -31,8 +31,7 @@ _ODD_BYTES = re.compile(rb"\r(?!\n)|(?<!\r)\n|\x00")
 _ODD_KIND = {b"\r": AnomalyKind.BARE_CR, b"\n": AnomalyKind.BARE_LF, b"\x00": AnomalyKind.NUL}
 
 
-@dataclass(frozen=True, slots=True)
-class Unit:
+class Unit(NamedTuple):  # a tuple: one is made per line, and tuples are cheap to make
     """Bytes up to and including an LF (``complete``), or a piece of an overlong one."""
 
     raw: bytes
@@ -96,6 +95,8 @@ class ReceiveBuffer:
 
 def odd_bytes(raw: bytes, offset: int, direction: Direction) -> list[Anomaly]:
     """Bare CR, bare LF and NUL in ``raw`` (which starts at stream ``offset``)."""
+    if _ODD_BYTES.search(raw) is None:  # the common case: one C call, no list built
+        return []
     return [
         Anomaly(direction=direction, offset=offset + m.start(), kind=_ODD_KIND[m.group()])
         for m in _ODD_BYTES.finditer(raw)

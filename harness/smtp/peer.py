@@ -8,11 +8,14 @@ Rules kept here:
    its server address is bound with ``functools.partial``).
 2. A log entry is a flat JSON object with the seconds since the log started (``t``) and a
    ``kind``; entries are kept in memory and, when a path is given, appended to it one line
-   each, flushed at once, so a crash never loses what already happened.
+   each.  The file is flushed after each entry or, with ``per_turn=True`` inside an event
+   loop, once per loop turn in which entries were added (one flush for the batch of entries
+   a wakeup produces): either way everything is on disk by the time the peer waits.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import time
@@ -33,23 +36,38 @@ def family_of(host: str) -> int:
 class EventLog:
     """An ordered list of JSON-able entries, mirrored to a JSON-lines file if asked."""
 
-    def __init__(self, path: Path | None = None) -> None:
+    def __init__(self, path: Path | None = None, *, per_turn: bool = False) -> None:
         self.entries: list[dict[str, Any]] = []
         self._start = time.monotonic()
         self._file: TextIO | None = path.open("a", encoding="utf-8") if path else None
+        self._per_turn = per_turn
+        self._flush_due = False  # a flush is scheduled for the end of this loop turn
 
     def add(self, kind: str, **fields: Any) -> dict[str, Any]:
-        entry = {
-            "t": round(time.monotonic() - self._start, 6),
-            "wall": time.time(),  # to merge the logs of both peers into one timeline
-            "kind": kind,
-            **fields,
-        }
+        entry = {"t": round(time.monotonic() - self._start, 6), "kind": kind, **fields}
         self.entries.append(entry)
         if self._file:
             self._file.write(json.dumps(entry, default=str) + "\n")
-            self._file.flush()
+            self._flush_soon()
         return entry
+
+    def _flush_soon(self) -> None:
+        if self._flush_due:
+            return
+        try:
+            loop = asyncio.get_running_loop() if self._per_turn else None
+        except RuntimeError:  # not inside an event loop: nothing would run the callback
+            loop = None
+        if loop is None:
+            self.flush()
+        else:
+            self._flush_due = True
+            loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        self._flush_due = False
+        if self._file:
+            self._file.flush()
 
     def close(self) -> None:
         if self._file:

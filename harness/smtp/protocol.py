@@ -65,18 +65,38 @@ CLIENT, SERVER = Direction.CLIENT, Direction.SERVER
 _AWAIT_REPLY = frozenset({"DATA", "STARTTLS"})  # the reply decides what the next bytes are
 
 
+class _Side:
+    """One direction of the connection: its unparsed bytes and the mode they are read in."""
+
+    __slots__ = ("buffer", "closed", "reader")
+
+    def __init__(self, reader: Reader) -> None:
+        self.buffer = ReceiveBuffer()
+        self.reader: Reader | None = reader  # None: paused until the server's reply
+        self.closed = False  # its ConnectionClosed has been reported
+
+
 class Observer:
     """Both directions of one SMTP connection: ``feed(direction, data)`` returns events."""
 
     def __init__(self) -> None:
         self.session = Session()
-        self._buffers = {d: ReceiveBuffer() for d in Direction}
-        self._readers: dict[Direction, Reader | None] = {
-            CLIENT: CommandReader(),
-            SERVER: ReplyReader(),
-        }
-        self._closed: set[Direction] = set()
+        self._client = _Side(CommandReader())
+        self._server = _Side(ReplyReader(answer=self.session.reply))
         self._paused_on: str | None = None
+
+    def _side(self, direction: Direction) -> _Side:
+        return self._client if direction is CLIENT else self._server  # no Enum hashing
+
+    @property
+    def _readers(self) -> dict[Direction, Reader | None]:
+        """Read-only view kept for harness.ladder.dissect, which peeks at the modes."""
+        return {CLIENT: self._client.reader, SERVER: self._server.reader}
+
+    @property
+    def _buffers(self) -> dict[Direction, ReceiveBuffer]:
+        """Read-only view kept for harness.ladder.dissect."""
+        return {CLIENT: self._client.buffer, SERVER: self._server.buffer}
 
     @property
     def state(self) -> State:
@@ -95,21 +115,27 @@ class Observer:
 
     def receive_data(self, direction: Direction, data: bytes) -> None:
         """Buffer bytes without parsing them (b"" marks EOF); ``step`` parses."""
-        self._buffers[direction].feed(data)
+        self._side(direction).buffer.feed(data)
 
     def paused(self, direction: Direction) -> bool:
-        return self._readers[direction] is None
+        return self._side(direction).reader is None
+
+    def pending(self, direction: Direction) -> bool:
+        """Bytes not yet parsed, or an EOF not yet reported, in ``direction``."""
+        side = self._side(direction)
+        return bool(len(side.buffer)) or (side.buffer.eof and not side.closed)
 
     def step(self, direction: Direction) -> list[Event] | None:
         """Parse one unit in ``direction``: its events, or None if nothing can be parsed."""
-        reader, buf = self._readers[direction], self._buffers[direction]
-        if reader is None:
-            return None
+        side = self._side(direction)
+        reader, buf = side.reader, side.buffer
+        if reader is None or (not len(buf) and not buf.eof and reader.needs_bytes):
+            return None  # paused, or nothing to parse nor to report (most calls)
         events = reader.read(buf, direction)
         if events is not None:
             return [out for event in events for out in self._apply(event)]
-        if buf.eof and direction not in self._closed:
-            self._closed.add(direction)
+        if buf.eof and not side.closed:
+            side.closed = True
             return [
                 ConnectionClosed(direction=direction, offset=buf.offset, partial=buf.take(len(buf)))
             ]
@@ -119,19 +145,19 @@ class Observer:
         """Update the session and the reading modes for ``event``; annotate it."""
         match event:
             case Command():
-                event = replace(event, in_order=self.session.command(event.key))
+                if not self.session.command(event.key):  # commands arrive in order (default)
+                    event = replace(event, in_order=False)
                 if event.verb in _AWAIT_REPLY:
-                    self._readers[CLIENT], self._paused_on = None, event.verb
+                    self._client.reader, self._paused_on = None, event.verb
                 elif event.chunk_size is not None:
-                    self._readers[CLIENT] = ChunkReader(event.chunk_size, event.last)
-            case Reply():
-                event = replace(event, answers=self.session.reply(event.code))
+                    self._client.reader = ChunkReader(event.chunk_size, event.last)
+            case Reply():  # already applied to the session as it was read (readers rule 5)
                 return [event, *self._after_reply(event.answers)]
             case EndOfData():
                 self.session.command(END_OF_DATA)
-                self._readers[CLIENT] = CommandReader()
+                self._client.reader = CommandReader()
             case EndOfChunk():
-                self._readers[CLIENT] = CommandReader()
+                self._client.reader = CommandReader()
         return [event]
 
     def _after_reply(self, answered: str | None) -> list[Event]:
@@ -140,13 +166,14 @@ class Observer:
         if answered is not None and answered == self._paused_on:
             self._paused_on = None
             data = self.session.state is State.DATA
-            self._readers[CLIENT] = DataReader() if data else CommandReader()
+            self._client.reader = DataReader() if data else CommandReader()
         return []
 
     def _start_tls(self) -> list[Event]:
         events: list[Event] = []
         for d in Direction:
-            buf = self._buffers[d]
+            side = self._side(d)
+            buf = side.buffer
             if len(buf):
                 events.append(
                     Anomaly(
@@ -157,7 +184,7 @@ class Observer:
                     )
                 )
             events.append(TlsStarted(direction=d, offset=buf.offset))
-            self._readers[d] = OpaqueReader()
+            side.reader = OpaqueReader()
         self._paused_on = None
         return events
 
@@ -191,7 +218,8 @@ class _Peer:
             if events is None:
                 return PAUSED if self._observer.paused(self._theirs) else NEED_DATA
             self._keep(events)
-            self._drain_ours()
+            if self._observer.pending(self._ours):  # their reply may have unpaused ours
+                self._drain_ours()
         return self._events.popleft()
 
     def send_raw(self, data: bytes) -> bytes:
@@ -205,7 +233,8 @@ class _Peer:
             self._keep(events)
 
     def _keep(self, events: Iterable[Event]) -> None:
-        self._events.extend(e for e in events if e.direction is self._theirs)
+        theirs = self._theirs
+        self._events.extend([e for e in events if e.direction is theirs])
 
 
 class ServerConnection(_Peer):

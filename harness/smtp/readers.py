@@ -4,6 +4,11 @@ Rules kept here (the modes and who switches them are in protocol.py):
 
 1. ``read(buf, direction)`` consumes at most one unit and returns its events, or None when
    it needs more bytes.  An empty list means progress without an event (a skipped piece).
+   ``DataReader`` alone reads every unit already buffered up to its end marker in one call:
+   no reply can change what content means, so the events are those of one unit per call.
+   A reader whose ``needs_bytes`` is true returns None for an empty buffer.
+5. A reply is built once, complete: ``ReplyReader`` asks its ``answer`` hook (the
+   Observer's session) which command the reply answers as it reads the reply's last line.
 2. Command and reply lines over their limit are cut at the limit and the rest of the line
    is skipped up to its LF; one ``LINE_TOO_LONG`` anomaly and one command/reply report it.
 3. DATA content (RFC 5321 §4.1.1.4, §4.5.2): only CRLF ``.`` CRLF ends it, where the first
@@ -19,6 +24,7 @@ Rules kept here (the modes and who switches them are in protocol.py):
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import NamedTuple, Protocol
 
 from harness.smtp.commands import parse_command
@@ -47,9 +53,12 @@ CHUNK_PIECE = 65536
 _END_MARKER = b".\r\n"
 _DOT_ALONE = re.compile(rb"\.[\r\n]*\n")  # a unit holding a dot and line breaks only
 _DOT_AFTER_CR = re.compile(rb"\r\.(?=[\r\n])")  # a dot between a bare CR and a break
+_NO_FLAWS: frozenset[AnomalyKind] = frozenset()
 
 
 class Reader(Protocol):
+    needs_bytes: bool  # read() of an empty buffer returns None (see rule 1)
+
     def read(self, buf: ReceiveBuffer, direction: Direction) -> list[Event] | None: ...
 
 
@@ -91,10 +100,12 @@ def _too_long(offset: int, direction: Direction, limit: int) -> Anomaly:
 
 
 def _flaws(anomalies: list[Anomaly]) -> frozenset[AnomalyKind]:
-    return frozenset(a.kind for a in anomalies)
+    return frozenset(a.kind for a in anomalies) if anomalies else _NO_FLAWS
 
 
 class CommandReader:
+    needs_bytes = True
+
     def __init__(self) -> None:
         self._lines = _LineReader(COMMAND_LINE_LIMIT)
 
@@ -113,7 +124,10 @@ class CommandReader:
 
 
 class ReplyReader:
-    def __init__(self) -> None:
+    needs_bytes = True
+
+    def __init__(self, answer: Callable[[int | None], str | None] | None = None) -> None:
+        self._answer = answer  # rule 5: code -> the key of the command it answers
         self._lines = _LineReader(REPLY_LINE_LIMIT)
         self._builder = ReplyBuilder()
         self._start = 0
@@ -140,6 +154,7 @@ class ReplyReader:
             raw=self._raw,
             error=error,
             flaws=self._flaws,
+            answers=self._answer(code) if self._answer else None,
         )
         return [*line.anomalies, reply]
 
@@ -147,17 +162,25 @@ class ReplyReader:
 class DataReader:
     """DATA content up to CRLF.CRLF (rule 3)."""
 
+    needs_bytes = True
+
     def __init__(self) -> None:
         self._line_start = True  # the DATA command's CRLF starts the first line
         self._continuing = False  # the last unit was a piece of an overlong line
         self._size = 0
 
     def read(self, buf: ReceiveBuffer, direction: Direction) -> list[Event] | None:
-        unit = buf.next_unit(TEXT_LINE_LIMIT)
-        if unit is None:
-            return None
-        if self._line_start and unit.raw == _END_MARKER:
-            return [EndOfData(direction=direction, offset=unit.offset, size=self._size)]
+        """Every buffered unit up to and including the end marker (rule 1)."""
+        events: list[Event] | None = None
+        while (unit := buf.next_unit(TEXT_LINE_LIMIT)) is not None:
+            events = events if events is not None else []
+            if self._line_start and unit.raw == _END_MARKER:
+                events.append(EndOfData(direction=direction, offset=unit.offset, size=self._size))
+                break
+            events += self._unit(unit, direction)
+        return events
+
+    def _unit(self, unit: Unit, direction: Direction) -> list[Event]:
         events: list[Event] = [*odd_bytes(unit.raw, unit.offset, direction)]
         events += self._lookalikes(unit, direction)
         if not unit.complete and not self._continuing:
@@ -171,9 +194,12 @@ class DataReader:
 
     def _lookalikes(self, unit: Unit, direction: Direction) -> list[Anomaly]:
         """Dots that some parser might take for the end of data (rule 3)."""
-        found = [m.start() for m in _DOT_AFTER_CR.finditer(unit.raw)]
-        if not self._continuing and _DOT_ALONE.fullmatch(unit.raw):
+        raw = unit.raw
+        found = [m.start() for m in _DOT_AFTER_CR.finditer(raw)] if b"\r." in raw else []
+        if not self._continuing and raw[:1] == b"." and _DOT_ALONE.fullmatch(raw):
             found.insert(0, 0)
+        if not found:
+            return []
         detail = "only CRLF.CRLF ends DATA (RFC 5321 §4.1.1.4)"
         return [
             Anomaly(
@@ -194,6 +220,10 @@ class ChunkReader:
         self._left = size
         self._last = last
 
+    @property
+    def needs_bytes(self) -> bool:
+        return self._left > 0  # a finished chunk reports its end without more bytes
+
     def read(self, buf: ReceiveBuffer, direction: Direction) -> list[Event] | None:
         if not self._left:
             return [
@@ -209,6 +239,8 @@ class ChunkReader:
 
 class OpaqueReader:
     """TLS records after STARTTLS: counted, not parsed."""
+
+    needs_bytes = True
 
     def read(self, buf: ReceiveBuffer, direction: Direction) -> list[Event] | None:
         if not len(buf):

@@ -159,7 +159,7 @@ class Receiver:
         self.config = config
         self.resolve = resolve
         self.socket_factory = socket_factory
-        self.log = EventLog(config.log_path)
+        self.log = EventLog(config.log_path, per_turn=True)
         self.stored: list[StoredMessage] = []
         self._server: asyncio.Server | None = None
         self._sessions: set[asyncio.Task[None]] = set()
@@ -261,8 +261,11 @@ class _Session:
     async def _step(self) -> None:
         event = self.conn.next_event()
         if event is NEED_DATA:
-            data = await asyncio.wait_for(self.reader.read(65536), self.config.timeout)
+            async with asyncio.timeout(self.config.timeout):
+                data = await self.reader.read(65536)
             self.conn.receive_data(data)
+        elif isinstance(event, Content) and self.content is not None:
+            self.content += event.data  # the bulk of a message: no coroutine per line
         elif isinstance(event, Event):
             await self._handle(event)
 
@@ -313,25 +316,40 @@ class _Session:
         rule = self._rule(key, cmd)
         if rule and rule.delay:
             await asyncio.sleep(rule.delay)
+        sent: int | None = code
         if rule and rule.raw is not None:
             data = self.conn.send_raw(rule.raw)
+            sent = parse_reply_line(data.partition(b"\r\n")[0]).code
         else:
             if rule and rule.code is not None:
                 code, text = rule.code, "Scripted reply"
+                sent = code
             if rule and rule.text is not None:
                 text = rule.text
             data = self.conn.send_reply(code, text)
         self.writer.write(data)
         self._log("reply", to=key, lines=_lines(data))
         effect, self._effect = self._effect, None
-        sent = parse_reply_line(data.partition(b"\r\n")[0]).code
         if effect and sent and 200 <= sent < 400:  # a rule may have refused what we accepted
             effect()
-        await self.writer.drain()
+        if self._must_drain():
+            await self.writer.drain()
         # 221 to QUIT and any 421 close the session in the core's state table (rule 5)
         self.closing = self.conn.state is State.CLOSED or (rule is not None and rule.close)
 
+    def _must_drain(self) -> bool:
+        """Whether ``drain()`` would do anything: wait for a full buffer, or raise for a lost
+        connection.  A small reply leaves the buffer empty (the socket took it at once)."""
+        transport = self.writer.transport
+        return bool(
+            transport.get_write_buffer_size()
+            or transport.is_closing()
+            or self.reader.exception() is not None
+        )
+
     def _rule(self, key: str, cmd: Command | None) -> ReplyRule | None:
+        if not self.config.rules:
+            return None
         return next((r for r in self.config.rules if r.matches(key, cmd)), None)
 
     async def _lookup_ptr(self) -> list[str] | None:

@@ -1,0 +1,341 @@
+"""Sendmail 8.17 (Debian's sendmail-bin, unpacked) as the sending or the receiving MTA.
+
+Rules kept here:
+- Each instance runs its own copy of the binary, ``folder/sendmail``, without the package's
+  setgid bit: glibc ignores ``LD_LIBRARY_PATH`` for a set-id program, and libwrap.so.0 is
+  found only through it (unpacked from libwrap0).  The copy also names our processes:
+  whatever runs ``folder/sendmail`` is this instance's and nobody else's.
+- The configuration is generated per start with m4 from the unpacked sendmail-cf tree
+  (``sendmail.mc`` -> ``sendmail.cf``) and passed with ``-C``; every path Sendmail would
+  take from /etc/mail or /var points into ``self.folder`` (queue, pid and status files,
+  service switch, dead.letter, local mailer).  Sendmail runs as root throughout.
+- Every Sendmail process runs through ``ip netns exec`` (the host's resolv.conf) inside a
+  ``sh -c`` that first bind-mounts our ``hosts`` file over /etc/hosts in that private mount
+  namespace.  The lab's hosts file names every lab host, so glibc would answer Sendmail's A,
+  AAAA and PTR lookups from it instead of asking the lab DNS.  Ours names localhost and
+  the site itself (with the kernel hostname as an alias: Sendmail looks its own name up at
+  start-up, and must not ask the DNS for it).  Sendmail's own map lookups use DNS only.
+- Sendmail's behaviour on the wire is its default: EHLO ``$j`` (= ``site.hostname``),
+  AAAA before A, IPv6 first, PIPELINING when offered, canonification lookups of envelope
+  domains, VRFY answered, PTR lookup at connect.  Changed on purpose: no IDENT callback
+  (``Timeout.ident=0``, as Debian ships it); no interface probing at start-up (PTR queries
+  for the host's own addresses); load-average limits out of reach (a busy shared machine
+  must not turn a delivery into a deferral); interactive delivery (a received message is in
+  its mailbox before the 250 to the final dot; a submitted one is tried before ``submit``
+  returns).
+- Local users are ``site.users`` and nobody else (others: 550 5.1.1 at VRFY and RCPT); as
+  sender that is the local sender, whose mailbox gets the bounces.  The ``local`` mailer is
+  ``folder/deliver``: one file per message under ``mail/<user>/new``, CRLF line ends (the
+  message's form in DATA).
+- What Sendmail adds, and ``as_sent`` removes to compare byte for byte: as sender one
+  leading ``Received:`` field (folded); as receiver ``Return-Path:`` (mailer flag P) and
+  ``Received:`` (folded), in that order.  A message without ``Date:``, ``From:`` or
+  ``Message-Id:`` also gets them, after ``Received:`` (mailer flags D, F, M): those stay,
+  a real difference.
+- The log, ``sendmail.log``: Sendmail's ``-X`` traffic log of every process (each SMTP line
+  in and out, and each local delivery, tagged with the pid) plus everything the processes
+  print.  There is no syslog here.
+- ``stop()`` ends the daemon with SIGTERM, then every process of ours still running (an
+  open session's child outlives its daemon's SIGTERM): SIGTERM, then SIGKILL, by pid.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from harness.errors import HarnessError
+from harness.mta import debs
+from harness.mta.base import MtaAdapter, MtaUnavailable, Site
+
+SENDMAIL = "usr/libexec/sendmail/sendmail"
+HELPFILE = "etc/mail/helpfile"
+CF_DIR = "usr/share/sendmail/cf"
+CHANGELOG = "usr/share/doc/sendmail-bin/changelog.Debian.gz"
+LISTEN_TIMEOUT_S = 15.0
+STOP_TIMEOUT_S = 5.0
+POLL_S = 0.02
+# sysexits.h after a delivery attempt: the message was taken and its outcome is on the wire,
+# in a DSN or in the queue (EX_OK, EX_NOUSER, EX_NOHOST, EX_UNAVAILABLE, EX_TEMPFAIL)
+DELIVERY_STATUSES = frozenset({0, 67, 68, 69, 75})
+_BIND_HOSTS = 'mount --bind "$0" /etc/hosts && exec "$@"'
+TRACE_FIELDS = {"sender": (b"received",), "receiver": (b"return-path", b"received")}
+
+# the local mailer: $1 is the recipient's local part ($u, lower-cased by Sendmail)
+_DELIVER = """#!/bin/sh
+# smtp-harness: Sendmail's local mailer, one file per message, named in delivery order.
+case "$1" in ''|.*|*[!a-z0-9._+-]*) echo "$1: not a mailbox name" >&2; exit 67;; esac
+box="MAILDIR/$1"
+mkdir -p "$box/tmp" "$box/new" || exit 73
+name="$(date +%s%N).$$"
+cat > "$box/tmp/$name" && mv "$box/tmp/$name" "$box/new/$name" || exit 74
+"""
+
+# ruleset ParseLocal (98): the site's users go to the local mailer, other locals are unknown
+_ONLY_USERS = """LOCAL_RULE_0
+R$={HarnessUsers} < @ $=w . >\t$#local $: $1
+R$={HarnessUsers}\t\t$#local $: $1
+R$+ < @ $=w . >\t\t$#error $@ 5.1.1 $: "550 User unknown"
+R$-\t\t\t$#error $@ 5.1.1 $: "550 User unknown"
+"""
+
+
+class Adapter(MtaAdapter):
+    name = "sendmail"
+    packages = ("sendmail-bin", "sendmail-cf", "m4", "libwrap0")
+
+    def __init__(self, site: Site, role: str) -> None:
+        super().__init__(site, role)
+        self.binary = self.folder / "sendmail"
+        self.cf = self.folder / "sendmail.cf"
+        self.queue = self.folder / "mqueue"
+        self.maildir = self.folder / "mail"
+        self.daemon: subprocess.Popen | None = None
+        self.env: dict[str, str] = {}
+
+    # --- the machine ------------------------------------------------------------------
+    @classmethod
+    def prepare(cls) -> None:
+        try:
+            roots = [debs.unpacked(package) for package in cls.packages]
+        except HarnessError as exc:
+            raise MtaUnavailable(f"sendmail: {exc}") from exc
+        ldd = ["ldd", str(roots[0] / SENDMAIL)]
+        env = debs.environment(*roots)
+        done = subprocess.run(ldd, capture_output=True, text=True, env=env, check=False)
+        missing = [line.split()[0] for line in done.stdout.splitlines() if "not found" in line]
+        if done.returncode != 0 or missing:
+            why = ", ".join(missing) or done.stderr.strip()
+            raise MtaUnavailable(f"sendmail: libraries not found: {why}")
+
+    @classmethod
+    def version(cls) -> str:
+        """The upstream version, from the package's changelog ("8.17.1.9")."""
+        with gzip.open(debs.unpacked("sendmail-bin") / CHANGELOG, "rt") as changelog:
+            first = changelog.readline()  # sendmail (8.17.1.9-2+deb12u2) bookworm; ...
+        return first.split("(", 1)[1].split("-", 1)[0]
+
+    # --- life cycle -------------------------------------------------------------------
+    def start(self) -> None:
+        self.env = debs.environment(*(debs.unpacked(p) for p in self.packages))
+        self._write_tree()
+        if self.role == "receiver":
+            try:
+                self._start_daemon()
+            except BaseException:
+                self.stop()
+                raise
+
+    def stop(self) -> None:
+        if self.daemon is not None:
+            with contextlib.suppress(ProcessLookupError):
+                self.daemon.terminate()
+            try:
+                self.daemon.wait(STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self.daemon.kill()
+                self.daemon.wait()
+            self.daemon = None
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            if not _end(processes_of(self.binary), sig):
+                break
+
+    # --- sender role ------------------------------------------------------------------
+    def submit(self, mail_from: str, recipients: list[str], message: bytes) -> None:
+        """``sendmail -odi``: tries every recipient before returning; errors are mailed
+        back (-oem); a lone "." line is message text (-oi)."""
+        if self.role != "sender":
+            super().submit(mail_from, recipients, message)
+        done = self._run(["-odi", "-oi", "-oem", "-f", mail_from, "--", *recipients], message)
+        if done.returncode not in DELIVERY_STATUSES:
+            raise HarnessError(f"sendmail: submit exited {done.returncode}: {_last(done)}")
+
+    def idle(self) -> bool:
+        """No queued message is held by a delivering process (``mailq`` marks those with
+        "*"); deferred ones wait for a queue run that nobody starts."""
+        if self.role != "sender":
+            return super().idle()
+        done = self._run(["-bp"])
+        if done.returncode != 0:
+            raise HarnessError(f"sendmail: mailq exited {done.returncode}: {_last(done)}")
+        return not any(_held(line) for line in done.stdout.decode().splitlines())
+
+    # --- both roles -------------------------------------------------------------------
+    def mailbox(self, user: str) -> list[bytes]:
+        """What the local mailer wrote for ``user``, oldest first (as sender: bounces)."""
+        box = self.maildir / user.lower() / "new"
+        if not box.is_dir():
+            return []
+        order = sorted(box.iterdir(), key=lambda p: tuple(map(int, p.name.split("."))))
+        return [path.read_bytes() for path in order]
+
+    def as_sent(self, stored: bytes) -> bytes:
+        """The leading trace fields removed; a copy that does not start with them is returned
+        as it is (the comparison then shows the difference)."""
+        lines = stored.split(b"\r\n")
+        for name in TRACE_FIELDS[self.role]:
+            if not lines[0].lower().startswith(name + b":"):
+                return stored
+            lines = _drop_field(lines)
+        return b"\r\n".join(lines)
+
+    # --- helpers ----------------------------------------------------------------------
+    def _write_tree(self) -> None:
+        for folder in (self.folder, self.queue, self.maildir):
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        shutil.copyfile(debs.unpacked("sendmail-bin") / SENDMAIL, self.binary)
+        self.binary.chmod(0o755)
+        deliver = self.folder / "deliver"
+        deliver.write_text(_DELIVER.replace("MAILDIR", str(self.maildir)))
+        deliver.chmod(0o755)
+        (self.folder / "service.switch").write_text("hosts\tdns\naliases\tfiles\n")
+        (self.folder / "hosts").write_text(self._hosts())
+        mc = self.folder / "sendmail.mc"
+        mc.write_text(self._mc())
+        m4 = debs.unpacked("m4") / "usr/bin/m4"
+        done = subprocess.run([str(m4), str(mc)], capture_output=True, check=False)
+        if done.returncode != 0:
+            raise HarnessError(f"sendmail: m4 {mc}: {_last(done)}")
+        self.cf.write_bytes(done.stdout)
+
+    def _hosts(self) -> str:
+        names = f"{self.site.hostname} {os.uname().nodename}"
+        own = [(address, names) for address in self.site.lab.host(self.site.host).addresses]
+        lines = [("127.0.0.1", "localhost"), ("::1", "localhost"), *own]
+        return "".join(f"{address}\t{name}\n" for address, name in lines)
+
+    def _mc(self) -> str:
+        """The m4 source of sendmail.cf for this site and role."""
+        site, folder = self.site, self.folder
+        defines = {
+            "confDOMAIN_NAME": site.hostname,
+            "QUEUE_DIR": self.queue,
+            "confPID_FILE": folder / "sendmail.pid",
+            "STATUS_FILE": folder / "sendmail.st",
+            "HELP_FILE": debs.unpacked("sendmail-bin") / HELPFILE,
+            "ALIAS_FILE": "",
+            "confSERVICE_SWITCH_FILE": folder / "service.switch",
+            "confDEAD_LETTER_DROP": folder / "dead.letter",
+            "confDONT_PROBE_INTERFACES": "True",
+            "confTO_IDENT": "0",
+            "confQUEUE_LA": "1000",
+            "confREFUSE_LA": "1000",
+            "confDELIVERY_MODE": "interactive",
+            "LOCAL_MAILER_PATH": folder / "deliver",
+            "LOCAL_MAILER_ARGS": "deliver $u",
+            "LOCAL_MAILER_FLAGS": "PSn9",  # S: stay root, n: no "From " line
+            "LOCAL_MAILER_EOL": "\\r\\n",
+        }
+        cf_dir = debs.unpacked("sendmail-cf") / CF_DIR
+        lines = ["divert(0)dnl", f"include(`{cf_dir}/m4/cf.m4')dnl"]
+        lines += [f"define(`{name}', `{value}')dnl" for name, value in defines.items()]
+        lines += [
+            "MODIFY_MAILER_FLAGS(`LOCAL', `-Aw5:/|@')dnl",  # no aliases, no passwd entry
+            "FEATURE(`no_default_msa')dnl",
+            f"LOCAL_DOMAIN(`{site.domain}')dnl",
+            f"LOCAL_DOMAIN(`{site.hostname}')dnl",
+        ]
+        if self.role == "receiver":
+            daemon = f"Family=inet, Name=MTA, Addr={site.address}, Port={site.port}"
+            lines.append(f"DAEMON_OPTIONS(`{daemon}')dnl")
+        lines += ["LOCAL_CONFIG", "C{HarnessUsers}" + " ".join(site.users), _ONLY_USERS]
+        lines += ["MAILER(`local')dnl", "MAILER(`smtp')dnl", ""]
+        return "\n".join(lines)
+
+    def _start_daemon(self) -> None:
+        with self.log_path.open("ab") as log:
+            self.daemon = self.site.lab.popen(
+                self.site.host,
+                self._argv("-bD"),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+            )
+        self._wait_listening()
+
+    def _argv(self, *args: str) -> list[str]:
+        command = [str(self.binary), "-C", str(self.cf), "-X", str(self.log_path), *args]
+        return ["sh", "-c", _BIND_HOSTS, str(self.folder / "hosts"), *command]
+
+    def _run(self, args: list[str], stdin: bytes = b"") -> subprocess.CompletedProcess:
+        argv = self._argv(*args)
+        done = self.site.lab.run(self.site.host, argv, input=stdin, text=False, env=self.env)
+        with self.log_path.open("ab") as log:
+            log.write(done.stdout + done.stderr)
+        return done
+
+    def _wait_listening(self) -> None:
+        address = (self.site.address, self.site.port)
+        make = self.site.lab.socket_factory(self.site.host)
+        deadline = time.monotonic() + LISTEN_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.daemon.poll() is not None:
+                raise HarnessError(
+                    f"sendmail: daemon exited {self.daemon.returncode}; see {self.log_path}"
+                )
+            with make(socket.AF_INET, socket.SOCK_STREAM) as probe:
+                if probe.connect_ex(address) == 0:
+                    return
+            time.sleep(POLL_S)
+        raise HarnessError(f"sendmail: nothing listens on {address[0]}:{address[1]}")
+
+
+def processes_of(binary: Path) -> list[int]:
+    """Live pids running ``binary`` (an instance's private copy of sendmail)."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/{entry.name}/exe") == str(binary) and _alive(entry.name):
+                found.append(int(entry.name))
+    return found
+
+
+def _end(pids: list[int], sig: int) -> list[int]:
+    """Send ``sig`` to ``pids``; return those still alive when the grace time is over."""
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+    deadline = time.monotonic() + STOP_TIMEOUT_S / 2
+    while pids and time.monotonic() < deadline:
+        time.sleep(POLL_S)
+        pids = [pid for pid in pids if _alive(str(pid))]
+    return pids
+
+
+def _alive(pid: str) -> bool:
+    """Running and not a zombie (a zombie is as good as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return b") Z" not in stat.read(64)
+    except FileNotFoundError:
+        return False
+
+
+def _drop_field(lines: list[bytes]) -> list[bytes]:
+    """The lines after the first header field and its continuation lines."""
+    rest = lines[1:]
+    while rest and rest[0][:1] in (b" ", b"\t"):
+        rest = rest[1:]
+    return rest
+
+
+def _held(line: str) -> bool:
+    """A mailq job line whose id ends with "*": a process is delivering it."""
+    words = line.split()
+    return bool(words) and words[0].endswith("*") and words[0][:-1].isalnum()
+
+
+def _last(done: subprocess.CompletedProcess) -> str:
+    text = done.stderr if isinstance(done.stderr, str) else done.stderr.decode(errors="replace")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else "no message"
