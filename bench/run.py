@@ -19,6 +19,7 @@ def main() -> None:
         spec = importlib.util.spec_from_file_location(path.stem, path)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
+        sys.argv = [str(path)]  # each benchmark parses its own options: give it none
         module.main()
         print(flush=True)
 
