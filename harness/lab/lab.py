@@ -174,11 +174,6 @@ class Lab:
         """A ``socket.socket`` stand-in whose sockets live in ``host``."""
         return netns.socket_factory(self.ns(host))
 
-    def own_path(self, path: str | os.PathLike) -> None:
-        """Record a file or folder the lab must remove on teardown."""
-        self.record.paths.append(str(path))
-        self.record.save()
-
     # --- signals ------------------------------------------------------------------------
     def _trap_signals(self) -> None:
         if threading.current_thread() is not threading.main_thread():
