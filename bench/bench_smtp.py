@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import socket
 import statistics
 import subprocess
@@ -42,6 +43,13 @@ LOADS = (20, 1)  # smtp-source -s: sessions in parallel
 SERVERS = ("ours", "ours+files", "aiosmtpd", "smtp-sink")
 SOURCE_ARGS = ["-f", "luke@sender.com", "-t", "c3po@receiver.com"]
 RUN_TIMEOUT = 20.0  # seconds per smtp-source run; a slower server fails the bench
+# asyncio reads a socket into a fresh 256 KiB buffer.  Whether glibc serves that from the
+# heap or by mmap/mremap/munmap (3 syscalls and fresh pages per read) depends on a dynamic
+# threshold set by whatever the process freed before (measured: aiosmtpd's process reads
+# from the heap, ours paid 6 mmap+mremap+munmap a message).  A fixed threshold makes it
+# the same for every Python server (and a trim threshold above it, or brk churns instead).
+SERVER_ENV = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(1 << 20)}
+SERVER_ENV["MALLOC_TRIM_THRESHOLD_"] = str(2 << 20)
 
 
 def serve(kind: str) -> None:
@@ -119,7 +127,9 @@ def server(kind: str, postfix: Path) -> Iterator[tuple[int, list[int]]]:
             proc.wait(timeout=10)
         return
     command = [sys.executable, __file__, "--serve", kind]
-    proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=SERVER_ENV
+    )
     try:
         yield int(proc.stdout.readline()), counted
     finally:

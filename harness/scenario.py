@@ -9,16 +9,22 @@ Rules kept here:
 - The schema is the table below: one line per key, its type and its default.
 
 Sections: ``[scenario]`` name/description; ``[[hosts]]`` the topology (default: the
-seed's three hosts); ``[dns]`` zones, zones without glue, extra records, ``[[dns.faults]]``;
-``[receiver]`` the scripted receiver with ``[[receiver.replies]]``; ``[sender]`` the
-scripted sender with ``[[sender.script]]``; ``[expect]`` per-recipient outcomes and DNS
-questions.  ``mta = "postfix"`` (any name ``harness.mta.base.adapters()`` knows) in
-``[receiver]`` or ``[sender]`` puts that real MTA in the role instead of the scripted peer:
-then only the keys in ``MTA_KEYS`` apply to that side, and the other side stays scripted.
+seed's three hosts); ``[dns]`` zones, zones without glue, extra records, ``[[dns.faults]]``,
+and ``glue``: name -> address served as that name's only glue in MX/NS answers instead of
+its own A/AAAA (a trap address: inconsistent glue); ``[receiver]`` the scripted receiver
+with ``[[receiver.replies]]``; ``[sender]`` the scripted sender with ``[[sender.script]]``;
+``[expect]`` per-recipient outcomes and DNS questions.  ``mta = "postfix"`` (any name
+``harness.mta.base.adapters()`` knows) in ``[receiver]`` or ``[sender]`` puts that real MTA
+in the role instead of the scripted peer: then only the keys in ``MTA_KEYS`` apply to that
+side, and the other side stays scripted.  ``family`` ("ipv4", the default, or "any") is the
+addresses a side uses: the scripted receiver listens on IPv4 only or on every address of
+its host; the scripted sender knows IPv4 only; an MTA gets it as a knob
+(``harness.mta.base.KNOBS``), as does an MTA receiver's ``vrfy`` ("check" or "disabled").
 """
 
 from __future__ import annotations
 
+import ipaddress
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +32,7 @@ from typing import Any
 
 from harness.errors import HarnessError
 from harness.lab.topology import Topology, default_topology, topology_from_dict
+from harness.mta.base import KNOBS
 from harness.smtp.receiver import ReceiverConfig, ReplyRule
 from harness.smtp.sender import ScriptStep, SenderConfig
 
@@ -42,10 +49,12 @@ SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
         "no_glue": (_STRS, []),
         "records": (_STRS, []),
         "faults": (list, []),
+        "glue": (dict, {}),
     },
     "receiver": {
         "host": (str, "receiver"),
         "mta": ((str, type(None)), None),
+        "family": (str, "ipv4"),
         "port": (int, 25),
         "hostname": (str, "mail.receiver.com"),
         "greeting": (str, "ESMTP smtp-harness"),
@@ -70,6 +79,7 @@ SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
     "sender": {
         "host": (str, "sender"),
         "mta": ((str, type(None)), None),
+        "family": (str, "ipv4"),
         "helo": ((str, type(None)), None),
         "ehlo": (bool, False),
         "vrfy": (bool, True),
@@ -101,9 +111,10 @@ SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
 TOP_LEVEL = {"scenario", "hosts", "dns", "receiver", "sender", "expect"}
 # the keys that still mean something when a real MTA plays the role
 MTA_KEYS = {
-    "receiver": {"host", "mta", "port", "hostname", "domains", "users"},
-    "sender": {"host", "mta", "helo", "mail_from", "recipients", "message"},
+    "receiver": {"host", "mta", "port", "hostname", "domains", "users", "vrfy", "family"},
+    "sender": {"host", "mta", "helo", "mail_from", "recipients", "message", "family"},
 }
+KNOB_KEYS = {"receiver": ("vrfy", "family"), "sender": ("family",)}  # -> Site.extra
 
 
 @dataclass
@@ -127,6 +138,7 @@ class Scenario:
     no_glue: list[str]
     dns_records: list[str]
     dns_faults: list[dict]
+    dns_glue: dict[str, str]  # name -> the only address its glue gives
     receiver_host: str
     receiver_port: int
     receiver: ReceiverConfig
@@ -135,6 +147,8 @@ class Scenario:
     expect: Expectations = field(default_factory=Expectations)
     receiver_mta: str | None = None  # a real MTA instead of the scripted receiver
     sender_mta: str | None = None  # a real MTA instead of the scripted sender
+    families: dict[str, str] = field(default_factory=dict)  # role -> "ipv4" or "any"
+    mta_knobs: dict[str, dict[str, str]] = field(default_factory=dict)  # role -> Site.extra
 
 
 def load_scenario(path: Path | str | None) -> Scenario:
@@ -170,9 +184,12 @@ def _build(path: Path, data: dict) -> Scenario:
     topology = _topology(data)
     recv = _table(data.get("receiver", {}), "receiver")
     send = _table(data.get("sender", {}), "sender")
-    for role, section in (("receiver", recv), ("sender", send)):
+    sides = {"receiver": recv, "sender": send}
+    for role, section in sides.items():
         if section["host"] not in {h.name for h in topology.hosts}:
             raise HarnessError(f"{role}.host: no host named {section['host']!r} in the topology")
+    mtas = {role: _mta(data, role) for role in sides}
+    _check_families(sides, mtas)
     scenario = Scenario(
         path=path,
         name=meta["name"],
@@ -182,17 +199,51 @@ def _build(path: Path, data: dict) -> Scenario:
         no_glue=list(_strings(dns["no_glue"], "dns.no_glue")),
         dns_records=dns["records"],
         dns_faults=[_fault(f, i) for i, f in enumerate(dns["faults"])],
+        dns_glue=_glue(dns["glue"]),
         receiver_host=recv["host"],
         receiver_port=_port(recv["port"], "receiver.port"),
         receiver=_receiver_config(recv),
         sender_host=send["host"],
         sender=_sender_config(path, send, topology.host(send["host"]).fqdn),
         expect=_expectations(path, _table(data.get("expect", {}), "expect")),
-        receiver_mta=_mta(data, "receiver"),
-        sender_mta=_mta(data, "sender"),
+        receiver_mta=mtas["receiver"],
+        sender_mta=mtas["sender"],
+        families={role: section["family"] for role, section in sides.items()},
+        mta_knobs={role: _knobs(sides[role], role, name) for role, name in mtas.items() if name},
     )
     _check_mta_sides(scenario)
     return scenario
+
+
+def _check_families(sides: dict[str, dict], mtas: dict[str, str | None]) -> None:
+    for role, section in sides.items():
+        _one_of(section["family"], KNOBS["family"], f"{role}.family")
+    if not mtas["sender"] and sides["sender"]["family"] != "ipv4":
+        raise HarnessError("sender.family: the scripted sender knows IPv4 only (A records)")
+
+
+def _knobs(section: dict, role: str, mta: str) -> dict[str, str]:
+    """The MTA's knobs (``Site.extra``) from the side's keys, each checked for ``mta``."""
+    knobs = {key: section[key] for key in KNOB_KEYS[role]}
+    for key, value in knobs.items():
+        _one_of(value, KNOBS[key], f"{role}.{key}", f" for {mta}")
+    return knobs
+
+
+def _one_of(value: str, allowed: tuple[str, ...], where: str, why: str = "") -> None:
+    if value not in allowed:
+        wanted = " or ".join(f'"{a}"' for a in allowed)
+        raise HarnessError(f"{where}: {value!r}{why}: expected {wanted}")
+
+
+def _glue(table: dict) -> dict[str, str]:
+    """``[dns] glue``: each name and the one address its glue gives instead of its own."""
+    for name, address in table.items():
+        try:
+            ipaddress.ip_address(address if isinstance(address, str) else None)
+        except ValueError:
+            raise HarnessError(f"dns.glue.{name}: {address!r} is not an IP address") from None
+    return dict(table)
 
 
 def _mta(data: dict, role: str) -> str | None:

@@ -91,6 +91,10 @@ class Tcp:
         if acked:
             self.ack("s" if side == "c" else "c")
 
+    def lose(self, side: str, data: bytes) -> None:
+        """A segment the capture missed: its bytes are sent, no packet of it is written."""
+        self._advance(side, len(data))
+
     def retransmit(self, side: str, data: bytes) -> None:
         self._send(side, "PA", data, seq=self.seq[side] - len(data))
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from types import SimpleNamespace
 from xml.etree import ElementTree as ET
 
 import pytest
@@ -18,6 +19,7 @@ from harness.checks.matrix import Cell, Column, Matrix, column
 from harness.checks.report import write_html, write_json, write_junit
 from harness.cli import _Main
 from harness.errors import HarnessError
+from harness.ladder.model import Ladder, Step
 
 HARNESS = Column(REFERENCE, "0.1.0")
 NOTHING_EXPECTED = Expected({})
@@ -37,6 +39,7 @@ REFERENCE_VERDICTS = [
     ("seed.exchange", "receiver", "pass"),
     ("dns.mx-fallback", "sender", "pass"),
     ("dns.null-mx", "sender", "pass"),
+    ("dns.glue-ignored", "sender", "fail"),
     ("dns.ptr-at-connect", "receiver", "deviation-known"),
     ("session.vrfy-disabled-252", "receiver", "fail"),
     ("session.reply-first-digit", "sender", "pass"),
@@ -343,3 +346,56 @@ def test_matrix_command_writes_reports_and_compares(tmp_path) -> None:
     expected.write_text("")
     again = _cli(*args, "--out", str(out), "--expected", str(expected))
     assert again.exit_code == 0, again.output
+
+
+def _closing(*ends: tuple[str, str]) -> SimpleNamespace:
+    """A run whose ladder is QUIT, 221, then FIN/RST steps ``(kind, src)`` in this order."""
+    steps = [
+        Step(0, 0, "sender", "receiver", "command", "QUIT", conn=1, detail=(("verb", "QUIT"),)),
+        Step(1, 1, "receiver", "sender", "reply", "221 bye", conn=1, detail=(("code", 221),)),
+    ]
+    steps += [
+        Step(i, i, src, "x", kind, kind.upper(), conn=1) for i, (kind, src) in enumerate(ends, 2)
+    ]
+    scenario = SimpleNamespace(sender_host="sender", receiver_host="receiver")
+    return SimpleNamespace(ladder=Ladder(steps), scenario=scenario)
+
+
+@pytest.mark.parametrize(
+    ("ends", "verdict"),
+    [
+        ((("fin", "receiver"), ("fin", "sender")), "pass"),  # the seed
+        ((("fin", "sender"), ("fin", "receiver")), "pass"),  # Sendmail's race, other order
+        ((("rst", "sender"),), "deviation-known"),  # Postfix: closed with the 221 unread
+        ((("fin", "receiver"), ("rst", "sender")), "deviation-known"),
+    ],
+)
+def test_close_checks_do_not_depend_on_who_wins_the_fin_race(ends, verdict) -> None:
+    run = _closing(*ends)
+    for check_id in ("close.pattern", "close.client-waits-221"):
+        assert registry()[check_id].judge_runs(run).verdict == verdict, check_id
+
+
+def test_a_client_fin_before_the_221_is_the_same_deviation() -> None:
+    """Exim: QUIT and FIN together, the 221 after them."""
+    steps = [
+        Step(0, 0, "sender", "receiver", "command", "QUIT", conn=1, detail=(("verb", "QUIT"),)),
+        Step(1, 1, "sender", "receiver", "fin", "FIN", conn=1),
+        Step(2, 2, "receiver", "sender", "reply", "221 bye", conn=1, detail=(("code", 221),)),
+        Step(3, 3, "receiver", "sender", "fin", "FIN", conn=1),
+    ]
+    run = SimpleNamespace(ladder=Ladder(steps), scenario=_closing().scenario)
+    for check_id in ("close.pattern", "close.client-waits-221"):
+        assert registry()[check_id].judge_runs(run).verdict == "deviation-known", check_id
+
+
+SLOW = {"sender": {"receiver": {"replies": [{"on": "QUIT", "delay_ms": 300}]}}}
+
+
+def test_by_role_data_applies_only_when_the_check_plays_that_role() -> None:
+    setup = Setup("s", {"sender": {"recipients": ["c3po@receiver.com"]}}, by_role=SLOW)
+    as_sender = setup.scenario_data("postfix", "sender")
+    assert as_sender["receiver"] == SLOW["sender"]["receiver"]
+    assert as_sender["sender"] == {"recipients": ["c3po@receiver.com"], "mta": "postfix"}
+    assert "replies" not in setup.scenario_data("postfix", "receiver")["receiver"]
+    assert setup.key("postfix", "sender") != setup.key("postfix", "receiver")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import random
 import time
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -239,3 +240,92 @@ def test_garbage_inside_packets_is_skipped_and_counted(tmp_path):
     ladder = dissect(cap.write(tmp_path / "garbage.pcap"), HOSTS)
     assert rows(ladder) == rows(dissect(clean, HOSTS))
     assert sum(ladder.warnings.values()) == 30
+
+
+CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "zeek"
+OPENING = [("s", b"220 hi\r\n"), ("c", b"EHLO a\r\n"), ("s", b"250 CHUNKING\r\n")]
+OPENING += [("c", b"MAIL FROM:<a@b.example>\r\n"), ("s", b"250 OK\r\n")]
+OPENING += [("c", b"RCPT TO:<c@d.example>\r\n"), ("s", b"250 OK\r\n")]
+
+
+@pytest.mark.parametrize(
+    ("dialogue", "expected"),
+    [
+        pytest.param(
+            [
+                ("c", b"BDAT 12 LAST\r\nabcd"),
+                ("lost", b"efgh"),
+                ("c", b"ijkl"),
+                ("s", b"250 queued\r\n"),
+                ("c", b"QUIT\r\n"),
+            ],
+            [
+                ("gap", "4 bytes missing from the capture"),
+                ("bdat", "12 bytes (4 missing)"),
+                ("reply", "250 queued"),
+                ("command", "QUIT"),
+            ],
+            id="bdat",
+        ),
+        pytest.param(
+            [
+                ("c", b"DATA\r\n"),
+                ("s", b"354 go\r\n"),
+                ("c", b"Subject: x\r\n"),
+                ("lost", b"hello\r\n"),
+                ("c", b".\r\n"),
+                ("s", b"250 OK\r\n"),
+            ],
+            [
+                ("gap", "7 bytes missing from the capture"),
+                ("content", "19 bytes (7 missing)"),
+                ("reply", "250 OK"),
+            ],
+            id="data",
+        ),
+        pytest.param(
+            [("c", b"NOOP\r\nNO"), ("lost", b"OP\r\nNO"), ("c", b"OP\r\nQUIT\r\n")],
+            [
+                ("gap", "6 bytes missing from the capture"),
+                ("anomaly", "line cut by a gap: 2 octets dropped"),
+                ("anomaly", "line cut by a gap: 4 octets dropped"),
+                ("command", "QUIT"),
+            ],
+            id="commands",
+        ),
+    ],
+)
+def test_gaps_are_placed_by_the_core(tmp_path, dialogue, expected):
+    cap = Capture()
+    tcp = Tcp(cap, SENDER, RECEIVER)
+    tcp.handshake()
+    for side, data in [*OPENING, *dialogue]:
+        if side == "lost":
+            tcp.lose("c", data)
+        else:
+            tcp.send(side, data)
+    ladder = dissect(cap.write(tmp_path / "gap.pcap"))
+    gap = next(i for i, s in enumerate(ladder.steps) if s.kind == "gap")
+    kinds = {kind for kind, _ in expected}
+    seen = [(s.kind, s.text) for s in ladder.steps[gap:] if s.kind in kinds]
+    assert [kind for kind, _ in seen] == [kind for kind, _ in expected]
+    assert all(want in text for (_, text), (_, want) in zip(seen, expected, strict=True))
+
+
+def test_a_354_after_data_in_bdat_state_starts_content():
+    """smtp-bdat-gap.pcap: DATA after a BDAT chunk; the server's 354 is the truth."""
+    ladder = dissect(CORPUS / "smtp-bdat-gap.pcap")
+    steps = [(s.kind, s.get("verb") or s.get("code")) for s in ladder.steps if s.conn]
+    smtp = [step for step in steps if step[0] in ("command", "reply", "content", "bdat")]
+    assert smtp[-6:] == [
+        ("command", "DATA"),
+        ("reply", 354),
+        ("content", None),
+        ("reply", 250),
+        ("command", "QUIT"),
+        ("reply", 221),
+    ]
+    (content,) = [s for s in ladder.steps if s.kind == "content"]
+    assert (content.get("lines"), content.get("first_line")) == (5, "From: sender@example.com")
+    (bdat,) = [s for s in ladder.steps if s.kind == "bdat"]
+    assert (bdat.get("size"), bdat.get("missing")) == (200, 100)

@@ -170,6 +170,20 @@ def test_mx_glue_only_for_exchangers_in_our_zones_and_switchable(zones):
     assert ask(zones, "example.test", "MX").additional == []
 
 
+def test_served_glue_replaces_the_exchangers_addresses_in_answers_only(zones):
+    before = zones.version
+    zones.serve_glue("mx1.example.test", "192.0.2.99")
+    assert zones.version > before
+    assert rdata(ask(zones, "example.test", "MX").additional) == ["mx1.example.test. A 192.0.2.99"]
+    assert rdata(ask(zones, "mx1.example.test", "A").answer) == ["mx1.example.test. A 192.0.2.1"]
+    zones.serve_glue("mx1.example.test.", "2001:db8::99")
+    assert rdata(ask(zones, "example.test", "MX").additional) == [
+        "mx1.example.test. AAAA 2001:db8::99"
+    ]
+    with pytest.raises(HarnessError, match="outside every loaded zone"):
+        zones.serve_glue("mx.elsewhere.invalid", "192.0.2.99")
+
+
 def test_soa_ns_txt_and_any(zones):
     assert [QTYPE[rr.rtype] for rr in ask(zones, "example.test", "SOA").answer] == ["SOA"]
     assert rdata(ask(zones, "example.test", "NS").answer) == ["example.test. NS ns.example.test."]

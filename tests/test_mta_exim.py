@@ -31,6 +31,7 @@ from harness.mta.base import Site
 from harness.mta.exim import RELAYED, Adapter, original
 from harness.runner import host_names
 from harness.scenario import load_scenario
+from harness.smtp.sender import ScriptStep
 
 pytestmark = pytest.mark.lab
 
@@ -61,11 +62,20 @@ def sender_exim(lab: Lab, folder: Path) -> Adapter:
     return Adapter(Site(lab, "sender", folder, "mail.sender.com", "sender.com"), "sender")
 
 
-def receiver_exim(lab: Lab, folder: Path, **extra: str) -> Adapter:
+def receiver_exim(
+    lab: Lab, folder: Path, adapter: type[Adapter] = Adapter, **knobs: str
+) -> Adapter:
     site = Site(
-        lab, "receiver", folder, "mail.receiver.com", "receiver.com", ("c3po", "r2d2"), extra=extra
+        lab, "receiver", folder, "mail.receiver.com", "receiver.com", ("c3po", "r2d2"), extra=knobs
     )
-    return Adapter(site, "receiver")
+    return adapter(site, "receiver")
+
+
+class QualifyingExim(Adapter):
+    """Exim told to qualify bare local parts from any host (not a harness knob)."""
+
+    def _main_options(self) -> dict[str, str]:
+        return super()._main_options() | {"recipient_unqualified_hosts": "*"}
 
 
 def wait_idle(exim: Adapter) -> None:
@@ -226,13 +236,26 @@ def test_exim_receives_the_seed_dialogue(
 def test_exim_verifies_bare_local_parts_when_told_to_qualify_them(
     lab: Lab, dns: DnsServer, smtp_sender: Callable, folder: Path
 ) -> None:
-    with receiver_exim(lab, folder, recipient_unqualified_hosts="*") as exim:
+    with receiver_exim(lab, folder, QualifyingExim) as exim:
         report = asyncio.run(smtp_sender().send())
         wait_idle(exim)
         assert [len(exim.mailbox(user)) for user in ("c3po", "r2d2")] == [1, 1]
     assert replies_to(report.transcript, "VRFY") == [550, 250, 250]
     assert report.outcomes["aibo@receiver.com"].stage == "VRFY"
     assert processes_of(exim) == []
+
+
+def test_exim_with_vrfy_disabled_answers_252_to_a_mailbox_501_to_a_bare_name(
+    lab: Lab, dns: DnsServer, smtp_sender: Callable, folder: Path
+) -> None:
+    """Without ``acl_smtp_vrfy`` Exim refuses VRFY its own way (RFC 5321 §7.3's 252), after
+    its syntax check: a bare local part from a remote host is still a 501."""
+    script = [ScriptStep(at="MAIL", send="VRFY c3po@receiver.com")]
+    with receiver_exim(lab, folder, vrfy="disabled") as exim:
+        report = asyncio.run(smtp_sender(script=script).send())
+        wait_idle(exim)
+    assert replies_to(report.transcript, "VRFY") == [501, 501, 501, 252]
+    assert "acl_smtp_vrfy" not in exim.config.read_text()
 
 
 def test_version_is_read_from_the_unpacked_binary() -> None:

@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
+import shutil
+import socket
 import subprocess
+import tempfile
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from conftest import CLI, ROOT
 
 from harness.errors import HarnessError
-from harness.runner import run_scenario
+from harness.lab import Lab
+from harness.mta.base import Site, adapters
+from harness.runner import RunResult, lab_dns, run_scenario
 from harness.scenario import FIXTURES, load_scenario
 
 pytestmark = pytest.mark.lab
 
-SEED_MESSAGE = (FIXTURES / "messages" / "seed.eml").read_bytes()
+SEED_PATH = FIXTURES / "messages" / "seed.eml"
+SEED_MESSAGE = SEED_PATH.read_bytes()
 
 
 @pytest.fixture(scope="module")
@@ -88,12 +95,18 @@ def test_seed_receiver_sends_the_first_fin(seed_run) -> None:
 
 
 def _scenario(tmp_path: Path, body: str) -> Path:
+    """``body`` with the fixtures' zones and message, in its own [dns]/[sender] if any."""
     path = tmp_path / "s.toml"
-    zones = FIXTURES / "zones"
-    msg = FIXTURES / "messages" / "seed.eml"
-    path.write_text(
-        f'[dns]\nzones = "{zones}"\n[sender]\nmessage = "{msg}"\n' + textwrap.dedent(body)
-    )
+    text = textwrap.dedent(body)
+    fixed = {"dns": f'zones = "{FIXTURES / "zones"}"', "sender": f'message = "{SEED_PATH}"'}
+    for section, key in fixed.items():
+        header = f"[{section}]\n"
+        text = (
+            text.replace(header, header + key + "\n", 1)
+            if header in text
+            else header + key + "\n" + text
+        )
+    path.write_text(text)
     return path
 
 
@@ -166,6 +179,11 @@ def _toml_str(raw: str) -> str:
         ('[[dns.faults]]\nname = "x"\ntype = "MX"\naction = "explode"\n', "dns.faults[0]"),
         ("[surprise]\n", "unknown section [surprise]"),
         ('[[hosts]]\nname = "a"\nipv4 = "8.8.8.8"\n', "documentation address"),
+        ('[receiver]\nfamily = "ipv6"\n', 'receiver.family: \'ipv6\': expected "ipv4" or "any"'),
+        ('[sender]\nfamily = "any"\n', "sender.family: the scripted sender knows IPv4 only"),
+        ('[dns]\nglue = { "mail.receiver.com" = "nope" }\n', "dns.glue.mail.receiver.com: 'nope'"),
+        ('[receiver]\nmta = "exim"\nvrfy = "252"\n', "receiver.vrfy: '252' for exim: expected"),
+        ('[sender]\nmta = "exim"\nfamily = "ipv5"\n', "sender.family: 'ipv5': expected"),
     ],
 )
 def test_scenario_errors_name_file_and_key(tmp_path, body, message) -> None:
@@ -195,3 +213,88 @@ def test_cli_run_exit_codes(tmp_path) -> None:
     bad = subprocess.run([*CLI, "run", str(tmp_path / "none.toml")], capture_output=True,
                          text=True)  # fmt: skip
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr
+
+
+# --- real MTAs: outcomes from DSNs, knobs, glue -----------------------------------------------
+MTAS = ("postfix", "exim", "opensmtpd", "sendmail")
+
+
+@pytest.fixture
+def open_folder() -> Iterator[Path]:
+    """A 0755 run folder: Exim delivers as Debian-exim, who cannot enter pytest's tmp_path."""
+    path = Path(tempfile.mkdtemp(prefix="smtp-harness-run-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path)
+
+
+def _mta_run(folder: Path, body: str) -> RunResult:
+    path = _scenario(folder, body)
+    return run_scenario(load_scenario(path), folder / "run")
+
+
+def _outcomes(result: RunResult) -> dict[str, tuple[str, str]]:
+    return {r: (o.status, o.stage) for r, o in result.report.outcomes.items()}
+
+
+@pytest.mark.parametrize("mta", MTAS)
+def test_mta_sender_bounces_are_read_from_its_dsns(open_folder, mta) -> None:
+    """NXDOMAIN: no session at all, the MTA's DSN says failed; r2d2 is delivered."""
+    rcpts = '["r2d2@receiver.com", "c3po@nosuch.receiver.com"]'
+    body = f'[sender]\nmta = "{mta}"\nrecipients = {rcpts}\n'
+    result = _mta_run(open_folder, body)
+    assert _outcomes(result) == {
+        "r2d2@receiver.com": ("delivered", "<end-of-data>"),
+        "c3po@nosuch.receiver.com": ("rejected", "dsn"),
+    }
+    assert result.report.outcomes["c3po@nosuch.receiver.com"].text.startswith("DSN failed 5.")
+
+
+@pytest.mark.parametrize("mta", MTAS)
+def test_mta_sender_mail_451_defers_despite_pipelined_503s(open_folder, mta) -> None:
+    body = f'[sender]\nmta = "{mta}"\nrecipients = ["c3po@receiver.com", "r2d2@receiver.com"]\n'
+    result = _mta_run(open_folder, body + '[[receiver.replies]]\non = "MAIL"\ncode = 451\n')
+    assert _outcomes(result) == {
+        "c3po@receiver.com": ("deferred", "queue"),
+        "r2d2@receiver.com": ("deferred", "queue"),
+    }
+    assert result.stored == []
+
+
+QUALIFIED_VRFY = {"postfix": 502, "exim": 252, "opensmtpd": 500, "sendmail": 252}
+
+
+@pytest.mark.parametrize("mta", MTAS)
+def test_mta_receiver_vrfy_disabled_is_the_mtas_own(open_folder, mta) -> None:
+    body = f'[receiver]\nmta = "{mta}"\nvrfy = "disabled"\n'
+    body += '[[sender.script]]\nat = "MAIL"\nsend = "VRFY c3po@receiver.com"\n'
+    result = _mta_run(open_folder, body)
+    vrfy = [s for s in result.ladder.steps if s.kind == "command" and s.text.startswith("VRFY c3")]
+    reply = next(s for s in result.ladder.steps if s.kind == "reply" and s.index > vrfy[-1].index)
+    assert int(reply.text[:3]) == QUALIFIED_VRFY[mta], reply.text
+
+
+@pytest.mark.parametrize("mta", MTAS)
+def test_mta_receiver_family_any_listens_on_ipv6_too(open_folder, mta) -> None:
+    with Lab() as lab, lab_dns(lab, load_scenario(None)):
+        site = Site(lab, "receiver", open_folder / mta, "mail.receiver.com", "receiver.com",
+                    ("c3po",), extra={"family": "any"})  # fmt: skip
+        with adapters()[mta](site, "receiver"):
+            for address in lab.host("receiver").addresses:
+                family = socket.AF_INET6 if ":" in address else socket.AF_INET
+                with lab.socket_factory("sender")(family, socket.SOCK_STREAM) as sock:
+                    sock.settimeout(10)
+                    sock.connect((address, 25))
+                    assert sock.recv(512).startswith(b"220 "), address
+
+
+@pytest.mark.parametrize(
+    ("use_glue", "expected"), [(True, "deferred"), (False, "delivered")], ids=["glue", "asked"]
+)
+def test_trap_glue_catches_a_sender_that_trusts_it(tmp_path, use_glue, expected) -> None:
+    body = '[dns]\nglue = { "mail.receiver.com" = "192.0.2.99" }\n'
+    body += f'[sender]\nuse_glue = {str(use_glue).lower()}\nrecipients = ["c3po@receiver.com"]\n'
+    result = run_scenario(load_scenario(_scenario(tmp_path, body)), tmp_path / "run")
+    assert result.report.outcomes["c3po@receiver.com"].status == expected
+    answers = [s.text for s in result.ladder.steps if s.kind == "dns-answer"]
+    assert answers[0] == "MX 10 mail.receiver.com. + A mail.receiver.com. 192.0.2.99"

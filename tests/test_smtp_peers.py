@@ -7,7 +7,11 @@ DNS is an injected in-process resolver function built with dnslib (the peers tak
 from __future__ import annotations
 
 import asyncio
+import signal
 import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -388,3 +392,44 @@ def test_refused_connection_defers():
     report = run(_send_only(FakeDns(), port=port))
     assert report.outcomes["c3po@receiver.com"].stage == "connect"
     assert report.status("c3po@receiver.com") == "deferred"
+
+
+INTERRUPTED = """
+import asyncio, signal, sys
+from harness.smtp.receiver import Receiver, ReceiverConfig, ReplyRule
+
+def _exit(signum, frame):
+    raise SystemExit(128 + signum)  # as harness.lab does while a lab is up
+
+async def main():
+    rules = [ReplyRule("RCPT", delay={delay})]
+    async with Receiver(ReceiverConfig(rules=rules)) as rx:
+        _, port = await rx.start("127.0.0.1", 0)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"HELO a.example\\r\\nMAIL FROM:<a@b.example>\\r\\n")
+        writer.write(b"RCPT TO:<c3po@receiver.com>\\r\\nDATA\\r\\nSubject: half\\r\\n")
+        print("sent", flush=True)
+        await asyncio.sleep(60)
+
+signal.signal(signal.SIGTERM, _exit)
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize("delay", [0.0, 30.0], ids=["mid-data", "reply-delayed"])
+def test_a_session_interrupted_at_shutdown_logs_nothing(delay):
+    """SIGTERM (turned into SystemExit) cancels the sessions quietly: no traceback."""
+    script = INTERRUPTED.replace("{delay}", str(delay))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        assert proc.stdout.readline() == b"sent\n"
+        time.sleep(0.3)  # the receiver reads the client's bytes (or waits to answer them)
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=10)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert b"Traceback" not in stderr and b"Exception in callback" not in stderr, stderr.decode()
+    assert stderr == b""

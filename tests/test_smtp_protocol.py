@@ -22,6 +22,7 @@ from harness.smtp import (
     EndOfChunk,
     EndOfData,
     Event,
+    Gap,
     Observer,
     Opaque,
     Reply,
@@ -596,3 +597,177 @@ def test_client_send_bdat():
     assert conn.send_bdat(b"abc", last=True) == b"BDAT 3 LAST\r\nabc"
     with pytest.raises(HarnessError):
         conn.send_command("NOOP", "a\r\nQUIT")
+
+
+# -- the reply decides what follows DATA and STARTTLS (state.py rule 4) --------------------
+
+HELLO = b"EHLO x\r\n"
+TRANSACTION = b"EHLO x\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\n"
+
+
+@pytest.mark.parametrize(
+    ("before", "command", "reply", "follows"),
+    [
+        (TRANSACTION, b"DATA", b"354 go", Content),
+        (TRANSACTION + b"BDAT 1\r\nz", b"DATA", b"354 go", Content),  # smtp-bdat-gap.pcap
+        (HELLO, b"DATA", b"354 go", Content),  # no transaction, but the server said go
+        (TRANSACTION, b"DATA", b"250 odd", Command),  # a client sends content after 3yz only
+        (TRANSACTION, b"DATA", b"554 no", Command),
+        (b"", b"STARTTLS", b"220 go", TlsStarted),  # before EHLO, but the server said go
+        (HELLO, b"STARTTLS", b"454 no", Command),
+    ],
+)
+def test_the_reply_to_data_or_starttls_decides_what_follows(before, command, reply, follows):
+    obs = Observer()
+    obs.feed(S, b"220 hi\r\n")
+    if before:  # b"" would be an EOF
+        obs.feed(C, before)
+        obs.feed(S, b"250 ok\r\n" * before.count(b"\r\n"))
+    obs.feed(C, command + b"\r\nFrom: x\r\n")
+    events = obs.feed(S, reply + b"\r\n")
+    assert [type(e) for e in events if e.direction is C][-1:] == [follows]
+
+
+def test_a_354_outside_a_transaction_leads_back_to_commands_after_the_data():
+    obs = Observer()
+    obs.feed(S, b"220 hi\r\n")
+    obs.feed(C, b"DATA\r\n")
+    obs.feed(S, b"354 go\r\n")
+    assert obs.state is State.DATA
+    events = obs.feed(C, b"x\r\n.\r\nQUIT\r\n")
+    assert [type(e) for e in events] == [Content, EndOfData, Command]
+    obs.feed(S, b"250 ok\r\n")
+    assert obs.state is State.READY and obs.session.waiting == ("QUIT",)
+
+
+# -- gaps in a capture (Observer.skip; readers rule 6) --------------------------------------
+
+GREETED = [("s", b"220 hi\r\n"), ("c", TRANSACTION), ("s", b"250 ok\r\n" * 3)]
+DATA_GO = [*GREETED, ("c", b"DATA\r\n"), ("s", b"354 go\r\n")]
+CUT = AnomalyKind.CUT_BY_GAP
+
+
+def brief(event: Event) -> tuple:
+    match event:
+        case Command():
+            return ("command", event.verb)
+        case Reply():
+            return ("reply", event.code)
+        case Content():
+            return ("content", event.data)
+        case Gap():
+            return ("gap", event.offset, event.size, event.content)
+        case Anomaly():
+            return (event.kind, event.offset, event.detail)
+        case EndOfData() | EndOfChunk():
+            return (type(event).__name__, event.size)
+    return (type(event).__name__,)
+
+
+@pytest.mark.parametrize(
+    ("script", "direction", "expected"),
+    [
+        pytest.param(
+            [*GREETED, ("c", b"BDAT 10\r\nabc"), ("gap", 4), ("c", b"hijNOOP\r\n")],
+            C,
+            [
+                ("content", b"abc"),
+                ("gap", 52, 4, True),
+                ("content", b"hij"),
+                ("EndOfChunk", 10),
+                ("command", "NOOP"),
+            ],
+            id="bdat-gap-counts-towards-the-chunk",
+        ),
+        pytest.param(
+            [*GREETED, ("c", b"BDAT 5\r\nab"), ("gap", 10), ("c", b"QUIT\r\n")],
+            C,
+            [
+                ("content", b"ab"),
+                ("gap", 50, 3, True),
+                ("EndOfChunk", 5),
+                ("gap", 53, 7, False),
+                ("command", "QUIT"),
+            ],
+            id="bdat-gap-overflows-into-commands",
+        ),
+        pytest.param(
+            [*DATA_GO, ("c", b"Subject: x\r\npart"), ("gap", 100), ("c", b"ial\r\n.\r\n")],
+            C,
+            [
+                ("content", b"Subject: x\r\n"),
+                ("content", b"part"),
+                ("gap", 62, 100, True),
+                ("content", b"ial\r\n"),
+                ("EndOfData", 121),
+            ],
+            id="data-gap-is-a-gap-in-the-content",
+        ),
+        pytest.param(
+            [*DATA_GO, ("c", b"Subject: x\r\n"), ("gap", 50), ("c", b".\r\nQUIT\r\n")],
+            C,
+            [
+                ("content", b"Subject: x\r\n"),
+                ("gap", 58, 50, True),
+                ("EndOfData", 62),
+                ("command", "QUIT"),
+            ],
+            id="dot-line-after-a-data-gap-ends-the-data",
+        ),
+        pytest.param(
+            [
+                *GREETED,
+                ("c", b"DATA\r\nSubj"),
+                ("gap", 10),
+                ("c", b"ect\r\n.\r\n"),
+                ("s", b"354 go\r\n"),
+            ],
+            C,
+            [
+                ("content", b"Subj"),
+                ("gap", 50, 10, True),
+                ("content", b"ect\r\n"),
+                ("EndOfData", 19),
+            ],
+            id="gap-waits-behind-the-reply-to-data",
+        ),
+        pytest.param(
+            [("s", b"220 hi\r\n"), ("c", b"MAIL FR"), ("gap", 5), ("c", b"b>\r\nQUIT\r\n")],
+            C,
+            [
+                (CUT, 0, "7 octets dropped"),
+                ("gap", 7, 5, False),
+                (CUT, 12, "4 octets dropped"),
+                ("command", "QUIT"),
+            ],
+            id="command-cut-by-a-gap-is-dropped",
+        ),
+        pytest.param(
+            [("s", b"220 hi\r\n"), ("c", b"EHLO x\r\n"), ("gap", 20), ("c", b"QUIT\r\n")],
+            C,
+            [("command", "EHLO"), ("gap", 8, 20, False), ("command", "QUIT")],
+            id="whole-line-after-a-gap-is-kept",
+        ),
+        pytest.param(
+            [("c", HELLO), ("s", b"220 hi\r\n25"), ("gap", 3), ("s", b"0 ok\r\n250 ok\r\n")],
+            S,
+            [
+                ("reply", 220),
+                (CUT, 8, "2 octets dropped"),
+                ("gap", 10, 3, False),
+                (CUT, 13, "6 octets dropped"),
+                ("reply", 250),
+            ],
+            id="reply-cut-by-a-gap-is-dropped",
+        ),
+    ],
+)
+def test_gaps_are_placed_by_the_mode_they_fall_in(script, direction, expected):
+    obs, events = Observer(), []
+    for who, what in script:
+        if who == "gap":
+            events += obs.skip(C if direction is C else S, what)
+        else:
+            events += obs.feed(C if who == "c" else S, what)
+    seen = [brief(e) for e in events if e.direction is direction]
+    assert seen[-len(expected) :] == expected

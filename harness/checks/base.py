@@ -8,7 +8,9 @@ Rules kept here:
 - A ``Setup`` is TOML-shaped data laid over the seed (``scenario_from_data``).  On the side
   under test it only sets what a real MTA is also given (recipients, message, users, the
   VRFY policy); ``reference`` holds what our scripted peer needs to stand in for an MTA
-  there (e.g. ``ehlo = true``) and is used only in the "harness" column.
+  there (e.g. ``ehlo = true``) and is used only in the "harness" column; ``by_role`` holds
+  data laid over ``data`` only when the check plays that role (e.g. a reply rule for the
+  scripted receiver, which exists only when the sender is under test), in every column.
 - Verdicts: ``pass``; ``fail`` (a MUST broken, evidence = the steps that show it);
   ``n/a`` (the run never exercised the rule, e.g. no EHLO to fall back from);
   ``deviation-known`` (a documented, tolerated departure: a SHOULD, or a pattern the
@@ -77,10 +79,13 @@ class Setup:
     name: str
     data: dict = field(default_factory=dict)
     reference: dict = field(default_factory=dict)
+    by_role: dict[str, dict] = field(default_factory=dict)
 
     def scenario_data(self, mta: str, role: str) -> dict:
         """The TOML-shaped data of this setup with ``mta`` playing ``role``."""
         data = copy.deepcopy(self.data)
+        for section, keys in self.by_role.get(role, {}).items():
+            data.setdefault(section, {}).update(copy.deepcopy(keys))
         data.setdefault("scenario", {}).setdefault("name", self.name)
         if mta == REFERENCE:
             for section, keys in self.reference.items():

@@ -5,8 +5,10 @@ Rules kept here:
 - The lab has one SMTP receiver (192.0.2.25); an MX host that must fail points at the DNS
   host's address (192.0.2.53), where nothing listens on port 25, so its SYN meets a RST:
   "cannot be reached", the next MX is due at once (§5.1).
-- DNS data is written as extra records (``[dns] records``, replacing the RRsets they name)
-  and fault rules (``[[dns.faults]]``); the seed's zones stay as they are.
+- DNS data is written as extra records (``[dns] records``, replacing the RRsets they name),
+  fault rules (``[[dns.faults]]``) and served glue (``[dns] glue``); the seed's zones stay
+  as they are.  Glue is judged with a trap: the MX answer's additional section gives
+  ``TRAP``, an address no lab host has, while the MX host's own A is the receiver's.
 - Outcomes that only the sender knows (bounced or queued) come from the run's report.
 """
 
@@ -39,6 +41,7 @@ from harness.checks.steps import (
 from harness.runner import RunResult
 
 DEAD = "down.receiver.com. A 192.0.2.53"  # an MX host with nothing on port 25: RST
+TRAP = "192.0.2.99"  # inconsistent glue: a SYN there (or none at all) means glue was trusted
 ONE = {"recipients": ["c3po@receiver.com"]}
 
 
@@ -76,6 +79,7 @@ NXDOMAIN = Setup("nxdomain", {"sender": {"recipients": ["c3po@nosuch.receiver.co
 SERVFAIL = Setup("servfail", _fault("servfail", "receiver.com. A 192.0.2.25"))
 TIMEOUT = Setup("dns-timeout", _fault("drop", "receiver.com. A 192.0.2.25"))
 TRUNCATED = Setup("truncated", _fault("truncate"))
+GLUE_TRAP = Setup("glue-trap", {"dns": {"glue": {"mail.receiver.com": TRAP}}, "sender": ONE})
 HELO_MISMATCH = Setup("helo-mismatch", {"sender": {"helo": "mail.elsewhere.example"}})
 
 
@@ -206,25 +210,32 @@ def truncation(run: RunResult) -> Outcome:
     "MX target address asked for, not taken from glue",
     "RFC 2181 §5.4.1",
     SENDER,
+    GLUE_TRAP,
 )
 def glue_ignored(run: RunResult) -> Outcome:
     mx = dns_questions(run.ladder, "receiver.com", "MX")
-    answer = answer_to(run.ladder, mx[0]) if mx else None
-    first = next(iter(syns(run)), None)
-    if answer is None or first is None or not answer.get("additional"):
-        return not_applicable("no MX answer with glue, or no connection")
+    answers = [a for q in mx if (a := answer_to(run.ladder, q)) and TRAP in a.text]
+    if not answers:
+        return not_applicable("no MX answer carried the trap glue")
+    trapped = syns(run, TRAP)
+    if trapped:
+        return failed("connected to the glue address", answers[0].index, trapped[0].index)
+    reached = syns(run, run.scenario.receiver_host)
+    if not reached:
+        return failed("never connected to the MX host's own address", answers[0].index)
     asked = [
         q
         for t in ("A", "AAAA")
         for q in dns_questions(run.ladder, "mail.receiver.com", t)
-        if q.index < first.index
+        if q.index < reached[0].index
     ]
     if not asked:
-        return failed(
-            "connected to the additional-section address without asking", answer.index, first.index
-        )
+        return failed("connected without asking for the MX host's address", reached[0].index)
     return passed(
-        "asked for the MX host's address itself", answer.index, asked[0].index, first.index
+        "asked for the MX host's address, ignored the glue",
+        answers[0].index,
+        asked[0].index,
+        reached[0].index,
     )
 
 

@@ -67,7 +67,14 @@ MULTILINE = Setup(
 GREETING_421 = Setup("greeting-421", _greeting(421, "mail.receiver.com Service not available"))
 GREETING_554 = Setup("greeting-554", _greeting(554, "mail.receiver.com No SMTP service here"))
 EHLO_502 = Setup("ehlo-502", _reply("EHLO", 502), reference=EHLO)
-VRFY_DISABLED = Setup("vrfy-disabled", {"receiver": {"vrfy": "disabled"}})
+VRFY_QUALIFIED = "VRFY c3po@receiver.com"  # besides the seed's bare user names
+VRFY_DISABLED = Setup(
+    "vrfy-disabled",
+    {
+        "receiver": {"vrfy": "disabled"},
+        "sender": {"script": [{"at": "MAIL", "send": VRFY_QUALIFIED}]},
+    },
+)
 MAIL_451 = Setup("mail-451", _reply("MAIL", 451))
 MAIL_550 = Setup("mail-550", _reply("MAIL", 550))
 RCPT_MIXED = Setup(
@@ -255,11 +262,16 @@ def vrfy_disabled(run: RunResult) -> Outcome:
     pairs = _vrfy_replies(run)
     if not pairs:
         return not_applicable("no VRFY was sent")
+    complaints = []
     for cmd, reply in pairs:
-        if code(reply) != 252:
+        if code(reply) == VRFY_SYNTAX and "@" not in cmd.text:
+            complaints += [cmd.index, *_index(reply)]
+        elif code(reply) != 252:
             return failed(
                 f"disabled VRFY answered {code(reply)}, not 252", cmd.index, *_index(reply)
             )
+    if complaints:
+        return known("501 to VRFY of a bare user name, 252 to a mailbox", *complaints)
     return passed("252 to every VRFY", *(r.index for _, r in pairs if r))
 
 

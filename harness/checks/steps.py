@@ -7,9 +7,8 @@ Rules kept here:
   order of the commands); message content is answered by the ``<end-of-data>`` reply, the
   greeting by nothing the client sent.
 - A per-recipient outcome the run does not report raises ``Unjudged``: a real MTA's
-  bounce or deferral must come from the run, never be assumed.  The runner reports a
-  recipient an MTA sender never offered to the receiver as deferred at stage "queue",
-  which is also what a bounce without a connection looks like: that too is ``Unjudged``.
+  bounce or deferral must come from the run, never be assumed.  For an MTA sender the run
+  tells them apart by its DSNs (``harness.mta.roles``): "queue" is a real deferral.
 """
 
 from __future__ import annotations
@@ -23,7 +22,6 @@ from harness.runner import RunResult
 from harness.smtp.commands import parse_command
 
 CLIENT_UNITS = ("command", "content", "bdat")
-UNKNOWN_STAGE = "queue"  # an MTA sender's recipient that never reached the receiver
 
 
 def where(ladder: Ladder, kind: str | Iterable[str], **match: object) -> list[Step]:
@@ -149,8 +147,6 @@ def status(run: RunResult, recipient: str) -> str:
     outcome = run.report.outcomes.get(recipient)
     if outcome is None:
         raise Unjudged(f"the run reports no outcome for {recipient}")
-    if outcome.stage == UNKNOWN_STAGE:
-        raise Unjudged(f"{recipient}: {outcome.text} (a bounce and a deferral look alike)")
     return outcome.status
 
 

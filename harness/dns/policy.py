@@ -9,8 +9,9 @@ Rules this module keeps:
   authority section with the TTL of RFC 2308 §5: min(SOA TTL, SOA MINIMUM).
 * CNAMEs are followed while the target lies in our zones; a loop ends the chain.  The
   rcode describes the last name of the chain (RFC 6604).
-* MX and NS answers carry the A/AAAA of their targets in the additional section when the
-  targets are in our zones and the answering zone has ``glue`` on.
+* MX and NS answers carry the glue of their targets (``ZoneSet.glue``: their A/AAAA, or
+  the address a scenario serves instead) in the additional section when the targets are
+  in our zones and the answering zone has ``glue`` on.
 * No wildcards, no delegations: an NS record below an apex is plain data.
 * Pure: no sockets, no clock, no faults (those are the server's and ``faults``' business).
 """
@@ -23,7 +24,6 @@ from dnslib import QTYPE, RCODE, RR, DNSLabel
 
 from harness.dns.zones import Zone, ZoneSet, name_key
 
-_ADDRESS_TYPES = (QTYPE.A, QTYPE.AAAA)
 _TYPES_WITH_ADDITIONAL = (QTYPE.MX, QTYPE.NS)
 
 
@@ -78,9 +78,6 @@ def _additional(zones: ZoneSet, zone: Zone, found: list[RR]) -> list[RR]:
         return []
     extra: list[RR] = []
     for rr in found:
-        if rr.rtype not in _TYPES_WITH_ADDITIONAL:
-            continue
-        target_zone = zones.find(rr.rdata.label)
-        rrsets = target_zone.rrsets.get(name_key(rr.rdata.label), {}) if target_zone else {}
-        extra += [a for t in _ADDRESS_TYPES for a in rrsets.get(t, []) if a not in extra]
+        if rr.rtype in _TYPES_WITH_ADDITIONAL:
+            extra += [a for a in zones.glue(rr.rdata.label) if a not in extra]
     return extra

@@ -9,8 +9,11 @@ Rules this module keeps:
 * Names are compared case-insensitively (RFC 4343) through ``name_key``; the records keep
   the case they were written with.
 * Bad input is a one-line ``HarnessError`` naming the file and, where known, the line.
-* Changes made after loading (``add``, ``remove``, ``set_glue``) bump ``version`` so that
-  whoever caches answers (the server) knows to forget them.
+* Changes made after loading (``add``, ``remove``, ``set_glue``, ``serve_glue``) bump
+  ``version`` so that whoever caches answers (the server) knows to forget them.
+* Glue is a name's own A/AAAA records, unless ``serve_glue`` gave that name another
+  address: then that address alone, while questions about the name itself still get its
+  own records (inconsistent glue, RFC 2181 §5.4.1).
 """
 
 from __future__ import annotations
@@ -103,6 +106,7 @@ class ZoneSet:
 
     def __init__(self) -> None:
         self._zones: dict[Key, Zone] = {}
+        self._glue: dict[Key, list[RR]] = {}  # name -> the glue served instead of its own
         self._lock = threading.Lock()
         self.version = 0
 
@@ -187,6 +191,25 @@ class ZoneSet:
                 raise HarnessError(f"no zone {origin!r} loaded")
             zone.glue = enabled
             self.version += 1
+
+    def serve_glue(self, name: str, address: str) -> None:
+        """Serve ``address`` as the only glue of ``name`` (a name in our zones)."""
+        rtype = "AAAA" if ":" in address else "A"
+        owner = name.rstrip(".") + "."
+        (rr,) = parse_records(f"{owner} 300 IN {rtype} {address}", source=f"glue {name}")
+        with self._lock:
+            self._zone_for(owner)
+            self._glue[name_key(owner)] = [rr]
+            self.version += 1
+
+    def glue(self, name: DNSLabel) -> list[RR]:
+        """The A/AAAA records that go with ``name`` in an additional section (rules above)."""
+        key = name_key(name)
+        if key in self._glue:
+            return self._glue[key]
+        zone = self.find(name)
+        rrsets = zone.rrsets.get(key, {}) if zone else {}
+        return [rr for t in (QTYPE.A, QTYPE.AAAA) for rr in rrsets.get(t, [])]
 
     def find(self, name: DNSLabel | str) -> Zone | None:
         """The zone that holds ``name`` (the one with the longest matching apex)."""

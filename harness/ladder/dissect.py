@@ -17,9 +17,11 @@ Rules this module keeps:
   server's first bytes are a ``220`` greeting, also behind an HTTP CONNECT tunnel.  Up to
   ``SNIFF_LIMIT`` bytes per direction are held while that is undecided.
 - SMTP is understood only by the core's ``Observer`` (design rule 1), fed each direction's
-  bytes in stream order.  A gap inside content (DATA, a BDAT chunk) is fed as spaces so
-  that counts stay right; elsewhere it is skipped.  The gap step says where the damage
-  is.  Message content (DATA) and each BDAT chunk become one step; TLS after STARTTLS one
+  bytes in stream order and told of each gap (``Observer.skip``), which the core places:
+  inside content (DATA, a BDAT chunk) it counts towards the content's size and is shown
+  as ``missing`` in it (the digest covers the captured bytes only); among commands and
+  replies the lines it cut are anomaly steps.  The gap step says where the damage is.
+  Message content (DATA) and each BDAT chunk become one step; TLS after STARTTLS one
   ``tls`` step per direction.
 - Names: ``hosts`` maps addresses to names; an address not in it is shown as is.  When
   both ends would get the same name (loopback captures), the server's gets ``:port``.
@@ -43,12 +45,10 @@ from harness.ladder.tcpstream import CLIENT, SERVER, Connection, Event, Reassemb
 from harness.smtp import events as smtp
 from harness.smtp.events import Direction
 from harness.smtp.protocol import Observer
-from harness.smtp.readers import ChunkReader, DataReader
 
 SMTP_PORTS = frozenset({25, 465, 587, 2525})
 DNS_PORT = 53
 SNIFF_LIMIT = 4096
-FILLER = 65536  # gap bytes are fed to the SMTP core in pieces of at most this size
 
 _SMTP_DIRECTION = {CLIENT: Direction.CLIENT, SERVER: Direction.SERVER}
 _OUR_DIRECTION = {v: k for k, v in _SMTP_DIRECTION.items()}
@@ -205,26 +205,33 @@ class _Content:
 
     def __init__(self) -> None:
         self.size = 0
+        self.missing = 0  # octets a gap took from the capture, counted in size
         self.lines = 0
         self.first_line = b""
         self.digest = hashlib.sha256()
         self.evidence: list[int] = []
 
     def add(self, data: bytes, evidence: list[int]) -> None:
-        if not self.size:
+        if self.size == self.missing:  # the first captured bytes
             self.first_line = data.rstrip(b"\r\n")
         self.size += len(data)
         self.lines += data.count(b"\n")
         self.digest.update(data)
         self.evidence += evidence
 
+    def gap(self, size: int) -> None:
+        self.size += size
+        self.missing += size
+
     def text(self) -> str:
         digest, first = self.digest.hexdigest()[:16], _text(self.first_line)
-        return f'{self.lines} lines, {self.size} bytes, sha256:{digest}, "{first}"'
+        missing = f" ({self.missing} missing)" if self.missing else ""
+        return f'{self.lines} lines, {self.size} bytes{missing}, sha256:{digest}, "{first}"'
 
     def detail(self, **extra) -> Detail:
         return detail(
             size=self.size,
+            missing=self.missing or None,
             lines=self.lines,
             sha256=self.digest.hexdigest(),
             first_line=_text(self.first_line),
@@ -362,7 +369,10 @@ class _Conn:
         """Bytes (b"": the end of the stream) to the SMTP core; the steps they complete."""
         if self.observer is None or (not data and not self.eof[d]):
             return
-        for smtp_event in self.observer.feed(_SMTP_DIRECTION[d], data):
+        yield from self._steps(self.observer.feed(_SMTP_DIRECTION[d], data), event)
+
+    def _steps(self, events: list[smtp.Event], event: Event) -> Iterator[Step]:
+        for smtp_event in events:
             step = self._smtp(smtp_event, event)
             if step is not None:
                 yield step
@@ -372,18 +382,8 @@ class _Conn:
         text = f"{event.length} bytes missing from the capture"
         yield self._new(event, d, "gap", text, (event.first,), detail(offset=event.offset))
         yield from self._settle(event, "smtp" if self.smtp_port else "other")
-        if self.mode == "smtp":
-            yield from self._fill(d, event.length, event)
-
-    def _fill(self, d: int, length: int, event: Event) -> Iterator[Step]:
-        """Feed the missing bytes as spaces while the core counts content; skip the rest."""
-        while length:
-            size = min(length, _counted(self.observer, _SMTP_DIRECTION[d]), FILLER)
-            if not size:
-                self.start[d] += length  # the core resumes at the bytes after the gap
-                return
-            length -= size
-            yield from self._feed(d, b" " * size, event)
+        if self.mode == "smtp" and self.observer is not None:
+            yield from self._steps(self.observer.skip(_SMTP_DIRECTION[d], event.length), event)
 
     def _eof(self, d: int, event: Event) -> Iterator[Step]:
         if d == SERVER:
@@ -441,6 +441,9 @@ class _Conn:
             case smtp.Content():
                 self.content = self.content or _Content()
                 self.content.add(e.data, self._evidence(d, offset + len(e.data)))
+            case smtp.Gap(content=True):
+                self.content = self.content or _Content()
+                self.content.gap(e.size)
             case smtp.EndOfData():
                 return self._content(d, event, "content", offset + 3)
             case smtp.EndOfChunk():
@@ -493,17 +496,6 @@ class _Conn:
             if start <= offset < stop:
                 return _unique([first, last])
         return ()
-
-
-def _counted(observer: Observer, direction: Direction) -> int:
-    """How many more bytes the core takes as counted content (DATA: any number).
-
-    Stopgap: it looks at the core's private reader; ``Observer.skip(direction, n)`` in
-    the core would replace it."""
-    reader = observer._readers[direction]
-    if isinstance(reader, ChunkReader):
-        return reader._left - len(observer._buffers[direction])
-    return FILLER if isinstance(reader, DataReader) else 0
 
 
 def classify(client: bytes, server: bytes, *, smtp_port: bool) -> tuple[str, tuple[int, int]]:

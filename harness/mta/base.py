@@ -11,10 +11,16 @@ Rules kept here:
 - Names come from the scenario, never from the kernel hostname (shared by every namespace).
 - An adapter that cannot run here raises ``MtaUnavailable`` with the reason: never a skip.
 - Every adapter keeps its MTA's own log at ``self.log_path`` (an artefact of the run).
+- Knobs: ``Site.extra`` holds only the keys of ``KNOBS``, each with one of its values
+  (checked when the ``Site`` is made); every adapter honours every knob in its own
+  configuration language, and documents how.  Defaults: ``vrfy = "check"`` (the MTA
+  answers VRFY as it does by default), ``family = "ipv4"`` (IPv4 only: deterministic
+  addresses on the wire in both roles).
 
 Roles: as *sender* the MTA on mail.sender.com gets luke's message through ``submit`` and
-delivers it by MX; as *receiver* the MTA on mail.receiver.com listens on port 25 of its
-host, has the local users it is given, and ``mailbox(user)`` reads back what it delivered.
+delivers it by MX; its bounces (RFC 3464 DSNs) are delivered locally, to luke's mailbox.
+As *receiver* the MTA on mail.receiver.com listens on port 25 of its host and has the
+local users it is given.  ``mailbox(user)`` and ``idle()`` work in both roles.
 """
 
 from __future__ import annotations
@@ -28,6 +34,11 @@ from harness.errors import HarnessError
 from harness.lab import Lab
 
 ROLES = ("sender", "receiver")
+# knob -> its values, the default first.  vrfy (receiver): "disabled" is the MTA's own way
+# of turning VRFY off.  family (both roles): "ipv4" only, or "any" (the receiver listens on
+# the host's IPv6 address too; the sender uses AAAA records as the MTA does by default).
+KNOBS: dict[str, tuple[str, ...]] = {"vrfy": ("check", "disabled"), "family": ("ipv4", "any")}
+DELIVERY_TIMEOUT_S = 30.0  # default: the longest a delivery attempt may take to settle
 
 
 class MtaUnavailable(HarnessError):
@@ -43,13 +54,30 @@ class Site:
     folder: Path  # its private tree: config, spool, mailboxes, log
     hostname: str  # e.g. mail.sender.com (HELO name / greeting name)
     domain: str  # e.g. sender.com (its own mail domain)
-    users: tuple[str, ...] = ()  # receiver role: the local mailboxes (c3po, r2d2)
+    users: tuple[str, ...] = ()  # local mailboxes: c3po, r2d2 (receiver); luke (sender)
     port: int = 25
-    extra: dict[str, str] = field(default_factory=dict)  # adapter-specific knobs
+    extra: dict[str, str] = field(default_factory=dict)  # KNOBS only (rules above)
+
+    def __post_init__(self) -> None:
+        for knob, value in self.extra.items():
+            if knob not in KNOBS:
+                raise HarnessError(f"site knob {knob!r}: expected one of {sorted(KNOBS)}")
+            if value not in KNOBS[knob]:
+                raise HarnessError(f"site knob {knob} = {value!r}: expected one of {KNOBS[knob]}")
+
+    def knob(self, name: str) -> str:
+        """The value of knob ``name`` (its default when not given)."""
+        return self.extra.get(name, KNOBS[name][0])
 
     @property
     def address(self) -> str:
         return self.lab.host(self.host).ipv4
+
+    @property
+    def addresses(self) -> list[str]:
+        """The host's addresses the MTA may use: IPv4 only, or IPv4 and IPv6 (``family``)."""
+        host = self.lab.host(self.host)
+        return host.addresses if self.knob("family") == "any" else [host.ipv4]
 
     @property
     def dns(self) -> str:
@@ -61,6 +89,10 @@ class MtaAdapter(ABC):
 
     name: ClassVar[str]  # "postfix", "exim", "opensmtpd", "sendmail"
     packages: ClassVar[tuple[str, ...]]  # Debian packages unpacked for it
+    # the longest a delivery attempt may take until ``idle()`` (its resolver's retries)
+    delivery_timeout_s: ClassVar[float] = DELIVERY_TIMEOUT_S
+    # the longest the MTA may take, once ``idle()``, to put a bounce in the sender's mailbox
+    bounce_delay_s: ClassVar[float] = 0.0
 
     def __init__(self, site: Site, role: str) -> None:
         if role not in ROLES:
@@ -94,14 +126,17 @@ class MtaAdapter(ABC):
         """Sender role: hand the message to the MTA for delivery by MX."""
         raise HarnessError(f"{self.name}: submit() is for the sender role")
 
+    @abstractmethod
     def idle(self) -> bool:
-        """Sender role: True once nothing is left in the active queue (delivered, bounced,
-        or deferred until a later retry)."""
-        raise HarnessError(f"{self.name}: idle() is for the sender role")
+        """Both roles: True once nothing is left in the active queue (delivered, bounced,
+        or deferred until a later retry).  As sender, a bounce generated meanwhile is in
+        the queue too (unless ``bounce_delay_s`` says it may come later)."""
 
+    @abstractmethod
     def mailbox(self, user: str) -> list[bytes]:
-        """Receiver role: the messages delivered to local ``user``, oldest first, as stored."""
-        raise HarnessError(f"{self.name}: mailbox() is for the receiver role")
+        """Both roles: the messages delivered to local ``user``, oldest first, as stored.
+        As receiver: what a peer sent to ``user``; as sender: the bounces (DSNs) for mail
+        that ``user`` submitted."""
 
     def as_sent(self, stored: bytes) -> bytes:
         """The message as its author submitted it, from a copy this MTA relayed (sender

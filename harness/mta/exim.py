@@ -8,8 +8,10 @@ Rules kept here:
    kept), every other domain goes out by MX (dnslookup router, smtp transport: EHLO with
    the site's hostname, never TLS).  Spool, pid file, log (``exim.log``: main and panic
    log) and the daemon's stderr (``exim.stderr``) live in the folder; nothing in /etc or
-   /var.  ``site.extra`` holds Exim main options written over ours (e.g.
-   ``recipient_unqualified_hosts = *`` to make VRFY of a bare local part route it).
+   /var.  Knobs (``harness.mta.base.KNOBS``): ``family = "any"`` is
+   ``disable_ipv6 = false`` and, as receiver, the host's IPv6 address in
+   ``local_interfaces``; ``vrfy = "disabled"`` leaves ``acl_smtp_vrfy`` unset, Exim's own
+   way of refusing VRFY (its default: "252 Administrative prohibition").
 2. As sender Exim runs no daemon: ``submit()`` runs ``exim -odi``, which returns once the
    delivery attempt is over (a bounce it generates is delivered locally, in the
    background); what could not be delivered stays deferred in the spool: no queue runner
@@ -21,7 +23,7 @@ Rules kept here:
    (``host_lookup = *``), before its 220; it answers VRFY by routing the address
    (``acl_smtp_vrfy = accept``; a bare local part from a remote host gets 501, Exim's
    default) and refuses at RCPT what it cannot route (``verify = recipient``) or is not
-   for its domain.  No ident (RFC 1413) callback, no IPv6, no TLS: and no TLS set-up at
+   for its domain.  No ident (RFC 1413) callback, no TLS: and no TLS set-up at
    all, so the daemon does not spend half a second making a self-signed certificate.
 4. A stored message is the bytes received after DATA (CRLF line ends: ``use_crlf``) behind
    exactly the trace fields in ``PREPENDED``, in that order: Return-path, Envelope-to and
@@ -136,20 +138,20 @@ class Adapter(MtaAdapter):
         if done.returncode != 0:
             raise HarnessError(f"exim: submit: {_tail(done.stderr.decode(errors='replace'))}")
 
+    # --- both roles ---------------------------------------------------------------------------
     def idle(self) -> bool:
         """Every message in the spool is frozen, or has been tried and is not being
-        delivered now (deferred until a retry that only a queue runner makes).  Works in
-        both roles: as receiver, every message accepted so far is delivered or deferred."""
+        delivered now (deferred until a retry that only a queue runner makes).  As
+        receiver, every message accepted so far is delivered or deferred."""
         return all(self._settled(header) for header in (self.spool / "input").glob("*-H"))
 
-    # --- receiver role -----------------------------------------------------------------------
     def mailbox(self, user: str) -> list[bytes]:
-        """The files Exim delivered to ``user``, oldest first, as stored (see ``original``)."""
+        """The files Exim delivered to ``user``, oldest first, as stored (see ``original``);
+        as sender, the bounces for what ``user`` submitted."""
         new = self.maildir / user / "new"
         files = sorted(new.iterdir(), key=_delivery_order) if new.is_dir() else []
         return [f.read_bytes() for f in files]
 
-    # --- both roles ---------------------------------------------------------------------------
     def as_sent(self, stored: bytes) -> bytes:
         """``stored`` without what Exim prepended in this role (rule 4); unchanged if those
         fields are not there, so that a comparison with the message sent fails."""
@@ -205,8 +207,8 @@ class Adapter(MtaAdapter):
             "pid_file_path": str(self.folder / "exim.pid"),
             "keep_environment": "LD_LIBRARY_PATH",
             "deliver_drop_privilege": "true",
-            "disable_ipv6": "true",
-            "local_interfaces": site.address,
+            "disable_ipv6": "false" if site.knob("family") == "any" else "true",
+            "local_interfaces": "<; " + " ; ".join(site.addresses),
             "host_lookup": "*",
             "rfc1413_hosts": "",
             "acl_smtp_rcpt": "check_rcpt",
@@ -216,7 +218,9 @@ class Adapter(MtaAdapter):
             "tls_certificate": "$config_dir/unused.pem",
             "tls_verify_certificates": "",
         }
-        return ours | site.extra
+        if site.knob("vrfy") == "disabled":
+            del ours["acl_smtp_vrfy"]
+        return ours
 
     def _start_daemon(self) -> None:
         argv = [*self._exim(), "-bdf", "-oX", str(self.site.port), "-q1m"]

@@ -22,8 +22,16 @@ Rules kept here:
   As sender, bounces to the sender's own domain are delivered there too (or dropped when
   their user is not one of ``site.users``): they never leave the host.
 - Names come from the site (listener hostname, relay HELO, kernel hostname); nothing of
-  the machine's hostname reaches the wire.  Knob: ``site.extra["inet"] = "4"`` keeps the
-  relay on IPv4 (``src`` = the site's address); by default it prefers the MX's AAAA.
+  the machine's hostname reaches the wire.
+- Knobs (``harness.mta.base.KNOBS``): ``family = "ipv4"`` relays from the site's IPv4
+  address (``src``), ``"any"`` lets smtpd choose (it tries the MX's AAAA first), and the
+  receiver has a ``listen on`` line per address of ``site.addresses``.  ``vrfy`` changes
+  nothing: smtpd 6.8 has no VRFY at all (500, "check" and "disabled" alike).
+- Waits: its resolver (libasr: resolv.conf's defaults, 4 tries, the timeout doubling from
+  5 s) gives up on an unanswered MX question only after 5+10+20+40 = 75 s (measured:
+  queries at 0, 5, 15 and 35 s), and a permanent failure becomes a bounce a second after
+  the envelope leaves the queue (bounce.c batches them): hence ``delivery_timeout_s``
+  and ``bounce_delay_s``.
 """
 
 from __future__ import annotations
@@ -83,8 +91,7 @@ exec "$@"
 """
 _CONFIG = """\
 table users file:{users}
-listen on {listen} port {port} hostname {hostname}
-action "local" maildir "{mailboxes}/%{{user.username}}" userbase <users>
+{listen}action "local" maildir "{mailboxes}/%{{user.username}}" userbase <users>
 match from {origin} for domain "{domain}" action "local"
 """
 _RELAY = """\
@@ -96,6 +103,8 @@ match from local for any action "relay"
 class Adapter(MtaAdapter):
     name = "opensmtpd"
     packages = ("opensmtpd",)
+    delivery_timeout_s = 90.0  # the resolver's 75 s, and a margin
+    bounce_delay_s = 3.0
 
     def __init__(self, site: Site, role: str) -> None:
         super().__init__(site, role)
@@ -219,11 +228,11 @@ class Adapter(MtaAdapter):
         users = self.folder / "users"
         users.write_text("".join(f"{u} {uid}:{gid}:{MAILBOXES}\n" for u in self.site.users))
         sender = self.role == "sender"
+        listen = f"port {self._port()} hostname {self.site.hostname}"
+        where = ["lo"] if sender else self.site.addresses
         config = _CONFIG.format(
             users=users,
-            listen="lo" if sender else self.site.address,
-            port=self._port(),
-            hostname=self.site.hostname,
+            listen="".join(f"listen on {w} {listen}\n" for w in where),
             mailboxes=MAILBOXES,
             origin="local" if sender else "any",
             domain=self.site.domain,
@@ -233,14 +242,9 @@ class Adapter(MtaAdapter):
         return config + _RELAY.format(hostname=self.site.hostname, source=self._source())
 
     def _source(self) -> str:
-        """``extra["inet"] = "4"``: relay from the site's IPv4 address only (by default
+        """``family = "ipv4"``: relay from the site's IPv4 address only (with "any"
         OpenSMTPD takes the MX's AAAA address first, as any dual-stack host would)."""
-        inet = self.site.extra.get("inet")
-        if inet is None:
-            return ""
-        if inet != "4":
-            raise HarnessError(f'opensmtpd: extra inet = {inet!r}: only "4" is known')
-        return f" src {self.site.address}"
+        return "" if self.site.knob("family") == "any" else f" src {self.site.address}"
 
     def _maildir(self) -> Path:
         return self.folder / "maildir"

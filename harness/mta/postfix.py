@@ -7,10 +7,13 @@ Rules kept here:
    shlib, meta directories) point into the unpacked tree, and ``LD_LIBRARY_PATH`` reaches
    its daemons and postdrop through ``import_environment`` and ``export_environment``
    (Postfix clears its children's environment; the binaries' RUNPATH is /usr/lib/postfix).
-2. No chroot, no TLS, IPv4 only, DNS only: the smtp client asks MX then A (it ignores
-   glue) through the host's resolv.conf, i.e. the lab DNS.  The daemons run with a private
-   /etc/hosts naming only localhost and the site itself, so smtpd's PTR lookup of its
-   client at connect goes to the lab DNS instead of the lab's hosts file.
+2. No chroot, no TLS, DNS only: the smtp client asks MX then A (it ignores glue) through
+   the host's resolv.conf, i.e. the lab DNS.  Knobs (``harness.mta.base.KNOBS``):
+   ``family`` is ``inet_protocols`` (ipv4, or all: then the receiver listens on the
+   host's IPv6 address too); ``vrfy = "disabled"`` is ``disable_vrfy_command = yes``.
+   The daemons run with a private /etc/hosts naming only localhost and the site itself,
+   so smtpd's PTR lookup of its client at connect goes to the lab DNS instead of the
+   lab's hosts file.
 3. The site's domain is delivered by virtual(8) into Maildir mailboxes under the folder,
    one per ``site.users``, owned by the ``postfix`` user; any other address there is
    unknown: 550 at RCPT and at VRFY (``smtpd_reject_unlisted_recipient``).  As sender the
@@ -165,22 +168,19 @@ class Adapter(MtaAdapter):
         if done.returncode != 0:
             raise HarnessError(f"postfix: sendmail exited {done.returncode}: {self._last_log()}")
 
+    # --- both roles ---------------------------------------------------------------------
     def idle(self) -> bool:
         """Nothing in maildrop, incoming or active (deferred mail waits for a retry).  Two
         passes, each in the order mail moves: a message renamed between queues while the
         first pass runs, or a bounce created meanwhile, is seen by the second."""
-        if self.role != "sender":
-            return super().idle()
         return not (self._pending() or self._pending())
 
     def _pending(self) -> bool:
         return any(any((self.spool / q).rglob("*")) for q in PENDING_QUEUES)
 
-    # --- receiver role ------------------------------------------------------------------
     def mailbox(self, user: str) -> list[bytes]:
-        """The Maildir's messages as virtual(8) stored them (rule 6), oldest first."""
-        if self.role != "receiver":
-            return super().mailbox(user)
+        """The Maildir's messages as virtual(8) stored them (rule 6), oldest first; as
+        sender, luke's bounces (rule 3)."""
         new = self.mail / user / "new"
         if not new.is_dir():
             return []
@@ -228,7 +228,7 @@ class Adapter(MtaAdapter):
 
     def _main_cf(self, uid: int, gid: int) -> dict[str, str]:
         site, tree = self.site, self.root
-        listen = site.address if self.role == "receiver" else "loopback-only"
+        listen = ", ".join(site.addresses) if self.role == "receiver" else "loopback-only"
         library_path = ":".join(str(d) for d in debs.library_dirs(tree))
         return {
             "compatibility_level": "3.6",
@@ -252,7 +252,7 @@ class Adapter(MtaAdapter):
             "mydestination": "",
             "relayhost": "",
             "inet_interfaces": listen,
-            "inet_protocols": "ipv4",
+            "inet_protocols": "all" if site.knob("family") == "any" else "ipv4",
             "mynetworks": "127.0.0.0/8",
             "smtp_host_lookup": "dns",
             "smtp_dns_support_level": "enabled",
@@ -269,7 +269,7 @@ class Adapter(MtaAdapter):
             "virtual_uid_maps": f"static:{uid}",
             "virtual_gid_maps": f"static:{gid}",
             "smtpd_reject_unlisted_recipient": "yes",
-            "disable_vrfy_command": "no",
+            "disable_vrfy_command": "yes" if site.knob("vrfy") == "disabled" else "no",
         }
 
     # --- running ------------------------------------------------------------------------

@@ -16,8 +16,12 @@ Rules kept here:
   the site itself (with the kernel hostname as an alias: Sendmail looks its own name up at
   start-up, and must not ask the DNS for it).  Sendmail's own map lookups use DNS only.
 - Sendmail's behaviour on the wire is its default: EHLO ``$j`` (= ``site.hostname``),
-  AAAA before A, IPv6 first, PIPELINING when offered, canonification lookups of envelope
-  domains, VRFY answered, PTR lookup at connect.  Changed on purpose: no IDENT callback
+  AAAA before A, PIPELINING when offered, canonification lookups of envelope domains,
+  VRFY answered, PTR lookup at connect.  Knobs (``harness.mta.base.KNOBS``):
+  ``family = "ipv4"`` is ``ClientPortOptions=Family=inet`` as sender and one ``inet``
+  daemon as receiver; ``"any"`` leaves the client alone (IPv6 first) and adds an ``inet6``
+  daemon on the host's IPv6 address; ``vrfy = "disabled"`` adds ``novrfy`` to
+  ``PrivacyOptions`` (252, "Cannot VRFY user").  Changed on purpose: no IDENT callback
   (``Timeout.ident=0``, as Debian ships it); no interface probing at start-up (PTR queries
   for the host's own addresses); load-average limits out of reach (a busy shared machine
   must not turn a delivery into a deferral); interactive delivery (a received message is in
@@ -157,17 +161,15 @@ class Adapter(MtaAdapter):
         if done.returncode not in DELIVERY_STATUSES:
             raise HarnessError(f"sendmail: submit exited {done.returncode}: {_last(done)}")
 
+    # --- both roles -------------------------------------------------------------------
     def idle(self) -> bool:
         """No queued message is held by a delivering process (``mailq`` marks those with
         "*"); deferred ones wait for a queue run that nobody starts."""
-        if self.role != "sender":
-            return super().idle()
         done = self._run(["-bp"])
         if done.returncode != 0:
             raise HarnessError(f"sendmail: mailq exited {done.returncode}: {_last(done)}")
         return not any(_held(line) for line in done.stdout.decode().splitlines())
 
-    # --- both roles -------------------------------------------------------------------
     def mailbox(self, user: str) -> list[bytes]:
         """What the local mailer wrote for ``user``, oldest first (as sender: bounces)."""
         box = self.maildir / user.lower() / "new"
@@ -242,12 +244,24 @@ class Adapter(MtaAdapter):
             f"LOCAL_DOMAIN(`{site.domain}')dnl",
             f"LOCAL_DOMAIN(`{site.hostname}')dnl",
         ]
-        if self.role == "receiver":
-            daemon = f"Family=inet, Name=MTA, Addr={site.address}, Port={site.port}"
-            lines.append(f"DAEMON_OPTIONS(`{daemon}')dnl")
+        lines += self._knob_lines()
         lines += ["LOCAL_CONFIG", "C{HarnessUsers}" + " ".join(site.users), _ONLY_USERS]
         lines += ["MAILER(`local')dnl", "MAILER(`smtp')dnl", ""]
         return "\n".join(lines)
+
+    def _knob_lines(self) -> list[str]:
+        """The m4 lines for the site's knobs: daemons (receiver) or client family, VRFY."""
+        site, lines = self.site, []
+        if self.role == "receiver":
+            for address in site.addresses:
+                family = "inet6" if ":" in address else "inet"
+                daemon = f"Family={family}, Name=MTA-{family}, Addr={address}, Port={site.port}"
+                lines.append(f"DAEMON_OPTIONS(`{daemon}')dnl")
+        elif site.knob("family") == "ipv4":
+            lines.append("CLIENT_OPTIONS(`Family=inet')dnl")
+        if site.knob("vrfy") == "disabled":
+            lines.append("define(`confPRIVACY_FLAGS', `authwarnings,novrfy')dnl")
+        return lines
 
     def _start_daemon(self) -> None:
         with self.log_path.open("ab") as log:

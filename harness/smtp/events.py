@@ -5,7 +5,8 @@ Rules kept here:
 1. Every event names the ``direction`` of the bytes it came from (who sent them) and the
    ``offset``, in that direction's byte stream, where those bytes begin.  Offsets count every
    byte received, including the skipped tail of an overlong line, so a dissector can map an
-   event back to a TCP sequence number.
+   event back to a TCP sequence number, and the octets a capture lost (``Observer.skip``):
+   each gap is reported once, as a ``Gap``, where it begins.
 2. Events report, they never judge and the core never raises on what a peer sent: a
    malformed command is a ``Command`` with ``syntax_error`` set, an odd byte is an
    ``Anomaly``, a malformed reply is a ``Reply`` with ``error`` set.
@@ -44,6 +45,7 @@ class AnomalyKind(Enum):
     LINE_TOO_LONG = "line too long"  # over RFC 5321 §4.5.3.1.4-.6 limits (512 / 1000 octets)
     SMUGGLING = "end-of-data look-alike"  # a dot between line breaks other than CRLF.CRLF
     PLAINTEXT_AFTER_STARTTLS = "plaintext after STARTTLS"  # RFC 3207 §4.2, CVE-2011-0411
+    CUT_BY_GAP = "line cut by a gap"  # a command or reply line partly lost: dropped
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -135,6 +137,15 @@ class EndOfChunk(Event):
 
     size: int
     last: bool
+
+
+@dataclass(frozen=True, kw_only=True)
+class Gap(Event):
+    """``size`` octets missing from a capture, from ``offset`` on.  ``content``: they were
+    message content (DATA or a BDAT chunk) and count towards its size."""
+
+    size: int
+    content: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)

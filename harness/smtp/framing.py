@@ -14,11 +14,16 @@ Rules kept here:
    byte by byte yields the same units as feeding everything at once.
 4. Dot-stuffing (RFC 5321 §4.5.2) works on CRLF lines only; a final CRLF is added to
    content that lacks one (§4.1.1.4), except to empty content.
+5. Bytes missing from a capture (``skip``) are a *hole* in the stream: the buffer hands out
+   the bytes before it, then reports ``hole`` until a reader passes it (``pass_hole``);
+   bytes, holes and the EOF that arrive behind a hole wait behind it, in order.  Offsets
+   count the missing bytes, so offsets after a hole stay true stream offsets.
 """
 
 from __future__ import annotations
 
 import re
+from collections import deque
 from typing import NamedTuple
 
 from harness.smtp.events import Anomaly, AnomalyKind, Direction
@@ -57,18 +62,47 @@ class ReceiveBuffer:
         self._data = bytearray()
         self.offset = 0  # stream offset of the first unconsumed byte
         self.eof = False
+        self.hole = 0  # octets missing right after the buffered ones (rule 5)
+        self._behind: deque[bytes | int] = deque()  # what arrived after the hole, in order
+        self._ended = False  # EOF fed, perhaps still behind a hole
         self._searched = 0  # leading bytes already known to hold no LF
 
     def __len__(self) -> int:
         return len(self._data)
 
     def feed(self, data: bytes) -> None:
-        if self.eof and data:
+        if self._ended and data:
             raise RuntimeError("data received after EOF")
-        if data:
+        self._ended = self._ended or not data
+        if self.hole:
+            self._behind.append(data)
+        elif data:
             self._data += data
         else:
             self.eof = True
+
+    def skip(self, n: int) -> None:
+        """``n`` octets of the stream are missing (rule 5)."""
+        if self._ended:
+            raise RuntimeError("gap reported after EOF")
+        if n > 0 and self.hole:
+            self._behind.append(n)
+        elif n > 0:
+            self.hole = n
+
+    def pass_hole(self, n: int) -> None:
+        """Consume ``n`` missing octets (all buffered bytes must be consumed first)."""
+        assert not self._data and 0 < n <= self.hole, "a reader passed a hole out of turn"
+        self.offset += n
+        self.hole -= n
+        while not self.hole and self._behind:
+            item = self._behind.popleft()
+            if isinstance(item, int):
+                self.hole = item
+            elif item:
+                self._data += item
+            else:
+                self.eof = True
 
     def take(self, n: int) -> bytes:
         taken = bytes(self._data[:n])
@@ -91,6 +125,9 @@ class ReceiveBuffer:
     def _unit(self, n: int, *, complete: bool) -> Unit:
         offset = self.offset
         return Unit(self.take(n), offset, complete)
+
+
+has_odd_bytes = _ODD_BYTES.search  # truthy if ``raw`` holds a bare CR, a bare LF or NUL
 
 
 def odd_bytes(raw: bytes, offset: int, direction: Direction) -> list[Anomaly]:

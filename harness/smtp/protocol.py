@@ -15,7 +15,8 @@ readers in readers.py, the state table in state.py):
        server: REPLY --220 to STARTTLS--> TLS
 
    After DATA or STARTTLS the client's bytes wait unparsed until the server's reply says
-   what they are: content after 354, TLS after 220, commands otherwise.
+   what they are: content after 354, TLS after 220, commands otherwise - whatever the
+   session state (state.py rule 4: the reply is what the client acts on).
 3. When TLS starts, bytes already received in either direction were sent in plaintext
    after STARTTLS: they are reported (``PLAINTEXT_AFTER_STARTTLS``) and dropped, never
    parsed as commands (RFC 3207 §4.2, CVE-2011-0411, CVE-2021-38371).
@@ -23,7 +24,15 @@ readers in readers.py, the state table in state.py):
    so each command is judged in the state left by the replies to all earlier commands -
    a pipelined RCPT after a refused MAIL is out of order (503), as RFC 2920 wants.
    Its own output is parsed at once.
-5. Nothing here raises on what the peer sent; bad local input (an invalid reply code, a
+5. ``Observer.skip(direction, n)``: n octets of that direction are missing from a capture
+   (a TCP gap).  They take their place in the stream behind the bytes already fed and are
+   passed by the reader of the mode they fall in (readers.py rule 6): counted towards a
+   BDAT chunk, a gap in DATA content, a dropped partial line among commands or replies.
+   Each is reported as a ``Gap`` event.
+6. A reply a ``ServerConnection`` formats itself is well-formed: between replies it is
+   applied to the session directly (``Observer.formatted_reply``) with the events reading it
+   back would give, instead of being parsed again - the cost of a reply, paid per command.
+7. Nothing here raises on what the peer sent; bad local input (an invalid reply code, a
    command containing CRLF) raises ``HarnessError``.
 """
 
@@ -89,16 +98,6 @@ class Observer:
         return self._client if direction is CLIENT else self._server  # no Enum hashing
 
     @property
-    def _readers(self) -> dict[Direction, Reader | None]:
-        """Read-only view kept for harness.ladder.dissect, which peeks at the modes."""
-        return {CLIENT: self._client.reader, SERVER: self._server.reader}
-
-    @property
-    def _buffers(self) -> dict[Direction, ReceiveBuffer]:
-        """Read-only view kept for harness.ladder.dissect."""
-        return {CLIENT: self._client.buffer, SERVER: self._server.buffer}
-
-    @property
     def state(self) -> State:
         return self.session.state
 
@@ -108,6 +107,15 @@ class Observer:
         The client's bytes are parsed first, one unit at a time: a reply may let the client's
         buffered bytes be parsed (354 after DATA), and the replies after it may answer them."""
         self.receive_data(direction, data)
+        return self._parse()
+
+    def skip(self, direction: Direction, n: int) -> list[Event]:
+        """``n`` octets of ``direction`` missing from a capture (rule 5); the events that
+        follow, as ``feed``."""
+        self._side(direction).buffer.skip(n)
+        return self._parse()
+
+    def _parse(self) -> list[Event]:
         events: list[Event] = []
         while (step := self.step(CLIENT)) is not None or (step := self.step(SERVER)) is not None:
             events += step
@@ -117,21 +125,34 @@ class Observer:
         """Buffer bytes without parsing them (b"" marks EOF); ``step`` parses."""
         self._side(direction).buffer.feed(data)
 
+    def formatted_reply(self, direction: Direction, data: bytes, code: int) -> list[Event] | None:
+        """Reply ``data`` with ``code``, as ``format_reply`` makes them, sent in ``direction``:
+        the events of reading it back, but for the ``Reply`` itself (rule 6); None if that
+        direction is not between replies (its bytes must be read: ``receive_data``)."""
+        side = self._side(direction)
+        reader, buf = side.reader, side.buffer
+        if not isinstance(reader, ReplyReader) or not reader.idle or len(buf) or buf.hole:
+            return None
+        buf.offset += len(data)
+        return self._after_reply(self.session.reply(code))
+
     def paused(self, direction: Direction) -> bool:
         return self._side(direction).reader is None
 
     def pending(self, direction: Direction) -> bool:
-        """Bytes not yet parsed, or an EOF not yet reported, in ``direction``."""
-        side = self._side(direction)
-        return bool(len(side.buffer)) or (side.buffer.eof and not side.closed)
+        """Bytes or a gap not yet parsed, or an EOF not yet reported, in ``direction``."""
+        buf = self._side(direction).buffer
+        return bool(len(buf) or buf.hole) or (buf.eof and not self._side(direction).closed)
 
     def step(self, direction: Direction) -> list[Event] | None:
         """Parse one unit in ``direction``: its events, or None if nothing can be parsed."""
         side = self._side(direction)
         reader, buf = side.reader, side.buffer
-        if reader is None or (not len(buf) and not buf.eof and reader.needs_bytes):
+        if reader is None or (not len(buf) and not buf.eof and not buf.hole and reader.needs_bytes):
             return None  # paused, or nothing to parse nor to report (most calls)
         events = reader.read(buf, direction)
+        if events is None and buf.hole:
+            events = reader.gap(buf, direction)
         if events is not None:
             return [out for event in events for out in self._apply(event)]
         if buf.eof and not side.closed:
@@ -244,7 +265,12 @@ class ServerConnection(_Peer):
 
     def send_reply(self, code: int, text: str | Sequence[str] = "") -> bytes:
         """The bytes of a (multi-line, if ``text`` is a list) reply, now tracked as sent."""
-        return self.send_raw(format_reply(code, text))
+        data = format_reply(code, text)
+        events = self._observer.formatted_reply(SERVER, data, code)
+        if events is None:
+            return self.send_raw(data)
+        self._keep(events)
+        return data
 
 
 class ClientConnection(_Peer):

@@ -19,6 +19,15 @@ Rules kept here (the modes and who switches them are in protocol.py):
    text lines are reported once and kept whole: content is never dropped.
 4. BDAT content is counted, not framed: exactly ``chunk_size`` octets, handed out in
    pieces of at most ``CHUNK_PIECE`` so that events do not depend on segmentation.
+6. A hole (octets missing from a capture, framing rule 5) is passed by ``gap(buf,
+   direction)`` once ``read`` has consumed every byte before it; each reader reports a
+   ``Gap`` for the octets it passes.  A line reader drops the partial line before the hole
+   and resynchronises: the first line after it is kept only if it reads as a whole line of
+   its kind (a known verb; a well-formed reply line), else it is the tail of a cut line and
+   dropped too; each drop is a ``CUT_BY_GAP`` anomaly.  DATA content reports the bytes
+   before the hole as content and the hole as a content gap, then assumes a line starts
+   (a ``.`` CRLF right after a gap ends the data).  A BDAT chunk counts the hole towards
+   its size and leaves the rest of it to the commands that follow.  TLS passes it whole.
 """
 
 from __future__ import annotations
@@ -27,7 +36,7 @@ import re
 from collections.abc import Callable
 from typing import NamedTuple, Protocol
 
-from harness.smtp.commands import parse_command
+from harness.smtp.commands import VERBS, parse_command
 from harness.smtp.events import (
     Anomaly,
     AnomalyKind,
@@ -36,6 +45,7 @@ from harness.smtp.events import (
     EndOfChunk,
     EndOfData,
     Event,
+    Gap,
     Opaque,
     Reply,
 )
@@ -45,6 +55,7 @@ from harness.smtp.framing import (
     TEXT_LINE_LIMIT,
     ReceiveBuffer,
     Unit,
+    has_odd_bytes,
     odd_bytes,
 )
 from harness.smtp.replies import ReplyBuilder, parse_reply_line
@@ -54,6 +65,7 @@ _END_MARKER = b".\r\n"
 _DOT_ALONE = re.compile(rb"\.[\r\n]*\n")  # a unit holding a dot and line breaks only
 _DOT_AFTER_CR = re.compile(rb"\r\.(?=[\r\n])")  # a dot between a bare CR and a break
 _NO_FLAWS: frozenset[AnomalyKind] = frozenset()
+_VERB_BYTES = frozenset(verb.encode() for verb in VERBS)
 
 
 class Reader(Protocol):
@@ -61,20 +73,29 @@ class Reader(Protocol):
 
     def read(self, buf: ReceiveBuffer, direction: Direction) -> list[Event] | None: ...
 
+    def gap(self, buf: ReceiveBuffer, direction: Direction) -> list[Event]: ...
+
 
 class _Line(NamedTuple):
-    body: bytes  # without the line ending
+    body: bytes | None  # without the line ending; None: the tail of a line cut by a gap
     offset: int
     raw: bytes  # as received (only the kept head of an overlong line)
     anomalies: list[Anomaly]
 
 
 class _LineReader:
-    """Whole lines up to ``limit`` octets; an overlong line is cut (rule 2)."""
+    """Whole lines up to ``limit`` octets; an overlong line is cut (rule 2), a line cut by a
+    gap dropped (rule 6); ``whole`` tells a line of this kind from the tail of one."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, whole: Callable[[bytes], bool]) -> None:
         self._limit = limit
+        self._whole = whole
         self._head: Unit | None = None  # the kept first piece of an overlong line
+        self._resync = False  # a gap was passed: the next line may be the tail of a cut one
+
+    @property
+    def idle(self) -> bool:
+        return self._head is None and not self._resync
 
     def next_line(self, buf: ReceiveBuffer, direction: Direction) -> _Line | None:
         while (unit := buf.next_unit(self._limit)) is not None:
@@ -83,14 +104,52 @@ class _LineReader:
                 continue
             head, self._head = self._head, None
             if head is None:
-                return _Line(
+                line = _Line(
                     unit.body, unit.offset, unit.raw, odd_bytes(unit.raw, unit.offset, direction)
                 )
-            cut = _too_long(head.offset, direction, self._limit)
-            return _Line(
-                head.raw, head.offset, head.raw, [*odd_bytes(head.raw, head.offset, direction), cut]
-            )
+            else:
+                cut = _too_long(head.offset, direction, self._limit)
+                anomalies = [*odd_bytes(head.raw, head.offset, direction), cut]
+                line = _Line(head.raw, head.offset, head.raw, anomalies)
+            return self._resynchronised(line, unit, direction) if self._resync else line
         return None
+
+    def _resynchronised(self, line: _Line, unit: Unit, direction: Direction) -> _Line:
+        """The first line after a gap: kept if whole, else dropped as a tail (rule 6)."""
+        self._resync = False
+        if line.body is not None and self._whole(line.body):
+            return line
+        end = unit.offset + len(unit.raw)
+        return _Line(None, line.offset, line.raw, [_cut(line.offset, end, direction)])
+
+    def gap(self, buf: ReceiveBuffer, direction: Direction) -> list[Event]:
+        """Drop the partial line before the hole, pass the hole (rule 6)."""
+        start = self._head.offset if self._head else buf.offset
+        end = buf.offset + len(buf)
+        buf.take(len(buf))
+        self._head, self._resync = None, True
+        events: list[Event] = [_cut(start, end, direction)] if end > start else []
+        return [*events, _pass(buf, buf.hole, direction)]
+
+
+def _cut(start: int, end: int, direction: Direction) -> Anomaly:
+    detail = f"{end - start} octets dropped"
+    return Anomaly(direction=direction, offset=start, kind=AnomalyKind.CUT_BY_GAP, detail=detail)
+
+
+def _pass(buf: ReceiveBuffer, n: int, direction: Direction, *, content: bool = False) -> Gap:
+    """Pass ``n`` octets of the hole; the ``Gap`` that reports them."""
+    offset = buf.offset
+    buf.pass_hole(n)
+    return Gap(direction=direction, offset=offset, size=n, content=content)
+
+
+def _known_verb(body: bytes) -> bool:
+    return body.partition(b" ")[0].upper() in _VERB_BYTES
+
+
+def _reply_line(body: bytes) -> bool:
+    return parse_reply_line(body).error is None
 
 
 def _too_long(offset: int, direction: Direction, limit: int) -> Anomaly:
@@ -107,12 +166,15 @@ class CommandReader:
     needs_bytes = True
 
     def __init__(self) -> None:
-        self._lines = _LineReader(COMMAND_LINE_LIMIT)
+        self._lines = _LineReader(COMMAND_LINE_LIMIT, _known_verb)
+        self.gap = self._lines.gap
 
     def read(self, buf: ReceiveBuffer, direction: Direction) -> list[Event] | None:
         line = self._lines.next_line(buf, direction)
         if line is None:
             return None
+        if line.body is None:
+            return line.anomalies
         command = parse_command(
             line.body,
             direction=direction,
@@ -128,16 +190,24 @@ class ReplyReader:
 
     def __init__(self, answer: Callable[[int | None], str | None] | None = None) -> None:
         self._answer = answer  # rule 5: code -> the key of the command it answers
-        self._lines = _LineReader(REPLY_LINE_LIMIT)
+        self._lines = _LineReader(REPLY_LINE_LIMIT, _reply_line)
+        self.gap = self._lines.gap
         self._builder = ReplyBuilder()
         self._start = 0
         self._raw = b""
         self._flaws: frozenset[AnomalyKind] = frozenset()
 
+    @property
+    def idle(self) -> bool:
+        """No reply nor line begun: the next bytes start a reply."""
+        return not self._builder.started and self._lines.idle
+
     def read(self, buf: ReceiveBuffer, direction: Direction) -> list[Event] | None:
         line = self._lines.next_line(buf, direction)
         if line is None:
             return None
+        if line.body is None:
+            return line.anomalies
         if not self._builder.started:
             self._start, self._raw, self._flaws = line.offset, b"", frozenset()
         self._raw += line.raw
@@ -180,7 +250,22 @@ class DataReader:
             events += self._unit(unit, direction)
         return events
 
+    def gap(self, buf: ReceiveBuffer, direction: Direction) -> list[Event]:
+        """The bytes before the hole are content, the hole a content gap (rule 6)."""
+        events: list[Event] = []
+        if len(buf):  # the bytes before the hole end there: a unit, not an overlong piece
+            offset = buf.offset
+            events += self._unit(Unit(buf.take(len(buf)), offset, True), direction)
+        self._size += buf.hole
+        self._line_start, self._continuing = True, False
+        return [*events, _pass(buf, buf.hole, direction, content=True)]
+
     def _unit(self, unit: Unit, direction: Direction) -> list[Event]:
+        raw = unit.raw
+        if unit.complete and raw[:1] != b"." and b"\r." not in raw and not has_odd_bytes(raw):
+            self._size += len(raw)  # the common line: nothing to unstuff nor to report
+            self._line_start, self._continuing = True, False  # no odd bytes: it ends in CRLF
+            return [Content(direction=direction, offset=unit.offset, data=raw)]
         events: list[Event] = [*odd_bytes(unit.raw, unit.offset, direction)]
         events += self._lookalikes(unit, direction)
         if not unit.complete and not self._continuing:
@@ -232,9 +317,19 @@ class ChunkReader:
         want = min(self._left, CHUNK_PIECE)
         if len(buf) < want:
             return None
+        return [self._content(buf, want, direction)]
+
+    def gap(self, buf: ReceiveBuffer, direction: Direction) -> list[Event]:
+        """Bytes before the hole, then as much of it as the chunk still counts (rule 6)."""
+        events: list[Event] = [self._content(buf, len(buf), direction)] if len(buf) else []
+        n = min(buf.hole, self._left)
+        self._left -= n
+        return [*events, _pass(buf, n, direction, content=True)]
+
+    def _content(self, buf: ReceiveBuffer, n: int, direction: Direction) -> Content:
         offset = buf.offset
-        self._left -= want
-        return [Content(direction=direction, offset=offset, data=buf.take(want))]
+        self._left -= n
+        return Content(direction=direction, offset=offset, data=buf.take(n))
 
 
 class OpaqueReader:
@@ -247,3 +342,6 @@ class OpaqueReader:
             return None
         offset = buf.offset
         return [Opaque(direction=direction, offset=offset, size=len(buf.take(len(buf))))]
+
+    def gap(self, buf: ReceiveBuffer, direction: Direction) -> list[Event]:
+        return [_pass(buf, buf.hole, direction)]

@@ -1,4 +1,4 @@
-"""The scripted SMTP receiver: an asyncio server that decides replies; the core parses.
+"""The scripted SMTP receiver: an asyncio protocol that decides replies; the core parses.
 
 Rules kept here:
 
@@ -14,24 +14,34 @@ Rules kept here:
 4. A message is stored only after its end-of-data marker (or BDAT LAST), byte-exact, once
    per accepted recipient, maildir-style (``<dir>/<recipient>/tmp`` then renamed into
    ``new``).  A session that ends any other way stores nothing.
-5. After 221 (QUIT) or 421 the receiver closes first: drain, then ``transport.close()``, so
-   its FIN precedes the client's (seed steps 29-33; §3.8, §4.1.1.10).
-6. Sessions are independent: one session's error is logged and ends that session only.
+5. After 221 (QUIT) or 421 the receiver closes first: ``transport.close()`` right after
+   the reply is written flushes it, then sends our FIN before the client's (seed steps
+   29-33; §3.8, §4.1.1.10).
+6. Sessions are independent: one session's error (a reset, the idle ``timeout``, a bug) is
+   logged and ends that session only.  Stopping the receiver, or cancelling its waits at
+   shutdown, closes a session quietly: a ``close`` entry, nothing on stderr.
 7. The log has one entry per thing that happened, in order: connect, each command and
    reply, DNS query and answer, anomalies, stored messages, close.
+8. A session is an ``asyncio.Protocol``: ``data_received`` feeds the core and answers every
+   event it completes at once, in the same call, when the reply needs no waiting (no
+   rule delay, no DNS).  What must wait (a PTR lookup, a rule's ``delay``) runs in a task
+   while ``pause_reading`` holds the client's further bytes - the core's "their bytes wait
+   for our reply" - then reading resumes and what was buffered is handled.  So is
+   a client that does not read its replies (``pause_writing``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import ipaddress
 import itertools
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from dnslib import QTYPE, RCODE
@@ -39,6 +49,7 @@ from dnslib import QTYPE, RCODE
 from harness.errors import HarnessError
 from harness.smtp.events import (
     NEED_DATA,
+    PAUSED,
     Anomaly,
     AnomalyKind,
     Command,
@@ -47,6 +58,7 @@ from harness.smtp.events import (
     EndOfChunk,
     EndOfData,
     Event,
+    Status,
 )
 from harness.smtp.peer import EventLog, Resolve, SocketFactory, family_of
 from harness.smtp.protocol import ServerConnection
@@ -147,7 +159,7 @@ class StoredMessage:
 
 
 class Receiver:
-    """Serves SMTP on one listening socket; every session runs concurrently."""
+    """Serves SMTP on its listening sockets; every session runs concurrently."""
 
     def __init__(
         self,
@@ -161,8 +173,8 @@ class Receiver:
         self.socket_factory = socket_factory
         self.log = EventLog(config.log_path, per_turn=True)
         self.stored: list[StoredMessage] = []
-        self._server: asyncio.Server | None = None
-        self._sessions: set[asyncio.Task[None]] = set()
+        self._servers: list[asyncio.Server] = []
+        self._sessions: set[_Session] = set()
         self._numbers = itertools.count(1)
 
     async def start(
@@ -175,20 +187,21 @@ class Receiver:
             sock.bind((host, port))
             sock.listen(64)
         sock.setblocking(False)
-        self._server = await asyncio.start_server(self._accept, sock=sock)
+        loop = asyncio.get_running_loop()
+        self._servers.append(await loop.create_server(self._session, sock=sock))
         return sock.getsockname()[:2]
 
     async def idle(self) -> None:
         """Wait until every session that has started has ended."""
         while self._sessions:
-            await asyncio.gather(*self._sessions, return_exceptions=True)
+            await asyncio.wait([session.ended for session in self._sessions])
 
     async def stop(self) -> None:
-        if self._server:
-            self._server.close()
-            await self._server.wait_closed()
-        for task in self._sessions:
-            task.cancel()
+        for server in self._servers:
+            server.close()
+            await server.wait_closed()
+        for session in list(self._sessions):
+            session.stop()
         await self.idle()
         self.log.close()
 
@@ -198,37 +211,34 @@ class Receiver:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._sessions.add(task)
-        try:
-            await _Session(self, next(self._numbers), reader, writer).run()
-        finally:
-            self._sessions.discard(task)
+    def _session(self) -> _Session:
+        return _Session(self, next(self._numbers))
 
 
-class _Session:
-    """One SMTP session: read events from the core, decide each reply, send it."""
+class _Session(asyncio.Protocol):
+    """One SMTP session: feed the core what arrives, decide each reply, send it (rule 8)."""
 
-    def __init__(
-        self,
-        receiver: Receiver,
-        number: int,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-    ) -> None:
+    transport: asyncio.Transport
+
+    def __init__(self, receiver: Receiver, number: int) -> None:
         self.receiver = receiver
         self.config = receiver.config
         self.number = number
-        self.reader, self.writer = reader, writer
         self.conn = ServerConnection()
-        self.peer = _client_address(writer.get_extra_info("peername"))
+        self.peer = ("0.0.0.0", 0)
         self.ptr: list[str] | None = None  # PTR names of the client, once looked up
         self.helo: str | None = None
         self.esmtp = False
         self.closing = False
+        self._add = partial(receiver.log.add, session=self.number)  # one log entry
         self._effect: Callable[[], None] | None = None  # what a positive reply commits to
+        self._loop = asyncio.get_running_loop()
+        self.ended = self._loop.create_future()
+        self._waits: deque[tuple[Callable[[], Awaitable[None]], Callable[[], None]]] = deque()
+        self._task: asyncio.Task[None] | None = None  # runs the waits; input is paused
+        self._write_blocked = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._deadline = 0.0
         self._reset()
 
     def _reset(self) -> None:
@@ -237,146 +247,248 @@ class _Session:
         self.content: bytearray | None = None
         self.chunk: tuple[Command, int, Text] | None = None  # a BDAT reply owed after its chunk
 
-    def _log(self, kind: str, **fields: object) -> None:
-        self.receiver.log.add(kind, session=self.number, **fields)
-
-    async def run(self) -> None:
-        self._log("connect", peer=self.peer)
+    # --- transport callbacks -------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.peer = _client_address(transport.get_extra_info("peername"))
+        self.receiver._sessions.add(self)
+        self._add("connect", peer=self.peer)
         try:
-            if self.config.ptr_at == "connect":
-                self.ptr = await self._lookup_ptr()
-            await self._answer(
-                GREETING, None, 220, f"{self.config.hostname} {self.config.greeting}"
-            )
-            while not self.closing:
-                await self._step()
-        except Exception as exc:  # rule 6: resets, timeouts, even bugs end this session only
-            self._log("error", error=f"{type(exc).__name__}: {exc}")
+            if self._resolving("connect"):
+                self._wait(self._look_up_ptr, self._greet)
+            else:
+                self._greet()
+        except Exception as exc:  # rule 6
+            self._fail(exc)
+        self._pump()
+
+    def data_received(self, data: bytes) -> None:
+        self.conn.receive_data(data)
+        if self._task is None:
+            self._pump()
+
+    def eof_received(self) -> bool:
+        self.data_received(b"")
+        return True  # half-open: the session closes the transport itself (rule 5)
+
+    def pause_writing(self) -> None:
+        self._write_blocked = True  # the client does not read its replies: stop reading too
+        self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self._write_blocked = False
+        self._resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if exc is not None and not self.closing:
+            self._add("error", error=f"{type(exc).__name__}: {exc}")
+        self.closing = True
+        if self._task is not None:
+            self._task.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
+        self.receiver._sessions.discard(self)
+        self._add("close")
+        self.ended.set_result(None)
+
+    def stop(self) -> None:
+        """End the session now (the receiver stops): no reply owed is sent."""
+        if self._task is not None:
+            self._task.cancel()
+        self._close()
+
+    # --- the event loop of one session ---------------------------------------------------
+    def _pump(self) -> None:
+        """Handle every event the buffered bytes complete, synchronously, until the core
+        needs more bytes or a reply has to wait (rule 8)."""
+        conn = self.conn
+        try:
+            while self._task is None and not self.closing:
+                event = conn.next_event()
+                if event is NEED_DATA or event is PAUSED:
+                    self._arm()
+                    return
+                if event.__class__ is Content and self.content is not None:
+                    self.content += event.data  # the bulk of a message
+                else:
+                    self._handle(event)
+        except Exception as exc:  # rule 6: even bugs end this session only
+            self._fail(exc)
+
+    def _wait(self, step: Callable[[], Awaitable[None]], then: Callable[[], None]) -> None:
+        """Await ``step``, then run ``then``, in a task; the client's bytes wait meanwhile."""
+        self._waits.append((step, then))
+        if self._task is None:
+            self.transport.pause_reading()
+            self._task = self._loop.create_task(self._run_waits())
+
+    async def _run_waits(self) -> None:
+        try:
+            while self._waits and not self.closing:
+                step, then = self._waits.popleft()
+                await step()
+                then()
+        except asyncio.CancelledError:
+            self._close()  # shutdown: close quietly, no reply owed is sent
+            raise
+        except Exception as exc:  # rule 6
+            self._fail(exc)
         finally:
-            self.writer.close()
-            with contextlib.suppress(OSError):
-                await self.writer.wait_closed()
-            self._log("close")
+            self._task = None
+            self._waits.clear()
+        self._resume_reading()
+        self._pump()  # what the client pipelined meanwhile
 
-    async def _step(self) -> None:
-        event = self.conn.next_event()
-        if event is NEED_DATA:
-            async with asyncio.timeout(self.config.timeout):
-                data = await self.reader.read(65536)
-            self.conn.receive_data(data)
-        elif isinstance(event, Content) and self.content is not None:
-            self.content += event.data  # the bulk of a message: no coroutine per line
-        elif isinstance(event, Event):
-            await self._handle(event)
+    def _resume_reading(self) -> None:
+        if self._task is None and not self._write_blocked and not self.closing:
+            self.transport.resume_reading()
 
-    async def _handle(self, event: Event) -> None:
+    def _arm(self) -> None:
+        """The idle timeout (``config.timeout``) runs from now, while the client owes bytes."""
+        self._deadline = self._loop.time() + self.config.timeout
+        if self._timer is None:
+            self._timer = self._loop.call_at(self._deadline, self._idle_check)
+
+    def _idle_check(self) -> None:
+        self._timer = None
+        if self.closing or self._task is not None:
+            return  # the end of the wait arms it again
+        if self._loop.time() < self._deadline:
+            self._timer = self._loop.call_at(self._deadline, self._idle_check)
+        else:
+            self._fail(TimeoutError())
+
+    def _fail(self, exc: Exception) -> None:
+        self._add("error", error=f"{type(exc).__name__}: {exc}")
+        self._close()
+
+    def _close(self) -> None:
+        """Close first: what is written is flushed, then our FIN (rule 5)."""
+        self.closing = True
+        self.transport.close()
+
+    # --- events --------------------------------------------------------------------------
+    def _handle(self, event: Event | Status) -> None:
         match event:
             case Command():
-                self._log("command", line=_lines(event.raw)[0], offset=event.offset)
-                await self._command(event)
+                self._add("command", line=_first_line(event.raw), offset=event.offset)
+                self._command(event)
             case Content() if self.content is not None:
                 self.content += event.data
             case EndOfData():
-                await self._answer(END_OF_DATA, None, *self._deliver())
-                self._reset()  # the reply to end of data ends the transaction either way
+                self._answer(END_OF_DATA, None, *self._deliver(), reset=True)
             case EndOfChunk():
-                await self._end_chunk(event)
+                self._end_chunk(event)
             case Anomaly():
-                self._log("anomaly", anomaly=event.kind.value, offset=event.offset)
+                self._add("anomaly", anomaly=event.kind.value, offset=event.offset)
             case ConnectionClosed():
                 if self.content is not None:
-                    self._log("aborted", reason="client closed mid-message", size=len(self.content))
-                self._log("client-closed", partial=len(event.partial))
-                self.closing = True
+                    self._add("aborted", reason="client closed mid-message", size=len(self.content))
+                self._add("client-closed", partial=len(event.partial))
+                self._close()
 
-    async def _command(self, cmd: Command) -> None:
-        code, text = await self._decide(cmd)
+    def _command(self, cmd: Command) -> None:
+        refusal = self._refusal(cmd)
+        if refusal is None and cmd.verb in _HELLO and self._resolving("helo"):
+            self._wait(self._look_up_ptr, partial(self._decided, cmd, None))
+        else:
+            self._decided(cmd, refusal)
+
+    def _decided(self, cmd: Command, refusal: tuple[int, Text] | None) -> None:
+        code, text = refusal or _VERBS[cmd.verb](self, cmd)
         if cmd.chunk_size is not None:  # BDAT: the reply follows the chunk (RFC 3030 §2)
             self.chunk = (cmd, code, text)
             if 200 <= code < 300 and self.content is None:
                 self.content = bytearray()
             return
-        await self._answer(cmd.key, cmd, code, text)
+        self._answer(cmd.key, cmd, code, text)
 
-    async def _decide(self, cmd: Command) -> tuple[int, Text]:
-        if AnomalyKind.LINE_TOO_LONG in cmd.flaws:
-            return 500, "5.5.2 Line too long"
-        if cmd.flaws and self.config.bad_lines == "reject":
-            return 500, "5.5.2 NUL, bare CR or bare LF in command line"
+    def _refusal(self, cmd: Command) -> tuple[int, Text] | None:
+        if cmd.flaws:
+            if AnomalyKind.LINE_TOO_LONG in cmd.flaws:
+                return 500, "5.5.2 Line too long"
+            if self.config.bad_lines == "reject":
+                return 500, "5.5.2 NUL, bare CR or bare LF in command line"
         if not cmd.known:
             return 500, "5.5.1 Command unrecognized"
         if cmd.syntax_error:
             return 501, f"5.5.4 Syntax error: {cmd.syntax_error}"
         if not cmd.in_order:
             return 503, "5.5.1 Bad sequence of commands"
-        return await _VERBS[cmd.verb](self, cmd)
+        return None
 
-    async def _answer(self, key: str, cmd: Command | None, code: int, text: Text) -> None:
-        """Send the reply, or what a matching rule puts in its place (rule 2)."""
-        rule = self._rule(key, cmd)
-        if rule and rule.delay:
-            await asyncio.sleep(rule.delay)
+    def _answer(
+        self, key: str, cmd: Command | None, code: int, text: Text, *, reset: bool = False
+    ) -> None:
+        """Send the reply, or what a matching rule puts in its place (rule 2), after the
+        rule's delay; ``reset``: the reply ends the transaction, whatever it says."""
+        rule = self._rule(key, cmd) if self.config.rules else None
+        send = partial(self._send, key, code, text, rule, reset)
+        if rule is not None and rule.delay:
+            self._wait(partial(asyncio.sleep, rule.delay), send)
+        else:
+            send()
+
+    def _send(self, key: str, code: int, text: Text, rule: ReplyRule | None, reset: bool) -> None:
         sent: int | None = code
-        if rule and rule.raw is not None:
+        if rule is None:
+            data = self.conn.send_reply(code, text)
+        elif rule.raw is not None:
             data = self.conn.send_raw(rule.raw)
             sent = parse_reply_line(data.partition(b"\r\n")[0]).code
         else:
-            if rule and rule.code is not None:
+            if rule.code is not None:
                 code, text = rule.code, "Scripted reply"
                 sent = code
-            if rule and rule.text is not None:
+            if rule.text is not None:
                 text = rule.text
             data = self.conn.send_reply(code, text)
-        self.writer.write(data)
-        self._log("reply", to=key, lines=_lines(data))
+        self.transport.write(data)
+        self._add("reply", to=key, lines=_lines(data))
         effect, self._effect = self._effect, None
         if effect and sent and 200 <= sent < 400:  # a rule may have refused what we accepted
             effect()
-        if self._must_drain():
-            await self.writer.drain()
+        if reset:
+            self._reset()
         # 221 to QUIT and any 421 close the session in the core's state table (rule 5)
-        self.closing = self.conn.state is State.CLOSED or (rule is not None and rule.close)
-
-    def _must_drain(self) -> bool:
-        """Whether ``drain()`` would do anything: wait for a full buffer, or raise for a lost
-        connection.  A small reply leaves the buffer empty (the socket took it at once)."""
-        transport = self.writer.transport
-        return bool(
-            transport.get_write_buffer_size()
-            or transport.is_closing()
-            or self.reader.exception() is not None
-        )
+        if self.conn.state is State.CLOSED or (rule is not None and rule.close):
+            self._close()
 
     def _rule(self, key: str, cmd: Command | None) -> ReplyRule | None:
-        if not self.config.rules:
-            return None
         return next((r for r in self.config.rules if r.matches(key, cmd)), None)
 
-    async def _lookup_ptr(self) -> list[str] | None:
-        """The PTR names of the client (empty if the lookup failed); None: no resolver."""
-        if self.receiver.resolve is None:
-            return None
+    def _greet(self) -> None:
+        self._answer(GREETING, None, 220, f"{self.config.hostname} {self.config.greeting}")
+
+    # --- DNS -----------------------------------------------------------------------------
+    def _resolving(self, at: str) -> bool:
+        return self.config.ptr_at == at and self.receiver.resolve is not None
+
+    async def _look_up_ptr(self) -> None:
+        """The PTR names of the client (empty if the lookup failed)."""
+        assert self.receiver.resolve is not None  # see _resolving
         qname = ipaddress.ip_address(self.peer[0]).reverse_pointer
-        self._log("dns-query", qname=qname, qtype="PTR")
+        self._add("dns-query", qname=qname, qtype="PTR")
         try:
             record = await self.receiver.resolve(qname, "PTR")
         except Exception as exc:  # the resolver's own errors (timeouts, refusals) vary
-            self._log("dns-error", qname=qname, error=f"{type(exc).__name__}: {exc}")
-            return []
+            self._add("dns-error", qname=qname, error=f"{type(exc).__name__}: {exc}")
+            self.ptr = []
+            return
         names = [str(rr.rdata).rstrip(".").lower() for rr in record.rr if rr.rtype == QTYPE.PTR]
-        self._log("dns-answer", qname=qname, rcode=RCODE.get(record.header.rcode), ptr=names)
-        return names
+        self._add("dns-answer", qname=qname, rcode=RCODE.get(record.header.rcode), ptr=names)
+        self.ptr = names
 
-    async def _hello(self, cmd: Command) -> tuple[int, Text]:
-        if self.config.ptr_at == "helo":
-            self.ptr = await self._lookup_ptr()
+    # --- verbs ---------------------------------------------------------------------------
+    def _hello(self, cmd: Command) -> tuple[int, Text]:
         name = (cmd.argument or "").rstrip(".").lower()
         if self.ptr is not None and name not in self.ptr:
             if self.config.ptr_check != "accept":
-                self._log("ptr-mismatch", helo=cmd.argument, ptr=self.ptr)
+                self._add("ptr-mismatch", helo=cmd.argument, ptr=self.ptr)
             if self.config.ptr_check == "reject":
                 return 550, "5.7.1 HELO name does not match the name of your address"
-        self._effect = lambda: self._greeted(cmd)
+        self._effect = partial(self._greeted, cmd)
         hello = f"{self.config.hostname} Hello {cmd.argument}"
         return 250, [hello, *self.config.extensions] if cmd.verb == "EHLO" else hello
 
@@ -384,18 +496,18 @@ class _Session:
         self._reset()
         self.helo, self.esmtp = cmd.argument, cmd.verb == "EHLO"
 
-    async def _mail(self, cmd: Command) -> tuple[int, Text]:
-        refused = self._unadvertised(cmd)
+    def _mail(self, cmd: Command) -> tuple[int, Text]:
+        refused = self._unadvertised(cmd) if cmd.params else None
         if refused:
             return refused
         limit, declared = self.config.size_limit, cmd.params.get("SIZE") or "0"
         if limit and declared.isdigit() and int(declared) > limit:
             return 552, "5.3.4 Message size exceeds fixed maximum message size"
-        self._effect = lambda: setattr(self, "mail_from", cmd.address)
+        self._effect = partial(setattr, self, "mail_from", cmd.address)
         return 250, "OK"
 
-    async def _rcpt(self, cmd: Command) -> tuple[int, Text]:
-        refused = self._unadvertised(cmd)
+    def _rcpt(self, cmd: Command) -> tuple[int, Text]:
+        refused = self._unadvertised(cmd) if cmd.params else None
         if refused:
             return refused
         if not self._known(cmd.address or ""):
@@ -403,16 +515,19 @@ class _Session:
         self._effect = lambda: self.recipients.append(cmd.address or "")
         return 250, "OK"
 
-    async def _data(self, cmd: Command) -> tuple[int, Text]:
-        self._effect = lambda: setattr(self, "content", bytearray())
+    def _data(self, cmd: Command) -> tuple[int, Text]:
+        self._effect = self._start_content
         return 354, "End data with <CR><LF>.<CR><LF>"
 
-    async def _bdat(self, cmd: Command) -> tuple[int, Text]:
+    def _start_content(self) -> None:
+        self.content = bytearray()
+
+    def _bdat(self, cmd: Command) -> tuple[int, Text]:
         if "CHUNKING" not in self.config.advertised:
             return 502, "5.5.1 BDAT not implemented"
         return 250, f"2.0.0 {cmd.chunk_size} octets received"
 
-    async def _vrfy(self, cmd: Command) -> tuple[int, Text]:
+    def _vrfy(self, cmd: Command) -> tuple[int, Text]:
         if self.config.vrfy == "disabled":
             return 502, "5.5.1 VRFY command is disabled"
         if self.config.vrfy == "252":
@@ -423,14 +538,14 @@ class _Session:
             return 250, f"<{local}@{self.config.domains[0]}>"
         return 550, f"5.1.1 <{user}>: Recipient address rejected: User unknown"
 
-    async def _fixed(self, cmd: Command) -> tuple[int, Text]:
+    def _fixed(self, cmd: Command) -> tuple[int, Text]:
         return _FIXED[cmd.verb]
 
-    async def _rset(self, cmd: Command) -> tuple[int, Text]:
+    def _rset(self, cmd: Command) -> tuple[int, Text]:
         self._effect = self._reset
         return 250, "2.0.0 OK"
 
-    async def _quit(self, cmd: Command) -> tuple[int, Text]:
+    def _quit(self, cmd: Command) -> tuple[int, Text]:
         return 221, f"2.0.0 {self.config.hostname} closing connection"
 
     def _unadvertised(self, cmd: Command) -> tuple[int, Text] | None:
@@ -446,13 +561,14 @@ class _Session:
         in_domain = not at or domain.lower() in domains
         return in_domain and local.lower() in {u.lower() for u in self.config.users}
 
+    # --- storing -------------------------------------------------------------------------
     def _deliver(self) -> tuple[int, Text]:
         """The reply to the end of a message; storing it waits for that reply (rule 4)."""
         data = bytes(self.content or b"")
         limit = self.config.size_limit
         if limit and len(data) > limit:
             return 552, "5.3.4 Message size exceeds fixed maximum message size"
-        self._effect = lambda: self._store(data)
+        self._effect = partial(self._store, data)
         return 250, "OK Mail accepted"
 
     def _store(self, data: bytes) -> None:
@@ -461,7 +577,7 @@ class _Session:
             path = self._write(recipient, data)
             stored = StoredMessage(recipient, self.mail_from or "", path, data)
             self.receiver.stored.append(stored)
-            self._log(
+            self._add(
                 "stored",
                 mail_from=stored.mail_from,
                 recipient=recipient,
@@ -470,15 +586,13 @@ class _Session:
                 path=path,
             )
 
-    async def _end_chunk(self, event: EndOfChunk) -> None:
+    def _end_chunk(self, event: EndOfChunk) -> None:
         assert self.chunk is not None  # set by every BDAT command with a chunk size
         cmd, code, text = self.chunk
         self.chunk = None
         if 200 <= code < 300 and event.last:
             code, text = self._deliver()
-        await self._answer(cmd.key, cmd, code, text)
-        if event.last:
-            self._reset()
+        self._answer(cmd.key, cmd, code, text, reset=event.last)
 
     def _write(self, recipient: str, data: bytes) -> Path | None:
         if self.config.maildir is None:
@@ -492,6 +606,7 @@ class _Session:
         return tmp.rename(box / "new" / name)
 
 
+_HELLO = frozenset({"HELO", "EHLO"})
 _FIXED: dict[str, tuple[int, str]] = {
     "NOOP": (250, "2.0.0 OK"),
     "HELP": (214, "2.0.0 See RFC 5321"),
@@ -516,9 +631,17 @@ _VERBS = {
 def _client_address(peername: tuple[str, int] | None) -> tuple[str, int]:
     """The client's (address, port); an IPv4-mapped IPv6 address as IPv4."""
     host, port = (peername or ("0.0.0.0", 0))[:2]
+    if ":" not in host:
+        return (host, port)
     mapped = getattr(ipaddress.ip_address(host), "ipv4_mapped", None)
     return (str(mapped) if mapped else host, port)
 
 
 def _lines(raw: bytes) -> list[str]:
     return raw.decode("utf-8", "surrogateescape").split("\r\n")[:-1] or [repr(raw)]
+
+
+def _first_line(raw: bytes) -> str:
+    """``_lines(raw)[0]`` without splitting every line."""
+    line, crlf, _ = raw.decode("utf-8", "surrogateescape").partition("\r\n")
+    return line if crlf else repr(raw)

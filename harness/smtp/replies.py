@@ -69,6 +69,9 @@ def format_reply(code: int, text: str | Sequence[str] = "") -> bytes:
     """A reply with CRLF line endings; ``text`` is one line, or a list for a multi-line reply."""
     if not _VALID_CODE.fullmatch(str(code)):
         raise HarnessError(f"reply code {code!r} is not a valid SMTP code (200-559)")
+    if isinstance(text, str) and "\r" not in text and "\n" not in text:  # most replies
+        line = f"{code} {text}" if text else str(code)
+        return f"{line}\r\n".encode("utf-8", "surrogateescape")
     lines = [text] if isinstance(text, str) else list(text) or [""]
     if any("\r" in t or "\n" in t for t in lines):
         raise HarnessError(f"reply text {lines!r} contains CR or LF")

@@ -14,6 +14,10 @@ Rules kept here:
    at any time; EHLO/HELO reset; QUIT always).  Legality is judged against the state the
    session will be in once every waiting command has succeeded (that is how a pipelining
    client sees it), except that nothing is legal before the greeting (§3.1).
+4. The reply to DATA or STARTTLS says what the client's next bytes are, whatever the
+   state: content after a 3yz to DATA (354), TLS after a 2yz to STARTTLS (220), commands
+   after any other reply - as a client acts on it (``SWITCH``).  An observer takes the
+   server's word; the legality table (rule 3) is still what a server answers 503 from.
 """
 
 from __future__ import annotations
@@ -65,6 +69,8 @@ FAILURE: dict[tuple[State, str], State] = {
     (State.DATA, END_OF_DATA): State.READY,  # the transaction is over either way (§4.1.1.4)
 }
 
+SWITCH: dict[str, tuple[int, State]] = {"DATA": (3, State.DATA), "STARTTLS": (2, State.TLS)}
+
 ANYTIME = frozenset({"NOOP", "HELP", "VRFY", "EXPN", "RSET", "QUIT", "HELO", "EHLO"})
 _OPEN = (State.HELLO, State.READY, State.MAIL, State.RCPT, State.BDAT)
 
@@ -80,6 +86,9 @@ def next_state(state: State, key: str | None, code: int) -> State:
         return State.CLOSED
     if key is None:
         return state
+    if key in SWITCH:
+        reply_class, target = SWITCH[key]
+        return target if code // 100 == reply_class else state
     if 200 <= code < 400:
         return SUCCESS[state].get(key, state)
     return FAILURE.get((state, key), state)
