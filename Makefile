@@ -48,8 +48,8 @@ bench: install
 	$(PY) bench/run.py
 
 lint: install
-	$(VENV)/bin/ruff check harness tests bench
-	$(VENV)/bin/ruff format --check harness tests bench
+	$(VENV)/bin/ruff check harness tests bench tools
+	$(VENV)/bin/ruff format --check harness tests bench tools
 
 clean-lab: install
 	$(VENV)/bin/smtp-harness lab clean
