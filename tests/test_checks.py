@@ -399,3 +399,20 @@ def test_by_role_data_applies_only_when_the_check_plays_that_role() -> None:
     assert as_sender["sender"] == {"recipients": ["c3po@receiver.com"], "mta": "postfix"}
     assert "replies" not in setup.scenario_data("postfix", "receiver")["receiver"]
     assert setup.key("postfix", "sender") != setup.key("postfix", "receiver")
+
+
+@pytest.mark.lab
+@pytest.mark.parametrize("role", ["sender", "receiver"])
+def test_seed_check_against_postfix_matches_the_expected_matrix(tmp_path, role) -> None:
+    """Check zero against a real MTA in CI: Postfix in both roles, judged as recorded."""
+    from harness.mta.base import adapters
+
+    postfix = column("postfix", adapters())
+    assert not postfix.unavailable, postfix.unavailable
+    expected = load_expected(DEFAULT_EXPECTED, registry())
+    cell = Matrix(tmp_path, expected).cell(registry()["seed.exchange"], role, postfix)
+    assert cell.verdict == cell.expected.verdict, cell.note
+    assert cell.verdict == "deviation-known"  # Postfix is not the seed: EHLO, no VRFY, ...
+    if role == "sender":
+        assert "EHLO" in cell.note  # how it differs is named
+    assert cell.evidence and all((f / "capture.pcap").is_file() for f in cell.folders)
