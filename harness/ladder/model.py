@@ -7,10 +7,11 @@ Rules this module keeps:
   decoder's warning counts and, per TCP connection, its ACK ``Coverage``.
 - A step is small and immutable: who sent it (``src``) to whom (``dst``), as host names
   where known, else ``addr`` (or ``addr:port`` for the server when both ends share an
-  address); its ``kind`` (one of ``KINDS``); a one-line ``text`` (multi-line for a
+  address); its ``kind`` (a ``StepKind``); a one-line ``text`` (multi-line for a
   multi-line reply); the packet numbers that carried it (``evidence``); its connection id;
-  and ``detail``, a tuple of (key, scalar) pairs: reply code, content size/lines/digest,
-  DNS rcode/flags, the stream offset an ACK covers, ...
+  and ``detail``, a tuple of (key, value) pairs, a value being a scalar or a tuple of
+  values: reply code, content size/lines/digest, DNS qname/qtype/rcode/records, the stream
+  offset an ACK covers, ...  Judges read ``detail``, never the rendered ``text``.
 - Pure data ACKs are not steps: whether every command, reply and content was acknowledged
   is the per-connection ``Coverage``, answerable however the ACKs were placed.
 - JSON is the interchange form: ``Ladder.from_json(ladder.to_json()) == ladder``.
@@ -20,21 +21,60 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 from typing import Any
 
-DNS_KINDS = ("dns-query", "dns-answer")
-TCP_KINDS = ("syn", "syn-ack", "ack", "fin", "rst", "fin-ack", "close-ack")
-SMTP_KINDS = ("command", "reply", "content", "bdat", "tls")
-DAMAGE_KINDS = ("gap", "anomaly")
-KINDS = frozenset(DNS_KINDS + TCP_KINDS + SMTP_KINDS + DAMAGE_KINDS)
+
+class StepKind(StrEnum):
+    """What a step is.  A ``StrEnum``: ``step.kind == "syn"`` holds, and JSON keeps the
+    string; new kinds may be added where the wire has them, never renamed."""
+
+    DNS_QUERY = "dns-query"
+    DNS_ANSWER = "dns-answer"
+    SYN = "syn"
+    SYN_ACK = "syn-ack"
+    ACK = "ack"  # the handshake's third packet
+    FIN = "fin"
+    RST = "rst"
+    FIN_ACK = "fin-ack"  # the ACK of the first FIN of a connection
+    CLOSE_ACK = "close-ack"  # the ACK of the second FIN
+    COMMAND = "command"
+    REPLY = "reply"
+    CONTENT = "content"
+    BDAT = "bdat"
+    TLS = "tls"
+    GAP = "gap"
+    ANOMALY = "anomaly"
+
+
+DNS_KINDS = (StepKind.DNS_QUERY, StepKind.DNS_ANSWER)
+TCP_KINDS = (
+    StepKind.SYN,
+    StepKind.SYN_ACK,
+    StepKind.ACK,
+    StepKind.FIN,
+    StepKind.RST,
+    StepKind.FIN_ACK,
+    StepKind.CLOSE_ACK,
+)
+SMTP_KINDS = (StepKind.COMMAND, StepKind.REPLY, StepKind.CONTENT, StepKind.BDAT, StepKind.TLS)
+DAMAGE_KINDS = (StepKind.GAP, StepKind.ANOMALY)
+KINDS = frozenset(StepKind)
 
 Scalar = str | int | bool | None
-Detail = tuple[tuple[str, Scalar], ...]
+# a detail value: a scalar, or a tuple of values (DNS records: (section, name, type, rdata))
+Value = Scalar | tuple["Value", ...]
+Detail = tuple[tuple[str, Value], ...]
 
 
-def detail(**items: Scalar) -> Detail:
+def detail(**items: Value) -> Detail:
     """A step's detail from keyword arguments (None values left out)."""
     return tuple((k, v) for k, v in items.items() if v is not None)
+
+
+def _frozen(value: Any) -> Value:
+    """A JSON value back in detail form: lists become tuples, all the way down."""
+    return tuple(_frozen(v) for v in value) if isinstance(value, list) else value
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,13 +83,17 @@ class Step:
     time: int  # nanoseconds since the Unix epoch, of the packet that completed the step
     src: str
     dst: str
-    kind: str
+    kind: StepKind
     text: str
     evidence: tuple[int, ...] = ()
     conn: int | None = None
     detail: Detail = ()
 
-    def get(self, key: str, default: Scalar = None) -> Scalar:
+    def __post_init__(self) -> None:
+        if self.kind.__class__ is not StepKind:
+            object.__setattr__(self, "kind", StepKind(self.kind))
+
+    def get(self, key: str, default: Value = None) -> Value:
         """One value of ``detail``."""
         return dict(self.detail).get(key, default)
 
@@ -62,7 +106,7 @@ class Step:
             **{
                 **data,
                 "evidence": tuple(data["evidence"]),
-                "detail": tuple(data["detail"].items()),
+                "detail": tuple((k, _frozen(v)) for k, v in data["detail"].items()),
             }
         )
 

@@ -32,6 +32,7 @@ from pathlib import Path
 from dnslib import QTYPE, RCODE, DNSRecord
 
 from harness.errors import HarnessError
+from harness.outcome import Outcome, SendReport
 from harness.smtp.commands import path_argument
 from harness.smtp.events import NEED_DATA, Anomaly, ConnectionClosed, Event, Reply, Status
 from harness.smtp.peer import EventLog, Resolve, SocketFactory, family_of
@@ -82,24 +83,6 @@ class SenderConfig:
     timeout: float = 30.0  # per connect and per reply
     script: list[ScriptStep] = field(default_factory=list)
     log_path: Path | None = None
-
-
-@dataclass(frozen=True)
-class Outcome:
-    recipient: str
-    status: str  # delivered, rejected, deferred
-    stage: str  # what decided it: dns, connect, <greeting>, HELO, VRFY, MAIL, RCPT, ...
-    code: int | None = None
-    text: str = ""
-
-
-@dataclass
-class SendReport:
-    outcomes: dict[str, Outcome]
-    transcript: list[dict[str, object]]
-
-    def status(self, recipient: str) -> str:
-        return self.outcomes[recipient].status
 
 
 class _Settled(Exception):

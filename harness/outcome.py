@@ -1,0 +1,51 @@
+"""What became of each recipient of a run: the outcome vocabulary shared by the scripted
+sender, the real-MTA runner and the judges.
+
+Rules kept here:
+- A status is one of ``OutcomeStatus``.  ``delivered``: a copy was stored by the receiving
+  side.  ``rejected``: refused for good (a 5yz, or a DSN with ``Action: failed``).
+  ``deferred``: still owed: a 4yz to our scripted sender, or a real MTA's queue that holds
+  the message (read from the MTA, never assumed).  ``lost``: a real MTA's queue was read
+  and is empty, no DSN came back and nothing was stored: the message vanished (RFC 5321
+  §6.1: "the SMTP server ... MUST NOT lose the message"), always a fail.
+- ``stage`` names what decided it (``dns``, ``connect``, a verb, ``<end-of-data>``,
+  ``dsn``, ``queue``); ``code``/``text`` the reply when a reply decided it; ``status_code``
+  the enhanced status code (RFC 3463) when one was given (a reply's, a DSN's ``Status:``,
+  a queue entry's); ``evidence`` where the harness read it (a reply, a DSN, a queue
+  listing, a log line), one line each.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class OutcomeStatus(StrEnum):
+    DELIVERED = "delivered"
+    REJECTED = "rejected"
+    DEFERRED = "deferred"
+    LOST = "lost"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    recipient: str
+    status: OutcomeStatus
+    stage: str  # what decided it: dns, connect, <greeting>, HELO, VRFY, MAIL, RCPT, dsn, queue
+    code: int | None = None
+    text: str = ""
+    status_code: str | None = None  # RFC 3463 enhanced status code, e.g. "4.4.1"
+    evidence: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "status", OutcomeStatus(self.status))
+
+
+@dataclass
+class SendReport:
+    outcomes: dict[str, Outcome]
+    transcript: list[dict[str, object]] = field(default_factory=list)
+
+    def status(self, recipient: str) -> OutcomeStatus:
+        return self.outcomes[recipient].status
