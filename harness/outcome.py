@@ -44,8 +44,14 @@ class Outcome:
 
 @dataclass
 class SendReport:
+    """Per recipient, its outcome; ``contents``: each message content the scripted sender
+    put on the wire, in the form a conformant receiver stores it (dot-unstuffed, up to the
+    CRLF.CRLF that ends it, its final CRLF kept), one per DATA that reached 354, script
+    steps included (empty for a real MTA: its contents are read from the receiver)."""
+
     outcomes: dict[str, Outcome]
     transcript: list[dict[str, object]] = field(default_factory=list)
+    contents: list[bytes] = field(default_factory=list)
 
     def status(self, recipient: str) -> OutcomeStatus:
         return self.outcomes[recipient].status

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
-from harness.errors import HarnessError
+from harness.errors import HarnessError, InternalError
 from harness.lab import Lab
 
 ROLES = ("sender", "receiver")
@@ -43,6 +43,20 @@ DELIVERY_TIMEOUT_S = 30.0  # default: the longest a delivery attempt may take to
 
 class MtaUnavailable(HarnessError):
     """This MTA cannot run on this machine (package missing, unpack failed, ...)."""
+
+
+class QueueUnreadable(InternalError):
+    """The MTA's queue or log could not be read: the outcome cannot be known (an error)."""
+
+
+@dataclass(frozen=True)
+class QueuedRecipient:
+    """A recipient still in the MTA's queue, as the MTA itself lists it."""
+
+    recipient: str
+    queue_id: str
+    reason: str  # the MTA's own words: its queue listing's or log's reason for the delay
+    status_code: str | None = None  # an RFC 3463 enhanced status code in that reason
 
 
 @dataclass
@@ -125,6 +139,17 @@ class MtaAdapter(ABC):
     def submit(self, mail_from: str, recipients: list[str], message: bytes) -> None:
         """Sender role: hand the message to the MTA for delivery by MX."""
         raise HarnessError(f"{self.name}: submit() is for the sender role")
+
+    @classmethod
+    def accepts(cls, role: str, hostname: str, domain: str, users: tuple[str, ...]) -> None:
+        """Raise ``HarnessError`` naming the value when this MTA's configuration language
+        cannot carry one of these scenario names safely (called at scenario load, before any
+        lab exists).  Default: every name that passed the scenario's grammar is fine."""
+
+    def queue(self) -> list[QueuedRecipient]:
+        """Both roles: what the MTA's queue holds now, per recipient, with the reason the
+        MTA gives; read before ``stop()``.  Raise ``QueueUnreadable`` if it cannot be read."""
+        raise QueueUnreadable(f"{self.name}: reading the queue is not implemented")
 
     @abstractmethod
     def idle(self) -> bool:

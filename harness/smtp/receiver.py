@@ -91,7 +91,8 @@ class ReplyRule:
 
     ``argument`` narrows it to one argument (the address for MAIL/RCPT), case-insensitive.
     ``code``/``text`` replace the reply's (None keeps it), ``raw`` sends bytes as they are
-    (malformed replies), ``delay`` waits first, ``close`` closes the connection after it
+    (malformed replies), ``delay`` waits first, ``line_pause`` waits between the lines of a
+    multi-line reply (each line its own write), ``close`` closes the connection after it
     (``raw=b"", close=True`` drops the connection without a reply)."""
 
     on: str
@@ -100,6 +101,7 @@ class ReplyRule:
     text: Text | None = None
     raw: bytes | None = None
     delay: float = 0.0
+    line_pause: float = 0.0
     close: bool = False
 
     def matches(self, key: str, command: Command | None) -> bool:
