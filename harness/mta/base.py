@@ -145,6 +145,7 @@ class MtaAdapter(ABC):
         """Raise ``HarnessError`` naming the value when this MTA's configuration language
         cannot carry one of these scenario names safely (called at scenario load, before any
         lab exists).  Default: every name that passed the scenario's grammar is fine."""
+        return None
 
     def queue(self) -> list[QueuedRecipient]:
         """Both roles: what the MTA's queue holds now, per recipient, with the reason the
