@@ -1,32 +1,76 @@
 """The ``smtp-harness`` command.
 
 Each subsystem owns its subcommands (``harness/<pkg>/commands.py``); this module only
-assembles them and enforces the CLI contract: a ``HarnessError`` is one line on stderr and
-exit code 2, never a traceback.
+assembles them and enforces the CLI contract, the same for every command:
+
+- Exit codes (``harness.verdict.ExitCode``): 0 pass or as expected, 1 fail or a
+  difference, 2 bad input, 3 harness error, 130 on SIGINT, 143 on SIGTERM.  A command
+  whose normal end is Ctrl-C (``lab up``, ``dns serve``) exits 0 there itself.
+- Bad input (``HarnessError``, a usage error) is one line on stderr, exit 2.  Our own
+  fault (``InternalError``, or any other exception: a bug) is one line on stderr naming
+  where the traceback was written, exit 3.  Never a traceback on the terminal.
+- ``-h`` is ``--help`` everywhere.
 """
 
 from __future__ import annotations
 
+import os
 import sys
+import tempfile
+import traceback
+from pathlib import Path
 
 import click
 
-from harness.errors import HarnessError
+from harness.errors import HarnessError, InternalError
+from harness.verdict import ExitCode
+
+CONTEXT = {"help_option_names": ["-h", "--help"]}
+EPILOG = (
+    "Exit codes: 0 pass (or as expected), 1 fail (or a difference), 2 bad input, "
+    "3 harness error, 130 interrupted (SIGINT), 143 terminated (SIGTERM)."
+)
 
 
-class _Main(click.Group):
-    def invoke(self, ctx: click.Context):
-        try:
-            return super().invoke(ctx)
-        except HarnessError as exc:
-            click.echo(f"smtp-harness: error: {exc}", err=True)
-            sys.exit(2)
-
-
-@click.group(cls=_Main)
+@click.group(context_settings=CONTEXT, epilog=EPILOG)
 @click.version_option(package_name="smtp-harness")
 def main() -> None:
     """Packet-level SMTP conformance harness."""
+
+
+def run_cli(argv: list[str]) -> int:
+    """Run the command line ``argv``; return the exit code (never raise, never a traceback)."""
+    try:
+        main.main(argv, prog_name="smtp-harness", standalone_mode=False)
+    except click.exceptions.Exit as done:
+        return done.exit_code
+    except click.UsageError as exc:
+        click.echo(f"smtp-harness: error: {exc.format_message()}", err=True)
+        return ExitCode.BAD_INPUT
+    except click.Abort:
+        click.echo("smtp-harness: interrupted", err=True)
+        return ExitCode.SIGINT
+    except click.ClickException as exc:
+        click.echo(f"smtp-harness: error: {exc.format_message()}", err=True)
+        return ExitCode.BAD_INPUT
+    except HarnessError as exc:
+        click.echo(f"smtp-harness: error: {exc}", err=True)
+        return ExitCode.BAD_INPUT
+    except KeyboardInterrupt:
+        click.echo("smtp-harness: interrupted", err=True)
+        return ExitCode.SIGINT
+    except (InternalError, Exception) as exc:  # our own fault, a bug included
+        where = _write_traceback(exc)
+        summary = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        click.echo(f"smtp-harness: internal error: {summary} (traceback: {where})", err=True)
+        return ExitCode.HARNESS_ERROR
+    return ExitCode.OK
+
+
+def _write_traceback(exc: BaseException) -> Path:
+    path = Path(tempfile.gettempdir()) / f"smtp-harness-{os.getpid()}-traceback.txt"
+    path.write_text("".join(traceback.format_exception(exc)), encoding="utf-8")
+    return path
 
 
 def _register() -> None:
@@ -37,7 +81,11 @@ def _register() -> None:
     from harness.ladder.commands import check, ladder
 
     for command in (lab, dns, run, demo, ladder, check, matrix):
+        command.context_settings = {**CONTEXT, **command.context_settings}
         main.add_command(command)
 
 
 _register()
+
+if __name__ == "__main__":
+    sys.exit(run_cli(sys.argv[1:]))

@@ -1,4 +1,12 @@
-"""``smtp-harness run SCENARIO`` and ``smtp-harness demo``: a scenario, end to end."""
+"""``smtp-harness run SCENARIO`` and ``smtp-harness demo``: a scenario, end to end.
+
+Rules kept here:
+- The exit code is the run's verdict (``harness.verdict.exit_code``): 0 pass, 1 fail, 3
+  error (our fault: the faults are printed, their tracebacks are in the run folder);
+  bad input never gets as far as a run (2, from the CLI).
+- What is printed: the ladder, the outcome per recipient with where it was read, the run
+  folder, the verdict, and each problem (a message that differs with its diff) or fault.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +19,7 @@ import click
 from harness.render import render
 from harness.runner import RunResult, run_scenario
 from harness.scenario import load_scenario
+from harness.verdict import exit_code
 
 
 @click.command("run")
@@ -33,14 +42,16 @@ from harness.scenario import load_scenario
     "--update-golden", is_flag=True, help="Re-record the scenario's golden capture from this run."
 )
 def run(scenario: Path | None, out: Path | None, backend: str, update_golden: bool) -> None:
-    """Run SCENARIO (default: the seed) in a fresh lab; exit 0 pass, 1 fail, 2 bad input."""
+    """Run SCENARIO (default: the seed) in a fresh lab and judge it.
+
+    Exit codes: 0 pass, 1 fail, 2 bad input (nothing was run), 3 harness error."""
     scen = load_scenario(scenario)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     folder = out or Path("runs") / f"{scen.name}-{stamp}"
     click.echo(f"scenario {scen.name}: {scen.description}\n")
     result = run_scenario(scen, folder, backend, update_golden)
     print_result(result, update_golden)
-    sys.exit(0 if result.ok else 1)
+    sys.exit(exit_code(result.verdict))
 
 
 @click.command("demo")
@@ -55,12 +66,18 @@ def print_result(result: RunResult, updated_golden: bool = False) -> None:
     click.echo("\nper recipient:")
     for rcpt, o in result.report.outcomes.items():
         reply = f"{o.code} {o.text}" if o.code else o.text
-        click.echo(f"  {rcpt:<28} {o.status:<10} at {o.stage:<14} {reply}")
+        status = f" [{o.status_code}]" if o.status_code and o.status_code not in reply else ""
+        click.echo(f"  {rcpt:<28} {o.status:<10} at {o.stage:<14} {reply}{status}")
     click.echo(f"\nrun folder: {result.folder}  (capture.pcap, ladder.svg/.html/.txt/.json, logs)")
     golden = result.scenario.expect.golden
     if golden is not None:
         action = "re-recorded" if updated_golden else "compared with"
         click.echo(f"golden: {action} {golden}")
-    click.echo("verdict: PASS" if result.ok else "verdict: FAIL")
+    click.echo(f"verdict: {str(result.verdict).upper()}")
+    for fault in result.faults:
+        click.echo(f"  - harness fault: {fault.line()} (traceback.txt in the run folder)")
     for problem in result.problems:
-        click.echo(f"  - {problem}")
+        first, *rest = problem.splitlines()
+        click.echo(f"  - {first}")
+        for line in rest:
+            click.echo(f"    {line}")

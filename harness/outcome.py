@@ -42,16 +42,28 @@ class Outcome:
         object.__setattr__(self, "status", OutcomeStatus(self.status))
 
 
+@dataclass(frozen=True)
+class Dsn:
+    """One per-recipient group of a delivery status notification (RFC 3464 §2.3)."""
+
+    recipient: str  # Final-Recipient, without its address type
+    action: str  # failed, delayed, delivered, relayed, expanded (§2.3.3)
+    status: str  # the RFC 3463 status code (§2.3.4), e.g. "5.1.10"
+    diagnostic: str = ""  # Diagnostic-Code, folded into one line
+
+
 @dataclass
 class SendReport:
     """Per recipient, its outcome; ``contents``: each message content the scripted sender
     put on the wire, in the form a conformant receiver stores it (dot-unstuffed, up to the
     CRLF.CRLF that ends it, its final CRLF kept), one per DATA that reached 354, script
-    steps included (empty for a real MTA: its contents are read from the receiver)."""
+    steps included (empty for a real MTA: its contents are read from the receiver);
+    ``dsns``: the DSNs a real MTA returned to the sender."""
 
     outcomes: dict[str, Outcome]
     transcript: list[dict[str, object]] = field(default_factory=list)
     contents: list[bytes] = field(default_factory=list)
+    dsns: list[Dsn] = field(default_factory=list)
 
     def status(self, recipient: str) -> OutcomeStatus:
         return self.outcomes[recipient].status

@@ -1,22 +1,31 @@
-"""Conformance checks: what one check is, and the registry of all of them.
+"""Conformance checks: what one check is, how its verdict is earned, and the registry.
 
 Rules kept here:
-- A check is data plus one judge: an id (``area.name``), a title, the RFC section it
-  enforces, the roles the MTA under test can play in it, and the setups it runs.  Its judge
-  reads only the runs' ladders (design rule 2), plus the sender's per-recipient outcomes and
-  the receiver's stored messages where the verdict is about them (bounces, smuggling).
+- A check is data plus one judge: an id (``area.name``), a title, the RFC words it enforces
+  (``rfc``: the section, and the rule in a few words), the roles the MTA under test can
+  play in it, the setups it runs, its ``kind`` and its ``requires``.  Its judge reads the
+  runs' ladders (design rule 2), plus the per-recipient outcomes and the stored messages
+  where the rule is about them (bounces, smuggling).
+- ``requires`` states what must have happened for the rule to be exercised ("an MX answer
+  with a null MX reached the sender"): each ``Precondition`` finds the steps that show it,
+  and is tested before the judge runs.  One that finds nothing makes the verdict ``n/a``,
+  with the reason; the judge never runs.  The steps found are evidence of every verdict.
+- A ``rule`` check judges: ``pass``, ``fail`` (a MUST broken) or ``deviation-known`` (a
+  SHOULD broken, or a documented departure).  An ``observation`` reports a fact with
+  several allowed answers (who closes first, when the PTR is asked): its verdict is
+  ``observed`` with the ``value`` seen.  Only rules pass or fail.
+- A verdict is earned: every pass, deviation-known and observation cites steps (the
+  preconditions' and the judge's own, ``Cite`` = (run, step index)), each a step of that
+  run's ladder; a fail cites what it can (a fail about something that never happened may
+  have nothing to cite: its note says what is missing).  A judge that breaks this, returns
+  a verdict its kind cannot give, or lacks what it needs (``Unjudged``), gives an
+  ``error``: the harness's fault, never a guess in either direction.
 - A ``Setup`` is TOML-shaped data laid over the seed (``scenario_from_data``).  On the side
   under test it only sets what a real MTA is also given (recipients, message, users, the
   VRFY policy); ``reference`` holds what our scripted peer needs to stand in for an MTA
   there (e.g. ``ehlo = true``) and is used only in the "harness" column; ``by_role`` holds
   data laid over ``data`` only when the check plays that role (e.g. a reply rule for the
   scripted receiver, which exists only when the sender is under test), in every column.
-- Verdicts: ``pass``; ``fail`` (a MUST broken, evidence = the steps that show it);
-  ``n/a`` (the run never exercised the rule, e.g. no EHLO to fall back from);
-  ``deviation-known`` (a documented, tolerated departure: a SHOULD, or a pattern the
-  checklist calls a fact, such as who closes first).  A judge that lacks what it needs
-  (no outcome reported for a recipient) raises ``Unjudged``: an error cell, never a guess.
-- Evidence is step indexes in the ladder of run ``Outcome.run`` (the setups' order).
 """
 
 from __future__ import annotations
@@ -25,51 +34,113 @@ import copy
 import fnmatch
 import importlib
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 
-from harness.errors import HarnessError
+from harness.errors import HarnessError, InternalError
+from harness.ladder.model import Step
 from harness.runner import RunResult
 from harness.scenario import FIXTURES, Scenario, scenario_from_data
+from harness.verdict import Verdict
 
-VERDICTS = ("pass", "fail", "n/a", "deviation-known")
 ROLES = ("sender", "receiver")
 SENDER, RECEIVER, BOTH = ("sender",), ("receiver",), ROLES
 REFERENCE = "harness"  # the column where our scripted peers play the role under test
 SCENARIO_DIR = FIXTURES / "scenarios" / "checks"  # anchors the setups' relative paths
 MODULES = ("seed", "dns", "session", "esmtp", "data", "close")
 
+Cite = tuple[int, int]  # (run, step index): a step of one of the check's runs
 
-class Unjudged(HarnessError):
+
+class Kind(StrEnum):
+    RULE = "rule"  # pass / fail / deviation-known
+    OBSERVATION = "observation"  # observed, with the value seen
+
+
+GIVES = {  # what each kind of check may conclude, besides n/a and error
+    Kind.RULE: frozenset({Verdict.PASS, Verdict.FAIL, Verdict.KNOWN}),
+    Kind.OBSERVATION: frozenset({Verdict.OBSERVED}),
+}
+
+
+class Unjudged(InternalError):
     """The run lacks what the judgement needs; the cell is an error, not a verdict."""
 
 
 @dataclass(frozen=True)
 class Outcome:
-    verdict: str
-    evidence: tuple[int, ...] = ()
+    verdict: Verdict
+    evidence: tuple[Cite, ...] = ()
     note: str = ""
-    run: int = 0  # which of the check's runs the evidence indexes
+    value: str | None = None  # an observation's value
 
     def __post_init__(self) -> None:
-        if self.verdict not in VERDICTS:
-            raise ValueError(f"verdict {self.verdict!r}: expected one of {VERDICTS}")
+        object.__setattr__(self, "verdict", Verdict(self.verdict))
+
+    def steps(self, run: int = 0) -> tuple[int, ...]:
+        """The cited step indexes of one run."""
+        return tuple(index for r, index in self.evidence if r == run)
 
 
-def passed(note: str, *evidence: int, run: int = 0) -> Outcome:
-    return Outcome("pass", tuple(evidence), note, run)
+Cited = Step | int | None
 
 
-def failed(note: str, *evidence: int, run: int = 0) -> Outcome:
-    return Outcome("fail", tuple(evidence), note, run)
+def cites(steps: Iterable[Cited], run: int = 0) -> tuple[Cite, ...]:
+    """(run, index) for each step given (a Step, its index, or None: left out)."""
+    out = []
+    for step in steps:
+        if step is not None:
+            out.append((run, step.index if isinstance(step, Step) else int(step)))
+    return tuple(out)
 
 
-def known(note: str, *evidence: int, run: int = 0) -> Outcome:
-    return Outcome("deviation-known", tuple(evidence), note, run)
+def passed(note: str, *steps: Cited, run: int = 0) -> Outcome:
+    return Outcome(Verdict.PASS, cites(steps, run), note)
 
 
-def not_applicable(note: str, *evidence: int) -> Outcome:
-    return Outcome("n/a", tuple(evidence), note)
+def failed(note: str, *steps: Cited, run: int = 0) -> Outcome:
+    return Outcome(Verdict.FAIL, cites(steps, run), note)
+
+
+def known(note: str, *steps: Cited, run: int = 0) -> Outcome:
+    return Outcome(Verdict.KNOWN, cites(steps, run), note)
+
+
+def observed(value: str, note: str, *steps: Cited, run: int = 0) -> Outcome:
+    return Outcome(Verdict.OBSERVED, cites(steps, run), note, value)
+
+
+def not_applicable(note: str) -> Outcome:
+    return Outcome(Verdict.NA, (), note)
+
+
+def error(note: str) -> Outcome:
+    return Outcome(Verdict.ERROR, (), note)
+
+
+@dataclass(frozen=True)
+class Precondition:
+    """What must have happened for a rule to be exercised, and how to see it."""
+
+    says: str  # "an MX answer with a null MX reached the sender"
+    find: Callable[[RunResult], Sequence[Step]]  # the steps that show it; none: not exercised
+    run: int = 0  # which of the check's runs it looks at
+
+
+@dataclass(frozen=True)
+class Seen:
+    """What a judge is given: the runs, one per setup, and each precondition's steps."""
+
+    runs: tuple[RunResult, ...]
+    found: tuple[tuple[Step, ...], ...]
+
+    @property
+    def run(self) -> RunResult:
+        return self.runs[0]
+
+
+Judge = Callable[[Seen], Outcome]
 
 
 @dataclass(frozen=True)
@@ -103,9 +174,6 @@ class Setup:
         return json.dumps([mta, role, self.scenario_data(mta, role)], sort_keys=True)
 
 
-Judge = Callable[..., Outcome]
-
-
 @dataclass(frozen=True)
 class Check:
     id: str
@@ -113,26 +181,73 @@ class Check:
     rfc: str
     roles: tuple[str, ...]
     setups: tuple[Setup, ...]
-    judge_runs: Judge  # called with one RunResult per setup, in order
+    judge_seen: Judge
+    requires: tuple[Precondition, ...] = ()
+    kind: Kind = Kind.RULE
 
     def judge(self, results: Sequence[RunResult]) -> Outcome:
+        """The verdict over one run per setup, earned by the rules above."""
         if len(results) != len(self.setups):
-            raise HarnessError(f"{self.id}: {len(results)} runs for {len(self.setups)} setups")
-        return self.judge_runs(*results)
+            raise InternalError(f"{self.id}: {len(results)} runs for {len(self.setups)} setups")
+        found = []
+        for pre in self.requires:
+            steps = tuple(pre.find(results[pre.run]))
+            if not steps:
+                return not_applicable(f"not exercised: {pre.says}")
+            found.append(steps)
+        try:
+            outcome = self.judge_seen(Seen(tuple(results), tuple(found)))
+        except Unjudged as exc:
+            return error(str(exc))
+        return self._earned(outcome, results, found)
+
+    def _earned(
+        self, outcome: Outcome, results: Sequence[RunResult], found: list[tuple[Step, ...]]
+    ) -> Outcome:
+        """The outcome with the preconditions' steps cited, or an error if it is not earned."""
+        verdict = outcome.verdict
+        if verdict in (Verdict.NA, Verdict.ERROR):
+            return outcome
+        if verdict not in GIVES[self.kind]:
+            return error(f"judge bug: a {self.kind} check cannot give {verdict}")
+        if verdict is Verdict.OBSERVED and not outcome.value:
+            return error("judge bug: an observation without its value")
+        pairs = zip(self.requires, found, strict=True)
+        given = [(pre.run, step.index) for pre, steps in pairs for step in steps]
+        evidence = tuple(sorted(set(given) | set(outcome.evidence)))
+        if not evidence and verdict is not Verdict.FAIL:
+            return error(f"judge bug: {verdict} without evidence ({outcome.note})")
+        for run, index in evidence:
+            if not 0 <= run < len(results) or not _has_step(results[run], index):
+                return error(f"judge bug: cited step {index} of run {run + 1} does not exist")
+        return Outcome(verdict, evidence, outcome.note, outcome.value)
+
+
+def _has_step(run: RunResult, index: int) -> bool:
+    steps = run.ladder.steps
+    return 1 <= index <= len(steps) and steps[index - 1].index == index
 
 
 _REGISTRY: dict[str, Check] = {}
 
 
 def check(
-    id: str, title: str, rfc: str, roles: tuple[str, ...], *setups: Setup
+    id: str,
+    title: str,
+    rfc: str,
+    roles: tuple[str, ...],
+    *setups: Setup,
+    requires: Sequence[Precondition] = (),
+    kind: Kind = Kind.RULE,
 ) -> Callable[[Judge], Judge]:
     """Register the decorated judge as check ``id`` over ``setups`` (the seed if none)."""
 
     def register(judge: Judge) -> Judge:
         if id in _REGISTRY:
             raise HarnessError(f"check {id!r} registered twice")
-        _REGISTRY[id] = Check(id, title, rfc, roles, setups or (SEED,), judge)
+        _REGISTRY[id] = Check(
+            id, title, rfc, roles, setups or (SEED,), judge, tuple(requires), Kind(kind)
+        )
         return judge
 
     return register

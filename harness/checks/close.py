@@ -1,22 +1,19 @@
 """Ending a session: QUIT, 221 and who closes the TCP connection (RFC 5321 §4.1.1.10, §3.8).
 
 Rules kept here:
-- All three read the last SMTP connection of the seed exchange: QUIT, the 221, and the
-  FIN/RST steps of that connection in the order they were captured.  With the sender
-  under test, the scripted receiver answers QUIT ``QUIT_DELAY_MS`` late: a client that
-  does not wait has closed by then, whatever its timing (with a prompt 221 Postfix
-  sometimes reads it along with the 250 to the message, and then closes like a client
-  that waited).
-- The server MUST reply 221 before it closes; the client MUST send QUIT before it closes
-  and SHOULD wait for the 221 (not waiting is a known deviation: Postfix's
-  ``smtp_skip_quit_response``).  A client that did not wait closes before the 221
-  arrives (FIN or RST), or resets the connection when it arrives or when it closes with
-  the 221 unread (RST): all three are the same deviation, whatever the timing.
-- The close pattern is a fact.  Once the client has read the 221, both sides close and
-  whose FIN the capture shows first is a race (the seed's receiver closes right after
-  its 221; a client such as Sendmail closes right after reading it): either order is
-  the seed's pattern and passes.  A client that did not wait is reported as a known
-  deviation.
+- All three read the last SMTP connection: QUIT, the 221, and the FIN/RST steps of that
+  connection in the order they were captured.  With the sender under test, the scripted
+  receiver answers QUIT ``QUIT_DELAY_MS`` late: a client that does not wait has closed by
+  then, whatever its timing.
+- The server MUST reply 221 before it closes (precondition: a QUIT was sent); the client
+  MUST send QUIT before it closes and SHOULD wait for the 221 (precondition: the client
+  sent QUIT or closed).  Not waiting is a known deviation (Postfix's
+  ``smtp_skip_quit_response``): a client that did not wait closes before the 221 arrives
+  (FIN or RST), or resets the connection when it arrives or when it closes with the 221
+  unread (RST): all the same deviation, whatever the timing.
+- Who closes first is a fact, not a rule: once the client has read the 221 both sides
+  close, and whose FIN the capture shows first is a race.  ``close.pattern`` is an
+  observation whose value names the order seen.
 """
 
 from __future__ import annotations
@@ -25,15 +22,18 @@ from harness.checks.base import (
     BOTH,
     RECEIVER,
     SENDER,
+    Kind,
     Outcome,
+    Precondition,
+    Seen,
     Setup,
     check,
     failed,
     known,
-    not_applicable,
+    observed,
     passed,
 )
-from harness.checks.steps import closes, commands, reply_to, smtp_conns
+from harness.checks.steps import closes, code, commands, reply_to, smtp_conns
 from harness.ladder.model import Step
 from harness.runner import RunResult
 
@@ -55,71 +55,99 @@ def _last(run: RunResult) -> tuple[Step | None, Step | None, list[Step]]:
     return quit_, reply, closes(run.ladder, conn)
 
 
+def _quit_sent(run: RunResult) -> list[Step]:
+    quit_, _reply, _ends = _last(run)
+    return [quit_] if quit_ else []
+
+
+def _client_ended(run: RunResult) -> list[Step]:
+    quit_, _reply, ends = _last(run)
+    client = [s for s in ends if s.src == run.scenario.sender_host]
+    return [quit_] if quit_ else client[:1]
+
+
+def _closed(run: RunResult) -> list[Step]:
+    return _last(run)[2][:1]
+
+
 @check(
-    "close.quit-221", "221 to QUIT before the server closes", "RFC 5321 §4.1.1.10, §3.8", RECEIVER
+    "close.quit-221",
+    "221 to QUIT before the server closes",
+    "RFC 5321 §4.1.1.10: the receiver MUST send a 221 reply to QUIT; §3.8: and only then close",
+    RECEIVER,
+    requires=[Precondition("a QUIT command", _quit_sent)],
 )
-def quit_221(run: RunResult) -> Outcome:
-    quit_, reply, ends = _last(run)
-    if quit_ is None:
-        return not_applicable("no QUIT was sent")
+def quit_221(seen: Seen) -> Outcome:
+    run = seen.run
+    _quit, reply, ends = _last(run)
     server = run.scenario.receiver_host
     early = [s for s in ends if s.src == server and (reply is None or s.index < reply.index)]
     if early:
-        return failed(f"server {early[0].kind.upper()} before any 221", quit_.index, early[0].index)
-    if reply is None or reply.get("code") != 221:
-        return failed("QUIT was not answered 221", quit_.index)
-    return passed("221, then the close", quit_.index, reply.index)
+        return failed(f"server {early[0].kind.upper()} before any 221", early[0])
+    if reply is None or code(reply) != 221:
+        return failed(f"QUIT was answered {code(reply)}, not 221", reply)
+    return passed("221, then the close", reply)
 
 
 @check(
     "close.client-waits-221",
     "QUIT before closing, then wait for the 221",
-    "RFC 5321 §4.1.1.10",
+    "RFC 5321 §4.1.1.10: the sender MUST NOT close before sending QUIT and SHOULD wait for the 221",
     SENDER,
     SLOW_221,
+    requires=[Precondition("the client sent QUIT or closed", _client_ended)],
 )
-def client_waits(run: RunResult) -> Outcome:
+def client_waits(seen: Seen) -> Outcome:
+    run = seen.run
     quit_, reply, ends = _last(run)
     client = [s for s in ends if s.src == run.scenario.sender_host]
     if quit_ is None:
-        if client:
-            return failed("closed without QUIT", client[0].index)
-        return not_applicable("no QUIT and no client close seen")
+        return failed("closed without QUIT", *client[:1])
     early = _unwaited(client, reply)
     if early:
-        return known("closed without waiting for the 221 (SHOULD wait)", quit_.index, *early)
-    return passed(
-        "QUIT, 221, then the client's close",
-        quit_.index,
-        *(s.index for s in [reply, *client[:1]] if s),
-    )
+        return known("closed without waiting for the 221 (SHOULD wait)", *early)
+    return passed("QUIT, 221, then the client's close", reply, *client[:1])
 
 
 @check(
     "close.pattern",
-    "Who closes first: the seed's receiver-first close",
-    "RFC 5321 §4.1.1.10",
+    "Who closes the connection first after QUIT",
+    "RFC 5321 §4.1.1.10, §3.8: either side may close once the 221 is read",
     BOTH,
     SLOW_221,
+    requires=[Precondition("a FIN or RST ending the last SMTP connection", _closed)],
+    kind=Kind.OBSERVATION,
 )
-def close_pattern(run: RunResult) -> Outcome:
+def close_pattern(seen: Seen) -> Outcome:
+    run = seen.run
     quit_, reply, ends = _last(run)
-    if not ends:
-        return not_applicable("no FIN or RST seen")
-    client = [s for s in ends if s.src == run.scenario.sender_host]
-    evidence = [s.index for s in (quit_, reply) if s] + [s.index for s in ends]
-    if _unwaited(client, reply):
-        kinds = "+".join(sorted({s.kind.upper() for s in client}))
-        return known(f"sender closed without waiting for the 221 ({kinds})", *evidence)
-    if reply is not None and reply.get("code") == 221:
-        return passed("221, then both sides closed (the seed's pattern)", *evidence)
-    who = "receiver" if ends[0].src == run.scenario.receiver_host else "sender"
-    return known(f"{who} {ends[0].kind.upper()} first, without a 221", *evidence)
+    names = {run.scenario.sender_host: "sender", run.scenario.receiver_host: "receiver"}
+    order = ", ".join(f"{names.get(s.src, s.src)} {s.kind.upper()}" for s in ends)
+    value = _pattern(quit_, reply, ends, names)
+    return observed(value, f"as captured: {order}", quit_, reply, *ends)
 
 
-def _unwaited(client: list[Step], reply: Step | None) -> tuple[int, ...]:
+def _pattern(
+    quit_: Step | None, reply: Step | None, ends: list[Step], names: dict[str, str]
+) -> str:
+    """The close in words that do not depend on a race: once both sides have the 221, whose
+    FIN the capture shows first is timing, so it is not part of the value."""
+    first = ends[0]
+    who = names.get(first.src, first.src)
+    if quit_ is None:
+        return f"no QUIT; {who} {first.kind.upper()} first"
+    if reply is None or code(reply) != 221:
+        return f"no 221; {who} {first.kind.upper()} first"
+    client = [s for s in ends if names.get(s.src) == "sender"]
+    early = [s for s in client if s.index < reply.index]
+    if early:
+        return f"sender {early[0].kind.upper()} before the 221"
+    if any(s.kind == "rst" for s in client):
+        return "sender RST after the 221"
+    return "both closed after the 221"
+
+
+def _unwaited(client: list[Step], reply: Step | None) -> tuple[Step, ...]:
     """The client's closing steps that show it did not wait for (or read) the 221: any
     FIN or RST before it, and any RST at all."""
-    return tuple(
-        s.index for s in client if s.kind == "rst" or reply is None or s.index < reply.index
-    )
+    return tuple(s for s in client if s.kind == "rst" or reply is None or s.index < reply.index)

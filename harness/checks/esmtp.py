@@ -3,7 +3,8 @@
 
 Rules kept here:
 - Our scripted receiver advertises exactly ``[receiver] extensions``; what the client may
-  use follows from that list alone.
+  use follows from the EHLO reply on the wire (its keyword lines, RFC 5321 §4.1.1.1),
+  which is every check's precondition: the rule is exercised once the client has read it.
 - A command is pipelined when it left while a reply to an earlier one was still owed
   (``Exchange.pipelined_after``); that is all the ladder needs to judge RFC 2920.
 - The reference sender greets with EHLO here (``reference``): these are ESMTP checks.
@@ -11,22 +12,40 @@ Rules kept here:
 
 from __future__ import annotations
 
-from harness.checks.base import SENDER, Outcome, Setup, check, failed, not_applicable, passed
+from collections.abc import Callable
+
+from harness.checks.base import (
+    SENDER,
+    Outcome,
+    Precondition,
+    Seen,
+    Setup,
+    check,
+    failed,
+    not_applicable,
+    passed,
+)
 from harness.checks.steps import (
+    after,
     all_exchanges,
     body,
     code,
     commands,
+    contents,
     params,
-    statuses,
+    replies,
     stored_for,
+    unlike,
     verb_of,
 )
+from harness.ladder.model import Step
+from harness.outcome import OutcomeStatus
 from harness.runner import RunResult
 
 EHLO = {"sender": {"ehlo": True}}
 ONE = ["c3po@receiver.com"]
 GROUP_END = frozenset({"EHLO", "DATA", "VRFY", "EXPN", "TURN", "QUIT", "NOOP"})
+PARAMETER_EXTENSIONS = frozenset({"SIZE", "8BITMIME", "SMTPUTF8", "DSN", "BINARYMIME"})
 
 
 def _esmtp(name: str, extensions: list[str], **sender: object) -> Setup:
@@ -40,6 +59,26 @@ SIZE_100 = _esmtp("size-100", ["PIPELINING", "8BITMIME", "SIZE 100"])
 NO_8BITMIME = _esmtp("no-8bitmime", ["PIPELINING", "SIZE 10240000"], message="8bit.eml")
 
 
+def advertised(reply: Step) -> dict[str, str]:
+    """The EHLO keywords of a 250 reply to EHLO, upper-cased, with their parameters (the
+    lines after the first, RFC 5321 §4.1.1.1 ehlo-line)."""
+    lines = reply.text.split("\n")[1:]
+    words = (line[4:].split(" ", 1) for line in lines)
+    return {w[0].upper(): (w[1] if len(w) > 1 else "") for w in words if w and w[0]}
+
+
+def _ehlo_reply(says: str, test: Callable[[dict[str, str]], bool]) -> Precondition:
+    """The first 250 to EHLO whose keywords pass ``test``, when the client went on (MAIL)."""
+
+    def find(run: RunResult) -> list[Step]:
+        for reply in replies(run.ladder, "EHLO", 250):
+            if test(advertised(reply)) and commands(run.ladder, "MAIL"):
+                return [reply]
+        return []
+
+    return Precondition(says, find)
+
+
 def _pipelined(run: RunResult):
     return [x for x in all_exchanges(run.ladder) if x.pipelined_after is not None]
 
@@ -47,102 +86,123 @@ def _pipelined(run: RunResult):
 @check(
     "esmtp.pipelining-advertised-only",
     "No pipelining unless PIPELINING was advertised",
-    "RFC 2920 §3.1",
+    "RFC 2920 §3.1: a client MUST NOT pipeline unless the server advertised PIPELINING",
     SENDER,
     NO_EXTENSIONS,
+    requires=[_ehlo_reply("an EHLO reply without PIPELINING, then a transaction", lambda e: not e)],
 )
-def pipelining_advertised_only(run: RunResult) -> Outcome:
+def pipelining_advertised_only(seen: Seen) -> Outcome:
+    run = seen.run
     early = _pipelined(run)
     if early:
         x = early[0]
-        assert x.pipelined_after is not None
-        return failed("pipelined without PIPELINING", x.pipelined_after.index, x.unit.index)
-    return passed(
-        "every command waited for the previous reply", *(c.index for c in commands(run.ladder)[:1])
-    )
+        return failed("pipelined without PIPELINING", x.pipelined_after, x.unit)
+    mails = commands(run.ladder, "MAIL")
+    return passed("every command waited for the previous reply", *mails[:1])
+
+
+def _pipelined_once(run: RunResult) -> list[Step]:
+    return [x.unit for x in _pipelined(run)]
 
 
 @check(
     "esmtp.pipelining-group-end",
     "EHLO, DATA, VRFY, EXPN, TURN, QUIT, NOOP end a pipelined group",
-    "RFC 2920 §3.1",
+    "RFC 2920 §3.1: these commands MUST be the last of a pipelined group",
     SENDER,
     EHLO_SEED,
+    requires=[Precondition("the client pipelined a command", _pipelined_once)],
 )
-def pipelining_group_end(run: RunResult) -> Outcome:
-    early = _pipelined(run)
-    if not early:
-        return not_applicable("the client never pipelined")
-    for x in early:
+def pipelining_group_end(seen: Seen) -> Outcome:
+    for x in _pipelined(seen.run):
         assert x.pipelined_after is not None
-        if verb_of(x.pipelined_after) in GROUP_END:
-            ender = verb_of(x.pipelined_after)
-            return failed(
-                f"sent on after {ender} without its reply", x.pipelined_after.index, x.unit.index
-            )
-    return passed("pipelined groups end where RFC 2920 says", *(x.unit.index for x in early))
+        ender = verb_of(x.pipelined_after)
+        if ender in GROUP_END:
+            return failed(f"sent on after {ender} without its reply", x.pipelined_after, x.unit)
+    return passed("pipelined groups end where RFC 2920 says")
+
+
+def _no_parameter_extension(keywords: dict[str, str]) -> bool:
+    return not PARAMETER_EXTENSIONS & set(keywords)
 
 
 @check(
     "esmtp.params-only-if-advertised",
     "No MAIL/RCPT parameters the server did not advertise",
-    "RFC 5321 §4.1.1.11; RFC 1870 §6; RFC 6152 §3",
+    "RFC 5321 §4.1.1.11: parameters only for extensions the server advertised; RFC 1870 "
+    "§6; RFC 6152 §3",
     SENDER,
     NO_EXTENSIONS,
+    requires=[
+        _ehlo_reply("an EHLO reply advertising no extension, then MAIL", _no_parameter_extension)
+    ],
 )
-def params_only_if_advertised(run: RunResult) -> Outcome:
+def params_only_if_advertised(seen: Seen) -> Outcome:
+    run = seen.run
     used = [c for c in commands(run.ladder) if verb_of(c) in ("MAIL", "RCPT") and params(c)]
     if used:
-        return failed(f"parameters {sorted(params(used[0]))} without the extension", used[0].index)
-    return passed("plain MAIL and RCPT", *(c.index for c in commands(run.ladder, "MAIL")[:1]))
+        return failed(f"parameters {sorted(params(used[0]))} without the extension", used[0])
+    return passed("plain MAIL and RCPT", *commands(run.ladder, "MAIL")[:1])
+
+
+def _size(limit: int) -> Callable[[dict[str, str]], bool]:
+    return lambda keywords: keywords.get("SIZE", "").strip() == str(limit)
 
 
 @check(
     "esmtp.size-exceeded",
     "SIZE 100 and a bigger message: 552 bounces, no content after a 552 to MAIL",
-    "RFC 1870 §6",
+    "RFC 1870 §6: a message over the advertised SIZE is refused with 552, permanently",
     SENDER,
     SIZE_100,
+    requires=[_ehlo_reply("an EHLO reply advertising SIZE 100, then MAIL", _size(100))],
 )
-def size_exceeded(run: RunResult) -> Outcome:
+def size_exceeded(seen: Seen) -> Outcome:
+    run = seen.run
     refused = [x for x in all_exchanges(run.ladder) if code(x.reply) == 552]
-    sent = [x.unit.index for x in all_exchanges(run.ladder) if x.unit.kind in ("content", "bdat")]
-    if not refused and not sent:
-        return passed("never offered the message over the advertised SIZE")
     if not refused:
-        return not_applicable("the server never answered 552", *sent)
+        if contents(run.ladder):
+            return not_applicable("the message went on the wire without a 552")
+        wrong = unlike(run, OutcomeStatus.REJECTED)
+        if wrong:
+            return failed(f"never offered the message, yet {wrong}")
+        return passed("never offered the message over the advertised SIZE; bounced")
     x = refused[0]
-    assert x.reply is not None
-    later = [y.unit for y in all_exchanges(run.ladder) if y.unit.index > x.reply.index]
-    content = [u for u in later if u.kind in ("content", "bdat") and u.conn == x.unit.conn]
+    content = [u for u in after(run.ladder, x.reply, "content")]
     if x.unit.kind == "command" and content:
-        return failed("sent the message after MAIL got 552", x.reply.index, content[0].index)
-    deferred = {r: s for r, s in statuses(run).items() if s != "rejected"}
-    if deferred:
-        return failed(f"552 is permanent, yet {deferred}", x.reply.index)
+        return failed("sent the message after MAIL got 552", x.reply, content[0])
+    wrong = unlike(run, OutcomeStatus.REJECTED)
+    if wrong:
+        return failed(f"552 is permanent, yet {wrong}", x.reply)
     declared = x.unit.kind == "command" and "SIZE" in params(x.unit)
     how = "declared SIZE" if declared else "sent the message"
-    return passed(f"{how}, got 552, bounced", x.unit.index, x.reply.index)
+    return passed(f"{how}, got 552, bounced", x.unit, x.reply)
 
 
 @check(
     "esmtp.8bitmime",
     "8-bit body to a server without 8BITMIME: converted or bounced, never sent as is",
-    "RFC 6152 §3",
+    "RFC 6152 §3: without 8BITMIME the client MUST NOT send 8-bit data: it converts the "
+    "message or returns it as undeliverable",
     SENDER,
     NO_8BITMIME,
+    requires=[
+        _ehlo_reply("an EHLO reply without 8BITMIME, then MAIL", lambda e: "8BITMIME" not in e)
+    ],
 )
-def eight_bit(run: RunResult) -> Outcome:
+def eight_bit(seen: Seen) -> Outcome:
+    run = seen.run
     mails = commands(run.ladder, "MAIL")
     declared = [m for m in mails if "BODY" in params(m)]
     if declared:
-        return failed("BODY= without 8BITMIME advertised", declared[0].index)
+        return failed("BODY= without 8BITMIME advertised", declared[0])
+    sent = contents(run.ladder)
     copies = stored_for(run, ONE[0])
-    content = [x.unit.index for x in all_exchanges(run.ladder) if x.unit.kind == "content"]
     if any(byte >= 0x80 for copy in copies for byte in body(copy)):
-        return failed("8-bit body sent to a server without 8BITMIME", *content)
+        return failed("8-bit body sent to a server without 8BITMIME", *sent)
     if copies:
-        return passed("converted to 7 bit before sending", *content)
-    if statuses(run)[ONE[0]] == "rejected":
-        return passed("bounced: the server cannot take 8-bit data", *(m.index for m in mails[:1]))
-    return not_applicable("the message was neither stored nor bounced")
+        return passed("converted to 7 bit before sending", *sent)
+    wrong = unlike(run, OutcomeStatus.REJECTED)
+    if wrong:
+        return failed(f"neither converted nor bounced: {wrong}")
+    return passed("bounced: the server cannot take 8-bit data", *mails[:1])

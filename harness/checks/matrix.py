@@ -8,33 +8,38 @@ Rules kept here:
 - A run folder is ``OUT/<mta>/<role>/<setup>``: capture.pcap, ladder.svg, the peers' and
   the MTA's logs.  Setups that give the same scenario data run once per column and role;
   their cells share the folder.
-- A cell is an error when a run raised a ``HarnessError`` or its judge could not judge
-  (``Unjudged``); any other exception is a bug and is not hidden.
-- Each cell carries its expectation (``expected.Expected``) and how it differs from it.
+- A cell is an error when a run raised a ``HarnessError``, recorded one of our faults
+  (``RunResult.faults``: its verdict is error, whatever the wire shows), or its judge gave
+  an error (``Check.judge``); any other exception is a bug and is not hidden.
+- Each cell carries its expectation (``expected.Expected``) and how it differs from it;
+  a column carries the MTA's upstream and Debian versions and the .debs it ran from.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from harness import __version__
-from harness.checks.base import REFERENCE, Check, Outcome, Setup
+from harness.checks.base import REFERENCE, Check, Cite, Outcome, Setup
 from harness.checks.expected import Entry, Expected, difference
 from harness.errors import HarnessError
 from harness.runner import RunResult, run_scenario
+from harness.verdict import Verdict
 
 
 @dataclass(frozen=True)
 class Column:
     mta: str
-    version: str
+    version: str  # upstream, e.g. "4.96"
     unavailable: str = ""  # why this MTA cannot run here ("" when it can)
+    package_version: str = ""  # Debian's, e.g. "4.96-15+deb12u11"
+    debs: tuple[dict, ...] = ()  # package, version, file, sha256
 
     @property
     def label(self) -> str:
-        return f"{self.mta} {self.version}"
+        return f"{self.mta} {self.package_version or self.version}"
 
 
 @dataclass(frozen=True)
@@ -49,16 +54,16 @@ class Cell:
     check: Check
     role: str
     column: Column
-    verdict: str  # a check verdict, or "error"
+    verdict: Verdict
     note: str
     expected: Entry
-    evidence: tuple[int, ...] = ()
-    evidence_run: int = 0
+    evidence: tuple[Cite, ...] = ()
     folders: tuple[Path, ...] = field(default_factory=tuple)
+    value: str | None = None  # an observation's value
 
     @property
     def difference(self) -> str:
-        return difference(self.expected.verdict, self.verdict)
+        return difference(self.expected, self.verdict, self.value)
 
     @property
     def name(self) -> str:
@@ -68,11 +73,12 @@ class Cell:
 def column(mta: str, adapters: dict) -> Column:
     """The column of ``mta``: its version, or why it cannot run here."""
     if mta == REFERENCE:
-        return Column(REFERENCE, __version__)
+        return Column(REFERENCE, __version__, package_version=__version__)
     adapter = adapters[mta]
     try:
         adapter.prepare()
-        return Column(mta, adapter.version())
+        debs = tuple(asdict(deb) for deb in adapter.debs())
+        return Column(mta, adapter.version(), "", adapter.package_version(), debs)
     except HarnessError as exc:
         return Column(mta, "?", unavailable=str(exc))
 
@@ -98,18 +104,20 @@ class Matrix:
         ]
 
     def cell(self, check: Check, role: str, col: Column) -> Cell:
-        expected = self.expected.entry(col.mta, col.version, role, check.id)
+        expected = self.expected.entry(col.mta, col.version, role, check.id, check.kind)
         if col.unavailable:
-            return Cell(check, role, col, "error", col.unavailable, expected)
+            return Cell(check, role, col, Verdict.ERROR, col.unavailable, expected)
         runs = [self._run(setup, col, role) for setup in check.setups]
         folders = tuple(r.folder for r in runs)
-        failed = next((r for r in runs if r.result is None), None)
-        if failed is not None:
-            return Cell(check, role, col, "error", failed.error, expected, folders=folders)
-        try:
-            outcome: Outcome = check.judge([r.result for r in runs if r.result])
-        except HarnessError as exc:  # Unjudged: the run lacks what the verdict needs
-            return Cell(check, role, col, "error", str(exc), expected, folders=folders)
+        broken = next((r for r in runs if r.result is None), None)
+        if broken is not None:
+            return Cell(check, role, col, Verdict.ERROR, broken.error, expected, folders=folders)
+        results = [r.result for r in runs if r.result]
+        faults = [f.line() for r in results for f in r.faults]
+        if faults:
+            note = "harness fault: " + "; ".join(faults)
+            return Cell(check, role, col, Verdict.ERROR, note, expected, folders=folders)
+        outcome: Outcome = check.judge(results)
         return Cell(
             check,
             role,
@@ -118,8 +126,8 @@ class Matrix:
             outcome.note,
             expected,
             outcome.evidence,
-            outcome.run,
             folders,
+            outcome.value,
         )
 
     def _run(self, setup: Setup, col: Column, role: str) -> Run:

@@ -3,10 +3,14 @@
 Rules kept here:
 - All three are written from the same cells, in plan order; links are relative to the
   output folder, so the folder can be moved or published as it is.
-- HTML: one row per (check, role), one column per MTA; a cell shows its verdict, links to
-  each run's ladder.svg, capture.pcap and the log of the side under test, and marks a
-  difference from the expected matrix (regression or improvement) with its expectation.
-  Everything is escaped; the page needs no script and no network.
+- HTML: one row per (check, role), one column per MTA (its Debian version); a cell shows
+  its verdict (an observation its value), the steps it cites, links to each run's
+  ladder.svg, capture.pcap and the log of the side under test, and marks a difference
+  from the expected matrix (regression, improvement, changed) with its expectation.
+  Above the table: for each column whose Debian version is not the one the expected file
+  was written for, "expected file written for X, ran Y".  Everything is escaped; the page
+  needs no script and no network.
+- JSON also records each column's .debs (package, version, file, sha256).
 - JUnit: one testcase per cell.  A difference from the expected matrix is a <failure>, an
   error cell an <error>, an expected n/a a <skipped>; known results pass with their reason.
 """
@@ -22,14 +26,17 @@ from pathlib import Path
 from xml.etree import ElementTree as ET
 
 from harness.checks.base import REFERENCE
+from harness.checks.expected import Expected
 from harness.checks.matrix import Cell, Column
+from harness.verdict import Verdict
 
 VERDICT_CLASS = {
-    "pass": "pass",
-    "fail": "fail",
-    "n/a": "na",
-    "deviation-known": "known",
-    "error": "error",
+    Verdict.PASS: "pass",
+    Verdict.FAIL: "fail",
+    Verdict.NA: "na",
+    Verdict.KNOWN: "known",
+    Verdict.OBSERVED: "observed",
+    Verdict.ERROR: "error",
 }
 
 
@@ -63,10 +70,15 @@ def cell_data(cell: Cell, out: Path) -> dict:
         "role": cell.role,
         "mta": cell.column.mta,
         "version": cell.column.version,
-        "verdict": cell.verdict,
+        "verdict": str(cell.verdict),
+        "value": cell.value,
         "note": cell.note,
-        "evidence": {"run": cell.evidence_run, "steps": list(cell.evidence)},
-        "expected": {"verdict": cell.expected.verdict, "reason": cell.expected.reason},
+        "evidence": [{"run": run, "step": step} for run, step in cell.evidence],
+        "expected": {
+            "verdict": str(cell.expected.verdict),
+            "value": cell.expected.value,
+            "reason": cell.expected.reason,
+        },
         "difference": cell.difference,
         "runs": artefacts(cell, out),
     }
@@ -74,16 +86,37 @@ def cell_data(cell: Cell, out: Path) -> dict:
 
 def summary(cells: list[Cell]) -> dict[str, dict[str, int]]:
     return {
-        "verdicts": dict(Counter(c.verdict for c in cells)),
+        "verdicts": {str(v): n for v, n in Counter(c.verdict for c in cells).items()},
         "differences": dict(Counter(c.difference for c in cells)),
     }
 
 
-def write_json(cells: list[Cell], out: Path, expected_source: str) -> Path:
+def version_notes(cells: list[Cell], expected: Expected) -> list[str]:
+    """ "expected file written for X, ran Y" for each column whose Debian version differs."""
+    notes = []
+    for col in _columns(cells):
+        written = expected.written_for(col.mta, col.version)
+        if written and col.package_version and written != col.package_version:
+            notes.append(
+                f"{col.mta}: expected file written for {written}, ran {col.package_version}"
+            )
+    return notes
+
+
+def write_json(cells: list[Cell], out: Path, expected: Expected) -> Path:
     data = {
         "generated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "expected": expected_source,
-        "columns": [{"mta": c.mta, "version": c.version} for c in _columns(cells)],
+        "expected": expected.source,
+        "version_notes": version_notes(cells, expected),
+        "columns": [
+            {
+                "mta": c.mta,
+                "version": c.version,
+                "package_version": c.package_version,
+                "debs": list(c.debs),
+            }
+            for c in _columns(cells)
+        ],
         "summary": summary(cells),
         "cells": [cell_data(c, out) for c in cells],
     }
@@ -99,15 +132,15 @@ def write_junit(cells: list[Cell], out: Path) -> Path:
         case = ET.SubElement(
             suite, "testcase", classname=f"{cell.column.mta}.{cell.role}", name=cell.check.id
         )
-        message = f"{cell.verdict}: {cell.note}"
+        message = f"{shown(cell)}: {cell.note}"
         if cell.difference != "match":
             counts["failures"] += 1
-            wanted = f"expected {cell.expected.verdict}, got {cell.verdict}"
+            wanted = f"expected {expected_shown(cell)}, got {shown(cell)}"
             ET.SubElement(case, "failure", message=f"{cell.difference}: {wanted}").text = message
-        elif cell.verdict == "error":
+        elif cell.verdict is Verdict.ERROR:
             counts["errors"] += 1
             ET.SubElement(case, "error", message=cell.note)
-        elif cell.verdict == "n/a":
+        elif cell.verdict is Verdict.NA:
             counts["skipped"] += 1
             ET.SubElement(case, "skipped", message=cell.note)
         else:
@@ -124,6 +157,18 @@ def _columns(cells: list[Cell]) -> list[Column]:
     return list(dict.fromkeys(c.column for c in cells))
 
 
+def shown(cell: Cell) -> str:
+    """A cell's verdict as shown: an observation with its value."""
+    return f"observed {cell.value!r}" if cell.verdict is Verdict.OBSERVED else str(cell.verdict)
+
+
+def expected_shown(cell: Cell) -> str:
+    entry = cell.expected
+    if entry.verdict is Verdict.OBSERVED:
+        return f"observed {entry.value!r}" if entry.value else "an observation not recorded yet"
+    return str(entry.verdict)
+
+
 STYLE = """
 body { font: 14px/1.4 system-ui, sans-serif; margin: 1.5em; color: #222; }
 table { border-collapse: collapse; }
@@ -134,12 +179,13 @@ td.cell { min-width: 14em; max-width: 22em; }
 .verdict { font-weight: bold; padding: 1px 6px; border-radius: 3px; }
 .pass { background: #d6f5d6; } .fail { background: #f8d0d0; } .na { background: #e8e8e8; }
 .known { background: #fbecc0; } .error { background: #555; color: #fff; }
+.observed { background: #dde8f8; } .versions { color: #a60; font-weight: bold; }
 .diff { color: #b00; font-weight: bold; } .note { font-size: 12px; color: #444; }
 .links a { font-size: 12px; margin-right: 0.5em; }
 """
 
 
-def write_html(cells: list[Cell], out: Path, expected_source: str) -> Path:
+def write_html(cells: list[Cell], out: Path, expected: Expected) -> Path:
     columns = _columns(cells)
     rows: dict[tuple[str, str], dict[Column, Cell]] = {}
     for cell in cells:
@@ -149,11 +195,12 @@ def write_html(cells: list[Cell], out: Path, expected_source: str) -> Path:
     counts = summary(cells)
     totals = ", ".join(f"{n} {escape(v)}" for v, n in sorted(counts["verdicts"].items()))
     changed = ", ".join(f"{n} {d}" for d, n in sorted(counts["differences"].items()))
+    notes = "".join(f"<p class=versions>{escape(n)}</p>" for n in version_notes(cells, expected))
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>SMTP conformance matrix</title>
 <style>{STYLE}</style></head><body>
 <h1>SMTP conformance matrix</h1>
-<p>{len(cells)} cells: {totals}. Against {escape(expected_source)}: {changed}.</p>
+{notes}<p>{len(cells)} cells: {totals}. Against {escape(expected.source)}: {changed}.</p>
 <table><thead><tr><th>check</th><th>role</th>{head}</tr></thead>
 <tbody>
 {body}
@@ -177,18 +224,26 @@ def _row(by_column: dict[Column, Cell], columns: list[Column], out: Path) -> str
 def _cell(cell: Cell | None, out: Path) -> str:
     if cell is None:
         return "<td></td>"
-    verdict = f"<span class='verdict {VERDICT_CLASS[cell.verdict]}'>{escape(cell.verdict)}</span>"
+    verdict = f"<span class='verdict {VERDICT_CLASS[cell.verdict]}'>{escape(shown(cell))}</span>"
     diff = ""
     if cell.difference != "match":
-        diff = (
-            f" <span class=diff>{cell.difference}: expected {escape(cell.expected.verdict)}</span>"
-        )
+        wanted = escape(expected_shown(cell))
+        diff = f" <span class=diff>{cell.difference}: expected {wanted}</span>"
     reason = f"<br><i>known: {escape(cell.expected.reason)}</i>" if cell.expected.reason else ""
-    steps = ", ".join(map(str, cell.evidence))
-    evidence = f"<br>steps {steps}" if steps else ""
+    evidence = f"<br>{escape(_cited(cell))}" if cell.evidence else ""
     links = "".join(_links(run, i, len(cell.folders)) for i, run in enumerate(artefacts(cell, out)))
     note = f"<div class=note>{escape(cell.note)}{evidence}{reason}</div>"
     return f"<td class=cell>{verdict}{diff}{note}<div class=links>{links}</div></td>"
+
+
+def _cited(cell: Cell) -> str:
+    """The cited steps, per run when the check has several."""
+    runs = sorted({run for run, _ in cell.evidence})
+    parts = []
+    for run in runs:
+        steps = ", ".join(str(step) for r, step in cell.evidence if r == run)
+        parts.append(f"run {run + 1} steps {steps}" if len(cell.folders) > 1 else f"steps {steps}")
+    return "; ".join(parts)
 
 
 def _links(run: dict[str, str], number: int, runs: int) -> str:

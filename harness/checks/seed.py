@@ -17,8 +17,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from harness.checks.base import BOTH, Outcome, check, failed, known, passed
-from harness.checks.steps import closes, commands, smtp_conns
+from harness.checks.base import BOTH, Outcome, Seen, check, failed, known, passed
+from harness.checks.steps import closes, commands, records, smtp_conns, verb_of
 from harness.ladder.model import Ladder, Step
 from harness.runner import RunResult
 
@@ -35,7 +35,8 @@ class Row:
     fits: Callable[[Step], bool] = lambda step: True
 
 
-def _text(prefix: str) -> Callable[[Step], bool]:
+def _line(prefix: str) -> Callable[[Step], bool]:
+    """A command step whose line (the client's own bytes) starts with ``prefix``."""
     return lambda step: step.text.upper().startswith(prefix.upper())
 
 
@@ -43,35 +44,43 @@ def _reply(code: int, answers: str) -> Callable[[Step], bool]:
     return lambda step: step.get("code") == code and step.get("answers") == answers
 
 
+def _question(qtype: str) -> Callable[[Step], bool]:
+    return lambda step: step.get("qtype") == qtype
+
+
+def _answer(rtype: str) -> Callable[[Step], bool]:
+    return lambda step: bool(records(step, rtype=rtype))
+
+
 SEED_ROWS = (
-    Row(1, S, D, "dns-query", "MX query", lambda s: s.text.upper().endswith("IN MX")),
-    Row(2, D, S, "dns-answer", "MX answer", _text("MX ")),
+    Row(1, S, D, "dns-query", "MX query", _question("MX")),
+    Row(2, D, S, "dns-answer", "MX answer", _answer("MX")),
     Row(3, S, R, "syn", "SYN"),
     Row(4, R, S, "syn-ack", "SYN-ACK"),
     Row(5, S, R, "ack", "ACK"),
     Row(6, R, S, "reply", "220 greeting", _reply(220, "<greeting>")),
-    Row(7, S, R, "command", "HELO", _text("HELO ")),
-    Row(8, R, D, "dns-query", "PTR query", lambda s: s.text.upper().endswith("IN PTR")),
-    Row(9, D, R, "dns-answer", "PTR answer", _text("PTR ")),
+    Row(7, S, R, "command", "HELO", _line("HELO ")),
+    Row(8, R, D, "dns-query", "PTR query", _question("PTR")),
+    Row(9, D, R, "dns-answer", "PTR answer", _answer("PTR")),
     Row(10, R, S, "reply", "250 to HELO", _reply(250, "HELO")),
-    Row(11, S, R, "command", "VRFY aibo", _text("VRFY aibo")),
+    Row(11, S, R, "command", "VRFY aibo", _line("VRFY aibo")),
     Row(12, R, S, "reply", "550 to VRFY aibo", _reply(550, "VRFY")),
-    Row(13, S, R, "command", "VRFY c3po", _text("VRFY c3po")),
+    Row(13, S, R, "command", "VRFY c3po", _line("VRFY c3po")),
     Row(14, R, S, "reply", "250 to VRFY c3po", _reply(250, "VRFY")),
-    Row(15, S, R, "command", "VRFY r2d2", _text("VRFY r2d2")),
+    Row(15, S, R, "command", "VRFY r2d2", _line("VRFY r2d2")),
     Row(16, R, S, "reply", "250 to VRFY r2d2", _reply(250, "VRFY")),
-    Row(17, S, R, "command", "MAIL FROM", _text("MAIL FROM:<luke@sender.com>")),
+    Row(17, S, R, "command", "MAIL FROM", _line("MAIL FROM:<luke@sender.com>")),
     Row(18, R, S, "reply", "250 to MAIL", _reply(250, "MAIL")),
-    Row(19, S, R, "command", "RCPT c3po", _text("RCPT TO:<c3po@receiver.com>")),
+    Row(19, S, R, "command", "RCPT c3po", _line("RCPT TO:<c3po@receiver.com>")),
     Row(20, R, S, "reply", "250 to RCPT c3po", _reply(250, "RCPT")),
-    Row(21, S, R, "command", "RCPT r2d2", _text("RCPT TO:<r2d2@receiver.com>")),
+    Row(21, S, R, "command", "RCPT r2d2", _line("RCPT TO:<r2d2@receiver.com>")),
     Row(22, R, S, "reply", "250 to RCPT r2d2", _reply(250, "RCPT")),
-    Row(23, S, R, "command", "DATA", _text("DATA")),
+    Row(23, S, R, "command", "DATA", _line("DATA")),
     Row(24, R, S, "reply", "354", _reply(354, "DATA")),
     Row(25, S, R, "content", "the message"),
     Row(26, S, R, "content", '"." (folded into the content step)'),
     Row(27, R, S, "reply", "250 to end of data", _reply(250, "<end-of-data>")),
-    Row(28, S, R, "command", "QUIT", _text("QUIT")),
+    Row(28, S, R, "command", "QUIT", _line("QUIT")),
     Row(29, R, S, "reply", "221", _reply(221, "QUIT")),
     Row(30, R, S, "fin", "receiver FIN first"),
     Row(31, S, R, "fin-ack", "ACK of that FIN"),
@@ -117,9 +126,7 @@ def _fits(row: Row, step: Step, src: str, dst: str) -> bool:
 def facts(run: RunResult) -> list[str]:
     """What explains most differences from the seed: hello verb, VRFY, who closed first."""
     ladder: Ladder = run.ladder
-    hello = [
-        s.text.split()[0].upper() for s in commands(ladder) if s.get("verb") in ("HELO", "EHLO")
-    ]
+    hello = [verb_of(s) for s in commands(ladder) if verb_of(s) in ("HELO", "EHLO")]
     out = [f"greeted with {'/'.join(dict.fromkeys(hello)) or 'nothing'}"]
     out.append(f"{len(commands(ladder, 'VRFY'))} VRFY")
     for conn in smtp_conns(ladder)[-1:]:
@@ -129,7 +136,8 @@ def facts(run: RunResult) -> list[str]:
 
 
 @check("seed.exchange", "Check zero: the seed's 33 steps", "seed/ladder.md; RFC 5321 §3", BOTH)
-def seed_exchange(run: RunResult) -> Outcome:
+def seed_exchange(seen: Seen) -> Outcome:
+    run = seen.run
     found = match_seed(run)
     hits = sorted({s.index for s in found.values() if s is not None})
     missed = [row for row in SEED_ROWS if found[row.number] is None]

@@ -1,56 +1,63 @@
 """Session checks: greetings, EHLO/HELO, VRFY, replies by first digit, the small commands
-(RFC 5321 §3.1, §3.2, §3.5.3, §4.1.1, §4.2, §4.3.2, §4.5.3.1.4, §7.3).
+(RFC 5321 §3.1, §3.2, §3.5, §4.1.1, §4.2, §4.3.2, §4.5.3.1.4, §7.3).
 
 Rules kept here:
 - As *sender* the MTA under test talks to our scripted receiver, whose ``replies`` rules
   provoke it; as *receiver* it answers our scripted sender, whose ``script`` adds the
   commands to judge.  The reference column's sender greets with EHLO where a check is
   about EHLO (``reference``), as every real MTA does.
-- A reply is judged by its code; a command by whether it was sent and what came after it
-  on the same connection.
+- The provocation is each check's precondition: the 421 greeting was sent, the EHLO was
+  refused, the VRFY was asked.  A reply is judged by its code; a command by whether it
+  was sent and what came after it on the same connection.
+- A VRFY argument is a ``String`` (§4.1.1.6: ``vrfy = "VRFY" SP String CRLF``): a bare user
+  name is valid syntax, so a 501 ("syntax error in parameters or arguments") to it is a
+  wrong answer, not a tolerated one.
 """
 
 from __future__ import annotations
 
 from harness.checks.base import (
     RECEIVER,
-    SEED,
     SENDER,
     Outcome,
+    Precondition,
+    Seen,
     Setup,
     check,
     failed,
     known,
-    not_applicable,
     passed,
 )
 from harness.checks.steps import (
     accepted_data,
+    after,
     all_exchanges,
     code,
     commands,
-    greeting,
+    greetings,
     params,
+    replies,
     reply_to,
-    smtp_conns,
-    status,
-    statuses,
     stored_for,
+    unlike,
     verb_of,
 )
 from harness.ladder.model import Step
+from harness.outcome import OutcomeStatus
 from harness.runner import RunResult
 
 EHLO = {"sender": {"ehlo": True}}
 TWO = ["c3po@receiver.com", "r2d2@receiver.com"]
 LONG_NOOP = "NOOP " + "x" * 505  # 510 octets + CRLF: exactly the 512-octet limit
+SHORT_NOOP = "NOOP x"  # the control: NOOP's argument alone is accepted (§4.1.1.9)
+LINE_PAUSE_MS = 1500  # between the lines of the multi-line greeting
 
 
-def _greeting(code_: int | None, text: str | list[str], **sender: object) -> dict:
-    rule: dict = {"on": "<greeting>", "text": text}
+def _greeting(code_: int | None, text: str | list[str], **rule: object) -> dict:
+    reply: dict = {"on": "<greeting>", "text": text, **rule}
     if code_ is not None:
-        rule["code"] = code_
-    return {"receiver": {"replies": [rule]}, "sender": {"recipients": TWO, **sender}}
+        reply["code"] = code_
+    return {"receiver": {"replies": [reply]}, "sender": {"recipients": TWO}}
 
 
 def _reply(on: str, code_: int, recipients: list[str] = TWO, **rule: object) -> dict:
@@ -60,9 +67,9 @@ def _reply(on: str, code_: int, recipients: list[str] = TWO, **rule: object) -> 
     }
 
 
+GREETING_LINES = ["mail.receiver.com ESMTP smtp-harness", "a second line", "and a third"]
 MULTILINE = Setup(
-    "greeting-multiline",
-    _greeting(None, ["mail.receiver.com ESMTP smtp-harness", "a second line", "and a third"]),
+    "greeting-multiline", _greeting(None, GREETING_LINES, line_pause_ms=LINE_PAUSE_MS)
 )
 GREETING_421 = Setup("greeting-421", _greeting(421, "mail.receiver.com Service not available"))
 GREETING_554 = Setup("greeting-554", _greeting(554, "mail.receiver.com No SMTP service here"))
@@ -77,6 +84,7 @@ VRFY_DISABLED = Setup(
 )
 MAIL_451 = Setup("mail-451", _reply("MAIL", 451))
 MAIL_550 = Setup("mail-550", _reply("MAIL", 550))
+PARTIAL = {"c3po@receiver.com": 550, "r2d2@receiver.com": 451, "bb8@receiver.com": 250}
 RCPT_MIXED = Setup(
     "rcpt-mixed",
     {
@@ -87,7 +95,7 @@ RCPT_MIXED = Setup(
                 {"on": "RCPT", "argument": "r2d2@receiver.com", "code": 451},
             ],
         },
-        "sender": {"recipients": [*TWO, "bb8@receiver.com"]},
+        "sender": {"recipients": list(PARTIAL)},
     },
 )
 EXTRA_COMMANDS = Setup(
@@ -99,255 +107,256 @@ EXTRA_COMMANDS = Setup(
                 {"at": "MAIL", "send": "NOOP"},
                 {"at": "MAIL", "send": "RSET"},
                 {"at": "MAIL", "send": "XYZZY"},
+                {"at": "MAIL", "send": SHORT_NOOP},
                 {"at": "MAIL", "send": LONG_NOOP},
                 {"at": "MAIL", "position": "instead", "send": "mail FROM:<luke@sender.com>"},
             ],
         }
     },
 )
-VRFY_ALLOWED = {"known": {250, 251, 252}, "unknown": {550, 551, 553, 252}}
-VRFY_SYNTAX = 501  # any command may get it (§4.3.2), but a bare user name is valid (§3.5.3)
+VRFY_ALLOWED = {True: {250, 251, 252}, False: {550, 551, 553, 252}}  # by "is a user"
 
 
-def _after(run: RunResult, step: Step) -> list[Step]:
-    """Client commands on the step's connection after it."""
-    return [c for c in commands(run.ladder) if c.conn == step.conn and c.index > step.index]
+def _hello(run: RunResult, step: Step) -> Step | None:
+    """The first command after ``step`` on its connection, if it is HELO or EHLO."""
+    later = after(run.ladder, step)
+    return later[0] if later and verb_of(later[0]) in ("HELO", "EHLO") else None
 
 
-def _greetings(run: RunResult, code_: int) -> list[Step]:
-    found = (greeting(run.ladder, conn) for conn in smtp_conns(run.ladder))
-    return [g for g in found if g is not None and code(g) == code_]
+def _greeted(wanted: int, says: str, lines: int = 1) -> Precondition:
+    def find(run: RunResult) -> list[Step]:
+        found = greetings(run.ladder, wanted)
+        return [g for g in found if int(g.get("lines") or 1) >= lines]
+
+    return Precondition(says, find)
 
 
 @check(
     "session.greeting-multiline",
     "Nothing sent before the last line of a multi-line 220",
-    "RFC 5321 §4.2, §4.3.1",
+    "RFC 5321 §4.2: the client waits for the reply's last line; §4.3.1: the greeting may be "
+    "multi-line",
     SENDER,
     MULTILINE,
+    requires=[_greeted(220, "a multi-line 220 greeting, sent line by line", lines=2)],
 )
-def greeting_multiline(run: RunResult) -> Outcome:
-    conns = smtp_conns(run.ladder)
-    hello = greeting(run.ladder, conns[0]) if conns else None
-    if hello is None or int(hello.get("lines") or 1) < 2:
-        return not_applicable("no multi-line greeting was seen")
+def greeting_multiline(seen: Seen) -> Outcome:
+    run, hello = seen.run, seen.found[0][0]
     early = [c for c in commands(run.ladder) if c.conn == hello.conn and c.index < hello.index]
     if early:
-        return failed("a command before the greeting's last line", early[0].index, hello.index)
-    later = _after(run, hello)
-    if not later or verb_of(later[0]) not in ("HELO", "EHLO"):
-        return failed("no HELO/EHLO after the multi-line greeting", hello.index)
-    return passed(f"{verb_of(later[0])} after the last greeting line", hello.index, later[0].index)
+        return failed("a command before the greeting's last line", early[0], hello)
+    first = _hello(run, hello)
+    if first is None:
+        return failed("no HELO/EHLO after the multi-line greeting")
+    return passed(f"{verb_of(first)} after the last greeting line", first)
 
 
 @check(
     "session.greeting-421",
     "421 greeting: no transaction, the message stays queued",
-    "RFC 5321 §3.1, §4.2.1",
+    "RFC 5321 §3.1, §4.2.1: 421 is temporary; the client tries later",
     SENDER,
     GREETING_421,
+    requires=[_greeted(421, "a 421 greeting")],
 )
-def greeting_421(run: RunResult) -> Outcome:
-    refused = _greetings(run, 421)
-    if not refused:
-        return not_applicable("no 421 greeting was seen")
-    for hello in refused:
-        extra = [c for c in _after(run, hello) if verb_of(c) != "QUIT"]
+def greeting_421(seen: Seen) -> Outcome:
+    run = seen.run
+    for hello in seen.found[0]:
+        extra = [c for c in after(run.ladder, hello) if verb_of(c) != "QUIT"]
         if extra:
-            return failed("went on after a 421 greeting", hello.index, extra[0].index)
-    bounced = {r: s for r, s in statuses(run).items() if s != "deferred"}
-    if bounced:
-        return failed(f"421 is temporary, yet {bounced}", refused[0].index)
-    return passed("stopped at the 421, message deferred", *(g.index for g in refused))
+            return failed("went on after a 421 greeting", extra[0])
+    wrong = unlike(run, OutcomeStatus.DEFERRED)
+    if wrong:
+        return failed(f"421 is temporary, yet {wrong}")
+    return passed("stopped at the 421, message deferred")
 
 
 @check(
     "session.greeting-554",
     "554 greeting: no transaction; QUIT, not a dropped connection",
-    "RFC 5321 §3.1",
+    "RFC 5321 §3.1: after a 554 greeting the server waits for QUIT; no mail transaction",
     SENDER,
     GREETING_554,
+    requires=[_greeted(554, "a 554 greeting")],
 )
-def greeting_554(run: RunResult) -> Outcome:
-    refused = _greetings(run, 554)
-    if not refused:
-        return not_applicable("no 554 greeting was seen")
-    hello = refused[0]
-    later = _after(run, hello)
+def greeting_554(seen: Seen) -> Outcome:
+    run, hello = seen.run, seen.found[0][0]
+    later = after(run.ladder, hello)
     transaction = [c for c in later if verb_of(c) in ("MAIL", "RCPT", "DATA")]
     if transaction:
-        return failed(
-            "started a transaction after a 554 greeting", hello.index, transaction[0].index
-        )
+        return failed("started a transaction after a 554 greeting", transaction[0])
     quits = [c for c in later if verb_of(c) == "QUIT"]
     if not quits:
-        return known("closed without QUIT (the server waits for one)", hello.index)
-    return passed("no transaction, QUIT sent", hello.index, quits[0].index)
+        return known("closed without QUIT (the server waits for one)")
+    return passed("no transaction, QUIT sent", quits[0])
+
+
+def _refused_ehlo(run: RunResult) -> list[Step]:
+    refused = [
+        x
+        for x in all_exchanges(run.ladder)
+        if verb_of(x.unit) == "EHLO" and code(x.reply) in (500, 502)
+    ]
+    return [step for x in refused[:1] for step in (x.unit, x.reply) if step]
 
 
 @check(
     "session.ehlo-helo-fallback",
     "EHLO refused with 502: HELO on the same connection, no extensions",
-    "RFC 5321 §3.2, §4.1.4",
+    "RFC 5321 §3.2: a client refused EHLO falls back to HELO; §4.1.4",
     SENDER,
     EHLO_502,
+    requires=[Precondition("an EHLO answered 500 or 502", _refused_ehlo)],
 )
-def ehlo_fallback(run: RunResult) -> Outcome:
-    refused = [
-        x
-        for x in all_exchanges(run.ladder)
-        if x.unit.kind == "command" and verb_of(x.unit) == "EHLO" and code(x.reply) in (500, 502)
-    ]
-    if not refused:
-        return not_applicable("no EHLO was refused (the client greeted with HELO)")
-    ehlo = refused[0]
-    assert ehlo.reply is not None  # refused means answered
-    later = _after(run, ehlo.unit)
-    if not later or verb_of(later[0]) != "HELO":
-        return failed("no HELO on the same connection after EHLO got 502", ehlo.reply.index)
+def ehlo_fallback(seen: Seen) -> Outcome:
+    run, (_ehlo, refusal) = seen.run, seen.found[0]
+    first = _hello(run, refusal)
+    if first is None or verb_of(first) != "HELO":
+        return failed("no HELO on the same connection after EHLO got 502")
+    later = after(run.ladder, first)
     with_params = [c for c in later if verb_of(c) in ("MAIL", "RCPT") and params(c)]
     if with_params:
-        return failed("ESMTP parameters after falling back to HELO", with_params[0].index)
-    return passed(
-        "EHLO 502, HELO, plain commands", ehlo.unit.index, ehlo.reply.index, later[0].index
-    )
+        return failed("ESMTP parameters after falling back to HELO", with_params[0])
+    return passed("EHLO 502, HELO, plain commands", first)
 
 
-def _vrfy_replies(run: RunResult) -> list[tuple[Step, Step | None]]:
-    return [
-        (x.unit, x.reply)
-        for x in all_exchanges(run.ladder)
-        if x.unit.kind == "command" and verb_of(x.unit) == "VRFY"
-    ]
+def _vrfy_sent(run: RunResult) -> list[Step]:
+    return commands(run.ladder, "VRFY")
+
+
+def _vrfy_pairs(run: RunResult) -> list[tuple[Step, Step | None]]:
+    return [(x.unit, x.reply) for x in all_exchanges(run.ladder) if verb_of(x.unit) == "VRFY"]
+
+
+def _argument(step: Step) -> str:
+    return step.text.partition(" ")[2].strip()
 
 
 @check(
     "session.vrfy-codes",
     "VRFY answers 250/251/252 or 550/551/553, never seeming to verify a non-user",
-    "RFC 5321 §3.5.3, §4.3.2, §4.5.1",
+    "RFC 5321 §3.5.1, §3.5.3, §4.3.2 (VRFY replies); §4.1.1.6 (a user name is a valid "
+    "argument); §4.5.1 (VRFY MUST be implemented)",
     RECEIVER,
-    SEED,
+    requires=[Precondition("a VRFY command", _vrfy_sent)],
 )
-def vrfy_codes(run: RunResult) -> Outcome:
-    pairs = _vrfy_replies(run)
-    if not pairs:
-        return not_applicable("no VRFY was sent")
+def vrfy_codes(seen: Seen) -> Outcome:
+    run = seen.run
     users = {u.lower() for u in run.scenario.receiver.users}
-    complaints = []
-    for cmd, reply in pairs:
-        user = cmd.text.partition(" ")[2].strip("<> ").partition("@")[0].lower()
-        allowed = VRFY_ALLOWED["known" if user in users else "unknown"]
-        if code(reply) == VRFY_SYNTAX:
-            complaints += [cmd.index, *_index(reply)]
-        elif code(reply) not in allowed:
-            what = "existing user" if user in users else "unknown user"
-            return failed(f"VRFY of an {what} answered {code(reply)}", cmd.index, *_index(reply))
-    if complaints:
-        return known("501 to VRFY of a bare user name (§3.5.3 allows one)", *complaints)
-    return passed("VRFY codes as §3.5.3 lists them", *(r.index for _, r in pairs if r))
-
-
-def _index(step: Step | None) -> tuple[int, ...]:
-    return () if step is None else (step.index,)
+    answered = []
+    for cmd, reply in _vrfy_pairs(run):
+        user = _argument(cmd).strip("<>").partition("@")[0].lower()
+        allowed = VRFY_ALLOWED[user in users]
+        if code(reply) not in allowed:
+            what = "an existing user" if user in users else "an unknown user"
+            return failed(f"VRFY of {what} answered {code(reply)}", cmd, reply)
+        answered.append(reply)
+    return passed("VRFY codes as §3.5.3 lists them", *answered)
 
 
 @check(
     "session.vrfy-disabled-252",
     "VRFY disabled: 252, never a code that looks like (non-)verification",
-    "RFC 5321 §7.3",
+    "RFC 5321 §7.3: a server that disables VRFY MUST answer 252",
     RECEIVER,
     VRFY_DISABLED,
+    requires=[Precondition("a VRFY command", _vrfy_sent)],
 )
-def vrfy_disabled(run: RunResult) -> Outcome:
-    pairs = _vrfy_replies(run)
-    if not pairs:
-        return not_applicable("no VRFY was sent")
-    complaints = []
-    for cmd, reply in pairs:
-        if code(reply) == VRFY_SYNTAX and "@" not in cmd.text:
-            complaints += [cmd.index, *_index(reply)]
-        elif code(reply) != 252:
-            return failed(
-                f"disabled VRFY answered {code(reply)}, not 252", cmd.index, *_index(reply)
-            )
-    if complaints:
-        return known("501 to VRFY of a bare user name, 252 to a mailbox", *complaints)
-    return passed("252 to every VRFY", *(r.index for _, r in pairs if r))
+def vrfy_disabled(seen: Seen) -> Outcome:
+    answered = []
+    for cmd, reply in _vrfy_pairs(seen.run):
+        if code(reply) != 252:
+            return failed(f"disabled VRFY answered {code(reply)}, not 252", cmd, reply)
+        answered.append(reply)
+    return passed("252 to every VRFY", *answered)
+
+
+def _mail_refused(wanted: int, run_no: int) -> Precondition:
+    def find(run: RunResult) -> list[Step]:
+        return replies(run.ladder, "MAIL", wanted)[:1]
+
+    return Precondition(f"a MAIL answered {wanted}", find, run_no)
 
 
 @check(
     "session.reply-first-digit",
     "4yz at MAIL defers, 5yz bounces; no RCPT after either",
-    "RFC 5321 §4.2.1, §4.3.2",
+    "RFC 5321 §4.2.1: 4yz is transient, 5yz permanent; §4.3.2",
     SENDER,
     MAIL_451,
     MAIL_550,
+    requires=[_mail_refused(451, 0), _mail_refused(550, 1)],
 )
-def reply_first_digit(temporary: RunResult, permanent: RunResult) -> Outcome:
-    for run_no, (run, wanted) in enumerate(((temporary, "deferred"), (permanent, "rejected"))):
-        mails = commands(run.ladder, "MAIL")
-        refusal = reply_to(run.ladder, mails[0]) if mails else None
-        if refusal is None:
-            return failed("no MAIL was sent and answered", run=run_no)
-        rcpts = [c for c in _after(run, refusal) if verb_of(c) in ("RCPT", "DATA")]
-        if rcpts:  # pipelined ones left before the refusal arrived: RFC 2920 allows that
-            return failed(
-                "went on after MAIL was refused", refusal.index, rcpts[0].index, run=run_no
-            )
-        wrong = {r: s for r, s in statuses(run).items() if s != wanted}
+def reply_first_digit(seen: Seen) -> Outcome:
+    wanted = (OutcomeStatus.DEFERRED, OutcomeStatus.REJECTED)
+    for run_no, (run, refusals) in enumerate(zip(seen.runs, seen.found, strict=True)):
+        refusal = refusals[0]
+        later = [c for c in after(run.ladder, refusal) if verb_of(c) in ("RCPT", "DATA")]
+        if later:  # pipelined ones left before the refusal arrived: RFC 2920 allows that
+            return failed("went on after MAIL was refused", later[0], run=run_no)
+        wrong = unlike(run, wanted[run_no])
         if wrong:
-            return failed(f"MAIL refused, yet {wrong} (want {wanted})", mails[0].index, run=run_no)
-    return passed("451 -> deferred, 550 -> rejected", commands(temporary.ladder, "MAIL")[0].index)
+            return failed(f"MAIL refused {code(refusal)}, yet {wrong}", run=run_no)
+    return passed("451 -> deferred, 550 -> rejected")
+
+
+def _mixed_rcpts(run: RunResult) -> list[Step]:
+    found = [r for c in sorted(set(PARTIAL.values())) for r in replies(run.ladder, "RCPT", c)]
+    codes = {code(r) for r in found}
+    return found if codes == set(PARTIAL.values()) else []
 
 
 @check(
     "session.partial-rcpt",
     "One RCPT 550, one 451, one 250: DATA goes on, one delivery",
-    "RFC 5321 §3.3, §4.2.5",
+    "RFC 5321 §3.3: the transaction goes on for the accepted recipients; §4.2.5",
     SENDER,
     RCPT_MIXED,
+    requires=[Precondition("RCPTs answered 550, 451 and 250", _mixed_rcpts)],
 )
-def partial_rcpt(run: RunResult) -> Outcome:
-    want = {"c3po@receiver.com": "rejected", "r2d2@receiver.com": "deferred"}
-    want["bb8@receiver.com"] = "delivered"
-    data = commands(run.ladder, "DATA")
+def partial_rcpt(seen: Seen) -> Outcome:
+    run = seen.run
     done = accepted_data(run.ladder)
-    rcpts = [c.index for c in commands(run.ladder, "RCPT")]
-    if not data or not done:
-        return failed("DATA did not follow although one recipient was accepted", *rcpts)
-    got = {r: status(run, r) for r in want}
-    if got != want:
-        return failed(f"outcomes {got}, want {want}", *rcpts)
+    if not commands(run.ladder, "DATA") or not done:
+        return failed("DATA did not follow although one recipient was accepted")
+    want = {
+        "c3po@receiver.com": OutcomeStatus.REJECTED,
+        "r2d2@receiver.com": OutcomeStatus.DEFERRED,
+        "bb8@receiver.com": OutcomeStatus.DELIVERED,
+    }
+    wrong = unlike(run, want)
+    if wrong:
+        return failed(f"outcomes {wrong}, want {dict(want)}")
     copies = {r: len(stored_for(run, r)) for r in want}
     if copies != {"c3po@receiver.com": 0, "r2d2@receiver.com": 0, "bb8@receiver.com": 1}:
-        return failed(f"stored copies {copies}", *rcpts)
-    assert done[0].reply is not None
-    return passed(
-        "DATA after a partial rejection; one copy, for bb8",
-        *rcpts,
-        data[0].index,
-        done[0].reply.index,
-    )
+        return failed(f"stored copies {copies}")
+    return passed("DATA after a partial rejection; one copy, for bb8", done[0].reply)
 
 
-def _answered(run: RunResult, prefix: str, wanted: set[int], what: str) -> Outcome:
-    """The first command starting with ``prefix`` got a code in ``wanted``, and the server
-    answered the next command too (it did not close on it)."""
+def _sent(prefix: str, *, exact: bool = False) -> Precondition:
+    def find(run: RunResult) -> list[Step]:
+        sent = commands(run.ladder)
+        return [c for c in sent if c.text == prefix or (not exact and c.text.startswith(prefix))]
+
+    return Precondition(f"the command {prefix!r}", find)
+
+
+def _answered(seen: Seen, wanted: set[int], what: str) -> Outcome:
+    """The command the precondition found got a code in ``wanted``, and the server answered
+    the next command too (it did not close on it)."""
+    run, cmd = seen.run, seen.found[0][0]
     xs = [x for x in all_exchanges(run.ladder) if x.unit.kind == "command"]
-    hit = next((i for i, x in enumerate(xs) if x.unit.text.startswith(prefix)), None)
-    if hit is None:
-        return not_applicable(f"no {what} was sent")
-    x = xs[hit]
-    evidence = (x.unit.index, *_index(x.reply))
-    if code(x.reply) not in wanted:
-        return failed(f"{what} answered {code(x.reply)}, want {sorted(wanted)}", *evidence)
+    hit = next(i for i, x in enumerate(xs) if x.unit == cmd)
+    reply = xs[hit].reply
+    if code(reply) not in wanted:
+        return failed(f"{what} answered {code(reply)}, want {sorted(wanted)}", reply)
     following = xs[hit + 1 : hit + 2]
     if not following or following[0].reply is None:
-        return failed(f"the session did not go on after {what}", *evidence)
-    return passed(f"{what}: {code(x.reply)}, session went on", *evidence, following[0].reply.index)
+        return failed(f"the session did not go on after {what}", reply)
+    return passed(f"{what}: {code(reply)}, session went on", reply, following[0].reply)
 
 
-SMALL_COMMANDS = (
+SMALL_COMMANDS = (  # id, title, rfc, the command (a prefix), the codes wanted, its name
     ("session.noop", "NOOP answers 250", "RFC 5321 §4.1.1.9", "NOOP", {250}, "NOOP"),
     (
         "session.rset",
@@ -360,7 +369,7 @@ SMALL_COMMANDS = (
     (
         "session.unknown-command",
         "An unknown verb gets 500; the session goes on",
-        "RFC 5321 §4.2.4, §3.8",
+        "RFC 5321 §4.2.4: 500 for an unrecognised command; §3.8: no close for it",
         "XYZZY",
         {500},
         "an unknown verb",
@@ -368,22 +377,38 @@ SMALL_COMMANDS = (
     (
         "session.verb-case",
         "Verbs are case-insensitive",
-        "RFC 5321 §2.4",
+        "RFC 5321 §2.4: verbs are case-insensitive",
         "mail FROM:",
         {250},
         "a lower-case MAIL",
     ),
-    (
-        "session.command-line-512",
-        "A 512-octet command line is accepted",
-        "RFC 5321 §4.5.3.1.4",
-        LONG_NOOP[:16],
-        {250},
-        "a 512-octet NOOP",
-    ),
 )
 
 for _id, _title, _rfc, _prefix, _codes, _what in SMALL_COMMANDS:
-    check(_id, _title, _rfc, RECEIVER, EXTRA_COMMANDS)(
-        lambda run, p=_prefix, c=_codes, w=_what: _answered(run, p, c, w)
+    check(_id, _title, _rfc, RECEIVER, EXTRA_COMMANDS, requires=[_sent(_prefix)])(
+        lambda seen, c=_codes, w=_what: _answered(seen, c, w)
     )
+
+
+def _control_accepted(run: RunResult) -> list[Step]:
+    sent = _sent(SHORT_NOOP, exact=True).find(run)
+    return [r for c in sent if code(r := reply_to(run.ladder, c)) == 250 and r is not None]
+
+
+@check(
+    "session.command-line-512",
+    "A 512-octet command line is accepted",
+    "RFC 5321 §4.5.3.1.4: a command line is up to 512 octets, CRLF included",
+    RECEIVER,
+    EXTRA_COMMANDS,
+    requires=[
+        _sent(LONG_NOOP[:16]),
+        Precondition(
+            f"the control {SHORT_NOOP!r} answered 250 (else a refusal may be about NOOP's "
+            "argument, not the length)",
+            _control_accepted,
+        ),
+    ],
+)
+def command_line_512(seen: Seen) -> Outcome:
+    return _answered(seen, {250}, "a 512-octet NOOP")

@@ -3,12 +3,16 @@
 Rules kept here:
 - Only reads: nothing here changes a ladder or a run.  Hosts are the scenario's own names
   (``run.scenario.sender_host`` / ``receiver_host``), never addresses.
+- Judges read a step's ``detail`` (DNS qname, qtype, rcode, records; a reply's code and
+  what it answers; a command's verb), never its rendered ``text``; a command's argument
+  is the one exception, read back into the core's own parser (``params``).
 - Commands and replies pair in order per connection (RFC 2920 §3: replies come in the
   order of the commands); message content is answered by the ``<end-of-data>`` reply, the
-  greeting by nothing the client sent.
+  greeting by nothing the client sent.  A reply marked ``incomplete`` (its last line never
+  came) answers nothing.
 - A per-recipient outcome the run does not report raises ``Unjudged``: a real MTA's
-  bounce or deferral must come from the run, never be assumed.  For an MTA sender the run
-  tells them apart by its DSNs (``harness.mta.roles``): "queue" is a real deferral.
+  bounce or deferral comes from its queue and its DSNs (``harness.mta.roles``), never
+  from a guess.
 """
 
 from __future__ import annotations
@@ -17,11 +21,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from harness.checks.base import Unjudged
-from harness.ladder.model import Ladder, Step
+from harness.ladder.model import Ladder, Step, StepKind
+from harness.outcome import Outcome, OutcomeStatus
 from harness.runner import RunResult
 from harness.smtp.commands import parse_command
 
-CLIENT_UNITS = ("command", "content", "bdat")
+CLIENT_UNITS = (StepKind.COMMAND, StepKind.CONTENT, StepKind.BDAT)
+Record = tuple[str, str, str]  # (name, type, rdata) of one DNS resource record
 
 
 def where(ladder: Ladder, kind: str | Iterable[str], **match: object) -> list[Step]:
@@ -36,17 +42,17 @@ def where(ladder: Ladder, kind: str | Iterable[str], **match: object) -> list[St
 
 def syns(run: RunResult, dst: str | None = None) -> list[Step]:
     """SYNs the sender host sent (to ``dst`` if given)."""
-    steps = where(run.ladder, "syn", src=run.scenario.sender_host)
+    steps = where(run.ladder, StepKind.SYN, src=run.scenario.sender_host)
     return [s for s in steps if dst is None or s.dst == dst]
 
 
 def commands(ladder: Ladder, verb: str | None = None) -> list[Step]:
-    steps = where(ladder, "command")
-    return [s for s in steps if verb is None or s.get("verb") == verb]
+    steps = where(ladder, StepKind.COMMAND)
+    return [s for s in steps if verb is None or verb_of(s) == verb]
 
 
 def verb_of(step: Step) -> str:
-    return str(step.get("verb") or step.text.partition(" ")[0].upper())
+    return str(step.get("verb") or "")
 
 
 def params(step: Step) -> dict[str, str | None]:
@@ -54,29 +60,84 @@ def params(step: Step) -> dict[str, str | None]:
     return parse_command(step.text.encode("utf-8", "surrogateescape")).params
 
 
-def dns_questions(ladder: Ladder, qname: str, qtype: str | None = None) -> list[Step]:
-    """DNS queries for ``qname`` (and ``qtype``), any transport."""
-    wanted = qname.rstrip(".").lower()
-    found = []
-    for step in where(ladder, "dns-query"):
-        name, _, rest = step.text.partition(" IN ")
-        if name.rstrip(".").lower() == wanted and qtype in (None, rest.strip()):
-            found.append(step)
-    return found
+# --- DNS ------------------------------------------------------------------------------------
+def _name(name: str) -> str:
+    return name.rstrip(".").lower() or "."
+
+
+def dns_questions(
+    ladder: Ladder, qname: str | None = None, qtype: str | None = None, src: str | None = None
+) -> list[Step]:
+    """DNS queries (any transport) for ``qname`` and ``qtype``, from ``src``, if given."""
+    wanted = None if qname is None else _name(qname)
+    return [
+        s
+        for s in where(ladder, StepKind.DNS_QUERY)
+        if (wanted is None or s.get("qname") == wanted)
+        and (qtype is None or s.get("qtype") == qtype)
+        and (src is None or s.src == src)
+    ]
+
+
+def address_questions(run: RunResult, qname: str, since: Step | None = None) -> list[Step]:
+    """The sender's A and AAAA questions for ``qname`` (after ``since``, if given)."""
+    host = run.scenario.sender_host
+    found = [q for t in ("A", "AAAA") for q in dns_questions(run.ladder, qname, t, host)]
+    later = [q for q in found if since is None or q.index > since.index]
+    return sorted(later, key=lambda q: q.index)
 
 
 def answer_to(ladder: Ladder, query: Step) -> Step | None:
-    """The DNS answer with the query's id, after it."""
+    """The DNS answer with the query's id and question, after it, to its sender."""
     return next(
         (
             s
-            for s in where(ladder, "dns-answer")
-            if s.index > query.index and s.get("id") == query.get("id")
+            for s in where(ladder, StepKind.DNS_ANSWER, dst=query.src)
+            if s.index > query.index
+            and s.get("id") == query.get("id")
+            and s.get("qname") == query.get("qname")
+            and s.get("qtype") == query.get("qtype")
         ),
         None,
     )
 
 
+def dns_answers(ladder: Ladder, qname: str, qtype: str, dst: str | None = None) -> list[Step]:
+    """Answers to the questions for ``qname``/``qtype`` (asked by ``dst``, if given)."""
+    found = (answer_to(ladder, q) for q in dns_questions(ladder, qname, qtype, dst))
+    return [a for a in found if a is not None]
+
+
+def records(step: Step, section: str = "answer", rtype: str | None = None) -> list[Record]:
+    """The (name, type, rdata) records of one section of a DNS answer step."""
+    found = step.get("records") or ()
+    assert isinstance(found, tuple)
+    return [
+        (name, kind, data)
+        for sect, name, kind, data in found
+        if sect == section and (rtype is None or kind == rtype)
+    ]
+
+
+def mx_records(step: Step) -> list[tuple[int, str]]:
+    """(preference, exchange) of the MX records in an answer; the root is "."."""
+    out = []
+    for record in records(step, rtype="MX"):
+        preference, _, exchange = record[2].partition(" ")
+        out.append((int(preference), _name(exchange)))
+    return out
+
+
+def is_null_mx(step: Step) -> bool:
+    """A null MX answer (RFC 7505 §3): one MX record, preference 0, exchange "."."""
+    return mx_records(step) == [(0, ".")]
+
+
+def rcode(step: Step) -> str:
+    return str(step.get("rcode") or "")
+
+
+# --- SMTP -----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Exchange:
     """A client unit (command or content) and the reply it got, and what was owed before."""
@@ -86,15 +147,20 @@ class Exchange:
     pipelined_after: Step | None  # the unit whose reply was still owed when this one left
 
 
+def complete(step: Step) -> bool:
+    """False for a command or reply whose last line never came (``incomplete``)."""
+    return not step.get("incomplete")
+
+
 def exchanges(ladder: Ladder, conn: int) -> list[Exchange]:
     """The client units of one SMTP connection, each paired with its reply (in order)."""
     owed: list[Step] = []
     units: list[Step] = []
     before: dict[int, Step | None] = {}
     replies: dict[int, Step] = {}
-    for step in where(ladder, (*CLIENT_UNITS, "reply"), conn=conn):
-        if step.kind == "reply":
-            if step.get("answers") != "<greeting>" and owed:
+    for step in where(ladder, (*CLIENT_UNITS, StepKind.REPLY), conn=conn):
+        if step.kind == StepKind.REPLY:
+            if step.get("answers") != "<greeting>" and owed and complete(step):
                 replies[owed.pop(0).index] = step
             continue
         before[step.index] = owed[-1] if owed else None
@@ -105,8 +171,8 @@ def exchanges(ladder: Ladder, conn: int) -> list[Exchange]:
 
 def smtp_conns(ladder: Ladder) -> list[int]:
     """Connections that carried SMTP, in order of first appearance."""
-    conns = (s.conn for s in where(ladder, ("command", "reply")) if s.conn is not None)
-    return list(dict.fromkeys(conns))
+    steps = where(ladder, (StepKind.COMMAND, StepKind.REPLY))
+    return list(dict.fromkeys(s.conn for s in steps if s.conn is not None))
 
 
 def all_exchanges(ladder: Ladder) -> list[Exchange]:
@@ -114,14 +180,30 @@ def all_exchanges(ladder: Ladder) -> list[Exchange]:
 
 
 def greeting(ladder: Ladder, conn: int) -> Step | None:
-    replies = where(ladder, "reply", conn=conn)
+    """The greeting of one connection (complete or not)."""
+    replies = where(ladder, StepKind.REPLY, conn=conn)
     return next((s for s in replies if s.get("answers") == "<greeting>"), None)
+
+
+def greetings(ladder: Ladder, wanted: int | None = None) -> list[Step]:
+    """Complete greetings of every connection (with code ``wanted``, if given)."""
+    found = (greeting(ladder, conn) for conn in smtp_conns(ladder))
+    return [g for g in found if g and complete(g) and wanted in (None, code(g))]
 
 
 def reply_to(ladder: Ladder, unit: Step) -> Step | None:
     """The reply to one command or content step."""
     assert unit.conn is not None  # SMTP steps always belong to a connection
     return next((x.reply for x in exchanges(ladder, unit.conn) if x.unit == unit), None)
+
+
+def replies(ladder: Ladder, answers: str, wanted: int | None = None) -> list[Step]:
+    """Complete replies answering ``answers`` (a verb, "<end-of-data>"), with code ``wanted``."""
+    return [
+        s
+        for s in where(ladder, StepKind.REPLY)
+        if s.get("answers") == answers and complete(s) and wanted in (None, code(s))
+    ]
 
 
 def code(step: Step | None) -> int | None:
@@ -133,25 +215,55 @@ def accepted_data(ladder: Ladder) -> list[Exchange]:
     return [
         x
         for x in all_exchanges(ladder)
-        if x.unit.kind in ("content", "bdat") and (code(x.reply) or 0) // 100 == 2
+        if x.unit.kind in (StepKind.CONTENT, StepKind.BDAT) and (code(x.reply) or 0) // 100 == 2
     ]
+
+
+def contents(ladder: Ladder) -> list[Step]:
+    """Every message content (DATA) or BDAT chunk the client sent."""
+    return where(ladder, (StepKind.CONTENT, StepKind.BDAT))
 
 
 def closes(ladder: Ladder, conn: int) -> list[Step]:
     """FIN and RST steps of one connection, in order."""
-    return where(ladder, ("fin", "rst"), conn=conn)
+    return where(ladder, (StepKind.FIN, StepKind.RST), conn=conn)
 
 
-def status(run: RunResult, recipient: str) -> str:
-    """delivered / rejected / deferred, as the run reports it for ``recipient``."""
-    outcome = run.report.outcomes.get(recipient)
-    if outcome is None:
+def after(ladder: Ladder, step: Step, kind: str = StepKind.COMMAND) -> list[Step]:
+    """Steps of ``kind`` on the step's connection after it."""
+    return [s for s in where(ladder, kind, conn=step.conn) if s.index > step.index]
+
+
+# --- outcomes and stored mail ---------------------------------------------------------------
+def outcome(run: RunResult, recipient: str) -> Outcome:
+    """What became of ``recipient``, as the run read it."""
+    found = run.report.outcomes.get(recipient)
+    if found is None:
         raise Unjudged(f"the run reports no outcome for {recipient}")
-    return outcome.status
+    return found
 
 
-def statuses(run: RunResult) -> dict[str, str]:
+def status(run: RunResult, recipient: str) -> OutcomeStatus:
+    return outcome(run, recipient).status
+
+
+def statuses(run: RunResult) -> dict[str, OutcomeStatus]:
     return {r: status(run, r) for r in run.scenario.sender.recipients}
+
+
+def unlike(run: RunResult, wanted: OutcomeStatus | dict[str, OutcomeStatus]) -> dict[str, str]:
+    """Recipients whose outcome is not the one ``wanted`` (for all of them, or per
+    recipient): recipient -> "status (how it was read)"."""
+    recipients = run.scenario.sender.recipients
+    want = wanted if isinstance(wanted, dict) else dict.fromkeys(recipients, wanted)
+    found = (outcome(run, r) for r in want)
+    return {o.recipient: describe(o) for o in found if o.status != want[o.recipient]}
+
+
+def describe(found: Outcome) -> str:
+    """One outcome in a few words, with where it was read."""
+    how = "; ".join(found.evidence) or found.text or found.stage
+    return f"{found.status} ({how})"
 
 
 def body(message: bytes) -> bytes:

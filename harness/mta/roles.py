@@ -11,23 +11,29 @@ Rules kept here:
   its condition holds, and at the adapter's own bound (``delivery_timeout_s``) with a
   ``HarnessError`` naming the MTA's log.  The blocking adapter calls run in executor
   threads.
-- With an MTA as sender, a recipient's outcome is decided, in this order, by:
+- Outcomes are read, never assumed.  With an MTA as sender, once it is idle its queue is
+  read (before it stops: OpenSMTPD's queue lives in its own mount namespace) and its DSNs
+  collected (RFC 3464); then a recipient's outcome is, in this order:
   1. a copy stored by the scripted receiver: delivered;
-  2. the MTA's own DSNs in the sender's mailbox (RFC 3464 ``message/delivery-status``,
-     matched on ``Final-Recipient``): ``Action: failed`` -> rejected, ``delayed`` ->
-     deferred (failed wins over delayed);
-  3. the scripted receiver's replies: a 5yz to the recipient's RCPT or VRFY, or to the
-     MAIL, DATA or end of data of its transaction -> rejected.  After a refused MAIL the
-     transaction's fate is the MAIL reply's: the 503s to RCPTs pipelined behind it decide
-     nothing.  Where a DSN says the same, the reply is kept (its stage and code are the
-     better evidence);
-  4. otherwise deferred, stage "queue": still in the MTA's queue.
-  DSNs are read once the MTA is idle, and for up to its ``bounce_delay_s`` more while a
-  recipient is neither delivered nor covered by a DSN (bounces made asynchronously).
-- With an MTA as receiver, ``stored`` is read back from its mailboxes once every
-  recipient it accepted has a copy and the MTA is idle: a message it took that the
-  sender did not mean to send (smuggled) is in a mailbox too (bounded by
-  ``delivery_timeout_s``).
+  2. a DSN with ``Action: failed``: rejected, with the DSN's status code;
+  3. a 5yz from the scripted receiver to the recipient's RCPT or VRFY, or to the MAIL,
+     DATA or end of data of its transaction: rejected (after a refused MAIL the
+     transaction's fate is the MAIL reply's: the 503s to RCPTs pipelined behind it
+     decide nothing);
+  4. the recipient in the MTA's queue: deferred, with the reason and status code the MTA
+     gives (a ``delayed`` DSN adds its status);
+  5. none of these: lost — the queue was read and does not hold it, no DSN came back and
+     nothing was stored (RFC 5321 §6.1), a fail of the run.
+  A queue that cannot be read is a ``QueueUnreadable``: the harness's fault (an error),
+  never a guess.  DSNs are read once the MTA is idle, and for up to its ``bounce_delay_s``
+  more while a recipient is neither delivered nor covered by a DSN.
+- The scripted receiver's part comes from its own typed records (``Receiver.answered``),
+  never from re-reading its log.
+- With an MTA as receiver, ``stored`` is every message in every mailbox of its site, read
+  once every recipient it accepted has a copy and the MTA is idle (bounded): a message it
+  took that the sender did not mean to send (smuggled) is in a mailbox too.
+- ``Exchange.mta`` records the MTA for ``run.json``: name, role, upstream and Debian
+  versions, and every .deb it ran from with its sha256.
 """
 
 from __future__ import annotations
@@ -37,21 +43,23 @@ import email
 import functools
 import re
 import time
-from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
 from email.message import Message
 from pathlib import Path
 
-from harness.errors import HarnessError
+from harness.errors import HarnessError, InternalFault
 from harness.lab import Lab
-from harness.mta.base import MtaAdapter, Site, adapters
+from harness.message import ORIGINATING, RECEIVING, Allowance
+from harness.mta.base import MtaAdapter, QueuedRecipient, Site, adapters
+from harness.outcome import Dsn, Outcome, OutcomeStatus, SendReport
 from harness.scenario import Scenario
-from harness.smtp.receiver import Receiver, StoredMessage
-from harness.smtp.sender import Outcome, SendReport
+from harness.smtp.receiver import Answered, Receiver, StoredMessage
+from harness.smtp.sender import Sender
 
 POLL_S = 0.02
-DSN_ACTIONS = {"failed": "rejected", "delayed": "deferred"}  # RFC 3464 §2.3.3 -> outcome
-QUEUED = "not delivered, no DSN: still in the MTA's queue"
+LOST = "the queue was read and does not hold it, no DSN came back, nothing was stored"
+_STATUS = re.compile(r"\b([245]\.\d{1,3}\.\d{1,3})\b")  # an RFC 3463 code in a text
 
 
 @dataclass
@@ -61,7 +69,9 @@ class Exchange:
     report: SendReport
     stored: list[StoredMessage]
     receiver_log: list[dict]
-    as_sent: Callable[[bytes], bytes] = bytes
+    faults: list[InternalFault] = field(default_factory=list)
+    mta: dict | None = None
+    allowances: dict[str, tuple[Allowance, ...]] = field(default_factory=dict)
 
 
 def mta_site(lab: Lab, scenario: Scenario, folder: Path, role: str) -> Site:
@@ -85,20 +95,31 @@ def _adapter(lab: Lab, scenario: Scenario, folder: Path, role: str) -> MtaAdapte
     return adapters()[name](mta_site(lab, scenario, folder, role), role)
 
 
+def mta_record(mta: MtaAdapter) -> dict:
+    """The MTA as ``run.json`` records it."""
+    return {
+        "name": mta.name,
+        "role": mta.role,
+        "version": mta.version(),
+        "package_version": mta.package_version(),
+        "debs": [asdict(deb) for deb in mta.debs()],
+    }
+
+
 # --- an MTA as receiver ---------------------------------------------------------------------
-async def to_mta(
-    lab: Lab, scenario: Scenario, folder: Path, send: Callable[[], Awaitable[SendReport]]
-) -> Exchange:
-    """``send`` (the scripted sender) delivers to a real MTA; its mailboxes are read back."""
+async def to_mta(lab: Lab, scenario: Scenario, folder: Path, sender: Sender) -> Exchange:
+    """The scripted sender delivers to a real MTA; its mailboxes are read back."""
     mta = _adapter(lab, scenario, folder, "receiver")
     loop = asyncio.get_running_loop()
     await loop.run_in_executor(None, mta.start)
     try:
-        report = await send()
+        report = await sender.send()
         stored = await loop.run_in_executor(None, read_back, mta, report)
     finally:
         await loop.run_in_executor(None, mta.stop)
-    return Exchange(report, stored, [], mta.as_sent)
+    allow = {"receiver": mta.allowances("receiver") or RECEIVING}
+    faults = list(sender.internal_faults)
+    return Exchange(report, stored, [], faults, mta_record(mta), allow)
 
 
 def read_back(mta: MtaAdapter, report: SendReport) -> list[StoredMessage]:
@@ -108,7 +129,7 @@ def read_back(mta: MtaAdapter, report: SendReport) -> list[StoredMessage]:
     wanted: dict[str, int] = {}
     for rcpt, outcome in report.outcomes.items():
         local = rcpt.rpartition("@")[0].lower()
-        if outcome.status == "delivered" and local in users:
+        if outcome.status is OutcomeStatus.DELIVERED and local in users:
             wanted[users[local]] = wanted.get(users[local], 0) + 1
     deadline = time.monotonic() + mta.delivery_timeout_s
     while True:
@@ -132,9 +153,7 @@ def _return_path(stored: bytes) -> str:
 
 
 # --- an MTA as sender -----------------------------------------------------------------------
-async def from_mta(
-    lab: Lab, scenario: Scenario, folder: Path, receiver: Receiver
-) -> tuple[SendReport, Callable[[bytes], bytes]]:
+async def from_mta(lab: Lab, scenario: Scenario, folder: Path, receiver: Receiver) -> Exchange:
     """A real MTA delivers the scenario's message by MX to the scripted receiver; the
     outcomes follow the rules above."""
     mta = _adapter(lab, scenario, folder, "sender")
@@ -148,10 +167,13 @@ async def from_mta(
         stored = {m.recipient.lower() for m in receiver.stored}
         pending = [r for r in conf.recipients if r.lower() not in stored]
         dsns = await loop.run_in_executor(None, bounces, mta, pending)
+        queued = await loop.run_in_executor(None, mta.queue)
     finally:
         await loop.run_in_executor(None, mta.stop)
-    outcomes = mta_outcomes(conf.recipients, receiver.log.entries, receiver.stored, dsns)
-    return SendReport(outcomes, []), mta.as_sent
+    outcomes = mta_outcomes(conf.recipients, receiver.answered, receiver.stored, dsns, queued)
+    report = SendReport(outcomes, dsns=dsns)
+    allow = {"sender": mta.allowances("sender") or ORIGINATING}
+    return Exchange(report, [], [], [], mta_record(mta), allow)
 
 
 async def settled(mta: MtaAdapter, receiver: Receiver) -> None:
@@ -173,129 +195,137 @@ async def settled(mta: MtaAdapter, receiver: Receiver) -> None:
         ) from None
 
 
-def bounces(mta: MtaAdapter, pending: Iterable[str]) -> dict[str, Outcome]:
-    """The DSN outcomes in the sender's mailbox, waiting up to ``bounce_delay_s`` while
-    a ``pending`` recipient has none."""
+def bounces(mta: MtaAdapter, pending: Iterable[str]) -> list[Dsn]:
+    """The DSNs in the sender's mailbox, waiting up to ``bounce_delay_s`` while a
+    ``pending`` recipient has none."""
     local = mta.site.users[0]
     wanted = {r.lower() for r in pending}
     deadline = time.monotonic() + mta.bounce_delay_s
     while True:
-        found = dsn_outcomes(mta.mailbox(local))
-        if wanted <= set(found) or time.monotonic() > deadline:
+        found = dsns_in(mta.mailbox(local))
+        if wanted <= {d.recipient.lower() for d in found} or time.monotonic() > deadline:
             return found
         time.sleep(POLL_S)
 
 
-def dsn_outcomes(messages: Iterable[bytes]) -> dict[str, Outcome]:
-    """Lower-cased recipient -> the outcome its DSNs report (failed wins over delayed)."""
-    found: dict[str, Outcome] = {}
+def dsns_in(messages: Iterable[bytes]) -> list[Dsn]:
+    """Every per-recipient group of every ``message/delivery-status`` part (RFC 3464 §2.3;
+    the email package parses each group of that part as a header block)."""
+    found = []
     for message in messages:
-        for fields in _recipient_fields(email.message_from_bytes(message)):
-            outcome = _dsn_outcome(fields)
-            if outcome is None:
-                continue
-            key = outcome.recipient.lower()
-            if key not in found or outcome.status == "rejected":
-                found[key] = outcome
+        for part in email.message_from_bytes(message).walk():
+            if part.get_content_type() == "message/delivery-status":
+                found += [_dsn(g) for g in part.get_payload() if g.get("Final-Recipient")]
     return found
 
 
-def _recipient_fields(message: Message) -> list[Message]:
-    """The per-recipient field groups of every ``message/delivery-status`` part (the
-    email package parses each group of that part as a header block)."""
-    groups = []
-    for part in message.walk():
-        if part.get_content_type() == "message/delivery-status":
-            groups += [g for g in part.get_payload() if g.get("Final-Recipient")]
-    return groups
-
-
-def _dsn_outcome(fields: Message) -> Outcome | None:
-    action = str(fields.get("Action", "")).strip().lower()
-    status = DSN_ACTIONS.get(action)
-    if status is None:  # delivered, relayed, expanded: not a failure
-        return None
+def _dsn(fields: Message) -> Dsn:
     recipient = str(fields["Final-Recipient"]).partition(";")[2].strip().strip("<>")
-    code = str(fields.get("Status", "")).strip()
-    diagnostic = " ".join(str(fields.get("Diagnostic-Code", "")).split())
-    text = f"DSN {action} {code}" + (f": {diagnostic}" if diagnostic else "")
-    return Outcome(recipient, status, "dsn", None, text)
-
-
-_ADDRESS = re.compile(r"<([^>]*)>")
-_SESSION_WIDE = ("MAIL", "DATA", "<end-of-data>")
+    return Dsn(
+        recipient,
+        str(fields.get("Action", "")).strip().lower(),
+        str(fields.get("Status", "")).strip(),
+        " ".join(str(fields.get("Diagnostic-Code", "")).split()),
+    )
 
 
 def mta_outcomes(
     recipients: tuple[str, ...],
-    log: list[dict],
+    answered: list[Answered],
     stored: list[StoredMessage],
-    dsns: dict[str, Outcome],
+    dsns: list[Dsn],
+    queued: list[QueuedRecipient],
 ) -> dict[str, Outcome]:
     """Per recipient, the outcome of a real MTA's delivery, by the rules above."""
     kept = {m.recipient.lower() for m in stored}
-    judged = _session_outcomes(recipients, log, kept)
+    replies = _session_outcomes(recipients, answered, kept)
     outcomes = {}
     for rcpt in recipients:
         key = rcpt.lower()
+        found = [d for d in dsns if d.recipient.lower() == key]
+        waiting = [q for q in queued if q.recipient.lower() == key]
         if key in kept:
-            outcome = judged.get(key, Outcome(rcpt, "delivered", "<end-of-data>"))
+            outcome = replies.get(key) or Outcome(rcpt, OutcomeStatus.DELIVERED, "<end-of-data>")
         else:
-            outcome = _decided(judged.get(key), dsns.get(key), rcpt)
+            outcome = _undelivered(rcpt, replies.get(key), found, waiting)
         outcomes[rcpt] = outcome
     return outcomes
 
 
-def _decided(judged: Outcome | None, dsn: Outcome | None, rcpt: str) -> Outcome:
-    """Rules 2-4 for a recipient without a stored copy."""
-    if judged is not None and (dsn is None or dsn.status == judged.status):
-        return judged
-    return dsn or Outcome(rcpt, "deferred", "queue", text=QUEUED)
+def _undelivered(
+    rcpt: str, reply: Outcome | None, dsns: list[Dsn], queued: list[QueuedRecipient]
+) -> Outcome:
+    """Rules 2-5 for a recipient without a stored copy."""
+    failed = [d for d in dsns if d.action == "failed"]
+    said = tuple(f"DSN {d.action} {d.status}: {d.diagnostic}".rstrip(": ") for d in dsns)
+    if failed:
+        dsn = failed[0]
+        code, text = (reply.code, reply.text) if reply else (None, dsn.diagnostic)
+        return Outcome(rcpt, OutcomeStatus.REJECTED, "dsn", code, text, dsn.status, said)
+    if reply is not None and reply.status is OutcomeStatus.REJECTED:
+        return Outcome(
+            rcpt,
+            OutcomeStatus.REJECTED,
+            reply.stage,
+            reply.code,
+            reply.text,
+            reply.status_code,
+            said + reply.evidence,
+        )
+    if queued:
+        entry = queued[0]
+        status = entry.status_code or next((d.status for d in dsns if d.status), None)
+        evidence = (f"queue {entry.queue_id}: {entry.reason}", *said)
+        return Outcome(rcpt, OutcomeStatus.DEFERRED, "queue", None, entry.reason, status, evidence)
+    return Outcome(rcpt, OutcomeStatus.LOST, "queue", None, LOST, None, said)
 
 
 def _session_outcomes(
-    recipients: tuple[str, ...], log: list[dict], kept: set[str]
+    recipients: tuple[str, ...], answered: list[Answered], kept: set[str]
 ) -> dict[str, Outcome]:
     """What the scripted receiver's replies decided, by lower-cased recipient; the first
     decision about a recipient stands."""
     decided: dict[str, Outcome] = {}
     named: dict[int, list[str]] = {}  # session -> recipients of its current transaction
-    last: dict[int, str] = {}  # session -> its last command line
     refused: dict[int, bool] = {}  # session -> its current MAIL was refused
-    for entry in log:
-        session = entry.get("session", 0)
-        if entry["kind"] == "command":
-            last[session] = entry["line"]
-        elif entry["kind"] == "reply":
-            rcpts = named.setdefault(session, [])
-            if entry["to"] == "MAIL":
-                refused[session] = int(entry["lines"][-1][:3]) >= 400
-            if refused.get(session) and entry["to"] != "MAIL":
-                continue  # rule 3: the MAIL reply decided this transaction
-            for outcome in _judged(entry, last.get(session, ""), rcpts, recipients, kept):
-                decided.setdefault(outcome.recipient.lower(), outcome)
+    for reply in answered:
+        rcpts = named.setdefault(reply.session, [])
+        if reply.key == "MAIL":
+            refused[reply.session] = reply.code >= 400
+        elif refused.get(reply.session):
+            continue  # rule 3: the MAIL reply decided this transaction
+        for outcome in _judged(reply, rcpts, recipients, kept):
+            decided.setdefault(outcome.recipient.lower(), outcome)
     return decided
 
 
+_SESSION_WIDE = ("MAIL", "DATA", "<end-of-data>")
+
+
 def _judged(
-    reply: dict, line: str, named: list[str], recipients: tuple[str, ...], kept: set[str]
+    reply: Answered, named: list[str], recipients: tuple[str, ...], kept: set[str]
 ) -> list[Outcome]:
     """The outcomes one reply of the scripted receiver decides."""
-    key, last = reply["to"], reply["lines"][-1]
-    code, text = int(last[:3]), last[4:]
-    address = _ADDRESS.search(line)
+    key, code, text = reply.key, reply.code, reply.lines[-1] if reply.lines else ""
+    status = _STATUS.match(text)
+    evidence = (f"{key} answered {code} {text}".rstrip(),)
     if key == "MAIL":
         named.clear()
-    if key == "RCPT" and address:
-        named.append(address.group(1))
-        hit = [address.group(1)] if code >= 500 else []
+    if key == "RCPT" and reply.address is not None:
+        named.append(reply.address)
+        hit = [reply.address] if code >= 500 else []
     elif key == "VRFY" and code >= 500:
-        user = line.partition(" ")[2].strip("<>").lower()
+        user = (reply.argument or "").strip("<>").lower()
         hit = [r for r in recipients if r.lower().partition("@")[0] == user]
     elif key in _SESSION_WIDE and code >= 500:
         hit = list(named) or list(recipients)
     elif key == "<end-of-data>" and code < 300:
-        return [Outcome(r, "delivered", key, code, text) for r in named if r.lower() in kept]
+        return [
+            Outcome(r, OutcomeStatus.DELIVERED, key, code, text, None, evidence)
+            for r in named
+            if r.lower() in kept
+        ]
     else:
         hit = []
-    return [Outcome(r, "rejected", key, code, text) for r in hit]
+    code_of = status.group(1) if status else None
+    return [Outcome(r, OutcomeStatus.REJECTED, key, code, text, code_of, evidence) for r in hit]

@@ -1,0 +1,94 @@
+"""Every registered check is proven able to fail, shown to pass, and refuses to pass a run
+in which nothing happened (issue 8: "Proven able to fail").
+
+One test walks the registry, so a check added without its cases in ``tests/check_cases.py``
+fails here.  Each case is a crafted run (packets written with scapy, dissected by the real
+dissector); the verdicts must be exactly the ones the case states, every verdict must cite
+steps of its run, and no pass may cite every step of a ladder (except check zero, whose
+rule is the whole seed).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from harness.checks.base import Check, Kind, registry
+from harness.outcome import OutcomeStatus
+from harness.verdict import Verdict
+from tests.check_cases import CASES
+from tests.wire import run_of, scenario_of
+
+CHECKS = registry()
+EMPTY_OUTCOMES = (None, OutcomeStatus.DEFERRED, OutcomeStatus.REJECTED, OutcomeStatus.DELIVERED)
+
+
+def _scenarios(check: Check, role: str) -> list:
+    return [scenario_of(check, role, i) for i in range(len(check.setups))]
+
+
+def test_every_check_has_its_cases() -> None:
+    missing = sorted(set(CHECKS) - set(CASES))
+    unknown = sorted(set(CASES) - set(CHECKS))
+    assert not missing, f"checks without cases in tests/check_cases.py: {missing}"
+    assert not unknown, f"cases for no registered check: {unknown}"
+    for check_id, cases in CASES.items():
+        check = CHECKS[check_id]
+        assert cases.role in check.roles, check_id
+        if check.kind is Kind.OBSERVATION:
+            assert len({value for value, _ in cases.values}) >= 2, f"{check_id}: one value"
+        else:
+            assert cases.passing, f"{check_id}: no passing case"
+            assert Verdict.FAIL in {v for v, _ in cases.failing}, f"{check_id}: no failing case"
+
+
+def _judged(check: Check, role: str, build, folder):
+    runs = build(_scenarios(check, role), folder)
+    return runs, check.judge(runs)
+
+
+def _cited(outcome, runs) -> None:
+    assert outcome.evidence, outcome
+    for run, index in outcome.evidence:
+        assert 1 <= index <= len(runs[run].ladder.steps), (run, index)
+
+
+@pytest.mark.parametrize("check_id", list(CHECKS))
+def test_check_passes_fails_and_refuses_the_empty_run(check_id, tmp_path) -> None:
+    check, cases = CHECKS[check_id], CASES[check_id]
+    for n, build in enumerate(cases.passing):
+        runs, outcome = _judged(check, cases.role, build, tmp_path / f"pass{n}")
+        assert outcome.verdict is Verdict.PASS, f"pass case {n}: {outcome}"
+        _cited(outcome, runs)
+        if check_id != "seed.exchange":
+            every = {(r, s.index) for r, run in enumerate(runs) for s in run.ladder.steps}
+            assert set(outcome.evidence) != every, f"pass case {n} cites every step"
+    for n, (verdict, build) in enumerate(cases.failing):
+        runs, outcome = _judged(check, cases.role, build, tmp_path / f"fail{n}")
+        assert outcome.verdict is verdict, f"failing case {n}: {outcome}"
+        if verdict is not Verdict.FAIL:
+            _cited(outcome, runs)
+    for n, (value, build) in enumerate(cases.values):
+        runs, outcome = _judged(check, cases.role, build, tmp_path / f"value{n}")
+        assert (outcome.verdict, outcome.value) == (Verdict.OBSERVED, value), outcome
+        _cited(outcome, runs)
+
+
+@pytest.mark.parametrize("check_id", list(CHECKS))
+@pytest.mark.parametrize("status", EMPTY_OUTCOMES, ids=lambda s: f"outcomes-{s}")
+def test_nothing_on_the_wire_never_passes(check_id, status, tmp_path) -> None:
+    """Issue 8 finding 1: over a run in which nothing happened, 9 checks passed, and 6 more
+    with every recipient reported deferred or rejected.  Now none may pass or observe."""
+    check = CHECKS[check_id]
+    for role in check.roles:
+        scenarios = _scenarios(check, role)
+        runs = [
+            run_of(
+                s,
+                None,
+                tmp_path / f"{role}{i}",
+                outcomes=None if status is None else dict.fromkeys(s.sender.recipients, status),
+            )
+            for i, s in enumerate(scenarios)
+        ]
+        outcome = check.judge(runs)
+        assert outcome.verdict in (Verdict.NA, Verdict.FAIL, Verdict.ERROR), (role, outcome)
