@@ -5,12 +5,12 @@ from __future__ import annotations
 import hashlib
 import random
 import time
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from ladder_pcaps import (
+    CORPUS,
     HOSTS,
     MESSAGE,
     RECEIVER,
@@ -242,7 +242,6 @@ def test_garbage_inside_packets_is_skipped_and_counted(tmp_path):
     assert sum(ladder.warnings.values()) == 30
 
 
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "zeek"
 OPENING = [("s", b"220 hi\r\n"), ("c", b"EHLO a\r\n"), ("s", b"250 CHUNKING\r\n")]
 OPENING += [("c", b"MAIL FROM:<a@b.example>\r\n"), ("s", b"250 OK\r\n")]
 OPENING += [("c", b"RCPT TO:<c@d.example>\r\n"), ("s", b"250 OK\r\n")]

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from ladder_pcaps import CORPUS
 
 from harness.capture.pcapfile import read
 from harness.ladder.packets import ACK, FIN, PSH, RST, SYN, Decoder, Packet
 from harness.ladder.tcpstream import CLIENT, SERVER, Event, Reassembler, reassemble
 
-CORPUS = Path("/work/shared/corpus/zeek")
 T0 = 1_700_000_000_000_000_000
 CLIENT_ADDR, SERVER_ADDR = bytes([192, 0, 2, 1]), bytes([198, 51, 100, 25])
 C_ISN, S_ISN = 1000, 5000
