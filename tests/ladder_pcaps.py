@@ -21,9 +21,11 @@ def Ether() -> _Ether:  # fixed MACs: scapy would look them up (and warn) otherw
     return _Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
 
 
+DATA = Path(__file__).resolve().parent / "data"
 # committed copies of the Zeek test traces (BSD licence: data/zeek/COPYING), so a clone
 # has them without ../shared
-CORPUS = Path(__file__).resolve().parent / "data" / "zeek"
+CORPUS = DATA / "zeek"
+FUZZ = DATA / "fuzz"  # one capture per class of crash the fuzzers found (test_fuzz.py)
 
 SENDER, DNS, RECEIVER = "192.0.2.10", "192.0.2.53", "192.0.2.25"
 HOSTS = {SENDER: "mail.sender.com", DNS: "dns", RECEIVER: "mail.receiver.com"}
