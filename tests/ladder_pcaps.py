@@ -21,6 +21,12 @@ def Ether() -> _Ether:  # fixed MACs: scapy would look them up (and warn) otherw
     return _Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
 
 
+DATA = Path(__file__).resolve().parent / "data"
+# committed copies of the Zeek test traces (BSD licence: data/zeek/COPYING), so a clone
+# has them without ../shared
+CORPUS = DATA / "zeek"
+FUZZ = DATA / "fuzz"  # one capture per class of crash the fuzzers found (test_fuzz.py)
+
 SENDER, DNS, RECEIVER = "192.0.2.10", "192.0.2.53", "192.0.2.25"
 HOSTS = {SENDER: "mail.sender.com", DNS: "dns", RECEIVER: "mail.receiver.com"}
 T0 = 1_700_000_000_000_000_000
@@ -231,3 +237,44 @@ SEED_LADDER: list[tuple[str, str, str, str | None]] = [
     (S, R, "fin", "FIN"),
     (R, S, "close-ack", "ACK of FIN"),
 ]
+
+
+ZOO = {  # record type -> one record of it in zone-file form, for dns_zoo_capture
+    "A": "x 60 IN A 192.0.2.25",
+    "AAAA": "x 60 IN AAAA 2001:db8::25",
+    "MX": "x 60 IN MX 0 .",
+    "TXT": 'x 60 IN TXT "v=spf1 -all" "b"',
+    "PTR": "x 60 IN PTR mail.sender.com.",
+    "CNAME": "x 60 IN CNAME mail.receiver.com.",
+    "NS": "x 60 IN NS ns.receiver.com.",
+    "SOA": "x 60 IN SOA ns.receiver.com. root.receiver.com. 1 2 3 4 5",
+    "SRV": "x 60 IN SRV 1 2 25 mail.receiver.com.",
+    "NAPTR": 'x 60 IN NAPTR 1 2 "u" "E2U+sip" "!^.*$!sip:a@b!" .',
+    "CAA": 'x 60 IN CAA 0 issue "ca.example"',
+    "DNSKEY": "x 60 IN DNSKEY 257 3 8 AwEAAQ==",
+    "RRSIG": "x 60 IN RRSIG A 8 2 60 20240101000000 20230101000000 1 receiver.com. AAAA",
+    "NSEC": "x 60 IN NSEC a.receiver.com. A MX",
+    "DS": "x 60 IN DS 1 8 2 AABB",
+    "SSHFP": "x 60 IN SSHFP 1 1 AABB",
+    "TLSA": "x 60 IN TLSA 3 1 1 AABB",
+    "HTTPS": "x 60 IN HTTPS 1 . alpn=h2",
+    "LOC": "x 60 IN LOC 52 22 23.000 N 4 53 32.000 E -2.00m 0.00m 10000m 10m",
+    "RP": "x 60 IN RP a.receiver.com. b.receiver.com.",
+}
+
+
+def dns_zoo_capture(path: Path) -> Path:
+    """A question and an answer for each type of ``ZOO`` (over UDP), with EDNS, authority
+    and additional records: a seed for fuzzing what dnslib shows of each type."""
+    cap = Capture()
+    for n, (qtype, zone) in enumerate(ZOO.items()):
+        query = dnslib.DNSRecord.question("receiver.com", qtype)
+        query.header.id = n
+        answer = query.reply()
+        for rr in dnslib.RR.fromZone(zone.replace("x ", "receiver.com. ", 1)):
+            answer.add_answer(rr)
+        answer.add_auth(dnslib.RR("receiver.com", dnslib.QTYPE.NS, rdata=dnslib.NS("ns.x")))
+        answer.add_ar(dnslib.EDNS0())
+        cap.dns(SENDER, DNS, query, reply=False)
+        cap.dns(SENDER, DNS, answer, reply=True)
+    return cap.write(path)

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import random
 import time
-from pathlib import Path
 
+import dnslib
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from ladder_pcaps import (
+    CORPUS,
+    DNS,
+    FUZZ,
     HOSTS,
     MESSAGE,
     RECEIVER,
@@ -24,6 +28,7 @@ from ladder_pcaps import (
 from harness.capture.pcapfile import PcapError, read
 from harness.ladder.dissect import dissect, iter_steps
 from harness.ladder.model import Ladder
+from harness.render import render
 
 
 def rows(ladder: Ladder) -> list[tuple]:
@@ -242,7 +247,6 @@ def test_garbage_inside_packets_is_skipped_and_counted(tmp_path):
     assert sum(ladder.warnings.values()) == 30
 
 
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "zeek"
 OPENING = [("s", b"220 hi\r\n"), ("c", b"EHLO a\r\n"), ("s", b"250 CHUNKING\r\n")]
 OPENING += [("c", b"MAIL FROM:<a@b.example>\r\n"), ("s", b"250 OK\r\n")]
 OPENING += [("c", b"RCPT TO:<c@d.example>\r\n"), ("s", b"250 OK\r\n")]
@@ -329,3 +333,183 @@ def test_a_354_after_data_in_bdat_state_starts_content():
     assert (content.get("lines"), content.get("first_line")) == (5, "From: sender@example.com")
     (bdat,) = [s for s in ladder.steps if s.kind == "bdat"]
     assert (bdat.get("size"), bdat.get("missing")) == (200, 100)
+
+
+# --- issue 9 finding 6: a gap after the FIN crashed the dissector
+
+
+def test_a_segment_moved_past_the_fin_is_an_anomaly_not_a_crash():
+    """pcaps/seed.pcap with byte 1675 XORed with 0x04: VRFY aibo's sequence number moves
+    64 MiB ahead, so the reassembler held it until the end, past the sender's FIN."""
+    ladder = dissect(FUZZ / "seed-1675-xor-04.pcap")
+    texts = [(s.kind, s.text) for s in ladder.steps]
+    assert ("gap", "11 bytes missing from the capture") in texts
+    after = [s for s in ladder.steps if s.text == "11 bytes after FIN, not part of the stream"]
+    assert [(s.kind, s.evidence) for s in after] == [("anomaly", (19,))]
+    fins = [i for i, s in enumerate(ladder.steps) if s.kind == "fin" and s.src == "192.0.2.10"]
+    assert ladder.steps.index(after[0]) < fins[0]  # reported when the FIN was seen
+    assert ladder.warnings == {"data-after-fin": 1}
+
+
+# --- issue 9 finding 7: raw bytes in the JSON ladder
+
+
+def test_binary_commands_and_replies_give_valid_utf8_escaped_like_the_text(tmp_path):
+    dialogue = [
+        ("s", b"220 hi\r\n"),
+        ("c", b"\xff\xfeHLO x\r\n"),
+        ("s", b"500 \xc3\x28 what\r\n"),
+        ("c", b"VRFY \xe9t\xe9\r\n"),
+        ("s", b"252 \xff\r\n"),
+    ]
+    ladder = dissect(seed_capture(tmp_path / "bin.pcap", dialogue=dialogue), HOSTS)
+    document = render(ladder, "json")
+    document.encode("utf-8")  # raised UnicodeEncodeError: surrogates not allowed
+    commands = [s for s in ladder.steps if s.kind == "command"]
+    assert [(s.text, s.get("verb")) for s in commands] == [
+        ("\\xff\\xfeHLO x", "\\xff\\xfeHLO"),
+        ("VRFY \\xe9t\\xe9", "VRFY"),
+    ]
+    replies = [s for s in ladder.steps if s.kind == "reply"]
+    assert [s.text for s in replies[1:]] == ["500 \\xc3( what", "252 \\xff"]
+    assert replies[1].get("answers") == "\\xff\\xfeHLO"
+    assert Ladder.from_json(document) == ladder
+
+
+def test_a_non_utf8_file_name_and_host_name_stay_valid_utf8(tmp_path):
+    path = seed_capture(tmp_path / "seed.pcap")
+    odd = path.rename(tmp_path / os.fsdecode(b"s\xffeed.pcap"))
+    ladder = dissect(odd, {SENDER: os.fsdecode(b"mail.\xff.com")})
+    render(ladder, "json").encode("utf-8")
+    assert ladder.source.endswith("s\\xffeed.pcap")
+    assert ladder.steps[0].src == "mail.\\xff.com"
+
+
+# --- issue 8 finding 10: a stream that ends inside a unit
+
+
+def _session(tmp_path, dialogue, *, end: str = "capture"):
+    """A connection with *dialogue* after the handshake, ended by *end*: "capture" (the
+    capture stops), "fin" (each side's FIN, the server first) or "rst" (the server's)."""
+    cap = Capture()
+    tcp = Tcp(cap, SENDER, RECEIVER)
+    tcp.handshake()
+    for side, data in dialogue:
+        tcp.send(side, data)
+    if end == "fin":
+        tcp.fin("s")
+        tcp.ack("c")
+        tcp.fin("c")
+        tcp.ack("s")
+    elif end == "rst":
+        tcp.rst("s")
+    return dissect(cap.write(tmp_path / f"{end}.pcap"), HOSTS)
+
+
+@pytest.mark.parametrize("end", ["capture", "fin", "rst"])
+def test_a_reply_that_never_completes_is_an_incomplete_reply_step(tmp_path, end):
+    """A server sends ``220-first line`` and stalls: the step was missing altogether."""
+    ladder = _session(tmp_path, [("s", b"220-first line\r\n")], end=end)
+    (reply,) = [s for s in ladder.steps if s.kind == "reply"]
+    assert (reply.src, reply.text) == ("mail.receiver.com", "220-first line (incomplete)")
+    assert (reply.get("code"), reply.get("lines"), reply.get("incomplete")) == (220, 1, True)
+    assert reply.evidence == (4,)
+    assert "(incomplete)" in render(ladder, "text")
+
+
+def test_a_reply_cut_inside_its_second_line_keeps_both(tmp_path):
+    dialogue = [("s", b"220 hi\r\n"), ("c", b"EHLO a\r\n"), ("s", b"250-mail\r\n250-PIPE")]
+    ladder = _session(tmp_path, dialogue, end="fin")
+    reply = [s for s in ladder.steps if s.kind == "reply"][-1]
+    assert reply.text == "250-mail\n250-PIPE (incomplete)"
+    assert (reply.get("code"), reply.get("lines"), reply.get("incomplete")) == (250, 2, True)
+    assert ladder.steps[ladder.steps.index(reply) + 1].kind == "fin"  # before the FIN
+
+
+def test_an_unterminated_command_is_an_incomplete_command_step(tmp_path):
+    dialogue = [("s", b"220 hi\r\n"), ("c", b"EHLO a\r\n"), ("s", b"250 ok\r\n")]
+    ladder = _session(tmp_path, [*dialogue, ("c", b"MAIL FROM:<a@b.example>")], end="fin")
+    command = [s for s in ladder.steps if s.kind == "command"][-1]
+    assert command.text == "MAIL FROM:<a@b.example> (incomplete)"
+    assert (command.get("verb"), command.get("incomplete")) == ("MAIL", True)
+    assert not [s for s in ladder.steps if s.kind == "anomaly"]  # no "unterminated line"
+    assert ladder.coverage[1].units == 4 and ladder.coverage[1].complete  # it was ACKed
+
+
+@pytest.mark.parametrize(
+    ("tail", "kind", "text"),
+    [
+        (b"DATA\r\n", "content", "2 lines, 22 bytes, sha256:"),
+        (b"BDAT 100 LAST\r\n", "bdat", "2 lines, 22 bytes, sha256:"),
+    ],
+)
+def test_content_the_stream_ended_inside_is_an_incomplete_step(tmp_path, tail, kind, text):
+    dialogue = [*OPENING, ("c", tail)]
+    if tail == b"DATA\r\n":
+        dialogue.append(("s", b"354 go\r\n"))
+    dialogue.append(("c", b"Subject: x\r\n\r\nunfinish"))
+    ladder = _session(tmp_path, dialogue)
+    step = ladder.steps[-1]
+    assert step.kind == kind and step.text.startswith(text)
+    assert step.text.endswith(" (incomplete)")
+    assert (step.get("size"), step.get("incomplete")) == (22, True)
+    assert step.get("first_line") == "Subject: x"
+    assert step.get("sha256") == hashlib.sha256(b"Subject: x\r\n\r\nunfinish").hexdigest()
+
+
+# --- issue 8, "a vocabulary, typed": DNS steps carry their structure
+
+
+def _dns_ladder(tmp_path, answer: dnslib.DNSRecord) -> Ladder:
+    cap = Capture()
+    query = dnslib.DNSRecord(q=answer.q, header=dnslib.DNSHeader(id=answer.header.id, rd=1))
+    cap.dns(SENDER, DNS, query, reply=False)
+    cap.dns(SENDER, DNS, answer, reply=True)
+    return dissect(cap.write(tmp_path / "dns.pcap"), HOSTS)
+
+
+def test_dns_steps_carry_question_rcode_and_records(tmp_path):
+    ladder = dissect(seed_capture(tmp_path / "seed.pcap"), HOSTS)
+    query, answer = ladder.steps[:2]
+    for step in (query, answer):
+        assert (step.get("qname"), step.get("qtype"), step.get("qclass")) == (
+            "receiver.com",
+            "MX",
+            "IN",
+        )
+    assert query.get("records") is None
+    assert (answer.get("rcode"), answer.get("tc")) == ("NOERROR", False)
+    assert answer.get("records") == (
+        ("answer", "receiver.com", "MX", "10 mail.receiver.com."),
+        ("additional", "mail.receiver.com", "A", "192.0.2.25"),
+    )
+    assert answer.text == "MX 10 mail.receiver.com. + A mail.receiver.com. 192.0.2.25"
+    assert Ladder.from_json(ladder.to_json()) == ladder
+
+
+def test_dns_null_mx_root_name_authority_and_unknown_types(tmp_path):
+    answer = dnslib.DNSRecord.question("Receiver.COM.", "MX").reply()
+    answer.add_answer(dnslib.RR("receiver.com", dnslib.QTYPE.MX, rdata=dnslib.MX(".", 0)))
+    answer.add_auth(dnslib.RR(".", dnslib.QTYPE.NS, rdata=dnslib.NS("a.root.example")))
+    answer.add_ar(dnslib.RR("x.receiver.com", 65000, rdata=dnslib.RD(b"\x01\xff")))
+    answer.add_ar(dnslib.EDNS0())
+    (_, step) = _dns_ladder(tmp_path, answer).steps
+    assert step.get("qname") == "receiver.com"
+    assert step.get("records") == (
+        ("answer", "receiver.com", "MX", "0 ."),
+        ("authority", ".", "NS", "a.root.example."),
+        ("additional", "x.receiver.com", "TYPE65000", "\\# 2 01FF"),
+    )
+    assert step.get("additional") == 2  # the OPT record is counted, not listed
+
+
+def test_dns_rcode_without_a_name_and_rdata_dnslib_cannot_show(tmp_path):
+    answer = dnslib.DNSRecord.question("receiver.com", "NAPTR").reply()
+    rdata = dnslib.NAPTR(1, 2, b"\xff", b"s", b"r", dnslib.DNSLabel("a."))
+    answer.add_answer(dnslib.RR("receiver.com", dnslib.QTYPE.NAPTR, rdata=rdata))
+    answer.header.rcode = 12
+    (_, step) = _dns_ladder(tmp_path, answer).steps
+    assert step.get("rcode") == "RCODE12"
+    ((section, name, rtype, shown),) = step.get("records")
+    assert (section, name, rtype) == ("answer", "receiver.com", "NAPTR")
+    assert shown == "\\# 13 0001000201FF01730172016100"  # dnslib's own str() raises here

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from ladder_pcaps import CORPUS
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6, IPv6ExtHdrDestOpt, IPv6ExtHdrFragment, IPv6ExtHdrHopByHop
 from scapy.packet import Raw
@@ -21,7 +22,6 @@ from harness.errors import HarnessError
 from harness.ladder.packets import ACK, PSH, Decoder, format_addr
 from harness.ladder.tcpstream import Reassembler
 
-CORPUS = Path("/work/shared/corpus/zeek")
 T0 = 1_700_000_000_123_456_789  # ns; not a whole microsecond, on purpose
 
 IP4_TCP = bytes(

@@ -25,14 +25,14 @@ from pathlib import Path
 import dnslib
 import pyshark
 import pytest
+from ladder_pcaps import CORPUS
 
 from harness.ladder.dissect import dissect
 from harness.ladder.model import Ladder
 from harness.smtp.commands import VERBS
 
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
 GOLDEN = Path(__file__).resolve().parents[1] / "pcaps"
-FILES = sorted((CORPUS / "zeek").glob("*.pcap*")) + sorted(GOLDEN.glob("*.pcap*"))
+FILES = sorted(CORPUS.glob("*.pcap*")) + sorted(GOLDEN.glob("*.pcap*"))
 KNOWN = {verb[:4] for verb in (*VERBS, "AUTH")}
 
 TSHARK_DIFFERS = {  # file -> why tshark sees fewer commands than we do
@@ -54,7 +54,7 @@ Streams = dict[int, list]
 
 
 def test_the_corpus_is_there():
-    assert (CORPUS / "zeek").is_dir(), f"missing corpus {CORPUS}: CI must copy shared/ beside"
+    assert CORPUS.is_dir(), f"missing corpus {CORPUS}"
     assert len(FILES) >= 12
 
 

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from ladder_pcaps import CORPUS
 
 from harness.capture.pcapfile import read
 from harness.ladder.packets import ACK, FIN, PSH, RST, SYN, Decoder, Packet
 from harness.ladder.tcpstream import CLIENT, SERVER, Event, Reassembler, reassemble
 
-CORPUS = Path("/work/shared/corpus/zeek")
 T0 = 1_700_000_000_000_000_000
 CLIENT_ADDR, SERVER_ADDR = bytes([192, 0, 2, 1]), bytes([198, 51, 100, 25])
 C_ISN, S_ISN = 1000, 5000
@@ -204,6 +204,45 @@ def test_fin_comes_after_the_data_before_it():
         ]
     )
     assert steps(events)[3:] == [("data", CLIENT, 5, 0), ("fin", CLIENT, 4, 4)]
+
+
+def _after_fin_order(events, direction) -> list[str]:
+    """The kinds of *direction*'s data, gap and fin events, in order."""
+    kinds = ("data", "gap", "fin")
+    return [e.kind for e in events if e.kind in kinds and e.direction == direction]
+
+
+def test_bytes_past_a_fin_are_dropped_and_reported():
+    """Held past the FIN (before it came) and sent after it: neither data nor a gap follows
+    the fin (issue 9 finding 6: a gap after the FIN crashed the dissector)."""
+    events = run(
+        [
+            *handshake(),
+            seg(4, CLIENT, PA, 100, 1, b"VRFY aibo\r\n"),  # far ahead: held behind a hole
+            seg(5, CLIENT, PA, 1, 1, b"QUIT\r\n"),
+            seg(6, CLIENT, FIN | ACK, 7, 1),
+            seg(7, CLIENT, PA, 4, 1, b"T\r\nNOOP\r\n"),  # straddles the FIN
+            seg(8, CLIENT, PA, 8, 1, b"NOOP\r\n"),  # wholly after it
+        ]
+    )
+    after = [(e.first, e.offset, e.length) for e in events if e.kind == "after-fin"]
+    assert after == [(4, 99, 11), (7, 6, 6), (8, 7, 6)]
+    assert stream(events, CLIENT) == b"QUIT\r\n"
+    assert _after_fin_order(events, CLIENT) == ["data", "fin"]
+
+
+def test_a_fin_inside_a_held_segment_keeps_the_part_before_it():
+    events = run(
+        [
+            *handshake(),
+            seg(4, CLIENT, PA, 3, 1, b"IT\r\nNOOP\r\n"),  # held: offsets 2-11
+            seg(5, CLIENT, FIN | ACK, 7, 1),  # the FIN at offset 6 cuts it
+            seg(6, CLIENT, PA, 1, 1, b"QU"),
+        ]
+    )
+    assert [(e.first, e.offset, e.length) for e in events if e.kind == "after-fin"] == [(4, 6, 6)]
+    assert stream(events, CLIENT) == b"QUIT\r\n"
+    assert _after_fin_order(events, CLIENT) == ["data", "fin"]
 
 
 def test_one_sided_capture():

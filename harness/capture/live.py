@@ -4,16 +4,31 @@ Rules kept here:
 - The capture socket is an AF_PACKET socket bound to the bridge inside the lab's private
   ``-lan`` namespace, in promiscuous mode (without it the bridge shows nothing forwarded).
   It exists before ``start()`` returns, so every later packet is queued for us: the capture
-  is live before any traffic.
-- Two backends read it: ``scapy`` (scapy's AsyncSniffer on that socket; loses packets
+  is live before any traffic.  It is made with protocol 0 (it receives nothing) and only
+  bound to the bridge, for every protocol, once its filter is in place, so its kernel
+  counters count the bridge's frames from the first.
+- A classic BPF filter keeps the bridge's own transmissions (``PACKET_OUTGOING``) out in
+  the kernel: they would appear twice, and what the kernel counts is exactly what is ours
+  to write.
+- Two backends read it: ``scapy`` (scapy's AsyncSniffer on that socket; it falls behind
   above ~3k pps, see lab-facts) and ``afpacket`` (a plain reader thread with an 8 MiB
-  buffer, 100% at 50k pps) for load.  Both write through scapy's pcap writer.
-- Completeness is read from the kernel (PACKET_STATISTICS): a capture that dropped packets
-  raises ``CaptureIncomplete`` — never a silent partial pcap.
+  buffer, kernel timestamps, 100% at 100k pps) for load.  Both write through
+  ``pcapfile.PcapWriter`` (nanosecond pcap); a frame longer than the read buffer is
+  written cut, with its true length, and counted as lost bytes.
+- Stopping drains: the capture waits until the bridge has been quiet for ``DRAIN_S`` (at
+  most ``MAX_DRAIN_S``), stops the backend, then swaps in a filter that admits nothing (the
+  kernel's counters freeze) and writes every frame still queued.  Nothing the kernel
+  delivered is left unread.
+- Completeness is proven, not assumed: the kernel's PACKET_STATISTICS (frames delivered to
+  the socket, frames dropped for want of buffer) against the frames written.  Any
+  difference, any drop, any cut frame raises ``CaptureIncomplete``: an ``InternalError``
+  (a capture that lost packets is our fault; the run's verdict is error), never a silent
+  partial pcap.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import select
 import socket
@@ -22,7 +37,8 @@ import threading
 import time
 from pathlib import Path
 
-from harness.errors import HarnessError
+from harness.capture.pcapfile import MAX_CAPLEN, PcapWriter
+from harness.errors import HarnessError, InternalError
 from harness.lab import netns
 
 ETH_P_ALL = 0x0003
@@ -30,38 +46,70 @@ SOL_PACKET = 263
 PACKET_ADD_MEMBERSHIP = 1
 PACKET_MR_PROMISC = 1
 PACKET_STATISTICS = 6
+PACKET_OUTGOING = 4
 SO_RCVBUFFORCE = 33
+SO_ATTACH_FILTER = 26
+SO_TIMESTAMPNS = 35  # SCM_TIMESTAMPNS is the same number
 BUFFER_BYTES = 8 << 20
-SNAPLEN = 65535
-DRAIN_S = 0.1
+FRAME_BYTES = MAX_CAPLEN  # the read buffer: a GSO frame on a veth may exceed 65,535 bytes
+DRAIN_S = 0.1  # quiet time on the bridge before the capture stops
+MAX_DRAIN_S = 2.0  # stop anyway after this (the frozen queue is still drained)
 BACKENDS = ("afpacket", "scapy")
 
+# classic BPF (struct sock_filter: code, jt, jf, k)
+_BPF_LD_W_ABS, _BPF_JEQ_K, _BPF_RET_K = 0x20, 0x15, 0x06
+_SKF_AD_PKTTYPE = 0xFFFFF000 + 4  # SKF_AD_OFF + SKF_AD_PKTTYPE: the frame's packet type
+_NOT_OUTGOING = (  # if pkttype == PACKET_OUTGOING: drop, else keep the whole frame
+    (_BPF_LD_W_ABS, 0, 0, _SKF_AD_PKTTYPE),
+    (_BPF_JEQ_K, 0, 1, PACKET_OUTGOING),
+    (_BPF_RET_K, 0, 0, 0),
+    (_BPF_RET_K, 0, 0, 0xFFFF_FFFF),
+)
+_NOTHING = ((_BPF_RET_K, 0, 0, 0),)
+_TIMESPEC = struct.Struct("qq")
 
-class CaptureIncomplete(HarnessError):
-    """The kernel dropped packets: the pcap is not the whole exchange."""
+
+class CaptureIncomplete(InternalError):
+    """The pcap is not the whole exchange: the kernel dropped frames, or fewer were written
+    than it delivered, or frames were cut."""
 
 
 def open_bridge_socket(
     netns_name: str, iface: str = "br0", buffer_bytes: int = BUFFER_BYTES
 ) -> socket.socket:
-    """A promiscuous AF_PACKET socket on ``iface`` inside ``netns_name``."""
+    """A promiscuous AF_PACKET socket on ``iface`` inside ``netns_name``, filtered, with
+    kernel timestamps, counting from its bind."""
     with netns.entered(netns_name):
-        sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+        sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)  # receives nothing yet
         index = socket.if_nametoindex(iface)
+    attach_filter(sock, _NOT_OUTGOING)
     sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, buffer_bytes)
+    sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
     mreq = struct.pack("iHH8s", index, PACKET_MR_PROMISC, 0, b"")
     sock.setsockopt(SOL_PACKET, PACKET_ADD_MEMBERSHIP, mreq)
-    sock.bind((iface, ETH_P_ALL))
+    sock.bind((iface, ETH_P_ALL))  # Python puts the protocol in network order itself
     return sock
 
 
+def attach_filter(sock: socket.socket, program: tuple[tuple[int, int, int, int], ...]) -> None:
+    """Replace the socket's classic BPF filter (SO_ATTACH_FILTER copies the program)."""
+    code = ctypes.create_string_buffer(b"".join(struct.pack("HBBI", *i) for i in program))
+    sock.setsockopt(
+        socket.SOL_SOCKET, SO_ATTACH_FILTER, struct.pack("HP", len(program), ctypes.addressof(code))
+    )
+
+
 def kernel_counts(sock: socket.socket) -> tuple[int, int]:
-    """(packets seen, packets dropped) since the last call, from the kernel."""
-    return struct.unpack("II", sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8))
+    """(frames that passed the filter, frames of them dropped) since the last call."""
+    packets, drops = struct.unpack("II", sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8))
+    return packets, drops  # packets includes the drops (af_packet.c, PACKET_STATISTICS)
 
 
 class Capture:
-    """``with Capture(lab, path):`` captures everything on the lab bridge into ``path``."""
+    """``with Capture(lab, path):`` captures everything on the lab bridge into ``path``.
+
+    After ``stop()``: ``packets`` frames written, ``delivered`` and ``dropped`` as the
+    kernel counted them, ``cut`` frames longer than the read buffer."""
 
     def __init__(
         self,
@@ -77,12 +125,18 @@ class Capture:
         self.backend = backend
         self.buffer_bytes = buffer_bytes
         self.packets = 0
+        self.delivered = 0
         self.dropped = 0
+        self.cut = 0
         self._sock: socket.socket | None = None
+        self._file = None
+        self._writer: PcapWriter | None = None
+        self._last = 0.0  # time.monotonic() of the last frame written
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._writer = None
         self._sniffer = None
+        self._frame = bytearray(FRAME_BYTES)
+        self._ancillary = socket.CMSG_SPACE(_TIMESPEC.size)
 
     def __enter__(self) -> Capture:
         self.start()
@@ -92,12 +146,10 @@ class Capture:
         self.stop(check=exc_type is None)
 
     def start(self) -> None:
-        from scapy.utils import RawPcapWriter
-
         self._sock = open_bridge_socket(self.lab.lan_ns, buffer_bytes=self.buffer_bytes)
-        kernel_counts(self._sock)  # reset: count from here on
-        self._writer = RawPcapWriter(str(self.path), linktype=1, nano=True, snaplen=SNAPLEN)
-        self._writer.write_header(None)
+        self._file = open(self.path, "wb")  # noqa: SIM115 (closed by stop)
+        self._writer = PcapWriter(self._file, nanoseconds=True, snaplen=FRAME_BYTES)
+        self._last = time.monotonic()
         if self.backend == "scapy":
             self._start_scapy()
         else:
@@ -106,13 +158,15 @@ class Capture:
 
     def _start_scapy(self) -> None:
         from scapy.arch.linux import L2ListenSocket
+        from scapy.packet import Raw
         from scapy.sendrecv import AsyncSniffer
 
         wrapped = L2ListenSocket.__new__(L2ListenSocket)
         wrapped.ins = wrapped.outs = self._sock
         wrapped.iface, wrapped.type, wrapped.promisc = "br0", ETH_P_ALL, True
-        wrapped.LL = __import__("scapy.packet", fromlist=["Raw"]).Raw
+        wrapped.LL = Raw
         wrapped.closed = False
+        wrapped.auxdata_available = True  # it reads the SO_TIMESTAMPNS the socket sends
         started = threading.Event()
         self._sniffer = AsyncSniffer(
             opened_socket=wrapped,
@@ -125,43 +179,69 @@ class Capture:
             raise HarnessError("capture: scapy sniffer did not start within 5 s")
 
     def _write_scapy(self, pkt) -> None:
-        t = int(pkt.time * 1_000_000_000)
-        self._write(bytes(pkt), t)
+        frame = bytes(pkt)
+        self._write(frame, len(frame), int(pkt.time * 1_000_000_000))
 
-    def _write(self, frame: bytes, t_ns: int) -> None:
-        sec, nsec = divmod(t_ns, 1_000_000_000)
-        self._writer.write_packet(frame, sec=sec, usec=nsec)
+    def _write(self, frame: bytes, length: int, t_ns: int) -> None:
+        self._writer.write(t_ns, frame, length)
         self.packets += 1
+        self._last = time.monotonic()
+
+    def _read_one(self) -> None:
+        """Read one queued frame, with its kernel timestamp and true length, and write it."""
+        size, ancillary, _, _ = self._sock.recvmsg_into(
+            [self._frame], self._ancillary, socket.MSG_TRUNC
+        )
+        t_ns = time.time_ns()
+        for level, kind, data in ancillary:
+            if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
+                sec, nsec = _TIMESPEC.unpack_from(data)
+                t_ns = sec * 1_000_000_000 + nsec
+        if size > FRAME_BYTES:
+            self.cut += 1
+        self._write(bytes(self._frame[: min(size, FRAME_BYTES)]), size, t_ns)
 
     def _read_loop(self) -> None:
         sock, stop = self._sock, self._stop
-        while True:
-            ready, _, _ = select.select([sock], [], [], 0.05)
-            if not ready:
-                if stop.is_set():
-                    return
-                continue
-            frame, addr = sock.recvfrom(SNAPLEN)
-            if addr[2] == socket.PACKET_OUTGOING:
-                continue  # the bridge's own transmissions would appear twice
-            self._write(frame, time.time_ns())
+        while not stop.is_set():
+            if select.select([sock], [], [], 0.05)[0]:
+                self._read_one()
 
     def stop(self, check: bool = True) -> None:
-        """Drain, stop, close; raise ``CaptureIncomplete`` if the kernel dropped any."""
+        """Drain, stop, close; raise ``CaptureIncomplete`` unless every frame the kernel
+        delivered was written, none was dropped and none was cut."""
         if self._sock is None:
             return
-        time.sleep(DRAIN_S)
-        if self._sniffer is not None:
-            self._sniffer.stop(join=True)
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-        _, self.dropped = kernel_counts(self._sock)
-        self._sock.close()
-        self._sock = None
-        self._writer.close()
-        if check and self.dropped:
-            raise CaptureIncomplete(
-                f"capture {self.path}: the kernel dropped {self.dropped} packets "
-                f"({self.packets} written); use backend 'afpacket' for load"
-            )
+        try:
+            self._quiet()
+            if self._sniffer is not None:
+                self._sniffer.stop(join=True)
+            self._stop.set()
+            if self._thread is not None:
+                self._thread.join()
+            attach_filter(self._sock, _NOTHING)  # the counters freeze; the queue stays
+            while select.select([self._sock], [], [], 0)[0]:
+                self._read_one()
+            passed, self.dropped = kernel_counts(self._sock)
+            self.delivered = passed - self.dropped
+        finally:
+            self._sock.close()
+            self._sock = None
+            self._file.close()
+        if check and (self.dropped or self.cut or self.delivered != self.packets):
+            raise CaptureIncomplete(self._loss())
+
+    def _quiet(self) -> None:
+        """Wait until no frame was written for DRAIN_S, or MAX_DRAIN_S have passed."""
+        deadline = time.monotonic() + MAX_DRAIN_S
+        while (idle := time.monotonic() - self._last) < DRAIN_S and time.monotonic() < deadline:
+            time.sleep(DRAIN_S - idle)
+
+    def _loss(self) -> str:
+        lost = self.dropped + abs(self.delivered - self.packets)
+        hint = "; use backend 'afpacket' for load" if self.backend == "scapy" else ""
+        cut = f", {self.cut} cut to {FRAME_BYTES} bytes" if self.cut else ""
+        return (
+            f"capture {self.path}: {lost} packets lost: the kernel dropped {self.dropped} and "
+            f"delivered {self.delivered}, {self.packets} were written{cut}{hint}"
+        )

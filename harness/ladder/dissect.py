@@ -11,6 +11,12 @@ Rules this module keeps:
   A question reads ``receiver.com IN MX``; an answer reads ``MX 10 mail.receiver.com. +
   A mail.receiver.com. 192.0.2.25`` (answer records, `` + `` the additional ones; a
   record named as the question is shown without its name), ``NODATA`` or the rcode name.
+  Judges read the detail, never that text: ``qname`` (lower-case, no trailing dot, "."
+  for the root), ``qtype`` and ``qclass`` of the first question, ``rcode``, the flags and,
+  for an answer, ``records``: ``(section, name, type, rdata)`` for every record but OPT,
+  section "answer", "authority" or "additional", rdata in dnslib's presentation form
+  (``10 mail.receiver.com.``, ``0 .``, ``192.0.2.25``).  A type, class or rcode without
+  a mnemonic is ``TYPE65000``, ``CLASS5555``, ``RCODE12`` (RFC 3597 §5).
 - TCP: every connection gives its control steps (syn, syn-ack, ack, fin, fin-ack,
   close-ack, rst) and its gaps.  It is SMTP when its server port is in ``SMTP_PORTS``
   (unless the client opens with a TLS record: then it is opaque ``tls``), or when the
@@ -27,6 +33,13 @@ Rules this module keeps:
   both ends would get the same name (loopback captures), the server's gets ``:port``.
 - Nothing in a packet raises: garbage is skipped and counted in ``Ladder.warnings``; only
   an unreadable file raises ``PcapError`` (one line, with file and offset).
+- Every string of a step is valid UTF-8: bytes that are not are escaped as ``\\xff``, the
+  same way in ``text`` and in ``detail`` (a verb, a reply's ``answers``), so the JSON
+  ladder of any capture is UTF-8.
+- The end of a stream (FIN, RST, the end of the capture) ends the unit it fell inside: a
+  command or reply without its line ending or last line, content without its end, a
+  chunk short of its size becomes a step of its kind whose text ends ``(incomplete)`` and
+  whose detail has ``incomplete=True`` (and a reply's ``code``).
 """
 
 from __future__ import annotations
@@ -39,10 +52,11 @@ from itertools import count
 import dnslib
 
 from harness.capture.pcapfile import PcapError, read
-from harness.ladder.model import Coverage, Detail, Ladder, Step, detail
+from harness.ladder.model import Coverage, Detail, Ladder, Step, StepKind, detail
 from harness.ladder.packets import UDP, Decoder, Packet, format_addr
 from harness.ladder.tcpstream import CLIENT, SERVER, Connection, Event, Reassembler
 from harness.smtp import events as smtp
+from harness.smtp.commands import parse_command
 from harness.smtp.events import Direction
 from harness.smtp.protocol import Observer
 
@@ -53,7 +67,14 @@ SNIFF_LIMIT = 4096
 _SMTP_DIRECTION = {CLIENT: Direction.CLIENT, SERVER: Direction.SERVER}
 _OUR_DIRECTION = {v: k for k, v in _SMTP_DIRECTION.items()}
 _TLS_RECORD = b"\x16\x03"  # a TLS handshake record, any version
-_CONTROL_TEXT = {"syn": "SYN", "syn-ack": "SYN-ACK", "handshake-ack": "ACK", "fin": "FIN"}
+_ANOMALY, _COMMAND, _REPLY = StepKind.ANOMALY, StepKind.COMMAND, StepKind.REPLY
+INCOMPLETE = " (incomplete)"  # ends the text of a step the stream ended inside
+_CONTROL = {  # reassembler event -> (step kind, text)
+    "syn": (StepKind.SYN, "SYN"),
+    "syn-ack": (StepKind.SYN_ACK, "SYN-ACK"),
+    "handshake-ack": (StepKind.ACK, "ACK"),
+    "fin": (StepKind.FIN, "FIN"),
+}
 
 
 def dissect(path: str, hosts: dict[str, str] | None = None) -> Ladder:
@@ -62,8 +83,8 @@ def dissect(path: str, hosts: dict[str, str] | None = None) -> Ladder:
     steps = list(dissector.steps(str(path)))
     return Ladder(
         steps=steps,
-        source=str(path),
-        hosts=dict(hosts or {}),
+        source=_clean(str(path)),
+        hosts=dissector.hosts,
         warnings=dict(dissector.warnings),
         coverage=dissector.coverage,
     )
@@ -90,7 +111,7 @@ class Dissector:
     """One pass over a capture; ``warnings`` and ``coverage`` are complete after it."""
 
     def __init__(self, hosts: dict[str, str] | None = None) -> None:
-        self.hosts = dict(hosts or {})
+        self.hosts = {addr: _clean(name) for addr, name in (hosts or {}).items()}
         self.warnings: Counter[str] = Counter()
         self.coverage: dict[int, Coverage] = {}
         self._index = count(1)
@@ -113,7 +134,7 @@ class Dissector:
         finally:
             self.warnings.update(decoder.warnings)
 
-    def step(self, time: int, src: str, dst: str, kind: str, text: str, **extra) -> Step:
+    def step(self, time: int, src: str, dst: str, kind: StepKind, text: str, **extra) -> Step:
         """A new step, numbered next; *extra* are evidence, conn and detail."""
         return Step(next(self._index), time, src, dst, kind, text, **extra)
 
@@ -159,20 +180,24 @@ class Dissector:
                 self.coverage[event.conn.id] = conn.coverage()
 
 
-def describe_dns(record: dnslib.DNSRecord) -> tuple[str, str, Detail]:
+def describe_dns(record: dnslib.DNSRecord) -> tuple[StepKind, str, Detail]:
     """(kind, text, detail) of a DNS message."""
     header = record.header
+    first = record.questions[0] if record.questions else None
     info = detail(
         id=header.id,
-        rcode=dnslib.RCODE.get(header.rcode),
+        rcode=_mnemonic(dnslib.RCODE, "RCODE", header.rcode),
         aa=bool(header.aa),
         tc=bool(header.tc),
         rd=bool(header.rd),
         ra=bool(header.ra),
+        qname=None if first is None else dns_name(first.qname),
+        qtype=None if first is None else _mnemonic(dnslib.QTYPE, "TYPE", first.qtype),
+        qclass=None if first is None else _mnemonic(dnslib.CLASS, "CLASS", first.qclass),
     )
     questions = ", ".join(_question_text(q) for q in record.questions)
     if not header.qr:
-        return "dns-query", questions or "(no question)", info
+        return StepKind.DNS_QUERY, questions or "(no question)", info
     qname = record.q.qname if record.questions else None
     if header.rcode:
         text = str(dnslib.RCODE.get(header.rcode))
@@ -185,7 +210,30 @@ def describe_dns(record: dnslib.DNSRecord) -> tuple[str, str, Detail]:
     if header.tc:
         text += " (truncated)"
     counts = detail(answers=len(record.rr), authority=len(record.auth), additional=len(record.ar))
-    return "dns-answer", text, info + counts
+    return StepKind.DNS_ANSWER, text, (*info, *counts, ("records", _records(record)))
+
+
+def dns_name(label: dnslib.DNSLabel) -> str:
+    """A domain name as details spell it: lower-case, no trailing dot, "." for the root."""
+    return str(label).rstrip(".").lower() or "."
+
+
+def _mnemonic(table: dnslib.Bimap, prefix: str, value: int) -> str:
+    """A type, class or rcode by name; one without a name as RFC 3597 §5 writes it."""
+    name = table.forward.get(value)
+    return f"{prefix}{value}" if name is None else name
+
+
+def _records(record: dnslib.DNSRecord) -> tuple[tuple[str, str, str, str], ...]:
+    """Every resource record as (section, name, type, rdata in presentation form); the OPT
+    pseudo-record (EDNS, RFC 6891 §6.1.1) carries no data about the name and is left out."""
+    sections = (("answer", record.rr), ("authority", record.auth), ("additional", record.ar))
+    return tuple(
+        (section, dns_name(rr.rname), _mnemonic(dnslib.QTYPE, "TYPE", rr.rtype), _rdata(rr))
+        for section, rrs in sections
+        for rr in rrs
+        if rr.rtype != dnslib.QTYPE.OPT
+    )
 
 
 def _question_text(q: dnslib.DNSQuestion) -> str:
@@ -196,8 +244,20 @@ def _question_text(q: dnslib.DNSQuestion) -> str:
 def _rr_text(rr: dnslib.RR, qname: dnslib.DNSLabel | None) -> str:
     rtype = dnslib.QTYPE.get(rr.rtype)
     if rr.rname == qname:
-        return f"{rtype} {rr.rdata}"
-    return f"{rtype} {rr.rname} {rr.rdata}"
+        return f"{rtype} {_rdata(rr)}"
+    return f"{rtype} {rr.rname} {_rdata(rr)}"
+
+
+def _rdata(rr: dnslib.RR) -> str:
+    """rdata in presentation form.  Where dnslib cannot show what its parser accepted (NAPTR
+    strings that are not UTF-8, LOC or SVCB fields out of range), the generic form of RFC
+    3597 §5: ``\\# length hex``."""
+    try:
+        return str(rr.rdata)
+    except Exception:  # dnslib's __repr__ of several types raises on such values
+        buffer = dnslib.DNSBuffer()
+        rr.rdata.pack(buffer)
+        return f"\\# {len(buffer.data)} {buffer.data.hex().upper()}"  # as dnslib writes it
 
 
 class _Content:
@@ -212,8 +272,8 @@ class _Content:
         self.evidence: list[int] = []
 
     def add(self, data: bytes, evidence: list[int]) -> None:
-        if self.size == self.missing:  # the first captured bytes
-            self.first_line = data.rstrip(b"\r\n")
+        if self.size == self.missing:  # the first captured bytes: a line, or a whole chunk
+            self.first_line = data.partition(b"\n")[0].removesuffix(b"\r")
         self.size += len(data)
         self.lines += data.count(b"\n")
         self.digest.update(data)
@@ -255,19 +315,22 @@ class _Conn:
         self.segments: tuple[deque, deque] = (deque(), deque())  # (start, end, first, last)
         self.eof = [False, False]
         self.pending: tuple[deque, deque] = (deque(), deque())  # unacked (end, step index)
+        self.acked = [0, 0]  # the highest offset the peer acknowledged, per direction
         self.units = 0
         self.unacked: list[int] = []
         self.fins: dict[int, int] = {}  # direction -> FIN offset, until it is acknowledged
         self.fins_acked = 0
         self.content: _Content | None = None
+        self.chunk_last = False  # the BDAT chunk being read is the LAST one
         self.tls = [False, False]
 
     def handle(self, event: Event) -> Iterator[Step]:
         kind, d = event.kind, event.direction
-        if kind in _CONTROL_TEXT:
+        if kind in _CONTROL:
             yield from self._control(event)
         elif kind == "rst":
-            yield self._new(event, d, "rst", "RST", (event.first,), detail(offset=event.offset))
+            info = detail(offset=event.offset)
+            yield self._new(event, d, StepKind.RST, "RST", (event.first,), info)
         elif kind == "ack":
             yield from self._ack(event)
         elif kind == "data":
@@ -277,12 +340,22 @@ class _Conn:
         elif kind == "overlap":
             self.d.warnings["overlap"] += 1
             text = f"retransmission differs ({event.length} bytes)"
-            yield self._new(event, d, "anomaly", text, (event.first,), detail(offset=event.offset))
+            yield self._new(event, d, _ANOMALY, text, (event.first,), detail(offset=event.offset))
+        elif kind == "after-fin":
+            self.d.warnings["data-after-fin"] += 1
+            text = f"{event.length} bytes after FIN, not part of the stream"
+            yield self._new(event, d, _ANOMALY, text, (event.first,), detail(offset=event.offset))
         elif kind == "close":
             yield from self._close(event)
 
     def _new(
-        self, event: Event, d: int, kind: str, text: str, evidence: tuple[int, ...], info: Detail
+        self,
+        event: Event,
+        d: int,
+        kind: StepKind,
+        text: str,
+        evidence: tuple[int, ...],
+        info: Detail,
     ) -> Step:
         src, dst = self.names if d == CLIENT else self.names[::-1]
         return self.d.step(
@@ -290,19 +363,19 @@ class _Conn:
         )
 
     def _control(self, event: Event) -> Iterator[Step]:
-        kind, d = event.kind, event.direction
-        text, info = _CONTROL_TEXT[kind], detail(offset=event.offset)
-        if kind == "syn":
+        d, (kind, text) = event.direction, _CONTROL[event.kind]
+        info = detail(offset=event.offset)
+        if kind is StepKind.SYN:
             text += f" to port {event.conn.server[1]}"
-        if kind == "fin":
+        if kind is StepKind.FIN:
             self.fins[d] = event.offset
             yield from self._eof(d, event)
-        step_kind = "ack" if kind == "handshake-ack" else kind
-        yield self._new(event, d, step_kind, text, (event.first,), info)
+        yield self._new(event, d, kind, text, (event.first,), info)
 
     def _ack(self, event: Event) -> Iterator[Step]:
         """Coverage of the peer's units; the ACK of a FIN is a step."""
         peer, acked = 1 - event.direction, event.offset
+        self.acked[peer] = acked
         pending = self.pending[peer]
         while pending and pending[0][0] <= acked:
             pending.popleft()
@@ -310,14 +383,11 @@ class _Conn:
         if fin is not None and acked > fin:
             del self.fins[peer]
             self.fins_acked += 1
-            kind = "fin-ack" if self.fins_acked == 1 else "close-ack"
+            kind = StepKind.FIN_ACK if self.fins_acked == 1 else StepKind.CLOSE_ACK
             info = detail(offset=acked)
             yield self._new(event, event.direction, kind, "ACK of FIN", (event.first,), info)
 
     def _data(self, d: int, event: Event) -> Iterator[Step]:
-        if self.eof[d]:
-            self.d.warnings["data-after-fin"] += 1
-            return
         if self.mode in ("sniff", "smtp"):
             segment = (event.offset, event.offset + event.length, event.first, event.last)
             self.segments[d].append(segment)
@@ -330,7 +400,8 @@ class _Conn:
             yield from self._feed(d, event.data, event)
         elif self.mode == "tls" and not self.tls[d]:
             self.tls[d] = True
-            yield self._new(event, d, "tls", "TLS", (event.first,), detail(offset=event.offset))
+            info = detail(offset=event.offset)
+            yield self._new(event, d, StepKind.TLS, "TLS", (event.first,), info)
         elif self.mode == "dns":
             yield from self._dns(d, event)
 
@@ -362,7 +433,7 @@ class _Conn:
             if decision == "tls" and held[d]:
                 self.tls[d] = True
                 info = detail(offset=self.start[d])
-                yield self._new(event, d, "tls", "TLS", self._peek(d, self.start[d]), info)
+                yield self._new(event, d, StepKind.TLS, "TLS", self._peek(d, self.start[d]), info)
             self.segments[d].clear()
 
     def _feed(self, d: int, data: bytes, event: Event) -> Iterator[Step]:
@@ -380,7 +451,7 @@ class _Conn:
     def _gap(self, event: Event) -> Iterator[Step]:
         d = event.direction
         text = f"{event.length} bytes missing from the capture"
-        yield self._new(event, d, "gap", text, (event.first,), detail(offset=event.offset))
+        yield self._new(event, d, StepKind.GAP, text, (event.first,), detail(offset=event.offset))
         yield from self._settle(event, "smtp" if self.smtp_port else "other")
         if self.mode == "smtp" and self.observer is not None:
             yield from self._steps(self.observer.skip(_SMTP_DIRECTION[d], event.length), event)
@@ -420,7 +491,7 @@ class _Conn:
         size = sum(stop - start for start, stop, _, _ in self.segments[d])
         text = f"{size} bytes never parsed: the reply they waited for was not captured"
         evidence = _unique(self._evidence(d, self.segments[d][-1][1]))
-        return self._new(event, d, "anomaly", text, evidence, detail(offset=first[0]))
+        return self._new(event, d, _ANOMALY, text, evidence, detail(offset=first[0]))
 
     def coverage(self) -> Coverage:
         return Coverage(self.id, self.units, tuple(sorted(self.unacked)))
@@ -432,12 +503,21 @@ class _Conn:
         offset = self.start[d] + e.offset
         match e:
             case smtp.Command():
-                info = detail(verb=e.verb, error=e.syntax_error, in_order=e.in_order)
-                return self._unit(d, event, "command", _lines(e.raw), offset + len(e.raw), info)
+                if e.chunk_size is not None:
+                    self.chunk_last = e.last
+                info = detail(
+                    verb=_clean(e.verb), error=_clean(e.syntax_error), in_order=e.in_order
+                )
+                return self._unit(d, event, _COMMAND, _lines(e.raw), offset + len(e.raw), info)
             case smtp.Reply():
                 text = _lines(e.raw)
-                info = detail(code=e.code, lines=len(e.lines), error=e.error, answers=e.answers)
-                return self._unit(d, event, "reply", text, offset + len(e.raw), info)
+                info = detail(
+                    code=e.code,
+                    lines=len(e.lines),
+                    error=_clean(e.error),
+                    answers=_clean(e.answers),
+                )
+                return self._unit(d, event, _REPLY, text, offset + len(e.raw), info)
             case smtp.Content():
                 self.content = self.content or _Content()
                 self.content.add(e.data, self._evidence(d, offset + len(e.data)))
@@ -445,40 +525,62 @@ class _Conn:
                 self.content = self.content or _Content()
                 self.content.gap(e.size)
             case smtp.EndOfData():
-                return self._content(d, event, "content", offset + 3)
+                return self._content(d, event, StepKind.CONTENT, offset + 3)
             case smtp.EndOfChunk():
-                return self._content(d, event, "bdat", offset, last=e.last)
+                return self._content(d, event, StepKind.BDAT, offset, last=e.last)
             case smtp.Opaque():
                 evidence = _unique(self._evidence(d, offset + e.size))
                 if not self.tls[d]:
                     self.tls[d] = True
-                    return self._new(event, d, "tls", "TLS", evidence, detail(offset=offset))
+                    return self._new(event, d, StepKind.TLS, "TLS", evidence, detail(offset=offset))
             case smtp.Anomaly():
-                text = e.kind.value + (f": {e.detail}" if e.detail else "")
+                text = e.kind.value + (f": {_clean(e.detail)}" if e.detail else "")
                 info = detail(offset=offset)
-                return self._new(event, d, "anomaly", text, self._peek(d, offset), info)
-            case smtp.ConnectionClosed() if e.partial:
-                text = f"unterminated line at close ({len(e.partial)} bytes)"
-                return self._new(event, d, "anomaly", text, self._peek(d, offset), detail())
+                return self._new(event, d, _ANOMALY, text, self._peek(d, offset), info)
+            case smtp.Unfinished():
+                return self._unfinished(d, event, e, offset)
         return None
 
-    def _content(self, d: int, event: Event, kind: str, end: int, **extra) -> Step:
+    def _unfinished(self, d: int, event: Event, e: smtp.Unfinished, offset: int) -> Step:
+        """The unit the stream ended inside, as a step of its kind marked incomplete."""
+        end = offset + len(e.raw)
+        if e.unit in (smtp.UnitKind.CONTENT, smtp.UnitKind.CHUNK):
+            self.content = self.content or _Content()
+            self.content.add(e.raw, self._evidence(d, end))
+            if e.unit is smtp.UnitKind.CONTENT:
+                return self._content(d, event, StepKind.CONTENT, end, incomplete=True)
+            return self._content(
+                d, event, StepKind.BDAT, end, last=self.chunk_last, incomplete=True
+            )
+        text = _lines(e.raw)
+        if e.unit is smtp.UnitKind.COMMAND:
+            kind, info = _COMMAND, detail(verb=_clean(parse_command(e.raw.rstrip(b"\r")).verb))
+        else:
+            kind, info = _REPLY, detail(code=e.code, lines=text.count("\n") + 1)
+        return self._unit(d, event, kind, text + INCOMPLETE, end, (*info, ("incomplete", True)))
+
+    def _content(self, d: int, event: Event, kind: StepKind, end: int, **extra) -> Step:
         content, self.content = self.content or _Content(), None
         evidence = [*content.evidence, *self._evidence(d, end)]
         text = content.text() + (" LAST" if extra.get("last") else "")
+        text += INCOMPLETE if extra.get("incomplete") else ""
         step = self._new(event, d, kind, text, _unique(evidence), content.detail(**extra))
         self._track(d, end, step)
         return step
 
-    def _unit(self, d: int, event: Event, kind: str, text: str, end: int, info: Detail) -> Step:
+    def _unit(
+        self, d: int, event: Event, kind: StepKind, text: str, end: int, info: Detail
+    ) -> Step:
         step = self._new(event, d, kind, text, _unique(self._evidence(d, end)), info)
         self._track(d, end, step)
         return step
 
     def _track(self, d: int, end: int, step: Step) -> None:
-        """Wait for the peer to acknowledge the unit ending at stream offset *end*."""
+        """Wait for the peer to acknowledge the unit ending at stream offset *end* (unless it
+        has already: an unfinished unit becomes a step only at the end of its stream)."""
         self.units += 1
-        self.pending[d].append((end, step.index))
+        if end > self.acked[d]:
+            self.pending[d].append((end, step.index))
 
     def _evidence(self, d: int, end: int) -> list[int]:
         """The packets carrying bytes before *end*; those wholly before it are dropped."""
@@ -539,6 +641,14 @@ def _lines(raw: bytes) -> str:
 
 def _text(raw: bytes) -> str:
     return raw.decode("utf-8", "backslashreplace")
+
+
+def _clean(text: str | None) -> str | None:
+    """Text from the core (bytes decoded with ``surrogateescape``) as valid UTF-8, each byte
+    that is not escaped as ``_text`` escapes it: the same bytes read the same in ``text``."""
+    if text is None or text.isascii():
+        return text
+    return _text(text.encode("utf-8", "surrogateescape"))
 
 
 def _unique(numbers: list[int]) -> tuple[int, ...]:

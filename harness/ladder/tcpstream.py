@@ -16,6 +16,10 @@ Rules this module keeps:
 - A hole is given up on, reported as a "gap" and skipped, when the peer acknowledges past
   it (the peer got bytes the capture missed), when more than ``max_ahead`` bytes wait
   behind it, or when the connection finishes.  A direction never seen gets no gaps.
+- A FIN ends its direction (RFC 9293 §3.10.7.4: nothing after it is accepted): no byte
+  and no gap of a direction comes after its "fin" event.  Bytes a segment carries past
+  the FIN (a broken stack, a damaged capture) are dropped, each run reported once as
+  "after-fin" with its offset and length, whether they came before or after the FIN.
 - Events of one connection come out in stream order (a FIN after the data before it, an
   ACK after the bytes it covers); each names the packets that carried it and has the time
   of the packet being fed.  Control events: "syn", "syn-ack", "handshake-ack", "ack"
@@ -54,7 +58,7 @@ class Event(NamedTuple):
     ``first``/``last`` are the numbers of the first and last packets involved.
     """
 
-    kind: str  # syn syn-ack handshake-ack ack data gap overlap fin rst close
+    kind: str  # syn syn-ack handshake-ack ack data gap overlap after-fin fin rst close
     conn: Connection
     direction: int
     time: int  # nanoseconds since the Unix epoch
@@ -180,6 +184,7 @@ class Connection:
             self._data(d, me, offset, payload)
         if flags & FIN and me.fin is None:
             me.fin, me.fin_number = offset + len(payload), number
+            self._drop_after_fin(d, me)
             self._check_fin(d, me)
         if flags & RST:
             self._event("rst", d, number, offset)
@@ -210,6 +215,12 @@ class Connection:
 
     def _data(self, d: int, h: _Half, offset: int, payload: bytes) -> None:
         end = offset + len(payload)
+        if h.fin is not None and end > h.fin:
+            start = max(offset, h.fin)
+            self._event("after-fin", d, self._number, start, end - start)
+            payload, end = payload[: start - offset], start
+            if not payload:
+                return
         if offset == h.next and not h.pending:  # the common case: next in order
             h.next = end
             n = self._number
@@ -253,6 +264,18 @@ class Connection:
         for piece_offset, piece in pieces:
             bisect.insort(h.pending, (piece_offset, piece, self._number))
             h.pending_bytes += len(piece)
+
+    def _drop_after_fin(self, d: int, h: _Half) -> None:
+        """A FIN was just seen: drop what is held past it (``_data`` drops what comes later)."""
+        while h.pending and h.pending[-1][0] + len(h.pending[-1][1]) > h.fin:
+            offset, data, number = h.pending.pop()
+            h.pending_bytes -= len(data)
+            start = max(offset, h.fin)
+            self._event("after-fin", d, number, start, offset + len(data) - start)
+            if offset < h.fin:  # held pieces never overlap: the ones before end before it
+                h.pending.append((offset, data[: h.fin - offset], number))
+                h.pending_bytes += h.fin - offset
+                return
 
     def _drain(self, d: int, h: _Half) -> None:
         """Deliver the held segments that now continue the stream, as one chunk."""

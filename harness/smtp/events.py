@@ -12,6 +12,10 @@ Rules kept here:
    ``Anomaly``, a malformed reply is a ``Reply`` with ``error`` set.
 3. Text is decoded as UTF-8 with ``surrogateescape``, so ``text.encode("utf-8",
    "surrogateescape")`` gives back the exact bytes; message content stays ``bytes``.
+4. A direction's EOF ends every unit: one the stream ended inside (a line without its
+   line ending, a multi-line reply without its last line, content without its end, a
+   chunk short of its size) is reported as ``Unfinished``, just before the
+   ``ConnectionClosed``.  It changes no session state: no peer acts on half a unit.
 """
 
 from __future__ import annotations
@@ -158,6 +162,28 @@ class Opaque(Event):
     """``size`` bytes of TLS (or other unparsed) traffic."""
 
     size: int
+
+
+class UnitKind(Enum):
+    """What an ``Unfinished`` event was part of."""
+
+    COMMAND = "command"
+    REPLY = "reply"
+    CONTENT = "content"  # DATA content
+    CHUNK = "chunk"  # a BDAT chunk
+
+
+@dataclass(frozen=True, kw_only=True)
+class Unfinished(Event):
+    """A unit the stream ended inside (rule 4).  For a command or a reply, ``offset`` and
+    ``raw`` are the whole unit as received (every line of a reply begun, the kept head of
+    an overlong line); ``code`` is a reply's, when its first line has one.  For content and
+    chunks, whose earlier bytes came as ``Content``, they are the bytes after the last
+    complete unit, as received (perhaps the start of the end marker: it never came)."""
+
+    unit: UnitKind
+    raw: bytes
+    code: int | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

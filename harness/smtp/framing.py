@@ -104,6 +104,10 @@ class ReceiveBuffer:
             else:
                 self.eof = True
 
+    def peek(self) -> bytes:
+        """The buffered bytes, left in the buffer."""
+        return bytes(self._data)
+
     def take(self, n: int) -> bytes:
         taken = bytes(self._data[:n])
         del self._data[:n]

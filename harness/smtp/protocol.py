@@ -34,6 +34,10 @@ readers in readers.py, the state table in state.py):
    back would give, instead of being parsed again - the cost of a reply, paid per command.
 7. Nothing here raises on what the peer sent; bad local input (an invalid reply code, a
    command containing CRLF) raises ``HarnessError``.
+8. A direction's EOF (``feed(direction, b"")``) is its end: the unit it ended inside is
+   reported as ``Unfinished`` (events rule 4), then ``ConnectionClosed``.  Feeding or
+   skipping after it is the caller's bug (``RuntimeError``): nothing follows an end.  A
+   capture's reassembler guarantees it, a FIN ending its direction (tcpstream.py).
 """
 
 from __future__ import annotations
@@ -155,11 +159,13 @@ class Observer:
             events = reader.gap(buf, direction)
         if events is not None:
             return [out for event in events for out in self._apply(event)]
-        if buf.eof and not side.closed:
+        if buf.eof and not side.closed:  # rule 8
             side.closed = True
-            return [
-                ConnectionClosed(direction=direction, offset=buf.offset, partial=buf.take(len(buf)))
-            ]
+            unfinished = reader.unfinished(buf, direction)
+            closed = ConnectionClosed(
+                direction=direction, offset=buf.offset, partial=buf.take(len(buf))
+            )
+            return [*unfinished, closed]
         return None
 
     def _apply(self, event: Event) -> list[Event]:

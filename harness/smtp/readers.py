@@ -28,6 +28,11 @@ Rules kept here (the modes and who switches them are in protocol.py):
    before the hole as content and the hole as a content gap, then assumes a line starts
    (a ``.`` CRLF right after a gap ends the data).  A BDAT chunk counts the hole towards
    its size and leaves the rest of it to the commands that follow.  TLS passes it whole.
+7. At EOF, ``unfinished(buf, direction)`` reports the unit the stream ended inside
+   (events rule 4), leaving the buffer as it is: a partial command line; a reply begun
+   (its lines so far and a partial one); content or a chunk begun.  A partial line right
+   after a gap that does not read as a whole one is the tail of a cut line: dropped and
+   reported as ``CUT_BY_GAP`` (rule 6), not an unfinished unit.
 """
 
 from __future__ import annotations
@@ -48,6 +53,8 @@ from harness.smtp.events import (
     Gap,
     Opaque,
     Reply,
+    Unfinished,
+    UnitKind,
 )
 from harness.smtp.framing import (
     COMMAND_LINE_LIMIT,
@@ -74,6 +81,8 @@ class Reader(Protocol):
     def read(self, buf: ReceiveBuffer, direction: Direction) -> list[Event] | None: ...
 
     def gap(self, buf: ReceiveBuffer, direction: Direction) -> list[Event]: ...
+
+    def unfinished(self, buf: ReceiveBuffer, direction: Direction) -> list[Event]: ...
 
 
 class _Line(NamedTuple):
@@ -121,6 +130,23 @@ class _LineReader:
             return line
         end = unit.offset + len(unit.raw)
         return _Line(None, line.offset, line.raw, [_cut(line.offset, end, direction)])
+
+    def rest(self, buf: ReceiveBuffer, direction: Direction) -> _Line | None:
+        """At EOF: the line the stream ended inside (rule 7), None if there is none; its
+        ``body`` is None for the tail of a line cut by a gap."""
+        if self._head is not None:
+            head = self._head
+            return _Line(
+                head.raw, head.offset, head.raw, [_too_long(head.offset, direction, self._limit)]
+            )
+        data = buf.peek()
+        if not data:
+            return None
+        if self._resync and not self._whole(data):
+            return _Line(
+                None, buf.offset, data, [_cut(buf.offset, buf.offset + len(data), direction)]
+            )
+        return _Line(data, buf.offset, data, [])
 
     def gap(self, buf: ReceiveBuffer, direction: Direction) -> list[Event]:
         """Drop the partial line before the hole, pass the hole (rule 6)."""
@@ -184,6 +210,17 @@ class CommandReader:
         )
         return [*line.anomalies, command]
 
+    def unfinished(self, buf: ReceiveBuffer, direction: Direction) -> list[Event]:
+        line = self._lines.rest(buf, direction)
+        if line is None:
+            return []
+        if line.body is None:
+            return line.anomalies
+        unit = Unfinished(
+            direction=direction, offset=line.offset, unit=UnitKind.COMMAND, raw=line.raw
+        )
+        return [*line.anomalies, unit]
+
 
 class ReplyReader:
     needs_bytes = True
@@ -228,6 +265,23 @@ class ReplyReader:
         )
         return [*line.anomalies, reply]
 
+    def unfinished(self, buf: ReceiveBuffer, direction: Direction) -> list[Event]:
+        """The reply begun: its lines so far and the partial line after them (rule 7)."""
+        line = self._lines.rest(buf, direction)
+        anomalies: list[Event] = [*line.anomalies] if line else []
+        partial = line if line is not None and line.body is not None else None
+        if self._builder.started:
+            start, raw, code = self._start, self._raw, self._builder.code
+        elif partial is not None:
+            start, raw, code = partial.offset, b"", parse_reply_line(partial.body).code
+        else:
+            return anomalies
+        raw += partial.raw if partial else b""
+        unit = Unfinished(
+            direction=direction, offset=start, unit=UnitKind.REPLY, raw=raw, code=code
+        )
+        return [*anomalies, unit]
+
 
 class DataReader:
     """DATA content up to CRLF.CRLF (rule 3)."""
@@ -259,6 +313,13 @@ class DataReader:
         self._size += buf.hole
         self._line_start, self._continuing = True, False
         return [*events, _pass(buf, buf.hole, direction, content=True)]
+
+    def unfinished(self, buf: ReceiveBuffer, direction: Direction) -> list[Event]:
+        """Content begun and never ended (rule 7); nothing if none arrived."""
+        rest = buf.peek()
+        if not self._size and not rest:
+            return []
+        return [Unfinished(direction=direction, offset=buf.offset, unit=UnitKind.CONTENT, raw=rest)]
 
     def _unit(self, unit: Unit, direction: Direction) -> list[Event]:
         raw = unit.raw
@@ -326,6 +387,13 @@ class ChunkReader:
         self._left -= n
         return [*events, _pass(buf, n, direction, content=True)]
 
+    def unfinished(self, buf: ReceiveBuffer, direction: Direction) -> list[Event]:
+        """A chunk begun and short of its size (rule 7); nothing if none of it arrived."""
+        rest = buf.peek()
+        if self._left == self._size and not rest:
+            return []
+        return [Unfinished(direction=direction, offset=buf.offset, unit=UnitKind.CHUNK, raw=rest)]
+
     def _content(self, buf: ReceiveBuffer, n: int, direction: Direction) -> Content:
         offset = buf.offset
         self._left -= n
@@ -345,3 +413,6 @@ class OpaqueReader:
 
     def gap(self, buf: ReceiveBuffer, direction: Direction) -> list[Event]:
         return [_pass(buf, buf.hole, direction)]
+
+    def unfinished(self, buf: ReceiveBuffer, direction: Direction) -> list[Event]:
+        return []  # it reads every byte it is given

@@ -52,6 +52,11 @@ class ReplyBuilder:
     def started(self) -> bool:
         return bool(self._lines)
 
+    @property
+    def code(self) -> int | None:
+        """The code of the reply begun (that of its first line); None if none is."""
+        return self._lines[0].code if self._lines else None
+
     def add(self, line: ReplyLine) -> tuple[int | None, tuple[str, ...], str | None] | None:
         self._lines.append(line)
         if not line.final:

@@ -23,6 +23,7 @@ Rules kept here:
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterable
 from enum import Enum
 
 
@@ -95,11 +96,16 @@ def next_state(state: State, key: str | None, code: int) -> State:
 
 
 class Session:
-    """The confirmed state plus the commands still waiting for their replies."""
+    """The confirmed state plus the commands still waiting for their replies.
+
+    ``expected()`` is kept up to date as commands and replies come, not recomputed from
+    the whole queue for each command: a capture with one side missing queues every
+    command unanswered, and walking that queue each time made it quadratic."""
 
     def __init__(self) -> None:
         self.state = State.GREETING
         self._waiting: deque[str] = deque([GREETING])
+        self._expected = State.GREETING
 
     @property
     def waiting(self) -> tuple[str, ...]:
@@ -107,25 +113,33 @@ class Session:
 
     def expected(self) -> State:
         """The state once every waiting command has succeeded (see rule 3)."""
-        state = self.state
-        for key in self._waiting:
-            if key == GREETING:
-                return State.GREETING
-            state = SUCCESS[state].get(key, state)
-        return state
+        return self._expected
 
     def allows(self, key: str) -> bool:
-        return key in LEGAL[self.expected()]
+        return key in LEGAL[self._expected]
 
     def command(self, key: str) -> bool:
         """Record a command (or END_OF_DATA) awaiting a reply; return whether it is legal."""
         legal = self.allows(key)
         self._waiting.append(key)
+        self._expected = _expect(self._expected, (key,))
         return legal
 
     def reply(self, code: int | None) -> str | None:
         """Apply a reply; return the key it answers (None if nothing was waiting)."""
         key = self._waiting.popleft() if self._waiting else None
+        before = self.state
         if code is not None:
-            self.state = next_state(self.state, key, code)
+            self.state = next_state(before, key, code)
+        if key == GREETING or self.state is not SUCCESS[before].get(key, before):
+            self._expected = _expect(self.state, self._waiting)  # not the path foreseen
         return key
+
+
+def _expect(state: State, waiting: Iterable[str]) -> State:
+    """The state after every key of *waiting* succeeds; nothing moves before the greeting."""
+    for key in waiting:
+        if key == GREETING:
+            return State.GREETING
+        state = SUCCESS[state].get(key, state)
+    return state

@@ -1,0 +1,119 @@
+"""``smtp-harness ladder`` and ``check`` as a user runs them: exit codes, one-line errors,
+output that is always UTF-8 (issue 9 findings 6-8)."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+from click.testing import CliRunner
+from conftest import CLI, ROOT
+from ladder_pcaps import FUZZ, SEED_DIALOGUE, SENDER, seed_capture
+
+import harness.ladder.commands as commands
+from harness.cli import main
+from harness.ladder.model import Ladder
+
+SEED = ROOT / "pcaps" / "seed.pcap"
+
+
+def smtp_harness(*args: str) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([*CLI, *args], capture_output=True, timeout=60)
+
+
+def one_line(stderr: bytes) -> str:
+    lines = stderr.decode().splitlines()
+    assert len(lines) == 1, lines
+    assert "Traceback" not in lines[0]
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("host", "why"),
+    [
+        ("1.2.3.999=x", "'1.2.3.999' is not an IP address"),
+        ("mail.sender.com=x", "is not an IP address"),
+        ("192.0.2.10", "expected ADDR=NAME"),
+        ("192.0.2.10=two words", "printable UTF-8 without spaces"),
+        ("192.0.2.10=tab\there", "printable UTF-8 without spaces"),
+    ],
+)
+def test_a_bad_host_is_one_line_and_exit_2(host, why):
+    """``--host 1.2.3.999=x`` was accepted (issue 9 finding 8)."""
+    done = smtp_harness("ladder", "--host", host, str(SEED))
+    assert done.returncode == 2
+    line = one_line(done.stderr)
+    assert line.startswith(f"smtp-harness: error: --host {host!r}: ") and why in line
+    assert done.stdout == b""
+
+
+def test_a_host_address_is_matched_as_the_ladder_writes_it(tmp_path):
+    path = seed_capture(tmp_path / "seed.pcap")
+    done = smtp_harness("ladder", "--host", "192.0.2.010=x", str(path))
+    assert done.returncode == 2  # a leading zero: octal to some, decimal to others
+    done = smtp_harness("ladder", "--format", "json", "--host", f"{SENDER}=sender", str(path))
+    assert Ladder.from_json(done.stdout.decode()).steps[0].src == "sender"
+
+
+@pytest.mark.parametrize(
+    ("data", "why"),
+    [(None, "cannot read"), (b"not a capture", "offset 0: not a pcap or pcapng file")],
+)
+def test_an_unreadable_capture_is_one_line_and_exit_2(tmp_path, data, why):
+    path = tmp_path / "bad.pcap"
+    if data is not None:
+        path.write_bytes(data)
+    for args in (["ladder", str(path)], ["check", str(path), "--expect", str(SEED)]):
+        done = smtp_harness(*args)
+        assert done.returncode == 2
+        line = one_line(done.stderr)
+        assert line.startswith(f"smtp-harness: error: {path}: ") and why in line
+
+
+def test_check_says_same_0_and_differs_1(tmp_path):
+    same = smtp_harness("check", str(SEED), "--expect", str(SEED))
+    assert (same.returncode, same.stderr) == (0, b"")
+    changed = [(s, b"451 later\r\n" if d == b"250 OK\r\n" else d) for s, d in SEED_DIALOGUE]
+    run = seed_capture(tmp_path / "run.pcap", dialogue=changed)
+    golden = seed_capture(tmp_path / "golden.pcap")
+    differs = smtp_harness("check", str(run), "--expect", str(golden))
+    assert (differs.returncode, differs.stderr) == (1, b"")
+    assert b"mismatch(es) between the run and the golden capture" in differs.stdout
+
+
+def test_the_damaged_seed_is_a_difference_not_a_crash():
+    """It crashed the dissector; through ``check`` the traceback exited 1, like a difference."""
+    done = smtp_harness("check", str(FUZZ / "seed-1675-xor-04.pcap"), "--expect", str(SEED))
+    assert (done.returncode, done.stderr) == (1, b"")
+    assert b"anomaly  11 bytes after FIN, not part of the stream" in done.stdout
+
+
+@pytest.mark.parametrize("command", ["ladder", "check"])
+def test_a_fault_of_ours_is_one_line_exit_3_and_a_traceback_file(monkeypatch, command):
+    """A mock: no input crashes the dissector any more (the fuzzers keep it so), so a bug is
+    planted in it to see how the command reports one."""
+
+    def broken(path, hosts=None):
+        raise RuntimeError("gap reported after EOF")
+
+    monkeypatch.setattr(commands, "dissect", broken)
+    args = [str(SEED)] if command == "ladder" else [str(SEED), "--expect", str(SEED)]
+    result = CliRunner().invoke(main, [command, *args])
+    assert result.exit_code == 3
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(f"smtp-harness: error: harness fault on {SEED}: RuntimeError: gap")
+    path = line.rsplit("traceback in ", 1)[1]
+    with open(path, encoding="utf-8") as f:
+        kept = f.read()
+    assert "Traceback (most recent call last)" in kept and "in broken" in kept
+    assert result.stdout == ""
+
+
+def test_json_ladder_of_binary_commands_is_utf8_on_stdout(tmp_path):
+    dialogue = [("s", b"220 \xfe hi\r\n"), ("c", b"\xff\xfe\x00 x\r\n"), ("s", b"500 \xc3\r\n")]
+    path = seed_capture(tmp_path / "bin.pcap", dialogue=dialogue)
+    done = smtp_harness("ladder", "--format", "json", str(path))
+    assert done.returncode == 0 and done.stderr == b""
+    ladder = Ladder.from_json(done.stdout.decode("utf-8"))  # strict: no lone surrogates
+    command = next(s for s in ladder.steps if s.kind == "command")
+    assert (command.text, command.get("verb")) == ("\\xff\\xfe\x00 x", "\\xff\\xfe\x00")
