@@ -20,8 +20,8 @@ from harness.outcome import OutcomeStatus
 from harness.runner import RunResult
 from harness.scenario import FIXTURES, Scenario
 from harness.verdict import Verdict
-from tests.ladder_pcaps import seed_capture
-from tests.wire import DNS, MESSAGE, RECEIVER, TRAP, Smtp, Wire, run_of
+from ladder_pcaps import seed_capture
+from wire import DNS, MESSAGE, RECEIVER, TRAP, Smtp, Wire, run_of
 
 DELIVERED, REJECTED, DEFERRED = (
     OutcomeStatus.DELIVERED,

@@ -4,8 +4,8 @@ in which nothing happened (issue 8: "Proven able to fail").
 One test walks the registry, so a check added without its cases in ``tests/check_cases.py``
 fails here.  Each case is a crafted run (packets written with scapy, dissected by the real
 dissector); the verdicts must be exactly the ones the case states, every verdict must cite
-steps of its run, and no pass may cite every step of a ladder (except check zero, whose
-rule is the whole seed).
+steps of its run, and no pass may cite every step of a ladder of more than a handful of
+steps (except check zero, whose rule is the whole seed).
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import pytest
 from harness.checks.base import Check, Kind, registry
 from harness.outcome import OutcomeStatus
 from harness.verdict import Verdict
-from tests.check_cases import CASES
-from tests.wire import run_of, scenario_of
+from check_cases import CASES
+from wire import run_of, scenario_of
 
 CHECKS = registry()
 EMPTY_OUTCOMES = (None, OutcomeStatus.DEFERRED, OutcomeStatus.REJECTED, OutcomeStatus.DELIVERED)
@@ -59,8 +59,8 @@ def test_check_passes_fails_and_refuses_the_empty_run(check_id, tmp_path) -> Non
         runs, outcome = _judged(check, cases.role, build, tmp_path / f"pass{n}")
         assert outcome.verdict is Verdict.PASS, f"pass case {n}: {outcome}"
         _cited(outcome, runs)
-        if check_id != "seed.exchange":
-            every = {(r, s.index) for r, run in enumerate(runs) for s in run.ladder.steps}
+        every = {(r, s.index) for r, run in enumerate(runs) for s in run.ladder.steps}
+        if check_id != "seed.exchange" and len(every) > 4:
             assert set(outcome.evidence) != every, f"pass case {n} cites every step"
     for n, (verdict, build) in enumerate(cases.failing):
         runs, outcome = _judged(check, cases.role, build, tmp_path / f"fail{n}")

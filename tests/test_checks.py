@@ -6,20 +6,19 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from types import SimpleNamespace
 from xml.etree import ElementTree as ET
 
 import pytest
 from click.testing import CliRunner
 
-from harness.checks.base import REFERENCE, Outcome, Setup, registry, select
+from harness.checks.base import REFERENCE, Kind, Outcome, Setup, registry, select
 from harness.checks.commands import matrix as matrix_command
 from harness.checks.expected import DEFAULT_EXPECTED, Entry, Expected, difference, load_expected
 from harness.checks.matrix import Cell, Column, Matrix, column
 from harness.checks.report import write_html, write_json, write_junit
 from harness.cli import _Main
 from harness.errors import HarnessError
-from harness.ladder.model import Ladder, Step
+from harness.verdict import Verdict
 
 HARNESS = Column(REFERENCE, "0.1.0")
 NOTHING_EXPECTED = Expected({})
@@ -35,25 +34,25 @@ def judged(m: Matrix, check_id: str, role: str) -> Cell:
 
 
 REFERENCE_VERDICTS = [
-    ("seed.exchange", "sender", "pass"),
-    ("seed.exchange", "receiver", "pass"),
-    ("dns.mx-fallback", "sender", "pass"),
-    ("dns.null-mx", "sender", "pass"),
-    ("dns.glue-ignored", "sender", "fail"),
-    ("dns.ptr-at-connect", "receiver", "deviation-known"),
-    ("session.vrfy-disabled-252", "receiver", "fail"),
-    ("session.reply-first-digit", "sender", "pass"),
-    ("esmtp.pipelining-group-end", "sender", "n/a"),
-    ("data.smuggle-crlf-dot-lf", "receiver", "pass"),
-    ("close.pattern", "sender", "pass"),
+    ("seed.exchange", "sender", "pass", None),
+    ("seed.exchange", "receiver", "pass", None),
+    ("dns.mx-fallback", "sender", "pass", None),
+    ("dns.null-mx", "sender", "pass", None),
+    ("dns.glue-use", "sender", "observed", "used the glue"),
+    ("dns.ptr-timing", "receiver", "observed", "after HELO"),
+    ("session.vrfy-disabled-252", "receiver", "fail", None),
+    ("session.reply-first-digit", "sender", "pass", None),
+    ("esmtp.pipelining-group-end", "sender", "n/a", None),
+    ("data.smuggle-crlf-dot-lf", "receiver", "pass", None),
+    ("close.pattern", "sender", "observed", "both closed after the 221"),
 ]
 
 
 @pytest.mark.lab
-@pytest.mark.parametrize(("check_id", "role", "verdict"), REFERENCE_VERDICTS)
-def test_reference_column_verdicts(lab_matrix, check_id, role, verdict) -> None:
+@pytest.mark.parametrize(("check_id", "role", "verdict", "value"), REFERENCE_VERDICTS)
+def test_reference_column_verdicts(lab_matrix, check_id, role, verdict, value) -> None:
     cell = judged(lab_matrix, check_id, role)
-    assert cell.verdict == verdict, cell.note
+    assert (cell.verdict, cell.value) == (verdict, value), cell.note
     assert cell.evidence or verdict == "n/a"
     for folder in cell.folders:
         assert (folder / "ladder.svg").is_file() and (folder / "capture.pcap").is_file()
@@ -63,7 +62,7 @@ def test_reference_column_verdicts(lab_matrix, check_id, role, verdict) -> None:
 def test_seed_exchange_evidence_is_every_ladder_step(lab_matrix) -> None:
     cell = judged(lab_matrix, "seed.exchange", "sender")
     assert cell.note.startswith("reproduced 33/33")
-    assert cell.evidence == tuple(range(1, 33))  # 33 seed steps, "." folded into content
+    assert cell.evidence == tuple((0, i) for i in range(1, 33))  # "." folded into content
 
 
 def _misbehaving(check_id: str, reply: dict) -> object:
@@ -83,7 +82,7 @@ def test_a_receiver_scripted_to_misbehave_fails_with_evidence(lab_matrix) -> Non
     assert "RSET answered 500" in cell.note
     ladder = cell.folders[0] / "ladder.json"
     steps = {s["index"]: s for s in json.loads(ladder.read_text())["steps"]}
-    assert [steps[i]["text"][:4] for i in cell.evidence] == ["RSET", "500 "]
+    assert [steps[i]["text"][:4] for _run, i in cell.evidence] == ["RSET", "500 "]
 
 
 @pytest.mark.lab
@@ -142,12 +141,14 @@ def test_outcome_rejects_unknown_verdicts() -> None:
 
 
 EXPECTED_TOML = """
+[postfix."3.7"]
+package = "3.7.11-0+deb12u1"
 [postfix."3.7".receiver]
 "session.vrfy-disabled-252" = { verdict = "fail", reason = "502 when disabled" }
 [postfix."3".receiver]
 "session.vrfy-codes" = { verdict = "n/a", reason = "older table" }
 [postfix."*".sender]
-"close.pattern" = { verdict = "deviation-known", reason = "any version" }
+"close.pattern" = { verdict = "observed", value = "sender RST after the 221", reason = "any" }
 """
 
 
@@ -163,8 +164,13 @@ def test_expected_lookup_uses_the_longest_version_prefix(tmp_path) -> None:
     assert exp.entry("postfix", "3.7.11", "receiver", "session.vrfy-codes").verdict == "pass"
     assert exp.entry("postfix", "3.6.4", "receiver", "session.vrfy-codes").verdict == "n/a"
     assert exp.entry("postfix", "3.70", "receiver", "session.vrfy-disabled-252").verdict == "pass"
-    assert exp.entry("postfix", "9.9", "sender", "close.pattern").verdict == "deviation-known"
-    assert exp.entry("exim", "4.96", "sender", "close.pattern") == Entry("pass", "")
+    pattern = exp.entry("postfix", "9.9", "sender", "close.pattern", Kind.OBSERVATION)
+    assert (pattern.verdict, pattern.value) == ("observed", "sender RST after the 221")
+    assert exp.entry("exim", "4.96", "sender", "session.noop") == Entry(Verdict.PASS, "")
+    unrecorded = exp.entry("exim", "4.96", "sender", "close.pattern", Kind.OBSERVATION)
+    assert difference(unrecorded, Verdict.OBSERVED, "sender RST after the 221") == "changed"
+    assert exp.written_for("postfix", "3.7.11") == "3.7.11-0+deb12u1"
+    assert exp.written_for("postfix", "3.6.4") is None
 
 
 @pytest.mark.parametrize(
@@ -181,7 +187,14 @@ def test_expected_lookup_uses_the_longest_version_prefix(tmp_path) -> None:
     ],
 )
 def test_difference(expected, actual, kind) -> None:
-    assert difference(expected, actual) == kind
+    assert difference(Entry(Verdict(expected), "why"), Verdict(actual)) == kind
+
+
+def test_an_observation_differs_when_its_value_changes() -> None:
+    entry = Entry(Verdict.OBSERVED, "recorded", "both closed after the 221")
+    assert difference(entry, Verdict.OBSERVED, "both closed after the 221") == "match"
+    assert difference(entry, Verdict.OBSERVED, "sender RST after the 221") == "changed"
+    assert difference(entry, Verdict.NA) == "regression"
 
 
 @pytest.mark.parametrize(
@@ -201,6 +214,18 @@ def test_difference(expected, actual, kind) -> None:
         ),
         ('[postfix."3.7".receiver]\n"session.vrfy-codes" = { verdict = "fail" }', "reason"),
         (
+            '[postfix."3.7".sender]\n"close.pattern" = { verdict = "pass", reason = "x" }',
+            "an observation is observed",
+        ),
+        (
+            '[postfix."3.7".sender]\n"close.pattern" = { verdict = "observed", reason = "x" }',
+            "with the value seen",
+        ),
+        (
+            '[postfix."3.7".receiver]\n"session.noop" = { verdict = "fail", value = "v", reason = "x" }',
+            "only an observed cell",
+        ),
+        (
             '[postfix."3.7".client]\n"session.vrfy-codes" = { verdict = "fail", reason = "x" }',
             "role",
         ),
@@ -217,6 +242,13 @@ def test_the_repository_expected_matrix_loads() -> None:
     exp = load_expected(DEFAULT_EXPECTED, registry())
     entry = exp.entry(REFERENCE, "0.1.0", "receiver", "session.vrfy-disabled-252")
     assert entry.verdict == "fail" and entry.reason
+    checks = registry()
+    for mta, versions in exp.table.items():
+        for roles in versions.values():
+            for role, cells in roles.items():
+                for check_id, cell in cells.items():
+                    assert cell.verdict != "error", f"{mta}/{role}/{check_id}: an error cell"
+                    assert role in checks[check_id].roles
 
 
 def test_an_unavailable_mta_gives_error_cells_not_skips(tmp_path) -> None:
@@ -242,32 +274,30 @@ def _synthetic_cells(out: Path) -> list[Cell]:
     folder.mkdir(parents=True)
     for name in ("ladder.svg", "capture.pcap", "sender.jsonl"):
         (folder / name).write_text("x")
-    expect_fail = Entry("fail", "known <bad> & old")
-    postfix = Column("postfix", "3.7.11")
+    expect_fail = Entry(Verdict.FAIL, "known <bad> & old")
+    postfix = Column("postfix", "3.7.11", package_version="3.7.11-0+deb12u1")
     return [
         Cell(
             checks["seed.exchange"],
             "sender",
             HARNESS,
-            "pass",
+            Verdict.PASS,
             "33/33",
-            Entry("pass", ""),
-            (1, 2),
-            0,
+            Entry(Verdict.PASS, ""),
+            ((0, 1), (0, 2)),
             (folder,),
         ),
         Cell(
-            checks["close.pattern"],
-            "sender",
+            checks["session.rset"],
+            "receiver",
             HARNESS,
-            "fail",
+            Verdict.FAIL,
             "client <RST>",
-            Entry("pass", ""),
-            (5,),
-            0,
+            Entry(Verdict.PASS, ""),
+            ((0, 5),),
             (folder,),
         ),
-        Cell(checks["close.pattern"], "sender", postfix, "pass", "ok", expect_fail),
+        Cell(checks["session.rset"], "receiver", postfix, Verdict.PASS, "ok", expect_fail),
     ]
 
 
@@ -276,7 +306,7 @@ def test_junit_has_one_testcase_per_cell(tmp_path) -> None:
     suite = ET.parse(write_junit(cells, tmp_path)).getroot()
     cases = suite.findall("testcase")
     assert len(cases) == len(cells)
-    assert [c.get("name") for c in cases] == ["seed.exchange", "close.pattern", "close.pattern"]
+    assert [c.get("name") for c in cases] == ["seed.exchange", "session.rset", "session.rset"]
     assert suite.get("failures") == "2"
     failures = [c.find("failure").get("message") for c in cases if c.find("failure") is not None]
     assert failures == [
@@ -287,7 +317,7 @@ def test_junit_has_one_testcase_per_cell(tmp_path) -> None:
 
 def test_json_lists_cells_links_and_differences(tmp_path) -> None:
     cells = _synthetic_cells(tmp_path)
-    data = json.loads(write_json(cells, tmp_path, "expected.toml").read_text())
+    data = json.loads(write_json(cells, tmp_path, Expected({}, "expected.toml")).read_text())
     assert data["summary"]["differences"] == {"match": 1, "regression": 1, "improvement": 1}
     first = data["cells"][0]
     assert first["runs"][0] == {
@@ -296,12 +326,15 @@ def test_json_lists_cells_links_and_differences(tmp_path) -> None:
         "log": "harness/sender/seed/sender.jsonl",
         "folder": "harness/sender/seed",
     }
-    assert first["evidence"] == {"run": 0, "steps": [1, 2]}
+    assert first["evidence"] == [{"run": 0, "step": 1}, {"run": 0, "step": 2}]
+    assert data["columns"][1]["package_version"] == "3.7.11-0+deb12u1"
 
 
 def test_html_links_resolve_and_text_is_escaped(tmp_path) -> None:
     cells = _synthetic_cells(tmp_path)
-    page = write_html(cells, tmp_path, "expected.toml").read_text()
+    written = Expected({"postfix": {"3.7": {}}}, "expected.toml", {("postfix", "3.7"): "3.7.9-1"})
+    page = write_html(cells, tmp_path, written).read_text()
+    assert "postfix: expected file written for 3.7.9-1, ran 3.7.11-0+deb12u1" in page
     for link in ("ladder.svg", "capture.pcap", "sender.jsonl"):
         href = f"harness/sender/seed/{link}"
         assert f"href='{href}'" in page and (tmp_path / href).is_file()
@@ -343,62 +376,13 @@ def test_matrix_command_writes_reports_and_compares(tmp_path) -> None:
     assert result.exit_code == 1, result.output + result.stderr
     assert "improvement: harness/receiver/close.quit-221: expected fail, got pass" in result.output
     assert {p.name for p in out.iterdir()} >= {"matrix.html", "matrix.json", "junit.xml", REFERENCE}
-    expected.write_text("")
+    expected.write_text(
+        '[harness."*".receiver]\n'
+        '"close.pattern" = { verdict = "observed", value = "both closed after the 221", '
+        'reason = "our sender waits for the receiver\'s FIN" }\n'
+    )
     again = _cli(*args, "--out", str(out), "--expected", str(expected))
     assert again.exit_code == 0, again.output
-
-
-def _closing(*ends: tuple[str, str]) -> SimpleNamespace:
-    """A run whose ladder is QUIT, 221, then FIN/RST steps ``(kind, src)`` in this order."""
-    steps = [
-        Step(0, 0, "sender", "receiver", "command", "QUIT", conn=1, detail=(("verb", "QUIT"),)),
-        Step(1, 1, "receiver", "sender", "reply", "221 bye", conn=1, detail=(("code", 221),)),
-    ]
-    steps += [
-        Step(i, i, src, "x", kind, kind.upper(), conn=1) for i, (kind, src) in enumerate(ends, 2)
-    ]
-    scenario = SimpleNamespace(sender_host="sender", receiver_host="receiver")
-    return SimpleNamespace(ladder=Ladder(steps), scenario=scenario)
-
-
-@pytest.mark.parametrize(
-    ("ends", "verdict"),
-    [
-        ((("fin", "receiver"), ("fin", "sender")), "pass"),  # the seed
-        ((("fin", "sender"), ("fin", "receiver")), "pass"),  # Sendmail's race, other order
-        ((("rst", "sender"),), "deviation-known"),  # Postfix: closed with the 221 unread
-        ((("fin", "receiver"), ("rst", "sender")), "deviation-known"),
-    ],
-)
-def test_close_checks_do_not_depend_on_who_wins_the_fin_race(ends, verdict) -> None:
-    run = _closing(*ends)
-    for check_id in ("close.pattern", "close.client-waits-221"):
-        assert registry()[check_id].judge_runs(run).verdict == verdict, check_id
-
-
-def test_a_client_fin_before_the_221_is_the_same_deviation() -> None:
-    """Exim: QUIT and FIN together, the 221 after them."""
-    steps = [
-        Step(0, 0, "sender", "receiver", "command", "QUIT", conn=1, detail=(("verb", "QUIT"),)),
-        Step(1, 1, "sender", "receiver", "fin", "FIN", conn=1),
-        Step(2, 2, "receiver", "sender", "reply", "221 bye", conn=1, detail=(("code", 221),)),
-        Step(3, 3, "receiver", "sender", "fin", "FIN", conn=1),
-    ]
-    run = SimpleNamespace(ladder=Ladder(steps), scenario=_closing().scenario)
-    for check_id in ("close.pattern", "close.client-waits-221"):
-        assert registry()[check_id].judge_runs(run).verdict == "deviation-known", check_id
-
-
-SLOW = {"sender": {"receiver": {"replies": [{"on": "QUIT", "delay_ms": 300}]}}}
-
-
-def test_by_role_data_applies_only_when_the_check_plays_that_role() -> None:
-    setup = Setup("s", {"sender": {"recipients": ["c3po@receiver.com"]}}, by_role=SLOW)
-    as_sender = setup.scenario_data("postfix", "sender")
-    assert as_sender["receiver"] == SLOW["sender"]["receiver"]
-    assert as_sender["sender"] == {"recipients": ["c3po@receiver.com"], "mta": "postfix"}
-    assert "replies" not in setup.scenario_data("postfix", "receiver")["receiver"]
-    assert setup.key("postfix", "sender") != setup.key("postfix", "receiver")
 
 
 @pytest.mark.lab

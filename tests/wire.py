@@ -21,7 +21,7 @@ from harness.outcome import Dsn, Outcome, OutcomeStatus, SendReport
 from harness.runner import RunResult, host_names
 from harness.scenario import Scenario
 from harness.smtp.receiver import StoredMessage
-from tests.ladder_pcaps import Capture, Tcp
+from ladder_pcaps import Capture, Tcp
 
 SENDER, DNS, RECEIVER = "192.0.2.10", "192.0.2.53", "192.0.2.25"
 TRAP = "192.0.2.99"

@@ -189,13 +189,13 @@ class Check:
         """The verdict over one run per setup, earned by the rules above."""
         if len(results) != len(self.setups):
             raise InternalError(f"{self.id}: {len(results)} runs for {len(self.setups)} setups")
-        found = []
-        for pre in self.requires:
-            steps = tuple(pre.find(results[pre.run]))
-            if not steps:
-                return not_applicable(f"not exercised: {pre.says}")
-            found.append(steps)
+        found: list[tuple[Step, ...]] = []
         try:
+            for pre in self.requires:
+                steps = tuple(pre.find(results[pre.run]))
+                if not steps:
+                    return not_applicable(f"not exercised: {pre.says}")
+                found.append(steps)
             outcome = self.judge_seen(Seen(tuple(results), tuple(found)))
         except Unjudged as exc:
             return error(str(exc))
