@@ -51,7 +51,7 @@ from typing import Any
 from dnslib import QTYPE, RR
 
 from harness.dns.faults import ACTIONS, FaultRule
-from harness.dns.zones import ZoneSet, parse_records, parse_records_with_lines, wire_problem
+from harness.dns.zones import ZoneSet, parse_records, wire_problem
 from harness.errors import HarnessError
 from harness.grammar import Grammar, documentation_address, problem, require, shown
 from harness.lab.topology import Topology, default_topology, topology_from_dict
@@ -75,6 +75,7 @@ FAULT_TIMES = range(1, 1001)
 MAX_SCENARIO_FILE = 2**20  # octets of a scenario file
 MAX_MESSAGE = 32 * 2**20  # octets of sender.message
 MAX_RAW = 16 * 2**20  # octets of one raw probe
+CAPTURE_SUFFIXES = (".pcap", ".pcapng")
 PCAP_MAGIC = {
     b"\xd4\xc3\xb2\xa1": "pcap",
     b"\xa1\xb2\xc3\xd4": "pcap",
@@ -551,12 +552,12 @@ def _record(text: str, where: str, zones: ZoneSet) -> RR:
     if text.lstrip().startswith("$"):
         raise HarnessError(f"{where}: {shown(text)}: directives belong in zone files")
     try:
-        found = parse_records_with_lines(text, source=where)
-    except HarnessError as exc:
+        found = parse_records(text, source=where)
+    except HarnessError as exc:  # "<where>:1: ...": an entry is one line
         raise HarnessError(str(exc).replace(f"{where}:1:", f"{where}:", 1)) from None
     if len(found) != 1:
         raise HarnessError(f"{where}: {shown(text)} holds {len(found)} records; give one")
-    rr = found[0][1]
+    rr = found[0]
     _record_check(where, rr)
     if rr.rtype == QTYPE.SOA:
         raise HarnessError(f"{where}: an SOA record can only change in its zone file")
@@ -628,17 +629,8 @@ def _mta(given: dict, role: str) -> str | None:
 def _check_mta_sides(scenario: Scenario) -> None:
     if scenario.receiver_mta and scenario.sender_mta:
         raise HarnessError("receiver.mta and sender.mta: one side must be a scripted peer")
-    if scenario.sender_mta and scenario.receiver_port != 25:
-        raise HarnessError(f"receiver.port: {scenario.sender_mta} as sender delivers to port 25")
-    if scenario.sender_mta and not scenario.sender.mail_from:
-        raise HarnessError(
-            f"sender.mail_from: {scenario.sender_mta} as sender needs a mailbox (luke's: its "
-            "bounces go there), not the null path"
-        )
-    if scenario.sender_mta and scenario.sender.helo_name.startswith("["):
-        raise HarnessError(
-            f"sender.helo: {scenario.sender_mta} takes it as its host name: give a domain"
-        )
+    if scenario.sender_mta:
+        _check_mta_sender(scenario.sender_mta, scenario)
     for role, name in (("receiver", scenario.receiver_mta), ("sender", scenario.sender_mta)):
         if name is None:
             continue
@@ -646,6 +638,18 @@ def _check_mta_sides(scenario: Scenario) -> None:
             adapters()[name].accepts(role, *site_names(scenario, role))
         except HarnessError as exc:
             raise HarnessError(f"{role}.mta: {name} cannot take these names: {exc}") from None
+
+
+def _check_mta_sender(mta: str, scenario: Scenario) -> None:
+    if scenario.receiver_port != 25:
+        raise HarnessError(f"receiver.port: {mta} as sender delivers to port 25")
+    if not scenario.sender.mail_from:
+        raise HarnessError(
+            f"sender.mail_from: {mta} as sender needs a mailbox (luke's: its bounces go "
+            "there), not the null path"
+        )
+    if scenario.sender.helo_name.startswith("["):
+        raise HarnessError(f"sender.helo: {mta} takes it as its host name: give a domain")
 
 
 def site_names(scenario: Scenario, role: str) -> tuple[str, str, tuple[str, ...]]:
@@ -845,6 +849,9 @@ def _expectations(path: Path, t: dict, sender: SenderConfig) -> Expectations:
                 raise HarnessError(f"{where}: {shown(rcpt)} is expected {other} too")
     if t["golden"] is not None:
         golden = Path(t["golden"])
+        if golden.suffix not in CAPTURE_SUFFIXES:  # `run --update-golden` writes this file
+            wanted = " or ".join(CAPTURE_SUFFIXES)
+            raise HarnessError(f"expect.golden: {shown(t['golden'])} is not a {wanted} file")
         t["golden"] = golden if golden.is_absolute() else (path.parent / golden).resolve()
     if t["syns_only_to"] is not None:
         t["syns_only_to"] = [str(ipaddress.ip_address(a)) for a in t["syns_only_to"]]

@@ -535,6 +535,7 @@ def test_expect_keys_parse_from_toml(tmp_path) -> None:
             'expect.dsns[0].recipient: "bb8@receiver.com" is not one of sender.recipients',
         ),
         ({"dsns": [{"recipient": "c3po@receiver.com"}]}, "expect.dsns[0].action: required"),
+        ({"golden": "/etc/passwd"}, 'expect.golden: "/etc/passwd" is not a .pcap or .pcapng file'),
         ({"delivered": ["bb8@receiver.com"]}, 'expect.delivered[0]: "bb8@receiver.com" is not one'),
         (
             {"delivered": ["c3po@receiver.com"], "deferred": ["C3PO@receiver.com"]},
