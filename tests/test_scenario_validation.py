@@ -601,10 +601,14 @@ _spliced = st.builds(
 )
 _strings = st.one_of(_pool, _pool, _spliced, st.text(max_size=8))
 _ints = st.one_of(st.integers(-(2**63), 2**63), st.sampled_from([0, 1, 421, 559, 560, 60001]))
+
+
+def _nested(inner: st.SearchStrategy) -> st.SearchStrategy:
+    return st.lists(inner, max_size=3) | st.dictionaries(_strings, inner, max_size=2)
+
+
 _any = st.recursive(
-    st.one_of(_strings, _ints, st.booleans(), st.floats(), st.datetimes()),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_strings, inner, max_size=2),
-    max_leaves=5,
+    st.one_of(_strings, _ints, st.booleans(), st.floats(), st.datetimes()), _nested, max_leaves=5
 )
 
 
