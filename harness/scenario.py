@@ -1,120 +1,269 @@
 """Scenario files: what a run builds, does and expects, as TOML (stdlib tomllib).
 
 Rules kept here:
-- A scenario is validated completely on load; an unknown key, a wrong type, a missing file or
-  an impossible value is a ``HarnessError`` naming the file and the dotted key (and the line,
-  when the TOML parser reports one).  Nothing downstream re-validates.
+- A scenario is untrusted data, validated completely on load, before any lab exists: every
+  key's type (strictly: a bool is not an integer, an array of tables holds tables), every
+  string against its grammar (``harness.grammar``: no control character anywhere but in the
+  raw-bytes keys), every number against its bounds, every address a documentation
+  address, the zones folder, ``dns.records``, ``dns.glue``, ``dns.faults``, script points,
+  reply rules and the names a real MTA is given (its adapter's ``accepts``).  Whatever is
+  wrong is one ``HarnessError`` line: the file, the dotted key (TOML-quoted where needed,
+  ``dns.glue."mail.receiver.com"``), what is wrong.  Nothing downstream re-validates.
 - Every key has a default, so an empty file is the seed exchange; paths are relative to the
   scenario file.  ``load_scenario(None)`` is the embedded seed (fixtures/scenarios/seed.toml).
-- The schema is the table below: one line per key, its type and its default.
+- The schema is the table below: one ``Key`` per key, its type, its default, the rule its
+  value keeps (a grammar, a range of integers, a set of choices) and how many items an
+  array may hold.  The README's table of limits is this table's numbers.
 
 Sections: ``[scenario]`` name/description; ``[[hosts]]`` the topology (default: the
-seed's three hosts); ``[dns]`` zones, zones without glue, extra records, ``[[dns.faults]]``,
-and ``glue``: name -> address served as that name's only glue in MX/NS answers instead of
-its own A/AAAA (a trap address: inconsistent glue); ``[receiver]`` the scripted receiver
-with ``[[receiver.replies]]``; ``[sender]`` the scripted sender with ``[[sender.script]]``;
-``[expect]`` per-recipient outcomes and DNS questions.  ``mta = "postfix"`` (any name
-``harness.mta.base.adapters()`` knows) in ``[receiver]`` or ``[sender]`` puts that real MTA
-in the role instead of the scripted peer: then only the keys in ``MTA_KEYS`` apply to that
-side, and the other side stays scripted.  ``family`` ("ipv4", the default, or "any") is the
-addresses a side uses: the scripted receiver listens on IPv4 only or on every address of
-its host; the scripted sender knows IPv4 only; an MTA gets it as a knob
+seed's three hosts; ``harness.lab.topology.HOST_KEYS``); ``[dns]`` zones, zones without
+glue, extra records (each one complete record), ``[[dns.faults]]``, and ``glue``: name ->
+address served as that name's only glue in MX/NS answers instead of its own A/AAAA (a trap
+address: inconsistent glue); ``[receiver]`` the scripted receiver with
+``[[receiver.replies]]``; ``[sender]`` the scripted sender with ``[[sender.script]]``;
+``[expect]`` per-recipient outcomes, DNS questions asked and not asked, SYN targets,
+contents sent, messages stored per mailbox, DSNs, the golden capture.  ``mta = "postfix"``
+(any name ``harness.mta.base.adapters()`` knows) in ``[receiver]`` or ``[sender]`` puts
+that real MTA in the role instead of the scripted peer: then only the keys in ``MTA_KEYS``
+apply to that side, and the other side stays scripted.  ``family`` ("ipv4", the default,
+or "any") is the addresses a side uses: the scripted receiver listens on IPv4 only or on
+every address of its host; the scripted sender knows IPv4 only; an MTA gets it as a knob
 (``harness.mta.base.KNOBS``), as does an MTA receiver's ``vrfy`` ("check" or "disabled").
+
+Reply rules (``[[receiver.replies]]``) answer a verb the core knows, ``BDAT LAST``,
+``<greeting>`` or ``<end-of-data>``; the first rule that matches wins, so a rule that an
+earlier one always answers first (same ``on`` and ``argument``, or an earlier rule for the
+same ``on`` without an argument) is refused.  Script steps (``[[sender.script]]``) edit a
+point the scripted sender reaches (``SCRIPT_POINTS``), with an ``argument`` it really sends.
 """
 
 from __future__ import annotations
 
+import copy
 import ipaddress
+import re
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dnslib import QTYPE, RR
+
+from harness.dns.faults import ACTIONS, FaultRule
+from harness.dns.zones import ZoneSet, parse_records, wire_problem
 from harness.errors import HarnessError
+from harness.grammar import Grammar, documentation_address, problem, require, shown
 from harness.lab.topology import Topology, default_topology, topology_from_dict
-from harness.mta.base import KNOBS
+from harness.mta.base import KNOBS, adapters
+from harness.smtp.commands import VERBS
+from harness.smtp.receiver import _CHOICES as RECEIVER_CHOICES
 from harness.smtp.receiver import ReceiverConfig, ReplyRule
-from harness.smtp.sender import ScriptStep, SenderConfig
+from harness.smtp.sender import _POSITIONS as POSITIONS
+from harness.smtp.sender import MESSAGE, ScriptStep, SenderConfig
+from harness.smtp.state import END_OF_DATA, GREETING
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 SEED_SCENARIO = FIXTURES / "scenarios" / "seed.toml"
 
-_STRS = list  # a TOML array of strings
+# --- bounds (the README's table of limits) ------------------------------------------------
+PORT = range(1, 65536)
+DELAY_MS = range(0, 60001)  # every delay and pause: at most a minute
+TIMEOUT_MS = range(1, 600001)  # at most 10 minutes (RFC 5321 §4.5.3.2 asks up to 10 for DATA)
+COUNT = range(0, 1001)  # messages, contents
+FAULT_TIMES = range(1, 1001)
+MAX_SCENARIO_FILE = 2**20  # octets of a scenario file
+MAX_MESSAGE = 32 * 2**20  # octets of sender.message
+MAX_RAW = 16 * 2**20  # octets of one raw probe
+CAPTURE_SUFFIXES = (".pcap", ".pcapng")
+PCAP_MAGIC = {
+    b"\xd4\xc3\xb2\xa1": "pcap",
+    b"\xa1\xb2\xc3\xd4": "pcap",
+    b"\x4d\x3c\xb2\xa1": "pcap",
+    b"\xa1\xb2\x3c\x4d": "pcap",
+    b"\x0a\x0d\x0d\x0a": "pcapng",
+}
 
-# table -> key -> (expected type(s), default); "REQUIRED" marks keys without a default
-SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
-    "scenario": {"name": (str, "unnamed"), "description": (str, "")},
+
+@dataclass(frozen=True)
+class Array:
+    """A TOML array whose items are all of one type."""
+
+    item: type
+
+
+STRINGS, TABLES, NONE = Array(str), Array(dict), type(None)
+REQUIRED, OMIT = "REQUIRED", "OMIT"  # no default: the key must be given / stays absent
+Kind = type | Array
+Check = Grammar | range | tuple | Callable[[Any], str | None] | None
+
+
+@dataclass(frozen=True)
+class Key:
+    """One key: its TOML type(s), its default, the rule its value (each item of an array of
+    strings) keeps, and how many items an array or table may hold."""
+
+    kind: Kind | tuple[Kind, ...]
+    default: Any
+    rule: Check = None
+    most: int | None = None
+    least: int = 0
+
+
+def _raw_problem(value: str) -> str | None:
+    """Raw bytes as a TOML string ("\\r", "\\n", "\\u0000" escapes): latin-1 maps 1:1."""
+    if len(value) > MAX_RAW:
+        return f"{len(value)} octets; at most {MAX_RAW}"
+    for i, ch in enumerate(value):
+        if ord(ch) > 0xFF:
+            return f"character U+{ord(ch):04X} at offset {i} is not a single byte"
+    return None
+
+
+def _fault_type_problem(value: str) -> str | None:
+    return None if value == "*" else problem(Grammar.DNS_TYPE, value)
+
+
+def _reply_code_problem(code: int) -> str | None:
+    """RFC 5321 §4.2: the first digit 2-5, the second 0-5 (what the core can send)."""
+    if 200 <= code <= 559 and code // 10 % 10 <= 5:
+        return None
+    return f"{code} is not an SMTP reply code (RFC 5321 §4.2: 2-5, then 0-5, then a digit)"
+
+
+SCHEMA: dict[str, dict[str, Key]] = {
+    "scenario": {
+        "name": Key(str, "unnamed", Grammar.SCENARIO_NAME),
+        "description": Key(str, "", Grammar.PROSE),
+    },
     "dns": {
-        "zones": (str, str(FIXTURES / "zones")),
-        "no_glue": (_STRS, []),
-        "records": (_STRS, []),
-        "faults": (list, []),
-        "glue": (dict, {}),
+        "zones": Key(str, str(FIXTURES / "zones"), Grammar.PATH),
+        "no_glue": Key(STRINGS, [], Grammar.DNS_NAME, most=100),
+        "records": Key(STRINGS, [], Grammar.ZONE_LINE, most=1000),
+        "faults": Key(TABLES, [], most=100),
+        "glue": Key(dict, {}, most=100),
+    },
+    "dns.faults": {
+        "name": Key(str, REQUIRED, Grammar.DNS_NAME),
+        "type": Key(str, REQUIRED, _fault_type_problem),  # a type mnemonic or "*"
+        "action": Key(str, REQUIRED, ACTIONS),
+        "ms": Key(int, OMIT, DELAY_MS),
+        "times": Key(int, OMIT, FAULT_TIMES),
+        "rcode": Key(str, OMIT, Grammar.ARGUMENT),
     },
     "receiver": {
-        "host": (str, "receiver"),
-        "mta": ((str, type(None)), None),
-        "family": (str, "ipv4"),
-        "port": (int, 25),
-        "hostname": (str, "mail.receiver.com"),
-        "greeting": (str, "ESMTP smtp-harness"),
-        "domains": (_STRS, ["receiver.com"]),
-        "users": (_STRS, ["c3po", "r2d2"]),
-        "vrfy": (str, "check"),
-        "ptr_check": (str, "accept"),
-        "ptr_at": (str, "helo"),
-        "extensions": (_STRS, ["PIPELINING", "8BITMIME", "SIZE 10240000"]),
-        "bad_lines": (str, "reject"),
-        "replies": (list, []),
+        "host": Key(str, "receiver", Grammar.HOST_NAME),
+        "mta": Key((str, NONE), None),
+        "family": Key(str, "ipv4", KNOBS["family"]),
+        "port": Key(int, 25, PORT),
+        "hostname": Key(str, "mail.receiver.com", Grammar.DOMAIN),
+        "greeting": Key(str, "ESMTP smtp-harness", Grammar.REPLY_TEXT),
+        "domains": Key(STRINGS, ["receiver.com"], Grammar.DOMAIN, most=100, least=1),
+        "users": Key(STRINGS, ["c3po", "r2d2"], Grammar.LOCAL_PART, most=1000),
+        "vrfy": Key(str, "check", RECEIVER_CHOICES["vrfy"]),
+        "ptr_check": Key(str, "accept", RECEIVER_CHOICES["ptr_check"]),
+        "ptr_at": Key(str, "helo", RECEIVER_CHOICES["ptr_at"]),
+        "extensions": Key(
+            STRINGS, ["PIPELINING", "8BITMIME", "SIZE 10240000"], Grammar.EHLO_LINE, most=100
+        ),
+        "bad_lines": Key(str, "reject", RECEIVER_CHOICES["bad_lines"]),
+        # RFC 5321 §4.5.3.2 gives a server 5 minutes; a bounded, test-friendly default
+        "timeout_ms": Key(int, 30000, TIMEOUT_MS),
+        "replies": Key(TABLES, [], most=1000),
     },
     "receiver.replies": {
-        "on": (str, "REQUIRED"),
-        "argument": ((str, type(None)), None),
-        "code": ((int, type(None)), None),
-        "text": ((str, list, type(None)), None),
-        "raw": ((str, type(None)), None),
-        "delay_ms": (int, 0),
-        "close": (bool, False),
+        "on": Key(str, REQUIRED),  # REPLY_ON, checked by _reply_on
+        "argument": Key((str, NONE), None, Grammar.ARGUMENT),
+        "code": Key((int, NONE), None, _reply_code_problem),
+        "text": Key((str, STRINGS, NONE), None, Grammar.REPLY_TEXT, most=100),
+        "raw": Key((str, NONE), None, _raw_problem),
+        "delay_ms": Key(int, 0, DELAY_MS),
+        "line_pause_ms": Key(int, 0, DELAY_MS),
+        "close": Key(bool, False),
     },
     "sender": {
-        "host": (str, "sender"),
-        "mta": ((str, type(None)), None),
-        "family": (str, "ipv4"),
-        "helo": ((str, type(None)), None),
-        "ehlo": (bool, False),
-        "vrfy": (bool, True),
-        "mail_from": (str, "luke@sender.com"),
-        "recipients": (_STRS, ["aibo@receiver.com", "c3po@receiver.com", "r2d2@receiver.com"]),
-        "message": (str, str(FIXTURES / "messages" / "seed.eml")),
-        "port": (int, 25),
-        "use_glue": (bool, True),
-        "timeout_ms": (int, 10000),
-        "script": (list, []),
+        "host": Key(str, "sender", Grammar.HOST_NAME),
+        "mta": Key((str, NONE), None),
+        "family": Key(str, "ipv4", KNOBS["family"]),
+        "helo": Key((str, NONE), None, Grammar.HELO),
+        "ehlo": Key(bool, False),
+        "vrfy": Key(bool, True),
+        "mail_from": Key(str, "luke@sender.com", Grammar.REVERSE_PATH),
+        "recipients": Key(
+            STRINGS,
+            ["aibo@receiver.com", "c3po@receiver.com", "r2d2@receiver.com"],
+            Grammar.MAILBOX,
+            most=1000,
+            least=1,
+        ),
+        "message": Key(str, str(FIXTURES / "messages" / "seed.eml"), Grammar.PATH),
+        "port": Key(int, 25, PORT),
+        "use_glue": Key(bool, True),
+        "timeout_ms": Key(int, 10000, TIMEOUT_MS),
+        "script": Key(TABLES, [], most=1000),
     },
     "sender.script": {
-        "at": (str, "REQUIRED"),
-        "position": (str, "before"),
-        "argument": ((str, type(None)), None),
-        "send": ((str, type(None)), None),
-        "raw": ((str, type(None)), None),
-        "pause_ms": (int, 0),
-        "reply": (bool, True),
+        "at": Key(str, REQUIRED),  # SCRIPT_POINTS, checked by _script_point
+        "position": Key(str, "before", POSITIONS),
+        "argument": Key((str, NONE), None, Grammar.ARGUMENT),
+        "send": Key((str, NONE), None, Grammar.COMMAND_LINE),
+        "raw": Key((str, NONE), None, _raw_problem),
+        "pause_ms": Key(int, 0, DELAY_MS),
+        "reply": Key(bool, True),
     },
     "expect": {
-        "delivered": ((_STRS, type(None)), None),
-        "rejected": ((_STRS, type(None)), None),
-        "deferred": ((_STRS, type(None)), None),
-        "dns_questions": ((_STRS, type(None)), None),
-        "golden": ((str, type(None)), None),
+        "delivered": Key((STRINGS, NONE), None, Grammar.MAILBOX, most=1000),
+        "rejected": Key((STRINGS, NONE), None, Grammar.MAILBOX, most=1000),
+        "deferred": Key((STRINGS, NONE), None, Grammar.MAILBOX, most=1000),
+        "dns_questions": Key((STRINGS, NONE), None, Grammar.DNS_QUESTION, most=1000),
+        "golden": Key((str, NONE), None, Grammar.PATH),
+        "syns_only_to": Key((STRINGS, NONE), None, Grammar.ADDRESS, most=100),
+        "dns_not_asked": Key((STRINGS, NONE), None, Grammar.DNS_QUESTION, most=1000),
+        "contents_sent": Key((int, NONE), None, COUNT),
+        "stored": Key((dict, NONE), None, most=1000),  # mailbox -> count, by _stored
+        "dsns": Key((TABLES, NONE), None, most=1000),
+    },
+    "expect.dsns": {
+        "recipient": Key(str, REQUIRED, Grammar.MAILBOX),
+        "action": Key(str, REQUIRED, ("failed", "delayed")),
+        "status": Key(str, REQUIRED, Grammar.STATUS),
     },
 }
-TOP_LEVEL = {"scenario", "hosts", "dns", "receiver", "sender", "expect"}
+TOP_LEVEL = ("scenario", "hosts", "dns", "receiver", "sender", "expect")
+OUTCOMES = ("delivered", "rejected", "deferred")
 # the keys that still mean something when a real MTA plays the role
 MTA_KEYS = {
     "receiver": {"host", "mta", "port", "hostname", "domains", "users", "vrfy", "family"},
     "sender": {"host", "mta", "helo", "mail_from", "recipients", "message", "family"},
 }
 KNOB_KEYS = {"receiver": ("vrfy", "family"), "sender": ("family",)}  # -> Site.extra
+# what a reply rule can answer: the core's verbs (harness/smtp/commands.py), the last BDAT
+# chunk (Command.key) and the two events (harness/smtp/state.py)
+REPLY_ON = (*VERBS, "BDAT LAST", GREETING, END_OF_DATA)
+EVENTS = (GREETING, END_OF_DATA)
+# where the scripted sender can be edited (harness/smtp/sender.py: each _command and the
+# message) -> the [sender] switch it needs, or None: reached in every session that gets there
+SCRIPT_POINTS: dict[str, str | None] = {
+    "HELO": None,  # HELO, or the fallback after EHLO's 500/502
+    "EHLO": "ehlo",
+    "VRFY": "vrfy",
+    "MAIL": None,
+    "RCPT": None,
+    "DATA": None,
+    "QUIT": None,
+    MESSAGE: None,
+}
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
+@dataclass(frozen=True)
+class ExpectedDsn:
+    """A DSN the sender's MTA must produce (RFC 3464): for whom, what, with which status
+    (an RFC 3463 code, or a class / class.subject prefix of one)."""
+
+    recipient: str
+    action: str  # "failed" or "delayed"
+    status: str  # "5", "5.1", "5.1.10"
 
 
 @dataclass
@@ -126,6 +275,11 @@ class Expectations:
     deferred: list[str] | None = None
     dns_questions: list[str] | None = None  # "NAME TYPE", in this order, as a subsequence
     golden: Path | None = None  # the capture whose ladder the run's must match
+    syns_only_to: list[str] | None = None  # the only addresses SYNs may go to; []: none
+    dns_not_asked: list[str] | None = None  # "NAME TYPE" questions that must not be asked
+    contents_sent: int | None = None  # message contents on the wire
+    stored: dict[str, int] | None = None  # mailbox -> messages; unlisted ones stay empty
+    dsns: list[ExpectedDsn] | None = None
 
 
 @dataclass
@@ -155,14 +309,38 @@ def load_scenario(path: Path | str | None) -> Scenario:
     path = Path(path) if path is not None else SEED_SCENARIO
     where = str(path)
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        with path.open("rb") as f:
+            data = f.read(MAX_SCENARIO_FILE + 1)
     except FileNotFoundError:
         raise HarnessError(f"{where}: no such scenario file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise HarnessError(f"{where}: cannot read: {exc}") from None
+    except OSError as exc:
+        raise HarnessError(f"{where}: cannot read: {exc.strerror or exc}") from None
+    return scenario_from_data(_toml(data, where), path)
+
+
+def _toml(data: bytes, where: str) -> dict:
+    """The TOML document in ``data``, or one line saying why it is none."""
+    capture = PCAP_MAGIC.get(data[:4])
+    if capture:
+        raise HarnessError(
+            f"{where}: not a scenario (TOML text): it looks like a capture ({capture}); "
+            f"to read it: smtp-harness ladder {where}"
+        )
+    if len(data) > MAX_SCENARIO_FILE:
+        raise HarnessError(f"{where}: not a scenario: larger than {MAX_SCENARIO_FILE} octets")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise HarnessError(
+            f"{where}: not a scenario (TOML text): byte 0x{data[exc.start]:02x} at offset "
+            f"{exc.start} is not UTF-8"
+        ) from None
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise HarnessError(f"{where}: not valid TOML: {exc}") from None
-    return scenario_from_data(data, path)
+        raise HarnessError(f"{where}: not valid TOML: {' '.join(str(exc).split())}") from None
+    except RecursionError:
+        raise HarnessError(f"{where}: not valid TOML: nested too deeply") from None
 
 
 def scenario_from_data(data: dict, path: Path) -> Scenario:
@@ -175,37 +353,42 @@ def scenario_from_data(data: dict, path: Path) -> Scenario:
 
 
 def _build(path: Path, data: dict) -> Scenario:
-    unknown = set(data) - TOP_LEVEL
+    if not isinstance(data, dict):
+        raise HarnessError(f"(document): expected a table of sections, got {shown(data)}")
+    unknown = sorted((k for k in data if k not in TOP_LEVEL), key=str)
     if unknown:
-        raise HarnessError(f"unknown section [{sorted(unknown)[0]}]")
+        known = ", ".join(TOP_LEVEL)
+        raise HarnessError(f"{_key('', unknown[0])}: unknown section (known: {known})")
     meta = _table(data.get("scenario", {}), "scenario")
-    dns = _table(data.get("dns", {}), "dns")
-    zones = _existing(path, dns["zones"], "dns.zones", directory=True)
     topology = _topology(data)
-    recv = _table(data.get("receiver", {}), "receiver")
-    send = _table(data.get("sender", {}), "sender")
-    sides = {"receiver": recv, "sender": send}
+    dns = _table(data.get("dns", {}), "dns")
+    zones_dir = _existing(path, dns["zones"], "dns.zones", directory=True)
+    zones = _zones(zones_dir)
+    given = {role: data.get(role, {}) for role in ("receiver", "sender")}
+    sides = {role: _table(section, role) for role, section in given.items()}
     for role, section in sides.items():
         if section["host"] not in {h.name for h in topology.hosts}:
             raise HarnessError(f"{role}.host: no host named {section['host']!r} in the topology")
-    mtas = {role: _mta(data, role) for role in sides}
+    mtas = {role: _mta(given[role], role) for role in sides}
     _check_families(sides, mtas)
+    recv, send = sides["receiver"], sides["sender"]
+    sender = _sender_config(path, send, topology.host(send["host"]).fqdn)
     scenario = Scenario(
         path=path,
         name=meta["name"],
         description=meta["description"],
         topology=topology,
-        zones_dir=zones,
-        no_glue=list(_strings(dns["no_glue"], "dns.no_glue")),
-        dns_records=dns["records"],
+        zones_dir=zones_dir,
+        no_glue=_no_glue(dns["no_glue"], zones),
+        dns_records=_records(dns["records"], zones),
         dns_faults=[_fault(f, i) for i, f in enumerate(dns["faults"])],
-        dns_glue=_glue(dns["glue"]),
+        dns_glue=_glue(dns["glue"], zones),
         receiver_host=recv["host"],
-        receiver_port=_port(recv["port"], "receiver.port"),
+        receiver_port=recv["port"],
         receiver=_receiver_config(recv),
         sender_host=send["host"],
-        sender=_sender_config(path, send, topology.host(send["host"]).fqdn),
-        expect=_expectations(path, _table(data.get("expect", {}), "expect")),
+        sender=sender,
+        expect=_expectations(path, _table(data.get("expect", {}), "expect"), sender),
         receiver_mta=mtas["receiver"],
         sender_mta=mtas["sender"],
         families={role: section["family"] for role, section in sides.items()},
@@ -215,9 +398,206 @@ def _build(path: Path, data: dict) -> Scenario:
     return scenario
 
 
+# --- the schema, applied --------------------------------------------------------------------
+def _table(given: Any, name: str, where: str | None = None) -> dict:
+    """Validate one table against SCHEMA[name]; return it with defaults filled in."""
+    where = where or name
+    if not isinstance(given, dict):
+        raise HarnessError(f"{where}: expected a table, got {shown(given)}")
+    schema = SCHEMA[name]
+    unknown = sorted((k for k in given if k not in schema), key=str)
+    if unknown:
+        raise HarnessError(f"{_key(where, unknown[0])}: unknown key (known: {', '.join(schema)})")
+    out = {}
+    for key, spec in schema.items():
+        here = f"{where}.{key}"
+        if key in given:
+            _value(given[key], spec, here)
+            out[key] = given[key]
+        elif spec.default == REQUIRED:
+            raise HarnessError(f"{here}: required")
+        elif spec.default != OMIT:
+            out[key] = copy.copy(spec.default)
+    return out
+
+
+def _value(value: Any, spec: Key, where: str) -> None:
+    """The type of ``value``, its size, then its rule (each item's, for an array)."""
+    _typed(value, spec.kind, where)
+    if isinstance(value, list | dict):
+        most = spec.most if spec.most is not None else len(value)
+        if not spec.least <= len(value) <= most:
+            raise HarnessError(f"{where}: {len(value)} items; give {spec.least} to {most}")
+    if value is None or spec.rule is None or isinstance(value, dict):
+        return
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            _rule(item, spec.rule, f"{where}[{i}]")
+    else:
+        _rule(value, spec.rule, where)
+
+
+def _typed(value: Any, kind: Kind | tuple[Kind, ...], where: str) -> None:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    for k in kinds:
+        if isinstance(k, Array) and isinstance(value, list):
+            for i, item in enumerate(value):
+                if not _is_a(item, k.item):
+                    raise HarnessError(
+                        f"{where}[{i}]: expected {_NAMES[k.item]}, got {shown(item)}"
+                    )
+            return
+        if not isinstance(k, Array) and _is_a(value, k):
+            return
+    wanted = " or ".join(_kind_name(k) for k in kinds)
+    raise HarnessError(f"{where}: expected {wanted}, got {shown(value)}")
+
+
+def _is_a(value: Any, kind: type) -> bool:
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, kind)
+
+
+_NAMES = {str: "a string", int: "an integer", bool: "true or false", dict: "a table", NONE: "none"}
+_ARRAY_NAMES = {str: "an array of strings", dict: "an array of tables"}
+
+
+def _kind_name(kind: Kind) -> str:
+    return _ARRAY_NAMES[kind.item] if isinstance(kind, Array) else _NAMES[kind]
+
+
+def _rule(value: Any, rule: Check, where: str) -> None:
+    if isinstance(rule, Grammar):
+        require(rule, value, where)
+    elif isinstance(rule, range):
+        if value not in rule:
+            raise HarnessError(f"{where}: {value} is not in {rule.start}..{rule.stop - 1}")
+    elif isinstance(rule, tuple):
+        _one_of(value, rule, where)
+    elif rule is not None:
+        wrong = rule(value)
+        if wrong is not None:
+            raise HarnessError(f"{where}: {wrong}")
+
+
+def _one_of(value: str, allowed: tuple[str, ...], where: str, why: str = "") -> None:
+    if value not in allowed:
+        wanted = " or ".join(f'"{a}"' for a in allowed)
+        raise HarnessError(f"{where}: {shown(value)}{why}: expected {wanted}")
+
+
+def _key(where: str, name: Any) -> str:
+    """``where`` and one more key, the way TOML writes it (quoted unless bare)."""
+    bare = isinstance(name, str) and _BARE_KEY.fullmatch(name)
+    part = name if bare else shown(name if isinstance(name, str) else str(name))
+    return f"{where}.{part}" if where else part
+
+
+def _existing(path: Path, value: str, where: str, directory: bool = False) -> Path:
+    p = Path(value)
+    try:
+        p = p if p.is_absolute() else (path.parent / p).resolve()
+        found = p.is_dir() if directory else p.is_file()
+    except (OSError, RuntimeError) as exc:
+        raise HarnessError(f"{where}: {shown(str(p))}: cannot be used: {exc}") from None
+    if not found:
+        raise HarnessError(f"{where}: {p}: {'is not a directory' if directory else 'no such file'}")
+    return p
+
+
+# --- hosts and DNS ----------------------------------------------------------------------
+def _topology(data: dict) -> Topology:
+    if "hosts" not in data:
+        return default_topology()
+    return topology_from_dict({"hosts": data["hosts"]}, where="hosts")
+
+
+def _zones(directory: Path) -> ZoneSet:
+    """The zones folder, loaded as the DNS server will load it (each record checked)."""
+    zones = ZoneSet()
+    try:
+        zones.load_dir(directory, check=_record_check)
+    except HarnessError as exc:
+        raise HarnessError(f"dns.zones: {exc}") from None
+    return zones
+
+
+def _record_check(where: str, rr: RR) -> None:
+    """A record can be served, and its address (A/AAAA) is a documentation address."""
+    wrong = wire_problem(rr)
+    if wrong is not None:
+        raise HarnessError(f"{where}: {rr.rname} {QTYPE.get(rr.rtype)}: {wrong}")
+    if rr.rtype in (QTYPE.A, QTYPE.AAAA):
+        documentation_address(str(rr.rdata), where)
+
+
+def _records(entries: list[str], zones: ZoneSet) -> list[str]:
+    """``dns.records``: each one complete record inside a zone of ``dns.zones``; together
+    they must load as the runner loads them (one text, replacing the RRsets they name)."""
+    records = [_record(text, f"dns.records[{i}]", zones) for i, text in enumerate(entries)]
+    if not records:
+        return entries
+    together = parse_records("\n".join(entries), source="dns.records")
+    if together != records:
+        raise HarnessError("dns.records: the entries do not stand alone (a parenthesis left open)")
+    try:
+        zones.add(together, replace=True)
+    except HarnessError as exc:  # ZoneSet.add names its source "<records>": the key says it
+        raise HarnessError(f"dns.records: {str(exc).removeprefix('<records>: ')}") from None
+    return entries
+
+
+def _record(text: str, where: str, zones: ZoneSet) -> RR:
+    if text.lstrip().startswith("$"):
+        raise HarnessError(f"{where}: {shown(text)}: directives belong in zone files")
+    try:
+        found = parse_records(text, source=where)
+    except HarnessError as exc:  # "<where>:1: ...": an entry is one line
+        raise HarnessError(str(exc).replace(f"{where}:1:", f"{where}:", 1)) from None
+    if len(found) != 1:
+        raise HarnessError(f"{where}: {shown(text)} holds {len(found)} records; give one")
+    rr = found[0]
+    _record_check(where, rr)
+    if rr.rtype == QTYPE.SOA:
+        raise HarnessError(f"{where}: an SOA record can only change in its zone file")
+    if zones.find(rr.rname) is None:
+        raise HarnessError(f"{where}: {rr.rname} is outside every zone in dns.zones")
+    return rr
+
+
+def _no_glue(origins: list[str], zones: ZoneSet) -> list[str]:
+    for i, origin in enumerate(origins):
+        try:
+            zones.set_glue(origin, False)
+        except HarnessError as exc:
+            raise HarnessError(f"dns.no_glue[{i}]: {exc} (from dns.zones)") from None
+    return list(origins)
+
+
+def _glue(table: dict, zones: ZoneSet) -> dict[str, str]:
+    """``[dns] glue``: each name and the one address its glue gives instead of its own."""
+    for name, address in table.items():
+        where = _key("dns.glue", name)
+        require(Grammar.DNS_NAME, name, where)
+        _typed(address, str, where)
+        documentation_address(address, where)
+        try:
+            zones.serve_glue(name, address)
+        except HarnessError as exc:
+            raise HarnessError(f"{where}: {exc}") from None
+    return dict(table)
+
+
+def _fault(table: Any, index: int) -> dict:
+    where = f"dns.faults[{index}]"
+    _table(table, "dns.faults", where)
+    FaultRule.from_dict(table, where=where)  # validate now; the runner builds it again
+    return table
+
+
+# --- the two sides ----------------------------------------------------------------------
 def _check_families(sides: dict[str, dict], mtas: dict[str, str | None]) -> None:
-    for role, section in sides.items():
-        _one_of(section["family"], KNOBS["family"], f"{role}.family")
     if not mtas["sender"] and sides["sender"]["family"] != "ipv4":
         raise HarnessError("sender.family: the scripted sender knows IPv4 only (A records)")
 
@@ -230,33 +610,16 @@ def _knobs(section: dict, role: str, mta: str) -> dict[str, str]:
     return knobs
 
 
-def _one_of(value: str, allowed: tuple[str, ...], where: str, why: str = "") -> None:
-    if value not in allowed:
-        wanted = " or ".join(f'"{a}"' for a in allowed)
-        raise HarnessError(f"{where}: {value!r}{why}: expected {wanted}")
-
-
-def _glue(table: dict) -> dict[str, str]:
-    """``[dns] glue``: each name and the one address its glue gives instead of its own."""
-    for name, address in table.items():
-        try:
-            ipaddress.ip_address(address if isinstance(address, str) else None)
-        except ValueError:
-            raise HarnessError(f"dns.glue.{name}: {address!r} is not an IP address") from None
-    return dict(table)
-
-
-def _mta(data: dict, role: str) -> str | None:
+def _mta(given: dict, role: str) -> str | None:
     """The MTA named by ``[role] mta``, with only the keys that apply to it."""
-    given = data.get(role, {})
     name = given.get("mta")
     if name is None:
         return None
-    from harness.mta.base import adapters
-
     known = adapters()
     if name not in known:
-        raise HarnessError(f"{role}.mta: no adapter named {name!r} (known: {', '.join(known)})")
+        raise HarnessError(
+            f"{role}.mta: no adapter named {shown(name)} (known: {', '.join(known)})"
+        )
     extra = sorted(set(given) - MTA_KEYS[role])
     if extra:
         raise HarnessError(f"{role}.{extra[0]}: applies to the scripted {role}, not to {name}")
@@ -266,170 +629,260 @@ def _mta(data: dict, role: str) -> str | None:
 def _check_mta_sides(scenario: Scenario) -> None:
     if scenario.receiver_mta and scenario.sender_mta:
         raise HarnessError("receiver.mta and sender.mta: one side must be a scripted peer")
-    if scenario.sender_mta and scenario.receiver_port != 25:
-        raise HarnessError(f"receiver.port: {scenario.sender_mta} as sender delivers to port 25")
+    if scenario.sender_mta:
+        _check_mta_sender(scenario.sender_mta, scenario)
+    for role, name in (("receiver", scenario.receiver_mta), ("sender", scenario.sender_mta)):
+        if name is None:
+            continue
+        try:
+            adapters()[name].accepts(role, *site_names(scenario, role))
+        except HarnessError as exc:
+            raise HarnessError(f"{role}.mta: {name} cannot take these names: {exc}") from None
 
 
-def _expectations(path: Path, t: dict) -> Expectations:
-    if t["golden"] is not None:
-        golden = Path(t["golden"])
-        t["golden"] = golden if golden.is_absolute() else (path.parent / golden).resolve()
-    return Expectations(**t)
+def _check_mta_sender(mta: str, scenario: Scenario) -> None:
+    if scenario.receiver_port != 25:
+        raise HarnessError(f"receiver.port: {mta} as sender delivers to port 25")
+    if not scenario.sender.mail_from:
+        raise HarnessError(
+            f"sender.mail_from: {mta} as sender needs a mailbox (luke's: its bounces go "
+            "there), not the null path"
+        )
+    if scenario.sender.helo_name.startswith("["):
+        raise HarnessError(f"sender.helo: {mta} takes it as its host name: give a domain")
 
 
-def _table(given: Any, name: str, where: str | None = None) -> dict:
-    """Validate one table against SCHEMA[name]; return it with defaults filled in."""
-    where = where or name
-    if not isinstance(given, dict):
-        raise HarnessError(f"{where}: must be a table")
-    schema = SCHEMA[name]
-    unknown = set(given) - set(schema)
-    if unknown:
-        raise HarnessError(f"unknown key {where}.{sorted(unknown)[0]}")
-    out = {}
-    for key, (kind, default) in schema.items():
-        if default == "REQUIRED" and key not in given:
-            raise HarnessError(f"{where}.{key}: required")
-        value = given.get(key, default)
-        if not _is(value, kind):
-            raise HarnessError(f"{where}.{key}: expected {_kind_name(kind)}, got {value!r}")
-        out[key] = value
-    return out
-
-
-def _is(value: Any, kind: type | tuple[type, ...]) -> bool:
-    kinds = kind if isinstance(kind, tuple) else (kind,)
-    if isinstance(value, bool) and bool not in kinds:
-        return False
-    if isinstance(value, list) and list in kinds:
-        return True
-    return isinstance(value, kinds)
-
-
-def _kind_name(kind: type | tuple[type, ...]) -> str:
-    kinds = kind if isinstance(kind, tuple) else (kind,)
-    return " or ".join("none" if k is type(None) else k.__name__ for k in kinds)
-
-
-def _strings(value: list, where: str) -> tuple[str, ...]:
-    if not all(isinstance(v, str) for v in value):
-        raise HarnessError(f"{where}: expected an array of strings")
-    return tuple(value)
-
-
-def _port(value: int, where: str) -> int:
-    if not 1 <= value <= 65535:
-        raise HarnessError(f"{where}: {value} is not a TCP port")
-    return value
-
-
-def _ms(value: int, where: str) -> float:
-    if value < 0:
-        raise HarnessError(f"{where}: must not be negative")
-    return value / 1000
-
-
-def _existing(path: Path, value: str, where: str, directory: bool = False) -> Path:
-    p = Path(value)
-    p = p if p.is_absolute() else (path.parent / p).resolve()
-    if directory and not p.is_dir():
-        raise HarnessError(f"{where}: {p} is not a directory")
-    if not directory and not p.is_file():
-        raise HarnessError(f"{where}: {p}: no such file")
-    return p
-
-
-def _topology(data: dict) -> Topology:
-    if "hosts" not in data:
-        return default_topology()
-    if not isinstance(data["hosts"], list):
-        raise HarnessError("hosts: must be an array of tables ([[hosts]])")
-    return topology_from_dict({"hosts": data["hosts"]}, where="hosts")
-
-
-def _fault(table: Any, index: int) -> dict:
-    from harness.dns.faults import FaultRule
-
-    where = f"dns.faults[{index}]"
-    if not isinstance(table, dict):
-        raise HarnessError(f"{where}: must be a table")
-    FaultRule.from_dict(table, where=where)  # validate now; the runner builds it again
-    return table
+def site_names(scenario: Scenario, role: str) -> tuple[str, str, tuple[str, ...]]:
+    """(hostname, domain, users) an MTA in ``role`` is given: the receiver's hostname, first
+    domain and users; the sender's HELO name and the domain and local part of its
+    reverse path (its bounces stay in that mailbox)."""
+    if role == "receiver":
+        conf = scenario.receiver
+        return conf.hostname, conf.domains[0], conf.users
+    local, _, domain = scenario.sender.mail_from.rpartition("@")
+    return scenario.sender.helo_name, domain, (local,)
 
 
 def _receiver_config(t: dict) -> ReceiverConfig:
-    rules = [_reply_rule(r, i) for i, r in enumerate(t["replies"])]
+    line = f"220 {t['hostname']} {t['greeting']}"
+    if len(line) > 510:
+        raise HarnessError(
+            f"receiver.greeting: the greeting line {shown(line)} is {len(line)} octets; "
+            "at most 510 with its CRLF 512 (RFC 5321 §4.5.3.1.5)"
+        )
     return ReceiverConfig(
         hostname=t["hostname"],
         greeting=t["greeting"],
-        domains=_strings(t["domains"], "receiver.domains"),
-        users=_strings(t["users"], "receiver.users"),
+        domains=tuple(t["domains"]),
+        users=tuple(t["users"]),
         vrfy=t["vrfy"],
         ptr_check=t["ptr_check"],
         ptr_at=t["ptr_at"],
-        extensions=_strings(t["extensions"], "receiver.extensions"),
+        extensions=tuple(t["extensions"]),
         bad_lines=t["bad_lines"],
-        rules=rules,
+        rules=_reply_rules(t["replies"]),
+        timeout=t["timeout_ms"] / 1000,
     )
 
 
-def _reply_rule(given: Any, index: int) -> ReplyRule:
-    where = f"receiver.replies[{index}]"
+def _reply_rules(tables: list) -> list[ReplyRule]:
+    """Every rule, each one able to fire: the first rule that matches wins (``ReplyRule``
+    order in ``Receiver._rule``), so one that an earlier rule always beats is refused."""
+    rules: list[ReplyRule] = []
+    first: dict[tuple[str, str | None], int] = {}
+    for i, table in enumerate(tables):
+        where = f"receiver.replies[{i}]"
+        rule = _reply_rule(table, where)
+        argument = None if rule.argument is None else rule.argument.lower()
+        earlier = first.get((rule.on, None), first.get((rule.on, argument)))
+        if earlier is not None:
+            raise HarnessError(
+                f"{where}: never fires: receiver.replies[{earlier}] answers every {rule.on} "
+                f"{'with this argument ' if argument else ''}first (the first match wins)"
+            )
+        first.setdefault((rule.on, argument), i)
+        rules.append(rule)
+    return rules
+
+
+def _reply_rule(given: Any, where: str) -> ReplyRule:
     t = _table(given, "receiver.replies", where)
-    if t["code"] is not None and not 200 <= t["code"] <= 599:
-        raise HarnessError(f"{where}.code: {t['code']} is not an SMTP reply code")
+    on = _reply_on(t["on"], f"{where}.on")
     text = t["text"]
-    if isinstance(text, list):
-        text = _strings(text, f"{where}.text")
+    if on in EVENTS and t["argument"] is not None:
+        raise HarnessError(f"{where}.argument: {on} has no argument: the rule could never fire")
+    if t["raw"] is not None and (t["code"] is not None or text is not None):
+        raise HarnessError(f"{where}.raw: give raw, or code and text, not both")
+    if t["line_pause_ms"] and not (isinstance(text, list) and len(text) >= 2):
+        raise HarnessError(
+            f"{where}.line_pause_ms: pauses go between the lines of a multi-line reply: "
+            "give text as a list of 2 or more lines"
+        )
     return ReplyRule(
-        on=t["on"],
+        on=on,
         argument=t["argument"],
         code=t["code"],
-        text=text,
+        text=tuple(text) if isinstance(text, list) else text,
         raw=_raw(t["raw"]),
-        delay=_ms(t["delay_ms"], f"{where}.delay_ms"),
+        delay=t["delay_ms"] / 1000,
+        line_pause=t["line_pause_ms"] / 1000,
         close=t["close"],
     )
 
 
-def _sender_config(path: Path, t: dict, fqdn: str | None) -> SenderConfig:
-    message = _existing(path, t["message"], "sender.message")
-    script = [_script_step(s, i) for i, s in enumerate(t["script"])]
-    return SenderConfig(
-        recipients=_strings(t["recipients"], "sender.recipients"),
-        message=message.read_bytes(),
-        mail_from=t["mail_from"],
-        helo_name=t["helo"] or fqdn or "localhost",
-        ehlo=t["ehlo"],
-        vrfy=t["vrfy"],
-        port=_port(t["port"], "sender.port"),
-        use_glue=t["use_glue"],
-        timeout=_ms(t["timeout_ms"], "sender.timeout_ms"),
-        script=script,
+def _reply_on(value: str, where: str) -> str:
+    for known in REPLY_ON:
+        if known.upper() == value.upper():
+            return known
+    event = f"<{value.lower()}>"
+    hint = f' (did you mean "{event}"?)' if event in EVENTS else ""
+    raise HarnessError(
+        f"{where}: {shown(value)} is no command or event the receiver answers{hint}; expected "
+        f"a verb ({', '.join(VERBS)}), BDAT LAST, {GREETING} or {END_OF_DATA}"
     )
 
 
-def _script_step(given: Any, index: int) -> ScriptStep:
+def _sender_config(path: Path, t: dict, fqdn: str | None) -> SenderConfig:
+    recipients = t["recipients"]
+    _unique(recipients, "sender.recipients")
+    config = SenderConfig(
+        recipients=tuple(recipients),
+        message=_message(path, t["message"]),
+        mail_from=t["mail_from"],
+        helo_name=t["helo"] if t["helo"] is not None else fqdn or "localhost",
+        ehlo=t["ehlo"],
+        vrfy=t["vrfy"],
+        port=t["port"],
+        use_glue=t["use_glue"],
+        timeout=t["timeout_ms"] / 1000,
+    )
+    # steps are checked against what this sender sends (an MTA as sender has none: MTA_KEYS)
+    config.script = [_script_step(s, i, config) for i, s in enumerate(t["script"])]
+    return config
+
+
+def _message(path: Path, value: str) -> bytes:
+    message = _existing(path, value, "sender.message")
+    try:
+        size = message.stat().st_size
+        if size > MAX_MESSAGE:
+            raise HarnessError(f"sender.message: {message} is {size} octets; at most {MAX_MESSAGE}")
+        return message.read_bytes()
+    except OSError as exc:
+        raise HarnessError(f"sender.message: {message}: cannot read: {exc.strerror}") from None
+
+
+def _unique(addresses: list[str], where: str) -> None:
+    seen: dict[str, int] = {}
+    for i, address in enumerate(addresses):
+        first = seen.setdefault(address.lower(), i)
+        if first != i:
+            raise HarnessError(f"{where}[{i}]: {shown(address)} is {where}[{first}] again")
+
+
+def _script_step(given: Any, index: int, config: SenderConfig) -> ScriptStep:
     where = f"sender.script[{index}]"
     t = _table(given, "sender.script", where)
+    at = _script_point(t["at"], f"{where}.at", config)
+    if t["argument"] is not None:
+        _script_argument(at, t["argument"], f"{where}.argument", config)
     if t["send"] is not None and t["raw"] is not None:
         raise HarnessError(f"{where}: give send or raw, not both")
-    send = _raw(t["raw"]) if t["raw"] is not None else t["send"]
     return ScriptStep(
-        at=t["at"],
+        at=at,
         position=t["position"],
         argument=t["argument"],
-        send=send,
-        pause=_ms(t["pause_ms"], f"{where}.pause_ms"),
+        send=_raw(t["raw"]) if t["raw"] is not None else t["send"],
+        pause=t["pause_ms"] / 1000,
         reply=t["reply"],
     )
 
 
+def _script_point(value: str, where: str, config: SenderConfig) -> str:
+    point = next((p for p in SCRIPT_POINTS if p.upper() == value.upper()), None)
+    if point is None:
+        raise HarnessError(
+            f"{where}: {shown(value)} is no point the scripted sender reaches; expected one "
+            f"of {', '.join(SCRIPT_POINTS)}"
+        )
+    switch = SCRIPT_POINTS[point]
+    if switch is not None and not getattr(config, switch):
+        raise HarnessError(f"{where}: the sender never sends {point}: sender.{switch} is false")
+    return point
+
+
+def _script_argument(point: str, argument: str, where: str, config: SenderConfig) -> None:
+    """The argument must be one the sender sends at ``point``, or the step never fires."""
+    sends = {
+        "HELO": [config.helo_name],
+        "EHLO": [config.helo_name],
+        "VRFY": [r.partition("@")[0] for r in config.recipients],
+        # the null path is matched by the whole argument (Sender._command: match or argument)
+        "MAIL": [config.mail_from or "FROM:<>"],
+        "RCPT": list(config.recipients),
+    }.get(point)
+    if sends is None:
+        raise HarnessError(f"{where}: {point} has no argument: the step could never fire")
+    if argument.lower() not in {s.lower() for s in sends}:
+        raise HarnessError(
+            f"{where}: {shown(argument)} never fires: the sender's {point} arguments are "
+            f"{', '.join(sends)}"
+        )
+
+
 def _raw(value: str | None) -> bytes | None:
-    """TOML strings carry raw probes: "\\r", "\\n", "\\u0000" escapes; latin-1 maps 1:1."""
-    if value is None:
-        return None
-    try:
-        return value.encode("latin-1")
-    except UnicodeEncodeError as exc:
-        raise HarnessError(f"raw: character {value[exc.start]!r} is not a single byte") from None
+    """A raw key's bytes (checked by ``_raw_problem``)."""
+    return None if value is None else value.encode("latin-1")
+
+
+# --- expectations -------------------------------------------------------------------------
+def _expectations(path: Path, t: dict, sender: SenderConfig) -> Expectations:
+    recipients = {r.lower() for r in sender.recipients}
+    expected: dict[str, str] = {}
+    for status in OUTCOMES:
+        for i, rcpt in enumerate(t[status] or []):
+            where = f"expect.{status}[{i}]"
+            if rcpt.lower() not in recipients:
+                raise HarnessError(f"{where}: {shown(rcpt)} is not one of sender.recipients")
+            other = expected.setdefault(rcpt.lower(), status)
+            if other != status:
+                raise HarnessError(f"{where}: {shown(rcpt)} is expected {other} too")
+    if t["golden"] is not None:
+        golden = Path(t["golden"])
+        if golden.suffix not in CAPTURE_SUFFIXES:  # `run --update-golden` writes this file
+            wanted = " or ".join(CAPTURE_SUFFIXES)
+            raise HarnessError(f"expect.golden: {shown(t['golden'])} is not a {wanted} file")
+        t["golden"] = golden if golden.is_absolute() else (path.parent / golden).resolve()
+    if t["syns_only_to"] is not None:
+        t["syns_only_to"] = [str(ipaddress.ip_address(a)) for a in t["syns_only_to"]]
+    if t["stored"] is not None:
+        t["stored"] = _stored(t["stored"])
+    if t["dsns"] is not None:
+        t["dsns"] = [_dsn(d, f"expect.dsns[{i}]", recipients) for i, d in enumerate(t["dsns"])]
+    return Expectations(**t)
+
+
+def _stored(table: dict) -> dict[str, int]:
+    seen: dict[str, str] = {}
+    for mailbox, count in table.items():
+        where = _key("expect.stored", mailbox)
+        require(Grammar.MAILBOX, mailbox, where)
+        _value(count, Key(int, 0, COUNT), where)
+        first = seen.setdefault(mailbox.lower(), mailbox)
+        if first != mailbox:
+            raise HarnessError(f"{where}: the same mailbox as {_key('expect.stored', first)}")
+    return dict(table)
+
+
+def _dsn(given: Any, where: str, recipients: set[str]) -> ExpectedDsn:
+    t = _table(given, "expect.dsns", where)
+    if t["recipient"].lower() not in recipients:
+        raise HarnessError(
+            f"{where}.recipient: {shown(t['recipient'])} is not one of sender.recipients"
+        )
+    if t["status"].startswith("2"):
+        raise HarnessError(
+            f"{where}.status: {shown(t['status'])}: class 2 reports success (RFC 3463 §2); "
+            f"a {t['action']} DSN carries 4 or 5"
+        )
+    return ExpectedDsn(t["recipient"], t["action"], t["status"])

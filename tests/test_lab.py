@@ -87,7 +87,7 @@ def test_custom_topology() -> None:
         ((Host("a", "10.0.0.1"),), "not a documentation address"),
         ((Host("a", "192.0.2.1"), Host("a", "192.0.2.2")), "appears twice"),
         ((Host("a", "192.0.2.1"), Host("b", "198.51.100.2")), "outside the lab segment"),
-        ((Host("Bad-Name", "192.0.2.1"),), "lowercase"),
+        ((Host("Bad-Name", "192.0.2.1"),), "is not a lab host name"),
         ((Host("a", "192.0.2.1", "2001:db9::1"),), "not a documentation address"),
     ],
 )

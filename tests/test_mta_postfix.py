@@ -153,8 +153,8 @@ def test_receiver_run_leaves_nothing_behind(as_receiver) -> None:
 @pytest.mark.parametrize(
     ("text", "error"),
     [
-        ('[receiver]\nmta = "qmail"', "receiver.mta: no adapter named 'qmail'"),
-        ('[receiver]\nmta = "postfix"\nvrfy = "252"', "receiver.vrfy: '252' for postfix: expected"),
+        ('[receiver]\nmta = "qmail"', 'receiver.mta: no adapter named "qmail"'),
+        ('[receiver]\nmta = "postfix"\nvrfy = "252"', 'receiver.vrfy: "252" for postfix: expected'),
         ('[receiver]\nmta = "postfix"\nptr_at = "connect"', "receiver.ptr_at: applies to the"),
         ('[sender]\nmta = "postfix"\n[[sender.script]]\nat = "DATA"', "sender.script: applies"),
         (

@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 from conftest import CLI, ROOT
 
-from harness.errors import HarnessError
 from harness.lab import Lab
 from harness.mta.base import Site, adapters
 from harness.runner import RunResult, lab_dns, run_scenario
@@ -165,40 +164,6 @@ def _toml_str(raw: str) -> str:
     return (
         '"' + "".join(c if c.isalnum() or c in " <>@.:" else f"\\u{ord(c):04x}" for c in raw) + '"'
     )
-
-
-@pytest.mark.parametrize(
-    ("body", "message"),
-    [
-        ("[scenario]\nfoo = 1\n", "unknown key scenario.foo"),
-        ('[receiver]\nport = "25"\n', "receiver.port: expected int"),
-        ("[receiver]\nport = 70000\n", "receiver.port: 70000 is not a TCP port"),
-        ('[[receiver.replies]]\non = "MAIL"\ncode = 700\n', "receiver.replies[0].code"),
-        ('[receiver]\nvrfy = "maybe"\n', "vrfy"),
-        ("[[receiver.replies]]\ncode = 450\n", "receiver.replies[0].on: required"),
-        ('[[dns.faults]]\nname = "x"\ntype = "MX"\naction = "explode"\n', "dns.faults[0]"),
-        ("[surprise]\n", "unknown section [surprise]"),
-        ('[[hosts]]\nname = "a"\nipv4 = "8.8.8.8"\n', "documentation address"),
-        ('[receiver]\nfamily = "ipv6"\n', 'receiver.family: \'ipv6\': expected "ipv4" or "any"'),
-        ('[sender]\nfamily = "any"\n', "sender.family: the scripted sender knows IPv4 only"),
-        ('[dns]\nglue = { "mail.receiver.com" = "nope" }\n', "dns.glue.mail.receiver.com: 'nope'"),
-        ('[receiver]\nmta = "exim"\nvrfy = "252"\n', "receiver.vrfy: '252' for exim: expected"),
-        ('[sender]\nmta = "exim"\nfamily = "ipv5"\n', "sender.family: 'ipv5': expected"),
-    ],
-)
-def test_scenario_errors_name_file_and_key(tmp_path, body, message) -> None:
-    path = _scenario(tmp_path, body)
-    with pytest.raises(HarnessError) as err:
-        load_scenario(path)
-    assert str(path) in str(err.value) and message in str(err.value)
-    assert "\n" not in str(err.value)
-
-
-def test_missing_message_file(tmp_path) -> None:
-    path = tmp_path / "s.toml"
-    path.write_text('[sender]\nmessage = "nope.eml"\n')
-    with pytest.raises(HarnessError, match=r"sender\.message: .*nope\.eml: no such file"):
-        load_scenario(path)
 
 
 def test_cli_run_exit_codes(tmp_path) -> None:

@@ -18,16 +18,21 @@ Rules this module keeps:
 
 from __future__ import annotations
 
+import struct
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dnslib import QTYPE, RR, DNSError, DNSLabel, ZoneParser
+from dnslib import QTYPE, RR, DNSBuffer, DNSError, DNSLabel, ZoneParser
 
 from harness.errors import HarnessError
 
 Key = tuple[bytes, ...]
+# Called with "<source>:<line>" and each record as a zone file is loaded (the scenario
+# loader checks addresses this way); it raises HarnessError to refuse the record.
+RecordCheck = Callable[[str, RR], None]
+MAX_TTL = 2**31 - 1  # RFC 2181 §8
 
 # What dnslib's parser raises on bad text: its own DNSError, ValueError from int()/the
 # lexer/unhexlify, IndexError/KeyError from a short or odd record line.
@@ -116,8 +121,8 @@ class ZoneSet:
         zones.load_dir(path)
         return zones
 
-    def load_dir(self, path: str | Path) -> None:
-        """Load every ``*.zone`` file in ``path``."""
+    def load_dir(self, path: str | Path, check: RecordCheck | None = None) -> None:
+        """Load every ``*.zone`` file in ``path`` (each record through ``check`` first)."""
         directory = Path(path)
         if not directory.is_dir():
             raise HarnessError(f"{directory}: not a directory of zone files")
@@ -125,20 +130,31 @@ class ZoneSet:
         if not files:
             raise HarnessError(f"{directory}: no *.zone files")
         for file in files:
-            self.load_file(file)
+            self.load_file(file, check)
 
-    def load_file(self, path: str | Path) -> Zone:
+    def load_file(self, path: str | Path, check: RecordCheck | None = None) -> Zone:
         path = Path(path)
         try:
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise HarnessError(f"{path}: cannot read zone file: {exc}") from None
         origin = path.name.removesuffix(".zone") if path.name.endswith(".zone") else ""
-        return self.load_text(text, origin=origin, source=str(path))
+        return self.load_text(text, origin=origin, source=str(path), check=check)
 
-    def load_text(self, text: str, *, origin: str = "", source: str = "<zone>") -> Zone:
+    def load_text(
+        self,
+        text: str,
+        *,
+        origin: str = "",
+        source: str = "<zone>",
+        check: RecordCheck | None = None,
+    ) -> Zone:
         """Add the zone written in ``text`` (zone-file syntax, exactly one SOA)."""
-        records = parse_records(text, origin=origin, source=source)
+        lines = parse_records_with_lines(text, origin=origin, source=source)
+        if check is not None:
+            for line, rr in lines:
+                check(f"{source}:{line}", rr)
+        records = [rr for _, rr in lines]
         soas = [rr for rr in records if rr.rtype == QTYPE.SOA]
         if len(soas) != 1:
             raise HarnessError(f"{source}: a zone needs exactly one SOA record, found {len(soas)}")
@@ -235,15 +251,37 @@ class ZoneSet:
 
 def parse_records(text: str, *, origin: str = "", source: str = "<zone>") -> list[RR]:
     """Parse zone-file text with dnslib, turning its errors into one line with a line number."""
+    return [rr for _, rr in parse_records_with_lines(text, origin=origin, source=source)]
+
+
+def parse_records_with_lines(
+    text: str, *, origin: str = "", source: str = "<zone>"
+) -> list[tuple[int, RR]]:
+    """``parse_records``, each record with the line its last word is on."""
     parser = ZoneParser(text, origin=origin)
     position = [0]
     parser.i = _track_position(parser.l, position)
+    records = []
     try:
-        return list(parser)
+        for rr in parser:
+            records.append((text.count("\n", 0, position[0]) + 1, rr))
     except _PARSE_ERRORS as exc:
         line = text.count("\n", 0, position[0]) + 1
         reason = "too few fields" if isinstance(exc, IndexError) else _one_line(exc)
         raise HarnessError(f"{source}:{line}: bad zone record: {reason}") from None
+    return records
+
+
+def wire_problem(rr: RR) -> str | None:
+    """Why ``rr`` cannot go into an answer (a TTL beyond RFC 2181 §8, a field too wide for
+    its wire format: dnslib parses what it cannot pack), or None."""
+    if not 0 <= rr.ttl <= MAX_TTL:
+        return f"TTL {rr.ttl} is not 0..{MAX_TTL} (RFC 2181 §8)"
+    try:
+        rr.pack(DNSBuffer())
+    except (*_PARSE_ERRORS, struct.error, OverflowError) as exc:
+        return f"cannot be put on the wire: {_one_line(exc)}"
+    return None
 
 
 def _track_position(lexer, position: list[int]) -> Iterator[tuple[str, str]]:

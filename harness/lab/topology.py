@@ -3,25 +3,35 @@
 Rules kept here:
 - Every address is a documentation address (RFC 5737 IPv4, RFC 3849 IPv6): a topology that
   names anything else is rejected, so nothing a lab host sends can be routed off the lab.
+  The check is ``harness.grammar.documentation_address``, the same for every address in a
+  scenario.
 - Hosts share one layer-2 segment (one IPv4 /24, one IPv6 /64); there is no gateway and no
   default route, so a host can reach the other hosts and nothing else.
-- Host names are short identifiers (they become namespace names); FQDNs are separate and are
-  what HELO/greetings use (the kernel hostname is shared by every namespace).
+- Host names are lab host names (``harness.grammar``: short, lower-case, they become
+  namespace names ``<lab id>-<host>``); FQDNs are domains (RFC 1123) and are what
+  HELO/greetings use (the kernel hostname is shared by every namespace) and what
+  ``/etc/netns/<ns>/hosts`` lists, so neither can add a line anywhere.
+- A topology is checked whenever it is made, from code or from a scenario's ``[[hosts]]``;
+  errors name the key: ``hosts[1].ipv4: ...`` (``topology.hosts[1]...`` from code).
 """
 
 from __future__ import annotations
 
 import ipaddress
-import re
 from dataclasses import dataclass
+from typing import Any
 
 from harness.errors import HarnessError
+from harness.grammar import Grammar, IPAddress, documentation_address, require, shown
 
-DOC_NETS = tuple(
-    ipaddress.ip_network(n)
-    for n in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24", "2001:db8::/32")
-)
-_HOST_NAME = re.compile(r"^[a-z][a-z0-9]{0,9}$")
+MAX_HOSTS = 32
+# [[hosts]] key -> (required, its grammar, or the IP version of the address it holds)
+HOST_KEYS: dict[str, tuple[bool, Grammar | int]] = {
+    "name": (True, Grammar.HOST_NAME),
+    "ipv4": (True, 4),
+    "ipv6": (False, 6),
+    "fqdn": (False, Grammar.DOMAIN),
+}
 
 
 @dataclass(frozen=True)
@@ -44,7 +54,7 @@ class Topology:
     dns_host: str | None = "dns"
 
     def __post_init__(self) -> None:
-        validate(self)
+        check_hosts(self.hosts, self.dns_host, "topology.hosts", self.ipv4_prefix, self.ipv6_prefix)
 
     def host(self, name: str) -> Host:
         for h in self.hosts:
@@ -69,55 +79,68 @@ def default_topology() -> Topology:
 
 
 def topology_from_dict(data: dict, where: str = "topology") -> Topology:
-    """Build a topology from plain data (a scenario's ``[[hosts]]`` tables)."""
-    hosts = []
-    for i, item in enumerate(data.get("hosts", [])):
-        key = f"{where}.hosts[{i}]"
-        unknown = set(item) - {"name", "ipv4", "ipv6", "fqdn"}
-        if unknown:
-            raise HarnessError(f"{key}: unknown key {sorted(unknown)[0]!r}")
-        for required in ("name", "ipv4"):
-            if not isinstance(item.get(required), str):
-                raise HarnessError(f"{key}.{required}: required string")
-        hosts.append(Host(item["name"], item["ipv4"], item.get("ipv6"), item.get("fqdn")))
-    return Topology(hosts=tuple(hosts), dns_host=data.get("dns_host", "dns"))
+    """Build a topology from plain data (a scenario's ``[[hosts]]`` tables, ``where="hosts"``
+    names them in errors; other callers get ``<where>.hosts``)."""
+    key = where if where == "hosts" else f"{where}.hosts"
+    tables = data.get("hosts", [])
+    if not isinstance(tables, list):
+        raise HarnessError(f"{key}: expected an array of tables ([[hosts]]), got {shown(tables)}")
+    if not 1 <= len(tables) <= MAX_HOSTS:
+        raise HarnessError(f"{key}: {len(tables)} hosts; give 1 to {MAX_HOSTS}")
+    hosts = tuple(_host(table, f"{key}[{i}]") for i, table in enumerate(tables))
+    dns_host = data.get("dns_host", "dns")
+    check_hosts(hosts, dns_host, key)
+    return Topology(hosts=hosts, dns_host=dns_host)
 
 
-def validate(topo: Topology) -> None:
-    if not topo.hosts:
-        raise HarnessError("topology: no hosts")
-    seen: set[str] = set()
-    for h in topo.hosts:
-        if not _HOST_NAME.match(h.name):
-            raise HarnessError(
-                f"topology: host name {h.name!r} must be 1-10 lowercase letters/digits"
+def _host(table: Any, where: str) -> Host:
+    if not isinstance(table, dict):
+        raise HarnessError(f"{where}: expected a table, got {shown(table)}")
+    unknown = sorted(set(table) - set(HOST_KEYS), key=str)
+    if unknown:
+        raise HarnessError(f"{where}: unknown key {shown(unknown[0])}")
+    for key, (required, _) in HOST_KEYS.items():
+        if required and key not in table:
+            raise HarnessError(f"{where}.{key}: required")
+        if key in table and not isinstance(table[key], str):
+            raise HarnessError(f"{where}.{key}: expected a string, got {shown(table[key])}")
+    return Host(table["name"], table["ipv4"], table.get("ipv6"), table.get("fqdn"))
+
+
+def check_hosts(
+    hosts: tuple[Host, ...],
+    dns_host: str | None,
+    where: str,
+    ipv4_prefix: int = 24,
+    ipv6_prefix: int = 64,
+) -> None:
+    """Every rule of the module docstring; errors name ``<where>[i].<key>``."""
+    if not hosts:
+        raise HarnessError(f"{where}: no hosts")
+    segments: dict[int, ipaddress.IPv4Network | ipaddress.IPv6Network] = {}
+    prefixes = {4: ipv4_prefix, 6: ipv6_prefix}
+    names: set[str] = set()
+    addresses: set[IPAddress] = set()
+    for i, host in enumerate(hosts):
+        key = f"{where}[{i}]"
+        for field, (required, rule) in HOST_KEYS.items():
+            value = getattr(host, field)
+            if value is None and not required:
+                continue
+            if isinstance(rule, Grammar):
+                require(rule, value, f"{key}.{field}")
+                continue
+            address = documentation_address(value, f"{key}.{field}", version=rule)
+            segment = segments.setdefault(
+                rule, ipaddress.ip_interface(f"{address}/{prefixes[rule]}").network
             )
-        if h.name in seen:
-            raise HarnessError(f"topology: host {h.name!r} appears twice")
-        seen.add(h.name)
-        _check_address(h.name, h.ipv4, 4, topo.ipv4_prefix, topo.hosts[0].ipv4)
-        if h.ipv6:
-            first_v6 = next((x.ipv6 for x in topo.hosts if x.ipv6), h.ipv6)
-            _check_address(h.name, h.ipv6, 6, topo.ipv6_prefix, first_v6)
-    addrs = [a for h in topo.hosts for a in h.addresses]
-    if len(addrs) != len(set(addrs)):
-        raise HarnessError("topology: two hosts share an address")
-    if topo.dns_host and topo.dns_host not in seen:
-        raise HarnessError(f"topology: dns_host {topo.dns_host!r} is not a host")
-
-
-def _check_address(host: str, addr: str, version: int, prefix: int, first: str) -> None:
-    try:
-        ip = ipaddress.ip_address(addr)
-    except ValueError:
-        raise HarnessError(f"topology: host {host!r}: {addr!r} is not an address") from None
-    if ip.version != version:
-        raise HarnessError(f"topology: host {host!r}: {addr} is not IPv{version}")
-    if not any(ip in net for net in DOC_NETS):
-        raise HarnessError(
-            f"topology: host {host!r}: {addr} is not a documentation address "
-            "(192.0.2.0/24, 198.51.100.0/24, 203.0.113.0/24, 2001:db8::/32)"
-        )
-    segment = ipaddress.ip_interface(f"{first}/{prefix}").network
-    if ip not in segment:
-        raise HarnessError(f"topology: host {host!r}: {addr} is outside the lab segment {segment}")
+            if address not in segment:
+                raise HarnessError(f"{key}.{field}: {address} is outside the lab segment {segment}")
+            if address in addresses:
+                raise HarnessError(f"{key}.{field}: {address} is another host's address too")
+            addresses.add(address)
+        if host.name in names:
+            raise HarnessError(f"{key}.name: host {host.name!r} appears twice")
+        names.add(host.name)
+    if dns_host and dns_host not in names:
+        raise HarnessError(f"{where}: no host named {dns_host!r} (the DNS server's host)")
