@@ -16,12 +16,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ladder_pcaps import seed_capture
+from wire import DNS, MESSAGE, RECEIVER, TRAP, Smtp, Wire, run_of
+
 from harness.outcome import OutcomeStatus
 from harness.runner import RunResult
 from harness.scenario import FIXTURES, Scenario
 from harness.verdict import Verdict
-from ladder_pcaps import seed_capture
-from wire import DNS, MESSAGE, RECEIVER, TRAP, Smtp, Wire, run_of
 
 DELIVERED, REJECTED, DEFERRED = (
     OutcomeStatus.DELIVERED,

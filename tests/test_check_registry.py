@@ -11,12 +11,12 @@ steps (except check zero, whose rule is the whole seed).
 from __future__ import annotations
 
 import pytest
+from check_cases import CASES
+from wire import run_of, scenario_of
 
 from harness.checks.base import Check, Kind, registry
 from harness.outcome import OutcomeStatus
 from harness.verdict import Verdict
-from check_cases import CASES
-from wire import run_of, scenario_of
 
 CHECKS = registry()
 EMPTY_OUTCOMES = (None, OutcomeStatus.DEFERRED, OutcomeStatus.REJECTED, OutcomeStatus.DELIVERED)

@@ -3,20 +3,21 @@ fails on purpose, the expected-matrix comparison, and the HTML/JSON/JUnit writer
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import json
 from pathlib import Path
+from types import SimpleNamespace
 from xml.etree import ElementTree as ET
 
 import pytest
-from click.testing import CliRunner
 
 from harness.checks.base import REFERENCE, Kind, Outcome, Setup, registry, select
-from harness.checks.commands import matrix as matrix_command
 from harness.checks.expected import DEFAULT_EXPECTED, Entry, Expected, difference, load_expected
 from harness.checks.matrix import Cell, Column, Matrix, column
 from harness.checks.report import write_html, write_json, write_junit
-from harness.cli import _Main
+from harness.cli import run_cli
 from harness.errors import HarnessError
 from harness.verdict import Verdict
 
@@ -342,10 +343,12 @@ def test_html_links_resolve_and_text_is_escaped(tmp_path) -> None:
     assert "regression: expected pass" in page and "improvement: expected fail" in page
 
 
-def _cli(*args: str):
-    group = _Main("smtp-harness")
-    group.add_command(matrix_command)
-    return CliRunner().invoke(group, ["matrix", *args])
+def _cli(*args: str) -> SimpleNamespace:
+    """``smtp-harness matrix ARGS`` in this process, through the CLI's error mapping."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = run_cli(["matrix", *args])
+    return SimpleNamespace(exit_code=code, output=out.getvalue(), stderr=err.getvalue())
 
 
 @pytest.mark.parametrize(

@@ -61,6 +61,8 @@ def test_the_receiving_side_may_not_add_a_date() -> None:
 
 def test_an_8bit_body_converted_to_7bit_is_allowed_only_when_it_decodes_back() -> None:
     eight = "From: a\r\nSubject: x\r\n\r\nh\u00e9llo\r\n".encode()
-    qp = b"From: a\r\nSubject: x\r\nMIME-Version: 1.0\r\nContent-Transfer-Encoding: quoted-printable"
+    qp = (
+        b"From: a\r\nSubject: x\r\nMIME-Version: 1.0\r\nContent-Transfer-Encoding: quoted-printable"
+    )
     assert compare(eight, qp + b"\r\n\r\nh=C3=A9llo\r\n", ORIGINATING, NAMES) is None
     assert compare(eight, qp + b"\r\n\r\nh=C3=A9lla\r\n", ORIGINATING, NAMES) is not None

@@ -13,6 +13,7 @@ from itertools import count
 from pathlib import Path
 
 import dnslib
+from ladder_pcaps import Capture, Tcp
 
 from harness.checks.base import REFERENCE, Check
 from harness.ladder.dissect import dissect
@@ -21,7 +22,6 @@ from harness.outcome import Dsn, Outcome, OutcomeStatus, SendReport
 from harness.runner import RunResult, host_names
 from harness.scenario import Scenario
 from harness.smtp.receiver import StoredMessage
-from ladder_pcaps import Capture, Tcp
 
 SENDER, DNS, RECEIVER = "192.0.2.10", "192.0.2.53", "192.0.2.25"
 TRAP = "192.0.2.99"
