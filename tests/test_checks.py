@@ -223,7 +223,8 @@ def test_an_observation_differs_when_its_value_changes() -> None:
             "with the value seen",
         ),
         (
-            '[postfix."3.7".receiver]\n"session.noop" = { verdict = "fail", value = "v", reason = "x" }',
+            '[postfix."3.7".receiver]\n'
+            '"session.noop" = { verdict = "fail", value = "v", reason = "x" }',
             "only an observed cell",
         ),
         (
