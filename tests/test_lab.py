@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import textwrap
+import time
 
 import pytest
 from conftest import CLI, PYTHON, ROOT, system_snapshot
@@ -128,8 +129,10 @@ OWNER = textwrap.dedent(
 )
 
 
-def _start_owner() -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen([PYTHON, "-c", OWNER], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+def _start_owner(env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
+    proc = subprocess.Popen(
+        [PYTHON, "-c", OWNER], stdout=subprocess.PIPE, text=True, cwd=ROOT, env=env
+    )
     lab_id = proc.stdout.readline().strip()
     assert lab_id.startswith("sh"), lab_id
     return proc, lab_id
@@ -161,6 +164,48 @@ def test_sigkill_leaves_a_stale_lab_that_clean_removes() -> None:
     assert out.returncode == 0
     assert f"removed lab {lab_id}" in out.stdout
     assert system_snapshot() == before
+
+
+def _state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+
+
+def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, cwd=ROOT, env=env)
+
+
+def test_a_zombie_owner_is_gone_and_clean_removes_exactly_its_lab(tmp_path) -> None:
+    """Issue 9 finding 4: right after a SIGKILL the owner is a zombie until its parent
+    reaps it (for good where no init does).  Here the parent is this test, which does not
+    wait for it; the state folder is the test's own, so "exactly" can be asserted."""
+    env = {**os.environ, "SMTP_HARNESS_STATE": str(tmp_path / "labs")}
+    live, live_id = _start_owner(env)
+    killed, killed_id = _start_owner(env)
+    try:
+        killed.kill()
+        _wait_until(lambda: _state(killed.pid) == "Z")
+        listed = _cli("lab", "list", env=env).stdout.splitlines()
+        states = sorted((line.split()[0], line.split()[4]) for line in listed)
+        assert states == sorted([(killed_id, "stale"), (live_id, "running")])
+        cleaned = _cli("lab", "clean", env=env)
+        assert (cleaned.returncode, cleaned.stdout) == (0, f"removed lab {killed_id}\n")
+        assert _state(killed.pid) == "Z"  # still unreaped: the zombie itself was the test
+        namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True)
+        assert killed_id not in namespaces.stdout and f"{live_id}-receiver" in namespaces.stdout
+    finally:
+        killed.wait()
+        _cli("lab", "clean", env=env)  # on main, or after a failure: the reaped owner is gone
+        live.terminate()
+        assert live.wait(timeout=10) == 128 + signal.SIGTERM
+    assert sorted(os.listdir(tmp_path / "labs")) == []
+
+
+def _wait_until(predicate, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
 
 
 def test_clean_spares_running_labs_and_foreign_namespaces(lab: Lab) -> None:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from harness.errors import LabError
 from harness.lab import netns
-from harness.lab.registry import Record, all_records, create_record, process_start
+from harness.lab.registry import Record, all_records, create_record, process_start, running
 from harness.lab.topology import Host, Topology, default_topology
 
 ETC_NETNS = Path("/etc/netns")
@@ -239,7 +239,7 @@ def _remove_path(path: str, lab_id: str) -> None:
 
 def _end_processes(rec: Record, namespaces: list[str]) -> None:
     """SIGTERM, then SIGKILL, our recorded children and anything living in our namespaces."""
-    victims = {pid for pid, start in rec.pids if process_start(pid) == start}
+    victims = {pid for pid, start in rec.pids if running(pid, start)}
     victims |= _pids_in(namespaces)
     victims.discard(os.getpid())
     for sig in (signal.SIGTERM, signal.SIGKILL):
@@ -256,17 +256,10 @@ def _end_processes(rec: Record, namespaces: list[str]) -> None:
 
 
 def _alive(pid: int) -> bool:
-    try:
-        waited, _ = os.waitpid(pid, os.WNOHANG)  # reap our own children
-        if waited == pid:
+    with contextlib.suppress(ChildProcessError):
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:  # reap our own children
             return False
-    except ChildProcessError:
-        pass
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return b") Z" not in f.read(64)  # a zombie is as good as gone
-    except FileNotFoundError:
-        return False
+    return running(pid)
 
 
 def _pids_in(namespaces: list[str]) -> set[int]:
