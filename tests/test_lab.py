@@ -9,6 +9,7 @@ import socket
 import subprocess
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 from conftest import CLI, PYTHON, ROOT, system_snapshot
@@ -16,6 +17,7 @@ from conftest import CLI, PYTHON, ROOT, system_snapshot
 from harness.errors import HarnessError
 from harness.lab import Host, Lab, Topology, clean_stale, default_topology
 from harness.lab.registry import STATE_DIR
+from harness.verdict import ExitCode
 
 pytestmark = pytest.mark.lab
 
@@ -234,19 +236,126 @@ def test_clean_ignores_a_record_whose_owner_is_a_recycled_pid() -> None:
 # --- CLI ---------------------------------------------------------------------------------
 
 
-def test_cli_lab_up_list_down() -> None:
-    before = system_snapshot()
-    up = subprocess.Popen([*CLI, "lab", "up"], stdout=subprocess.PIPE, text=True, cwd=ROOT)
-    first = up.stdout.readline()
-    assert " is up " in first, first
-    lab_id = first.split()[1]
-    listed = subprocess.run([*CLI, "lab", "list"], capture_output=True, text=True).stdout
-    assert lab_id in listed and "running" in listed
-    down = subprocess.run([*CLI, "lab", "down"], capture_output=True, text=True)
-    assert down.returncode == 0, down.stderr
-    assert f"lab {lab_id} is down" in down.stdout
-    assert up.wait(timeout=10) in (0, 143)
-    assert system_snapshot() == before
+@pytest.fixture
+def private_state(tmp_path) -> dict[str, str]:
+    """An environment whose lab records live in a folder of this test's own: `lab down`
+    without an id and `lab list` then see our labs only, whatever else runs here."""
+    env = {**os.environ, "SMTP_HARNESS_STATE": str(tmp_path / "labs")}
+    yield env
+    _cli("lab", "down", "--all", env=env)  # after a failure: leave nothing behind
+    _cli("lab", "clean", env=env)
+
+
+def _lab_up(env: dict[str, str]) -> tuple[subprocess.Popen, str, list[str]]:
+    """`lab up` as a user starts it; returns it once its banner is out, with its lab id."""
+    up = subprocess.Popen(
+        [*CLI, "lab", "up"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=ROOT, env=env,
+    )  # fmt: skip
+    banner = [up.stdout.readline()]
+    while banner[-1] and not banner[-1].startswith("stop:"):
+        banner.append(up.stdout.readline())
+    assert " is up " in banner[0], banner
+    return up, banner[0].split()[1], banner
+
+
+def _gone(lab_id: str, env: dict[str, str]) -> bool:
+    """No namespace, /etc/netns folder or record of ``lab_id`` is left."""
+    namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    etc = os.listdir("/etc/netns") if os.path.isdir("/etc/netns") else []
+    records = os.listdir(env["SMTP_HARNESS_STATE"])
+    return lab_id not in namespaces + " ".join(etc) + " ".join(records)
+
+
+def test_lab_up_prints_the_command_that_stops_its_own_lab(private_state) -> None:
+    up, lab_id, banner = _lab_up(private_state)
+    assert banner[-1] == f"stop:          smtp-harness lab down {lab_id}   (or Ctrl-C here)\n"
+    listed = _cli("lab", "list", env=private_state).stdout
+    assert listed.split()[0] == lab_id and "running" in listed
+    command = banner[-1].split()[1:5]
+    assert command[:3] == ["smtp-harness", "lab", "down"]
+    down = _cli(*command[1:], env=private_state)
+    assert (down.returncode, down.stdout, down.stderr) == (0, f"lab {lab_id} is down\n", "")
+    assert up.wait(timeout=10) == ExitCode.SIGTERM  # `lab down` sends SIGTERM
+    assert up.stderr.read() == ""
+    assert _gone(lab_id, private_state)
+
+
+def test_lab_down_alone_stops_the_only_lab(private_state) -> None:
+    up, lab_id, _ = _lab_up(private_state)
+    down = _cli("lab", "down", env=private_state)
+    assert (down.returncode, down.stdout) == (0, f"lab {lab_id} is down\n")
+    assert up.wait(timeout=10) == ExitCode.SIGTERM
+    assert _gone(lab_id, private_state)
+
+
+def test_lab_down_alone_with_two_labs_stops_none_and_asks(private_state) -> None:
+    """Issue 9 finding 8: `lab down` took down every lab on the machine."""
+    (a, a_id, _), (b, b_id, _) = _lab_up(private_state), _lab_up(private_state)
+    down = _cli("lab", "down", env=private_state)
+    assert (down.returncode, down.stdout) == (ExitCode.BAD_INPUT, "")
+    *listed, error = down.stderr.splitlines()
+    assert sorted(line.split()[0] for line in listed) == sorted([a_id, b_id])
+    assert error == (
+        "smtp-harness: error: lab down: 2 labs started by `lab up` (above); give a LAB_ID or --all"
+    )
+    assert a.poll() is None and b.poll() is None
+    every = _cli("lab", "down", "--all", env=private_state)
+    assert every.returncode == 0
+    assert sorted(every.stdout.splitlines()) == sorted(f"lab {i} is down" for i in (a_id, b_id))
+    assert (a.wait(timeout=10), b.wait(timeout=10)) == (ExitCode.SIGTERM,) * 2
+    assert _gone(a_id, private_state) and _gone(b_id, private_state)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["shdeadbe"], "lab down: no lab 'shdeadbe' started by `lab up` (see `lab list`)"),
+        ([], "lab down: no lab started by `lab up` on this machine"),
+        (["shdeadbe", "--all"], "lab down: give a LAB_ID or --all, not both"),
+    ],
+)
+def test_lab_down_that_cannot_act_is_one_line_exit_2(private_state, args, message) -> None:
+    down = _cli("lab", "down", *args, env=private_state)
+    assert (down.returncode, down.stdout) == (ExitCode.BAD_INPUT, "")
+    assert down.stderr == f"smtp-harness: error: {message}\n"
+
+
+def test_ctrl_c_stops_lab_up_with_exit_0(private_state) -> None:
+    up, lab_id, _ = _lab_up(private_state)
+    up.send_signal(signal.SIGINT)
+    assert up.wait(timeout=10) == ExitCode.OK
+    assert (up.stdout.read(), up.stderr.read()) == (f"lab {lab_id} is down\n", "")
+    assert _gone(lab_id, private_state)
+
+
+def test_sigterm_to_lab_up_tears_down_then_exits_143(private_state) -> None:
+    up, lab_id, _ = _lab_up(private_state)
+    up.send_signal(signal.SIGTERM)
+    assert up.wait(timeout=10) == ExitCode.SIGTERM
+    assert up.stderr.read() == ""
+    assert _gone(lab_id, private_state)
+
+
+@pytest.mark.parametrize("target", ["process", "process group"])
+def test_ctrl_c_while_lab_up_starts_exits_0_and_leaves_nothing(private_state, target) -> None:
+    """SIGINT once the lab's record exists, i.e. while the lab is being built (or just
+    after).  A terminal sends it to the whole process group: the `ip` children die too."""
+    state = Path(private_state["SMTP_HARNESS_STATE"])
+    up = subprocess.Popen(
+        [*CLI, "lab", "up"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=ROOT, env=private_state, start_new_session=True,
+    )  # fmt: skip
+    _wait_until(lambda: state.is_dir() and list(state.glob("sh*.json")))
+    (record,) = state.glob("sh*.json")
+    if target == "process":
+        up.send_signal(signal.SIGINT)
+    else:
+        os.killpg(up.pid, signal.SIGINT)
+    assert up.wait(timeout=10) == ExitCode.OK
+    out, err = up.communicate()
+    assert err == "" and out.endswith(("is down\n", "interrupted before the lab was up\n"))
+    assert _gone(record.stem, private_state)
 
 
 def test_cli_bad_scenario_is_one_line_exit_2(tmp_path) -> None:

@@ -192,14 +192,21 @@ class Responder:
         self, data: bytes, client: tuple, transport: str, exc: Exception
     ) -> bytes | None:
         """Keep the fault, log it, and answer SERVFAIL (each query is logged last, so once)."""
-        fault = InternalFault.from_exception(f"dns server ({transport})", exc)
-        self.internal_faults.append(fault)
-        _log.error("%s\n%s", fault.line(), fault.traceback)
+        fault = _keep(self.internal_faults, f"dns server ({transport})", exc)
         reply = _error_reply(data, RCODE.SERVFAIL)
         rcode = "SERVFAIL" if reply else None
         with contextlib.suppress(Exception):  # the log may be what failed; the fault is kept
             self._record(client, transport, *_question_text(data), rcode, (), None, fault.summary)
         return reply
+
+
+def _keep(faults: list[InternalFault], where: str, exc: BaseException) -> InternalFault:
+    """Keep one of our faults for the runner; one line to the log (the traceback at debug)."""
+    fault = InternalFault.from_exception(where, exc)
+    faults.append(fault)
+    _log.error("%s", fault.line())
+    _log.debug("%s", fault.traceback)
+    return fault
 
 
 def _decode(data: bytes) -> _Query | bytes | None:
@@ -412,9 +419,7 @@ class DnsServer:
     def _on_loop_error(self, loop: asyncio.AbstractEventLoop, context: dict) -> None:
         """What escaped a callback is our fault too: keep it (asyncio would only log it)."""
         exc = context.get("exception") or RuntimeError(context.get("message", "event loop error"))
-        fault = InternalFault.from_exception("dns server (event loop)", exc)
-        self.internal_faults.append(fault)
-        _log.error("%s: %s\n%s", fault.line(), context.get("message", ""), fault.traceback)
+        _keep(self.internal_faults, "dns server (event loop)", exc)
 
     def _admit(self, connection: _TcpConnection) -> bool:
         """Hold ``connection`` within ``tcp_max_connections`` (see the module's rules)."""

@@ -76,16 +76,16 @@ class Record:
         os.replace(tmp, self.path)
 
     def delete(self) -> None:
+        self.path.with_suffix(".tmp").unlink(missing_ok=True)  # a save cut short
         self.path.unlink(missing_ok=True)
 
 
-def create_record(purpose: str) -> Record:
+def new_record(purpose: str) -> Record:
+    """A record owned by this process, not saved yet (its owner saves it, then builds)."""
     pid = os.getpid()
     start = process_start(pid)
     assert start is not None
-    rec = Record(lab_id=new_lab_id(), owner_pid=pid, owner_start=start, purpose=purpose)
-    rec.save()
-    return rec
+    return Record(lab_id=new_lab_id(), owner_pid=pid, owner_start=start, purpose=purpose)
 
 
 def all_records() -> list[Record]:
