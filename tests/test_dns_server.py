@@ -13,20 +13,16 @@ from pathlib import Path
 
 import pytest
 from dnslib import EDNS0, QTYPE, RCODE, DNSRecord
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from harness.dns import (
     DnsServer,
     DnsTimeout,
     FaultRule,
-    FaultRules,
     QueryLog,
     ZoneSet,
     aquery,
     query,
 )
-from harness.dns.server import Responder
 from harness.errors import HarnessError
 
 SEED_ZONES = Path(__file__).resolve().parent.parent / "fixtures" / "zones"
@@ -452,64 +448,6 @@ def test_malformed_queries(server, v4, data, rcode):
 
 def parsed_id(data: bytes) -> int:
     return int.from_bytes(data[:2], "big")
-
-
-def mutations() -> st.SearchStrategy[bytes]:
-    """Random bytes, and valid queries cut, spliced or with bytes flipped."""
-    cut = st.integers(0, len(GOOD)).map(lambda n: GOOD[:n])
-    flipped = st.lists(
-        st.tuples(st.integers(0, len(GOOD) - 1), st.integers(0, 255)), max_size=6
-    ).map(lambda edits: bytes(edit(GOOD, edits)))
-    return st.one_of(
-        st.binary(max_size=600), cut, flipped, st.binary(max_size=40).map(GOOD.__add__)
-    )
-
-
-def edit(data: bytes, edits: list[tuple[int, int]]) -> bytearray:
-    out = bytearray(data)
-    for index, value in edits:
-        out[index] = value
-    return out
-
-
-RESPONDER = Responder(ZoneSet.from_dir(SEED_ZONES), FaultRules(), QueryLog(maxlen=10))
-
-
-@settings(max_examples=400, deadline=None)
-@given(data=mutations())
-def test_responder_never_raises_and_replies_are_well_formed(data):
-    reply, delay = RESPONDER.respond(data, ("127.0.0.1", 1), "udp")
-    assert delay == 0.0
-    if reply is not None:
-        parsed = DNSRecord.parse(reply)
-        assert parsed.header.qr == 1 and reply[:2] == data[:2]
-        assert len(reply) <= 512
-
-
-@settings(
-    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
-@given(datagrams=st.lists(mutations(), min_size=1, max_size=5))
-def test_live_server_survives_malformed_datagrams(v4, datagrams):
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        for data in datagrams:
-            sock.sendto(data, v4)
-    assert good_query_answers(v4)
-
-
-@settings(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
-@given(payloads=st.lists(mutations(), max_size=4), cut=st.integers(0, 3))
-def test_live_server_survives_malformed_tcp_frames(v4, payloads, cut):
-    with socket.create_connection(v4, timeout=2) as sock:
-        for data in payloads:
-            sock.sendall(frame(data))
-        sock.sendall(frame(GOOD)[: len(frame(GOOD)) - cut])  # a frame cut short if cut > 0
-    with socket.create_connection(v4, timeout=2) as sock:
-        sock.sendall(frame(GOOD))
-        assert records(read_frame(sock)) == ["receiver.com. MX 10 mail.receiver.com."]
-    assert good_query_answers(v4)
 
 
 def test_stop_closes_every_socket_and_is_idempotent(zones):

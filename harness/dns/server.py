@@ -473,6 +473,10 @@ class _TcpConnection(asyncio.Protocol):
         if not self._server._admit(self):
             transport.abort()
             return
+        # asyncio sets TCP_NODELAY only on sockets made with proto=IPPROTO_TCP; ours have 0.
+        # Without it the reply to a second pipelined query waits ~40 ms for the client's
+        # delayed ACK (Nagle): measured 44 ms a pair, 0.35 ms a single query.
+        transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._timer = self._loop.call_later(self._server.tcp_idle_timeout, self._idle_check)
 
     def connection_lost(self, exc: Exception | None) -> None:
