@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -43,11 +45,24 @@ class Lines:
         return self._queue.get(timeout=timeout)
 
 
-def serve(*args: str, command: list[str] = DNS_COMMAND) -> subprocess.Popen:
-    return subprocess.Popen(
+@contextlib.contextmanager
+def serving(*args: str, command: list[str] = DNS_COMMAND) -> Iterator[subprocess.Popen]:
+    """`dns serve` on 127.0.0.1 (and ``args``); killed afterwards if the test did not stop it."""
+    proc = subprocess.Popen(
         [*command, "serve", str(SEED_ZONES), "--listen", "127.0.0.1:0", *args],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
+    try:
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def stopped(proc: subprocess.Popen, sig: signal.Signals) -> int:
+    """The exit code after ``sig``."""
+    proc.send_signal(sig)
+    return proc.wait(timeout=10)
 
 
 def banner_port(lines: Lines) -> int:
@@ -58,8 +73,8 @@ def banner_port(lines: Lines) -> int:
 
 def test_serve_answers_prints_and_sigterm_exits_143(tmp_path):
     log = tmp_path / "queries.jsonl"
-    proc = serve("--listen", "[::1]:0", "--fault", "sender.com/MX=servfail", "--log", str(log))
-    try:
+    args = ("--listen", "[::1]:0", "--fault", "sender.com/MX=servfail", "--log", str(log))
+    with serving(*args) as proc:
         lines = Lines(proc.stdout)
         port = banner_port(lines)
         assert re.fullmatch(r"serving 4 zones on \[::1\]:\d+ \(udp\+tcp\)\n", lines.next())
@@ -69,11 +84,7 @@ def test_serve_answers_prints_and_sigterm_exits_143(tmp_path):
         )
         assert query(("127.0.0.1", port), "sender.com", "MX").header.rcode == RCODE.SERVFAIL
         assert "sender.com. MX SERVFAIL fault=servfail" in lines.next()
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=5) == ExitCode.SIGTERM
-    finally:
-        proc.kill()
-        proc.wait()
+        assert stopped(proc, signal.SIGTERM) == ExitCode.SIGTERM
     assert proc.stderr.read() == ""
     entries = [json.loads(line) for line in log.read_text().splitlines()]
     assert [(e["qname"], e["rcode"]) for e in entries] == [
@@ -83,15 +94,10 @@ def test_serve_answers_prints_and_sigterm_exits_143(tmp_path):
 
 
 def test_ctrl_c_is_the_normal_stop_exit_0():
-    proc = serve()
-    try:
+    with serving() as proc:
         port = banner_port(Lines(proc.stdout))
         assert len(query(("127.0.0.1", port), "receiver.com", "MX").rr) == 1
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=5) == ExitCode.OK
-    finally:
-        proc.kill()
-        proc.wait()
+        assert stopped(proc, signal.SIGINT) == ExitCode.OK
     assert proc.stderr.read() == ""
 
 
@@ -100,16 +106,12 @@ def test_ctrl_c_during_start_up_exits_0_without_a_traceback(tmp_path):
     sent then (the kernel's wchan says so) lands in start-up for certain."""
     fifo = tmp_path / "log.fifo"
     os.mkfifo(fifo)
-    proc = serve("--log", str(fifo))
-    try:
+    with serving("--log", str(fifo)) as proc:
         wait_for_open(proc.pid, fifo)
         proc.send_signal(signal.SIGINT)
         with open(fifo) as reader:  # start-up goes on, then the noted Ctrl-C stops it
             assert proc.wait(timeout=10) == ExitCode.OK
             assert reader.read() == ""
-    finally:
-        proc.kill()
-        proc.wait()
     assert proc.stderr.read() == ""
     assert proc.stdout.read().startswith("serving 4 zones on 127.0.0.1:")
 
@@ -136,17 +138,12 @@ BROKEN_SERVE = [
 def test_our_fault_makes_serve_exit_3_with_one_line_each():
     """Issue 8 finding 3, on the command line: the fault is a mock (the policy made to
     raise, in the child) since no real bug of ours is known to reach here."""
-    proc = serve(command=BROKEN_SERVE)
-    try:
+    with serving(command=BROKEN_SERVE) as proc:
         lines = Lines(proc.stdout)
         port = banner_port(lines)
         assert query(("127.0.0.1", port), "receiver.com", "MX").header.rcode == RCODE.SERVFAIL
         assert "receiver.com. MX SERVFAIL internal fault: RuntimeError" in lines.next()
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=5) == ExitCode.HARNESS_ERROR
-    finally:
-        proc.kill()
-        proc.wait()
+        assert stopped(proc, signal.SIGINT) == ExitCode.HARNESS_ERROR
     assert proc.stderr.read().splitlines() == [
         "dns server (udp): RuntimeError: injected policy bug",  # the log line
         "smtp-harness: internal fault: dns server (udp): RuntimeError: injected policy bug",
