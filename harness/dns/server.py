@@ -182,7 +182,9 @@ class Responder:
             return Answer(RCODE.REFUSED, aa=False)
         return resolve(self.zones, question.qname, question.qtype)
 
-    def _record(self, client, transport, qname, qtype, rcode, answers, fault, internal=None):
+    def _record(
+        self, client, transport, qname, qtype, rcode, answers, fault, internal=None
+    ) -> None:
         entry = QueryEntry(
             time.time(), client[:2], transport, qname, qtype, rcode, answers, fault, internal
         )
