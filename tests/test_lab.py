@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 from conftest import CLI, PYTHON, ROOT, system_snapshot
 
-from harness.errors import HarnessError
+from harness.errors import HarnessError, LabError
 from harness.lab import Host, Lab, Topology, clean_stale, default_topology
-from harness.lab.registry import STATE_DIR
+from harness.lab.lab import hosts_file
+from harness.lab.registry import STATE_DIR, Record, new_record
 from harness.verdict import ExitCode
 
 pytestmark = pytest.mark.lab
@@ -97,6 +98,47 @@ def test_custom_topology() -> None:
 def test_topology_rejects_what_could_leave_the_lab(hosts, message) -> None:
     with pytest.raises(HarnessError, match=message):
         Topology(hosts=hosts, dns_host=None)
+
+
+INJECTED = "mail.receiver.com\n203.0.113.66 evil.example"
+
+
+def test_a_name_that_is_no_host_name_never_reaches_etc_hosts(monkeypatch) -> None:
+    """Issue 9 finding 1 (the lab's part): a newline in an FQDN added a line to
+    /etc/netns/<ns>/hosts.  Loading refuses it first; this is the guard behind that, so
+    the name is put in after validation, as a bug upstream would."""
+    topology = default_topology()
+    object.__setattr__(topology.host("receiver"), "fqdn", INJECTED)
+    made = []
+
+    def recorded(purpose: str) -> Record:
+        made.append(new_record(purpose))
+        return made[-1]
+
+    monkeypatch.setattr("harness.lab.lab.new_record", recorded)
+    refused = r"host 'receiver': refusing to write .* into /etc/hosts"
+    with pytest.raises(LabError, match=refused), Lab(topology):
+        pass
+    (record,) = made
+    namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert record.lab_id not in namespaces
+    assert not [p for p in Path("/etc/netns").glob(f"{record.lab_id}-*")]
+    assert not record.path.exists()
+
+
+@pytest.mark.parametrize("fqdn", [INJECTED, "a b", "-a.com", "a..com", "x" * 64 + ".com", ""])
+def test_hosts_file_refuses_what_is_no_host_name(fqdn) -> None:
+    host = Host("a", "192.0.2.1")
+    object.__setattr__(host, "fqdn", fqdn or " ")
+    with pytest.raises(LabError, match="refusing to write"):
+        hosts_file([host])
+
+
+def test_hosts_file_lists_every_address_with_its_names() -> None:
+    assert hosts_file(default_topology().hosts).splitlines()[2:4] == [
+        "192.0.2.10 mail.sender.com sender",
+        "2001:db8::10 mail.sender.com sender",
+    ]
 
 
 # --- teardown -------------------------------------------------------------------------
