@@ -17,7 +17,7 @@ from conftest import CLI, PYTHON, ROOT, system_snapshot
 from harness.errors import HarnessError, LabError
 from harness.lab import Host, Lab, Topology, clean_stale, default_topology
 from harness.lab.lab import hosts_file
-from harness.lab.registry import STATE_DIR, Record, new_record
+from harness.lab.registry import STATE_DIR, Record, new_record, running
 from harness.verdict import ExitCode
 
 pytestmark = pytest.mark.lab
@@ -144,20 +144,39 @@ def test_hosts_file_lists_every_address_with_its_names() -> None:
 # --- teardown -------------------------------------------------------------------------
 
 
+def left_of(lab_id: str, pids: list[int]) -> list[str]:
+    """What of lab ``lab_id`` is still on the machine: namespaces, /etc/netns folders, its
+    record, its processes.  Judged by the lab's own id and pids, since other engineers'
+    labs come and go on this machine meanwhile."""
+    namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    left = [ns for ns in namespaces.split() if ns.startswith(f"{lab_id}-")]
+    left += [str(path) for path in Path("/etc/netns").glob(f"{lab_id}-*")]
+    left += [str(path) for path in STATE_DIR.glob(f"{lab_id}.*")]
+    return left + [f"pid {pid}" for pid in pids if running(pid)]
+
+
+def root_namespace() -> dict[str, object]:
+    """The root namespace's links, addresses and routes: no lab may change them."""
+    return {key: value for key, value in system_snapshot().items() if key.startswith("root")}
+
+
 def test_nothing_left_after_a_normal_run() -> None:
-    before = system_snapshot()
+    before = root_namespace()
     with Lab() as lab:
-        lab.popen("receiver", ["sleep", "60"])
-        assert system_snapshot() != before
-    assert system_snapshot() == before
+        child = lab.popen("receiver", ["sleep", "60"])
+        assert left_of(lab.id, [child.pid])
+        lab_id = lab.id
+    assert left_of(lab_id, [child.pid]) == []
+    assert root_namespace() == before
 
 
 def test_nothing_left_after_an_exception() -> None:
-    before = system_snapshot()
+    before = root_namespace()
     with pytest.raises(RuntimeError), Lab() as lab:
-        lab.popen("sender", ["sleep", "60"])
+        lab_id, child = lab.id, lab.popen("sender", ["sleep", "60"])
         raise RuntimeError("boom")
-    assert system_snapshot() == before
+    assert left_of(lab_id, [child.pid]) == []
+    assert root_namespace() == before
 
 
 OWNER = textwrap.dedent(
@@ -167,19 +186,20 @@ OWNER = textwrap.dedent(
     with Lab() as lab:
         child = lab.popen("receiver", ["sh", "-c", "echo up; exec sleep 60"], stdout=-1)
         child.stdout.readline()  # the child is inside the host now
-        print(lab.id, flush=True)
+        print(lab.id, child.pid, flush=True)
         time.sleep(60)
     """
 )
 
 
-def _start_owner(env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
+def _start_owner(env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str, int]:
+    """A process that owns a lab with a child in it: (process, lab id, child pid)."""
     proc = subprocess.Popen(
         [PYTHON, "-c", OWNER], stdout=subprocess.PIPE, text=True, cwd=ROOT, env=env
     )
-    lab_id = proc.stdout.readline().strip()
+    lab_id, child = proc.stdout.readline().split()
     assert lab_id.startswith("sh"), lab_id
-    return proc, lab_id
+    return proc, lab_id, int(child)
 
 
 @pytest.mark.parametrize(
@@ -187,27 +207,27 @@ def _start_owner(env: dict[str, str] | None = None) -> tuple[subprocess.Popen, s
     [(signal.SIGTERM, 128 + 15), (signal.SIGINT, -signal.SIGINT), (signal.SIGHUP, 128 + 1)],
 )
 def test_nothing_left_after_a_signal(sig, code) -> None:
-    before = system_snapshot()
-    proc, _ = _start_owner()
+    before = root_namespace()
+    proc, lab_id, child = _start_owner()
     proc.send_signal(sig)
     assert proc.wait(timeout=10) == code
-    assert system_snapshot() == before
+    assert left_of(lab_id, [child]) == []
+    assert root_namespace() == before
 
 
 def test_sigkill_leaves_a_stale_lab_that_clean_removes() -> None:
-    before = system_snapshot()
-    proc, lab_id = _start_owner()
+    before = root_namespace()
+    proc, lab_id, child = _start_owner()
     proc.kill()
     proc.wait()
-    left = system_snapshot()
-    assert lab_id in left["netns"]
-    assert left["processes in other netns"] - before["processes in other netns"]  # the sleep
+    assert f"{lab_id}-receiver" in left_of(lab_id, [child]) and running(child)
     listed = subprocess.run([*CLI, "lab", "list"], capture_output=True, text=True).stdout
     assert f"{lab_id}" in listed and "stale" in listed
     out = subprocess.run([*CLI, "lab", "clean"], capture_output=True, text=True)
     assert out.returncode == 0
     assert f"removed lab {lab_id}" in out.stdout
-    assert system_snapshot() == before
+    assert left_of(lab_id, [child]) == []
+    assert root_namespace() == before
 
 
 def _state(pid: int) -> str:
@@ -224,8 +244,8 @@ def test_a_zombie_owner_is_gone_and_clean_removes_exactly_its_lab(tmp_path) -> N
     reaps it (for good where no init does).  Here the parent is this test, which does not
     wait for it; the state folder is the test's own, so "exactly" can be asserted."""
     env = {**os.environ, "SMTP_HARNESS_STATE": str(tmp_path / "labs")}
-    live, live_id = _start_owner(env)
-    killed, killed_id = _start_owner(env)
+    live, live_id, _ = _start_owner(env)
+    killed, killed_id, _ = _start_owner(env)
     try:
         killed.kill()
         _wait_until(lambda: _state(killed.pid) == "Z")
