@@ -13,20 +13,16 @@ from pathlib import Path
 
 import pytest
 from dnslib import EDNS0, QTYPE, RCODE, DNSRecord
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from harness.dns import (
     DnsServer,
     DnsTimeout,
     FaultRule,
-    FaultRules,
     QueryLog,
     ZoneSet,
     aquery,
     query,
 )
-from harness.dns.server import Responder
 from harness.errors import HarnessError
 
 SEED_ZONES = Path(__file__).resolve().parent.parent / "fixtures" / "zones"
@@ -328,6 +324,72 @@ def test_query_log_records_what_was_asked_and_answered(server, v4):
     assert first.time <= second.time <= time.time()
 
 
+# --- our own faults are errors, not drops ---------------------------------------------
+
+
+def _broken_policy(*_args: object) -> None:
+    raise RuntimeError("injected policy bug")
+
+
+def tcp_exchange(address: tuple[str, int], data: bytes) -> DNSRecord:
+    with socket.create_connection(address, timeout=2) as sock:
+        sock.sendall(frame(data))
+        return read_frame(sock)
+
+
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+def test_our_fault_is_answered_servfail_and_recorded(server, v4, monkeypatch, transport):
+    """Issue 8 finding 3: a query our server failed on was dropped (the client waited for
+    nothing) and only logged.  No real bug of ours is known to provoke it (the two the
+    fuzzer found are fixed, see test_dns_fuzz.py), so the policy is made to raise: a mock
+    of our own fault, exercised over real sockets."""
+    monkeypatch.setattr("harness.dns.server.resolve", _broken_policy)
+    result = dig(v4, "receiver.com", "MX", *(["+tcp"] if transport == "tcp" else []))
+    assert (result.status, result.transport) == ("SERVFAIL", transport.upper())
+    exchange = udp_exchange if transport == "udp" else tcp_exchange
+    reply = exchange(v4, GOOD)
+    reply = DNSRecord.parse(reply) if transport == "udp" else reply
+    assert (reply.header.id, reply.header.qr, RCODE[reply.header.rcode]) == (
+        parsed_id(GOOD),
+        1,
+        "SERVFAIL",
+    )
+    assert [(str(q.qname), QTYPE[q.qtype]) for q in reply.questions] == [("receiver.com.", "MX")]
+    summary = "RuntimeError: injected policy bug"
+    assert [(f.where, f.summary) for f in server.internal_faults] == [
+        (f"dns server ({transport})", summary)
+    ] * 2
+    assert "_broken_policy" in server.internal_faults[0].traceback
+    assert [(e.qname, e.qtype, e.rcode, e.internal) for e in server.log.entries()] == [
+        ("receiver.com.", "MX", "SERVFAIL", summary)
+    ] * 2
+    monkeypatch.undo()
+    assert good_query_answers(v4)
+    assert server.log.entries()[-1].internal is None
+
+
+def test_a_fault_outside_answering_is_kept_too(server, v4, monkeypatch):
+    """The catch-all: what escapes an event-loop callback (here the UDP send, made to
+    raise: a mock) is an internal fault, not a line in a log nobody reads."""
+    monkeypatch.setattr("harness.dns.server._sendto", _broken_policy)
+    assert udp_exchange(v4, GOOD) is None
+    wait_until(lambda: server.internal_faults)
+    (fault,) = server.internal_faults
+    assert (fault.where, fault.summary) == (
+        "dns server (event loop)",
+        "RuntimeError: injected policy bug",
+    )
+    monkeypatch.undo()
+    assert good_query_answers(v4)
+
+
+def wait_until(predicate, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
 # --- bad input never kills the server -------------------------------------------------
 
 
@@ -350,6 +412,11 @@ def udp_exchange(address: tuple[str, int], data: bytes) -> bytes | None:
 GOOD = bytes(DNSRecord.question("receiver.com", "MX").pack())
 
 
+def question(name: bytes) -> bytes:
+    """A query with one question for the wire-format ``name`` (root label added), type A."""
+    return GOOD[:12] + name + b"\0\0\x01\0\x01"
+
+
 @pytest.mark.parametrize(
     ("data", "rcode"),
     [
@@ -361,9 +428,14 @@ GOOD = bytes(DNSRecord.question("receiver.com", "MX").pack())
         pytest.param(GOOD[:4] + b"\0\0" + GOOD[6:12], "FORMERR", id="no question"),
         pytest.param(GOOD[:6] + b"\0\x01" + GOOD[8:], "FORMERR", id="ancount in a query"),
         pytest.param(GOOD[:2] + bytes([GOOD[2] | 0x10]) + GOOD[3:], "NOTIMP", id="opcode STATUS"),
+        # Found by the fuzzer (test_dns_fuzz.py): dnslib decodes both, then cannot pack the
+        # reply, so the server used to drop them (and, with faults recorded, would have
+        # called the client's garbage our fault).
+        pytest.param(question(b"\x40" + b"a" * 64), "FORMERR", id="label type 01 (64 octets)"),
+        pytest.param(question((b"\x3f" + b"a" * 63) * 4), "FORMERR", id="name of 257 octets"),
     ],
 )
-def test_malformed_queries(v4, data, rcode):
+def test_malformed_queries(server, v4, data, rcode):
     reply = udp_exchange(v4, data)
     if rcode is None:
         assert reply is None
@@ -371,68 +443,11 @@ def test_malformed_queries(v4, data, rcode):
         parsed = DNSRecord.parse(reply)
         assert (RCODE[parsed.header.rcode], parsed.header.id) == (rcode, parsed_id(data))
     assert good_query_answers(v4)
+    assert server.internal_faults == []  # the client's doing, not ours
 
 
 def parsed_id(data: bytes) -> int:
     return int.from_bytes(data[:2], "big")
-
-
-def mutations() -> st.SearchStrategy[bytes]:
-    """Random bytes, and valid queries cut, spliced or with bytes flipped."""
-    cut = st.integers(0, len(GOOD)).map(lambda n: GOOD[:n])
-    flipped = st.lists(
-        st.tuples(st.integers(0, len(GOOD) - 1), st.integers(0, 255)), max_size=6
-    ).map(lambda edits: bytes(edit(GOOD, edits)))
-    return st.one_of(
-        st.binary(max_size=600), cut, flipped, st.binary(max_size=40).map(GOOD.__add__)
-    )
-
-
-def edit(data: bytes, edits: list[tuple[int, int]]) -> bytearray:
-    out = bytearray(data)
-    for index, value in edits:
-        out[index] = value
-    return out
-
-
-RESPONDER = Responder(ZoneSet.from_dir(SEED_ZONES), FaultRules(), QueryLog(maxlen=10))
-
-
-@settings(max_examples=400, deadline=None)
-@given(data=mutations())
-def test_responder_never_raises_and_replies_are_well_formed(data):
-    reply, delay = RESPONDER.respond(data, ("127.0.0.1", 1), "udp")
-    assert delay == 0.0
-    if reply is not None:
-        parsed = DNSRecord.parse(reply)
-        assert parsed.header.qr == 1 and reply[:2] == data[:2]
-        assert len(reply) <= 512
-
-
-@settings(
-    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
-@given(datagrams=st.lists(mutations(), min_size=1, max_size=5))
-def test_live_server_survives_malformed_datagrams(v4, datagrams):
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        for data in datagrams:
-            sock.sendto(data, v4)
-    assert good_query_answers(v4)
-
-
-@settings(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
-@given(payloads=st.lists(mutations(), max_size=4), cut=st.integers(0, 3))
-def test_live_server_survives_malformed_tcp_frames(v4, payloads, cut):
-    with socket.create_connection(v4, timeout=2) as sock:
-        for data in payloads:
-            sock.sendall(frame(data))
-        sock.sendall(frame(GOOD)[: len(frame(GOOD)) - cut])  # a frame cut short if cut > 0
-    with socket.create_connection(v4, timeout=2) as sock:
-        sock.sendall(frame(GOOD))
-        assert records(read_frame(sock)) == ["receiver.com. MX 10 mail.receiver.com."]
-    assert good_query_answers(v4)
 
 
 def test_stop_closes_every_socket_and_is_idempotent(zones):

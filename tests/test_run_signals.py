@@ -12,6 +12,7 @@ from conftest import CLI, ROOT
 
 from harness.lab.netns import netns_inode
 from harness.lab.registry import STATE_DIR
+from harness.verdict import ExitCode
 
 pytestmark = pytest.mark.lab
 
@@ -81,7 +82,8 @@ def test_interrupted_run_removes_its_lab_and_daemons(tmp_path, body, sig) -> Non
     assert daemons or body is SLOW_REPLY  # postfix is running in its host
     run.send_signal(sig)
     run.wait(timeout=20)
-    assert run.returncode in (128 + signal.SIGTERM, -signal.SIGINT, 1, 130)
+    assert b"Traceback" not in run.stderr.read()
+    assert run.returncode == {signal.SIGTERM: ExitCode.SIGTERM, signal.SIGINT: ExitCode.SIGINT}[sig]
     assert not _records_of(run.pid)
     assert [ns for ns in namespaces if netns_inode(ns) is not None] == []
     assert [pid for pid in daemons if _running(pid)] == []

@@ -5,6 +5,8 @@ Rules this module keeps:
 * One entry per query received, written before the reply is sent: once a client holds
   its answer, the entry is there to read (no waiting in tests).
 * ``rcode`` is None when nothing was sent back (a ``drop`` fault, an undecodable packet).
+* ``fault`` names the scenario's fault rule that applied; ``internal`` is the one-line
+  summary of our own fault (the server answered SERVFAIL): never the client's doing.
 * Appending is thread-safe and cheap (the server calls it on every query); reading
   returns a snapshot.
 * Optionally each entry is also written as one JSON line to a file, and handed to a
@@ -33,6 +35,7 @@ class QueryEntry(NamedTuple):
     rcode: str | None
     answers: tuple[str, ...]
     fault: str | None
+    internal: str | None = None
 
     def line(self) -> str:
         """One human line: time, client, transport, question, outcome."""
@@ -44,6 +47,8 @@ class QueryEntry(NamedTuple):
             parts.append("[" + "; ".join(self.answers) + "]")
         if self.fault:
             parts.append(f"fault={self.fault}")
+        if self.internal:
+            parts.append(f"internal fault: {self.internal}")
         return " ".join(parts)
 
     def to_json(self) -> str:

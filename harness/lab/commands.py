@@ -1,7 +1,20 @@
-"""``smtp-harness lab …`` and ``smtp-harness demo``."""
+"""``smtp-harness lab …``: bring a lab up by hand, list, stop and clean labs.
+
+Rules kept here:
+- ``lab up`` prints the exact command that stops its own lab (``lab down <id>``) and runs
+  until Ctrl-C, SIGTERM or that command.  Ctrl-C is the normal way to stop it: exit 0, at
+  any point (start-up included), with the teardown done and no traceback; SIGTERM (what
+  ``lab down`` sends): the teardown, then exit 143 (``ExitCode.SIGTERM``).
+- ``lab down`` acts only on labs made by ``lab up``, and never on more than it was asked:
+  ``lab down ID`` that lab; ``lab down`` alone only when exactly one exists (otherwise it
+  lists them and asks for an id or ``--all``, exit 2); ``--all`` every one on the machine.
+  An id that names no such lab is one line, exit 2.
+- ``lab clean`` removes only labs whose owner is gone (dead, recycled pid, or a zombie).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -11,7 +24,7 @@ import click
 
 from harness.errors import HarnessError
 from harness.lab.lab import Lab, clean_stale, teardown
-from harness.lab.registry import all_records
+from harness.lab.registry import Record, all_records
 
 DOWN_TIMEOUT_S = 10.0
 
@@ -21,43 +34,98 @@ def lab() -> None:
     """Build, list and remove labs (hosts in network namespaces)."""
 
 
+_AFTER_CTRL_C = (KeyboardInterrupt, HarnessError)
+
+
+class _CtrlC:
+    """Ctrl-C ends the ``with`` body quietly: its teardowns run as the interrupt unwinds.
+
+    The terminal sends SIGINT to the whole process group, so an ``ip`` child may die of it
+    first, and its failure surface as a ``LabError``: after a Ctrl-C that is the Ctrl-C
+    too.  A SIGINT the shell made us ignore (``lab up &`` in a script) stays ignored.
+    """
+
+    def __enter__(self) -> _CtrlC:
+        self.pressed = False
+        self._old = signal.getsignal(signal.SIGINT)
+        if self._old is not signal.SIG_IGN:
+            signal.signal(signal.SIGINT, self._on_sigint)
+        return self
+
+    def _on_sigint(self, _signum: int, _frame: object) -> None:
+        self.pressed = True
+        raise KeyboardInterrupt
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> bool:
+        signal.signal(signal.SIGINT, self._old)
+        return self.pressed and kind is not None and issubclass(kind, _AFTER_CTRL_C)
+
+
 @lab.command("up")
 @click.argument("scenario", required=False, type=click.Path(dir_okay=False, path_type=Path))
 def lab_up(scenario: Path | None) -> None:
-    """Bring a lab up with its DNS server and keep it until `lab down` or Ctrl-C."""
-    from harness.runner import lab_dns
-    from harness.scenario import load_scenario
+    """Bring a lab up with its DNS server; Ctrl-C (exit 0) or `lab down ID` stops it."""
+    lab_id = None
+    with _CtrlC():
+        from harness.runner import lab_dns
+        from harness.scenario import load_scenario
 
-    scen = load_scenario(scenario)
-    with Lab(scen.topology, purpose="up") as running, lab_dns(running, scen):
-        click.echo(f"lab {running.id} is up (owner pid {os.getpid()})")
-        for host in running.topology.hosts:
-            addrs = ", ".join(host.addresses)
-            click.echo(f"  {host.name:<10} {addrs:<28} {host.fqdn or ''}")
-        first = running.topology.hosts[0].name
-        click.echo(f"enter a host:  ip netns exec {running.ns(first)} bash")
-        click.echo("stop:          smtp-harness lab down   (or Ctrl-C here)")
-        try:
+        scen = load_scenario(scenario)
+        with Lab(scen.topology, purpose="up") as running, lab_dns(running, scen):
+            lab_id = running.id
+            _announce(running)
             while True:
                 signal.pause()
-        except KeyboardInterrupt:
-            click.echo("lab down")
+    click.echo(f"lab {lab_id} is down" if lab_id else "interrupted before the lab was up")
+
+
+def _announce(running: Lab) -> None:
+    click.echo(f"lab {running.id} is up (owner pid {os.getpid()})")
+    for host in running.topology.hosts:
+        addrs = ", ".join(host.addresses)
+        click.echo(f"  {host.name:<10} {addrs:<28} {host.fqdn or ''}")
+    first = running.topology.hosts[0].name
+    click.echo(f"enter a host:  ip netns exec {running.ns(first)} bash")
+    click.echo(f"stop:          smtp-harness lab down {running.id}   (or Ctrl-C here)")
 
 
 @lab.command("down")
 @click.argument("lab_id", required=False)
-def lab_down(lab_id: str | None) -> None:
-    """Stop labs started with `lab up` (all of them, or LAB_ID)."""
-    targets = [r for r in all_records() if r.purpose == "up" and lab_id in (None, r.lab_id)]
-    if lab_id and not targets:
-        raise HarnessError(f"lab down: no lab {lab_id!r} started by `lab up`")
-    for rec in targets:
+@click.option("--all", "every", is_flag=True, help="Stop every lab `lab up` made on this machine.")
+def lab_down(lab_id: str | None, every: bool) -> None:
+    """Stop the lab LAB_ID started with `lab up` (alone: the only one; --all: every one)."""
+    chosen = _chosen(lab_id, every)
+    if not chosen:
+        click.echo("no lab started by `lab up` to stop")
+    for rec in chosen:
         if rec.owner_alive():
-            os.kill(rec.owner_pid, signal.SIGTERM)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(rec.owner_pid, signal.SIGTERM)
             _wait_gone(rec.path)
         if rec.path.exists():
             teardown(rec)
         click.echo(f"lab {rec.lab_id} is down")
+
+
+def _chosen(lab_id: str | None, every: bool) -> list[Record]:
+    """The labs `lab down` was asked to stop, or a HarnessError saying why none."""
+    ups = [r for r in all_records() if r.purpose == "up"]
+    if lab_id and every:
+        raise HarnessError("lab down: give a LAB_ID or --all, not both")
+    if lab_id:
+        chosen = [r for r in ups if r.lab_id == lab_id]
+        if not chosen:
+            raise HarnessError(f"lab down: no lab {lab_id!r} started by `lab up` (see `lab list`)")
+        return chosen
+    if every or len(ups) == 1:
+        return ups
+    if not ups:
+        raise HarnessError("lab down: no lab started by `lab up` on this machine")
+    for rec in ups:
+        click.echo(_describe(rec), err=True)
+    raise HarnessError(
+        f"lab down: {len(ups)} labs started by `lab up` (above); give a LAB_ID or --all"
+    )
 
 
 def _wait_gone(path: Path) -> None:
@@ -83,6 +151,10 @@ def lab_list() -> None:
     if not records:
         click.echo("no labs")
     for rec in records:
-        state = "running" if rec.owner_alive() else "stale (run `smtp-harness lab clean`)"
-        hosts = ", ".join(rec.hosts)
-        click.echo(f"{rec.lab_id}  pid {rec.owner_pid}  {rec.purpose:<4} {state}  [{hosts}]")
+        click.echo(_describe(rec))
+
+
+def _describe(rec: Record) -> str:
+    state = "running" if rec.owner_alive() else "stale (run `smtp-harness lab clean`)"
+    hosts = ", ".join(rec.hosts)
+    return f"{rec.lab_id}  pid {rec.owner_pid}  {rec.purpose:<4} {state}  [{hosts}]"

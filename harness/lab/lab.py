@@ -14,7 +14,9 @@ Rules kept here:
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -25,7 +27,7 @@ from pathlib import Path
 
 from harness.errors import LabError
 from harness.lab import netns
-from harness.lab.registry import Record, all_records, create_record, process_start
+from harness.lab.registry import Record, all_records, new_record, process_start, running
 from harness.lab.topology import Host, Topology, default_topology
 
 ETC_NETNS = Path("/etc/netns")
@@ -88,7 +90,7 @@ class Lab:
 
     def up(self) -> None:
         _require_root()
-        rec = self.record = create_record(self.purpose)
+        rec = self.record = new_record(self.purpose)  # assigned first: down() sees it
         rec.hosts = {h.name: f"{rec.lab_id}-{h.name}" for h in self.topology.hosts}
         rec.namespaces = [self.lan_ns, *rec.hosts.values()]
         rec.paths = [str(ETC_NETNS / ns) for ns in rec.hosts.values()]
@@ -143,13 +145,9 @@ class Lab:
         etc = ETC_NETNS / self.ns(host.name)
         etc.mkdir(parents=True, exist_ok=True)
         dns = self.topology.dns_server
-        lines = [f"nameserver {dns.ipv4}", "options timeout:1 attempts:2"] if dns else []
+        lines = [f"nameserver {_address(dns.ipv4)}", "options timeout:1 attempts:2"] if dns else []
         (etc / "resolv.conf").write_text("".join(f"{x}\n" for x in lines))
-        names = ["127.0.0.1 localhost", "::1 localhost ip6-localhost"]
-        for h in self.topology.hosts:
-            alias = f"{h.fqdn} {h.name}" if h.fqdn else h.name
-            names += [f"{a} {alias}" for a in h.addresses]
-        (etc / "hosts").write_text("".join(f"{x}\n" for x in names))
+        (etc / "hosts").write_text(hosts_file(self.topology.hosts))
 
     # --- using the hosts ----------------------------------------------------------------
     def exec_argv(self, host: str, argv: Sequence[str]) -> list[str]:
@@ -185,6 +183,33 @@ class Lab:
         for sig, handler in self._old_handlers.items():
             signal.signal(sig, handler)
         self._old_handlers.clear()
+
+
+# --- /etc/netns/<ns>/{hosts,resolv.conf}: the topology is validated on load; this is the
+# last guard before a name becomes a line in a file that every program in the host reads.
+_HOSTNAME = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?")
+
+
+def hosts_file(hosts: Sequence[Host]) -> str:
+    """The lab's /etc/hosts: every host's addresses with its FQDN and name (RFC 1123)."""
+    lines = ["127.0.0.1 localhost", "::1 localhost ip6-localhost"]
+    for h in hosts:
+        names = [_hostname(n, h.name) for n in (h.fqdn, h.name) if n]
+        lines += [f"{_address(a)} {' '.join(names)}" for a in h.addresses]
+    return "".join(f"{line}\n" for line in lines)
+
+
+def _hostname(name: str, host: str) -> str:
+    if not isinstance(name, str) or len(name) > 253 or not _HOSTNAME.fullmatch(name):
+        raise LabError(f"host {host!r}: refusing to write {name!r} into /etc/hosts")
+    return name
+
+
+def _address(text: str) -> str:
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise LabError(f"refusing to write {text!r} as an address") from None
 
 
 def _raise_system_exit(signum: int, _frame: object) -> None:
@@ -239,7 +264,7 @@ def _remove_path(path: str, lab_id: str) -> None:
 
 def _end_processes(rec: Record, namespaces: list[str]) -> None:
     """SIGTERM, then SIGKILL, our recorded children and anything living in our namespaces."""
-    victims = {pid for pid, start in rec.pids if process_start(pid) == start}
+    victims = {pid for pid, start in rec.pids if running(pid, start)}
     victims |= _pids_in(namespaces)
     victims.discard(os.getpid())
     for sig in (signal.SIGTERM, signal.SIGKILL):
@@ -256,17 +281,10 @@ def _end_processes(rec: Record, namespaces: list[str]) -> None:
 
 
 def _alive(pid: int) -> bool:
-    try:
-        waited, _ = os.waitpid(pid, os.WNOHANG)  # reap our own children
-        if waited == pid:
+    with contextlib.suppress(ChildProcessError):
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:  # reap our own children
             return False
-    except ChildProcessError:
-        pass
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return b") Z" not in f.read(64)  # a zombie is as good as gone
-    except FileNotFoundError:
-        return False
+    return running(pid)
 
 
 def _pids_in(namespaces: list[str]) -> set[int]:

@@ -3,7 +3,8 @@
 Rules kept here:
 - A resource is recorded *before* it is created (an intent log), so a run killed at any
   instant leaves a record naming everything it may have made.
-- An owner is a (pid, process start time) pair: a recycled pid is not the owner.
+- An owner is a (pid, process start time) pair: a recycled pid is not the owner, and a
+  zombie (killed, not yet reaped: for good where no init reaps) is gone (``running``).
 - ``clean`` removes only what a record names, only when its owner is gone, and only names
   that carry the record's lab id.  It never guesses from names alone.
 """
@@ -25,15 +26,28 @@ def new_lab_id() -> str:
     return ID_PREFIX + secrets.token_hex(3)
 
 
-def process_start(pid: int) -> int | None:
-    """The start time of ``pid`` in clock ticks since boot, or None if it is gone."""
+def _stat(pid: int) -> tuple[bytes, int] | None:
+    """The state letter and start time (clock ticks since boot) of ``pid``, or None."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             stat = f.read()
     except (FileNotFoundError, ProcessLookupError):
         return None
     # the command name (field 2) may contain spaces and ')': split after the last ')'
-    return int(stat[stat.rindex(b")") + 2 :].split()[19])
+    fields = stat[stat.rindex(b")") + 2 :].split()
+    return fields[0], int(fields[19])
+
+
+def process_start(pid: int) -> int | None:
+    """The start time of ``pid`` in clock ticks since boot, or None if it is gone."""
+    stat = _stat(pid)
+    return stat[1] if stat else None
+
+
+def running(pid: int, start: int | None = None) -> bool:
+    """Whether ``pid`` is a live process (a zombie is not) and, given ``start``, the same one."""
+    stat = _stat(pid)
+    return stat is not None and stat[0] not in b"ZX" and start in (None, stat[1])
 
 
 @dataclass
@@ -53,7 +67,7 @@ class Record:
         return STATE_DIR / f"{self.lab_id}.json"
 
     def owner_alive(self) -> bool:
-        return process_start(self.owner_pid) == self.owner_start
+        return running(self.owner_pid, self.owner_start)
 
     def save(self) -> None:
         STATE_DIR.mkdir(parents=True, exist_ok=True)
@@ -62,16 +76,16 @@ class Record:
         os.replace(tmp, self.path)
 
     def delete(self) -> None:
+        self.path.with_suffix(".tmp").unlink(missing_ok=True)  # a save cut short
         self.path.unlink(missing_ok=True)
 
 
-def create_record(purpose: str) -> Record:
+def new_record(purpose: str) -> Record:
+    """A record owned by this process, not saved yet (its owner saves it, then builds)."""
     pid = os.getpid()
     start = process_start(pid)
     assert start is not None
-    rec = Record(lab_id=new_lab_id(), owner_pid=pid, owner_start=start, purpose=purpose)
-    rec.save()
-    return rec
+    return Record(lab_id=new_lab_id(), owner_pid=pid, owner_start=start, purpose=purpose)
 
 
 def all_records() -> list[Record]:
