@@ -27,8 +27,8 @@ from harness.dns import DnsServer
 from harness.lab import Lab
 from harness.ladder.dissect import dissect
 from harness.ladder.model import Ladder, Step
-from harness.mta.base import Site
-from harness.mta.exim import RELAYED, Adapter, original
+from harness.mta.base import Site, without_leading_fields
+from harness.mta.exim import Adapter
 from harness.runner import host_names
 from harness.scenario import load_scenario
 from harness.smtp.sender import ScriptStep
@@ -142,12 +142,13 @@ def test_exim_delivers_by_mx_pipelining_and_closes_with_quit_and_fin(
         assert stored.data.startswith(
             b"Received: from root by mail.sender.com with local (Exim 4.96)"
         )
-        assert original(stored.data, RELAYED) == exim.as_sent(stored.data) == MESSAGE
+        assert exim.as_sent(stored.data) == MESSAGE
     # aibo was refused at RCPT; the bounce went to luke, kept in the sender's postmaster box
     assert "** aibo@receiver.com" in log and "after RCPT TO:<aibo@receiver.com>: 550" in log
     [bounce] = exim.mailbox("postmaster")
     assert b"X-Failed-Recipients: aibo@receiver.com\r\n" in bounce
-    assert original(bounce).startswith(b"X-Failed-Recipients")
+    stored_as = Adapter.trace_fields["receiver"]
+    assert without_leading_fields(bounce, stored_as).startswith(b"X-Failed-Recipients")
 
     steps = ladder_of(capture, lab).steps
     # DNS: MX, then A for the exchanger (glue ignored, no AAAA): once per recipient
@@ -208,7 +209,7 @@ def test_exim_receives_the_seed_dialogue(
     assert boxes["aibo"] == []
     for user in ("c3po", "r2d2"):
         [stored] = boxes[user]
-        assert original(stored) == exim.as_sent(stored) == MESSAGE
+        assert exim.as_sent(stored) == MESSAGE
         assert stored.startswith(
             b"Return-path: <luke@sender.com>\r\n"
             + f"Envelope-to: {user}@receiver.com\r\nDelivery-date: ".encode()

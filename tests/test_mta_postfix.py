@@ -15,7 +15,7 @@ import pytest
 
 from harness.errors import HarnessError
 from harness.lab.registry import all_records
-from harness.mta import postfix
+from harness.mta import postfix, process
 from harness.runner import RunResult, run_scenario
 from harness.scenario import FIXTURES, load_scenario
 
@@ -56,7 +56,7 @@ def _assert_nothing_left(result: RunResult, role: str) -> None:
     listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert all(line.split()[0] in mine for line in listed.splitlines() if line.startswith("sh"))
     pid_file = result.folder / f"{role}-postfix" / "spool" / "pid" / "master.pid"
-    assert not postfix._group_members(int(pid_file.read_text().split()[0]))
+    assert not process.group_members(int(pid_file.read_text().split()[0]))
     assert not os.path.ismount(postfix.VIEW)
 
 
