@@ -37,6 +37,7 @@ local users it is given.  ``mailbox(user)``, ``idle()`` and ``queue()`` work in 
 from __future__ import annotations
 
 import re
+import subprocess
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,6 +74,15 @@ class QueuedRecipient:
     queue_id: str
     reason: str  # the MTA's own words: its queue listing's or log's reason for the delay
     status_code: str | None = None  # an RFC 3463 enhanced status code in that reason
+
+
+def unreadable(mta: str, command: str, done: subprocess.CompletedProcess) -> QueueUnreadable:
+    """The error for a queue listing that failed: the command, its exit status and its
+    last line of complaint (stderr, else stdout)."""
+    said = [done.stderr, done.stdout]
+    text = next((t if isinstance(t, str) else t.decode(errors="replace") for t in said if t), "")
+    lines = [line.strip() for line in text.splitlines() if line.strip()] or ["no message"]
+    return QueueUnreadable(f"{mta}: {command} exited {done.returncode}: {lines[-1]}")
 
 
 def status_code_in(*texts: str) -> str | None:

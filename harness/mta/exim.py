@@ -74,6 +74,7 @@ from harness.mta.base import (
     QueueUnreadable,
     Site,
     status_code_in,
+    unreadable,
 )
 
 USER = "Debian-exim"  # compiled into Debian's binary
@@ -172,8 +173,7 @@ class Adapter(MtaAdapter):
         """Rule 8."""
         done = _run([*self._exim(), "-bp"])
         if done.returncode != 0:
-            why = f"exited {done.returncode}: {_tail(done.stderr or done.stdout)}"
-            raise QueueUnreadable(f"exim: exim -bp {why}")
+            raise unreadable(self.name, "exim -bp", done)
         try:
             log = self.log_path.read_text(errors="replace")
         except OSError as exc:

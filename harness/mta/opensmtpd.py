@@ -71,6 +71,7 @@ from harness.mta.base import (
     QueueUnreadable,
     Site,
     status_code_in,
+    unreadable,
 )
 
 SUBMISSION_PORT = 2525  # sender role: submit() hands messages over on 127.0.0.1 here
@@ -211,7 +212,7 @@ class Adapter(MtaAdapter):
 
     def queue(self) -> list[QueuedRecipient]:
         """Every envelope ``smtpctl show queue`` lists, with its error line (rules above)."""
-        return [_queued(fields) for fields in self._envelopes()]
+        return [queued(fields) for fields in self._envelopes()]
 
     def _envelopes(self) -> list[list[str]]:
         """``smtpctl show queue`` inside smtpd's mount namespace: each envelope's fields."""
@@ -225,15 +226,8 @@ class Adapter(MtaAdapter):
         argv += ["--keep-groups", str(debs.binary(trees[0], "smtpctl")), "show", "queue"]
         done = subprocess.run(argv, capture_output=True, text=True, env=debs.environment(*trees))
         if done.returncode != 0:
-            said = done.stderr.strip().splitlines() or ["no message"]
-            raise QueueUnreadable(
-                f"opensmtpd: smtpctl show queue exited {done.returncode}: {said[-1]}"
-            )
-        envelopes = [line.split("|") for line in done.stdout.splitlines()]
-        for fields in envelopes:
-            if len(fields) <= _ERROR or not re.fullmatch(r"[0-9a-f]{16}", fields[_ID]):
-                raise QueueUnreadable(f"opensmtpd: smtpctl show queue: {'|'.join(fields)!r}")
-        return envelopes
+            raise unreadable(self.name, "smtpctl show queue", done)
+        return parse_envelopes(done.stdout)
 
     # --- helpers --------------------------------------------------------------------------
     def _write_config(self) -> None:
@@ -359,8 +353,18 @@ def _deferred(fields: list[str]) -> bool:
     return fields[_STATE] == "pending" and int(fields[_RETRIES]) > 0
 
 
-def _queued(fields: list[str]) -> QueuedRecipient:
-    """One envelope of ``smtpctl show queue`` as the queue entry of its recipient."""
+def parse_envelopes(listing: str) -> list[list[str]]:
+    """``smtpctl show queue`` output -> each envelope's fields; a line that is not an
+    envelope is ``QueueUnreadable``."""
+    envelopes = [line.split("|") for line in listing.splitlines()]
+    for fields in envelopes:
+        if len(fields) <= _ERROR or not re.fullmatch(r"[0-9a-f]{16}", fields[_ID]):
+            raise QueueUnreadable(f"opensmtpd: smtpctl show queue: {'|'.join(fields)!r}")
+    return envelopes
+
+
+def queued(fields: list[str]) -> QueuedRecipient:
+    """One envelope as the queue entry of its recipient: its error line is the reason."""
     error = "|".join(fields[_ERROR:])
     state = f"{fields[_STATE]}, {fields[_RETRIES]} attempts, no error line yet"
     return QueuedRecipient(

@@ -35,8 +35,9 @@ Rules kept here:
    ``postfix.log``), and a failure quotes that log's last line.
 8. Scenario values (``harness.mta.quoting``): host name and domain must be host names
    (Postfix's own rule for myhostname and mydomain); every main.cf value is written with
-   ``$`` doubled; a user is a key of the mailbox table (``user@domain``: no blank, no
-   leading ``#``), and its mailbox folder is named by ``quoting.mailbox_folder``.
+   ``$`` doubled; a user is a key of the mailbox table (``user@domain`` in lower case, as
+   virtual(8) looks it up: no blank, no leading ``#``), and its mailbox folder is named by
+   ``quoting.mailbox_folder``.
 9. ``queue()`` is ``postqueue -j`` (one JSON object a message, a ``delay_reason`` per
    recipient that was tried); the status code is the one in that reason, else the
    ``dsn=`` of the last log line Postfix wrote for that queue id and recipient.
@@ -64,6 +65,7 @@ from harness.mta.base import (
     QueueUnreadable,
     Site,
     status_code_in,
+    unreadable,
 )
 
 USER, GROUP, SETGID_GROUP = "postfix", "postfix", "postdrop"
@@ -200,8 +202,7 @@ class Adapter(MtaAdapter):
         argv = [str(debs.binary(self.root, "postqueue")), "-c", f"{VIEW}/etc", "-j"]
         done = self._run(argv)
         if done.returncode != 0:
-            said = done.stderr.strip().splitlines() or ["no message"]
-            raise QueueUnreadable(f"postfix: postqueue -j exited {done.returncode}: {said[-1]}")
+            raise unreadable(self.name, "postqueue -j", done)
         return parse_postqueue(done.stdout, self._log_status_codes())
 
     def _log_status_codes(self) -> dict[tuple[str, str], str]:
@@ -231,7 +232,10 @@ class Adapter(MtaAdapter):
         _owned_dir(self.mailboxes, 0o700, uid, gid)
         (self.spool / "quick-start").touch()
         site = self.site
-        boxes = [f"{u}@{site.domain} {quoting.mailbox_folder(u)}/\n" for u in site.users]
+        # virtual(8) looks its recipient up in lower case, and texthash keeps keys as given
+        boxes = [
+            f"{u}@{site.domain}".lower() + f" {quoting.mailbox_folder(u)}/\n" for u in site.users
+        ]
         (self.etc / "mailboxes").write_text("".join(boxes))
         hosts = f"127.0.0.1 localhost\n{site.address} {site.hostname}\n"
         (self.etc / "hosts").write_text(hosts)

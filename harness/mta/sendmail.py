@@ -38,6 +38,8 @@ Rules kept here:
   sender that is the local sender, whose mailbox gets the bounces.  The ``local`` mailer is
   ``folder/deliver``: one file per message under ``mail/<user>/new`` (the user name in
   lower case: ``quoting.mailbox_folder``), CRLF line ends (the message's form in DATA).
+  A mailbox it cannot write is a temporary failure (EX_TEMPFAIL: the message stays
+  queued), as Postfix and Exim treat it.
 - What Sendmail adds (``trace_fields``, removed by ``as_sent``): as sender one leading
   ``Received:`` field (folded); as receiver ``Return-Path:`` (mailer flag P) and
   ``Received:`` (folded), in that order.  A message without ``Date:``, ``From:`` or
@@ -49,9 +51,10 @@ Rules kept here:
 - The daemon is ready once its socket listens (``harness.mta.process``, no probe).
   ``stop()`` ends it and every process of ours still running (an open session's child
   outlives its daemon's SIGTERM): SIGTERM, then SIGKILL, by pid.
-- ``queue()`` is ``sendmail -bp`` (mailq): per message its queue id, then the reason
-  Sendmail recorded, in parentheses (e.g. "(Deferred: 451 4.3.0 Try later)"), then its
-  recipients; every recipient listed gets that reason.
+- ``queue()`` is ``sendmail -bp -v`` (mailq, verbose: reasons are not cut to the line's
+  width): per message its queue id and the reason Sendmail recorded for the message, in
+  parentheses (e.g. "(Deferred: 451 4.3.0 Try later)"), then its recipients, each with a
+  reason of its own when there is one (else the message's).
 """
 
 from __future__ import annotations
@@ -73,6 +76,7 @@ from harness.mta.base import (
     QueueUnreadable,
     Site,
     status_code_in,
+    unreadable,
 )
 
 SENDMAIL = "usr/libexec/sendmail/sendmail"
@@ -83,10 +87,11 @@ CHANGELOG = "usr/share/doc/sendmail-bin/changelog.Debian.gz"
 # in a DSN or in the queue (EX_OK, EX_NOUSER, EX_NOHOST, EX_UNAVAILABLE, EX_TEMPFAIL)
 DELIVERY_STATUSES = frozenset({0, 67, 68, 69, 75})
 _BIND_HOSTS = 'mount --bind "$0" /etc/hosts && exec "$@"'
-# mailq: "<id>[*X] <size> <date> <sender>", an optional "(<reason>)", then recipients
+# mailq -v: "<id>[*X-] <size> <priority> <date> <sender>", an optional "(<reason>)" of the
+# message, then each recipient (indented with tabs) with an optional "(<reason>)" of its own
 _MAILQ_MESSAGE = re.compile(r"(\w{8,})[*X-]? +\d+ .*")
-_MAILQ_REASON = re.compile(r" +\((.*)\)")
-_MAILQ_RECIPIENT = re.compile(r"\s+<?([^<>\s]+@[^<>\s]+)>?")
+_MAILQ_REASON = re.compile(r"\s+\((.*)\)")
+_MAILQ_RECIPIENT = re.compile(r"\t+<?([^<>\s]+)>?")
 _MAILQ_FRAME = re.compile(
     r"\s*(/\S+ \(\d+ requests?\)|/\S+ is empty|-+Q-ID-+ .*|Total requests: \d+)"
 )
@@ -96,9 +101,9 @@ _DELIVER = """#!/bin/sh
 # smtp-harness: Sendmail's local mailer, one file per message, named in delivery order.
 case "$1" in ''|.*|*[!a-z0-9._+-]*) echo "$1: not a mailbox name" >&2; exit 67;; esac
 box="MAILDIR/$1"
-mkdir -p "$box/tmp" "$box/new" || exit 73
+mkdir -p "$box/tmp" "$box/new" || exit 75
 name="$(date +%s%N).$$"
-cat > "$box/tmp/$name" && mv "$box/tmp/$name" "$box/new/$name" || exit 74
+cat > "$box/tmp/$name" && mv "$box/tmp/$name" "$box/new/$name" || exit 75
 """
 
 # ruleset ParseLocal (98): the site's users go to the local mailer, other locals are unknown
@@ -193,9 +198,9 @@ class Adapter(MtaAdapter):
         return parse_mailq(self._mailq())
 
     def _mailq(self) -> str:
-        done = self._run(["-bp"])
+        done = self._run(["-bp", "-v"])  # verbose: the reason is not cut to the line's width
         if done.returncode != 0:
-            raise QueueUnreadable(f"sendmail: sendmail -bp exited {done.returncode}: {_last(done)}")
+            raise unreadable(self.name, "sendmail -bp -v", done)
         return done.stdout.decode(errors="replace")
 
     # --- helpers ----------------------------------------------------------------------
@@ -326,24 +331,27 @@ class Adapter(MtaAdapter):
 
 
 def parse_mailq(listing: str) -> list[QueuedRecipient]:
-    """``sendmail -bp`` output -> one entry per recipient of each queued message, with the
-    message's reason (rules above); a line of no known form is ``QueueUnreadable``."""
-    found: list[QueuedRecipient] = []
-    queue_id, reason = None, ""
+    """``sendmail -bp -v`` output -> one entry per recipient of each queued message, with
+    its own reason when mailq gives one, else its message's (rules above); a line of no
+    known form is ``QueueUnreadable``."""
+    found: list[list[str]] = []  # [recipient, queue id, reason]
+    queue_id, reason, last = "", "", None
     for line in listing.splitlines():
         message, because = _MAILQ_MESSAGE.fullmatch(line), _MAILQ_REASON.fullmatch(line)
         recipient = _MAILQ_RECIPIENT.fullmatch(line)
         if message:
-            queue_id, reason = message.group(1), "no reason recorded yet"
+            queue_id, reason, last = message.group(1), "no reason recorded yet", None
         elif because and queue_id:
-            reason = because.group(1)
+            if last is None:
+                reason = because.group(1)
+            else:
+                last[2] = because.group(1)
         elif recipient and queue_id:
-            found.append(
-                QueuedRecipient(recipient.group(1), queue_id, reason, status_code_in(reason))
-            )
+            last = [recipient.group(1), queue_id, reason]
+            found.append(last)
         elif line.strip() and not _MAILQ_FRAME.fullmatch(line):
-            raise QueueUnreadable(f"sendmail: sendmail -bp: unexpected line {line.strip()!r}")
-    return found
+            raise QueueUnreadable(f"sendmail: sendmail -bp -v: unexpected line {line.strip()!r}")
+    return [QueuedRecipient(r, q, why, status_code_in(why)) for r, q, why in found]
 
 
 def processes_of(binary: Path) -> list[int]:
