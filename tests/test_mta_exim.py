@@ -5,7 +5,8 @@ Rules kept here:
   and in what was stored, against what was measured on Debian 12 and written in the
   module docstring of harness/mta/exim.py; nothing is skipped (a missing package fails).
 - Exim delivers as Debian-exim, which cannot enter pytest's tmp_path (/tmp/pytest-of-root
-  is 0700): each instance gets its own 0755 folder under /tmp, removed afterwards.
+  is 0700): each instance gets its own 0755 folder under /tmp (``open_folder``), removed
+  afterwards.
 - After each test no process runs the instance's configuration (the lab fixture checks
   that its namespaces are gone).
 """
@@ -14,10 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
-import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -51,11 +50,8 @@ def prepared() -> None:
 
 
 @pytest.fixture
-def folder() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="smtp-harness-exim-"))
-    path.chmod(0o755)
-    yield path
-    shutil.rmtree(path)
+def folder(open_folder: Path) -> Path:
+    return open_folder
 
 
 def sender_exim(lab: Lab, folder: Path) -> Adapter:

@@ -27,11 +27,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
-import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -102,16 +100,15 @@ class Sentinel:
 
 
 @pytest.fixture
-def sentinel() -> Iterator[Sentinel]:
-    folder = Path(tempfile.mkdtemp(prefix="smtp-harness-injection-"))
-    folder.chmod(0o755)
-    (folder / "hits").mkdir()
-    (folder / "hits").chmod(0o1777)
-    found = Sentinel(folder)
-    found.hit.write_text(f'#!/bin/sh\ntouch "{folder}/hits/$(id -un)-$$"\nexec cat >/dev/null\n')
+def sentinel(open_folder: Path) -> Sentinel:
+    (open_folder / "hits").mkdir()
+    (open_folder / "hits").chmod(0o1777)
+    found = Sentinel(open_folder)
+    found.hit.write_text(
+        f'#!/bin/sh\ntouch "{open_folder}/hits/$(id -un)-$$"\nexec cat >/dev/null\n'
+    )
     found.hit.chmod(0o755)
-    yield found
-    shutil.rmtree(folder)
+    return found
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -39,13 +39,14 @@ from __future__ import annotations
 import re
 import subprocess
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
 from harness.errors import HarnessError, InternalError
 from harness.lab import Lab
-from harness.mta import debs, quoting
+from harness.mta import debs, process, quoting
 
 ROLES = ("sender", "receiver")
 # knob -> its values, the default first.  vrfy (receiver): "disabled" is the MTA's own way
@@ -212,10 +213,21 @@ class MtaAdapter(ABC):
         """``write_config`` once the values are known to be carried."""
 
     # --- life cycle -------------------------------------------------------------------------
-    @abstractmethod
     def start(self) -> None:
-        """Write a fresh configuration under ``folder`` and start the MTA in ``site.host``;
-        as receiver, return only once it accepts connections on ``site.port``."""
+        """Write a fresh configuration under ``folder`` and start the MTA in ``site.host``
+        (``launch``); as receiver, return only once it accepts connections on
+        ``site.port``.  Whatever a failed (or interrupted) start began is stopped again."""
+        self.prepare()
+        self.write_config()
+        try:
+            self.launch()
+        except BaseException:
+            self.stop()
+            raise
+
+    @abstractmethod
+    def launch(self) -> None:
+        """``start`` once the configuration is written: the MTA's processes."""
 
     @abstractmethod
     def stop(self) -> None:
@@ -223,7 +235,13 @@ class MtaAdapter(ABC):
 
     def submit(self, mail_from: str, recipients: list[str], message: bytes) -> None:
         """Sender role: hand the message to the MTA for delivery by MX."""
-        raise HarnessError(f"{self.name}: submit() is for the sender role")
+        if self.role != "sender":
+            raise HarnessError(f"{self.name}: submit() is for the sender role")
+        self._submit(mail_from, recipients, message)
+
+    @abstractmethod
+    def _submit(self, mail_from: str, recipients: list[str], message: bytes) -> None:
+        """``submit`` as sender."""
 
     # --- what it did ------------------------------------------------------------------------
     @abstractmethod
@@ -238,9 +256,9 @@ class MtaAdapter(ABC):
         the queue too (unless ``bounce_delay_s`` says it may come later)."""
 
     @property
-    @abstractmethod
     def mailboxes(self) -> Path:
         """The folder holding one Maildir per local user (``quoting.mailbox_folder``)."""
+        return self.folder / "mail"
 
     def mailbox(self, user: str) -> list[bytes]:
         """Both roles: the messages delivered to local ``user``, oldest first, as stored.
@@ -262,6 +280,26 @@ class MtaAdapter(ABC):
         names, optional = self.trace_fields[self.role], self.optional_trace_fields
         rest = without_leading_fields(wire, names, optional)
         return wire if rest is None else rest
+
+    def await_listening(
+        self,
+        pid: int,
+        running: Callable[[], bool],
+        addresses: list[str] | None = None,
+        port: int | None = None,
+        why: Callable[[], str] | None = None,
+    ) -> None:
+        """Until process ``pid`` listens on ``port`` (the site's) of every one of
+        ``addresses`` (the site's), read from the kernel (``process.await_listening``);
+        ``HarnessError`` with ``why()`` (the log's last line) if it ends first."""
+        where = self.site.addresses if addresses is None else addresses
+        process.await_listening(
+            self.name,
+            pid,
+            [(address, self.site.port if port is None else port) for address in where],
+            running=running,
+            why=why or self.last_log_line,
+        )
 
     def last_log_line(self) -> str:
         """The last line of the MTA's log (for error messages)."""

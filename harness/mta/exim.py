@@ -66,16 +66,8 @@ from pathlib import Path
 from typing import ClassVar
 
 from harness.errors import HarnessError
-from harness.mta import debs, process, quoting
-from harness.mta.base import (
-    MtaAdapter,
-    MtaUnavailable,
-    QueuedRecipient,
-    QueueUnreadable,
-    Site,
-    status_code_in,
-    unreadable,
-)
+from harness.mta import base, debs, process, quoting
+from harness.mta.base import MtaAdapter, Site
 
 USER = "Debian-exim"  # compiled into Debian's binary
 DAEMON_PACKAGE = "exim4-daemon-light"
@@ -110,23 +102,19 @@ class Adapter(MtaAdapter):
         self.spool = self.folder / "spool"
         self._daemon: subprocess.Popen[bytes] | None = None
 
-    @property
-    def mailboxes(self) -> Path:
-        return self.folder / "mail"
-
     # --- the machine -------------------------------------------------------------------------
     @classmethod
     def prepare(cls) -> None:
         try:
             for package in cls.packages:
                 debs.unpacked(package)
-            process.ensure_user(cls.name, USER, "/var/spool/exim4")
+            process.ensure_user(USER, "/var/spool/exim4")
             _copy_binary()
         except (HarnessError, OSError) as exc:
-            raise MtaUnavailable(f"exim: {exc}") from None
+            raise base.MtaUnavailable(f"exim: {exc}") from None
         missing = _missing_libraries()
         if missing:
-            raise MtaUnavailable(f"exim: shared libraries not found: {', '.join(missing)}")
+            raise base.MtaUnavailable(f"exim: shared libraries not found: {', '.join(missing)}")
 
     @classmethod
     def version(cls) -> str:
@@ -134,13 +122,11 @@ class Adapter(MtaAdapter):
         done = _run([str(COPY), "-C", "/dev/null", "-bV"])
         found = re.search(r"^Exim version (\S+)", done.stdout, re.MULTILINE)
         if found is None:
-            raise MtaUnavailable(f"exim -bV: {_tail(done.stderr or done.stdout)}")
+            raise base.MtaUnavailable(f"exim -bV: {_tail(done.stderr or done.stdout)}")
         return found[1]
 
     # --- life cycle --------------------------------------------------------------------------
-    def start(self) -> None:
-        self.prepare()
-        self.write_config()
+    def launch(self) -> None:
         done = _run([*self._exim(), "-bV"])
         if done.returncode != 0:
             raise HarnessError(f"exim: {self.config}: {_tail(done.stderr or done.stdout)}")
@@ -152,9 +138,7 @@ class Adapter(MtaAdapter):
         process.terminate(self._stragglers(), children=[daemon] if daemon else [])
 
     # --- sender role -------------------------------------------------------------------------
-    def submit(self, mail_from: str, recipients: list[str], message: bytes) -> None:
-        if self.role != "sender":
-            super().submit(mail_from, recipients, message)
+    def _submit(self, mail_from: str, recipients: list[str], message: bytes) -> None:
         argv = [*self._exim(), "-odi", "-oi", "-f", mail_from, "--", *recipients]
         done = self.site.lab.run(
             self.site.host, argv, input=message, text=False, env=_environment()
@@ -169,15 +153,15 @@ class Adapter(MtaAdapter):
         receiver, every message accepted so far is delivered or deferred."""
         return all(self._settled(header) for header in (self.spool / "input").glob("*-H"))
 
-    def queue(self) -> list[QueuedRecipient]:
+    def queue(self) -> list[base.QueuedRecipient]:
         """Rule 8."""
         done = _run([*self._exim(), "-bp"])
         if done.returncode != 0:
-            raise unreadable(self.name, "exim -bp", done)
+            raise base.unreadable(self.name, "exim -bp", done)
         try:
             log = self.log_path.read_text(errors="replace")
         except OSError as exc:
-            raise QueueUnreadable(f"exim: cannot read {self.log_path}: {exc}") from None
+            raise base.QueueUnreadable(f"exim: cannot read {self.log_path}: {exc}") from None
         return parse_queue(done.stdout, log)
 
     # --- the instance ------------------------------------------------------------------------
@@ -249,17 +233,7 @@ class Adapter(MtaAdapter):
                 env=_environment(),
             )
         daemon = self._daemon
-        try:
-            process.await_listening(
-                self.name,
-                daemon.pid,
-                [(address, self.site.port) for address in self.site.addresses],
-                running=lambda: daemon.poll() is None,
-                why=self._why,
-            )
-        except BaseException:
-            self.stop()
-            raise
+        self.await_listening(daemon.pid, lambda: daemon.poll() is None, why=self._why)
 
     def _why(self) -> str:
         for path in (self.folder / "exim.stderr", self.log_path):
@@ -287,10 +261,10 @@ class Adapter(MtaAdapter):
         return process.pids_where(lambda proc: wanted in Path(proc, "cmdline").read_bytes())
 
 
-def parse_queue(listing: str, log: str) -> list[QueuedRecipient]:
+def parse_queue(listing: str, log: str) -> list[base.QueuedRecipient]:
     """``exim -bp`` output and the main log -> the undelivered recipients (rule 8)."""
     deferred = {(m, a.lower()): why for m, a, why in _LOG_DEFER.findall(log)}
-    found: list[QueuedRecipient] = []
+    found: list[base.QueuedRecipient] = []
     message, frozen = None, False
     for line in listing.splitlines():
         head, rcpt = _BP_MESSAGE.fullmatch(line), _BP_RECIPIENT.fullmatch(line)
@@ -300,9 +274,9 @@ def parse_queue(listing: str, log: str) -> list[QueuedRecipient]:
             address = rcpt.group(2)
             why = deferred.get((message, address.lower()))
             said = why or ("frozen" if frozen else "not tried yet")
-            found.append(QueuedRecipient(address, message, said, status_code_in(said)))
+            found.append(base.QueuedRecipient(address, message, said, base.status_code_in(said)))
         elif line.strip() and not rcpt:
-            raise QueueUnreadable(f"exim: exim -bp: unexpected line {line.strip()!r}")
+            raise base.QueueUnreadable(f"exim: exim -bp: unexpected line {line.strip()!r}")
     return found
 
 

@@ -63,16 +63,8 @@ from typing import ClassVar
 
 from harness.errors import HarnessError
 from harness.lab.netns import SocketFactory
-from harness.mta import debs, process, quoting
-from harness.mta.base import (
-    MtaAdapter,
-    MtaUnavailable,
-    QueuedRecipient,
-    QueueUnreadable,
-    Site,
-    status_code_in,
-    unreadable,
-)
+from harness.mta import base, debs, process, quoting
+from harness.mta.base import MtaAdapter, Site
 
 SUBMISSION_PORT = 2525  # sender role: submit() hands messages over on 127.0.0.1 here
 MAILBOXES = "/var/spool/mailboxes"  # where smtpd sees folder/maildir (inside its tmpfs)
@@ -147,7 +139,7 @@ class Adapter(MtaAdapter):
         first = gzip.decompress(changelog.read_bytes()).decode().partition("\n")[0]
         found = re.match(r"opensmtpd \(([^)-]+)", first)  # "opensmtpd (6.8.0p2-4) unstable"
         if not found:
-            raise MtaUnavailable(f"opensmtpd: no version in {changelog}: {first!r}")
+            raise base.MtaUnavailable(f"opensmtpd: no version in {changelog}: {first!r}")
         return found.group(1)
 
     @property
@@ -156,10 +148,12 @@ class Adapter(MtaAdapter):
 
     # --- life cycle -----------------------------------------------------------------------
     def start(self) -> None:
-        if self._proc is not None:
+        if self._proc is not None:  # before anything is rewritten or stopped
             raise HarnessError("opensmtpd: already started")
+        super().start()
+
+    def launch(self) -> None:
         trees = _trees()
-        self.write_config()
         launch = ["unshare", "--uts", "sh", "-c", _LAUNCH, "opensmtpd", self.site.hostname]
         launch += [str(trees[0] / "usr/libexec"), str(self.mailboxes)]
         config = str(self.folder / "smtpd.conf")
@@ -174,11 +168,7 @@ class Adapter(MtaAdapter):
                 env=debs.environment(*trees),
                 start_new_session=True,
             )
-        try:
-            self._wait_listening()
-        except BaseException:
-            self.stop()
-            raise
+        self._wait_listening()
 
     def stop(self) -> None:
         """SIGTERM to smtpd, then whatever of its process group outlives the grace (the
@@ -188,10 +178,8 @@ class Adapter(MtaAdapter):
             process.end_group(proc.pid, child=proc)
 
     # --- using it -------------------------------------------------------------------------
-    def submit(self, mail_from: str, recipients: list[str], message: bytes) -> None:
-        """Sender role: SMTP to 127.0.0.1:SUBMISSION_PORT inside the host (CRLF line ends)."""
-        if self.role != "sender":
-            super().submit(mail_from, recipients, message)
+    def _submit(self, mail_from: str, recipients: list[str], message: bytes) -> None:
+        """SMTP to 127.0.0.1:SUBMISSION_PORT inside the host (CRLF line ends)."""
         data = re.sub(rb"\r?\n", b"\r\n", message)  # smtplib sends bytes as they are
         client = _Submission(self.site.lab.socket_factory(self.site.host))
         try:
@@ -210,14 +198,14 @@ class Adapter(MtaAdapter):
         ones, already tried, wait for a retry far beyond any run)."""
         return all(_deferred(fields) for fields in self._envelopes())
 
-    def queue(self) -> list[QueuedRecipient]:
+    def queue(self) -> list[base.QueuedRecipient]:
         """Every envelope ``smtpctl show queue`` lists, with its error line (rules above)."""
         return [queued(fields) for fields in self._envelopes()]
 
     def _envelopes(self) -> list[list[str]]:
         """``smtpctl show queue`` inside smtpd's mount namespace: each envelope's fields."""
         if self._proc is None or self._proc.poll() is not None:
-            raise QueueUnreadable(
+            raise base.QueueUnreadable(
                 f"opensmtpd: smtpctl show queue: smtpd is not running (its queue lives in "
                 f"its own mount namespace; log: {self.last_log_line()})"
             )
@@ -226,7 +214,7 @@ class Adapter(MtaAdapter):
         argv += ["--keep-groups", str(debs.binary(trees[0], "smtpctl")), "show", "queue"]
         done = subprocess.run(argv, capture_output=True, text=True, env=debs.environment(*trees))
         if done.returncode != 0:
-            raise unreadable(self.name, "smtpctl show queue", done)
+            raise base.unreadable(self.name, "smtpctl show queue", done)
         return parse_envelopes(done.stdout)
 
     # --- helpers --------------------------------------------------------------------------
@@ -272,13 +260,7 @@ class Adapter(MtaAdapter):
         proc = self._proc
         assert proc is not None
         where = ["127.0.0.1"] if self.role == "sender" else self.site.addresses
-        process.await_listening(
-            self.name,
-            proc.pid,
-            [(address, self._port()) for address in where],
-            running=lambda: proc.poll() is None,
-            why=self.last_log_line,
-        )
+        self.await_listening(proc.pid, lambda: proc.poll() is None, where, self._port())
 
 
 class _Submission(smtplib.SMTP):
@@ -303,14 +285,17 @@ def _packages() -> tuple[str, ...]:
     missing = _missing_libraries([_unpack("opensmtpd")])
     unknown = [soname for soname in missing if soname not in LIBRARIES]
     if unknown:
-        raise MtaUnavailable(f"opensmtpd: no package known for {', '.join(unknown)}")
+        raise base.MtaUnavailable(f"opensmtpd: no package known for {', '.join(unknown)}")
     packages += dict.fromkeys(LIBRARIES[s] for s in missing)
     still = _missing_libraries([_unpack(package) for package in packages])
     if still:
-        raise MtaUnavailable(f"opensmtpd: smtpd still lacks {', '.join(still)}")
-    for user in SYSTEM_USERS:  # as Debian's postinst makes them
-        process.ensure_user("opensmtpd", user, str(CHROOT))
-    CHROOT.mkdir(parents=True, exist_ok=True)
+        raise base.MtaUnavailable(f"opensmtpd: smtpd still lacks {', '.join(still)}")
+    try:
+        for user in SYSTEM_USERS:  # as Debian's postinst makes them
+            process.ensure_user(user, str(CHROOT))
+        CHROOT.mkdir(parents=True, exist_ok=True)
+    except (HarnessError, OSError) as exc:
+        raise base.MtaUnavailable(f"opensmtpd: {exc}") from None
     return tuple(packages)
 
 
@@ -323,7 +308,7 @@ def _unpack(package: str) -> Path:
     try:
         return debs.unpacked(package)
     except HarnessError as exc:
-        raise MtaUnavailable(f"opensmtpd: {exc}") from None
+        raise base.MtaUnavailable(f"opensmtpd: {exc}") from None
 
 
 def _missing_libraries(trees: list[Path]) -> list[str]:
@@ -359,14 +344,14 @@ def parse_envelopes(listing: str) -> list[list[str]]:
     envelopes = [line.split("|") for line in listing.splitlines()]
     for fields in envelopes:
         if len(fields) <= _ERROR or not re.fullmatch(r"[0-9a-f]{16}", fields[_ID]):
-            raise QueueUnreadable(f"opensmtpd: smtpctl show queue: {'|'.join(fields)!r}")
+            raise base.QueueUnreadable(f"opensmtpd: smtpctl show queue: {'|'.join(fields)!r}")
     return envelopes
 
 
-def queued(fields: list[str]) -> QueuedRecipient:
+def queued(fields: list[str]) -> base.QueuedRecipient:
     """One envelope as the queue entry of its recipient: its error line is the reason."""
     error = "|".join(fields[_ERROR:])
     state = f"{fields[_STATE]}, {fields[_RETRIES]} attempts, no error line yet"
-    return QueuedRecipient(
-        fields[_RECIPIENT], fields[_ID][:8], error or state, status_code_in(error)
+    return base.QueuedRecipient(
+        fields[_RECIPIENT], fields[_ID][:8], error or state, base.status_code_in(error)
     )

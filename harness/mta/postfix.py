@@ -57,16 +57,8 @@ from pathlib import Path
 from typing import ClassVar
 
 from harness.errors import HarnessError
-from harness.mta import debs, process, quoting
-from harness.mta.base import (
-    MtaAdapter,
-    MtaUnavailable,
-    QueuedRecipient,
-    QueueUnreadable,
-    Site,
-    status_code_in,
-    unreadable,
-)
+from harness.mta import base, debs, process, quoting
+from harness.mta.base import MtaAdapter, Site
 
 USER, GROUP, SETGID_GROUP = "postfix", "postfix", "postdrop"
 VIEW = Path("/run/smtp-harness/postfix")  # where the daemons see the run folder (rule 4)
@@ -126,22 +118,22 @@ class Adapter(MtaAdapter):
     def prepare(cls) -> None:
         try:
             debs.unpacked("postfix")
+            process.ensure_group(SETGID_GROUP)
+            process.ensure_group(GROUP)
+            process.ensure_user(USER, "/nonexistent", group=GROUP)
         except HarnessError as exc:
-            raise MtaUnavailable(f"postfix: {exc}") from None
-        process.ensure_group(cls.name, SETGID_GROUP)
-        process.ensure_group(cls.name, GROUP)
-        process.ensure_user(cls.name, USER, "/nonexistent", group=GROUP)
+            raise base.MtaUnavailable(f"postfix: {exc}") from None
         VIEW.mkdir(mode=0o755, parents=True, exist_ok=True)
         for folder in (VIEW, *VIEW.parents):
             if not folder.stat().st_mode & 0o001:
-                raise MtaUnavailable(f"postfix: {folder} must be searchable by user {USER}")
+                raise base.MtaUnavailable(f"postfix: {folder} must be searchable by user {USER}")
 
     @classmethod
     def version(cls) -> str:
         root = debs.unpacked("postfix")
         done = debs.run(root, "postconf", "-c", str(root / "etc/postfix"), "-dh", "mail_version")
         if done.returncode != 0:
-            raise MtaUnavailable(f"postfix: postconf: {done.stderr.strip()}")
+            raise base.MtaUnavailable(f"postfix: postconf: {done.stderr.strip()}")
         return done.stdout.strip()
 
     # --- paths --------------------------------------------------------------------------
@@ -158,14 +150,8 @@ class Adapter(MtaAdapter):
     def spool(self) -> Path:
         return self.folder / "spool"
 
-    @property
-    def mailboxes(self) -> Path:
-        return self.folder / "mail"
-
     # --- life cycle ---------------------------------------------------------------------
-    def start(self) -> None:
-        self.prepare()
-        self.write_config()
+    def launch(self) -> None:
         self._postfix("start")
         self._master = self._master_pid()
         self._wait_listening()
@@ -176,9 +162,7 @@ class Adapter(MtaAdapter):
             process.end_group(master)
 
     # --- sender role --------------------------------------------------------------------
-    def submit(self, mail_from: str, recipients: list[str], message: bytes) -> None:
-        if self.role != "sender":
-            super().submit(mail_from, recipients, message)
+    def _submit(self, mail_from: str, recipients: list[str], message: bytes) -> None:
         # sendmail(1) reads a message with LF or CRLF line ends; -i: a lone "." is content
         argv = [str(debs.binary(self.root, "sendmail")), "-C", f"{VIEW}/etc", "-i"]
         done = self._run([*argv, "-f", mail_from, "--", *recipients], input=message, text=False)
@@ -197,12 +181,12 @@ class Adapter(MtaAdapter):
     def _pending(self) -> bool:
         return any(any((self.spool / q).rglob("*")) for q in PENDING_QUEUES)
 
-    def queue(self) -> list[QueuedRecipient]:
+    def queue(self) -> list[base.QueuedRecipient]:
         """Rule 9."""
         argv = [str(debs.binary(self.root, "postqueue")), "-c", f"{VIEW}/etc", "-j"]
         done = self._run(argv)
         if done.returncode != 0:
-            raise unreadable(self.name, "postqueue -j", done)
+            raise base.unreadable(self.name, "postqueue -j", done)
         return parse_postqueue(done.stdout, self._log_status_codes())
 
     def _log_status_codes(self) -> dict[tuple[str, str], str]:
@@ -210,7 +194,7 @@ class Adapter(MtaAdapter):
         try:
             log = self.log_path.read_text(errors="replace")
         except OSError as exc:
-            raise QueueUnreadable(f"postfix: cannot read {self.log_path}: {exc}") from None
+            raise base.QueueUnreadable(f"postfix: cannot read {self.log_path}: {exc}") from None
         return {(q, rcpt.lower()): dsn for q, rcpt, dsn in _LOG_RECIPIENT.findall(log)}
 
     # --- configuration ------------------------------------------------------------------
@@ -326,16 +310,10 @@ class Adapter(MtaAdapter):
         master = self._master
         assert master is not None
         where = self.site.addresses if self.role == "receiver" else ["127.0.0.1"]
-        process.await_listening(
-            self.name,
-            master,
-            [(address, self.site.port) for address in where],
-            running=lambda: process.alive(master),
-            why=self.last_log_line,
-        )
+        self.await_listening(master, lambda: process.alive(master), where)
 
 
-def parse_postqueue(text: str, log_codes: dict[tuple[str, str], str]) -> list[QueuedRecipient]:
+def parse_postqueue(text: str, log_codes: dict[tuple[str, str], str]) -> list[base.QueuedRecipient]:
     """``postqueue -j`` output (one JSON object a line) -> one entry per recipient; the
     status code from the delay reason, else from ``log_codes`` (rule 9)."""
     found = []
@@ -346,12 +324,12 @@ def parse_postqueue(text: str, log_codes: dict[tuple[str, str], str]) -> list[Qu
             recipients = [(r["address"], r.get("delay_reason", "")) for r in message["recipients"]]
         except (ValueError, KeyError, TypeError) as exc:
             why = f"postfix: postqueue -j line {number}: {exc!r}: {line[:200]}"
-            raise QueueUnreadable(why) from None
+            raise base.QueueUnreadable(why) from None
         for address, reason in recipients:
             logged = log_codes.get((queue_id, address.lower()))
             said = reason or f"in the {queue_name} queue, not tried yet"
-            code = status_code_in(reason) or logged
-            found.append(QueuedRecipient(address, queue_id, said, code))
+            code = base.status_code_in(reason) or logged
+            found.append(base.QueuedRecipient(address, queue_id, said, code))
     return found
 
 

@@ -14,7 +14,8 @@ Rules kept here:
    someone else's.
 4. System users and groups are created as Debian's maintainer scripts do (``useradd
    --system``, no home, no login); one created meanwhile by a parallel run is no error.
-   A failure is ``MtaUnavailable`` naming the command and its complaint.
+   A failure is a ``HarnessError`` naming the command and its complaint (the adapter's
+   ``prepare`` says which MTA cannot run).
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from harness.errors import HarnessError
-from harness.mta.base import MtaUnavailable
 
 POLL_S = 0.01
 GRACE_S = 5.0  # SIGTERM -> SIGKILL
@@ -180,18 +180,18 @@ def _reap(children: list[subprocess.Popen]) -> None:
 
 
 # --- system users (rule 4) ------------------------------------------------------------------
-def ensure_group(mta: str, name: str) -> None:
+def ensure_group(name: str) -> None:
     if not _known(grp.getgrnam, name):
-        _create(mta, ["groupadd", "--system", name], grp.getgrnam, name)
+        _create(["groupadd", "--system", name], grp.getgrnam, name)
 
 
-def ensure_user(mta: str, name: str, home: str, group: str | None = None) -> None:
+def ensure_user(name: str, home: str, group: str | None = None) -> None:
     """A system user ``name``: in its own group, or in ``group`` (which must exist)."""
     if _known(pwd.getpwnam, name):
         return
     membership = ["--user-group"] if group is None else ["--gid", group]
     argv = ["useradd", "--system", *membership, "--no-create-home", "--home-dir", home]
-    _create(mta, [*argv, "--shell", "/usr/sbin/nologin", name], pwd.getpwnam, name)
+    _create([*argv, "--shell", "/usr/sbin/nologin", name], pwd.getpwnam, name)
 
 
 def _known(lookup: Callable[[str], object], name: str) -> bool:
@@ -202,8 +202,8 @@ def _known(lookup: Callable[[str], object], name: str) -> bool:
     return True
 
 
-def _create(mta: str, argv: list[str], lookup: Callable[[str], object], name: str) -> None:
+def _create(argv: list[str], lookup: Callable[[str], object], name: str) -> None:
     done = subprocess.run(argv, capture_output=True, text=True, check=False)
     if done.returncode != 0 and not _known(lookup, name):  # a parallel run may have won
         said = done.stderr.strip().splitlines()
-        raise MtaUnavailable(f"{mta}: {' '.join(argv)}: {said[-1] if said else 'failed'}")
+        raise HarnessError(f"{' '.join(argv)}: {said[-1] if said else 'failed'}")

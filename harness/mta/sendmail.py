@@ -68,16 +68,8 @@ from pathlib import Path
 from typing import ClassVar
 
 from harness.errors import HarnessError
-from harness.mta import debs, process, quoting
-from harness.mta.base import (
-    MtaAdapter,
-    MtaUnavailable,
-    QueuedRecipient,
-    QueueUnreadable,
-    Site,
-    status_code_in,
-    unreadable,
-)
+from harness.mta import base, debs, process, quoting
+from harness.mta.base import MtaAdapter, Site
 
 SENDMAIL = "usr/libexec/sendmail/sendmail"
 HELPFILE = "etc/mail/helpfile"
@@ -136,24 +128,20 @@ class Adapter(MtaAdapter):
         self.daemon: subprocess.Popen | None = None
         self.env: dict[str, str] = {}
 
-    @property
-    def mailboxes(self) -> Path:
-        return self.folder / "mail"
-
     # --- the machine ------------------------------------------------------------------
     @classmethod
     def prepare(cls) -> None:
         try:
             roots = [debs.unpacked(package) for package in cls.packages]
         except HarnessError as exc:
-            raise MtaUnavailable(f"sendmail: {exc}") from exc
+            raise base.MtaUnavailable(f"sendmail: {exc}") from exc
         ldd = ["ldd", str(roots[0] / SENDMAIL)]
         env = debs.environment(*roots)
         done = subprocess.run(ldd, capture_output=True, text=True, env=env, check=False)
         missing = [line.split()[0] for line in done.stdout.splitlines() if "not found" in line]
         if done.returncode != 0 or missing:
             why = ", ".join(missing) or done.stderr.strip()
-            raise MtaUnavailable(f"sendmail: libraries not found: {why}")
+            raise base.MtaUnavailable(f"sendmail: libraries not found: {why}")
 
     @classmethod
     def version(cls) -> str:
@@ -163,26 +151,19 @@ class Adapter(MtaAdapter):
         return first.split("(", 1)[1].split("-", 1)[0]
 
     # --- life cycle -------------------------------------------------------------------
-    def start(self) -> None:
+    def launch(self) -> None:
         self.env = debs.environment(*(debs.unpacked(p) for p in self.packages))
-        self.write_config()
         if self.role == "receiver":
-            try:
-                self._start_daemon()
-            except BaseException:
-                self.stop()
-                raise
+            self._start_daemon()
 
     def stop(self) -> None:
         daemon, self.daemon = self.daemon, None
         process.terminate(processes_of(self.binary), children=[daemon] if daemon else [])
 
     # --- sender role ------------------------------------------------------------------
-    def submit(self, mail_from: str, recipients: list[str], message: bytes) -> None:
+    def _submit(self, mail_from: str, recipients: list[str], message: bytes) -> None:
         """``sendmail -odi``: tries every recipient before returning; errors are mailed
         back (-oem); a lone "." line is message text (-oi)."""
-        if self.role != "sender":
-            super().submit(mail_from, recipients, message)
         done = self._run(["-odi", "-oi", "-oem", "-f", mail_from, "--", *recipients], message)
         if done.returncode not in DELIVERY_STATUSES:
             raise HarnessError(f"sendmail: submit exited {done.returncode}: {_last(done)}")
@@ -193,14 +174,14 @@ class Adapter(MtaAdapter):
         "*"); deferred ones wait for a queue run that nobody starts."""
         return not any(_held(line) for line in self._mailq().splitlines())
 
-    def queue(self) -> list[QueuedRecipient]:
+    def queue(self) -> list[base.QueuedRecipient]:
         """``mailq``: every recipient of every queued message, with the message's reason."""
         return parse_mailq(self._mailq())
 
     def _mailq(self) -> str:
         done = self._run(["-bp", "-v"])  # verbose: the reason is not cut to the line's width
         if done.returncode != 0:
-            raise unreadable(self.name, "sendmail -bp -v", done)
+            raise base.unreadable(self.name, "sendmail -bp -v", done)
         return done.stdout.decode(errors="replace")
 
     # --- helpers ----------------------------------------------------------------------
@@ -310,13 +291,7 @@ class Adapter(MtaAdapter):
                 env=self.env,
             )
         daemon = self.daemon
-        process.await_listening(
-            self.name,
-            daemon.pid,
-            [(address, self.site.port) for address in self.site.addresses],
-            running=lambda: daemon.poll() is None,
-            why=self.last_log_line,
-        )
+        self.await_listening(daemon.pid, lambda: daemon.poll() is None)
 
     def _argv(self, *args: str) -> list[str]:
         command = [str(self.binary), "-C", str(self.cf), "-X", str(self.log_path), *args]
@@ -330,7 +305,7 @@ class Adapter(MtaAdapter):
         return done
 
 
-def parse_mailq(listing: str) -> list[QueuedRecipient]:
+def parse_mailq(listing: str) -> list[base.QueuedRecipient]:
     """``sendmail -bp -v`` output -> one entry per recipient of each queued message, with
     its own reason when mailq gives one, else its message's (rules above); a line of no
     known form is ``QueueUnreadable``."""
@@ -350,8 +325,10 @@ def parse_mailq(listing: str) -> list[QueuedRecipient]:
             last = [recipient.group(1), queue_id, reason]
             found.append(last)
         elif line.strip() and not _MAILQ_FRAME.fullmatch(line):
-            raise QueueUnreadable(f"sendmail: sendmail -bp -v: unexpected line {line.strip()!r}")
-    return [QueuedRecipient(r, q, why, status_code_in(why)) for r, q, why in found]
+            raise base.QueueUnreadable(
+                f"sendmail: sendmail -bp -v: unexpected line {line.strip()!r}"
+            )
+    return [base.QueuedRecipient(r, q, why, base.status_code_in(why)) for r, q, why in found]
 
 
 def processes_of(binary: Path) -> list[int]:
