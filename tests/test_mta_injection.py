@@ -104,9 +104,9 @@ def sentinel(open_folder: Path) -> Sentinel:
     (open_folder / "hits").mkdir()
     (open_folder / "hits").chmod(0o1777)
     found = Sentinel(open_folder)
-    found.hit.write_text(
-        f'#!/bin/sh\ntouch "{open_folder}/hits/$(id -un)-$$"\nexec cat >/dev/null\n'
-    )
+    touch = f'touch "{open_folder}/hits/$(id -un)-$$"'
+    # then, as an OpenSMTPD filter must, read its input to the end (never a terminal's)
+    found.hit.write_text(f"#!/bin/sh\n{touch}\n[ -t 0 ] || exec cat >/dev/null\n")
     found.hit.chmod(0o755)
     return found
 

@@ -47,6 +47,7 @@ from typing import ClassVar
 from harness.errors import HarnessError, InternalError
 from harness.lab import Lab
 from harness.mta import debs, process, quoting
+from harness.mta.debs import Deb
 
 ROLES = ("sender", "receiver")
 # knob -> its values, the default first.  vrfy (receiver): "disabled" is the MTA's own way
@@ -178,7 +179,7 @@ class MtaAdapter(ABC):
         return debs.deb(cls.packages[0]).version
 
     @classmethod
-    def debs(cls) -> tuple[debs.Deb, ...]:
+    def debs(cls) -> tuple[Deb, ...]:
         """Every .deb this adapter runs from: package, version, file name, sha256."""
         return tuple(debs.deb(package) for package in cls.used_packages())
 

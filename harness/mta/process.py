@@ -139,10 +139,7 @@ def terminate(
     owned = list(children)
     left = set(pids) | {child.pid for child in owned}
     for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in left:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, sig)
-        left = _wait_gone(left, owned, grace_s)
+        left = _signal_and_wait(left, sig, owned, grace_s)
         if not left:
             return
 
@@ -161,10 +158,16 @@ def end_group(
         if not group_members(leader):
             return
         time.sleep(POLL_S)
-    terminate(group_members(leader), children=owned, grace_s=0.0)
+    _signal_and_wait(set(group_members(leader)), signal.SIGKILL, owned, grace_s)
 
 
-def _wait_gone(pids: set[int], children: list[subprocess.Popen], grace_s: float) -> set[int]:
+def _signal_and_wait(
+    pids: set[int], sig: int, children: list[subprocess.Popen], grace_s: float
+) -> set[int]:
+    """Send ``sig`` to ``pids``; those still alive when the grace is over."""
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
     deadline = time.monotonic() + grace_s
     while True:
         _reap(children)
