@@ -107,6 +107,7 @@ def test_a_tree_without_its_deb_is_a_one_line_error(tmp_path: Path) -> None:
         debs.deb("postfix", cache=tmp_path)
 
 
+@pytest.mark.lab  # root: prepare() makes the MTAs' system users
 @pytest.mark.parametrize("name", ["postfix", "exim", "opensmtpd", "sendmail"])
 def test_each_adapter_names_its_debian_version_and_every_deb_it_uses(name: str) -> None:
     adapter = adapters()[name]
@@ -119,6 +120,7 @@ def test_each_adapter_names_its_debian_version_and_every_deb_it_uses(name: str) 
     assert all(len(d.sha256) == 64 for d in (own, *others))
 
 
+@pytest.mark.lab
 def test_prepare_prints_the_debian_version() -> None:
     done = subprocess.run(
         [sys.executable, "-m", "harness.mta", "prepare", "exim"], capture_output=True, text=True

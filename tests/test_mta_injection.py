@@ -42,6 +42,8 @@ from harness.runner import resolver_for
 from harness.scenario import load_scenario
 from harness.smtp.sender import Sender
 
+pytestmark = pytest.mark.lab  # root: the writers chown to the MTAs' users, Exim drops to its own
+
 MTAS = ("postfix", "exim", "opensmtpd", "sendmail")
 PLAIN = {"host name": "mail.receiver.com", "domain": "receiver.com", "user": "c3po"}
 SENDER_PLAIN = {"host name": "mail.sender.com", "domain": "sender.com", "user": "luke"}
@@ -387,7 +389,6 @@ def _send(lab: Lab, recipients: list[str], helo: str = "mail.sender.com") -> dic
     return asyncio.run(sender.send()).outcomes
 
 
-@pytest.mark.lab
 @pytest.mark.parametrize("mta", MTAS)
 def test_receivers_store_mail_for_users_holding_payloads(
     mta: str, lab: Lab, dns: object, sentinel: Sentinel
@@ -421,7 +422,6 @@ class _UnquotedExim(exim.Adapter):
         _unquoted_exim(self)
 
 
-@pytest.mark.lab
 def test_control_exim_at_rcpt_runs_a_user_written_unquoted(
     lab: Lab, dns: object, sentinel: Sentinel
 ) -> None:
@@ -431,7 +431,6 @@ def test_control_exim_at_rcpt_runs_a_user_written_unquoted(
     assert [hit.split("-")[0] for hit in sentinel.hits] == ["Debian"]
 
 
-@pytest.mark.lab
 def test_exim_as_receiver_takes_a_helo_payload_as_a_name(
     lab: Lab, dns: object, sentinel: Sentinel
 ) -> None:
@@ -441,7 +440,6 @@ def test_exim_as_receiver_takes_a_helo_payload_as_a_name(
     assert sentinel.hits == []
 
 
-@pytest.mark.lab
 @pytest.mark.parametrize("adapter_class", [exim.Adapter, _UnquotedExim], ids=["real", "control"])
 def test_exim_as_sender_says_a_helo_payload_as_its_name(
     adapter_class: type[exim.Adapter],
@@ -497,7 +495,6 @@ class _UnquotedOpensmtpd(opensmtpd.Adapter):
         return _main_smtpd_conf(self, users, self.domain)
 
 
-@pytest.mark.lab
 def test_control_opensmtpd_runs_a_domain_written_unquoted_at_start(
     lab: Lab, dns: object, sentinel: Sentinel
 ) -> None:
