@@ -34,7 +34,8 @@ Rules kept here (each measured against the real program: tests/test_mta_injectio
 4. Folders are never named by a user name: ``mailbox_folder`` gives one path component,
    the same for names equal but for case, distinct otherwise, whatever the name holds.
    Our own paths (the run folder, the unpacked trees) must be plain (``require_plain``):
-   letters, digits and ``/._+-``, which need no quoting in any of the languages above.
+   letters, digits and ``/._+-``, which need no quoting in the languages above but Exim's
+   (its macros may start with ``_``: there a path is quoted, or named by ``$config_dir``).
 """
 
 from __future__ import annotations
