@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,6 +26,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "lab" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def open_folder() -> Iterator[Path]:
+    """A 0755 folder, removed afterwards: real MTAs deliver as users of their own (Exim's
+    Debian-exim, OpenSMTPD's opensmtpd), who cannot enter pytest's 0700 tmp_path."""
+    path = Path(tempfile.mkdtemp(prefix="smtp-harness-test-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path)
 
 
 def system_snapshot() -> dict[str, object]:

@@ -3,8 +3,10 @@ from the project cache and exchange real mail on loopback (apt works in CI, as r
 
 from __future__ import annotations
 
+import hashlib
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -12,6 +14,7 @@ import pytest
 
 from harness.errors import HarnessError
 from harness.mta import debs
+from harness.mta.base import adapters
 
 
 @pytest.fixture(scope="module")
@@ -82,3 +85,46 @@ def test_bad_names_and_unknown_packages_are_one_line_errors(tmp_path: Path) -> N
 def test_missing_binary_names_the_tree(postfix: Path) -> None:
     with pytest.raises(HarnessError, match="no exim4 in"):
         debs.binary(postfix, "exim4")
+
+
+# --- provenance: the exact Debian version and the sha256 of each .deb -------------------------
+def test_a_deb_is_named_with_its_own_control_data_and_digest(postfix: Path) -> None:
+    found = debs.deb("postfix")
+    [path] = (debs.CACHE / "postfix").glob("*.deb")
+    control = subprocess.run(
+        ["dpkg-deb", "-f", str(path), "Version"], capture_output=True, text=True, check=True
+    )
+    assert found == debs.Deb(
+        "postfix", control.stdout.strip(), path.name, hashlib.sha256(path.read_bytes()).hexdigest()
+    )
+    assert found.file.startswith(f"postfix_{found.version.split(':')[-1]}_")
+
+
+def test_a_tree_without_its_deb_is_a_one_line_error(tmp_path: Path) -> None:
+    (tmp_path / "postfix" / "root").mkdir(parents=True)
+    (tmp_path / "postfix" / ".unpacked").write_text("postfix\n")  # unpacked, .deb removed
+    with pytest.raises(HarnessError, match=r"^postfix: expected one \.deb in .*, found 0 "):
+        debs.deb("postfix", cache=tmp_path)
+
+
+@pytest.mark.lab  # root: prepare() makes the MTAs' system users
+@pytest.mark.parametrize("name", ["postfix", "exim", "opensmtpd", "sendmail"])
+def test_each_adapter_names_its_debian_version_and_every_deb_it_uses(name: str) -> None:
+    adapter = adapters()[name]
+    adapter.prepare()
+    own, *others = adapter.debs()
+    assert own.package == adapter.packages[0]
+    assert adapter.package_version() == own.version
+    assert own.version.startswith(adapter.version() + "-")  # upstream, then Debian's
+    assert {d.package for d in (own, *others)} >= set(adapter.packages)
+    assert all(len(d.sha256) == 64 for d in (own, *others))
+
+
+@pytest.mark.lab
+def test_prepare_prints_the_debian_version() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "harness.mta", "prepare", "exim"], capture_output=True, text=True
+    )
+    exim = adapters()["exim"]
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"exim {exim.version()} (Debian {exim.package_version()}): ")

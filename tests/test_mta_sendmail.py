@@ -149,7 +149,7 @@ def test_submit_with_nobody_listening_defers_and_idles(lab, dns, tmp_path) -> No
     with Adapter(sender_site(lab, tmp_path / "sendmail"), "sender") as mta:
         mta.submit("luke@sender.com", ["c3po@receiver.com"], SEED)
         assert mta.idle()  # deferred: waits for a queue run that nobody starts
-        assert len(list(mta.queue.glob("qf*"))) == 1
+        assert len(list(mta.spool.glob("qf*"))) == 1
         assert mta.mailbox("luke") == []
     assert b"Deferred: Connection refused by mail.receiver.com." in mta.log_path.read_bytes()
 

@@ -3,7 +3,8 @@
 Rules kept here:
 - It calls each adapter's ``prepare()`` (idempotent: a second run only checks), in the
   order given (default: every adapter ``harness.mta.base.adapters()`` finds), and prints
-  one line per MTA: its name, version and unpacked tree.
+  one line per MTA: its name, upstream version, exact Debian package version and unpacked
+  trees.
 - Any failure is one line on stderr naming the MTA and the reason, exit status 2 (the
   Makefile's ``make mtas`` stops there); an unknown name is such a failure.
 """
@@ -38,7 +39,8 @@ def main(argv: list[str]) -> int:
 def prepare(name: str, adapter: type[MtaAdapter]) -> None:
     adapter.prepare()
     trees = ", ".join(str(debs.unpacked(p)) for p in adapter.packages)
-    print(f"{name} {adapter.version()}: ready ({trees})")
+    debian = adapter.package_version()
+    print(f"{name} {adapter.version()} (Debian {debian}): ready ({trees})")
 
 
 if __name__ == "__main__":

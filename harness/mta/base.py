@@ -4,11 +4,16 @@ Rules kept here:
 - An adapter runs one private instance of its MTA for one run: configuration, spool, queue,
   mailboxes and logs all live under the run's folder (``self.folder``), never in /etc or
   /var of the machine.  Binaries come from Debian packages unpacked into the project's cache
-  (``harness.mta.debs``), never installed.
+  (``harness.mta.debs``), never installed; ``packages`` names them, the MTA's own first
+  (``package_version``), and ``debs()`` lists each .deb used, with its sha256.
 - Daemons run inside the right lab host through ``lab.popen`` / ``lab.run`` (``ip netns
   exec``: the host's resolv.conf, a private mount namespace), so the lab's teardown ends
-  them even after a crash; ``stop()`` ends them cleanly first.
+  them even after a crash; ``stop()`` ends them cleanly first (``harness.mta.process``:
+  readiness read from the kernel, never probed; stopping by pid).
 - Names come from the scenario, never from the kernel hostname (shared by every namespace).
+  They are untrusted: ``write_config`` refuses what the MTA's configuration language cannot
+  carry (``carriers``, the same refusal ``accepts`` gives at scenario load) and quotes the
+  rest for that language (``harness.mta.quoting``).
 - An adapter that cannot run here raises ``MtaUnavailable`` with the reason: never a skip.
 - Every adapter keeps its MTA's own log at ``self.log_path`` (an artefact of the run).
 - Knobs: ``Site.extra`` holds only the keys of ``KNOBS``, each with one of its values
@@ -16,22 +21,33 @@ Rules kept here:
   configuration language, and documents how.  Defaults: ``vrfy = "check"`` (the MTA
   answers VRFY as it does by default), ``family = "ipv4"`` (IPv4 only: deterministic
   addresses on the wire in both roles).
+- What an MTA adds to a message is data (``trace_fields`` per role, in order;
+  ``optional_trace_fields``; ``mailbox_line_end``): ``as_sent`` removes exactly those
+  leading fields, and nothing else.
+- ``queue()`` reads what the MTA's queue holds, in the MTA's own words, before ``stop()``;
+  a queue it cannot read is ``QueueUnreadable`` (naming the command, its exit status and
+  its last line), never an empty list.
 
 Roles: as *sender* the MTA on mail.sender.com gets luke's message through ``submit`` and
 delivers it by MX; its bounces (RFC 3464 DSNs) are delivered locally, to luke's mailbox.
 As *receiver* the MTA on mail.receiver.com listens on port 25 of its host and has the
-local users it is given.  ``mailbox(user)`` and ``idle()`` work in both roles.
+local users it is given.  ``mailbox(user)``, ``idle()`` and ``queue()`` work in both roles.
 """
 
 from __future__ import annotations
 
+import re
+import subprocess
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
 from harness.errors import HarnessError, InternalError
 from harness.lab import Lab
+from harness.mta import debs, process, quoting
+from harness.mta.debs import Deb
 
 ROLES = ("sender", "receiver")
 # knob -> its values, the default first.  vrfy (receiver): "disabled" is the MTA's own way
@@ -49,6 +65,9 @@ class QueueUnreadable(InternalError):
     """The MTA's queue or log could not be read: the outcome cannot be known (an error)."""
 
 
+_STATUS_CODE = re.compile(r"(?<![\d.])[245]\.\d{1,3}\.\d{1,3}(?!\.?\d)")  # RFC 3463 §2
+
+
 @dataclass(frozen=True)
 class QueuedRecipient:
     """A recipient still in the MTA's queue, as the MTA itself lists it."""
@@ -57,6 +76,24 @@ class QueuedRecipient:
     queue_id: str
     reason: str  # the MTA's own words: its queue listing's or log's reason for the delay
     status_code: str | None = None  # an RFC 3463 enhanced status code in that reason
+
+
+def unreadable(mta: str, command: str, done: subprocess.CompletedProcess) -> QueueUnreadable:
+    """The error for a queue listing that failed: the command, its exit status and its
+    last line of complaint (stderr, else stdout)."""
+    said = [done.stderr, done.stdout]
+    text = next((t if isinstance(t, str) else t.decode(errors="replace") for t in said if t), "")
+    lines = [line.strip() for line in text.splitlines() if line.strip()] or ["no message"]
+    return QueueUnreadable(f"{mta}: {command} exited {done.returncode}: {lines[-1]}")
+
+
+def status_code_in(*texts: str) -> str | None:
+    """The first RFC 3463 enhanced status code (class 2, 4 or 5) in ``texts``, if any."""
+    for text in texts:
+        found = _STATUS_CODE.search(text)
+        if found:
+            return found.group()
+    return None
 
 
 @dataclass
@@ -102,7 +139,14 @@ class MtaAdapter(ABC):
     """One real MTA.  Life cycle: ``prepare`` (once per machine), ``start``, use, ``stop``."""
 
     name: ClassVar[str]  # "postfix", "exim", "opensmtpd", "sendmail"
-    packages: ClassVar[tuple[str, ...]]  # Debian packages unpacked for it
+    packages: ClassVar[tuple[str, ...]]  # Debian packages unpacked for it, its own first
+    # kind of scenario value ("host name", "domain", "user") -> what its config can carry
+    carriers: ClassVar[dict[str, quoting.Carrier]]
+    # role -> the header fields it prepends, in order, to what it relays (sender role: as a
+    # peer stored it) or stores (receiver role: as ``mailbox`` returns it)
+    trace_fields: ClassVar[dict[str, tuple[str, ...]]]
+    optional_trace_fields: ClassVar[frozenset[str]] = frozenset()  # those it may leave out
+    mailbox_line_end: ClassVar[bytes] = b"\r\n"  # how the copies ``mailbox`` reads end lines
     # the longest a delivery attempt may take until ``idle()`` (its resolver's retries)
     delivery_timeout_s: ClassVar[float] = DELIVERY_TIMEOUT_S
     # the longest the MTA may take, once ``idle()``, to put a bounce in the sender's mailbox
@@ -113,9 +157,10 @@ class MtaAdapter(ABC):
             raise HarnessError(f"{self.name}: role {role!r}: expected one of {ROLES}")
         self.site = site
         self.role = role
-        self.folder = site.folder
-        self.log_path = site.folder / f"{self.name}.log"
+        self.folder = site.folder.resolve()  # MTAs refuse relative paths; some change dirs
+        self.log_path = self.folder / f"{self.name}.log"
 
+    # --- the machine ----------------------------------------------------------------------
     @classmethod
     @abstractmethod
     def prepare(cls) -> None:
@@ -125,12 +170,65 @@ class MtaAdapter(ABC):
     @classmethod
     @abstractmethod
     def version(cls) -> str:
-        """The MTA's version, read from the unpacked package (e.g. "3.7.11")."""
+        """The MTA's upstream version, read from the unpacked package (e.g. "3.7.11")."""
+
+    @classmethod
+    def package_version(cls) -> str:
+        """The exact Debian version of the MTA's own package (e.g. "4.96-15+deb12u11"),
+        from its .deb's control data."""
+        return debs.deb(cls.packages[0]).version
+
+    @classmethod
+    def debs(cls) -> tuple[Deb, ...]:
+        """Every .deb this adapter runs from: package, version, file name, sha256."""
+        return tuple(debs.deb(package) for package in cls.used_packages())
+
+    @classmethod
+    def used_packages(cls) -> tuple[str, ...]:
+        """The packages unpacked for it on this machine (default: ``packages``)."""
+        return cls.packages
+
+    # --- scenario values --------------------------------------------------------------------
+    @classmethod
+    def accepts(cls, role: str, hostname: str, domain: str, users: tuple[str, ...]) -> None:
+        """Raise ``HarnessError`` naming the value when this MTA's configuration language
+        cannot carry one of these scenario names safely (called at scenario load, before any
+        lab exists; ``write_config`` refuses the same)."""
+        named = "HELO name" if role == "sender" else "host name"
+        values = [(named, "host name", hostname), ("domain", "domain", domain)]
+        values += [("user", "user", user) for user in users]
+        for kind, carrier, value in values:
+            quoting.require(cls.name, kind, value, cls.carriers[carrier])
+
+    def write_config(self) -> None:
+        """Write this instance's configuration under ``folder``: every scenario value
+        quoted for the MTA's language, or refused as ``accepts`` refuses it (the scenario
+        loader asked already: this is defence in depth).  ``start()`` calls it."""
+        site = self.site
+        self.accepts(self.role, site.hostname, site.domain, site.users)
+        quoting.require_plain(self.name, self.folder)
+        self._write_config()
 
     @abstractmethod
+    def _write_config(self) -> None:
+        """``write_config`` once the values are known to be carried."""
+
+    # --- life cycle -------------------------------------------------------------------------
     def start(self) -> None:
-        """Write a fresh configuration under ``folder`` and start the MTA in ``site.host``;
-        as receiver, return only once it accepts connections on ``site.port``."""
+        """Write a fresh configuration under ``folder`` and start the MTA in ``site.host``
+        (``launch``); as receiver, return only once it accepts connections on
+        ``site.port``.  Whatever a failed (or interrupted) start began is stopped again."""
+        self.prepare()
+        self.write_config()
+        try:
+            self.launch()
+        except BaseException:
+            self.stop()
+            raise
+
+    @abstractmethod
+    def launch(self) -> None:
+        """``start`` once the configuration is written: the MTA's processes."""
 
     @abstractmethod
     def stop(self) -> None:
@@ -138,19 +236,19 @@ class MtaAdapter(ABC):
 
     def submit(self, mail_from: str, recipients: list[str], message: bytes) -> None:
         """Sender role: hand the message to the MTA for delivery by MX."""
-        raise HarnessError(f"{self.name}: submit() is for the sender role")
+        if self.role != "sender":
+            raise HarnessError(f"{self.name}: submit() is for the sender role")
+        self._submit(mail_from, recipients, message)
 
-    @classmethod
-    def accepts(cls, role: str, hostname: str, domain: str, users: tuple[str, ...]) -> None:
-        """Raise ``HarnessError`` naming the value when this MTA's configuration language
-        cannot carry one of these scenario names safely (called at scenario load, before any
-        lab exists).  Default: every name that passed the scenario's grammar is fine."""
-        return None
+    @abstractmethod
+    def _submit(self, mail_from: str, recipients: list[str], message: bytes) -> None:
+        """``submit`` as sender."""
 
+    # --- what it did ------------------------------------------------------------------------
+    @abstractmethod
     def queue(self) -> list[QueuedRecipient]:
         """Both roles: what the MTA's queue holds now, per recipient, with the reason the
         MTA gives; read before ``stop()``.  Raise ``QueueUnreadable`` if it cannot be read."""
-        raise QueueUnreadable(f"{self.name}: reading the queue is not implemented")
 
     @abstractmethod
     def idle(self) -> bool:
@@ -158,18 +256,59 @@ class MtaAdapter(ABC):
         or deferred until a later retry).  As sender, a bounce generated meanwhile is in
         the queue too (unless ``bounce_delay_s`` says it may come later)."""
 
-    @abstractmethod
+    @property
+    def mailboxes(self) -> Path:
+        """The folder holding one Maildir per local user (``quoting.mailbox_folder``)."""
+        return self.folder / "mail"
+
     def mailbox(self, user: str) -> list[bytes]:
         """Both roles: the messages delivered to local ``user``, oldest first, as stored.
         As receiver: what a peer sent to ``user``; as sender: the bounces (DSNs) for mail
         that ``user`` submitted."""
+        box = self.mailboxes / quoting.mailbox_folder(user)
+        files = [p for sub in ("new", "cur") for p in (box / sub).glob("*") if p.is_file()]
+        files.sort(key=lambda p: (p.stat().st_mtime_ns, p.name))
+        return [p.read_bytes() for p in files]
 
     def as_sent(self, stored: bytes) -> bytes:
         """The message as its author submitted it, from a copy this MTA relayed (sender
         role: as a peer stored it) or stored (receiver role: from ``mailbox``): without the
-        trace header fields the MTA prepends, in wire form (CRLF line ends).  The runner
-        compares this with the scenario's message byte for byte.  Default: no change."""
-        return stored
+        role's ``trace_fields``, in wire form (CRLF line ends).  A copy that does not start
+        with them comes back in wire form only, so the runner's comparison shows it."""
+        wire = stored
+        if self.role == "receiver" and self.mailbox_line_end == b"\n":
+            wire = stored.replace(b"\n", b"\r\n")
+        names, optional = self.trace_fields[self.role], self.optional_trace_fields
+        rest = without_leading_fields(wire, names, optional)
+        return wire if rest is None else rest
+
+    def await_listening(
+        self,
+        pid: int,
+        running: Callable[[], bool],
+        addresses: list[str] | None = None,
+        port: int | None = None,
+        why: Callable[[], str] | None = None,
+    ) -> None:
+        """Until process ``pid`` listens on ``port`` (the site's) of every one of
+        ``addresses`` (the site's), read from the kernel (``process.await_listening``);
+        ``HarnessError`` with ``why()`` (the log's last line) if it ends first."""
+        where = self.site.addresses if addresses is None else addresses
+        process.await_listening(
+            self.name,
+            pid,
+            [(address, self.site.port if port is None else port) for address in where],
+            running=running,
+            why=why or self.last_log_line,
+        )
+
+    def last_log_line(self) -> str:
+        """The last line of the MTA's log (for error messages)."""
+        try:
+            lines = self.log_path.read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return f"no log at {self.log_path}"
+        return lines[-1].strip() if lines else f"{self.log_path} is empty"
 
     def __enter__(self) -> MtaAdapter:
         self.start()
@@ -177,6 +316,32 @@ class MtaAdapter(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def without_leading_fields(
+    message: bytes, names: tuple[str, ...], optional: frozenset[str] = frozenset()
+) -> bytes | None:
+    """``message`` (CRLF line ends) without the header fields ``names`` at its start, in
+    that order, each with its continuation lines; a field in ``optional`` may be absent.
+    None when the message does not start so."""
+    rest = message
+    for name in names:
+        length = _field_length(rest, name)
+        if length is None and name not in optional:
+            return None
+        rest = rest[length or 0 :]
+    return rest
+
+
+def _field_length(data: bytes, name: str) -> int | None:
+    """The length of header field ``name`` (any case) at the start of ``data``."""
+    prefix = name.encode() + b":"
+    if data[: len(prefix)].lower() != prefix.lower():
+        return None
+    end = data.find(b"\r\n")
+    while end != -1 and data[end + 2 : end + 3] in (b" ", b"\t"):
+        end = data.find(b"\r\n", end + 2)
+    return None if end == -1 else end + 2
 
 
 def adapters() -> dict[str, type[MtaAdapter]]:

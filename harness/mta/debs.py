@@ -13,7 +13,10 @@ Rules kept here:
    missing or stale (no lists at all, or a 404 for the version they name).
 4. Every failure is a ``HarnessError`` with a one-line message naming the package and the
    tool's last line of complaint.
-5. A tree's binaries run with ``LD_LIBRARY_PATH`` listing every folder of the tree that
+5. Provenance: ``deb(package)`` is the cached .deb a tree was unpacked from: its package
+   name and exact Debian version from its own control data (``dpkg-deb -f``), its file
+   name and its sha256; read once per file per process (a changed file is read again).
+6. A tree's binaries run with ``LD_LIBRARY_PATH`` listing every folder of the tree that
    holds shared objects (Postfix's ``usr/lib/postfix/libpostfix-*.so``, a library package
    unpacked beside an MTA), then the caller's own ``LD_LIBRARY_PATH``.
 """
@@ -21,12 +24,15 @@ Rules kept here:
 from __future__ import annotations
 
 import fcntl
+import functools
+import hashlib
 import os
 import re
 import shutil
 import subprocess
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from harness.errors import HarnessError
@@ -38,6 +44,16 @@ _PACKAGE = re.compile(r"[a-z0-9][a-z0-9+.-]+")  # Debian policy §5.6.1
 _STAMP = ".unpacked"
 # as root, apt drops to _apt and warns that it cannot write into our cache folder
 _APT_OPTIONS = ["-q", "-o", "APT::Sandbox::User=root"]
+
+
+@dataclass(frozen=True)
+class Deb:
+    """One .deb an adapter runs from (rule 5)."""
+
+    package: str
+    version: str  # the exact Debian version, e.g. "4.96-15+deb12u11"
+    file: str  # its file name in the cache
+    sha256: str
 
 
 def unpacked(package: str, *, cache: Path = CACHE) -> Path:
@@ -57,6 +73,38 @@ def unpacked(package: str, *, cache: Path = CACHE) -> Path:
             _unpack(_download(package, folder), root)
             (folder / _STAMP).write_text(f"{package}\n")
     return root
+
+
+def deb(package: str, *, cache: Path = CACHE) -> Deb:
+    """Rule 5: the .deb ``package``'s tree was unpacked from (fetched first if need be)."""
+    unpacked(package, cache=cache)
+    found = sorted((cache / package).glob("*.deb"))
+    if len(found) != 1:
+        raise HarnessError(
+            f"{package}: expected one .deb in {cache / package}, found {len(found)} "
+            "(remove the folder to fetch it again)"
+        )
+    stat = found[0].stat()
+    return _read_deb(found[0], stat.st_size, stat.st_mtime_ns)
+
+
+@functools.cache
+def _read_deb(path: Path, size: int, mtime_ns: int) -> Deb:
+    """``path``'s provenance; ``size`` and ``mtime_ns`` key the cache (rule 5)."""
+    done = subprocess.run(
+        ["dpkg-deb", "-f", str(path), "Package", "Version"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    fields = dict(line.split(": ", 1) for line in done.stdout.splitlines() if ": " in line)
+    if done.returncode != 0 or set(fields) != {"Package", "Version"}:
+        raise HarnessError(f"cannot read {path}: dpkg-deb -f: {_last(done.stderr)}")
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return Deb(fields["Package"], fields["Version"], path.name, digest.hexdigest())
 
 
 def binary(root: Path, name: str) -> Path:
@@ -80,7 +128,7 @@ def environment(*roots: Path, base: Mapping[str, str] | None = None) -> dict[str
 
 
 def library_dirs(root: Path) -> list[Path]:
-    """Every folder of the tree holding a shared object, sorted (rule 5)."""
+    """Every folder of the tree holding a shared object, sorted (rule 6)."""
     found = {p.parent for p in root.rglob("*.so*") if p.is_file() and _is_shared(p.name)}
     return sorted(found)
 

@@ -16,9 +16,9 @@ Rules kept here:
    delivery attempt is over (a bounce it generates is delivered locally, in the
    background); what could not be delivered stays deferred in the spool: no queue runner
    retries it.  As receiver a foreground daemon (``-bdf -q1m``) listens on the site's
-   address and port; ``start()`` returns once its socket is in LISTEN state, read from
-   the daemon's own /proc/PID/net/tcp (a probe connection would be logged and would make
-   Exim ask the lab DNS for the PTR of the receiver's own address).
+   addresses and port; ``start()`` returns once its sockets are in LISTEN state
+   (``harness.mta.process``: a probe connection would be logged and would make Exim ask
+   the lab DNS for the PTR of the receiver's own address).
 3. The receiver looks up the client's PTR, and the A of the name it gets, at connect
    (``host_lookup = *``), before its 220; it answers VRFY by routing the address
    (``acl_smtp_vrfy = accept``; a bare local part from a remote host gets 501, Exim's
@@ -26,11 +26,11 @@ Rules kept here:
    for its domain.  No ident (RFC 1413) callback, no TLS: and no TLS set-up at
    all, so the daemon does not spend half a second making a self-signed certificate.
 4. A stored message is the bytes received after DATA (CRLF line ends: ``use_crlf``) behind
-   exactly the trace fields in ``PREPENDED``, in that order: Return-path, Envelope-to and
-   Delivery-date (added by the Maildir transport, as Debian's own configuration does) and
-   one Received (added at reception).  As sender, Exim prepends one Received field
-   (``from root by <hostname> with local``) to what it relays and changes nothing else in
-   the seed message.  ``original()`` / ``as_sent()`` strip exactly those fields.
+   exactly the trace fields in ``trace_fields["receiver"]``, in that order: Return-path,
+   Envelope-to and Delivery-date (added by the Maildir transport, as Debian's own
+   configuration does) and one Received (added at reception).  As sender, Exim prepends
+   one Received field (``from root by <hostname> with local``) to what it relays and
+   changes nothing else in the seed message.
 5. Exim runs from a copy of the package's binary without its setuid bit: Exim drops to
    Debian-exim and re-executes itself (deliveries, bounces), and a setuid binary started
    by that user runs in secure mode, which ignores the ``LD_LIBRARY_PATH`` pointing at
@@ -38,27 +38,36 @@ Rules kept here:
    Debian-exim (``deliver_drop_privilege``) and the folder must be reachable by that
    user (checked by ``start()``).  Everything else is the package's: its binary's bytes,
    its compiled-in user and paths.
-6. ``stop()`` ends the daemon (SIGTERM, SIGKILL after a grace) and then, by pid, every
-   process still running this instance's configuration (deliveries it forked).
+6. ``stop()`` ends the daemon and, by pid, every process still running this instance's
+   configuration (deliveries it forked): SIGTERM, SIGKILL after a grace.
+7. Scenario values never meet Exim's macros, lists or expansions (``harness.mta.quoting``):
+   the host name and domain are written double-quoted into ``primary_hostname`` and
+   ``qualify_domain`` (neither is expanded); the local domain and the users are quoted keys
+   of lsearch files (``domains``, ``users``: the data of a user is its mailbox folder,
+   ``quoting.mailbox_folder``); every list and expanded option names them by variable or
+   lookup only (``$primary_hostname``, ``lsearch;$config_dir/users``), and every path by
+   ``$config_dir``.  Only control characters are refused.
+8. ``queue()`` is ``exim -bp`` (the messages in the spool and their undelivered
+   recipients); the reason is the last ``==`` (deferred) line of the main log for that
+   message and recipient: what follows the address, e.g. ``R=outbound T=remote_smtp defer
+   (-44) H=mail.receiver.com [192.0.2.25]: SMTP error ... 451 4.3.0 Try later``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import os
 import pwd
 import re
 import shutil
-import signal
 import struct
 import subprocess
-import time
 from pathlib import Path
+from typing import ClassVar
 
 from harness.errors import HarnessError
-from harness.mta import debs
-from harness.mta.base import MtaAdapter, MtaUnavailable, Site
+from harness.mta import base, debs, process, quoting
+from harness.mta.base import MtaAdapter, Site
 
 USER = "Debian-exim"  # compiled into Debian's binary
 DAEMON_PACKAGE = "exim4-daemon-light"
@@ -66,25 +75,31 @@ LIBRARY_PACKAGES = ("libidn12",)  # not installed on a fresh Debian 12
 COPY = debs.CACHE.parent / "exim" / "exim4"  # the package's binary without setuid (rule 5)
 LOGS = ("main", "panic")  # log_file_path = <folder>/%slog: both are links to exim.log
 CATCHALL = "postmaster"  # as sender: the mailbox of its domain's other local parts
-PREPENDED = ("return-path", "envelope-to", "delivery-date", "received")  # to what it stores
-RELAYED = ("received",)  # to what it relays as sender
-START_TIMEOUT_S = 10.0
-STOP_GRACE_S = 5.0
-POLL_S = 0.01
-_TCP_LISTEN = "0A"
+# exim -bp (rule 8): "<age> <size> <id> <sender>[ *** frozen ***]", then its recipients,
+# each "        D <address>" once delivered, "          <address>" while it is not
+_BP_MESSAGE = re.compile(r" *\d+[smhdw] +\S+ (\S+) <([^>]*)>.*")
+_BP_RECIPIENT = re.compile(r" {8}([D ]) (\S.*)")
+# a main log line of a deferral: "<date> <time> <id> == <address> [<original>] <why>"
+_LOG_DEFER = re.compile(r"^\S+ \S+ (\S+) == (\S+) (?:<[^>]*> )?(.*)$", re.MULTILINE)
 
 
 class Adapter(MtaAdapter):
     name = "exim"
     packages = (DAEMON_PACKAGE, "exim4-base", *LIBRARY_PACKAGES)
+    carriers: ClassVar[dict[str, quoting.Carrier]] = {
+        "host name": quoting.ANY,
+        "domain": quoting.ANY,
+        "user": quoting.ANY,
+    }
+    trace_fields: ClassVar[dict[str, tuple[str, ...]]] = {  # rule 4
+        "sender": ("Received",),
+        "receiver": ("Return-path", "Envelope-to", "Delivery-date", "Received"),
+    }
 
     def __init__(self, site: Site, role: str) -> None:
         super().__init__(site, role)
-        self.folder = site.folder.resolve()  # Exim changes its working directory
-        self.log_path = self.folder / self.log_path.name
         self.config = self.folder / "exim.conf"
         self.spool = self.folder / "spool"
-        self.maildir = self.folder / "mail"
         self._daemon: subprocess.Popen[bytes] | None = None
 
     # --- the machine -------------------------------------------------------------------------
@@ -93,13 +108,13 @@ class Adapter(MtaAdapter):
         try:
             for package in cls.packages:
                 debs.unpacked(package)
-            _ensure_user()
+            process.ensure_user(USER, "/var/spool/exim4")
             _copy_binary()
         except (HarnessError, OSError) as exc:
-            raise MtaUnavailable(f"exim: {exc}") from None
+            raise base.MtaUnavailable(f"exim: {exc}") from None
         missing = _missing_libraries()
         if missing:
-            raise MtaUnavailable(f"exim: shared libraries not found: {', '.join(missing)}")
+            raise base.MtaUnavailable(f"exim: shared libraries not found: {', '.join(missing)}")
 
     @classmethod
     def version(cls) -> str:
@@ -107,13 +122,11 @@ class Adapter(MtaAdapter):
         done = _run([str(COPY), "-C", "/dev/null", "-bV"])
         found = re.search(r"^Exim version (\S+)", done.stdout, re.MULTILINE)
         if found is None:
-            raise MtaUnavailable(f"exim -bV: {_tail(done.stderr or done.stdout)}")
+            raise base.MtaUnavailable(f"exim -bV: {_tail(done.stderr or done.stdout)}")
         return found[1]
 
     # --- life cycle --------------------------------------------------------------------------
-    def start(self) -> None:
-        self.prepare()
-        self._write_tree()
+    def launch(self) -> None:
         done = _run([*self._exim(), "-bV"])
         if done.returncode != 0:
             raise HarnessError(f"exim: {self.config}: {_tail(done.stderr or done.stdout)}")
@@ -122,15 +135,10 @@ class Adapter(MtaAdapter):
 
     def stop(self) -> None:
         daemon, self._daemon = self._daemon, None
-        if daemon is not None:
-            _end(daemon.pid, daemon)
-        for pid in self._stragglers():
-            _end(pid)
+        process.terminate(self._stragglers(), children=[daemon] if daemon else [])
 
     # --- sender role -------------------------------------------------------------------------
-    def submit(self, mail_from: str, recipients: list[str], message: bytes) -> None:
-        if self.role != "sender":
-            super().submit(mail_from, recipients, message)
+    def _submit(self, mail_from: str, recipients: list[str], message: bytes) -> None:
         argv = [*self._exim(), "-odi", "-oi", "-f", mail_from, "--", *recipients]
         done = self.site.lab.run(
             self.site.host, argv, input=message, text=False, env=_environment()
@@ -145,66 +153,57 @@ class Adapter(MtaAdapter):
         receiver, every message accepted so far is delivered or deferred."""
         return all(self._settled(header) for header in (self.spool / "input").glob("*-H"))
 
-    def mailbox(self, user: str) -> list[bytes]:
-        """The files Exim delivered to ``user``, oldest first, as stored (see ``original``);
-        as sender, the bounces for what ``user`` submitted."""
-        new = self.maildir / user / "new"
-        files = sorted(new.iterdir(), key=_delivery_order) if new.is_dir() else []
-        return [f.read_bytes() for f in files]
-
-    def as_sent(self, stored: bytes) -> bytes:
-        """``stored`` without what Exim prepended in this role (rule 4); unchanged if those
-        fields are not there, so that a comparison with the message sent fails."""
+    def queue(self) -> list[base.QueuedRecipient]:
+        """Rule 8."""
+        done = _run([*self._exim(), "-bp"])
+        if done.returncode != 0:
+            raise base.unreadable(self.name, "exim -bp", done)
         try:
-            return original(stored, RELAYED if self.role == "sender" else PREPENDED)
-        except HarnessError:
-            return stored
+            log = self.log_path.read_text(errors="replace")
+        except OSError as exc:
+            raise base.QueueUnreadable(f"exim: cannot read {self.log_path}: {exc}") from None
+        return parse_queue(done.stdout, log)
 
     # --- the instance ------------------------------------------------------------------------
     def _exim(self) -> list[str]:
         return [str(COPY), "-C", str(self.config)]
 
-    def _write_tree(self) -> None:
-        """The folder, the spool and mailboxes Debian-exim owns, the log and the config."""
-        for folder in (self.folder, self.spool, self.maildir):
+    def _write_config(self) -> None:
+        """The folder, the spool and mailboxes Debian-exim owns, the log, the lookup files
+        and the configuration (rule 7)."""
+        for folder in (self.folder, self.spool, self.mailboxes):
             folder.mkdir(parents=True, exist_ok=True)
         _require_reachable(self.folder)
         exim = pwd.getpwnam(USER)
         self.log_path.touch()
-        for path in (self.spool, self.maildir, self.log_path):
+        for path in (self.spool, self.mailboxes, self.log_path):
             os.chown(path, exim.pw_uid, exim.pw_gid)
         for kind in LOGS:
             link = self.folder / f"{kind}log"
             link.unlink(missing_ok=True)
             link.symlink_to(self.log_path.name)
-        self.config.write_text(self._config_text())
+        site = self.site
+        users = (f"{quoting.exim_string(u)}: {quoting.mailbox_folder(u)}\n" for u in site.users)
+        (self.folder / "users").write_text("".join(users))
+        (self.folder / "domains").write_text(quoting.exim_string(site.domain) + "\n")
+        main = "".join(f"{key} = {value}\n" for key, value in self._main_options().items())
+        catchall = LOCAL_CATCHALL if self.role == "sender" else ""
+        self.config.write_text(
+            CONFIG.format(main=main, catchall=catchall, catchall_box=CATCHALL, user=USER)
+        )
         self.config.chmod(0o644)  # Exim refuses a configuration others may write
 
-    def _config_text(self) -> str:
-        main = "".join(f"{key} = {value}\n" for key, value in self._main_options().items())
-        routers = [LOCAL_USERS.format(users=" : ".join(self.site.users))] if self.site.users else []
-        if self.role == "sender":
-            routers.append(LOCAL_CATCHALL)
-        return CONFIG.format(
-            main=main,
-            domain=self.site.domain,
-            local_routers="\n".join(routers),
-            hostname=self.site.hostname,
-            mail=self.maildir,
-            catchall=CATCHALL,
-            user=USER,
-        )
-
     def _main_options(self) -> dict[str, str]:
+        """Option -> its value as written (rule 7: quoted, or a reference)."""
         site = self.site
         ours = {
-            "primary_hostname": site.hostname,
-            "qualify_domain": site.domain,
-            "exim_path": str(COPY),
-            "spool_directory": str(self.spool),
-            "log_file_path": f"{self.folder}/%slog",
+            "primary_hostname": quoting.exim_string(site.hostname),
+            "qualify_domain": quoting.exim_string(site.domain),
+            "exim_path": quoting.exim_string(str(COPY)),
+            "spool_directory": "$config_dir/spool",
+            "log_file_path": "$config_dir/%slog",
             "write_rejectlog": "false",
-            "pid_file_path": str(self.folder / "exim.pid"),
+            "pid_file_path": "$config_dir/exim.pid",
             "keep_environment": "LD_LIBRARY_PATH",
             "deliver_drop_privilege": "true",
             "disable_ipv6": "false" if site.knob("family") == "any" else "true",
@@ -233,20 +232,8 @@ class Adapter(MtaAdapter):
                 stderr=stderr,
                 env=_environment(),
             )
-        self._await_listening(self._daemon)
-
-    def _await_listening(self, daemon: subprocess.Popen[bytes]) -> None:
-        want = _tcp_endpoint(self.site.address, self.site.port)
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if daemon.poll() is not None:
-                self._daemon = None
-                raise HarnessError(f"exim: the daemon exited ({daemon.returncode}): {self._why()}")
-            if want in _listening(daemon.pid):
-                return
-            time.sleep(POLL_S)
-        self.stop()
-        raise HarnessError(f"exim: nothing listens on {self.site.address}:{self.site.port}")
+        daemon = self._daemon
+        self.await_listening(daemon.pid, lambda: daemon.poll() is None, why=self._why)
 
     def _why(self) -> str:
         for path in (self.folder / "exim.stderr", self.log_path):
@@ -271,38 +258,26 @@ class Adapter(MtaAdapter):
     def _stragglers(self) -> list[int]:
         """Pids of processes still running with this instance's configuration."""
         wanted = f"\0-C\0{self.config}\0".encode()
-        found = []
-        for entry in os.scandir("/proc"):
-            if entry.name.isdigit() and int(entry.name) != os.getpid():
-                with contextlib.suppress(OSError):
-                    if wanted in Path(entry.path, "cmdline").read_bytes():
-                        found.append(int(entry.name))
-        return found
+        return process.pids_where(lambda proc: wanted in Path(proc, "cmdline").read_bytes())
 
 
-def original(stored: bytes, prepended: tuple[str, ...] = PREPENDED) -> bytes:
-    """The message as the client sent it after DATA (CRLF line ends) from a stored file:
-    ``stored`` without the trace fields Exim prepends (rule 4); ``prepended=RELAYED`` for
-    what Exim relayed as sender.  ``HarnessError`` if they are not exactly those."""
-    rest = stored
-    for name in prepended:
-        found, length = _first_field(rest)
-        if found != name:
-            raise HarnessError(f"exim: stored message: expected {name}:, found {found!r}")
-        rest = rest[length:]
-    return rest
-
-
-def _first_field(data: bytes) -> tuple[str, int]:
-    """The lower-case name of the first header field and its length, continuation lines
-    included; ("", 0) if there is none."""
-    name, colon, _ = data.partition(b":")
-    end = data.find(b"\r\n")
-    while end != -1 and data[end + 2 : end + 3] in (b" ", b"\t"):
-        end = data.find(b"\r\n", end + 2)
-    if not colon or end == -1 or b"\r\n" in name:
-        return "", 0
-    return name.decode(errors="replace").lower(), end + 2
+def parse_queue(listing: str, log: str) -> list[base.QueuedRecipient]:
+    """``exim -bp`` output and the main log -> the undelivered recipients (rule 8)."""
+    deferred = {(m, a.lower()): why for m, a, why in _LOG_DEFER.findall(log)}
+    found: list[base.QueuedRecipient] = []
+    message, frozen = None, False
+    for line in listing.splitlines():
+        head, rcpt = _BP_MESSAGE.fullmatch(line), _BP_RECIPIENT.fullmatch(line)
+        if head:
+            message, frozen = head.group(1), line.endswith("*** frozen ***")
+        elif rcpt and message and rcpt.group(1) == " ":
+            address = rcpt.group(2)
+            why = deferred.get((message, address.lower()))
+            said = why or ("frozen" if frozen else "not tried yet")
+            found.append(base.QueuedRecipient(address, message, said, base.status_code_in(said)))
+        elif line.strip() and not rcpt:
+            raise base.QueueUnreadable(f"exim: exim -bp: unexpected line {line.strip()!r}")
+    return found
 
 
 # --- the machine --------------------------------------------------------------------------------
@@ -312,24 +287,6 @@ def _environment() -> dict[str, str]:
 
 def _run(argv: list[str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(argv, capture_output=True, text=True, env=_environment(), check=False)
-
-
-def _ensure_user() -> None:
-    if _user_exists():
-        return
-    argv = ["useradd", "--system", "--user-group", "--no-create-home"]
-    argv += ["--home-dir", "/var/spool/exim4", "--shell", "/usr/sbin/nologin", USER]
-    done = subprocess.run(argv, capture_output=True, text=True, check=False)
-    if done.returncode != 0 and not _user_exists():  # another process may have made it
-        raise MtaUnavailable(f"exim: cannot create user {USER}: {_tail(done.stderr)}")
-
-
-def _user_exists() -> bool:
-    try:
-        pwd.getpwnam(USER)
-    except KeyError:
-        return False
-    return True
 
 
 def _copy_binary() -> None:
@@ -373,49 +330,6 @@ def _locked(path: Path) -> bool:
     return struct.unpack("hhqqi", answer)[0] != fcntl.F_UNLCK
 
 
-# --- processes ----------------------------------------------------------------------------------
-def _end(pid: int, proc: subprocess.Popen[bytes] | None = None) -> None:
-    """SIGTERM, then SIGKILL after the grace; reap it if it is our child."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
-        deadline = time.monotonic() + STOP_GRACE_S
-        while time.monotonic() < deadline:
-            if not _running(pid, proc):
-                return
-            time.sleep(POLL_S)
-
-
-def _running(pid: int, proc: subprocess.Popen[bytes] | None) -> bool:
-    if proc is not None:
-        return proc.poll() is None
-    try:
-        return b") Z" not in Path(f"/proc/{pid}/stat").read_bytes()[:64]
-    except FileNotFoundError:
-        return False
-
-
-def _tcp_endpoint(address: str, port: int) -> str:
-    """An IPv4 endpoint as /proc/net/tcp writes it (address in host byte order, hex)."""
-    packed = bytes(int(part) for part in address.split("."))
-    return f"{int.from_bytes(packed, 'little'):08X}:{port:04X}"
-
-
-def _listening(pid: int) -> set[str]:
-    """Endpoints in LISTEN state in the network namespace of process ``pid``."""
-    try:
-        lines = Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]
-    except OSError:
-        return set()
-    return {cols[1] for cols in (line.split() for line in lines) if cols[3] == _TCP_LISTEN}
-
-
-def _delivery_order(path: Path) -> tuple[int, int, str]:
-    """Exim's Maildir names start "<seconds>.M<microseconds>P<pid>": sort by that time."""
-    found = re.match(r"(\d+)\.M(\d+)P", path.name)
-    return (int(found[1]), int(found[2]), path.name) if found else (0, 0, path.name)
-
-
 def _tail(text: str) -> str:
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     return lines[-1] if lines else "no message"
@@ -423,7 +337,7 @@ def _tail(text: str) -> str:
 
 CONFIG = """\
 # Written by harness/mta/exim.py for one run; the rules are in that file's header.
-{main}domainlist local_domains = {domain}
+{main}domainlist local_domains = lsearch;$config_dir/domains
 
 begin acl
 
@@ -441,18 +355,23 @@ outbound:
   transport = remote_smtp
   no_more
 
-{local_routers}
+local_users:
+  driver = accept
+  domains = +local_domains
+  local_parts = lsearch;$config_dir/users
+  transport = local_maildir
+{catchall}
 begin transports
 
 remote_smtp:
   driver = smtp
-  helo_data = {hostname}
+  helo_data = $primary_hostname
   hosts_avoid_tls = *
   tls_verify_certificates =
 
 local_maildir:
   driver = appendfile
-  directory = {mail}/${{if def:local_part_data {{$local_part_data}}{{{catchall}}}}}
+  directory = $config_dir/mail/${{if def:local_part_data {{$local_part_data}}{{{catchall_box}}}}}
   maildir_format
   create_directory
   use_crlf
@@ -467,15 +386,7 @@ begin retry
 *  *  F,1h,1m
 """
 
-LOCAL_USERS = """\
-local_users:
-  driver = accept
-  domains = +local_domains
-  local_parts = {users}
-  transport = local_maildir
-"""
-
-LOCAL_CATCHALL = """\
+LOCAL_CATCHALL = """
 local_catchall:
   driver = accept
   domains = +local_domains

@@ -14,15 +14,29 @@ Rules kept here:
   ``sh`` all exec), in a session of its own; its stderr is ``log_path``.  ``stop()`` sends it
   SIGTERM and waits; whatever outlives the grace period is killed by process group, which
   only smtpd's own children share.
-- Readiness is read from the host's TCP table (/proc/PID/net/tcp), never probed with a
-  connection: smtpd would ask the lab DNS for the prober's PTR, a query the run never made.
-- Mailboxes (both roles) are a userbase table: each of ``site.users`` is a maildir under
-  ``folder/maildir``, written as the ``opensmtpd`` user (smtpd refuses to run a maildir
-  delivery as root).  Any other local part of ``site.domain`` is refused at RCPT (550).
+- Readiness is read from the host's TCP tables (``harness.mta.process``), never probed with
+  a connection: smtpd would ask the lab DNS for the prober's PTR, a query the run never made.
+- Mailboxes (both roles) are a userbase table: each of ``site.users`` has as its home a
+  maildir under ``folder/maildir`` named by ``quoting.mailbox_folder`` (never by the user
+  name), written as the ``opensmtpd`` user (smtpd refuses to run a maildir delivery as
+  root).  Any other local part of ``site.domain`` is refused at RCPT (550).
   As sender, bounces to the sender's own domain are delivered there too (or dropped when
   their user is not one of ``site.users``): they never leave the host.
 - Names come from the site (listener hostname, relay HELO, kernel hostname); nothing of
-  the machine's hostname reaches the wire.
+  the machine's hostname reaches the wire.  Every one is a double-quoted smtpd.conf string
+  (``harness.mta.quoting``): the host name is a host name of at most 64 characters (it is
+  the kernel hostname too), the domain a host name (``for domain`` matches wildcards), a
+  user a key of the userbase file table (no blank, no ``:``, no leading ``#``).
+- What smtpd prepends (``trace_fields``, removed by ``as_sent``): relaying, its Received
+  field, folded over 3 lines ("from <helo> (<rdns> [<addr>]) / by <hostname> (OpenSMTPD)
+  with ESMTP id <8 hex>; / <date>").  Delivering to a maildir: Return-Path (only for a
+  non-empty sender: a bounce has none), Delivered-To, Received (as above; 4 lines, with
+  "for <rcpt>", for a message enqueued locally), then the message with LF line ends.  The
+  rest is byte for byte what the client sent, dot-stuffing undone.
+- ``queue()`` is ``smtpctl show queue``, read inside smtpd's mount namespace while it runs
+  (one envelope a line, ``|``-separated, smtpctl(8)): the reason is the envelope's error
+  line, e.g. "451 4.3.0 Try later"; the queue id the message id (the envelope id's first
+  8 hex digits).
 - Knobs (``harness.mta.base.KNOBS``): ``family = "ipv4"`` relays from the site's IPv4
   address (``src``), ``"any"`` lets smtpd choose (it tries the MX's AAAA first), and the
   receiver has a ``listen on`` line per address of ``site.addresses``.  ``vrfy`` changes
@@ -36,30 +50,25 @@ Rules kept here:
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import gzip
 import os
 import pwd
 import re
-import signal
 import smtplib
 import socket
-import struct
 import subprocess
-import time
 from pathlib import Path
+from typing import ClassVar
 
 from harness.errors import HarnessError
 from harness.lab.netns import SocketFactory
-from harness.mta import debs
-from harness.mta.base import MtaAdapter, MtaUnavailable, Site
+from harness.mta import base, debs, process, quoting
+from harness.mta.base import MtaAdapter, Site
 
 SUBMISSION_PORT = 2525  # sender role: submit() hands messages over on 127.0.0.1 here
 MAILBOXES = "/var/spool/mailboxes"  # where smtpd sees folder/maildir (inside its tmpfs)
-START_TIMEOUT_S = 10.0
 SUBMIT_TIMEOUT_S = 30.0
-STOP_GRACE_S = 5.0
 QUEUE_GROUP = "opensmtpq"  # smtpctl must run with this effective group (setgid in Debian)
 SYSTEM_USERS = ("opensmtpd", QUEUE_GROUP)  # compiled in, as is their chroot:
 CHROOT = Path("/var/lib/opensmtpd/empty")
@@ -70,14 +79,9 @@ LIBRARIES = {
     "libcrypto.so.3": "libssl3",
     "libdb-5.3.so": "libdb5.3",
 }
-# The trace fields smtpd prepends, in this order, one of each (``as_sent`` removes them).
-# Relaying: its Received field, folded over 3 lines ("from <helo> (<rdns> [<addr>]) / by
-# <hostname> (OpenSMTPD) with ESMTP id <8 hex>; / <date>").  Delivering to a maildir:
-# Return-Path (only for a non-empty sender: a bounce has none), Delivered-To, Received (as
-# above; 4 lines, with "for <rcpt>", for a message enqueued locally), then the message with
-# LF line ends.  The rest is byte for byte what the client sent, dot-stuffing undone.
-TRACE_FIELDS = {"sender": ("Received",), "receiver": ("Return-Path", "Delivered-To", "Received")}
-_TCP_LISTEN = "0A"
+# smtpctl show queue, one envelope a line (smtpctl.c, show_queue_envelope): these fields
+# by index, then the error line (which may hold "|" itself) from index 13 on
+_ID, _RECIPIENT, _RETRIES, _STATE, _ERROR = 0, 5, 10, 11, 13
 # in smtpd's own UTS and mount namespaces: hostname, mounts, then smtpd itself ("$@")
 _LAUNCH = f"""set -e
 hostname "$1"
@@ -90,9 +94,9 @@ shift 3
 exec "$@"
 """
 _CONFIG = """\
-table users file:{users}
-{listen}action "local" maildir "{mailboxes}/%{{user.username}}" userbase <users>
-match from {origin} for domain "{domain}" action "local"
+table users {users}
+{listen}action "local" maildir "%{{user.directory}}" userbase <users>
+match from {origin} for domain {domain} action "local"
 """
 _RELAY = """\
 action "relay" relay helo {hostname}{source}
@@ -103,6 +107,17 @@ match from local for any action "relay"
 class Adapter(MtaAdapter):
     name = "opensmtpd"
     packages = ("opensmtpd",)
+    carriers: ClassVar[dict[str, quoting.Carrier]] = {
+        "host name": quoting.host_names(64),
+        "domain": quoting.HOST_NAME,
+        "user": quoting.SMTPD_KEY,
+    }
+    trace_fields: ClassVar[dict[str, tuple[str, ...]]] = {
+        "sender": ("Received",),
+        "receiver": ("Return-Path", "Delivered-To", "Received"),
+    }
+    optional_trace_fields = frozenset({"Return-Path"})
+    mailbox_line_end = b"\n"
     delivery_timeout_s = 90.0  # the resolver's 75 s, and a margin
     bounce_delay_s = 3.0
 
@@ -115,27 +130,34 @@ class Adapter(MtaAdapter):
         _trees()
 
     @classmethod
+    def used_packages(cls) -> tuple[str, ...]:
+        return _packages()
+
+    @classmethod
     def version(cls) -> str:
         changelog = _unpack("opensmtpd") / "usr/share/doc/opensmtpd/changelog.Debian.gz"
         first = gzip.decompress(changelog.read_bytes()).decode().partition("\n")[0]
         found = re.match(r"opensmtpd \(([^)-]+)", first)  # "opensmtpd (6.8.0p2-4) unstable"
         if not found:
-            raise MtaUnavailable(f"opensmtpd: no version in {changelog}: {first!r}")
+            raise base.MtaUnavailable(f"opensmtpd: no version in {changelog}: {first!r}")
         return found.group(1)
+
+    @property
+    def mailboxes(self) -> Path:
+        return self.folder / "maildir"
 
     # --- life cycle -----------------------------------------------------------------------
     def start(self) -> None:
-        if self._proc is not None:
+        if self._proc is not None:  # before anything is rewritten or stopped
             raise HarnessError("opensmtpd: already started")
+        super().start()
+
+    def launch(self) -> None:
         trees = _trees()
-        self.folder.mkdir(parents=True, exist_ok=True)
-        config = self.folder / "smtpd.conf"
-        config.write_text(self._config())
-        self._maildir().mkdir(exist_ok=True)
-        os.chown(self._maildir(), *_delivery_ids())
         launch = ["unshare", "--uts", "sh", "-c", _LAUNCH, "opensmtpd", self.site.hostname]
-        launch += [str(trees[0] / "usr/libexec"), str(self._maildir())]
-        smtpd = [str(debs.binary(trees[0], "smtpd")), "-d", "-v", "-f", str(config)]
+        launch += [str(trees[0] / "usr/libexec"), str(self.mailboxes)]
+        config = str(self.folder / "smtpd.conf")
+        smtpd = [str(debs.binary(trees[0], "smtpd")), "-d", "-v", "-f", config]
         with self.log_path.open("ab") as log:
             self._proc = self.site.lab.popen(
                 self.site.host,
@@ -146,30 +168,18 @@ class Adapter(MtaAdapter):
                 env=debs.environment(*trees),
                 start_new_session=True,
             )
-        try:
-            self._wait_listening()
-        except BaseException:
-            self.stop()
-            raise
+        self._wait_listening()
 
     def stop(self) -> None:
+        """SIGTERM to smtpd, then whatever of its process group outlives the grace (the
+        group is smtpd's own session: only its children share it)."""
         proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(STOP_GRACE_S)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        _kill_group(proc.pid)
+        if proc is not None:
+            process.end_group(proc.pid, child=proc)
 
     # --- using it -------------------------------------------------------------------------
-    def submit(self, mail_from: str, recipients: list[str], message: bytes) -> None:
-        """Sender role: SMTP to 127.0.0.1:SUBMISSION_PORT inside the host (CRLF line ends)."""
-        if self.role != "sender":
-            raise HarnessError("opensmtpd: submit() is for the sender role")
+    def _submit(self, mail_from: str, recipients: list[str], message: bytes) -> None:
+        """SMTP to 127.0.0.1:SUBMISSION_PORT inside the host (CRLF line ends)."""
         data = re.sub(rb"\r?\n", b"\r\n", message)  # smtplib sends bytes as they are
         client = _Submission(self.site.lab.socket_factory(self.site.host))
         try:
@@ -186,85 +196,71 @@ class Adapter(MtaAdapter):
     def idle(self) -> bool:
         """Both roles: no envelope in flight or waiting for its first attempt (deferred
         ones, already tried, wait for a retry far beyond any run)."""
-        return all(_deferred(line) for line in self.queue())
+        return all(_deferred(fields) for fields in self._envelopes())
 
-    def queue(self) -> list[str]:
-        """``smtpctl show queue``: one envelope a line, ``|``-separated (see smtpctl(8))."""
-        proc = self._running()
+    def queue(self) -> list[base.QueuedRecipient]:
+        """Every envelope ``smtpctl show queue`` lists, with its error line (rules above)."""
+        return [queued(fields) for fields in self._envelopes()]
+
+    def _envelopes(self) -> list[list[str]]:
+        """``smtpctl show queue`` inside smtpd's mount namespace: each envelope's fields."""
+        if self._proc is None or self._proc.poll() is not None:
+            raise base.QueueUnreadable(
+                f"opensmtpd: smtpctl show queue: smtpd is not running (its queue lives in "
+                f"its own mount namespace; log: {self.last_log_line()})"
+            )
         trees = _trees()
-        smtpctl = debs.binary(trees[0], "smtpctl")
-        argv = ["nsenter", "-m", "-t", str(proc.pid)]
-        argv += ["setpriv", f"--egid={QUEUE_GROUP}", "--keep-groups", str(smtpctl)]
-        done = subprocess.run(
-            [*argv, "show", "queue"], capture_output=True, text=True, env=debs.environment(*trees)
-        )
+        argv = ["nsenter", "-m", "-t", str(self._proc.pid), "setpriv", f"--egid={QUEUE_GROUP}"]
+        argv += ["--keep-groups", str(debs.binary(trees[0], "smtpctl")), "show", "queue"]
+        done = subprocess.run(argv, capture_output=True, text=True, env=debs.environment(*trees))
         if done.returncode != 0:
-            raise HarnessError(f"opensmtpd: smtpctl show queue: {done.stderr.strip()}")
-        return done.stdout.splitlines()
-
-    def mailbox(self, user: str) -> list[bytes]:
-        """Both roles: what smtpd delivered to local ``user`` (as sender: bounces), oldest
-        first, as stored (LF line ends, trace fields included)."""
-        folder = self._maildir() / user
-        files = [p for sub in ("new", "cur") for p in (folder / sub).glob("*") if p.is_file()]
-        files.sort(key=lambda p: (p.stat().st_mtime_ns, p.name))
-        return [p.read_bytes() for p in files]
-
-    def as_sent(self, stored: bytes) -> bytes:
-        """The role's ``TRACE_FIELDS`` removed, in wire form (CRLF); a copy that does not
-        start with them comes back in wire form only, so the comparison shows it."""
-        wire = re.sub(rb"\r?\n", b"\r\n", stored) if self.role == "receiver" else stored
-        rest = wire
-        for name in TRACE_FIELDS[self.role]:
-            field = re.match(rb"%s:[^\r\n]*\r\n(?:[ \t][^\r\n]*\r\n)*" % name.encode(), rest)
-            if field is None and name != "Return-Path":
-                return wire
-            rest = rest[field.end() :] if field else rest
-        return rest
+            raise base.unreadable(self.name, "smtpctl show queue", done)
+        return parse_envelopes(done.stdout)
 
     # --- helpers --------------------------------------------------------------------------
-    def _config(self) -> str:
+    def _write_config(self) -> None:
+        """smtpd.conf, the userbase table and the mailbox folders (rules above)."""
         uid, gid = _delivery_ids()
+        self.mailboxes.mkdir(parents=True, exist_ok=True)
+        os.chown(self.mailboxes, uid, gid)
+        rows = []
+        for user in self.site.users:
+            box = quoting.mailbox_folder(user)
+            (self.mailboxes / box).mkdir(exist_ok=True)
+            os.chown(self.mailboxes / box, uid, gid)
+            rows.append(f"{user} {uid}:{gid}:{MAILBOXES}/{box}\n")
         users = self.folder / "users"
-        users.write_text("".join(f"{u} {uid}:{gid}:{MAILBOXES}\n" for u in self.site.users))
+        users.write_text("".join(rows))
+        (self.folder / "smtpd.conf").write_text(self._config(users))
+
+    def _config(self, users: Path) -> str:
+        site, string = self.site, quoting.smtpd_string
         sender = self.role == "sender"
-        listen = f"port {self._port()} hostname {self.site.hostname}"
-        where = ["lo"] if sender else self.site.addresses
+        listen = f"port {self._port()} hostname {string(site.hostname)}"
+        where = ["lo"] if sender else site.addresses
         config = _CONFIG.format(
-            users=users,
+            users=string(f"file:{users}"),
             listen="".join(f"listen on {w} {listen}\n" for w in where),
-            mailboxes=MAILBOXES,
             origin="local" if sender else "any",
-            domain=self.site.domain,
+            domain=string(site.domain),
         )
         if not sender:
             return config
-        return config + _RELAY.format(hostname=self.site.hostname, source=self._source())
+        return config + _RELAY.format(hostname=string(site.hostname), source=self._source())
 
     def _source(self) -> str:
         """``family = "ipv4"``: relay from the site's IPv4 address only (with "any"
         OpenSMTPD takes the MX's AAAA address first, as any dual-stack host would)."""
         return "" if self.site.knob("family") == "any" else f" src {self.site.address}"
 
-    def _maildir(self) -> Path:
-        return self.folder / "maildir"
-
     def _port(self) -> int:
         return SUBMISSION_PORT if self.role == "sender" else self.site.port
 
     def _wait_listening(self) -> None:
-        address = "127.0.0.1" if self.role == "sender" else self.site.address
-        wanted = f"{_hex_address(address)}:{self._port():04X}"
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not _listening(self._running().pid, wanted):
-            if time.monotonic() > deadline:
-                raise HarnessError(f"opensmtpd: not listening on {address}:{self._port()}")
-            time.sleep(0.01)
-
-    def _running(self) -> subprocess.Popen[bytes]:
-        if self._proc is None or self._proc.poll() is not None:
-            raise HarnessError(f"opensmtpd: smtpd is not running; see {self.log_path}")
-        return self._proc
+        proc = self._proc
+        assert proc is not None
+        where = ["127.0.0.1"] if self.role == "sender" else self.site.addresses
+        self.await_listening(proc.pid, lambda: proc.poll() is None, where, self._port())
 
 
 class _Submission(smtplib.SMTP):
@@ -282,27 +278,37 @@ class _Submission(smtplib.SMTP):
 
 
 @functools.cache
-def _trees() -> tuple[Path, ...]:
-    """opensmtpd's unpacked tree, then the library packages it lacks here; the system
-    users exist afterwards.  Once per process (a failure is not cached)."""
-    trees = [_unpack("opensmtpd")]
-    missing = _missing_libraries(trees)
+def _packages() -> tuple[str, ...]:
+    """opensmtpd, then the library packages it lacks on this machine; the system users
+    exist afterwards.  Once per process (a failure is not cached)."""
+    packages = ["opensmtpd"]
+    missing = _missing_libraries([_unpack("opensmtpd")])
     unknown = [soname for soname in missing if soname not in LIBRARIES]
     if unknown:
-        raise MtaUnavailable(f"opensmtpd: no package known for {', '.join(unknown)}")
-    trees += [_unpack(package) for package in dict.fromkeys(LIBRARIES[s] for s in missing)]
-    still = _missing_libraries(trees)
+        raise base.MtaUnavailable(f"opensmtpd: no package known for {', '.join(unknown)}")
+    packages += dict.fromkeys(LIBRARIES[s] for s in missing)
+    still = _missing_libraries([_unpack(package) for package in packages])
     if still:
-        raise MtaUnavailable(f"opensmtpd: smtpd still lacks {', '.join(still)}")
-    _ensure_system_users()
-    return tuple(trees)
+        raise base.MtaUnavailable(f"opensmtpd: smtpd still lacks {', '.join(still)}")
+    try:
+        for user in SYSTEM_USERS:  # as Debian's postinst makes them
+            process.ensure_user(user, str(CHROOT))
+        CHROOT.mkdir(parents=True, exist_ok=True)
+    except (HarnessError, OSError) as exc:
+        raise base.MtaUnavailable(f"opensmtpd: {exc}") from None
+    return tuple(packages)
+
+
+def _trees() -> tuple[Path, ...]:
+    """The unpacked trees of ``_packages()``, opensmtpd's first."""
+    return tuple(_unpack(package) for package in _packages())
 
 
 def _unpack(package: str) -> Path:
     try:
         return debs.unpacked(package)
     except HarnessError as exc:
-        raise MtaUnavailable(f"opensmtpd: {exc}") from None
+        raise base.MtaUnavailable(f"opensmtpd: {exc}") from None
 
 
 def _missing_libraries(trees: list[Path]) -> list[str]:
@@ -322,55 +328,30 @@ def _missing_libraries(trees: list[Path]) -> list[str]:
     return missing
 
 
-def _ensure_system_users() -> None:
-    """The users compiled into smtpd, as Debian's postinst makes them (no login, no home)."""
-    CHROOT.mkdir(parents=True, exist_ok=True)
-    for user in SYSTEM_USERS:
-        if _known_user(user):
-            continue
-        argv = ["useradd", "--system", "--user-group", "--no-create-home"]
-        argv += ["--home-dir", str(CHROOT), "--shell", "/usr/sbin/nologin", user]
-        done = subprocess.run(argv, capture_output=True, text=True)
-        if done.returncode != 0 and not _known_user(user):  # a parallel run may have won
-            raise MtaUnavailable(f"opensmtpd: useradd {user}: {done.stderr.strip()}")
-
-
-def _known_user(name: str) -> bool:
-    try:
-        pwd.getpwnam(name)
-    except KeyError:
-        return False
-    return True
-
-
 def _delivery_ids() -> tuple[int, int]:
     entry = pwd.getpwnam(SYSTEM_USERS[0])
     return entry.pw_uid, entry.pw_gid
 
 
-def _deferred(line: str) -> bool:
-    """An envelope that was tried and now waits for a retry (fields: smtpctl(8) show queue;
-    index 10 is the retry count, 11 the run state)."""
-    fields = line.split("|")
-    return fields[11] == "pending" and int(fields[10]) > 0
+def _deferred(fields: list[str]) -> bool:
+    """An envelope that was tried and now waits for a retry."""
+    return fields[_STATE] == "pending" and int(fields[_RETRIES]) > 0
 
 
-def _hex_address(address: str) -> str:
-    """An IPv4 address as /proc/net/tcp prints it (the host-order integer, in hex)."""
-    return f"{struct.unpack('<I', socket.inet_aton(address))[0]:08X}"
+def parse_envelopes(listing: str) -> list[list[str]]:
+    """``smtpctl show queue`` output -> each envelope's fields; a line that is not an
+    envelope is ``QueueUnreadable``."""
+    envelopes = [line.split("|") for line in listing.splitlines()]
+    for fields in envelopes:
+        if len(fields) <= _ERROR or not re.fullmatch(r"[0-9a-f]{16}", fields[_ID]):
+            raise base.QueueUnreadable(f"opensmtpd: smtpctl show queue: {'|'.join(fields)!r}")
+    return envelopes
 
 
-def _listening(pid: int, local: str) -> bool:
-    """Whether ``local`` (HEXADDR:HEXPORT) listens in ``pid``'s network namespace."""
-    try:
-        rows = Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]
-    except OSError:
-        return False
-    return any(row.split()[1] == local and row.split()[3] == _TCP_LISTEN for row in rows)
-
-
-def _kill_group(pgid: int) -> None:
-    """SIGKILL whatever is left of smtpd's process group (its children, if it died first).
-    The group id stays reserved while any member lives, so it is never someone else's."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, signal.SIGKILL)
+def queued(fields: list[str]) -> base.QueuedRecipient:
+    """One envelope as the queue entry of its recipient: its error line is the reason."""
+    error = "|".join(fields[_ERROR:])
+    state = f"{fields[_STATE]}, {fields[_RETRIES]} attempts, no error line yet"
+    return base.QueuedRecipient(
+        fields[_RECIPIENT], fields[_ID][:8], error or state, base.status_code_in(error)
+    )

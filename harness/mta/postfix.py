@@ -15,9 +15,10 @@ Rules kept here:
    so smtpd's PTR lookup of its client at connect goes to the lab DNS instead of the
    lab's hosts file.
 3. The site's domain is delivered by virtual(8) into Maildir mailboxes under the folder,
-   one per ``site.users``, owned by the ``postfix`` user; any other address there is
-   unknown: 550 at RCPT and at VRFY (``smtpd_reject_unlisted_recipient``).  As sender the
-   site's user is luke, so the bounce for a rejected recipient stays local, off the wire.
+   one per ``site.users`` (named by ``quoting.mailbox_folder``, never by the user name),
+   owned by the ``postfix`` user; any other address there is unknown: 550 at RCPT and at
+   VRFY (``smtpd_reject_unlisted_recipient``).  As sender the site's user is luke, so the
+   bounce for a rejected recipient stays local, off the wire.
 4. The daemons run as ``postfix`` and open absolute paths, but a run folder may sit below
    a folder only root can enter (pytest's 0700 tmp dirs).  So every Postfix command runs in
    the host's mount namespace (``ip netns exec`` makes a private one) with the folder
@@ -26,47 +27,48 @@ Rules kept here:
    private to its namespace, gone with it.
 5. The queue directories are created here as ``post-install`` would, and ``quick-start``
    skips postfix-script's integrity checks: a fresh instance starts in ~0.2 s, not 2.3 s.
-6. What Postfix adds to a message, and ``as_sent`` removes to compare it byte for byte:
-   as sender, one leading ``Received`` field (cleanup(8), folded); as receiver, the file
-   virtual(8) writes starts with ``Return-Path``, ``X-Original-To``, ``Delivered-To``
-   (virtual) and ``Received`` (smtpd, folded), then the message as received with LF line
-   ends.  Exactly
-   those leading fields are removed and CRLF restored; any other difference is real.
+6. What Postfix adds to a message (``trace_fields``, removed by ``as_sent``): as sender,
+   one leading ``Received`` field (cleanup(8), folded); as receiver, the file virtual(8)
+   writes starts with ``Return-Path``, ``X-Original-To``, ``Delivered-To`` (virtual) and
+   ``Received`` (smtpd, folded), then the message as received with LF line ends.
 7. Postfix prints its errors to a TTY only: everything goes to ``maillog_file`` (the run's
    ``postfix.log``), and a failure quotes that log's last line.
+8. Scenario values (``harness.mta.quoting``): host name and domain must be host names
+   (Postfix's own rule for myhostname and mydomain); every main.cf value is written with
+   ``$`` doubled; a user is a key of the mailbox table (``user@domain`` in lower case, as
+   virtual(8) looks it up: no blank, no leading ``#``), and its mailbox folder is named by
+   ``quoting.mailbox_folder``.
+9. ``queue()`` is ``postqueue -j`` (one JSON object a message, a ``delay_reason`` per
+   recipient that was tried); the status code is the one in that reason, else the
+   ``dsn=`` of the last log line Postfix wrote for that queue id and recipient.
 """
 
 from __future__ import annotations
 
-import contextlib
 import grp
+import json
 import os
 import pwd
+import re
 import shutil
-import signal
 import subprocess
 import time
 from pathlib import Path
 from typing import ClassVar
 
 from harness.errors import HarnessError
-from harness.mta import debs
-from harness.mta.base import MtaAdapter, MtaUnavailable, Site
+from harness.mta import base, debs, process, quoting
+from harness.mta.base import MtaAdapter, Site
 
 USER, GROUP, SETGID_GROUP = "postfix", "postfix", "postdrop"
 VIEW = Path("/run/smtp-harness/postfix")  # where the daemons see the run folder (rule 4)
 # run in the host: the folder on VIEW, then our hosts file on /etc/hosts (rules 2 and 4)
 ENTER = 'mount --bind "$1" "$2" && mount --bind "$2/etc/hosts" /etc/hosts && shift 2 && exec "$@"'
-START_TIMEOUT_S = 10.0
-STOP_TIMEOUT_S = 5.0
-POLL_S = 0.02
-PENDING_QUEUES = ("maildrop", "incoming", "active")  # in the order mail moves through them
 QUEUES = ("active", "bounce", "corrupt", "defer", "deferred", "flush", "hold", "incoming")
 QUEUES += ("private", "saved", "trace")  # all owned by postfix, mode 0700
-TRACE_FIELDS = {  # rule 6: what each role's copy starts with, in order
-    "sender": (b"received",),  # cleanup(8), for mail submitted with sendmail(1)
-    "receiver": (b"return-path", b"x-original-to", b"delivered-to", b"received"),
-}
+PENDING_QUEUES = ("maildrop", "incoming", "active")  # in the order mail moves through them
+# a log line about one recipient: "<queue id>: to=<address>, ... dsn=X.Y.Z, status=..."
+_LOG_RECIPIENT = re.compile(r" (\w+): to=<([^>]*)>, .*?\bdsn=(\d\.\d+\.\d+), status=")
 
 # master.cf: service type private unpriv chroot wakeup maxproc command (rule 2: chroot n)
 MASTER_CF = """\
@@ -97,6 +99,16 @@ postlog   unix-dgram n - n - 1 postlogd
 class Adapter(MtaAdapter):
     name = "postfix"
     packages: ClassVar[tuple[str, ...]] = ("postfix",)
+    carriers: ClassVar[dict[str, quoting.Carrier]] = {
+        "host name": quoting.HOST_NAME,
+        "domain": quoting.HOST_NAME,
+        "user": quoting.POSTFIX_KEY,
+    }
+    trace_fields: ClassVar[dict[str, tuple[str, ...]]] = {  # rule 6
+        "sender": ("Received",),  # cleanup(8), for mail submitted with sendmail(1)
+        "receiver": ("Return-Path", "X-Original-To", "Delivered-To", "Received"),
+    }
+    mailbox_line_end = b"\n"
 
     def __init__(self, site: Site, role: str) -> None:
         super().__init__(site, role)
@@ -106,22 +118,22 @@ class Adapter(MtaAdapter):
     def prepare(cls) -> None:
         try:
             debs.unpacked("postfix")
+            process.ensure_group(SETGID_GROUP)
+            process.ensure_group(GROUP)
+            process.ensure_user(USER, "/nonexistent", group=GROUP)
         except HarnessError as exc:
-            raise MtaUnavailable(f"postfix: {exc}") from None
-        _ensure_group(SETGID_GROUP)
-        _ensure_group(GROUP)
-        _ensure_user(USER)
+            raise base.MtaUnavailable(f"postfix: {exc}") from None
         VIEW.mkdir(mode=0o755, parents=True, exist_ok=True)
         for folder in (VIEW, *VIEW.parents):
             if not folder.stat().st_mode & 0o001:
-                raise MtaUnavailable(f"postfix: {folder} must be searchable by user {USER}")
+                raise base.MtaUnavailable(f"postfix: {folder} must be searchable by user {USER}")
 
     @classmethod
     def version(cls) -> str:
         root = debs.unpacked("postfix")
         done = debs.run(root, "postconf", "-c", str(root / "etc/postfix"), "-dh", "mail_version")
         if done.returncode != 0:
-            raise MtaUnavailable(f"postfix: postconf: {done.stderr.strip()}")
+            raise base.MtaUnavailable(f"postfix: postconf: {done.stderr.strip()}")
         return done.stdout.strip()
 
     # --- paths --------------------------------------------------------------------------
@@ -138,35 +150,26 @@ class Adapter(MtaAdapter):
     def spool(self) -> Path:
         return self.folder / "spool"
 
-    @property
-    def mail(self) -> Path:
-        return self.folder / "mail"
-
     # --- life cycle ---------------------------------------------------------------------
-    def start(self) -> None:
-        self.prepare()
-        self._layout()
+    def launch(self) -> None:
         self._postfix("start")
         self._master = self._master_pid()
         self._wait_listening()
 
     def stop(self) -> None:
         master, self._master = self._master, None
-        if master is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(master, signal.SIGTERM)  # what `postfix stop` does, minus its 1 s sleeps
-        _end_group(master, time.monotonic() + STOP_TIMEOUT_S)
+        if master is not None:  # SIGTERM is what `postfix stop` does, minus its 1 s sleeps
+            process.end_group(master)
 
     # --- sender role --------------------------------------------------------------------
-    def submit(self, mail_from: str, recipients: list[str], message: bytes) -> None:
-        if self.role != "sender":
-            super().submit(mail_from, recipients, message)
+    def _submit(self, mail_from: str, recipients: list[str], message: bytes) -> None:
         # sendmail(1) reads a message with LF or CRLF line ends; -i: a lone "." is content
         argv = [str(debs.binary(self.root, "sendmail")), "-C", f"{VIEW}/etc", "-i"]
         done = self._run([*argv, "-f", mail_from, "--", *recipients], input=message, text=False)
         if done.returncode != 0:
-            raise HarnessError(f"postfix: sendmail exited {done.returncode}: {self._last_log()}")
+            raise HarnessError(
+                f"postfix: sendmail exited {done.returncode}: {self.last_log_line()}"
+            )
 
     # --- both roles ---------------------------------------------------------------------
     def idle(self) -> bool:
@@ -178,28 +181,24 @@ class Adapter(MtaAdapter):
     def _pending(self) -> bool:
         return any(any((self.spool / q).rglob("*")) for q in PENDING_QUEUES)
 
-    def mailbox(self, user: str) -> list[bytes]:
-        """The Maildir's messages as virtual(8) stored them (rule 6), oldest first; as
-        sender, luke's bounces (rule 3)."""
-        new = self.mail / user / "new"
-        if not new.is_dir():
-            return []
-        files = sorted(new.iterdir(), key=lambda p: (p.stat().st_mtime_ns, p.name))
-        return [p.read_bytes() for p in files]
+    def queue(self) -> list[base.QueuedRecipient]:
+        """Rule 9."""
+        argv = [str(debs.binary(self.root, "postqueue")), "-c", f"{VIEW}/etc", "-j"]
+        done = self._run(argv)
+        if done.returncode != 0:
+            raise base.unreadable(self.name, "postqueue -j", done)
+        return parse_postqueue(done.stdout, self._log_status_codes())
 
-    def as_sent(self, stored: bytes) -> bytes:
-        """Rule 6: the leading trace fields removed, in wire form; a copy that does not start
-        with them is returned in wire form only (the comparison then shows the difference)."""
-        wire = stored.replace(b"\n", b"\r\n") if self.role == "receiver" else stored
-        lines = wire.split(b"\r\n")
-        for name in TRACE_FIELDS[self.role]:
-            if not lines[0].lower().startswith(name + b":"):
-                return wire
-            lines = _drop_field(lines)
-        return b"\r\n".join(lines)
+    def _log_status_codes(self) -> dict[tuple[str, str], str]:
+        """(queue id, lower-cased recipient) -> the dsn= of its last log line."""
+        try:
+            log = self.log_path.read_text(errors="replace")
+        except OSError as exc:
+            raise base.QueueUnreadable(f"postfix: cannot read {self.log_path}: {exc}") from None
+        return {(q, rcpt.lower()): dsn for q, rcpt, dsn in _LOG_RECIPIENT.findall(log)}
 
     # --- configuration ------------------------------------------------------------------
-    def _layout(self) -> None:
+    def _write_config(self) -> None:
         """The instance's tree (rule 5), main.cf, master.cf, the mailbox map and hosts."""
         uid, gid = pwd.getpwnam(USER).pw_uid, grp.getgrnam(GROUP).gr_gid
         setgid = grp.getgrnam(SETGID_GROUP).gr_gid
@@ -214,19 +213,26 @@ class Adapter(MtaAdapter):
         _owned_dir(self.spool / "maildrop", 0o730, uid, setgid)
         _owned_dir(self.spool / "public", 0o710, uid, setgid)
         _owned_dir(self.folder / "lib", 0o700, uid, gid)
-        _owned_dir(self.mail, 0o700, uid, gid)
+        _owned_dir(self.mailboxes, 0o700, uid, gid)
         (self.spool / "quick-start").touch()
-        boxes = "".join(f"{u}@{self.site.domain} {u}/\n" for u in self.site.users)
-        (self.etc / "mailboxes").write_text(boxes)
-        hosts = f"127.0.0.1 localhost\n{self.site.address} {self.site.hostname}\n"
+        site = self.site
+        # virtual(8) looks its recipient up in lower case, and texthash keeps keys as given
+        boxes = [
+            f"{u}@{site.domain}".lower() + f" {quoting.mailbox_folder(u)}/\n" for u in site.users
+        ]
+        (self.etc / "mailboxes").write_text("".join(boxes))
+        hosts = f"127.0.0.1 localhost\n{site.address} {site.hostname}\n"
         (self.etc / "hosts").write_text(hosts)
-        (self.etc / "master.cf").write_text(MASTER_CF.format(port=self.site.port))
-        main = "".join(f"{k} = {v}\n" for k, v in self._main_cf(uid, gid).items())
-        (self.etc / "main.cf").write_text(main)
+        (self.etc / "master.cf").write_text(MASTER_CF.format(port=site.port))
+        main = self._main_cf(uid, gid).items()
+        (self.etc / "main.cf").write_text(
+            "".join(f"{k} = {quoting.postfix_value(v)}\n" for k, v in main)
+        )
         for written in self.etc.iterdir():
             _backdate(written)
 
     def _main_cf(self, uid: int, gid: int) -> dict[str, str]:
+        """Parameter -> the value it must have (``_write_config`` quotes it, rule 8)."""
         site, tree = self.site, self.root
         listen = ", ".join(site.addresses) if self.role == "receiver" else "loopback-only"
         library_path = ":".join(str(d) for d in debs.library_dirs(tree))
@@ -286,7 +292,7 @@ class Adapter(MtaAdapter):
             said = done.stderr.strip().splitlines()
             raise HarnessError(
                 f"postfix {command} in {self.site.host} failed: "
-                f"{said[-1] if said else ''} (log: {self._last_log()})"
+                f"{said[-1] if said else ''} (log: {self.last_log_line()})"
             )
 
     def _master_pid(self) -> int:
@@ -294,50 +300,40 @@ class Adapter(MtaAdapter):
         try:
             return int(path.read_text().split()[0])
         except (OSError, ValueError, IndexError):
-            raise HarnessError(f"postfix: no master pid in {path}: {self._last_log()}") from None
+            raise HarnessError(
+                f"postfix: no master pid in {path}: {self.last_log_line()}"
+            ) from None
 
     def _wait_listening(self) -> None:
-        """Until the master's listening socket is in its namespace's TCP table (no probe
-        connection: smtpd would look the prober up and put that on the wire)."""
-        address = "127.0.0.1" if self.role == "sender" else self.site.address
-        wanted = f"{_hex_address(address)}:{self.site.port:04X}"
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if _listening(self._master, wanted):
-                return
-            time.sleep(POLL_S)
-        raise HarnessError(f"postfix: nothing listens on {address}:{self.site.port}")
+        """Until the master's listening sockets are in its namespace's TCP table (rule 2 of
+        ``harness.mta.process``: smtpd would look a prober up and put that on the wire)."""
+        master = self._master
+        assert master is not None
+        where = self.site.addresses if self.role == "receiver" else ["127.0.0.1"]
+        self.await_listening(master, lambda: process.alive(master), where)
 
-    def _last_log(self) -> str:
+
+def parse_postqueue(text: str, log_codes: dict[tuple[str, str], str]) -> list[base.QueuedRecipient]:
+    """``postqueue -j`` output (one JSON object a line) -> one entry per recipient; the
+    status code from the delay reason, else from ``log_codes`` (rule 9)."""
+    found = []
+    for number, line in enumerate(text.splitlines(), 1):
         try:
-            lines = self.log_path.read_text(errors="replace").strip().splitlines()
-        except OSError:
-            return "no log"
-        return lines[-1] if lines else "empty log"
+            message = json.loads(line)
+            queue_id, queue_name = message["queue_id"], message["queue_name"]
+            recipients = [(r["address"], r.get("delay_reason", "")) for r in message["recipients"]]
+        except (ValueError, KeyError, TypeError) as exc:
+            why = f"postfix: postqueue -j line {number}: {exc!r}: {line[:200]}"
+            raise base.QueueUnreadable(why) from None
+        for address, reason in recipients:
+            logged = log_codes.get((queue_id, address.lower()))
+            said = reason or f"in the {queue_name} queue, not tried yet"
+            code = base.status_code_in(reason) or logged
+            found.append(base.QueuedRecipient(address, queue_id, said, code))
+    return found
 
 
 # --- helpers ------------------------------------------------------------------------------
-def _ensure_group(name: str) -> None:
-    try:
-        grp.getgrnam(name)
-    except KeyError:
-        _system(["groupadd", "--system", name])
-
-
-def _ensure_user(name: str) -> None:
-    try:
-        pwd.getpwnam(name)
-    except KeyError:
-        home = ["--home-dir", "/nonexistent", "--no-create-home", "--shell", "/usr/sbin/nologin"]
-        _system(["useradd", "--system", "--gid", GROUP, *home, name])
-
-
-def _system(argv: list[str]) -> None:
-    done = subprocess.run(argv, capture_output=True, text=True, check=False)
-    if done.returncode not in (0, 9):  # 9: created meanwhile by a parallel run
-        raise MtaUnavailable(f"postfix: {' '.join(argv)}: {done.stderr.strip()}")
-
-
 def _owned_dir(path: Path, mode: int, uid: int, gid: int) -> None:
     path.mkdir()
     os.chown(path, uid, gid)
@@ -349,50 +345,3 @@ def _backdate(path: Path) -> None:
     than a second or two, in case an editor is still writing it: ours are finished."""
     past = time.time() - 60
     os.utime(path, (past, past))
-
-
-def _drop_field(lines: list[bytes]) -> list[bytes]:
-    """Lines after the first header field and its continuation lines."""
-    rest = lines[1:]
-    while rest and rest[0][:1] in (b" ", b"\t"):
-        rest = rest[1:]
-    return rest
-
-
-def _hex_address(address: str) -> str:
-    """An IPv4 address as /proc/net/tcp writes it (host byte order, little-endian)."""
-    return "".join(f"{int(octet):02X}" for octet in reversed(address.split(".")))
-
-
-def _listening(pid: int | None, local: str) -> bool:
-    try:
-        table = Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]
-    except OSError:
-        return False
-    return any(row.split()[1] == local and row.split()[3] == "0A" for row in table)
-
-
-def _group_members(pgid: int) -> list[int]:
-    members = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rpartition(")")[2].split()
-        except OSError:
-            continue
-        # after "(comm)": state ppid pgrp; a zombie has ended (whoever adopted it reaps it)
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            members.append(int(entry.name))
-    return members
-
-
-def _end_group(pgid: int, deadline: float) -> None:
-    """Wait for the master's process group to go; SIGKILL what is left at the deadline."""
-    while time.monotonic() < deadline:
-        if not _group_members(pgid):
-            return
-        time.sleep(POLL_S)
-    for pid in _group_members(pgid):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)

@@ -9,6 +9,13 @@ Rules kept here:
   (``sendmail.mc`` -> ``sendmail.cf``) and passed with ``-C``; every path Sendmail would
   take from /etc/mail or /var points into ``self.folder`` (queue, pid and status files,
   service switch, dead.letter, local mailer).  Sendmail runs as root throughout.
+- m4 runs as root and would run whatever a scenario value smuggled into it (``esyscmd``,
+  or ``dnl``, ``divert``, ``LOCAL_CONFIG`` rescanned at any depth): no value of the site
+  and no path ever enters the m4 source.  ``sendmail.mc`` holds only placeholders
+  (``quoting.cf_placeholders``), replaced in the generated ``sendmail.cf``, where a value
+  is one or more words of letters, digits and ``/._+:-`` (no ``$`` macro reference, no
+  blank): the host name and domain must be host names, a user letters, digits, ``_`` and
+  ``-`` between dots (the local mailer's folder names too).
 - Every Sendmail process runs through ``ip netns exec`` (the host's resolv.conf) inside a
   ``sh -c`` that first bind-mounts our ``hosts`` file over /etc/hosts in that private mount
   namespace.  The lab's hosts file names every lab host, so glibc would answer Sendmail's A,
@@ -29,57 +36,66 @@ Rules kept here:
   returns).
 - Local users are ``site.users`` and nobody else (others: 550 5.1.1 at VRFY and RCPT); as
   sender that is the local sender, whose mailbox gets the bounces.  The ``local`` mailer is
-  ``folder/deliver``: one file per message under ``mail/<user>/new``, CRLF line ends (the
-  message's form in DATA).
-- What Sendmail adds, and ``as_sent`` removes to compare byte for byte: as sender one
-  leading ``Received:`` field (folded); as receiver ``Return-Path:`` (mailer flag P) and
+  ``folder/deliver``: one file per message under ``mail/<user>/new`` (the user name in
+  lower case: ``quoting.mailbox_folder``), CRLF line ends (the message's form in DATA).
+  A mailbox it cannot write is a temporary failure (EX_TEMPFAIL: the message stays
+  queued), as Postfix and Exim treat it.
+- What Sendmail adds (``trace_fields``, removed by ``as_sent``): as sender one leading
+  ``Received:`` field (folded); as receiver ``Return-Path:`` (mailer flag P) and
   ``Received:`` (folded), in that order.  A message without ``Date:``, ``From:`` or
   ``Message-Id:`` also gets them, after ``Received:`` (mailer flags D, F, M): those stay,
   a real difference.
 - The log, ``sendmail.log``: Sendmail's ``-X`` traffic log of every process (each SMTP line
   in and out, and each local delivery, tagged with the pid) plus everything the processes
   print.  There is no syslog here.
-- ``stop()`` ends the daemon with SIGTERM, then every process of ours still running (an
-  open session's child outlives its daemon's SIGTERM): SIGTERM, then SIGKILL, by pid.
+- The daemon is ready once its socket listens (``harness.mta.process``, no probe).
+  ``stop()`` ends it and every process of ours still running (an open session's child
+  outlives its daemon's SIGTERM): SIGTERM, then SIGKILL, by pid.
+- ``queue()`` is ``sendmail -bp -v`` (mailq, verbose: reasons are not cut to the line's
+  width): per message its queue id and the reason Sendmail recorded for the message, in
+  parentheses (e.g. "(Deferred: 451 4.3.0 Try later)"), then its recipients, each with a
+  reason of its own when there is one (else the message's).
 """
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import os
+import re
 import shutil
-import signal
-import socket
 import subprocess
-import time
 from pathlib import Path
+from typing import ClassVar
 
 from harness.errors import HarnessError
-from harness.mta import debs
-from harness.mta.base import MtaAdapter, MtaUnavailable, Site
+from harness.mta import base, debs, process, quoting
+from harness.mta.base import MtaAdapter, Site
 
 SENDMAIL = "usr/libexec/sendmail/sendmail"
 HELPFILE = "etc/mail/helpfile"
 CF_DIR = "usr/share/sendmail/cf"
 CHANGELOG = "usr/share/doc/sendmail-bin/changelog.Debian.gz"
-LISTEN_TIMEOUT_S = 15.0
-STOP_TIMEOUT_S = 5.0
-POLL_S = 0.02
 # sysexits.h after a delivery attempt: the message was taken and its outcome is on the wire,
 # in a DSN or in the queue (EX_OK, EX_NOUSER, EX_NOHOST, EX_UNAVAILABLE, EX_TEMPFAIL)
 DELIVERY_STATUSES = frozenset({0, 67, 68, 69, 75})
 _BIND_HOSTS = 'mount --bind "$0" /etc/hosts && exec "$@"'
-TRACE_FIELDS = {"sender": (b"received",), "receiver": (b"return-path", b"received")}
+# mailq -v: "<id>[*X-] <size> <priority> <date> <sender>", an optional "(<reason>)" of the
+# message, then each recipient (indented with tabs) with an optional "(<reason>)" of its own
+_MAILQ_MESSAGE = re.compile(r"(\w{8,})[*X-]? +\d+ .*")
+_MAILQ_REASON = re.compile(r"\s+\((.*)\)")
+_MAILQ_RECIPIENT = re.compile(r"\t+<?([^<>\s]+)>?")
+_MAILQ_FRAME = re.compile(
+    r"\s*(/\S+ \(\d+ requests?\)|/\S+ is empty|-+Q-ID-+ .*|Total requests: \d+)"
+)
 
 # the local mailer: $1 is the recipient's local part ($u, lower-cased by Sendmail)
 _DELIVER = """#!/bin/sh
 # smtp-harness: Sendmail's local mailer, one file per message, named in delivery order.
 case "$1" in ''|.*|*[!a-z0-9._+-]*) echo "$1: not a mailbox name" >&2; exit 67;; esac
 box="MAILDIR/$1"
-mkdir -p "$box/tmp" "$box/new" || exit 73
+mkdir -p "$box/tmp" "$box/new" || exit 75
 name="$(date +%s%N).$$"
-cat > "$box/tmp/$name" && mv "$box/tmp/$name" "$box/new/$name" || exit 74
+cat > "$box/tmp/$name" && mv "$box/tmp/$name" "$box/new/$name" || exit 75
 """
 
 # ruleset ParseLocal (98): the site's users go to the local mailer, other locals are unknown
@@ -94,13 +110,21 @@ R$-\t\t\t$#error $@ 5.1.1 $: "550 User unknown"
 class Adapter(MtaAdapter):
     name = "sendmail"
     packages = ("sendmail-bin", "sendmail-cf", "m4", "libwrap0")
+    carriers: ClassVar[dict[str, quoting.Carrier]] = {
+        "host name": quoting.HOST_NAME,
+        "domain": quoting.HOST_NAME,
+        "user": quoting.CF_WORD,
+    }
+    trace_fields: ClassVar[dict[str, tuple[str, ...]]] = {
+        "sender": ("Received",),
+        "receiver": ("Return-Path", "Received"),
+    }
 
     def __init__(self, site: Site, role: str) -> None:
         super().__init__(site, role)
         self.binary = self.folder / "sendmail"
         self.cf = self.folder / "sendmail.cf"
-        self.queue = self.folder / "mqueue"
-        self.maildir = self.folder / "mail"
+        self.spool = self.folder / "mqueue"
         self.daemon: subprocess.Popen | None = None
         self.env: dict[str, str] = {}
 
@@ -110,14 +134,14 @@ class Adapter(MtaAdapter):
         try:
             roots = [debs.unpacked(package) for package in cls.packages]
         except HarnessError as exc:
-            raise MtaUnavailable(f"sendmail: {exc}") from exc
+            raise base.MtaUnavailable(f"sendmail: {exc}") from exc
         ldd = ["ldd", str(roots[0] / SENDMAIL)]
         env = debs.environment(*roots)
         done = subprocess.run(ldd, capture_output=True, text=True, env=env, check=False)
         missing = [line.split()[0] for line in done.stdout.splitlines() if "not found" in line]
         if done.returncode != 0 or missing:
             why = ", ".join(missing) or done.stderr.strip()
-            raise MtaUnavailable(f"sendmail: libraries not found: {why}")
+            raise base.MtaUnavailable(f"sendmail: libraries not found: {why}")
 
     @classmethod
     def version(cls) -> str:
@@ -127,36 +151,19 @@ class Adapter(MtaAdapter):
         return first.split("(", 1)[1].split("-", 1)[0]
 
     # --- life cycle -------------------------------------------------------------------
-    def start(self) -> None:
+    def launch(self) -> None:
         self.env = debs.environment(*(debs.unpacked(p) for p in self.packages))
-        self._write_tree()
         if self.role == "receiver":
-            try:
-                self._start_daemon()
-            except BaseException:
-                self.stop()
-                raise
+            self._start_daemon()
 
     def stop(self) -> None:
-        if self.daemon is not None:
-            with contextlib.suppress(ProcessLookupError):
-                self.daemon.terminate()
-            try:
-                self.daemon.wait(STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                self.daemon.kill()
-                self.daemon.wait()
-            self.daemon = None
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            if not _end(processes_of(self.binary), sig):
-                break
+        daemon, self.daemon = self.daemon, None
+        process.terminate(processes_of(self.binary), children=[daemon] if daemon else [])
 
     # --- sender role ------------------------------------------------------------------
-    def submit(self, mail_from: str, recipients: list[str], message: bytes) -> None:
+    def _submit(self, mail_from: str, recipients: list[str], message: bytes) -> None:
         """``sendmail -odi``: tries every recipient before returning; errors are mailed
         back (-oem); a lone "." line is message text (-oi)."""
-        if self.role != "sender":
-            super().submit(mail_from, recipients, message)
         done = self._run(["-odi", "-oi", "-oem", "-f", mail_from, "--", *recipients], message)
         if done.returncode not in DELIVERY_STATUSES:
             raise HarnessError(f"sendmail: submit exited {done.returncode}: {_last(done)}")
@@ -165,47 +172,38 @@ class Adapter(MtaAdapter):
     def idle(self) -> bool:
         """No queued message is held by a delivering process (``mailq`` marks those with
         "*"); deferred ones wait for a queue run that nobody starts."""
-        done = self._run(["-bp"])
+        return not any(_held(line) for line in self._mailq().splitlines())
+
+    def queue(self) -> list[base.QueuedRecipient]:
+        """``mailq``: every recipient of every queued message, with the message's reason."""
+        return parse_mailq(self._mailq())
+
+    def _mailq(self) -> str:
+        done = self._run(["-bp", "-v"])  # verbose: the reason is not cut to the line's width
         if done.returncode != 0:
-            raise HarnessError(f"sendmail: mailq exited {done.returncode}: {_last(done)}")
-        return not any(_held(line) for line in done.stdout.decode().splitlines())
-
-    def mailbox(self, user: str) -> list[bytes]:
-        """What the local mailer wrote for ``user``, oldest first (as sender: bounces)."""
-        box = self.maildir / user.lower() / "new"
-        if not box.is_dir():
-            return []
-        order = sorted(box.iterdir(), key=lambda p: tuple(map(int, p.name.split("."))))
-        return [path.read_bytes() for path in order]
-
-    def as_sent(self, stored: bytes) -> bytes:
-        """The leading trace fields removed; a copy that does not start with them is returned
-        as it is (the comparison then shows the difference)."""
-        lines = stored.split(b"\r\n")
-        for name in TRACE_FIELDS[self.role]:
-            if not lines[0].lower().startswith(name + b":"):
-                return stored
-            lines = _drop_field(lines)
-        return b"\r\n".join(lines)
+            raise base.unreadable(self.name, "sendmail -bp -v", done)
+        return done.stdout.decode(errors="replace")
 
     # --- helpers ----------------------------------------------------------------------
-    def _write_tree(self) -> None:
-        for folder in (self.folder, self.queue, self.maildir):
+    def _write_config(self) -> None:
+        for folder in (self.folder, self.spool, self.mailboxes):
             folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         shutil.copyfile(debs.unpacked("sendmail-bin") / SENDMAIL, self.binary)
         self.binary.chmod(0o755)
         deliver = self.folder / "deliver"
-        deliver.write_text(_DELIVER.replace("MAILDIR", str(self.maildir)))
+        deliver.write_text(_DELIVER.replace("MAILDIR", str(self.mailboxes)))
         deliver.chmod(0o755)
         (self.folder / "service.switch").write_text("hosts\tdns\naliases\tfiles\n")
         (self.folder / "hosts").write_text(self._hosts())
+        values = self._cf_values()
+        tokens = quoting.cf_placeholders(values)
         mc = self.folder / "sendmail.mc"
-        mc.write_text(self._mc())
+        mc.write_text(self._mc(tokens))
         m4 = debs.unpacked("m4") / "usr/bin/m4"
         done = subprocess.run([str(m4), str(mc)], capture_output=True, check=False)
         if done.returncode != 0:
             raise HarnessError(f"sendmail: m4 {mc}: {_last(done)}")
-        self.cf.write_bytes(done.stdout)
+        self.cf.write_text(quoting.cf_fill(done.stdout.decode(), tokens, values))
 
     def _hosts(self) -> str:
         names = f"{self.site.hostname} {os.uname().nodename}"
@@ -213,50 +211,69 @@ class Adapter(MtaAdapter):
         lines = [("127.0.0.1", "localhost"), ("::1", "localhost"), *own]
         return "".join(f"{address}\t{name}\n" for address, name in lines)
 
-    def _mc(self) -> str:
-        """The m4 source of sendmail.cf for this site and role."""
+    def _cf_values(self) -> dict[str, str]:
+        """Every value of sendmail.cf that is not constant, by placeholder name."""
         site, folder = self.site, self.folder
+        addresses = self.site.addresses if self.role == "receiver" else []
+        return {
+            "hostname": site.hostname,
+            "domain": site.domain,
+            "users": " ".join(site.users),
+            "queue": str(self.spool),
+            "pid": str(folder / "sendmail.pid"),
+            "status": str(folder / "sendmail.st"),
+            "help": str(debs.unpacked("sendmail-bin") / HELPFILE),
+            "switch": str(folder / "service.switch"),
+            "dead": str(folder / "dead.letter"),
+            "deliver": str(folder / "deliver"),
+            **{f"address{i}": address for i, address in enumerate(addresses)},
+        }
+
+    def _mc(self, tokens: dict[str, str]) -> str:
+        """The m4 source of sendmail.cf for this site and role: constant text and
+        ``tokens``, nothing else (see the rules)."""
         defines = {
-            "confDOMAIN_NAME": site.hostname,
-            "QUEUE_DIR": self.queue,
-            "confPID_FILE": folder / "sendmail.pid",
-            "STATUS_FILE": folder / "sendmail.st",
-            "HELP_FILE": debs.unpacked("sendmail-bin") / HELPFILE,
+            "confDOMAIN_NAME": tokens["hostname"],
+            "QUEUE_DIR": tokens["queue"],
+            "confPID_FILE": tokens["pid"],
+            "STATUS_FILE": tokens["status"],
+            "HELP_FILE": tokens["help"],
             "ALIAS_FILE": "",
-            "confSERVICE_SWITCH_FILE": folder / "service.switch",
-            "confDEAD_LETTER_DROP": folder / "dead.letter",
+            "confSERVICE_SWITCH_FILE": tokens["switch"],
+            "confDEAD_LETTER_DROP": tokens["dead"],
             "confDONT_PROBE_INTERFACES": "True",
             "confTO_IDENT": "0",
             "confQUEUE_LA": "1000",
             "confREFUSE_LA": "1000",
             "confDELIVERY_MODE": "interactive",
-            "LOCAL_MAILER_PATH": folder / "deliver",
+            "LOCAL_MAILER_PATH": tokens["deliver"],
             "LOCAL_MAILER_ARGS": "deliver $u",
             "LOCAL_MAILER_FLAGS": "PSn9",  # S: stay root, n: no "From " line
             "LOCAL_MAILER_EOL": "\\r\\n",
         }
         cf_dir = debs.unpacked("sendmail-cf") / CF_DIR
+        quoting.require_plain(self.name, cf_dir)
         lines = ["divert(0)dnl", f"include(`{cf_dir}/m4/cf.m4')dnl"]
         lines += [f"define(`{name}', `{value}')dnl" for name, value in defines.items()]
         lines += [
             "MODIFY_MAILER_FLAGS(`LOCAL', `-Aw5:/|@')dnl",  # no aliases, no passwd entry
             "FEATURE(`no_default_msa')dnl",
-            f"LOCAL_DOMAIN(`{site.domain}')dnl",
-            f"LOCAL_DOMAIN(`{site.hostname}')dnl",
+            f"LOCAL_DOMAIN(`{tokens['domain']}')dnl",
+            f"LOCAL_DOMAIN(`{tokens['hostname']}')dnl",
         ]
-        lines += self._knob_lines()
-        lines += ["LOCAL_CONFIG", "C{HarnessUsers}" + " ".join(site.users), _ONLY_USERS]
+        lines += self._knob_lines(tokens)
+        lines += ["LOCAL_CONFIG", "C{HarnessUsers}" + tokens["users"], _ONLY_USERS]
         lines += ["MAILER(`local')dnl", "MAILER(`smtp')dnl", ""]
         return "\n".join(lines)
 
-    def _knob_lines(self) -> list[str]:
+    def _knob_lines(self, tokens: dict[str, str]) -> list[str]:
         """The m4 lines for the site's knobs: daemons (receiver) or client family, VRFY."""
         site, lines = self.site, []
         if self.role == "receiver":
-            for address in site.addresses:
+            for i, address in enumerate(site.addresses):
                 family = "inet6" if ":" in address else "inet"
-                daemon = f"Family={family}, Name=MTA-{family}, Addr={address}, Port={site.port}"
-                lines.append(f"DAEMON_OPTIONS(`{daemon}')dnl")
+                where = f"Addr={tokens[f'address{i}']}, Port={site.port}"
+                lines.append(f"DAEMON_OPTIONS(`Family={family}, Name=MTA-{family}, {where}')dnl")
         elif site.knob("family") == "ipv4":
             lines.append("CLIENT_OPTIONS(`Family=inet')dnl")
         if site.knob("vrfy") == "disabled":
@@ -273,7 +290,8 @@ class Adapter(MtaAdapter):
                 stderr=subprocess.STDOUT,
                 env=self.env,
             )
-        self._wait_listening()
+        daemon = self.daemon
+        self.await_listening(daemon.pid, lambda: daemon.poll() is None)
 
     def _argv(self, *args: str) -> list[str]:
         command = [str(self.binary), "-C", str(self.cf), "-X", str(self.log_path), *args]
@@ -286,61 +304,36 @@ class Adapter(MtaAdapter):
             log.write(done.stdout + done.stderr)
         return done
 
-    def _wait_listening(self) -> None:
-        address = (self.site.address, self.site.port)
-        make = self.site.lab.socket_factory(self.site.host)
-        deadline = time.monotonic() + LISTEN_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.daemon.poll() is not None:
-                raise HarnessError(
-                    f"sendmail: daemon exited {self.daemon.returncode}; see {self.log_path}"
-                )
-            with make(socket.AF_INET, socket.SOCK_STREAM) as probe:
-                if probe.connect_ex(address) == 0:
-                    return
-            time.sleep(POLL_S)
-        raise HarnessError(f"sendmail: nothing listens on {address[0]}:{address[1]}")
+
+def parse_mailq(listing: str) -> list[base.QueuedRecipient]:
+    """``sendmail -bp -v`` output -> one entry per recipient of each queued message, with
+    its own reason when mailq gives one, else its message's (rules above); a line of no
+    known form is ``QueueUnreadable``."""
+    found: list[list[str]] = []  # [recipient, queue id, reason]
+    queue_id, reason, last = "", "", None
+    for line in listing.splitlines():
+        message, because = _MAILQ_MESSAGE.fullmatch(line), _MAILQ_REASON.fullmatch(line)
+        recipient = _MAILQ_RECIPIENT.fullmatch(line)
+        if message:
+            queue_id, reason, last = message.group(1), "no reason recorded yet", None
+        elif because and queue_id:
+            if last is None:
+                reason = because.group(1)
+            else:
+                last[2] = because.group(1)
+        elif recipient and queue_id:
+            last = [recipient.group(1), queue_id, reason]
+            found.append(last)
+        elif line.strip() and not _MAILQ_FRAME.fullmatch(line):
+            raise base.QueueUnreadable(
+                f"sendmail: sendmail -bp -v: unexpected line {line.strip()!r}"
+            )
+    return [base.QueuedRecipient(r, q, why, base.status_code_in(why)) for r, q, why in found]
 
 
 def processes_of(binary: Path) -> list[int]:
     """Live pids running ``binary`` (an instance's private copy of sendmail)."""
-    found = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        with contextlib.suppress(OSError):
-            if os.readlink(f"/proc/{entry.name}/exe") == str(binary) and _alive(entry.name):
-                found.append(int(entry.name))
-    return found
-
-
-def _end(pids: list[int], sig: int) -> list[int]:
-    """Send ``sig`` to ``pids``; return those still alive when the grace time is over."""
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
-    deadline = time.monotonic() + STOP_TIMEOUT_S / 2
-    while pids and time.monotonic() < deadline:
-        time.sleep(POLL_S)
-        pids = [pid for pid in pids if _alive(str(pid))]
-    return pids
-
-
-def _alive(pid: str) -> bool:
-    """Running and not a zombie (a zombie is as good as gone)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            return b") Z" not in stat.read(64)
-    except FileNotFoundError:
-        return False
-
-
-def _drop_field(lines: list[bytes]) -> list[bytes]:
-    """The lines after the first header field and its continuation lines."""
-    rest = lines[1:]
-    while rest and rest[0][:1] in (b" ", b"\t"):
-        rest = rest[1:]
-    return rest
+    return process.pids_where(lambda proc: os.readlink(f"{proc}/exe") == str(binary))
 
 
 def _held(line: str) -> bool:
