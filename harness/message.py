@@ -35,7 +35,7 @@ class Allowance:
 
 ORIGINATING = (
     Allowance("received", "RFC 5321 §4.4: every SMTP server that relays it prepends Received"),
-    Allowance("date", "RFC 6409 §8.1: a submission server MAY add Date", only_if_absent=True),
+    Allowance("date", "RFC 6409 §8.2: a submission server MAY add Date", only_if_absent=True),
     Allowance(
         "message-id", "RFC 6409 §8.3: a submission server MAY add Message-ID", only_if_absent=True
     ),
@@ -49,10 +49,29 @@ RECEIVING = (
     Allowance("delivery-date", "Exim's Maildir transport records the delivery time"),
 )
 CONVERSION = (  # only when an 8-bit body came out converted to 7 bit
-    Allowance("content-transfer-encoding", "RFC 6152 §3: an 8-bit body converted to 7 bit"),
+    Allowance("content-transfer-encoding", "RFC 6152 §3, RFC 6409 §8.4: an 8-bit body converted"),
     Allowance("mime-version", "RFC 6152 §3 with RFC 2045: the conversion makes it MIME"),
     Allowance("x-mime-autoconverted", "Sendmail names its 8-bit to 7-bit conversion"),
 )
+
+
+_KNOWN = {a.field: a for a in (*ORIGINATING, *RECEIVING)}
+
+
+def prepended(fields: Iterable[str]) -> tuple[Allowance, ...]:
+    """The allowances for the header fields an MTA declares it prepends, each with the
+    reason it may (a field with no known reason is allowed as that MTA's own trace field)."""
+    return tuple(
+        _KNOWN.get(f.lower(), Allowance(f.lower(), "a trace field this MTA prepends"))
+        for f in fields
+    )
+
+
+def originating(fields: Iterable[str]) -> tuple[Allowance, ...]:
+    """What a real MTA sending a message may change: the fields it prepends, and Date and
+    Message-ID where the message has none (RFC 6409 §8.2-8.3)."""
+    added = tuple(a for a in ORIGINATING if a.only_if_absent)
+    return (*prepended(fields), *added)
 
 
 @dataclass(frozen=True)

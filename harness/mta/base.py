@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
+from harness import message
 from harness.errors import HarnessError, InternalError
 from harness.lab import Lab
 from harness.mta import debs, process, quoting
@@ -269,6 +270,13 @@ class MtaAdapter(ABC):
         files = [p for sub in ("new", "cur") for p in (box / sub).glob("*") if p.is_file()]
         files.sort(key=lambda p: (p.stat().st_mtime_ns, p.name))
         return [p.read_bytes() for p in files]
+
+    def allowances(self, role: str) -> tuple[message.Allowance, ...]:
+        """What this MTA may change in a message in ``role``, each with its reason: as
+        sender, its trace fields and Date/Message-ID where absent; as receiver, exactly the
+        trace and delivery fields it prepends (``harness.message``)."""
+        fields = self.trace_fields[role]
+        return message.originating(fields) if role == "sender" else message.prepended(fields)
 
     def as_sent(self, stored: bytes) -> bytes:
         """The message as its author submitted it, from a copy this MTA relayed (sender

@@ -50,7 +50,7 @@ from pathlib import Path
 
 from harness.errors import HarnessError, InternalFault
 from harness.lab import Lab
-from harness.message import ORIGINATING, RECEIVING, Allowance
+from harness.message import Allowance
 from harness.mta.base import MtaAdapter, QueuedRecipient, Site, adapters
 from harness.outcome import Dsn, Outcome, OutcomeStatus, SendReport
 from harness.scenario import Scenario
@@ -117,7 +117,7 @@ async def to_mta(lab: Lab, scenario: Scenario, folder: Path, sender: Sender) -> 
         stored = await loop.run_in_executor(None, read_back, mta, report)
     finally:
         await loop.run_in_executor(None, mta.stop)
-    allow = {"receiver": mta.allowances("receiver") or RECEIVING}
+    allow = {"receiver": mta.allowances("receiver")}
     faults = list(sender.internal_faults)
     return Exchange(report, stored, [], faults, mta_record(mta), allow)
 
@@ -172,7 +172,7 @@ async def from_mta(lab: Lab, scenario: Scenario, folder: Path, receiver: Receive
         await loop.run_in_executor(None, mta.stop)
     outcomes = mta_outcomes(conf.recipients, receiver.answered, receiver.stored, dsns, queued)
     report = SendReport(outcomes, dsns=dsns)
-    allow = {"sender": mta.allowances("sender") or ORIGINATING}
+    allow = {"sender": mta.allowances("sender")}
     return Exchange(report, [], [], [], mta_record(mta), allow)
 
 
