@@ -33,7 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from pcap_mutate import mutants  # noqa: E402
+from pcap_mutate import mutants
 
 SLOW_S = 5.0
 
@@ -87,7 +87,9 @@ def _batch(job: tuple[str, int, int, int, str]) -> tuple[int, Counter, dict[str,
         next(stream)
     classes: Counter[str] = Counter()
     kept: dict[str, str] = {}
-    fd, path = tempfile.mkstemp(suffix=".pcap", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+    fd, path = tempfile.mkstemp(
+        suffix=".pcap", dir="/dev/shm" if os.path.isdir("/dev/shm") else None
+    )
     os.close(fd)
     try:
         for index in range(start, start + n):
@@ -101,7 +103,9 @@ def _batch(job: tuple[str, int, int, int, str]) -> tuple[int, Counter, dict[str,
                 continue
             classes[found] += 1
             if found not in kept:
-                kept[found] = _keep(out, found, data, f"{seed_path} rng {rng_seed} #{index} {kinds}")
+                kept[found] = _keep(
+                    out, found, data, f"{seed_path} rng {rng_seed} #{index} {kinds}"
+                )
     finally:
         os.unlink(path)
     return n, classes, kept

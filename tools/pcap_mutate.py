@@ -290,7 +290,9 @@ def _payload(record: bytearray, ip: int, rng: random.Random) -> None:
         return
     for _ in range(rng.choice((1, 2, 4))):
         at = rng.randrange(start, len(record))
-        record[at] = rng.choice((0x0D, 0x0A, 0x00, 0x2E, 0x20, 0x2D, 0x30 + rng.randrange(10), 0xC3, 0xFF))
+        record[at] = rng.choice(
+            (0x0D, 0x0A, 0x00, 0x2E, 0x20, 0x2D, 0x30 + rng.randrange(10), 0xC3, 0xFF)
+        )
 
 
 MUTATIONS: dict[str, Callable[[bytes, random.Random], bytes]] = {
