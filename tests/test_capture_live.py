@@ -11,7 +11,7 @@ import pytest
 from harness.capture.live import Capture, CaptureIncomplete
 from harness.capture.pcapfile import read
 from harness.errors import InternalError
-from harness.lab import Lab
+from harness.lab import Lab, netns
 
 pytestmark = pytest.mark.lab
 
@@ -161,3 +161,19 @@ def test_frames_read_but_not_written_fail_the_capture(warm_lab: Lab, tmp_path) -
     with pytest.raises(CaptureIncomplete, match=r"1 packets lost: .* dropped 0 and delivered"):
         cap.stop()
     assert cap.delivered == cap.packets + 1
+
+
+def test_frames_the_bridge_itself_sends_are_kept_out(warm_lab: Lab, tmp_path) -> None:
+    """The kernel filter drops PACKET_OUTGOING: a frame sent out of br0 from the lan
+    namespace is not written, while one crossing the bridge is, once."""
+    with netns.entered(warm_lab.lan_ns):
+        out = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+    frame = bytes.fromhex("ffffffffffff020000000099") + b"\x88\xb5" + b"smtp-harness" * 4
+    pcap = tmp_path / "own.pcap"
+    with out, Capture(warm_lab, pcap, "afpacket") as cap:
+        out.bind(("br0", 0))
+        out.send(frame)
+        _burst(warm_lab, 1)
+    frames = [r.data for r in read(str(pcap))]
+    assert frame not in frames
+    assert _udp_frames(pcap) == 1 and cap.packets == cap.delivered == len(frames)

@@ -5,12 +5,9 @@ from __future__ import annotations
 import hashlib
 import os
 import random
-import time
 
 import dnslib
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 from ladder_pcaps import (
     CORPUS,
     DNS,
@@ -204,35 +201,6 @@ def test_bad_files_raise_one_line_pcap_errors(tmp_path):
     junk.write_bytes(b"not a capture at all")
     with pytest.raises(PcapError, match=r"junk.pcap: offset 0: not a pcap"):
         dissect(junk)
-
-
-@pytest.fixture(scope="module")
-def seed_bytes(tmp_path_factory) -> bytes:
-    return seed_capture(tmp_path_factory.mktemp("fuzz") / "seed.pcap", cut=9).read_bytes()
-
-
-@settings(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
-@given(
-    flips=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), max_size=12),
-    cut=st.integers(0, 10**6),
-)
-def test_mutated_captures_give_a_ladder_or_a_pcap_error(tmp_path, seed_bytes, flips, cut):
-    data = bytearray(seed_bytes)
-    for position, value in flips:
-        data[position % len(data)] = value
-    path = tmp_path / "mutant.pcap"
-    path.write_bytes(bytes(data[: max(24, cut % (len(data) + 1))]))
-    start = time.monotonic()
-    try:
-        ladder = dissect(path)
-    except PcapError as exc:
-        assert "\n" not in str(exc) and str(path) in str(exc)
-    else:
-        assert all(s.index == i for i, s in enumerate(ladder.steps, 1))
-        assert Ladder.from_json(ladder.to_json()) == ladder
-    assert time.monotonic() - start < 2
 
 
 def test_garbage_inside_packets_is_skipped_and_counted(tmp_path):

@@ -4,6 +4,7 @@ output that is always UTF-8 (issue 9 findings 6-8)."""
 from __future__ import annotations
 
 import subprocess
+import tempfile
 
 import pytest
 from click.testing import CliRunner
@@ -89,7 +90,7 @@ def test_the_damaged_seed_is_a_difference_not_a_crash():
 
 
 @pytest.mark.parametrize("command", ["ladder", "check"])
-def test_a_fault_of_ours_is_one_line_exit_3_and_a_traceback_file(monkeypatch, command):
+def test_a_fault_of_ours_is_one_line_exit_3_and_a_traceback_file(monkeypatch, tmp_path, command):
     """A mock: no input crashes the dissector any more (the fuzzers keep it so), so a bug is
     planted in it to see how the command reports one."""
 
@@ -97,12 +98,14 @@ def test_a_fault_of_ours_is_one_line_exit_3_and_a_traceback_file(monkeypatch, co
         raise RuntimeError("gap reported after EOF")
 
     monkeypatch.setattr(commands, "dissect", broken)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the traceback goes
     args = [str(SEED)] if command == "ladder" else [str(SEED), "--expect", str(SEED)]
     result = CliRunner().invoke(main, [command, *args])
     assert result.exit_code == 3
     (line,) = result.stderr.splitlines()
     assert line.startswith(f"smtp-harness: error: harness fault on {SEED}: RuntimeError: gap")
     path = line.rsplit("traceback in ", 1)[1]
+    assert path.startswith(f"{tmp_path}/smtp-harness-traceback-")
     with open(path, encoding="utf-8") as f:
         kept = f.read()
     assert "Traceback (most recent call last)" in kept and "in broken" in kept

@@ -25,7 +25,7 @@ from pathlib import Path
 import dnslib
 import pyshark
 import pytest
-from ladder_pcaps import CORPUS
+from ladder_pcaps import CORPUS, RECEIVER, SENDER, Capture, Tcp
 
 from harness.ladder.dissect import dissect
 from harness.ladder.model import Ladder
@@ -79,7 +79,11 @@ def tshark_smtp(path: Path) -> tuple[Streams, Streams]:
 
 def tshark_questions(path: Path) -> list[tuple[str, int]]:
     rows = tshark_fields(path, "dns.flags.response", "dns.qry.name", "dns.qry.type")
-    return [(name, int(qtype)) for response, name, qtype in rows if response in ("0", "False")]
+    return [
+        ("." if name == "<Root>" else name.lower(), int(qtype))
+        for response, name, qtype in rows
+        if response in ("0", "False")
+    ]
 
 
 def tshark_flags(path: Path) -> Streams:
@@ -114,15 +118,15 @@ def ours(ladder: Ladder) -> tuple[Streams, Streams, Streams, list[tuple[str, int
     questions = []
     for s in ladder.steps:
         stream = (s.conn or 0) - 1
-        if s.kind == "command" and s.get("verb")[:4] in KNOWN and s.get("in_order") is not None:
+        known = s.get("in_order") is not None or s.get("incomplete")
+        if s.kind == "command" and s.get("verb")[:4] in KNOWN and known:
             commands[stream].append(s.get("verb")[:4])
         elif s.kind == "reply":
             replies[stream].append(s.get("code"))
         elif s.kind in ("syn", "syn-ack", "fin", "rst"):
             flags[stream].append(s.kind)
         elif s.kind == "dns-query":
-            name, _, qtype = s.text.split(" ")
-            questions.append((name, getattr(dnslib.QTYPE, qtype)))
+            questions.append((s.get("qname"), getattr(dnslib.QTYPE, s.get("qtype"))))
     return _drop_empty(commands), _drop_empty(replies), _drop_empty(flags), questions
 
 
@@ -156,3 +160,31 @@ def test_our_ladder_agrees_with_tshark(path):
     else:
         assert commands == their_commands
         assert replies == their_replies
+
+
+@pytest.mark.parametrize(
+    ("dialogue", "fin"),
+    [
+        pytest.param([("s", b"220-first line\r\n")], False, id="greeting-stalls"),
+        pytest.param([("s", b"220 hi\r\n"), ("c", b"EHLO a\r\nMAIL FROM:<x@y>")], True, id="cmd"),
+        pytest.param(
+            [("s", b"220 hi\r\n"), ("c", b"EHLO a\r\n"), ("s", b"250-a\r\n2")], True, id="cut"
+        ),
+    ],
+)
+def test_units_a_stream_ended_inside_agree_with_tshark(tmp_path, dialogue, fin):
+    """A reply that never completes was no step at all, where tshark shows its code (issue
+    8 finding 10); now it is a step marked incomplete, as is a command without its CRLF."""
+    cap = Capture()
+    tcp = Tcp(cap, SENDER, RECEIVER)
+    tcp.handshake()
+    for side, data in dialogue:
+        tcp.send(side, data)
+    if fin:
+        tcp.fin("c")
+    path = cap.write(tmp_path / "unfinished.pcap")
+    ladder = dissect(str(path))
+    commands, replies, _, _ = ours(ladder)
+    assert (commands, replies) == tshark_smtp(path)
+    last = [s for s in ladder.steps if s.kind in ("command", "reply")][-1]
+    assert last.get("incomplete") is True and last.text.endswith(" (incomplete)")
