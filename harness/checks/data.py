@@ -40,11 +40,12 @@ from harness.checks.steps import (
 from harness.ladder.model import Step, StepKind
 from harness.outcome import OutcomeStatus
 from harness.runner import RunResult
+from harness.smtp.events import AnomalyKind
 
 RCPT = "c3po@receiver.com"
 VICTIM = "r2d2@receiver.com"
 TEXT_LIMIT = 998  # octets before the CRLF (§4.5.3.1.6: 1000 with it)
-LOOK_ALIKE = "end-of-data look-alike"  # the core's AnomalyKind.SMUGGLING
+LOOK_ALIKE = AnomalyKind.SMUGGLING.value  # an anomaly step's detail "anomaly"
 
 
 def _message(name: str, file: str) -> Setup:
@@ -175,7 +176,7 @@ def _look_alike(run: RunResult) -> list[Step]:
     return [
         a
         for a in odd
-        if a.get("anomaly", a.text.partition(":")[0]) == LOOK_ALIKE
+        if a.get("anomaly") == LOOK_ALIKE
         and any(r is not None and r.conn == a.conn and r.index < a.index for r in opened)
     ][:1]
 

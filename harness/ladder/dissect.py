@@ -535,7 +535,7 @@ class _Conn:
                     return self._new(event, d, StepKind.TLS, "TLS", evidence, detail(offset=offset))
             case smtp.Anomaly():
                 text = e.kind.value + (f": {_clean(e.detail)}" if e.detail else "")
-                info = detail(offset=offset)
+                info = detail(offset=offset, anomaly=e.kind.value)
                 return self._new(event, d, _ANOMALY, text, self._peek(d, offset), info)
             case smtp.Unfinished():
                 return self._unfinished(d, event, e, offset)

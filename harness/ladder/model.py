@@ -11,7 +11,8 @@ Rules this module keeps:
   multi-line reply); the packet numbers that carried it (``evidence``); its connection id;
   and ``detail``, a tuple of (key, value) pairs, a value being a scalar or a tuple of
   values: reply code, content size/lines/digest, DNS qname/qtype/rcode/records, the stream
-  offset an ACK covers, ...  Judges read ``detail``, never the rendered ``text``.
+  offset an ACK covers, an anomaly's kind, ...  Judges read ``detail``, never the
+  rendered ``text``.
 - Pure data ACKs are not steps: whether every command, reply and content was acknowledged
   is the per-connection ``Coverage``, answerable however the ACKs were placed.
 - JSON is the interchange form: ``Ladder.from_json(ladder.to_json()) == ladder``.
