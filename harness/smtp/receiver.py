@@ -233,7 +233,11 @@ class _Session(asyncio.Protocol):
         self._pump()
 
     def data_received(self, data: bytes) -> None:
-        self.conn.receive_data(data)
+        try:
+            self.conn.receive_data(data)
+        except Exception as exc:  # rule 5 (the core refuses bytes only after an EOF)
+            self._fault(exc)
+            return
         if self._task is None:
             self._pump()
         else:
