@@ -361,9 +361,11 @@ class _Session(asyncio.Protocol):
             self._guarded(self._time_out)
 
     def _time_out(self) -> None:
-        """Rule 6: 421, then close."""
+        """Rule 6: 421, then close, whatever the core makes of it (after an unfinished raw
+        reply it reads the 421 as that reply's last line)."""
         self._add("timeout", seconds=self.config.timeout)
         self._send(TIMEOUT, None, timeout_reply(self.config), None)
+        self._close()
 
     def _guarded(self, step: Callable[[], None]) -> None:
         try:
