@@ -175,6 +175,14 @@ async def ruled_session(pieces: list[bytes], eof: bool, rules: list[ReplyRule]) 
 # found: after a raw reply that never ends (250-...), the core read the timeout's 421 as its
 # last line, so the session did not close and hung
 @example(b"HELO a.example\r\n", [], False, [ReplyRule("HELO", raw=b"250-a\r\n")])
+# found: an empty raw reply (no reply at all) was fed to the core as our EOF, so the next
+# reply raised "data received after EOF"
+@example(
+    b"EHLO a.example\r\nMAIL FROM:<a@b.example>\r\n",
+    [],
+    False,
+    [ReplyRule("EHLO", raw=b""), ReplyRule("MAIL", raw=b"250 ok\r\n")],
+)
 def test_any_input_under_any_reply_rules_ends_cleanly(stream, cuts, eof, rules):
     """Scripted replies (malformed, unfinished, closing, delayed) do not change it: no
     fault of ours, and the session ends."""

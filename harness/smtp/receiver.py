@@ -483,7 +483,7 @@ class _Session(asyncio.Protocol):
     ) -> tuple[bytes, int | None, tuple[str, ...]]:
         """The reply's bytes (tracked by the core as sent), code and line texts."""
         if rule is not None and rule.raw is not None:
-            data = self.conn.send_raw(rule.raw)
+            data = self.conn.send_raw(rule.raw) if rule.raw else b""  # b"" is EOF to the core
             return (data, *raw_reply(data))
         code, text = (decision.code, decision.text) if rule is None else scripted(rule, decision)
         return self.conn.send_reply(code, text), code, reply_texts(code, text)
