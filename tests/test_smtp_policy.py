@@ -230,23 +230,17 @@ def test_settle_commits_only_what_a_positive_reply_says():
     mail = command("MAIL FROM:<luke@sender.com>")
     rcpt = command("RCPT TO:<c3po@receiver.com>")
     accepted = answer(CONFIG, GREETED, mail)
-    settled = settle(GREETED, accepted, mail, 250)
-    assert (settled.facts.mail_from, settled.effect, settled.over) == (
-        "luke@sender.com",
-        Effect.MAIL,
-        False,
-    )
+    facts, effect, over = settle(GREETED, accepted, mail, 250)
+    assert (facts.mail_from, effect, over) == ("luke@sender.com", Effect.MAIL, False)
     refused_by_rule = settle(GREETED, accepted, mail, 550)
     assert refused_by_rule == (GREETED, None, False)
-    unreadable = settle(GREETED, accepted, mail, None)  # raw bytes with no code
-    assert unreadable.effect is None
-    with_rcpt = settle(settled.facts, answer(CONFIG, settled.facts, rcpt), rcpt, 250).facts
+    assert settle(GREETED, accepted, mail, None) == (GREETED, None, False)  # raw, no code
+    with_rcpt = settle(facts, answer(CONFIG, facts, rcpt), rcpt, 250)[0]
     assert with_rcpt.recipients == ("c3po@receiver.com",)
     delivered = settle(with_rcpt, end_of_message(CONFIG, 5), None, 250)
-    assert (delivered.effect, delivered.over) == (Effect.DELIVER, True)
-    assert delivered.facts == GREETED  # a new transaction
+    assert delivered == (GREETED, Effect.DELIVER, True)  # stored, then a new transaction
     refused = settle(with_rcpt, end_of_message(CONFIG, 5), None, 451)
-    assert (refused.effect, refused.over, refused.facts) == (None, True, GREETED)
+    assert refused == (GREETED, None, True)
 
 
 def test_a_new_hello_or_rset_starts_a_new_transaction():
@@ -256,7 +250,7 @@ def test_a_new_hello_or_rset_starts_a_new_transaction():
     assert greeted == (Facts(("mail.sender.com",), "new.example", True), Effect.GREET, True)
     rset = command("RSET")
     reset = settle(facts, answer(CONFIG, facts, rset), rset, 250)
-    assert reset.facts == Facts(("mail.sender.com",), "old.example") and reset.over
+    assert reset == (Facts(("mail.sender.com",), "old.example"), Effect.RESET, True)
 
 
 def test_reply_rules():

@@ -31,7 +31,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
+from functools import cached_property
 from pathlib import Path
 from typing import NamedTuple
 
@@ -110,11 +111,12 @@ class ReceiverConfig:
                 value = getattr(self, name)
                 raise HarnessError(f"receiver {name} = {value!r}: expected one of {options}")
 
-    @property
+    # computed once: a receiver's configuration does not change while it serves
+    @cached_property
     def advertised(self) -> frozenset[str]:
         return frozenset(ext.split()[0].upper() for ext in self.extensions)
 
-    @property
+    @cached_property
     def size_limit(self) -> int | None:
         for ext in self.extensions:
             name, _, value = ext.partition(" ")
@@ -123,7 +125,7 @@ class ReceiverConfig:
         return None
 
 
-class Effect(Enum):
+class Effect(StrEnum):  # str hashing: it keys a table consulted on most replies
     """What a positive reply commits the session to (rule 4)."""
 
     GREET = "greet"  # HELO/EHLO: the client's name, a new transaction
@@ -169,7 +171,7 @@ def end_of_message(config: ReceiverConfig, size: int) -> Decision:
     limit = config.size_limit
     if limit and size > limit:
         return Decision(552, "5.3.4 Message size exceeds fixed maximum message size", None, True)
-    return Decision(250, "OK Mail accepted", Effect.DELIVER, True)
+    return _ACCEPTED
 
 
 def end_of_chunk(config: ReceiverConfig, pending: Decision, size: int, last: bool) -> Decision:
@@ -235,7 +237,7 @@ def _hello(config: ReceiverConfig, facts: Facts, cmd: Command) -> Decision:
             )
     hello = f"{config.hostname} Hello {cmd.argument}"
     text = [hello, *config.extensions] if cmd.verb == "EHLO" else hello
-    return Decision(250, text, Effect.GREET, note=note)
+    return Decision(250, text, Effect.GREET, False, note)
 
 
 def _mail(config: ReceiverConfig, facts: Facts, cmd: Command) -> Decision:
@@ -245,7 +247,7 @@ def _mail(config: ReceiverConfig, facts: Facts, cmd: Command) -> Decision:
     limit, declared = config.size_limit, cmd.params.get("SIZE") or "0"
     if limit and declared.isdigit() and int(declared) > limit:
         return Decision(552, "5.3.4 Message size exceeds fixed maximum message size")
-    return Decision(250, "OK", Effect.MAIL)
+    return _MAIL_OK
 
 
 def _rcpt(config: ReceiverConfig, facts: Facts, cmd: Command) -> Decision:
@@ -254,11 +256,11 @@ def _rcpt(config: ReceiverConfig, facts: Facts, cmd: Command) -> Decision:
         return refused
     if not _known(config, cmd.address or ""):
         return Decision(550, f"5.1.1 <{cmd.address}>: Recipient address rejected: User unknown")
-    return Decision(250, "OK", Effect.RCPT)
+    return _RCPT_OK
 
 
 def _data(config: ReceiverConfig, facts: Facts, cmd: Command) -> Decision:
-    return Decision(354, "End data with <CR><LF>.<CR><LF>", Effect.DATA)
+    return _GO_AHEAD
 
 
 def _bdat(config: ReceiverConfig, facts: Facts, cmd: Command) -> Decision:
@@ -279,7 +281,7 @@ def _vrfy(config: ReceiverConfig, facts: Facts, cmd: Command) -> Decision:
 
 
 def _rset(config: ReceiverConfig, facts: Facts, cmd: Command) -> Decision:
-    return Decision(250, "2.0.0 OK", Effect.RESET)
+    return _RESET
 
 
 def _quit(config: ReceiverConfig, facts: Facts, cmd: Command) -> Decision:
@@ -305,6 +307,11 @@ def _known(config: ReceiverConfig, address: str) -> bool:
 
 
 HELLO = frozenset({"HELO", "EHLO"})
+_MAIL_OK = Decision(250, "OK", Effect.MAIL)
+_RCPT_OK = Decision(250, "OK", Effect.RCPT)
+_GO_AHEAD = Decision(354, "End data with <CR><LF>.<CR><LF>", Effect.DATA)
+_RESET = Decision(250, "2.0.0 OK", Effect.RESET)
+_ACCEPTED = Decision(250, "OK Mail accepted", Effect.DELIVER, True)
 FIXED: dict[str, Decision] = {
     "NOOP": Decision(250, "2.0.0 OK"),
     "HELP": Decision(214, "2.0.0 See RFC 5321"),
@@ -327,10 +334,9 @@ VERBS: dict[str, Verb] = {
 
 
 # --- committing (rule 4) ----------------------------------------------------------------
-class Settled(NamedTuple):
-    facts: Facts  # the facts after the reply
-    effect: Effect | None  # what the reply committed to (None: nothing)
-    over: bool  # the transaction ended: content received for it is dropped
+# (the facts after the reply, what it committed to or None, whether the transaction ended:
+# content received for it is dropped); a plain tuple, made on most replies
+Settled = tuple[Facts, Effect | None, bool]
 
 
 def settle(facts: Facts, decision: Decision, cmd: Command | None, code: int | None) -> Settled:
@@ -340,7 +346,7 @@ def settle(facts: Facts, decision: Decision, cmd: Command | None, code: int | No
         facts = _COMMIT[effect](facts, cmd)
     if decision.ends_transaction:
         facts = _new_transaction(facts, cmd)
-    return Settled(facts, effect, decision.ends_transaction or effect in _NEW_TRANSACTION)
+    return facts, effect, decision.ends_transaction or effect in _NEW_TRANSACTION
 
 
 def _greeted(facts: Facts, cmd: Command | None) -> Facts:

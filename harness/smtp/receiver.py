@@ -211,7 +211,7 @@ class _Session(asyncio.Protocol):
         self.content: bytearray | None = None  # the message being received
         self.chunk: tuple[Command, Decision] | None = None  # a BDAT reply owed after its chunk
         self.closing = False
-        self._add = partial(receiver.log.add, session=self.number)  # one log entry
+        self._add = receiver.log.for_session(number)  # one log entry
         self._loop = asyncio.get_running_loop()
         self.ended = self._loop.create_future()
         self._waits: deque[tuple[Step, Callable[[], None], str]] = deque()
@@ -467,7 +467,8 @@ class _Session(asyncio.Protocol):
         """Commit what the reply commits to (store first, rule 3), then write it, at once or
         line by line."""
         data, code, texts = self._format(decision, rule)
-        self._commit(settle(self.facts, decision, cmd, code))
+        if decision.effect is not None or decision.ends_transaction:  # else nothing to commit
+            self._commit(settle(self.facts, decision, cmd, code))
         argument, address = (None, None) if cmd is None else (cmd.argument, cmd.address)
         answered = Answered(self.number, key, argument, address, code, texts)
         if rule is not None and rule.line_pause and data.count(b"\n") > 1:
@@ -489,12 +490,13 @@ class _Session(asyncio.Protocol):
         return self.conn.send_reply(code, text), code, reply_texts(code, text)
 
     def _commit(self, settled: Settled) -> None:
-        if settled.effect is Effect.DATA:
+        facts, effect, over = settled
+        if effect is Effect.DATA:
             self.content = bytearray()
-        elif settled.effect is Effect.DELIVER:
+        elif effect is Effect.DELIVER:
             self._store(bytes(self.content or b""))
-        self.facts = settled.facts
-        if settled.over:
+        self.facts = facts
+        if over:
             self.content = self.chunk = None
 
     async def _write_lines(self, key: str, data: bytes, pause: float) -> None:
