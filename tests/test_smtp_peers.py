@@ -20,7 +20,7 @@ from dnslib import MX, PTR, QTYPE, RCODE, RR, A, DNSRecord
 
 from harness.smtp import ClientConnection, ConnectionClosed, Reply, policy
 from harness.smtp import sender as sender_module
-from harness.smtp.receiver import Receiver, ReceiverConfig, ReplyRule
+from harness.smtp.receiver import HOLD_LIMIT, Receiver, ReceiverConfig, ReplyRule
 from harness.smtp.sender import ScriptStep, Sender, SenderConfig
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -429,7 +429,7 @@ def test_refused_connection_defers():
 
 INTERRUPTED = """
 import asyncio, signal, sys
-from harness.smtp.receiver import Receiver, ReceiverConfig, ReplyRule
+from harness.smtp.receiver import HOLD_LIMIT, Receiver, ReceiverConfig, ReplyRule
 
 def _exit(signum, frame):
     raise SystemExit(128 + signum)  # as harness.lab does while a lab is up
@@ -828,3 +828,32 @@ def test_a_reply_written_line_by_line_shows_a_client_that_speaks_early(tmp_path)
         ("command", "EHLO early.example"),
     ]
     assert [a.key for a in rx.answered][:2] == ["<greeting>", "EHLO"]
+
+
+def test_reading_stops_once_a_waiting_reply_has_held_enough(tmp_path):
+    """While a reply waits the client's bytes are still read, but only up to HOLD_LIMIT:
+    then reading pauses (memory stays bounded), and resumes when the reply has gone out.
+    The pipelined message behind a delayed 354 is still stored byte-exact."""
+    body = b"Subject: big\r\n\r\n" + b"0123456789" * 150_000 + b"\r\n"
+
+    async def scenario():
+        rules = [ReplyRule("DATA", delay=2.0)]
+        async with Receiver(ReceiverConfig(maildir=tmp_path / "mail", rules=rules)) as rx:
+            _, port = await rx.start("127.0.0.1", 0)
+            client = await Client.connect(port)
+            await client.reply()
+            client.send(HELO + b"MAIL FROM:<a@b.example>\r\nRCPT TO:<c3po@receiver.com>\r\n")
+            codes = [(await client.reply()).code for _ in range(3)]
+            client.writer.write(b"DATA\r\n" + body + b".\r\nQUIT\r\n")
+            while sum(e["size"] for e in kinds(rx.log.entries, "received")) <= HOLD_LIMIT:
+                await asyncio.sleep(0.005)
+            (session,) = rx._sessions
+            reading = session.transport.is_reading()
+            codes += [(await client.reply()).code for _ in range(3)]
+            await client.eof()
+            await rx.idle()
+        return codes, reading, rx
+
+    codes, reading, rx = run(scenario())
+    assert codes == [250, 250, 250, 354, 250, 221] and reading is False
+    assert [m.data for m in rx.stored] == [body] and rx.internal_faults == []
