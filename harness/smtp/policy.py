@@ -44,7 +44,7 @@ Text = str | Sequence[str]
 TIMEOUT = "<timeout>"  # the key the idle timeout's 421 is recorded under (rule 5)
 
 # MAIL/RCPT parameter -> the EHLO keyword that must have been advertised for it
-PARAM_EXTENSION = {
+_PARAM_EXTENSION = {
     "SIZE": "SIZE",
     "BODY": "8BITMIME",
     "SMTPUTF8": "SMTPUTF8",
@@ -217,7 +217,7 @@ def ptr_wanted(config: ReceiverConfig, cmd: Command | None) -> bool:
     None) or before a HELO/EHLO (rule 3)."""
     if cmd is None:
         return config.ptr_at == "connect"
-    return config.ptr_at == "helo" and cmd.verb in HELLO and refusal(config, cmd) is None
+    return config.ptr_at == "helo" and cmd.verb in _HELLO and refusal(config, cmd) is None
 
 
 def with_ptr(facts: Facts, names: Sequence[str]) -> Facts:
@@ -289,13 +289,13 @@ def _quit(config: ReceiverConfig, facts: Facts, cmd: Command) -> Decision:
 
 
 def _fixed(config: ReceiverConfig, facts: Facts, cmd: Command) -> Decision:
-    return FIXED[cmd.verb]
+    return _FIXED[cmd.verb]
 
 
 def _unadvertised(config: ReceiverConfig, facts: Facts, cmd: Command) -> Decision | None:
     extensions = config.advertised if facts.esmtp else frozenset()
     for name in cmd.params:
-        if PARAM_EXTENSION.get(name) not in extensions:
+        if _PARAM_EXTENSION.get(name) not in extensions:
             return Decision(555, f"5.5.4 {name} parameter not recognized or not implemented")
     return None
 
@@ -306,13 +306,13 @@ def _known(config: ReceiverConfig, address: str) -> bool:
     return in_domain and local.lower() in {u.lower() for u in config.users}
 
 
-HELLO = frozenset({"HELO", "EHLO"})
+_HELLO = frozenset({"HELO", "EHLO"})
 _MAIL_OK = Decision(250, "OK", Effect.MAIL)
 _RCPT_OK = Decision(250, "OK", Effect.RCPT)
 _GO_AHEAD = Decision(354, "End data with <CR><LF>.<CR><LF>", Effect.DATA)
 _RESET = Decision(250, "2.0.0 OK", Effect.RESET)
 _ACCEPTED = Decision(250, "OK Mail accepted", Effect.DELIVER, True)
-FIXED: dict[str, Decision] = {
+_FIXED: dict[str, Decision] = {
     "NOOP": Decision(250, "2.0.0 OK"),
     "HELP": Decision(214, "2.0.0 See RFC 5321"),
     "EXPN": Decision(502, "5.5.1 EXPN not available"),
@@ -329,7 +329,7 @@ VERBS: dict[str, Verb] = {
     "VRFY": _vrfy,
     "RSET": _rset,
     "QUIT": _quit,
-    **dict.fromkeys(FIXED, _fixed),
+    **dict.fromkeys(_FIXED, _fixed),
 }
 
 
