@@ -769,7 +769,7 @@ def test_an_idle_client_gets_421_and_the_close(tmp_path, sends):
     """RFC 5321 §4.5.3.2.7 and §3.8, with a short ``timeout``: a timeout, not a fault."""
 
     async def scenario():
-        config = ReceiverConfig(maildir=tmp_path / "mail", timeout=0.2)
+        config = ReceiverConfig(maildir=tmp_path / "mail", timeout=1.0)
         async with Receiver(config) as rx:
             _, port = await rx.start("127.0.0.1", 0)
             client = await Client.connect(port)
