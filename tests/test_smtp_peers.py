@@ -734,7 +734,7 @@ def test_pipelined_commands_wait_for_a_delayed_reply_and_are_judged_after_it(tmp
     that the rule refuses is judged after that refusal (503)."""
 
     async def scenario():
-        rules = [ReplyRule("MAIL", code=550, delay=0.2)]
+        rules = [ReplyRule("MAIL", code=550, delay=1.0)]
         async with Receiver(ReceiverConfig(maildir=tmp_path / "mail", rules=rules)) as rx:
             _, port = await rx.start("127.0.0.1", 0)
             client = await Client.connect(port)
