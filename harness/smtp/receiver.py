@@ -120,18 +120,6 @@ class Answered(NamedTuple):
 
 
 @dataclass(frozen=True)
-class Answered:
-    """One reply the receiver sent, as sent (after reply rules), with what it answered."""
-
-    session: int
-    key: str  # a verb, "<greeting>" or "<end-of-data>"
-    argument: str | None
-    address: str | None
-    code: int
-    lines: tuple[str, ...]
-
-
-@dataclass(frozen=True)
 class StoredMessage:
     recipient: str
     mail_from: str
