@@ -53,7 +53,7 @@ _PARAM_EXTENSION = {
     "NOTIFY": "DSN",
     "ORCPT": "DSN",
 }
-_CHOICES = {
+CHOICES = {
     "vrfy": ("check", "252", "disabled"),
     "ptr_check": ("accept", "note", "reject"),
     "ptr_at": ("helo", "connect", "never"),
@@ -106,7 +106,7 @@ class ReceiverConfig:
     timeout: float = 300.0  # RFC 5321 §4.5.3.2.7: the server waits at least 5 minutes
 
     def __post_init__(self) -> None:
-        for name, options in _CHOICES.items():
+        for name, options in CHOICES.items():
             if getattr(self, name) not in options:
                 value = getattr(self, name)
                 raise HarnessError(f"receiver {name} = {value!r}: expected one of {options}")

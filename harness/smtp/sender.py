@@ -63,7 +63,7 @@ from harness.smtp.state import GREETING, State
 
 MESSAGE = "<message>"
 _UNKNOWN_USER = frozenset({550, 551, 553})  # VRFY replies that say "no such user" (§3.5.3)
-_POSITIONS = ("before", "instead", "after")
+POSITIONS = ("before", "instead", "after")
 
 
 @dataclass(frozen=True)
@@ -83,8 +83,8 @@ class ScriptStep:
     reply: bool = True
 
     def __post_init__(self) -> None:
-        if self.position not in _POSITIONS:
-            raise HarnessError(f"script step position {self.position!r}: expected {_POSITIONS}")
+        if self.position not in POSITIONS:
+            raise HarnessError(f"script step position {self.position!r}: expected {POSITIONS}")
 
     def matches(self, key: str, argument: str | None) -> bool:
         if self.at.upper() != key.upper():
