@@ -14,11 +14,9 @@ assembles them and enforces the CLI contract, the same for every command:
 
 from __future__ import annotations
 
-import os
 import sys
 import tempfile
 import traceback
-from pathlib import Path
 
 import click
 
@@ -59,18 +57,23 @@ def run_cli(argv: list[str]) -> int:
     except KeyboardInterrupt:
         click.echo("smtp-harness: interrupted", err=True)
         return ExitCode.SIGINT
-    except (InternalError, Exception) as exc:  # our own fault, a bug included
-        where = _write_traceback(exc)
+    except InternalError as exc:  # our own fault, named by where it happened
+        click.echo(f"smtp-harness: error: {exc}; traceback in {_kept(exc)}", err=True)
+        return ExitCode.HARNESS_ERROR
+    except Exception as exc:  # a bug that nothing named
         summary = f"{type(exc).__name__}: {exc}".splitlines()[0]
-        click.echo(f"smtp-harness: internal error: {summary} (traceback: {where})", err=True)
+        click.echo(f"smtp-harness: error: {summary} (a bug); traceback in {_kept(exc)}", err=True)
         return ExitCode.HARNESS_ERROR
     return ExitCode.OK
 
 
-def _write_traceback(exc: BaseException) -> Path:
-    path = Path(tempfile.gettempdir()) / f"smtp-harness-{os.getpid()}-traceback.txt"
-    path.write_text("".join(traceback.format_exception(exc)), encoding="utf-8")
-    return path
+def _kept(exc: BaseException) -> str:
+    """The traceback of ``exc`` in a file of its own; its path."""
+    with tempfile.NamedTemporaryFile(
+        "w", prefix="smtp-harness-traceback-", suffix=".txt", delete=False, encoding="utf-8"
+    ) as f:
+        f.write("".join(traceback.format_exception(exc)))
+    return f.name
 
 
 def _register() -> None:

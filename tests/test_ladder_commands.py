@@ -3,16 +3,17 @@ output that is always UTF-8 (issue 9 findings 6-8)."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import subprocess
 import tempfile
 
 import pytest
-from click.testing import CliRunner
 from conftest import CLI, ROOT
 from ladder_pcaps import FUZZ, SEED_DIALOGUE, SENDER, seed_capture
 
 import harness.ladder.commands as commands
-from harness.cli import main
+from harness.cli import run_cli
 from harness.ladder.model import Ladder
 
 SEED = ROOT / "pcaps" / "seed.pcap"
@@ -100,16 +101,17 @@ def test_a_fault_of_ours_is_one_line_exit_3_and_a_traceback_file(monkeypatch, tm
     monkeypatch.setattr(commands, "dissect", broken)
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the traceback goes
     args = [str(SEED)] if command == "ladder" else [str(SEED), "--expect", str(SEED)]
-    result = CliRunner().invoke(main, [command, *args])
-    assert result.exit_code == 3
-    (line,) = result.stderr.splitlines()
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        assert run_cli([command, *args]) == 3
+    (line,) = err.getvalue().splitlines()
     assert line.startswith(f"smtp-harness: error: harness fault on {SEED}: RuntimeError: gap")
     path = line.rsplit("traceback in ", 1)[1]
     assert path.startswith(f"{tmp_path}/smtp-harness-traceback-")
     with open(path, encoding="utf-8") as f:
         kept = f.read()
     assert "Traceback (most recent call last)" in kept and "in broken" in kept
-    assert result.stdout == ""
+    assert out.getvalue() == ""
 
 
 def test_json_ladder_of_binary_commands_is_utf8_on_stdout(tmp_path):

@@ -1,5 +1,5 @@
 """harness.mta.roles without a lab: DSNs as the four MTAs write them, and how the scripted
-receiver's replies and the DSNs decide an MTA sender's outcomes."""
+receiver's replies, the DSNs and the MTA's queue decide an MTA sender's outcomes."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 
 from harness.errors import HarnessError
-from harness.mta.base import Site
-from harness.mta.roles import dsn_outcomes, mta_outcomes
+from harness.mta.base import QueuedRecipient, Site
+from harness.mta.roles import dsns_in, mta_outcomes
+from harness.outcome import Dsn
 from harness.scenario import FIXTURES
-from harness.smtp.receiver import StoredMessage
-from harness.smtp.sender import Outcome
+from harness.smtp.receiver import Answered, StoredMessage
 
 DSNS = FIXTURES / "dsn"
 TWO = ("c3po@receiver.com", "r2d2@receiver.com")
@@ -28,12 +28,12 @@ TWO = ("c3po@receiver.com", "r2d2@receiver.com")
         ("sendmail-null-mx", "c3po@receiver.com", "5.1.10"),
     ],
 )
-def test_each_mtas_bounce_is_a_failed_recipient(name, recipient, status) -> None:
-    found = dsn_outcomes([(DSNS / f"{name}.eml").read_bytes()])
-    assert list(found) == [recipient]
-    outcome = found[recipient]
-    assert (outcome.status, outcome.stage) == ("rejected", "dsn")
-    assert outcome.text.startswith(f"DSN failed {status}")
+def test_each_mtas_bounce_is_a_failed_dsn_with_its_status(name, recipient, status) -> None:
+    (dsn,) = dsns_in([(DSNS / f"{name}.eml").read_bytes()])
+    assert (dsn.recipient, dsn.action, dsn.status) == (recipient, "failed", status)
+    got = mta_outcomes((recipient,), [], [], [dsn], [])[recipient]
+    assert (got.status, got.stage, got.status_code) == ("rejected", "dsn", status)
+    assert got.evidence[0].startswith(f"DSN failed {status}")
 
 
 def _dsn(*groups: tuple[str, str]) -> bytes:
@@ -49,24 +49,33 @@ def _dsn(*groups: tuple[str, str]) -> bytes:
     ).encode()
 
 
-def test_delayed_is_deferred_failed_wins_and_delivered_is_no_outcome() -> None:
+def test_every_dsn_group_is_read_and_failed_wins_over_delayed() -> None:
     first = _dsn(("C3PO@receiver.com", "delayed"), ("r2d2@receiver.com", "delayed"))
     later = _dsn(("c3po@receiver.com", "failed"), ("aibo@receiver.com", "delivered"))
-    found = dsn_outcomes([first, later, b"Subject: not a DSN\n\nhello\n"])
-    assert {r: o.status for r, o in found.items()} == {
+    dsns = dsns_in([first, later, b"Subject: not a DSN\n\nhello\n"])
+    assert [(d.recipient, d.action) for d in dsns] == [
+        ("C3PO@receiver.com", "delayed"),
+        ("r2d2@receiver.com", "delayed"),
+        ("c3po@receiver.com", "failed"),
+        ("aibo@receiver.com", "delivered"),
+    ]
+    queued = [QueuedRecipient("r2d2@receiver.com", "Q1", "Deferred: 451 4.3.0 later", "4.3.0")]
+    got = mta_outcomes(TWO, [], [], dsns, queued)
+    assert {r: o.status for r, o in got.items()} == {
         "c3po@receiver.com": "rejected",
         "r2d2@receiver.com": "deferred",
     }
+    assert got["r2d2@receiver.com"].status_code == "4.3.0"
 
 
-def _log(session: int, *turns: tuple[str, str]) -> list[dict]:
-    """(command line, reply) pairs as the scripted receiver logs them: each command, then
-    its reply (pipelined commands too: it reads and answers them one at a time)."""
-    log = []
+def _answered(session: int, *turns: tuple[str, str]) -> list[Answered]:
+    """(command line, reply) pairs as the scripted receiver records them."""
+    out = []
     for line, reply in turns:
-        log.append({"kind": "command", "session": session, "line": line})
-        log.append({"kind": "reply", "session": session, "to": line.split()[0], "lines": [reply]})
-    return log
+        verb, _, argument = line.partition(" ")
+        address = argument.partition("<")[2].partition(">")[0] if "<" in argument else None
+        out.append(Answered(session, verb, argument or None, address, int(reply[:3]), (reply[4:],)))
+    return out
 
 
 PIPELINED = [
@@ -75,40 +84,48 @@ PIPELINED = [
     ("RCPT TO:<r2d2@receiver.com>", "503 5.5.1 need MAIL first"),
     ("DATA", "503 5.5.1 need RCPT first"),
 ]
+QUEUED = [QueuedRecipient(r, "Q1", "451 4.3.0 try later", "4.3.0") for r in TWO]
 
 
 def test_503s_after_a_refused_mail_decide_nothing() -> None:
-    got = mta_outcomes(TWO, _log(1, *PIPELINED), [], {})
+    got = mta_outcomes(TWO, _answered(1, *PIPELINED), [], [], QUEUED)
     assert {r: (o.status, o.stage) for r, o in got.items()} == {
         "c3po@receiver.com": ("deferred", "queue"),
         "r2d2@receiver.com": ("deferred", "queue"),
     }
     permanent = [("MAIL FROM:<luke@sender.com>", "550 5.7.1 no"), *PIPELINED[1:]]
-    got = mta_outcomes(TWO, _log(1, *permanent), [], {})
-    assert {o.status for o in got.values()} == {"rejected"}
-    assert {o.stage for o in got.values()} == {"MAIL"}
+    got = mta_outcomes(TWO, _answered(1, *permanent), [], [], [])
+    assert {(o.status, o.stage, o.status_code) for o in got.values()} == {
+        ("rejected", "MAIL", "5.7.1")
+    }
 
 
-def test_stored_then_dsn_then_session_then_queue() -> None:
+def test_a_message_neither_stored_bounced_nor_queued_is_lost() -> None:
+    """Issue 8 finding 2: an MTA that drops the mail silently was reported "deferred"
+    without anyone reading its queue; read and empty, it is lost (a fail of the run)."""
+    got = mta_outcomes(TWO, _answered(1, *PIPELINED), [], [], [])
+    assert {o.status for o in got.values()} == {"lost"}
+    assert all("the queue was read" in o.text for o in got.values())
+
+
+def test_stored_then_dsn_then_reply_then_queue_then_lost() -> None:
     turns = [
         ("MAIL FROM:<luke@sender.com>", "250 ok"),
         ("RCPT TO:<c3po@receiver.com>", "550 5.1.1 unknown"),
         ("RCPT TO:<r2d2@receiver.com>", "250 ok"),
     ]
     stored = [StoredMessage("r2d2@receiver.com", "luke@sender.com", None, b"x")]
-    three = (*TWO, "bb8@receiver.com")
-    got = mta_outcomes(three, _log(1, *turns), stored, {})
-    assert [o.status for o in got.values()] == ["rejected", "delivered", "deferred"]
-    bounced = {r: Outcome(r, "rejected", "dsn") for r in ("c3po@receiver.com", "bb8@receiver.com")}
-    got = mta_outcomes(three, _log(1, *turns), stored, bounced)
+    four = (*TWO, "bb8@receiver.com", "wall-e@receiver.com")
+    bounced = [Dsn("bb8@receiver.com", "failed", "5.1.1", "550 unknown")]
+    queued = [QueuedRecipient("wall-e@receiver.com", "Q9", "host said 451", None)]
+    got = mta_outcomes(four, _answered(1, *turns), stored, bounced, queued)
     assert [(o.status, o.stage) for o in got.values()] == [
-        ("rejected", "RCPT"),  # the DSN agrees: the reply is the better evidence
+        ("rejected", "RCPT"),
         ("delivered", "<end-of-data>"),
         ("rejected", "dsn"),
+        ("deferred", "queue"),
     ]
-    delayed = {"c3po@receiver.com": Outcome("c3po@receiver.com", "deferred", "dsn")}
-    got = mta_outcomes(three, _log(1, *turns), stored, delayed)
-    assert (got["c3po@receiver.com"].status, got["c3po@receiver.com"].stage) == ("deferred", "dsn")
+    assert mta_outcomes(("x@receiver.com",), [], [], [], [])["x@receiver.com"].status == "lost"
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import ipaddress
 import sys
-import tempfile
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -83,26 +82,15 @@ def check(run: str, golden: str, strict: bool, hosts: tuple[str, ...]) -> None:
 
 
 def guarded(file: str, work: Callable[[], T]) -> T:
-    """``work()``; a fault of ours in it (an ``InternalError`` or any exception that is not
-    a ``HarnessError``) ends the command with one line and exit 3, the traceback in a file."""
+    """``work()``; a fault of ours in it (any exception that is not a ``HarnessError``) is
+    an ``InternalError`` naming ``file``: the CLI makes it one line and exit 3."""
     try:
         return work()
     except HarnessError:
         raise
     except Exception as exc:  # a bug: reported, never a traceback on the terminal
         fault = InternalFault.from_exception(f"harness fault on {file}", exc)
-        where = _keep_traceback(fault)
-        kind = "" if isinstance(exc, InternalError) else " (a bug)"
-        click.echo(f"smtp-harness: error: {fault.line()}{kind}; traceback in {where}", err=True)
-        sys.exit(ExitCode.HARNESS_ERROR)
-
-
-def _keep_traceback(fault: InternalFault) -> str:
-    with tempfile.NamedTemporaryFile(
-        "w", prefix="smtp-harness-traceback-", suffix=".txt", delete=False, encoding="utf-8"
-    ) as f:
-        f.write(f"{fault.where}\n\n{fault.traceback}")
-    return f.name
+        raise InternalError(fault.line()) from exc
 
 
 def _hosts(pairs: tuple[str, ...]) -> dict[str, str]:
