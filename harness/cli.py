@@ -42,6 +42,8 @@ def run_cli(argv: list[str]) -> int:
         main.main(argv, prog_name="smtp-harness", standalone_mode=False)
     except click.exceptions.Exit as done:
         return done.exit_code
+    except SystemExit as done:  # a command's own exit code (or SIGTERM's 143)
+        return ExitCode.OK if done.code is None else done.code  # type: ignore[return-value]
     except click.UsageError as exc:
         click.echo(f"smtp-harness: error: {exc.format_message()}", err=True)
         return ExitCode.BAD_INPUT

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ladder_pcaps import seed_capture
-from wire import DNS, MESSAGE, RECEIVER, TRAP, Smtp, Wire, run_of
+from wire import DNS, MESSAGE, RECEIVER, Smtp, Wire, run_of
 
 from harness.outcome import OutcomeStatus
 from harness.runner import RunResult
@@ -155,10 +155,10 @@ def _truncated(retried: bool) -> Callable[[], Wire]:
 
 def _glue(used: bool) -> Callable[[], Wire]:
     def wire() -> Wire:
-        trap = f"mail.receiver.com. A {TRAP}"
+        trap = f"mail.receiver.com. A {DNS}"
         w = Wire().mx("receiver.com. MX 10 mail.receiver.com.", additional=[trap])
         if used:
-            return w.refused(TRAP)
+            return w.refused(DNS)
         w.dns("mail.receiver.com", "A", "mail.receiver.com. A 192.0.2.25")
         return w.smtp().transaction().wire
 

@@ -98,7 +98,7 @@ def test_a_server_closing_without_221_fails(lab_matrix) -> None:
 def test_setups_giving_the_same_scenario_share_a_run(tmp_path) -> None:
     m = Matrix(tmp_path, NOTHING_EXPECTED)
     a = m.cell(registry()["close.quit-221"], "receiver", HARNESS)
-    b = m.cell(registry()["dns.ptr-at-connect"], "receiver", HARNESS)
+    b = m.cell(registry()["dns.ptr-timing"], "receiver", HARNESS)
     assert a.folders == b.folders
     assert [p.name for p in (tmp_path / REFERENCE / "receiver").iterdir()] == ["seed"]
 

@@ -212,7 +212,8 @@ def test_mta_sender_bounces_are_read_from_its_dsns(open_folder, mta) -> None:
         "r2d2@receiver.com": ("delivered", "<end-of-data>"),
         "c3po@nosuch.receiver.com": ("rejected", "dsn"),
     }
-    assert result.report.outcomes["c3po@nosuch.receiver.com"].text.startswith("DSN failed 5.")
+    bounced = result.report.outcomes["c3po@nosuch.receiver.com"]
+    assert bounced.evidence[0].startswith("DSN failed 5.") and bounced.status_code[0] == "5"
 
 
 @pytest.mark.parametrize("mta", MTAS)

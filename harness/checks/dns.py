@@ -58,7 +58,8 @@ from harness.outcome import OutcomeStatus
 from harness.runner import RunResult
 
 DEAD = "down.receiver.com. A 192.0.2.53"  # an MX host with nothing on port 25: RST
-TRAP = "192.0.2.99"  # inconsistent glue: a SYN there means the glue was trusted
+TRAP = "192.0.2.53"  # inconsistent glue, the DNS host (RST on port 25): a SYN there is the
+# glue trusted (an address no host has would show no SYN at all, only ARP)
 ONE = {"recipients": ["c3po@receiver.com"]}
 DOMAIN = "receiver.com"
 IMPLICIT = "implicit.receiver.com"
@@ -366,7 +367,7 @@ def _trap_glue(answer: Step) -> bool:
 )
 def glue_use(seen: Seen) -> Outcome:
     run = seen.run
-    trapped = syns(run, TRAP)
+    trapped = syns(run, _dead(run))
     if trapped:
         return observed("used the glue", "connected to the glue address", trapped[0])
     reached = syns(run, run.scenario.receiver_host)

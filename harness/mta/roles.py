@@ -15,11 +15,11 @@ Rules kept here:
   read (before it stops: OpenSMTPD's queue lives in its own mount namespace) and its DSNs
   collected (RFC 3464); then a recipient's outcome is, in this order:
   1. a copy stored by the scripted receiver: delivered;
-  2. a DSN with ``Action: failed``: rejected, with the DSN's status code;
-  3. a 5yz from the scripted receiver to the recipient's RCPT or VRFY, or to the MAIL,
-     DATA or end of data of its transaction: rejected (after a refused MAIL the
-     transaction's fate is the MAIL reply's: the 503s to RCPTs pipelined behind it
-     decide nothing);
+  2. a 5yz from the scripted receiver to the recipient's RCPT or VRFY, or to the MAIL,
+     DATA or end of data of its transaction: rejected, at that stage (after a refused MAIL
+     the transaction's fate is the MAIL reply's: the 503s to RCPTs pipelined behind it
+     decide nothing), with the status code of a DSN that agrees;
+  3. a DSN with ``Action: failed``: rejected, with the DSN's status code;
   4. the recipient in the MTA's queue: deferred, with the reason and status code the MTA
      gives (a ``delayed`` DSN adds its status);
   5. none of these: lost — the queue was read and does not hold it, no DSN came back and
@@ -39,6 +39,7 @@ Rules kept here:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import email
 import functools
 import re
@@ -258,20 +259,12 @@ def _undelivered(
     """Rules 2-5 for a recipient without a stored copy."""
     failed = [d for d in dsns if d.action == "failed"]
     said = tuple(f"DSN {d.action} {d.status}: {d.diagnostic}".rstrip(": ") for d in dsns)
+    if reply is not None and reply.status is OutcomeStatus.REJECTED:  # the reply's stage
+        status = next((d.status for d in failed if d.status), reply.status_code)
+        return dataclasses.replace(reply, status_code=status, evidence=reply.evidence + said)
     if failed:
         dsn = failed[0]
-        code, text = (reply.code, reply.text) if reply else (None, dsn.diagnostic)
-        return Outcome(rcpt, OutcomeStatus.REJECTED, "dsn", code, text, dsn.status, said)
-    if reply is not None and reply.status is OutcomeStatus.REJECTED:
-        return Outcome(
-            rcpt,
-            OutcomeStatus.REJECTED,
-            reply.stage,
-            reply.code,
-            reply.text,
-            reply.status_code,
-            said + reply.evidence,
-        )
+        return Outcome(rcpt, OutcomeStatus.REJECTED, "dsn", None, dsn.diagnostic, dsn.status, said)
     if queued:
         entry = queued[0]
         status = entry.status_code or next((d.status for d in dsns if d.status), None)
