@@ -21,13 +21,10 @@ import traceback
 import click
 
 from harness.errors import HarnessError, InternalError
-from harness.verdict import ExitCode
+from harness.verdict import EXIT_CODES_HELP, ExitCode
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
-EPILOG = (
-    "Exit codes: 0 pass (or as expected), 1 fail (or a difference), 2 bad input, "
-    "3 harness error, 130 interrupted (SIGINT), 143 terminated (SIGTERM)."
-)
+EPILOG = EXIT_CODES_HELP
 
 
 @click.group(context_settings=CONTEXT, epilog=EPILOG)
@@ -86,8 +83,16 @@ def _register() -> None:
     from harness.ladder.commands import check, ladder
 
     for command in (lab, dns, run, demo, ladder, check, matrix):
-        command.context_settings = {**CONTEXT, **command.context_settings}
+        _documented(command)
         main.add_command(command)
+
+
+def _documented(command: click.Command) -> None:
+    """``-h`` and the exit codes in the help of ``command`` and its subcommands."""
+    command.context_settings = {**CONTEXT, **command.context_settings}
+    command.epilog = command.epilog or EPILOG
+    for sub in getattr(command, "commands", {}).values():
+        _documented(sub)
 
 
 _register()

@@ -42,6 +42,15 @@ class ExitCode(IntEnum):
     SIGTERM = 143
 
 
+EXIT_CODES_HELP = (
+    "Exit codes: 0 pass (or as expected), 1 fail (or a difference), 2 bad input, "
+    "3 harness error, 130 interrupted (SIGINT), 143 terminated (SIGTERM)."
+)
+UNTIL_CTRL_C_HELP = (  # commands that run until stopped: Ctrl-C is their normal end
+    "Exit codes: 0 stopped with Ctrl-C, 2 bad input, 3 harness error, 143 terminated (SIGTERM)."
+)
+
+
 def exit_code(verdict: Verdict) -> ExitCode:
     """The exit code of a run whose overall verdict is ``verdict``."""
     if verdict is Verdict.ERROR:

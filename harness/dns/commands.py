@@ -26,7 +26,7 @@ from harness.dns.querylog import QueryLog
 from harness.dns.server import DnsServer
 from harness.dns.zones import ZoneSet
 from harness.errors import HarnessError
-from harness.verdict import ExitCode
+from harness.verdict import UNTIL_CTRL_C_HELP, ExitCode
 
 
 @click.group()
@@ -34,7 +34,7 @@ def dns() -> None:
     """The fake DNS server."""
 
 
-@dns.command()
+@dns.command(epilog=UNTIL_CTRL_C_HELP)
 @click.argument("zonedir")
 @click.option(
     "--listen",

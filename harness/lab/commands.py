@@ -25,6 +25,7 @@ import click
 from harness.errors import HarnessError
 from harness.lab.lab import Lab, clean_stale, teardown
 from harness.lab.registry import Record, all_records
+from harness.verdict import UNTIL_CTRL_C_HELP
 
 DOWN_TIMEOUT_S = 10.0
 
@@ -61,7 +62,7 @@ class _CtrlC:
         return self.pressed and kind is not None and issubclass(kind, _AFTER_CTRL_C)
 
 
-@lab.command("up")
+@lab.command("up", epilog=UNTIL_CTRL_C_HELP)
 @click.argument("scenario", required=False, type=click.Path(dir_okay=False, path_type=Path))
 def lab_up(scenario: Path | None) -> None:
     """Bring a lab up with its DNS server; Ctrl-C (exit 0) or `lab down ID` stops it."""
