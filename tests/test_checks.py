@@ -19,6 +19,7 @@ from harness.checks.matrix import Cell, Column, Matrix, column
 from harness.checks.report import write_html, write_json, write_junit
 from harness.cli import run_cli
 from harness.errors import HarnessError
+from harness.mta.debs import Deb
 from harness.verdict import Verdict
 
 HARNESS = Column(REFERENCE, "0.1.0")
@@ -277,7 +278,8 @@ def _synthetic_cells(out: Path) -> list[Cell]:
     for name in ("ladder.svg", "capture.pcap", "sender.jsonl"):
         (folder / name).write_text("x")
     expect_fail = Entry(Verdict.FAIL, "known <bad> & old")
-    postfix = Column("postfix", "3.7.11", package_version="3.7.11-0+deb12u1")
+    deb = Deb("postfix", "3.7.11-0+deb12u1", "postfix_3.7.11-0+deb12u1_amd64.deb", "ab" * 32)
+    postfix = Column("postfix", "3.7.11", package_version="3.7.11-0+deb12u1", debs=(deb,))
     return [
         Cell(
             checks["seed.exchange"],
@@ -330,6 +332,7 @@ def test_json_lists_cells_links_and_differences(tmp_path) -> None:
     }
     assert first["evidence"] == [{"run": 0, "step": 1}, {"run": 0, "step": 2}]
     assert data["columns"][1]["package_version"] == "3.7.11-0+deb12u1"
+    assert data["columns"][1]["debs"][0]["sha256"] == "ab" * 32
 
 
 def test_html_links_resolve_and_text_is_escaped(tmp_path) -> None:

@@ -18,13 +18,14 @@ Rules kept here:
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness import __version__
 from harness.checks.base import REFERENCE, Check, Cite, Outcome, Setup
 from harness.checks.expected import Entry, Expected, difference
 from harness.errors import HarnessError
+from harness.mta.debs import Deb
 from harness.runner import RunResult, run_scenario
 from harness.verdict import Verdict
 
@@ -35,7 +36,7 @@ class Column:
     version: str  # upstream, e.g. "4.96"
     unavailable: str = ""  # why this MTA cannot run here ("" when it can)
     package_version: str = ""  # Debian's, e.g. "4.96-15+deb12u11"
-    debs: tuple[dict, ...] = ()  # package, version, file, sha256
+    debs: tuple[Deb, ...] = ()  # the .debs it ran from: package, version, file, sha256
 
     @property
     def label(self) -> str:
@@ -77,8 +78,7 @@ def column(mta: str, adapters: dict) -> Column:
     adapter = adapters[mta]
     try:
         adapter.prepare()
-        debs = tuple(asdict(deb) for deb in adapter.debs())
-        return Column(mta, adapter.version(), "", adapter.package_version(), debs)
+        return Column(mta, adapter.version(), "", adapter.package_version(), adapter.debs())
     except HarnessError as exc:
         return Column(mta, "?", unavailable=str(exc))
 

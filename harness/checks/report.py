@@ -21,6 +21,7 @@ import json
 import os
 import time
 from collections import Counter
+from dataclasses import asdict
 from html import escape
 from pathlib import Path
 from xml.etree import ElementTree as ET
@@ -113,7 +114,7 @@ def write_json(cells: list[Cell], out: Path, expected: Expected) -> Path:
                 "mta": c.mta,
                 "version": c.version,
                 "package_version": c.package_version,
-                "debs": list(c.debs),
+                "debs": [asdict(deb) for deb in c.debs],
             }
             for c in _columns(cells)
         ],
