@@ -341,10 +341,12 @@ def _params(mail: str) -> Callable[[], Wire]:
     return wire
 
 
-def _size(went_on: bool) -> Callable[[], Wire]:
+def _size(went_on: bool, mail: bool = True) -> Callable[[], Wire]:
     def wire() -> Wire:
         s = Wire().seed_mx().smtp()
         s.ehlo("PIPELINING", "8BITMIME", "SIZE 100")
+        if not mail:  # bounced without offering it (Postfix, OpenSMTPD)
+            return s.quit()
         s.say("MAIL FROM:<luke@sender.com> SIZE=500", "552 5.3.4 too big")
         if went_on:
             s.say(f"RCPT TO:<{C3PO}>", "503 5.5.1 need MAIL")
@@ -401,7 +403,7 @@ def _body_cases(name: str, broken: Callable[[bytes], bytes]) -> Cases:
     )
 
 
-def _smuggle(look_alike: bytes) -> Callable[[], Wire]:
+def _smuggle(look_alike: bytes, reply: str = "250 OK") -> Callable[[], Wire]:
     body = (
         b"From: luke@sender.com\r\nTo: c3po@receiver.com\r\nSubject: probe\r\n\r\nbefore the probe"
         + look_alike
@@ -414,7 +416,7 @@ def _smuggle(look_alike: bytes) -> Callable[[], Wire]:
         s.say("HELO mail.sender.com", "250 mail.receiver.com")
         s.say("MAIL FROM:<luke@sender.com>", "250 OK")
         s.say(f"RCPT TO:<{C3PO}>", "250 OK")
-        s.raw_data(body)
+        s.raw_data(body, reply)
         return s.quit()
 
     return wire
@@ -460,6 +462,8 @@ def _probe(suffix: str, look: bytes) -> Cases:
         "receiver",
         passing=(
             one(_smuggle(look), outcomes={C3PO: DELIVERED}, stored={C3PO: [_smuggled_copy(look)]}),
+            one(_smuggle(look, "421 4.5.0 bare LF"), outcomes={C3PO: DEFERRED}),
+            one(_smuggle(look, "554 5.6.0 bare LF"), outcomes={C3PO: REJECTED}),
         ),
         failing=(
             (
@@ -762,10 +766,14 @@ CASES: dict[str, Cases] = {
     ),
     "esmtp.size-exceeded": Cases(
         "sender",
-        passing=(one(_size(False), outcomes={C3PO: REJECTED}),),
+        passing=(
+            one(_size(False), outcomes={C3PO: REJECTED}),
+            one(_size(False, mail=False), outcomes={C3PO: REJECTED}),
+        ),
         failing=(
             (Verdict.FAIL, one(_size(True), outcomes={C3PO: REJECTED})),
             (Verdict.FAIL, one(_size(False), outcomes={C3PO: DEFERRED})),
+            (Verdict.FAIL, one(_size(False, mail=False), outcomes={C3PO: DEFERRED})),
         ),
     ),
     "esmtp.8bitmime": Cases(

@@ -698,7 +698,9 @@ async def logged(rx: Receiver, kind: str, **fields) -> dict:
 )
 def test_a_close_during_a_wait_ends_the_session_at_once(tmp_path, rule, pending, how):
     """Issue 9 finding 3: the client leaves while a 10 s wait is pending; the session ends
-    without waiting it out (a bounded wait of 5 s would time out otherwise)."""
+    without waiting it out (a bounded wait of 5 s would time out otherwise).  After an EOF
+    (perhaps only a half-close) the replies owed go out at once, the rest of the wait
+    skipped; after a reset nothing more is sent."""
 
     async def scenario():
         config = ReceiverConfig(maildir=tmp_path / "mail", rules=[rule])
@@ -716,17 +718,37 @@ def test_a_close_during_a_wait_ends_the_session_at_once(tmp_path, rule, pending,
         return rx
 
     rx = run(scenario())
-    entries = [e["kind"] for e in rx.log.entries]
-    assert entries[-2:] == (
-        ["client-closed", "close"] if how == "close" else ["connection-lost", "close"]
-    )
+    kinds = [e["kind"] for e in rx.log.entries]
+    waiting = f"the {'delay before MAIL' if rule.delay else 'pause between the lines of EHLO'}"
     if how == "close":
-        assert (
-            rx.log.entries[-2]["waiting"]
-            == f"the {'delay before MAIL' if rule.delay else 'pause between the lines of EHLO'}"
-        )
-    assert [a.key for a in rx.answered] == ["<greeting>", *(["EHLO"] if rule.delay else [])]
+        eof = next(e for e in rx.log.entries if e["kind"] == "eof-while-waiting")
+        assert eof["waiting"] == waiting
+        assert kinds[-2:] == ["client-closed", "close"]
+        assert [a.key for a in rx.answered] == ["<greeting>", "EHLO", "MAIL"]
+    else:
+        assert kinds[-2:] == ["connection-lost", "close"]
+        assert [a.key for a in rx.answered] == ["<greeting>", *(["EHLO"] if rule.delay else [])]
     assert rx.internal_faults == []
+
+
+def test_a_half_close_after_quit_still_gets_the_221(tmp_path):
+    """RFC 5321 §4.1.1.10: the receiver MUST send 221 to QUIT; a client that sends QUIT and
+    its FIN together (Exim) still gets it, even while a scripted delay holds the reply."""
+
+    async def scenario():
+        config = ReceiverConfig(rules=[ReplyRule("QUIT", delay=10.0)])
+        async with Receiver(config) as rx:
+            _, port = await rx.start("127.0.0.1", 0)
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            await reader.readline()
+            writer.write(b"QUIT\r\n")
+            writer.write_eof()
+            reply = await asyncio.wait_for(reader.read(), 5)
+            writer.close()
+            await asyncio.wait_for(rx.idle(), 5)
+        return reply
+
+    assert run(scenario()).startswith(b"221 ")
 
 
 def test_pipelined_commands_wait_for_a_delayed_reply_and_are_judged_after_it(tmp_path):

@@ -10,7 +10,7 @@ Rules kept here:
   message, a look-alike end of data followed by a second transaction for r2d2.  Only
   ``<CRLF>.<CRLF>`` ends DATA, so the one conformant result with a 250 is one copy for
   c3po that holds everything up to the real end, the smuggled lines included; refusing
-  the whole message (5yz) is conformant too.  Any copy for r2d2, a second copy for c3po,
+  the whole message (4yz or 5yz: Sendmail's 421 to a bare LF) is conformant too.  Any copy for r2d2, a second copy for c3po,
   or a copy cut at the look-alike is the receiving side ending DATA early: fail.
 """
 
@@ -195,7 +195,7 @@ def _smuggling(seen: Seen, name: str) -> Outcome:
         if SMUGGLED_TEXT not in body(copies[0]):
             return failed(f"{name} ended DATA: the stored copy stops at the look-alike", reply)
         return passed(f"{name} kept as content: one message, smuggled lines inside it", reply)
-    if (code(reply) or 0) >= 500:
+    if (code(reply) or 0) >= 400:
         return passed(f"message with {name} refused ({code(reply)}); nothing stored", reply)
     return failed(f"message with {name} answered {code(reply)}, but nothing was stored", reply)
 

@@ -35,15 +35,19 @@ Rules kept here:
    every event it completes at once, in the same call, when the reply needs no waiting.
    What must wait runs in a task; meanwhile the client's bytes are still read (logged as
    ``received``) and buffered in the core, unparsed, to be judged and answered in order
-   once the wait is over (RFC 2920; protocol.py rule 4); an EOF or a reset during a wait
-   ends the session at once, the replies owed unsent.  Reading stops while the client
-   does not read its replies (``pause_writing``) or once it has sent ``HOLD_LIMIT`` octets
-   during one wait.
+   once the wait is over (RFC 2920; protocol.py rule 4).  A close noticed during a wait
+   cuts it short: after an EOF (the client may have only half-closed, and still reads)
+   the rest of every delay and line pause is skipped, the replies owed go out at once
+   (a QUIT still gets its 221, §4.1.1.10), then the EOF is handled; after a reset the
+   session ends with nothing more sent.  Reading stops while the client does not read
+   its replies (``pause_writing``) or once it has sent ``HOLD_LIMIT`` octets during one
+   wait.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import ipaddress
 import itertools
@@ -218,6 +222,7 @@ class _Session(asyncio.Protocol):
         self._task: asyncio.Task[None] | None = None  # runs the waits
         self._waiting = ""  # what the running wait is for
         self._held = 0  # octets received during the running wait (rule 8)
+        self._gone = asyncio.Event()  # the client's EOF came during a wait (rule 8)
         self._write_blocked = False
         self._timer: asyncio.TimerHandle | None = None  # the idle timeout, or a close's bound
         self._deadline = 0.0
@@ -246,8 +251,9 @@ class _Session(asyncio.Protocol):
     def eof_received(self) -> bool:
         if self._task is None:
             self.data_received(b"")
-        elif not self.closing:  # rule 8: a close is noticed while a reply waits
-            self._client_left(waiting=self._waiting, unanswered=self._held)
+        elif not self.closing:  # rule 8: the wait is cut short, the EOF handled after it
+            self._add("eof-while-waiting", waiting=self._waiting, unanswered=self._held)
+            self._gone.set()
         return True  # half-open: the session closes the transport itself (rule 4)
 
     def pause_writing(self) -> None:
@@ -333,6 +339,14 @@ class _Session(asyncio.Protocol):
         self._held = 0
         self._resume_reading()
         self._pump()  # what the client pipelined meanwhile
+        if self._gone.is_set() and self._task is None and not self.closing:
+            self.data_received(b"")  # rule 8: the EOF noticed during the wait
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep ``seconds``, or less if the client's EOF comes first (rule 8)."""
+        if not self._gone.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._gone.wait(), seconds)
 
     def _hold(self, data: bytes) -> None:
         """Bytes that arrived while a reply waits: logged, parsed later (rule 8)."""
@@ -400,8 +414,6 @@ class _Session(asyncio.Protocol):
             self._add("aborted", reason="client closed mid-message", size=len(self.content))
         self._add("client-closed", **fields)
         self._close()
-        if self._task is not None:  # rule 8: the replies owed are not sent
-            self._task.cancel()
 
     # --- events --------------------------------------------------------------------------
     def _handle(self, event: Event | Status) -> None:
@@ -457,7 +469,7 @@ class _Session(asyncio.Protocol):
         rule = rule_for(self.config.rules, key, cmd) if self.config.rules else None
         if rule is not None and rule.delay:
             send = partial(self._send, key, cmd, decision, rule)
-            self._wait(partial(asyncio.sleep, rule.delay), send, f"the delay before {key}")
+            self._wait(partial(self._pause, rule.delay), send, f"the delay before {key}")
         else:
             self._send(key, cmd, decision, rule)
 
@@ -502,7 +514,7 @@ class _Session(asyncio.Protocol):
     async def _write_lines(self, key: str, data: bytes, pause: float) -> None:
         for i, piece in enumerate(_PIECES.findall(data)):
             if i:
-                await asyncio.sleep(pause)
+                await self._pause(pause)
             self.transport.write(piece)
             self._add("reply-line", to=key, line=_first_line(piece))
 
