@@ -310,6 +310,13 @@ def _extra(**wrong: str) -> Callable[[], Wire]:
     return wire
 
 
+def _noop_x_unanswered() -> Wire:
+    s = Wire().smtp()
+    s.say("HELO mail.sender.com", "250 mail.receiver.com")
+    s.client("NOOP x")
+    return s.close("receiver-first")
+
+
 def _pipelining(extensions: tuple[str, ...], pipelined: tuple[str, ...]) -> Callable[[], Wire]:
     def wire() -> Wire:
         s = Wire().seed_mx().smtp()
@@ -711,6 +718,17 @@ CASES: dict[str, Cases] = {
         "receiver",
         passing=(one(_extra(), outcomes={C3PO: DELIVERED}),),
         failing=((Verdict.FAIL, one(_extra(mail="500 5.5.1 what"), outcomes={C3PO: DEFERRED})),),
+    ),
+    "session.noop-argument": Cases(
+        "receiver",
+        passing=(one(_extra(), outcomes={C3PO: DELIVERED}),),
+        failing=(
+            (Verdict.FAIL, one(_noop_x_unanswered, outcomes={C3PO: DEFERRED})),
+            (
+                Verdict.KNOWN,
+                one(_extra(noop_x="500 5.5.4 no arguments"), outcomes={C3PO: DELIVERED}),
+            ),
+        ),
     ),
     "session.command-line-512": Cases(
         "receiver",

@@ -10,8 +10,9 @@ Rules kept here:
   message, a look-alike end of data followed by a second transaction for r2d2.  Only
   ``<CRLF>.<CRLF>`` ends DATA, so the one conformant result with a 250 is one copy for
   c3po that holds everything up to the real end, the smuggled lines included; refusing
-  the whole message (4yz or 5yz: Sendmail's 421 to a bare LF) is conformant too.  Any copy for r2d2, a second copy for c3po,
-  or a copy cut at the look-alike is the receiving side ending DATA early: fail.
+  the whole message (4yz or 5yz: Sendmail's 421 to a bare LF) is conformant too.  Any
+  copy for r2d2, a second copy for c3po, or a copy cut at the look-alike is the receiving
+  side ending DATA early: fail.
 """
 
 from __future__ import annotations

@@ -189,9 +189,7 @@ def size_exceeded(seen: Seen) -> Outcome:
     "message or returns it as undeliverable",
     SENDER,
     NO_8BITMIME,
-    requires=[
-        _ehlo_reply("an EHLO reply without 8BITMIME", lambda e: "8BITMIME" not in e, False)
-    ],
+    requires=[_ehlo_reply("an EHLO reply without 8BITMIME", lambda e: "8BITMIME" not in e, False)],
 )
 def eight_bit(seen: Seen) -> Outcome:
     run = seen.run

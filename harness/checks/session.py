@@ -390,6 +390,23 @@ for _id, _title, _rfc, _prefix, _codes, _what in SMALL_COMMANDS:
     )
 
 
+@check(
+    "session.noop-argument",
+    "NOOP with an argument: the argument is ignored",
+    "RFC 5321 §4.1.1.9: NOOP [ SP String ]; a server SHOULD ignore the parameter string",
+    RECEIVER,
+    EXTRA_COMMANDS,
+    requires=[_sent(SHORT_NOOP, exact=True)],
+)
+def noop_argument(seen: Seen) -> Outcome:
+    reply = reply_to(seen.run.ladder, seen.found[0][0])
+    if reply is None:
+        return failed(f"{SHORT_NOOP!r} was not answered")
+    if code(reply) != 250:
+        return known(f"{SHORT_NOOP!r} answered {code(reply)} (SHOULD ignore the argument)", reply)
+    return passed(f"{SHORT_NOOP!r} answered 250", reply)
+
+
 def _control_accepted(run: RunResult) -> list[Step]:
     sent = _sent(SHORT_NOOP, exact=True).find(run)
     return [r for c in sent if code(r := reply_to(run.ladder, c)) == 250 and r is not None]
