@@ -194,7 +194,9 @@ class Check:
             for pre in self.requires:
                 steps = tuple(pre.find(results[pre.run]))
                 if not steps:
-                    return not_applicable(f"not exercised: {pre.says}")
+                    return not_applicable(
+                        f"not exercised: it needs {pre.says}, which did not happen"
+                    )
                 found.append(steps)
             outcome = self.judge_seen(Seen(tuple(results), tuple(found)))
         except Unjudged as exc:
