@@ -122,6 +122,9 @@ def _preferences(*wanted: int) -> Callable[[Step], bool]:
     return lambda a: sorted(p for p, _ in mx_records(a)) == sorted(wanted)
 
 
+BOTH_MX = answered("an MX answer listing MX 10 and MX 20", DOMAIN, _preferences(10, 20))
+
+
 def _refused_by(host: Callable[[RunResult], str]) -> Precondition:
     """The sender's SYN to ``host`` and the RST that refused it."""
 
@@ -156,7 +159,7 @@ def _dead(run: RunResult) -> str:
     "RFC 5321 §5.1: MX records are tried in order of preference, lowest first",
     SENDER,
     MX_PREFERENCE,
-    requires=[answered("an MX answer listing MX 10 and MX 20", DOMAIN, _preferences(10, 20))],
+    requires=[BOTH_MX],
 )
 def mx_preference(seen: Seen) -> Outcome:
     run = seen.run
@@ -178,7 +181,7 @@ def mx_preference(seen: Seen) -> Outcome:
     "RFC 5321 §5.1: the client MUST be able to try each relevant address in order",
     SENDER,
     MX_FALLBACK,
-    requires=[answered("an MX answer listing MX 10 and MX 20", DOMAIN, _preferences(10, 20))],
+    requires=[BOTH_MX],
 )
 def mx_fallback(seen: Seen) -> Outcome:
     run = seen.run
