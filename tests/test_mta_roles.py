@@ -143,3 +143,19 @@ def test_site_knobs_are_validated(extra, error) -> None:
 def test_site_knob_defaults() -> None:
     site = Site(None, "sender", Path("/nonexistent"), "mail.sender.com", "sender.com")
     assert (site.knob("vrfy"), site.knob("family")) == ("check", "ipv4")
+
+
+def test_a_503_to_data_after_every_rcpt_was_refused_decides_nothing() -> None:
+    """Postfix pipelines MAIL, RCPT, DATA: RCPT 451, then DATA 503 (no valid recipients).
+    The recipient's fate is its RCPT reply's: deferred, in the queue; never the 503's."""
+    turns = [
+        ("MAIL FROM:<luke@sender.com>", "250 ok"),
+        ("RCPT TO:<c3po@receiver.com>", "451 4.3.0 try later"),
+        ("DATA", "503 5.5.1 no valid recipients"),
+    ]
+    queued = [QueuedRecipient("c3po@receiver.com", "Q1", "said: 451 4.3.0 try later", "4.3.0")]
+    got = mta_outcomes(("c3po@receiver.com",), _answered(1, *turns), [], [], queued)
+    assert (got["c3po@receiver.com"].status, got["c3po@receiver.com"].stage) == (
+        "deferred",
+        "queue",
+    )

@@ -15,10 +15,11 @@ Rules kept here:
   read (before it stops: OpenSMTPD's queue lives in its own mount namespace) and its DSNs
   collected (RFC 3464); then a recipient's outcome is, in this order:
   1. a copy stored by the scripted receiver: delivered;
-  2. a 5yz from the scripted receiver to the recipient's RCPT or VRFY, or to the MAIL,
-     DATA or end of data of its transaction: rejected, at that stage (after a refused MAIL
-     the transaction's fate is the MAIL reply's: the 503s to RCPTs pipelined behind it
-     decide nothing), with the status code of a DSN that agrees;
+  2. a 5yz from the scripted receiver to the recipient's RCPT or VRFY, to the MAIL of its
+     transaction, or to its DATA or end of data once the recipient was accepted: rejected,
+     at that stage, with the status code of a DSN that agrees (after a refused MAIL the
+     transaction's fate is the MAIL reply's, and after a refused RCPT the recipient's is
+     the RCPT reply's: the 503s pipelined behind them decide nothing);
   3. a DSN with ``Action: failed``: rejected, with the DSN's status code;
   4. the recipient in the MTA's queue: deferred, with the reason and status code the MTA
      gives (a ``delayed`` DSN adds its status);
@@ -292,7 +293,7 @@ def _session_outcomes(
     return decided
 
 
-_SESSION_WIDE = ("MAIL", "DATA", "<end-of-data>")
+_SESSION_WIDE = ("DATA", "<end-of-data>")
 
 
 def _judged(
@@ -306,13 +307,15 @@ def _judged(
     if key == "MAIL":
         named.clear()
     if key == "RCPT" and reply.address is not None:
-        named.append(reply.address)
+        named += [reply.address] if code < 400 else []  # the transaction's accepted ones
         hit = [reply.address] if code >= 500 else []
     elif key == "VRFY" and code >= 500:
         user = (reply.argument or "").strip("<>").lower()
         hit = [r for r in recipients if r.lower().partition("@")[0] == user]
+    elif key == "MAIL" and code >= 500:
+        hit = list(recipients)
     elif key in _SESSION_WIDE and code >= 500:
-        hit = list(named) or list(recipients)
+        hit = list(named)  # a 503 to DATA after every RCPT was refused decides nothing
     elif key == "<end-of-data>" and code < 300:
         return [
             Outcome(r, OutcomeStatus.DELIVERED, key, code, text, None, evidence)
