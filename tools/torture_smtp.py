@@ -370,21 +370,33 @@ def _storage_figures(sessions: list[Session], receiver: Receiver) -> Iterator[Fi
         on_disk = copy.path.read_bytes() if copy.path else None
         copies.setdefault((copy.mail_from, copy.recipient), []).append((copy.data, on_disk))
     owed = [(m, rcpt) for m in accepted for rcpt in m.recipients]
-    exact = sum(copies.get((m.mail_from, r)) == [(m.stored_form,) * 2] for m, r in owed)
-    lost = sum((m.mail_from, r) not in copies for m, r in owed)
-    unasked = len(receiver.stored) - sum(len(copies.get((m.mail_from, r), [])) for m, r in owed)
+    fates = Counter(_fate(copies.get((m.mail_from, r)), m.stored_form) for m, r in owed)
     for m, r in owed:
-        if copies.get((m.mail_from, r), [(m.stored_form,) * 2]) != [(m.stored_form,) * 2]:
-            detail(f"SMTP {m.mail_from} -> {r}: the stored copy is not what was sent")
+        fate = _fate(copies.get((m.mail_from, r)), m.stored_form)
+        if fate != "exact":
+            detail(f"SMTP {m.mail_from} -> {r}: a 250 to its final dot, and the copy is {fate}")
+    unasked = len(receiver.stored) - sum(len(copies.get((m.mail_from, r), [])) for m, r in owed)
     yield noted("SMTP messages sent", len(sent))
     yield noted("SMTP messages given 250 to the final dot", len(accepted))
     yield noted("SMTP messages refused at the final dot", len(sent) - len(accepted))
     yield noted("SMTP copies owed (one per accepted recipient of a 250)", len(owed))
-    yield Figure("SMTP copies stored byte-exact, in memory and in the maildir", exact, len(owed))
-    yield Figure("SMTP copies lost (a 250, no copy)", lost)
-    yield Figure("SMTP copies corrupted or doubled (not one exact copy)", len(owed) - exact - lost)
+    yield Figure(
+        "SMTP copies stored byte-exact, in memory and in the maildir", fates["exact"], len(owed)
+    )
+    yield Figure("SMTP copies lost (a 250, no copy)", fates["lost"])
+    yield Figure("SMTP copies corrupted (not byte-exact)", fates["corrupted"])
+    yield Figure("SMTP copies doubled (stored more than once)", fates["doubled"])
     yield Figure("SMTP copies stored without a 250 to their final dot", unasked)
     yield Figure("SMTP internal faults the receiver recorded", _faults(receiver))
+
+
+def _fate(copies: list[tuple[bytes, bytes | None]] | None, sent: bytes) -> str:
+    """What became of one owed copy: each copy is (in memory, in the maildir file)."""
+    if not copies:
+        return "lost"
+    if len(copies) > 1:
+        return "doubled"
+    return "exact" if copies[0] == (sent, sent) else "corrupted"
 
 
 def _faults(receiver: Receiver) -> int:
