@@ -14,8 +14,13 @@ Rules this benchmark keeps:
   memory, each message kept as a ``StoredMessage``), no maildir, no log file, no DNS.
   ``ours+files`` adds what a run writes (a JSON-lines log and a maildir in a tmp folder).
 * Two loads: ``-s 20`` (20 sessions in parallel) and ``-s 1`` (one at a time); each
-  figure is the median of ``--repeat`` runs against a warm server.
+  figure is the median of ``--repeat`` runs against a warm server, the servers taking
+  turns in a rotating order.
 * Prints messages/s for each server and the ratios ours/aiosmtpd and ours/smtp-sink.
+* ``--baseline DIR`` adds ``baseline``: the receiver of another checkout (an earlier
+  commit, e.g. ``git archive REV | tar -x -C DIR``) served as ``ours`` is, measured in
+  the same interleaved runs, and prints ours/baseline: a refactor's cost, machine load
+  cancelled out.
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ RUN_TIMEOUT = 20.0  # seconds per smtp-source run; a slower server fails the ben
 # the same for every Python server (and a trim threshold above it, or brk churns instead).
 SERVER_ENV = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(1 << 20)}
 SERVER_ENV["MALLOC_TRIM_THRESHOLD_"] = str(2 << 20)
+SERVER_ENV["PYTHONHASHSEED"] = "0"  # one hash layout for every server process and run
 
 
 def serve(kind: str) -> None:
@@ -111,7 +117,9 @@ def _free_port() -> int:
 
 
 @contextmanager
-def server(kind: str, postfix: Path) -> Iterator[tuple[int, list[int]]]:
+def server(
+    kind: str, postfix: Path, baseline: Path | None = None
+) -> Iterator[tuple[int, list[int]]]:
     """A fresh ``kind`` server: (its port, a list that gets its accepted count, if known)."""
     counted: list[int] = []
     if kind == "smtp-sink":
@@ -127,6 +135,9 @@ def server(kind: str, postfix: Path) -> Iterator[tuple[int, list[int]]]:
             proc.wait(timeout=10)
         return
     command = [sys.executable, __file__, "--serve", kind]
+    if kind == "baseline":
+        assert baseline is not None  # main() adds the kind only with --baseline
+        command = [sys.executable, str(baseline / "bench/bench_smtp.py"), "--serve", "ours"]
     proc = subprocess.Popen(
         command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=SERVER_ENV
     )
@@ -171,19 +182,28 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="runs per server and load")
     parser.add_argument("--servers", default=",".join(SERVERS), help="comma-separated subset")
     parser.add_argument("--serve", choices=["ours", "ours+files", "aiosmtpd"], help="internal")
+    parser.add_argument("--baseline", type=Path, help="another checkout's receiver to compare")
     args, _ = parser.parse_known_args()  # bench/run.py passes its own arguments through
     if args.serve:
         serve(args.serve)
         return
     kinds = [kind for kind in SERVERS if kind in args.servers.split(",")]
+    if args.baseline:
+        kinds.append("baseline")
     postfix = debs.unpacked("postfix")
     runs: dict[tuple[str, int], list[float]] = {(k, s): [] for k in kinds for s in LOADS}
     with ExitStack() as stack:
-        servers = {kind: stack.enter_context(server(kind, postfix)) for kind in kinds}
-        # interleaved, so that a busy neighbour on the machine slows every server alike
-        for _ in range(args.repeat):
+        servers = {
+            kind: stack.enter_context(server(kind, postfix, args.baseline)) for kind in kinds
+        }
+        # interleaved, so that a busy neighbour on the machine slows every server alike, and
+        # in a rotating order, so that none always runs first (measured: the same code ran
+        # 0.89x as fast as itself at -s 1 when it always went first)
+        order = list(servers.items())
+        for repeat in range(args.repeat):
             for sessions in LOADS:
-                for kind, (port, _) in servers.items():
+                shift = repeat % len(order)
+                for kind, (port, _) in order[shift:] + order[:shift]:
                     runs[kind, sessions].append(measure(postfix, port, sessions))
     for kind, (_, counted) in servers.items():
         expected = MESSAGES * len(LOADS) * args.repeat
@@ -195,11 +215,12 @@ def main() -> None:
 
 
 def _figures(rates: dict[tuple[str, int], float], kinds: list[str], sessions: int) -> str:
-    """msg/s of each server, then ours/aiosmtpd and ours/smtp-sink (when both ran)."""
+    """msg/s of each server, then ours/aiosmtpd, ours/smtp-sink and ours/baseline (when both
+    ran)."""
     words = [f"{kind} {rates[kind, sessions]:6.0f}" for kind in kinds]
     line = "  ".join(words) + " msg/s"
     if "ours" in kinds:
-        for peer in ("aiosmtpd", "smtp-sink"):
+        for peer in ("aiosmtpd", "smtp-sink", "baseline"):
             if peer in kinds:
                 line += f"  ours/{peer} {rates['ours', sessions] / rates[peer, sessions]:4.2f}x"
     return line

@@ -57,10 +57,9 @@ from harness.grammar import Grammar, documentation_address, problem, require, sh
 from harness.lab.topology import Topology, default_topology, topology_from_dict
 from harness.mta.base import KNOBS, adapters
 from harness.smtp.commands import VERBS
-from harness.smtp.receiver import _CHOICES as RECEIVER_CHOICES
+from harness.smtp.policy import CHOICES as RECEIVER_CHOICES
 from harness.smtp.receiver import ReceiverConfig, ReplyRule
-from harness.smtp.sender import _POSITIONS as POSITIONS
-from harness.smtp.sender import MESSAGE, ScriptStep, SenderConfig
+from harness.smtp.sender import MESSAGE, POSITIONS, ScriptStep, SenderConfig
 from harness.smtp.state import END_OF_DATA, GREETING
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"

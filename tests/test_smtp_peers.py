@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -17,8 +18,9 @@ from pathlib import Path
 import pytest
 from dnslib import MX, PTR, QTYPE, RCODE, RR, A, DNSRecord
 
-from harness.smtp import ClientConnection, Reply
-from harness.smtp.receiver import Receiver, ReceiverConfig, ReplyRule
+from harness.smtp import ClientConnection, ConnectionClosed, Reply, policy
+from harness.smtp import sender as sender_module
+from harness.smtp.receiver import HOLD_LIMIT, Receiver, ReceiverConfig, ReplyRule
 from harness.smtp.sender import ScriptStep, Sender, SenderConfig
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,18 +63,21 @@ def run(coro):
     return asyncio.run(asyncio.wait_for(coro, 30))
 
 
-async def exchange(tmp_path, *, dns=None, receiver=None, sender=None, senders=1):
-    """Start a receiver on 127.0.0.1:0, run ``senders`` seed senders at it, wait for all."""
+async def exchange(tmp_path, *, dns=None, receiver=None, sender=None, senders=1, faults=False):
+    """Start a receiver on 127.0.0.1:0, run ``senders`` seed senders at it, wait for all.
+    Unless ``faults``, neither side may record a fault of ours: whatever the replies and
+    outcomes, a protocol outcome is never one."""
     dns = dns or FakeDns()
     rconfig = receiver or ReceiverConfig(maildir=tmp_path / "mail", log_path=tmp_path / "log.jsonl")
     async with Receiver(rconfig, resolve=dns) as rx:
         _, port = await rx.start("127.0.0.1", 0)
         sconfig = sender or SenderConfig(recipients=RECIPIENTS, message=SEED)
         sconfig.port = port
-        reports = await asyncio.gather(
-            *(Sender(sconfig, resolve=dns).send() for _ in range(senders))
-        )
+        peers = [Sender(sconfig, resolve=dns) for _ in range(senders)]
+        reports = await asyncio.gather(*(peer.send() for peer in peers))
         await rx.idle()
+    if not faults:
+        assert rx.internal_faults == [] and [p.internal_faults for p in peers] == [[]] * senders
     return (reports[0] if senders == 1 else reports), rx
 
 
@@ -157,22 +162,50 @@ def test_rcpt_rejection_is_per_recipient(tmp_path):
     assert [m.recipient for m in rx.stored] == ["r2d2@receiver.com"]
 
 
-async def chat(port: int, *sends: bytes) -> list[Reply]:
-    """Send each chunk and read one reply for it, through the client side of the core."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    conn = ClientConnection()
+class Client:
+    """A raw client on loopback that reads replies through the client side of the core."""
 
-    async def reply() -> Reply:
-        while not isinstance(event := conn.next_event(), Reply):
-            conn.receive_data(await reader.read(4096))
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.conn = ClientConnection()
+
+    @classmethod
+    async def connect(cls, port: int) -> Client:
+        return cls(*await asyncio.open_connection("127.0.0.1", port))
+
+    def send(self, data: bytes) -> None:
+        self.writer.write(self.conn.send_raw(data))
+
+    async def reply(self) -> Reply:
+        while not isinstance(event := self.conn.next_event(), Reply):
+            if isinstance(event, ConnectionClosed):
+                raise AssertionError("the server closed instead of replying")
+            self.conn.receive_data(await self.reader.read(4096))
         return event
 
-    replies = [await reply()]
+    async def eof(self) -> bytes:
+        """Everything the server still sends, up to its FIN."""
+        return await self.reader.read()
+
+    async def close(self) -> None:
+        self.writer.close()
+        await self.writer.wait_closed()
+
+    def reset(self) -> None:
+        """Leave with an RST (SO_LINGER 0), not a FIN."""
+        sock = self.writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.writer.transport.abort()
+
+
+async def chat(port: int, *sends: bytes) -> list[Reply]:
+    """Send each chunk and read one reply for it."""
+    client = await Client.connect(port)
+    replies = [await client.reply()]
     for data in sends:
-        writer.write(conn.send_raw(data))
-        replies.append(await reply())
-    writer.close()
-    await writer.wait_closed()
+        client.send(data)
+        replies.append(await client.reply())
+    await client.close()
     return replies
 
 
@@ -396,7 +429,7 @@ def test_refused_connection_defers():
 
 INTERRUPTED = """
 import asyncio, signal, sys
-from harness.smtp.receiver import Receiver, ReceiverConfig, ReplyRule
+from harness.smtp.receiver import HOLD_LIMIT, Receiver, ReceiverConfig, ReplyRule
 
 def _exit(signum, frame):
     raise SystemExit(128 + signum)  # as harness.lab does while a lab is up
@@ -433,3 +466,394 @@ def test_a_session_interrupted_at_shutdown_logs_nothing(delay):
     assert proc.returncode == 128 + signal.SIGTERM
     assert b"Traceback" not in stderr and b"Exception in callback" not in stderr, stderr.decode()
     assert stderr == b""
+
+
+# -- typed records: what the receiver answered, what the sender put on the wire ------------
+
+
+def test_answered_records_every_reply_as_sent(tmp_path):
+    rules = [
+        ReplyRule("RCPT", argument="r2d2@receiver.com", raw=b"452-mailbox\r\n452 4.2.2 full\r\n")
+    ]
+    config = ReceiverConfig(maildir=tmp_path / "mail", rules=rules)
+    report, rx = run(exchange(tmp_path, receiver=config))
+    assert [(a.session, a.key, a.argument, a.address, a.code) for a in rx.answered] == [
+        (1, "<greeting>", None, None, 220),
+        (1, "HELO", "mail.sender.com", None, 250),
+        (1, "VRFY", "aibo", None, 550),
+        (1, "VRFY", "c3po", None, 250),
+        (1, "VRFY", "r2d2", None, 250),
+        (1, "MAIL", "FROM:<luke@sender.com>", "luke@sender.com", 250),
+        (1, "RCPT", "TO:<c3po@receiver.com>", "c3po@receiver.com", 250),
+        (1, "RCPT", "TO:<r2d2@receiver.com>", "r2d2@receiver.com", 452),
+        (1, "DATA", None, None, 354),
+        (1, "<end-of-data>", None, None, 250),
+        (1, "QUIT", None, None, 221),
+    ]
+    assert rx.answered[7].lines == ("mailbox", "4.2.2 full")  # the raw reply, as sent
+    assert rx.answered[0].lines == ("mail.receiver.com ESMTP smtp-harness",)
+    # the same replies the sender read, in the same order
+    assert [a.code for a in rx.answered] == [e["code"] for e in kinds(report.transcript, "reply")]
+    assert [m.recipient for m in rx.stored] == ["c3po@receiver.com"]
+
+
+def test_a_rule_that_refuses_commits_nothing(tmp_path):
+    """The policy accepted the RCPT (250), the rule sent 550: the reply as sent decides."""
+    rules = [ReplyRule("RCPT", argument="c3po@receiver.com", code=550)]
+    config = ReceiverConfig(maildir=tmp_path / "mail", rules=rules)
+    _, rx = run(exchange(tmp_path, receiver=config))
+    rcpt = [(a.address, a.code, a.lines) for a in rx.answered if a.key == "RCPT"]
+    assert rcpt == [
+        ("c3po@receiver.com", 550, ("Scripted reply",)),
+        ("r2d2@receiver.com", 250, ("OK",)),
+    ]
+    assert [m.recipient for m in rx.stored] == ["r2d2@receiver.com"]
+
+
+@pytest.mark.parametrize(
+    ("message", "content"),
+    [
+        (SEED, SEED),
+        (b"Subject: x\r\n\r\nno final line break", b"Subject: x\r\n\r\nno final line break\r\n"),
+        (b"Subject: dots\r\n\r\n.\r\n..two\r\n.", b"Subject: dots\r\n\r\n.\r\n..two\r\n.\r\n"),
+    ],
+    ids=["seed", "crlf-added", "dot-stuffed"],
+)
+def test_send_report_contents_are_what_a_receiver_stores(tmp_path, message, content):
+    sender = SenderConfig(recipients=("c3po@receiver.com",), message=message)
+    report, rx = run(exchange(tmp_path, sender=sender))
+    assert report.contents == [content]
+    assert [m.data for m in rx.stored] == report.contents
+
+
+def test_send_report_contents_include_script_steps(tmp_path):
+    """An ``instead`` raw message is the content up to its first CRLF.CRLF; bytes a
+    ``before`` step sends after 354 are part of it."""
+    smuggled = b"Subject: x\r\n\r\nhello\n.\nMAIL FROM:<evil@x>\r\n..dot\r\n.\r\nNOOP\r\n"
+    script = [
+        ScriptStep(at="<message>", position="before", send=b"X-Early: 1\r\n", reply=False),
+        ScriptStep(at="<message>", position="instead", send=smuggled),
+    ]
+    sender = SenderConfig(recipients=("c3po@receiver.com",), message=b"unsent", script=script)
+    report, rx = run(exchange(tmp_path, sender=sender))
+    content = b"X-Early: 1\r\nSubject: x\r\n\r\nhello\n.\nMAIL FROM:<evil@x>\r\n.dot\r\n"
+    assert report.contents == [content]
+    assert [m.data for m in rx.stored] == [content]
+
+
+def test_no_content_without_354(tmp_path):
+    config = ReceiverConfig(maildir=tmp_path / "mail", rules=[ReplyRule("DATA", code=451)])
+    report, _ = run(exchange(tmp_path, receiver=config))
+    assert report.contents == [] and report.status("c3po@receiver.com") == "deferred"
+
+
+# -- our faults are records ---------------------------------------------------------------
+
+
+def test_a_reply_that_cannot_be_formatted_is_our_fault(tmp_path):
+    """Issue 8 finding 3, for real: a CR LF in the hostname makes every greeting fail to
+    format; each session records the fault, and the sender's outcome is a protocol one."""
+    config = ReceiverConfig(maildir=tmp_path / "mail", hostname="mail.receiver.com\r\n250 x")
+    reports, rx = run(exchange(tmp_path, receiver=config, senders=2, faults=True))
+    assert sorted(f.where for f in rx.internal_faults) == [
+        "receiver session 1",
+        "receiver session 2",
+    ]
+    fault = rx.internal_faults[0]
+    assert (
+        fault.summary.startswith("HarnessError: reply text") and "format_reply" in fault.traceback
+    )
+    assert [e["summary"] for e in kinds(rx.log.entries, "fault")] == [
+        f.summary for f in rx.internal_faults
+    ]
+    assert {r.status("c3po@receiver.com") for r in reports} == {"deferred"}
+    assert rx.stored == [] and rx.answered == []
+
+
+def test_stopping_the_receiver_mid_data_is_our_fault(tmp_path):
+    async def scenario():
+        rx = Receiver(ReceiverConfig(maildir=tmp_path / "mail"))
+        _, port = await rx.start("127.0.0.1", 0)
+        client = await Client.connect(port)
+        await client.reply()
+        client.send(HELO + b"MAIL FROM:<a@b.example>\r\nRCPT TO:<c3po@receiver.com>\r\n")
+        client.send(b"DATA\r\n")
+        codes = [(await client.reply()).code for _ in range(4)]
+        await rx.stop()  # after 354: the content is owed (none sent, so none unread: a FIN)
+        return codes, await client.eof(), rx
+
+    codes, rest, rx = run(scenario())
+    assert codes == [250, 250, 250, 354] and rest == b""  # our FIN, nothing more
+    assert [f.line() for f in rx.internal_faults] == [
+        "receiver session 1: session cut short: the receiver stopped (receiving DATA content)"
+    ]
+    assert rx.stored == []
+
+
+def test_a_client_that_quits_leaves_nothing_to_cut_short(tmp_path):
+    async def scenario():
+        rx = Receiver(ReceiverConfig(maildir=tmp_path / "mail"))
+        _, port = await rx.start("127.0.0.1", 0)
+        replies = await chat(port, HELO, b"QUIT\r\n")
+        await rx.idle()
+        await rx.stop()
+        return replies, rx
+
+    replies, rx = run(scenario())
+    assert [r.code for r in replies] == [220, 250, 221] and rx.internal_faults == []
+
+
+def test_a_bug_in_a_verb_is_our_fault_and_ends_that_session_only(tmp_path, monkeypatch):
+    """A genuine bug cannot be provoked without one: this test *injects* it, replacing the
+    policy's NOOP handler with one that raises.  The session that meets it records the
+    fault with its traceback and closes; the next session still delivers."""
+
+    def broken(config, facts, cmd):
+        raise KeyError("injected")
+
+    monkeypatch.setitem(policy.VERBS, "NOOP", broken)
+
+    async def scenario():
+        config = ReceiverConfig(maildir=tmp_path / "mail")
+        async with Receiver(config, resolve=FakeDns()) as rx:
+            _, port = await rx.start("127.0.0.1", 0)
+            client = await Client.connect(port)
+            await client.reply()
+            client.send(b"NOOP\r\n")
+            rest = await client.eof()
+            sender = SenderConfig(recipients=("c3po@receiver.com",), message=SEED, port=port)
+            report = await Sender(sender, resolve=FakeDns()).send()
+            await rx.idle()
+        return rest, report, rx
+
+    rest, report, rx = run(scenario())
+    assert rest == b"" and report.status("c3po@receiver.com") == "delivered"
+    assert [f.line() for f in rx.internal_faults] == ["receiver session 1: KeyError: 'injected'"]
+    assert "broken" in rx.internal_faults[0].traceback
+
+
+def test_a_sender_command_that_cannot_be_formatted_is_our_fault(tmp_path):
+    """For real: a CR LF in the HELO name (the loader refuses it; the Sender alone does
+    not) cannot be formatted.  Our fault, no outcome invented for it; the receiver saw a
+    client leave, which is never its fault."""
+    sender = SenderConfig(recipients=("c3po@receiver.com",), message=SEED, helo_name="a\r\nb")
+    report, rx = run(exchange(tmp_path, sender=sender, faults=True))
+    assert rx.internal_faults == [] and report.outcomes == {}
+    assert [e["summary"] for e in kinds(report.transcript, "fault")] == [
+        "HarnessError: command 'HELO a\\r\\nb' contains CR or LF; send it as raw bytes"
+    ]
+
+
+def test_a_bug_in_the_sender_is_our_fault_and_other_domains_still_go(tmp_path, monkeypatch):
+    """*Injected* bug (none can be provoked without one): ``_Dialogue._verify`` raises.
+    The domain it hit records the fault; the other domain still gets its outcome."""
+
+    async def broken(self):
+        raise ZeroDivisionError("injected")
+
+    monkeypatch.setattr(sender_module._Dialogue, "_verify", broken)
+
+    async def scenario():
+        async with Receiver(ReceiverConfig(maildir=tmp_path / "mail")) as rx:
+            _, port = await rx.start("127.0.0.1", 0)
+            recipients = ("c3po@receiver.com", "x@nosuch.example")
+            peer = Sender(SenderConfig(recipients, SEED, port=port), resolve=FakeDns())
+            report = await peer.send()
+            await rx.idle()
+        return peer, report, rx
+
+    peer, report, rx = run(scenario())
+    assert [f.line() for f in peer.internal_faults] == [
+        "sender, delivery to 'receiver.com': ZeroDivisionError: injected"
+    ]
+    assert "broken" in peer.internal_faults[0].traceback
+    assert {r: o.status for r, o in report.outcomes.items()} == {"x@nosuch.example": "rejected"}
+    assert rx.internal_faults == []
+
+
+# -- waits that notice a close, timeouts, replies line by line ------------------------------
+
+
+async def logged(rx: Receiver, kind: str, **fields) -> dict:
+    """The first entry of ``kind`` with ``fields`` in the receiver's log, once there (a
+    wait on an event, bounded by ``run``'s timeout)."""
+    while True:
+        for entry in rx.log.entries:
+            if entry["kind"] == kind and all(entry.get(k) == v for k, v in fields.items()):
+                return entry
+        await asyncio.sleep(0.005)
+
+
+@pytest.mark.parametrize("how", ["close", "reset"])
+@pytest.mark.parametrize(
+    ("rule", "pending"),
+    [
+        (ReplyRule("MAIL", delay=10.0), ("command", {"line": "MAIL FROM:<a@b.example>"})),
+        (
+            ReplyRule("EHLO", line_pause=10.0),
+            ("reply-line", {"line": "250-mail.receiver.com Hello a.example"}),
+        ),
+    ],
+    ids=["delay", "line-pause"],
+)
+def test_a_close_during_a_wait_ends_the_session_at_once(tmp_path, rule, pending, how):
+    """Issue 9 finding 3: the client leaves while a 10 s wait is pending; the session ends
+    without waiting it out (a bounded wait of 5 s would time out otherwise)."""
+
+    async def scenario():
+        config = ReceiverConfig(maildir=tmp_path / "mail", rules=[rule])
+        async with Receiver(config) as rx:
+            _, port = await rx.start("127.0.0.1", 0)
+            client = await Client.connect(port)
+            await client.reply()
+            client.send(b"EHLO a.example\r\nMAIL FROM:<a@b.example>\r\n")
+            await logged(rx, pending[0], **pending[1])
+            if how == "close":
+                await client.close()
+            else:
+                client.reset()
+            await asyncio.wait_for(rx.idle(), 5)
+        return rx
+
+    rx = run(scenario())
+    entries = [e["kind"] for e in rx.log.entries]
+    assert entries[-2:] == (
+        ["client-closed", "close"] if how == "close" else ["connection-lost", "close"]
+    )
+    if how == "close":
+        assert (
+            rx.log.entries[-2]["waiting"]
+            == f"the {'delay before MAIL' if rule.delay else 'pause between the lines of EHLO'}"
+        )
+    assert [a.key for a in rx.answered] == ["<greeting>", *(["EHLO"] if rule.delay else [])]
+    assert rx.internal_faults == []
+
+
+def test_pipelined_commands_wait_for_a_delayed_reply_and_are_judged_after_it(tmp_path):
+    """RFC 2920 order while the reading goes on: the RCPT pipelined behind a delayed MAIL
+    that the rule refuses is judged after that refusal (503)."""
+
+    async def scenario():
+        rules = [ReplyRule("MAIL", code=550, delay=1.0)]
+        async with Receiver(ReceiverConfig(maildir=tmp_path / "mail", rules=rules)) as rx:
+            _, port = await rx.start("127.0.0.1", 0)
+            client = await Client.connect(port)
+            await client.reply()
+            client.send(HELO)
+            await client.reply()
+            client.send(b"MAIL FROM:<a@b.example>\r\n")
+            await logged(rx, "command", line="MAIL FROM:<a@b.example>")
+            client.send(b"RCPT TO:<c3po@receiver.com>\r\nDATA\r\n")
+            codes = [(await client.reply()).code for _ in range(3)]
+            await client.close()
+            await rx.idle()
+        return codes, rx
+
+    codes, rx = run(scenario())
+    assert codes == [550, 503, 503]
+    order = [e["kind"] for e in rx.log.entries if e["kind"] in ("received", "reply", "command")]
+    assert order[-7:] == ["command", "received", "reply", "command", "reply", "command", "reply"]
+
+
+@pytest.mark.parametrize(
+    "sends",
+    [
+        b"",
+        b"HELO a.example\r\nMAIL FR",
+        b"HELO a.example\r\nMAIL FROM:<a@b.example>\r\n"
+        b"RCPT TO:<c3po@receiver.com>\r\nDATA\r\nSubject: half\r\n",
+    ],
+    ids=["after-greeting", "mid-line", "mid-data"],
+)
+def test_an_idle_client_gets_421_and_the_close(tmp_path, sends):
+    """RFC 5321 §4.5.3.2.7 and §3.8, with a short ``timeout``: a timeout, not a fault."""
+
+    async def scenario():
+        config = ReceiverConfig(maildir=tmp_path / "mail", timeout=1.0)
+        async with Receiver(config) as rx:
+            _, port = await rx.start("127.0.0.1", 0)
+            client = await Client.connect(port)
+            await client.reply()
+            client.send(sends)
+            replies = [
+                await client.reply() for _ in range(sends.count(b"\r\n") - sends.count(b"Subject"))
+            ]
+            timeout = await client.reply()
+            rest = await client.eof()
+            await rx.idle()
+        return replies, timeout, rest, rx
+
+    replies, timeout, rest, rx = run(scenario())
+    assert all(r.positive for r in replies)
+    assert (timeout.code, timeout.lines) == (
+        421,
+        ("4.4.2 mail.receiver.com Error: timeout exceeded",),
+    )
+    assert rest == b"" and rx.stored == [] and rx.internal_faults == []
+    assert [e["kind"] for e in rx.log.entries][-3:] == ["timeout", "reply", "close"]
+    assert rx.answered[-1][1:5] == ("<timeout>", None, None, 421)
+
+
+def test_a_reply_written_line_by_line_shows_a_client_that_speaks_early(tmp_path):
+    """Issue 8: greeting ``220-``, a pause, ``220 ``.  The client sends EHLO after the
+    first line: the log shows it arriving before the last line, and it is answered only
+    after the greeting is complete."""
+    lines = ["mail.receiver.com ESMTP", "still greeting"]
+    rules = [ReplyRule("<greeting>", text=lines, line_pause=2.0)]
+
+    async def scenario():
+        async with Receiver(ReceiverConfig(maildir=tmp_path / "mail", rules=rules)) as rx:
+            _, port = await rx.start("127.0.0.1", 0)
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            first = await reader.readline()
+            writer.write(b"EHLO early.example\r\n")
+            rest = [await reader.readline() for _ in range(5)]
+            writer.close()
+            await rx.idle()
+        return first, rest, rx
+
+    first, rest, rx = run(scenario())
+    assert first == b"220-mail.receiver.com ESMTP\r\n"
+    assert rest[0] == b"220 still greeting\r\n" and rest[1].startswith(b"250-mail.receiver.com")
+    trail = [
+        (e["kind"], e.get("line") or e.get("data") or e.get("lines", [""])[0])
+        for e in rx.log.entries
+        if e["kind"] in ("reply-line", "received", "reply", "command")
+    ]
+    assert trail[:5] == [
+        ("reply-line", "220-mail.receiver.com ESMTP"),
+        ("received", "EHLO early.example\r\n"),
+        ("reply-line", "220 still greeting"),
+        ("reply", "220-mail.receiver.com ESMTP"),
+        ("command", "EHLO early.example"),
+    ]
+    assert [a.key for a in rx.answered][:2] == ["<greeting>", "EHLO"]
+
+
+def test_reading_stops_once_a_waiting_reply_has_held_enough(tmp_path):
+    """While a reply waits the client's bytes are still read, but only up to HOLD_LIMIT:
+    then reading pauses (memory stays bounded), and resumes when the reply has gone out.
+    The pipelined message behind a delayed 354 is still stored byte-exact."""
+    body = b"Subject: big\r\n\r\n" + b"0123456789" * 150_000 + b"\r\n"
+
+    async def scenario():
+        rules = [ReplyRule("DATA", delay=2.0)]
+        async with Receiver(ReceiverConfig(maildir=tmp_path / "mail", rules=rules)) as rx:
+            _, port = await rx.start("127.0.0.1", 0)
+            client = await Client.connect(port)
+            await client.reply()
+            client.send(HELO + b"MAIL FROM:<a@b.example>\r\nRCPT TO:<c3po@receiver.com>\r\n")
+            codes = [(await client.reply()).code for _ in range(3)]
+            client.writer.write(b"DATA\r\n" + body + b".\r\nQUIT\r\n")
+            while sum(e["size"] for e in kinds(rx.log.entries, "received")) <= HOLD_LIMIT:
+                await asyncio.sleep(0.005)
+            (session,) = rx._sessions
+            reading = session.transport.is_reading()
+            codes += [(await client.reply()).code for _ in range(3)]
+            await client.eof()
+            await rx.idle()
+        return codes, reading, rx
+
+    codes, reading, rx = run(scenario())
+    assert codes == [250, 250, 250, 354, 250, 221] and reading is False
+    assert [m.data for m in rx.stored] == [body] and rx.internal_faults == []

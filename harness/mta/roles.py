@@ -291,7 +291,7 @@ def _session_outcomes(
     for reply in answered:
         rcpts = named.setdefault(reply.session, [])
         if reply.key == "MAIL":
-            refused[reply.session] = reply.code >= 400
+            refused[reply.session] = reply.code is None or reply.code >= 400
         elif refused.get(reply.session):
             continue  # rule 3: the MAIL reply decided this transaction
         for outcome in _judged(reply, rcpts, recipients, kept):
@@ -306,7 +306,8 @@ def _judged(
     reply: Answered, named: list[str], recipients: tuple[str, ...], kept: set[str]
 ) -> list[Outcome]:
     """The outcomes one reply of the scripted receiver decides."""
-    key, code, text = reply.key, reply.code, reply.lines[-1] if reply.lines else ""
+    key, text = reply.key, reply.lines[-1] if reply.lines else ""
+    code = 500 if reply.code is None else reply.code  # unreadable: permanent (§4.2.1)
     status = _STATUS.match(text)
     evidence = (f"{key} answered {code} {text}".rstrip(),)
     if key == "MAIL":

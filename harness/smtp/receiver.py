@@ -1,33 +1,44 @@
-"""The scripted SMTP receiver: an asyncio protocol that decides replies; the core parses.
+"""The scripted SMTP receiver: an asyncio protocol that moves bytes, waits and stores.
 
 Rules kept here:
 
-1. Every byte in and out goes through ``ServerConnection``; this module only decides.
-2. Replies follow RFC 5321 unless a ``ReplyRule`` overrides them: a line with NUL, bare CR
-   or bare LF gets 500 (policy ``bad_lines="accept"`` lets it through), an overlong line
-   500 always, an unknown verb 500, a syntax error 501, a command out of sequence 503
-   (§4.2.4, §4.3.2), an unadvertised MAIL/RCPT parameter 555 (§4.1.1.11); VRFY answers from
-   the user table, or 252 / 502 by policy (§3.5.3, §7.3).
-3. The PTR of the client's address is looked up at HELO/EHLO (the seed, steps 7-10) or at
-   connect before the greeting (``ptr_at="connect"``, as real MTAs do) and compared with
-   the HELO name: a mismatch is accepted, noted in the log, or refused with 550.
-4. A message is stored only after its end-of-data marker (or BDAT LAST), byte-exact, once
+1. Every byte in and out goes through ``ServerConnection`` (the core parses and formats);
+   every reply is decided by the pure reply policy (policy.py: which code and text, what
+   a positive reply commits to, the PTR/HELO and VRFY policies, reply rules).  This module
+   only moves the bytes, waits (a PTR lookup, a rule's delay or line pause) and stores.
+2. The PTR of the client's address is looked up when the policy wants it (at HELO/EHLO,
+   the seed's steps 7-10, or at connect before the greeting) through the injected
+   ``resolve``; a failed lookup is an empty answer, not a fault.
+3. A message is stored only after its end-of-data marker (or BDAT LAST), byte-exact, once
    per accepted recipient, maildir-style (``<dir>/<recipient>/tmp`` then renamed into
-   ``new``).  A session that ends any other way stores nothing.
-5. After 221 (QUIT) or 421 the receiver closes first: ``transport.close()`` right after
+   ``new``), and before the positive reply to it is written.  A session that ends any
+   other way stores nothing.
+4. After 221 (QUIT) or 421 the receiver closes first: ``transport.close()`` right after
    the reply is written flushes it, then sends our FIN before the client's (seed steps
-   29-33; §3.8, §4.1.1.10).
-6. Sessions are independent: one session's error (a reset, the idle ``timeout``, a bug) is
-   logged and ends that session only.  Stopping the receiver, or cancelling its waits at
-   shutdown, closes a session quietly: a ``close`` entry, nothing on stderr.
+   29-33; §3.8, §4.1.1.10).  A close whose reply the client does not read is cut off
+   (abort) after ``timeout`` seconds.
+5. Our faults are records (``Receiver.internal_faults``, ``harness.errors.InternalFault``,
+   and a ``fault`` log entry): an exception of ours in a session (a bug, a reply that
+   cannot be formatted) ends that session only; a session our side cut short (the
+   receiver stopped, or the event loop cancelled its wait, while it was in progress) is a
+   fault too.  What the client does - garbage, a reset, silence, closing - never is.
+6. Server timeout: RFC 5321 §4.5.3.2.7, "An SMTP server SHOULD have a timeout of at least
+   5 minutes while it is awaiting the next command from the sender."  Here the bound is
+   ``config.timeout`` (a scenario setting) while the client owes bytes; then 421 and close
+   (§3.8: "After a timeout ... occurs waiting for the client to send a command or data"),
+   logged as ``timeout``.
 7. The log has one entry per thing that happened, in order: connect, each command and
-   reply, DNS query and answer, anomalies, stored messages, close.
-8. A session is an ``asyncio.Protocol``: ``data_received`` feeds the core and answers every
-   event it completes at once, in the same call, when the reply needs no waiting (no
-   rule delay, no DNS).  What must wait (a PTR lookup, a rule's ``delay``) runs in a task
-   while ``pause_reading`` holds the client's further bytes - the core's "their bytes wait
-   for our reply" - then reading resumes and what was buffered is handled.  So is
-   a client that does not read its replies (``pause_writing``).
+   reply, DNS query and answer, anomalies, bytes received while a reply waited, each line
+   of a reply written line by line, stored messages, timeout, faults, close.
+   ``Receiver.answered`` has one ``Answered`` per complete reply, in the order sent.
+8. A session is an ``asyncio.Protocol``: ``data_received`` feeds the core and answers
+   every event it completes at once, in the same call, when the reply needs no waiting.
+   What must wait runs in a task; meanwhile the client's bytes are still read (logged as
+   ``received``) and buffered in the core, unparsed, to be judged and answered in order
+   once the wait is over (RFC 2920; protocol.py rule 4); an EOF or a reset during a wait
+   ends the session at once, the replies owed unsent.  Reading stops while the client
+   does not read its replies (``pause_writing``) or once it has sent ``HOLD_LIMIT`` octets
+   during one wait.
 """
 
 from __future__ import annotations
@@ -36,22 +47,23 @@ import asyncio
 import hashlib
 import ipaddress
 import itertools
+import re
 import socket
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import NamedTuple
 
 from dnslib import QTYPE, RCODE
 
-from harness.errors import HarnessError
+from harness.errors import InternalFault
 from harness.smtp.events import (
     NEED_DATA,
     PAUSED,
     Anomaly,
-    AnomalyKind,
     Command,
     ConnectionClosed,
     Content,
@@ -61,102 +73,49 @@ from harness.smtp.events import (
     Status,
 )
 from harness.smtp.peer import EventLog, Resolve, SocketFactory, family_of
+from harness.smtp.policy import (
+    TIMEOUT,
+    Decision,
+    Effect,
+    Facts,
+    ReceiverConfig,
+    ReplyRule,
+    Settled,
+    answer,
+    end_of_chunk,
+    end_of_message,
+    greeting,
+    ptr_wanted,
+    raw_reply,
+    reply_texts,
+    rule_for,
+    scripted,
+    settle,
+    timeout_reply,
+    with_ptr,
+)
 from harness.smtp.protocol import ServerConnection
-from harness.smtp.replies import parse_reply_line
 from harness.smtp.state import END_OF_DATA, GREETING, State
 
-Text = str | Sequence[str]
+__all__ = ["Answered", "Receiver", "ReceiverConfig", "ReplyRule", "StoredMessage"]
 
-# MAIL/RCPT parameter -> the EHLO keyword that must have been advertised for it
-_PARAM_EXTENSION = {
-    "SIZE": "SIZE",
-    "BODY": "8BITMIME",
-    "SMTPUTF8": "SMTPUTF8",
-    "RET": "DSN",
-    "ENVID": "DSN",
-    "NOTIFY": "DSN",
-    "ORCPT": "DSN",
-}
-_CHOICES = {
-    "vrfy": ("check", "252", "disabled"),
-    "ptr_check": ("accept", "note", "reject"),
-    "ptr_at": ("helo", "connect", "never"),
-    "bad_lines": ("reject", "accept"),
-}
+HOLD_LIMIT = 1 << 20  # octets a client may send while one reply waits (rule 8)
+_PIECES = re.compile(rb"[^\n]*\n|[^\n]+")  # a reply's lines, for writing them one by one
 
 
-@dataclass(frozen=True)
-class ReplyRule:
-    """Replace the reply to ``on`` (a verb, ``<greeting>`` or ``<end-of-data>``).
-
-    ``argument`` narrows it to one argument (the address for MAIL/RCPT), case-insensitive.
-    ``code``/``text`` replace the reply's (None keeps it), ``raw`` sends bytes as they are
-    (malformed replies), ``delay`` waits first, ``line_pause`` waits between the lines of a
-    multi-line reply (each line its own write), ``close`` closes the connection after it
-    (``raw=b"", close=True`` drops the connection without a reply)."""
-
-    on: str
-    argument: str | None = None
-    code: int | None = None
-    text: Text | None = None
-    raw: bytes | None = None
-    delay: float = 0.0
-    line_pause: float = 0.0
-    close: bool = False
-
-    def matches(self, key: str, command: Command | None) -> bool:
-        if self.on.upper() != key.upper():
-            return False
-        if self.argument is None:
-            return True
-        seen = command and (command.address if command.address is not None else command.argument)
-        return (seen or "").lower() == self.argument.lower()
-
-
-@dataclass
-class ReceiverConfig:
-    hostname: str = "mail.receiver.com"
-    greeting: str = "ESMTP smtp-harness"
-    domains: tuple[str, ...] = ("receiver.com",)
-    users: tuple[str, ...] = ("c3po", "r2d2")
-    vrfy: str = "check"  # check: 250/550 from users; 252: never verify; disabled: 502
-    ptr_check: str = "accept"  # on a HELO/PTR mismatch: accept, note (log), reject (550)
-    ptr_at: str = "helo"  # helo, connect (before 220), never
-    extensions: tuple[str, ...] = ("PIPELINING", "8BITMIME", "SIZE 10240000")
-    bad_lines: str = "reject"  # NUL / bare CR / bare LF in a command: reject (500), accept
-    rules: list[ReplyRule] = field(default_factory=list)
-    maildir: Path | None = None
-    log_path: Path | None = None
-    timeout: float = 300.0  # RFC 5321 §4.5.3.2.7: the server waits at least 5 minutes
-
-    def __post_init__(self) -> None:
-        for name, options in _CHOICES.items():
-            if getattr(self, name) not in options:
-                value = getattr(self, name)
-                raise HarnessError(f"receiver {name} = {value!r}: expected one of {options}")
-
-    @property
-    def advertised(self) -> frozenset[str]:
-        return frozenset(ext.split()[0].upper() for ext in self.extensions)
-
-    @property
-    def size_limit(self) -> int | None:
-        for ext in self.extensions:
-            name, _, value = ext.partition(" ")
-            if name.upper() == "SIZE" and value.strip().isdigit() and int(value) > 0:
-                return int(value)
-        return None
-
-
-@dataclass(frozen=True)
-class Answered:
-    """One reply the receiver sent, as sent (after reply rules), with what it answered."""
+class Answered(NamedTuple):
+    """One complete reply the receiver sent.  ``key`` names what it answered as
+    ``ReplyRule.matches`` knows it (a verb, ``BDAT LAST``, ``<greeting>``,
+    ``<end-of-data>``; ``<timeout>`` for the idle timeout's 421, which answers nothing);
+    ``argument``/``address`` are the answered command's; ``code``/``lines`` the reply as
+    sent, after reply rules: ``lines`` the text of each line after its code, as
+    ``Reply.lines``; ``code`` None only for raw bytes with no readable code."""
 
     session: int
-    key: str  # a verb, "<greeting>" or "<end-of-data>"
+    key: str
     argument: str | None
     address: str | None
-    code: int
+    code: int | None
     lines: tuple[str, ...]
 
 
@@ -187,6 +146,8 @@ class Receiver:
         self.socket_factory = socket_factory
         self.log = EventLog(config.log_path, per_turn=True)
         self.stored: list[StoredMessage] = []
+        self.answered: list[Answered] = []
+        self.internal_faults: list[InternalFault] = []
         self._servers: list[asyncio.Server] = []
         self._sessions: set[_Session] = set()
         self._numbers = itertools.count(1)
@@ -211,6 +172,8 @@ class Receiver:
             await asyncio.wait([session.ended for session in self._sessions])
 
     async def stop(self) -> None:
+        """Stop listening and end every session; one still in progress is cut short (a
+        fault, rule 5)."""
         for server in self._servers:
             server.close()
             await server.wait_closed()
@@ -229,8 +192,11 @@ class Receiver:
         return _Session(self, next(self._numbers))
 
 
+Step = Callable[[], Awaitable[None]]
+
+
 class _Session(asyncio.Protocol):
-    """One SMTP session: feed the core what arrives, decide each reply, send it (rule 8)."""
+    """One SMTP session: feed the core what arrives, ask the policy, send, wait, store."""
 
     transport: asyncio.Transport
 
@@ -238,28 +204,23 @@ class _Session(asyncio.Protocol):
         self.receiver = receiver
         self.config = receiver.config
         self.number = number
+        self.where = f"receiver session {number}"
         self.conn = ServerConnection()
         self.peer = ("0.0.0.0", 0)
-        self.ptr: list[str] | None = None  # PTR names of the client, once looked up
-        self.helo: str | None = None
-        self.esmtp = False
+        self.facts = Facts()
+        self.content: bytearray | None = None  # the message being received
+        self.chunk: tuple[Command, Decision] | None = None  # a BDAT reply owed after its chunk
         self.closing = False
-        self._add = partial(receiver.log.add, session=self.number)  # one log entry
-        self._effect: Callable[[], None] | None = None  # what a positive reply commits to
+        self._add = receiver.log.for_session(number)  # one log entry
         self._loop = asyncio.get_running_loop()
         self.ended = self._loop.create_future()
-        self._waits: deque[tuple[Callable[[], Awaitable[None]], Callable[[], None]]] = deque()
-        self._task: asyncio.Task[None] | None = None  # runs the waits; input is paused
+        self._waits: deque[tuple[Step, Callable[[], None], str]] = deque()
+        self._task: asyncio.Task[None] | None = None  # runs the waits
+        self._waiting = ""  # what the running wait is for
+        self._held = 0  # octets received during the running wait (rule 8)
         self._write_blocked = False
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.TimerHandle | None = None  # the idle timeout, or a close's bound
         self._deadline = 0.0
-        self._reset()
-
-    def _reset(self) -> None:
-        self.mail_from: str | None = None
-        self.recipients: list[str] = []
-        self.content: bytearray | None = None
-        self.chunk: tuple[Command, int, Text] | None = None  # a BDAT reply owed after its chunk
 
     # --- transport callbacks -------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -268,23 +229,26 @@ class _Session(asyncio.Protocol):
         self.peer = _client_address(transport.get_extra_info("peername"))
         self.receiver._sessions.add(self)
         self._add("connect", peer=self.peer)
-        try:
-            if self._resolving("connect"):
-                self._wait(self._look_up_ptr, self._greet)
-            else:
-                self._greet()
-        except Exception as exc:  # rule 6
-            self._fail(exc)
+        self._guarded(self._open)
         self._pump()
 
     def data_received(self, data: bytes) -> None:
-        self.conn.receive_data(data)
+        try:
+            self.conn.receive_data(data)
+        except Exception as exc:  # rule 5 (the core refuses bytes only after an EOF)
+            self._fault(exc)
+            return
         if self._task is None:
             self._pump()
+        else:
+            self._hold(data)
 
     def eof_received(self) -> bool:
-        self.data_received(b"")
-        return True  # half-open: the session closes the transport itself (rule 5)
+        if self._task is None:
+            self.data_received(b"")
+        elif not self.closing:  # rule 8: a close is noticed while a reply waits
+            self._client_left(waiting=self._waiting, unanswered=self._held)
+        return True  # half-open: the session closes the transport itself (rule 4)
 
     def pause_writing(self) -> None:
         self._write_blocked = True  # the client does not read its replies: stop reading too
@@ -295,8 +259,8 @@ class _Session(asyncio.Protocol):
         self._resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if exc is not None and not self.closing:
-            self._add("error", error=f"{type(exc).__name__}: {exc}")
+        if exc is not None and not self.closing:  # the client reset: not our fault
+            self._add("connection-lost", error=f"{type(exc).__name__}: {exc}")
         self.closing = True
         if self._task is not None:
             self._task.cancel()
@@ -307,12 +271,25 @@ class _Session(asyncio.Protocol):
         self.ended.set_result(None)
 
     def stop(self) -> None:
-        """End the session now (the receiver stops): no reply owed is sent."""
+        """End the session now (the receiver stops): no reply owed is sent; one still in
+        progress is cut short (rule 5)."""
+        if not self.closing:
+            self._cut_short("the receiver stopped")
+        self.closing = True
         if self._task is not None:
             self._task.cancel()
-        self._close()
+        if self.transport.get_write_buffer_size():
+            self.transport.abort()  # what is left unread would hold the close
+        else:
+            self.transport.close()
 
     # --- the event loop of one session ---------------------------------------------------
+    def _open(self) -> None:
+        if self._resolving(None):
+            self._wait(self._look_up_ptr, self._greet, "the PTR lookup at connect")
+        else:
+            self._greet()
+
     def _pump(self) -> None:
         """Handle every event the buffered bytes complete, synchronously, until the core
         needs more bytes or a reply has to wait (rule 8)."""
@@ -327,35 +304,45 @@ class _Session(asyncio.Protocol):
                     self.content += event.data  # the bulk of a message
                 else:
                     self._handle(event)
-        except Exception as exc:  # rule 6: even bugs end this session only
-            self._fail(exc)
+        except Exception as exc:  # rule 5: even bugs end this session only
+            self._fault(exc)
 
-    def _wait(self, step: Callable[[], Awaitable[None]], then: Callable[[], None]) -> None:
-        """Await ``step``, then run ``then``, in a task; the client's bytes wait meanwhile."""
-        self._waits.append((step, then))
+    def _wait(self, step: Step, then: Callable[[], None], what: str) -> None:
+        """Await ``step``, then run ``then``, in a task, for ``what`` (rule 8)."""
+        self._waits.append((step, then, what))
         if self._task is None:
-            self.transport.pause_reading()
+            self._held = 0
             self._task = self._loop.create_task(self._run_waits())
 
     async def _run_waits(self) -> None:
         try:
             while self._waits and not self.closing:
-                step, then = self._waits.popleft()
+                step, then, self._waiting = self._waits.popleft()
                 await step()
                 then()
         except asyncio.CancelledError:
-            self._close()  # shutdown: close quietly, no reply owed is sent
+            if not self.closing:  # not cancelled by the session itself: shutdown
+                self._cut_short(f"its wait ({self._waiting}) was cancelled")
+            self._close()  # no reply owed is sent
             raise
-        except Exception as exc:  # rule 6
-            self._fail(exc)
+        except Exception as exc:  # rule 5
+            self._fault(exc)
         finally:
             self._task = None
             self._waits.clear()
+        self._held = 0
         self._resume_reading()
         self._pump()  # what the client pipelined meanwhile
 
+    def _hold(self, data: bytes) -> None:
+        """Bytes that arrived while a reply waits: logged, parsed later (rule 8)."""
+        self._held += len(data)
+        self._add("received", size=len(data), data=data[:512].decode("utf-8", "surrogateescape"))
+        if self._held > HOLD_LIMIT:
+            self.transport.pause_reading()
+
     def _resume_reading(self) -> None:
-        if self._task is None and not self._write_blocked and not self.closing:
+        if not self._write_blocked and self._held <= HOLD_LIMIT and not self.closing:
             self.transport.resume_reading()
 
     def _arm(self) -> None:
@@ -371,16 +358,50 @@ class _Session(asyncio.Protocol):
         if self._loop.time() < self._deadline:
             self._timer = self._loop.call_at(self._deadline, self._idle_check)
         else:
-            self._fail(TimeoutError())
+            self._guarded(self._time_out)
 
-    def _fail(self, exc: Exception) -> None:
-        self._add("error", error=f"{type(exc).__name__}: {exc}")
+    def _time_out(self) -> None:
+        """Rule 6: 421, then close, whatever the core makes of it (after an unfinished raw
+        reply it reads the 421 as that reply's last line)."""
+        self._add("timeout", seconds=self.config.timeout)
+        self._send(TIMEOUT, None, timeout_reply(self.config), None)
         self._close()
 
+    def _guarded(self, step: Callable[[], None]) -> None:
+        try:
+            step()
+        except Exception as exc:  # rule 5
+            self._fault(exc)
+
+    def _fault(self, exc: Exception) -> None:
+        self._record(InternalFault.from_exception(self.where, exc))
+        self._close()
+
+    def _cut_short(self, why: str) -> None:
+        state = self.conn.state.value
+        self._record(InternalFault(self.where, f"session cut short: {why} ({state})"))
+
+    def _record(self, fault: InternalFault) -> None:
+        self.receiver.internal_faults.append(fault)
+        self._add("fault", summary=fault.summary)
+
     def _close(self) -> None:
-        """Close first: what is written is flushed, then our FIN (rule 5)."""
+        """Close first: what is written is flushed, then our FIN (rule 4)."""
         self.closing = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         self.transport.close()
+        if self.transport.get_write_buffer_size():  # bounded for a client that does not read
+            self._timer = self._loop.call_later(self.config.timeout, self.transport.abort)
+
+    def _client_left(self, **fields: object) -> None:
+        if self.content is not None:
+            self._add("aborted", reason="client closed mid-message", size=len(self.content))
+        self._add("client-closed", **fields)
+        self._close()
+        if self._task is not None:  # rule 8: the replies owed are not sent
+            self._task.cancel()
 
     # --- events --------------------------------------------------------------------------
     def _handle(self, event: Event | Status) -> None:
@@ -391,93 +412,111 @@ class _Session(asyncio.Protocol):
             case Content() if self.content is not None:
                 self.content += event.data
             case EndOfData():
-                self._answer(END_OF_DATA, None, *self._deliver(), reset=True)
+                decision = end_of_message(self.config, len(self.content or b""))
+                self._answer(END_OF_DATA, None, decision)
             case EndOfChunk():
                 self._end_chunk(event)
             case Anomaly():
                 self._add("anomaly", anomaly=event.kind.value, offset=event.offset)
             case ConnectionClosed():
-                if self.content is not None:
-                    self._add("aborted", reason="client closed mid-message", size=len(self.content))
-                self._add("client-closed", partial=len(event.partial))
-                self._close()
+                self._client_left(partial=len(event.partial))
 
     def _command(self, cmd: Command) -> None:
-        refusal = self._refusal(cmd)
-        if refusal is None and cmd.verb in _HELLO and self._resolving("helo"):
-            self._wait(self._look_up_ptr, partial(self._decided, cmd, None))
+        if self._resolving(cmd):
+            self._wait(
+                self._look_up_ptr, partial(self._decide, cmd), f"the PTR lookup at {cmd.verb}"
+            )
         else:
-            self._decided(cmd, refusal)
+            self._decide(cmd)
 
-    def _decided(self, cmd: Command, refusal: tuple[int, Text] | None) -> None:
-        code, text = refusal or _VERBS[cmd.verb](self, cmd)
+    def _decide(self, cmd: Command) -> None:
+        decision = answer(self.config, self.facts, cmd)
+        if decision.note is not None:
+            self._add(decision.note.kind, **decision.note.fields)
         if cmd.chunk_size is not None:  # BDAT: the reply follows the chunk (RFC 3030 §2)
-            self.chunk = (cmd, code, text)
-            if 200 <= code < 300 and self.content is None:
+            self.chunk = (cmd, decision)
+            if decision.effect is Effect.DATA and self.content is None:
                 self.content = bytearray()
             return
-        self._answer(cmd.key, cmd, code, text)
+        self._answer(cmd.key, cmd, decision)
 
-    def _refusal(self, cmd: Command) -> tuple[int, Text] | None:
-        if cmd.flaws:
-            if AnomalyKind.LINE_TOO_LONG in cmd.flaws:
-                return 500, "5.5.2 Line too long"
-            if self.config.bad_lines == "reject":
-                return 500, "5.5.2 NUL, bare CR or bare LF in command line"
-        if not cmd.known:
-            return 500, "5.5.1 Command unrecognized"
-        if cmd.syntax_error:
-            return 501, f"5.5.4 Syntax error: {cmd.syntax_error}"
-        if not cmd.in_order:
-            return 503, "5.5.1 Bad sequence of commands"
-        return None
+    def _end_chunk(self, event: EndOfChunk) -> None:
+        assert self.chunk is not None  # set by every BDAT command with a chunk size
+        cmd, pending = self.chunk
+        self.chunk = None
+        size = len(self.content or b"")
+        self._answer(cmd.key, cmd, end_of_chunk(self.config, pending, size, event.last))
 
-    def _answer(
-        self, key: str, cmd: Command | None, code: int, text: Text, *, reset: bool = False
-    ) -> None:
-        """Send the reply, or what a matching rule puts in its place (rule 2), after the
-        rule's delay; ``reset``: the reply ends the transaction, whatever it says."""
-        rule = self._rule(key, cmd) if self.config.rules else None
-        send = partial(self._send, key, code, text, rule, reset)
+    def _greet(self) -> None:
+        self._answer(GREETING, None, greeting(self.config))
+
+    # --- replies -------------------------------------------------------------------------
+    def _answer(self, key: str, cmd: Command | None, decision: Decision) -> None:
+        """Send the reply, or what a matching rule puts in its place, after the rule's
+        delay."""
+        rule = rule_for(self.config.rules, key, cmd) if self.config.rules else None
         if rule is not None and rule.delay:
-            self._wait(partial(asyncio.sleep, rule.delay), send)
+            send = partial(self._send, key, cmd, decision, rule)
+            self._wait(partial(asyncio.sleep, rule.delay), send, f"the delay before {key}")
         else:
-            send()
+            self._send(key, cmd, decision, rule)
 
-    def _send(self, key: str, code: int, text: Text, rule: ReplyRule | None, reset: bool) -> None:
-        sent: int | None = code
-        if rule is None:
-            data = self.conn.send_reply(code, text)
-        elif rule.raw is not None:
-            data = self.conn.send_raw(rule.raw)
-            sent = parse_reply_line(data.partition(b"\r\n")[0]).code
+    def _send(
+        self, key: str, cmd: Command | None, decision: Decision, rule: ReplyRule | None
+    ) -> None:
+        """Commit what the reply commits to (store first, rule 3), then write it, at once or
+        line by line."""
+        data, code, texts = self._format(decision, rule)
+        if decision.effect is not None or decision.ends_transaction:  # else nothing to commit
+            self._commit(settle(self.facts, decision, cmd, code))
+        argument, address = (None, None) if cmd is None else (cmd.argument, cmd.address)
+        answered = Answered(self.number, key, argument, address, code, texts)
+        if rule is not None and rule.line_pause and data.count(b"\n") > 1:
+            lines = partial(self._write_lines, key, data, rule.line_pause)
+            sent = partial(self._sent, answered, data, rule)
+            self._wait(lines, sent, f"the pause between the lines of {key}")
         else:
-            if rule.code is not None:
-                code, text = rule.code, "Scripted reply"
-                sent = code
-            if rule.text is not None:
-                text = rule.text
-            data = self.conn.send_reply(code, text)
-        self.transport.write(data)
-        self._add("reply", to=key, lines=_lines(data))
-        effect, self._effect = self._effect, None
-        if effect and sent and 200 <= sent < 400:  # a rule may have refused what we accepted
-            effect()
-        if reset:
-            self._reset()
-        # 221 to QUIT and any 421 close the session in the core's state table (rule 5)
+            self.transport.write(data)
+            self._sent(answered, data, rule)
+
+    def _format(
+        self, decision: Decision, rule: ReplyRule | None
+    ) -> tuple[bytes, int | None, tuple[str, ...]]:
+        """The reply's bytes (tracked by the core as sent), code and line texts."""
+        if rule is not None and rule.raw is not None:
+            data = self.conn.send_raw(rule.raw) if rule.raw else b""  # b"" is EOF to the core
+            return (data, *raw_reply(data))
+        code, text = (decision.code, decision.text) if rule is None else scripted(rule, decision)
+        return self.conn.send_reply(code, text), code, reply_texts(code, text)
+
+    def _commit(self, settled: Settled) -> None:
+        facts, effect, over = settled
+        if effect is Effect.DATA:
+            self.content = bytearray()
+        elif effect is Effect.DELIVER:
+            self._store(bytes(self.content or b""))
+        self.facts = facts
+        if over:
+            self.content = self.chunk = None
+
+    async def _write_lines(self, key: str, data: bytes, pause: float) -> None:
+        for i, piece in enumerate(_PIECES.findall(data)):
+            if i:
+                await asyncio.sleep(pause)
+            self.transport.write(piece)
+            self._add("reply-line", to=key, line=_first_line(piece))
+
+    def _sent(self, answered: Answered, data: bytes, rule: ReplyRule | None) -> None:
+        self._add("reply", to=answered.key, lines=_lines(data))
+        if data:
+            self.receiver.answered.append(answered)
+        # 221 to QUIT and any 421 close the session in the core's state table (rule 4)
         if self.conn.state is State.CLOSED or (rule is not None and rule.close):
             self._close()
 
-    def _rule(self, key: str, cmd: Command | None) -> ReplyRule | None:
-        return next((r for r in self.config.rules if r.matches(key, cmd)), None)
-
-    def _greet(self) -> None:
-        self._answer(GREETING, None, 220, f"{self.config.hostname} {self.config.greeting}")
-
     # --- DNS -----------------------------------------------------------------------------
-    def _resolving(self, at: str) -> bool:
-        return self.config.ptr_at == at and self.receiver.resolve is not None
+    def _resolving(self, cmd: Command | None) -> bool:
+        return self.receiver.resolve is not None and ptr_wanted(self.config, cmd)
 
     async def _look_up_ptr(self) -> None:
         """The PTR names of the client (empty if the lookup failed)."""
@@ -488,125 +527,28 @@ class _Session(asyncio.Protocol):
             record = await self.receiver.resolve(qname, "PTR")
         except Exception as exc:  # the resolver's own errors (timeouts, refusals) vary
             self._add("dns-error", qname=qname, error=f"{type(exc).__name__}: {exc}")
-            self.ptr = []
+            self.facts = with_ptr(self.facts, [])
             return
         names = [str(rr.rdata).rstrip(".").lower() for rr in record.rr if rr.rtype == QTYPE.PTR]
         self._add("dns-answer", qname=qname, rcode=RCODE.get(record.header.rcode), ptr=names)
-        self.ptr = names
-
-    # --- verbs ---------------------------------------------------------------------------
-    def _hello(self, cmd: Command) -> tuple[int, Text]:
-        name = (cmd.argument or "").rstrip(".").lower()
-        if self.ptr is not None and name not in self.ptr:
-            if self.config.ptr_check != "accept":
-                self._add("ptr-mismatch", helo=cmd.argument, ptr=self.ptr)
-            if self.config.ptr_check == "reject":
-                return 550, "5.7.1 HELO name does not match the name of your address"
-        self._effect = partial(self._greeted, cmd)
-        hello = f"{self.config.hostname} Hello {cmd.argument}"
-        return 250, [hello, *self.config.extensions] if cmd.verb == "EHLO" else hello
-
-    def _greeted(self, cmd: Command) -> None:
-        self._reset()
-        self.helo, self.esmtp = cmd.argument, cmd.verb == "EHLO"
-
-    def _mail(self, cmd: Command) -> tuple[int, Text]:
-        refused = self._unadvertised(cmd) if cmd.params else None
-        if refused:
-            return refused
-        limit, declared = self.config.size_limit, cmd.params.get("SIZE") or "0"
-        if limit and declared.isdigit() and int(declared) > limit:
-            return 552, "5.3.4 Message size exceeds fixed maximum message size"
-        self._effect = partial(setattr, self, "mail_from", cmd.address)
-        return 250, "OK"
-
-    def _rcpt(self, cmd: Command) -> tuple[int, Text]:
-        refused = self._unadvertised(cmd) if cmd.params else None
-        if refused:
-            return refused
-        if not self._known(cmd.address or ""):
-            return 550, f"5.1.1 <{cmd.address}>: Recipient address rejected: User unknown"
-        self._effect = lambda: self.recipients.append(cmd.address or "")
-        return 250, "OK"
-
-    def _data(self, cmd: Command) -> tuple[int, Text]:
-        self._effect = self._start_content
-        return 354, "End data with <CR><LF>.<CR><LF>"
-
-    def _start_content(self) -> None:
-        self.content = bytearray()
-
-    def _bdat(self, cmd: Command) -> tuple[int, Text]:
-        if "CHUNKING" not in self.config.advertised:
-            return 502, "5.5.1 BDAT not implemented"
-        return 250, f"2.0.0 {cmd.chunk_size} octets received"
-
-    def _vrfy(self, cmd: Command) -> tuple[int, Text]:
-        if self.config.vrfy == "disabled":
-            return 502, "5.5.1 VRFY command is disabled"
-        if self.config.vrfy == "252":
-            return 252, "2.5.2 Cannot VRFY user, but will accept message and attempt delivery"
-        user = (cmd.argument or "").strip("<>")
-        if self._known(user):
-            local = user.partition("@")[0]
-            return 250, f"<{local}@{self.config.domains[0]}>"
-        return 550, f"5.1.1 <{user}>: Recipient address rejected: User unknown"
-
-    def _fixed(self, cmd: Command) -> tuple[int, Text]:
-        return _FIXED[cmd.verb]
-
-    def _rset(self, cmd: Command) -> tuple[int, Text]:
-        self._effect = self._reset
-        return 250, "2.0.0 OK"
-
-    def _quit(self, cmd: Command) -> tuple[int, Text]:
-        return 221, f"2.0.0 {self.config.hostname} closing connection"
-
-    def _unadvertised(self, cmd: Command) -> tuple[int, Text] | None:
-        extensions = self.config.advertised if self.esmtp else frozenset()
-        for name in cmd.params:
-            if _PARAM_EXTENSION.get(name) not in extensions:
-                return 555, f"5.5.4 {name} parameter not recognized or not implemented"
-        return None
-
-    def _known(self, address: str) -> bool:
-        local, at, domain = address.partition("@")
-        domains = {d.lower() for d in self.config.domains}
-        in_domain = not at or domain.lower() in domains
-        return in_domain and local.lower() in {u.lower() for u in self.config.users}
+        self.facts = with_ptr(self.facts, names)
 
     # --- storing -------------------------------------------------------------------------
-    def _deliver(self) -> tuple[int, Text]:
-        """The reply to the end of a message; storing it waits for that reply (rule 4)."""
-        data = bytes(self.content or b"")
-        limit = self.config.size_limit
-        if limit and len(data) > limit:
-            return 552, "5.3.4 Message size exceeds fixed maximum message size"
-        self._effect = partial(self._store, data)
-        return 250, "OK Mail accepted"
-
     def _store(self, data: bytes) -> None:
         """One copy per accepted recipient, byte-exact."""
-        for recipient in self.recipients:
+        mail_from = self.facts.mail_from or ""
+        for recipient in self.facts.recipients:
             path = self._write(recipient, data)
-            stored = StoredMessage(recipient, self.mail_from or "", path, data)
+            stored = StoredMessage(recipient, mail_from, path, data)
             self.receiver.stored.append(stored)
             self._add(
                 "stored",
-                mail_from=stored.mail_from,
+                mail_from=mail_from,
                 recipient=recipient,
                 size=len(data),
                 sha256=stored.sha256,
                 path=path,
             )
-
-    def _end_chunk(self, event: EndOfChunk) -> None:
-        assert self.chunk is not None  # set by every BDAT command with a chunk size
-        cmd, code, text = self.chunk
-        self.chunk = None
-        if 200 <= code < 300 and event.last:
-            code, text = self._deliver()
-        self._answer(cmd.key, cmd, code, text, reset=event.last)
 
     def _write(self, recipient: str, data: bytes) -> Path | None:
         if self.config.maildir is None:
@@ -618,28 +560,6 @@ class _Session(asyncio.Protocol):
         tmp = box / "tmp" / name
         tmp.write_bytes(data)
         return tmp.rename(box / "new" / name)
-
-
-_HELLO = frozenset({"HELO", "EHLO"})
-_FIXED: dict[str, tuple[int, str]] = {
-    "NOOP": (250, "2.0.0 OK"),
-    "HELP": (214, "2.0.0 See RFC 5321"),
-    "EXPN": (502, "5.5.1 EXPN not available"),
-    "STARTTLS": (502, "5.5.1 STARTTLS not available"),
-}
-
-_VERBS = {
-    "HELO": _Session._hello,
-    "EHLO": _Session._hello,
-    "MAIL": _Session._mail,
-    "RCPT": _Session._rcpt,
-    "DATA": _Session._data,
-    "BDAT": _Session._bdat,
-    "VRFY": _Session._vrfy,
-    "QUIT": _Session._quit,
-    "RSET": _Session._rset,
-    **dict.fromkeys(_FIXED, _Session._fixed),
-}
 
 
 def _client_address(peername: tuple[str, int] | None) -> tuple[str, int]:

@@ -17,6 +17,16 @@ Rules kept here:
    reply to the end of data defers (§6.1: after "." the outcome is unknown, so retry).
 5. Scripting edits the dialogue, not the rules: ``ScriptStep`` adds, replaces or follows
    any command (or the message, ``<message>``) with a command line, raw bytes or a pause.
+6. ``SendReport.contents``: for each DATA answered 354, the content our bytes after it
+   carried, as a conformant receiver stores it: every byte we wrote after the 354, script
+   steps included, read by the core's own ``DataReader`` (dot-unstuffed, up to the first
+   CRLF.CRLF, its final CRLF kept).  A content whose end marker never went out is not
+   one: a conformant receiver stores nothing of it.
+7. Our faults are records: an exception of ours while delivering to a domain (a bug, a
+   command that cannot be formatted) is an ``InternalFault`` in ``Sender.internal_faults``
+   (and a ``fault`` log entry); that domain's recipients still open get no outcome, and
+   the other domains are still tried.  What the server does (refusals, 4yz, garbage,
+   closing, silence) is an outcome, never a fault.
 """
 
 from __future__ import annotations
@@ -31,17 +41,29 @@ from pathlib import Path
 
 from dnslib import QTYPE, RCODE, DNSRecord
 
-from harness.errors import HarnessError
+from harness.errors import HarnessError, InternalFault
 from harness.outcome import Outcome, SendReport
 from harness.smtp.commands import path_argument
-from harness.smtp.events import NEED_DATA, Anomaly, ConnectionClosed, Event, Reply, Status
+from harness.smtp.events import (
+    NEED_DATA,
+    Anomaly,
+    ConnectionClosed,
+    Content,
+    Direction,
+    EndOfData,
+    Event,
+    Reply,
+    Status,
+)
+from harness.smtp.framing import ReceiveBuffer
 from harness.smtp.peer import EventLog, Resolve, SocketFactory, family_of
 from harness.smtp.protocol import ClientConnection
+from harness.smtp.readers import DataReader
 from harness.smtp.state import GREETING, State
 
 MESSAGE = "<message>"
 _UNKNOWN_USER = frozenset({550, 551, 553})  # VRFY replies that say "no such user" (§3.5.3)
-_POSITIONS = ("before", "instead", "after")
+POSITIONS = ("before", "instead", "after")
 
 
 @dataclass(frozen=True)
@@ -61,8 +83,8 @@ class ScriptStep:
     reply: bool = True
 
     def __post_init__(self) -> None:
-        if self.position not in _POSITIONS:
-            raise HarnessError(f"script step position {self.position!r}: expected {_POSITIONS}")
+        if self.position not in POSITIONS:
+            raise HarnessError(f"script step position {self.position!r}: expected {POSITIONS}")
 
     def matches(self, key: str, argument: str | None) -> bool:
         if self.at.upper() != key.upper():
@@ -113,15 +135,26 @@ class Sender:
         self.resolve = resolve
         self.socket_factory = socket_factory
         self.log = EventLog(config.log_path)
+        self.internal_faults: list[InternalFault] = []
+        self.contents: list[bytes] = []  # rule 6
         self._outcomes: dict[str, Outcome] = {}
 
     async def send(self) -> SendReport:
         try:
             for domain, recipients in _by_domain(self.config.recipients).items():
-                await self._deliver(domain, recipients)
+                await self._guarded(domain, recipients)
         finally:
             self.log.close()
-        return SendReport(self._outcomes, self.log.entries)
+        return SendReport(self._outcomes, self.log.entries, self.contents)
+
+    async def _guarded(self, domain: str, recipients: list[str]) -> None:
+        """``_deliver``; an exception of ours is recorded, not raised (rule 7)."""
+        try:
+            await self._deliver(domain, recipients)
+        except Exception as exc:
+            fault = InternalFault.from_exception(f"sender, delivery to {domain!r}", exc)
+            self.internal_faults.append(fault)
+            self.log.add("fault", summary=fault.summary)
 
     def settle(self, recipients: list[str], outcome: _Settled) -> None:
         for r in recipients:
@@ -215,6 +248,7 @@ class _Dialogue:
         self.reader, self.writer = reader, writer
         self.conn = ClientConnection()
         self.open: list[str] = []  # recipients without an outcome yet
+        self.content: _Content | None = None  # what we send after the last 354 (rule 6)
 
     async def run(self, recipients: list[str]) -> None:
         self.open = list(recipients)
@@ -323,6 +357,8 @@ class _Dialogue:
         return await self._reply() if step.reply else None
 
     def _write(self, data: bytes) -> None:
+        if self.content is not None and (content := self.content.feed(data)) is not None:
+            self.sender.contents.append(content)
         if self.conn.state is State.DATA:
             self.log.add("message", size=len(data), sha256=hashlib.sha256(data).hexdigest())
         else:
@@ -350,7 +386,35 @@ class _Dialogue:
             self.conn.receive_data(data)
         if isinstance(event, Anomaly):
             self.log.add("anomaly", anomaly=event.kind.value, offset=event.offset)
+        elif isinstance(event, Reply) and event.answers == "DATA":
+            # rule 6: after 354 (the core's state says DATA) a new content starts
+            self.content = _Content() if self.conn.state is State.DATA else None
         return event
+
+
+class _Content:
+    """One message content as a conformant receiver stores it (rule 6): our bytes after a
+    354, through the core's DATA reader."""
+
+    def __init__(self) -> None:
+        self._buffer = ReceiveBuffer()
+        self._reader = DataReader()
+        self._data = bytearray()
+        self._ended = False
+
+    def feed(self, data: bytes) -> bytes | None:
+        """The whole content, once ``data`` brings its end marker; None before and after."""
+        if self._ended:
+            return None
+        self._buffer.feed(data)
+        while (events := self._reader.read(self._buffer, Direction.CLIENT)) is not None:
+            for event in events:
+                if isinstance(event, Content):
+                    self._data += event.data
+                elif isinstance(event, EndOfData):
+                    self._ended = True
+                    return bytes(self._data)
+        return None
 
 
 def _require(reply: Reply, stage: str) -> None:
