@@ -72,7 +72,7 @@ PCAP_SEEDS = (
 PCAP_BATCH = 500  # mutants per pcap_fuzz job
 PARTS = ("runs", "pcaps", "dns", "smtp")
 FULL = {"runs": 100, "pcaps": 100_000, "dns": 100_000, "smtp": 1_000, "drip": 0.01}
-QUICK = {"runs": 1, "pcaps": 400, "dns": 400, "smtp": 24, "drip": 0.001}
+QUICK = {"runs": 2, "pcaps": 400, "dns": 400, "smtp": 24, "drip": 0.001}
 
 
 def pcap_figures(count: int, seed: int, jobs: int, out: Path) -> Iterator[Figure]:

@@ -3,10 +3,11 @@
 Rules kept here:
 
 1. A run is ``smtp-harness run SCENARIO`` as a user starts it, in a subprocess, killed
-   after a random delay drawn (from a seeded ``random.Random``) between 0 and the time an
-   unkilled run of the same scenario took: start-up, lab, exchange and teardown are all
-   hit.  SIGINT goes to the run's process group, as a terminal's Ctrl-C does; SIGTERM and
-   SIGKILL to the run's pid, as ``kill`` does.
+   after a random delay (from a seeded ``random.Random``) between 0 and the time an
+   unkilled run of the same scenario took, stratified: of N runs, the k-th is drawn from
+   the k-th N-th of that time, so that start-up, lab, exchange and teardown are all hit
+   even when N is small.  SIGINT goes to the run's process group, as a terminal's Ctrl-C
+   does; SIGTERM and SIGKILL to the run's pid, as ``kill`` does.
 2. Each run has a state folder of its own (``SMTP_HARNESS_STATE``), so every lab record in
    it is that run's, and ``lab clean`` in it reclaims that run's labs only.  While the run
    lives, a watcher reads those records every few milliseconds: the lab ids, the inodes of
@@ -222,7 +223,8 @@ def killed_runs(scenario: Path, runs: int, rng: random.Random, work: Path) -> It
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
         done = []
         for number in range(1, runs + 1):
-            killed = batch.one(sig, rng.uniform(0.0, batch.duration), own)
+            delay = batch.duration * (number - 1 + rng.random()) / runs  # stratified (rule 1)
+            killed = batch.one(sig, delay, own)
             done.append(killed)
             if killed.wrong(own):
                 detail(f"run {name} {sig.name} #{number}: {killed.describe()}")
