@@ -20,9 +20,10 @@ pytestmark = pytest.mark.lab
 
 FIGURE = re.compile(r"\S.*?\s+-?\d+  (ok|FAIL|noted)")
 PARTS = ("pcap ", "DNS ", "SMTP ", "run seed, SIGKILL: ", "run postfix-receiver, SIGINT: ")
-# Kill delays from this seed miss the start-up window of the xfail below (0.01-0.03 s after
-# exec): until that is fixed, another seed fails the quick run a few times in a hundred.
-QUICK_SEED = "1"
+# Kill delays from this seed miss the windows of the xfails below (a Ctrl-C 0.01-0.06 s
+# after exec, or while postfix-receiver reads its .deb at the end of the exchange): until
+# they are fixed, another seed fails the quick run a few times in a hundred.
+QUICK_SEED = "85"
 CLI = str(Path(sys.executable).with_name("smtp-harness"))
 
 
@@ -41,7 +42,7 @@ def test_quick_torture_passes_and_every_line_is_a_count_and_its_result(tmp_path)
 
 @pytest.mark.xfail(
     strict=True,
-    reason="found by the torture: a Ctrl-C some 10-30 ms after smtp-harness starts, while "
+    reason="found by the torture: a Ctrl-C some 10-60 ms after smtp-harness starts, while "
     "Python initialises (init_sys_streams; site importing the editable install's finder) or "
     "the console script imports harness.entry, before entry.py handles SIGINT, prints a "
     "KeyboardInterrupt traceback and exits 1 (issue 9 #8)",
@@ -59,3 +60,90 @@ def test_ctrl_c_at_any_moment_of_start_up_is_quiet() -> None:
         stderr = proc.communicate(timeout=30)[1].decode(errors="replace")
         assert "Traceback" not in stderr, f"SIGINT after {ms} ms:\n{stderr}"
         assert proc.returncode in (ExitCode.SIGINT, -signal.SIGINT, ExitCode.OK), ms
+
+
+# The two below are what the torture found in 1 of 100 SIGTERMed postfix-receiver runs each
+# (seed 20240601): a signal handler that raises lands at a moment where the exception cannot
+# propagate as meant.  On the real path it takes luck (microseconds); each reproducer makes
+# that moment certain with the harness's own handler, and says how.
+SIGTERM_IN_A_SUBTASK = """
+import asyncio, os, signal, threading, time
+from harness.lab import Lab
+
+async def connect():  # stands for the sender's sock_connect, awaited through wait_for
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:  # busy in this task's step when SIGTERM lands
+        pass
+
+async def exchange():
+    threading.Timer(0.1, os.kill, (os.getpid(), signal.SIGTERM)).start()
+    await asyncio.wait_for(connect(), 10)
+
+with Lab():  # the lab's own SIGTERM handler, as in a run
+    asyncio.run(exchange())
+"""
+SIGTERM_IN_A_CALLBACK = """
+import gc, signal, weakref
+from harness import entry
+
+signal.signal(signal.SIGTERM, entry._terminated)  # what entry.main installs first
+
+class Lock:  # stands for importlib's module lock, whose weakref callback runs Python code
+    pass
+
+lock = Lock()
+ref = weakref.ref(lock, lambda _: signal.raise_signal(signal.SIGTERM))
+del lock  # the callback runs; SIGTERM lands inside it
+gc.collect()
+print("the run went on")
+"""
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="found by the torture: SIGTERM while a task awaited through wait_for is being "
+    "stepped (the sender's sock_connect) raises the lab's SystemExit inside that task; "
+    "asyncio.run's cancellation re-raises it in the main task, and asyncio logs 'Task "
+    "exception was never retrieved' with a traceback on stderr (exit 143, nothing left)",
+)
+def test_sigterm_while_a_task_is_stepping_prints_no_traceback() -> None:
+    done = subprocess.run([PYTHON, "-c", SIGTERM_IN_A_SUBTASK], capture_output=True, text=True)
+    assert done.returncode == ExitCode.SIGTERM
+    assert "Traceback" not in done.stderr, done.stderr
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="found by the torture: SIGTERM while smtp-harness imports, landing in importlib's "
+    "module-lock weakref callback, raises entry's SystemExit where Python ignores "
+    "exceptions ('Exception ignored in ... cb'): a traceback, the signal lost, the run goes "
+    "on to its verdict and exits 0",
+)
+def test_sigterm_in_a_callback_is_not_lost() -> None:
+    done = subprocess.run([PYTHON, "-c", SIGTERM_IN_A_CALLBACK], capture_output=True, text=True)
+    assert (done.returncode, done.stdout) == (ExitCode.SIGTERM, "")
+    assert "Traceback" not in done.stderr, done.stderr
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="found by the torture: a Ctrl-C while a run with an MTA reads the .deb's "
+    "provenance (`dpkg-deb -f`, in the terminal's process group) kills dpkg-deb too; inside "
+    "asyncio.run a first SIGINT only cancels the main task, so the child's death is "
+    "reported as bad input: 'error: cannot read ....deb: dpkg-deb -f: failed without a "
+    "message', exit 2 instead of 130",
+)
+def test_ctrl_c_while_dpkg_deb_runs_exits_130(tmp_path) -> None:
+    """The Ctrl-C made certain: a `dpkg-deb` first on PATH sends SIGINT to its process
+    group (the run's own session, as a terminal's foreground group), then runs the real one."""
+    wrapper = tmp_path / "bin" / "dpkg-deb"
+    wrapper.parent.mkdir()
+    wrapper.write_text('#!/bin/sh\nkill -INT 0\nexec /usr/bin/dpkg-deb "$@"\n')
+    wrapper.chmod(0o755)
+    env = {**os.environ, "PATH": f"{wrapper.parent}:{os.environ['PATH']}"}
+    scenario = ROOT / "fixtures" / "scenarios" / "postfix-receiver.toml"
+    done = subprocess.run(
+        [CLI, "run", str(scenario), "--out", str(tmp_path / "run")],
+        capture_output=True, text=True, cwd=ROOT, env=env, start_new_session=True, timeout=120,
+    )  # fmt: skip
+    assert (done.returncode, done.stderr) == (ExitCode.SIGINT, "smtp-harness: interrupted\n")

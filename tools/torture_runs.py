@@ -3,11 +3,12 @@
 Rules kept here:
 
 1. A run is ``smtp-harness run SCENARIO`` as a user starts it, in a subprocess, killed
-   after a random delay (from a seeded ``random.Random``) between 0 and the time an
-   unkilled run of the same scenario took, stratified: of N runs, the k-th is drawn from
-   the k-th N-th of that time, so that start-up, lab, exchange and teardown are all hit
-   even when N is small.  SIGINT goes to the run's process group, as a terminal's Ctrl-C
-   does; SIGTERM and SIGKILL to the run's pid, as ``kill`` does.
+   after a random delay (from a seeded ``random.Random``) between 0 and the median time
+   of ``UNKILLED`` unkilled runs of the same scenario (judged too), stratified: of N
+   runs, the k-th is drawn from the k-th N-th of that time, so that start-up, lab,
+   exchange and teardown are all hit even when N is small.  SIGINT goes to the run's
+   process group, as a terminal's Ctrl-C does; SIGTERM and SIGKILL to the run's pid, as
+   ``kill`` does.
 2. Each run has a state folder of its own (``SMTP_HARNESS_STATE``), so every lab record in
    it is that run's, and ``lab clean`` in it reclaims that run's labs only.  While the run
    lives, a watcher reads those records every few milliseconds: the lab ids, the inodes of
@@ -21,8 +22,10 @@ Rules kept here:
    that is what ``lab clean`` is for), then after ``lab clean`` (run while the killed
    owner is still an unreaped zombie, the normal case right after a kill), judged.
 4. Exit codes: 130 for SIGINT and 143 for SIGTERM (or the signal's own death, which a shell
-   also shows as 128 + N, when it came before the handler was installed), the code of the
-   unkilled run when the run ended first, never a traceback on stderr; a run still alive
+   also shows as 128 + N, when it came before the handler was installed); the code of the
+   unkilled runs only when the run had finished first: it ended before its signal, or had
+   written its verdict (``run.json``) before it came, so that a lost signal (the run going
+   on to its verdict) is a wrong exit.  Never a traceback on stderr; a run still alive
    ``HANG_S`` after its signal is killed and counted as a wrong exit.
 5. Whatever a run left is removed after it is counted (``lab clean``, its processes by
    pid), and its folder too unless it holds a finding; a folder a mount names is never
@@ -37,6 +40,7 @@ import os
 import random
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import threading
@@ -56,6 +60,7 @@ CLI = str(Path(sys.executable).with_name("smtp-harness"))
 ROOT = Path(__file__).resolve().parent.parent
 ETC_NETNS = Path("/etc/netns")
 POLL_S = 0.002  # the watcher's period: a lab lives for hundreds of milliseconds at least
+UNKILLED = 3  # unkilled runs per scenario: their median time bounds the kill delays
 HANG_S = 60.0  # a run that has not exited this long after its signal hangs
 CLEAN_S = 60.0  # bound on `lab clean`
 KINDS = ("network namespaces", "/etc/netns entries", "lab records", "processes", "mounts")
@@ -108,7 +113,9 @@ class Killed:
     folder: Path
     sig: signal.Signals | None  # None: the unkilled run
     delay: float
+    seconds: float = 0.0  # from start to exit
     signalled: bool = False
+    finished_first: bool = False  # its verdict was written before the signal came
     code: int | None = None  # None: it hung
     traceback: bool = False
     saw_lab: bool = False
@@ -121,10 +128,11 @@ class Killed:
         return self.left_after_clean if self.sig is signal.SIGKILL else self.left
 
     def exit_ok(self, own: int | None) -> bool:
-        """Whether the exit code is the signal's, or ``own`` (the unkilled run's code)."""
-        if self.code == own:
-            return True  # it ended first, or the signal came as it was exiting
-        return self.signalled and self.code in ACCEPTED[self.sig]
+        """Whether the exit code is the signal's, or ``own`` (the unkilled runs' code) for a
+        run that had finished first (rule 4)."""
+        if not self.signalled:
+            return self.code == own
+        return self.code in ACCEPTED[self.sig] or (self.finished_first and self.code == own)
 
     def wrong(self, own: int | None) -> bool:
         clean_failed = self.sig is signal.SIGKILL and self.cleaned != 0
@@ -132,23 +140,24 @@ class Killed:
         return not self.exit_ok(own) or self.traceback or clean_failed or left
 
     def describe(self) -> str:
+        left = {kind: n for kind, n in self.judged_left.items() if n}
         return (
-            f"{self.folder}: delay {self.delay:.3f} s, signalled {self.signalled}, "
-            f"exit {self.code}, traceback {self.traceback}, lab clean {self.cleaned}, "
-            f"left {dict(self.judged_left)}"
+            f"{self.folder}: delay {self.delay:.3f} s, signalled {self.signalled} "
+            f"(its verdict written before: {self.finished_first}), "
+            f"exit {self.code}, traceback {self.traceback}, lab clean {self.cleaned}, left {left}"
         )
 
 
 class Batch:
-    """Runs of one scenario: an unkilled one first (its exit code and time), then killed ones."""
+    """Runs of one scenario: unkilled ones first (their exit code and time), then killed ones."""
 
     def __init__(self, scenario: Path, work: Path) -> None:
         self.scenario = scenario
         self.work = work
         self.numbers = iter(range(1, 1 << 30))
-        began = time.monotonic()
-        self.baseline = self.one(None, 0.0, own=ExitCode.OK)
-        self.duration = time.monotonic() - began
+        self.unkilled = [self.one(None, 0.0, ExitCode.OK) for _ in range(UNKILLED)]
+        self.duration = statistics.median(k.seconds for k in self.unkilled)
+        self.own = Counter(k.code for k in self.unkilled).most_common(1)[0][0]
 
     def one(self, sig: signal.Signals | None, delay: float, own: int | None) -> Killed:
         """Start a run, signal it after ``delay`` s (unless it ended first), count leftovers."""
@@ -164,10 +173,12 @@ class Batch:
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr,
                 cwd=ROOT, env=env, start_new_session=True,
             )  # fmt: skip
+        began = time.monotonic()
         watch.start()
         try:
             _signal(proc, killed)
             _ending(proc, killed, watch, env)
+            killed.seconds = time.monotonic() - began
         except BaseException:  # Ctrl-C or SIGTERM of the torture: leave nothing either
             proc.kill()
             _tidy(watch, folder, env, keep=True)
@@ -193,11 +204,14 @@ def _signal(proc: subprocess.Popen, killed: Killed) -> None:
     except subprocess.TimeoutExpired:
         pass
     killed.signalled = True
+    sent = time.time()
     with contextlib.suppress(ProcessLookupError):
         if killed.sig is signal.SIGINT:
             os.killpg(proc.pid, killed.sig)
         else:
             proc.send_signal(killed.sig)
+    with contextlib.suppress(FileNotFoundError):
+        killed.finished_first = (killed.folder / "run" / "run.json").stat().st_mtime < sent
 
 
 def _ending(proc: subprocess.Popen, killed: Killed, watch: Watch, env: dict[str, str]) -> None:
@@ -216,10 +230,11 @@ def _ending(proc: subprocess.Popen, killed: Killed, watch: Watch, env: dict[str,
 def killed_runs(scenario: Path, runs: int, rng: random.Random, work: Path) -> Iterator[Figure]:
     """The figures of ``runs`` runs of ``scenario`` per signal (rule 1)."""
     batch = Batch(scenario, work)
-    name, own = scenario.stem, batch.baseline.code
-    yield Figure(f"run {name} unkilled: exit code", -1 if own is None else own, ExitCode.OK)
-    yield Figure(f"run {name} unkilled: tracebacks on stderr", int(batch.baseline.traceback))
-    yield from _left_figures(f"run {name} unkilled: left", batch.baseline.left)
+    name, own, unkilled = scenario.stem, batch.own, batch.unkilled
+    label = f"run {name}, unkilled"
+    yield Figure(f"{label}: exit 0", sum(k.code == ExitCode.OK for k in unkilled), len(unkilled))
+    yield Figure(f"{label}: tracebacks on stderr", sum(k.traceback for k in unkilled))
+    yield from _left_figures(f"{label}: left", _sum(k.left for k in unkilled))
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
         done = []
         for number in range(1, runs + 1):
@@ -232,14 +247,14 @@ def killed_runs(scenario: Path, runs: int, rng: random.Random, work: Path) -> It
 
 
 def _figures(label: str, done: list[Killed], batch: Batch) -> Iterator[Figure]:
-    sig, own = done[0].sig, batch.baseline.code
+    sig, own = done[0].sig, batch.own
     codes = "killed" if sig is signal.SIGKILL else f"exit {ACCEPTED[sig][0]}"
     after = f"signalled 0-{batch.duration * 1000:.0f} ms after start"
     yield noted(f"{label}: runs, {after}", len(done))
     yield noted(f"{label}: runs that ended before their signal", sum(not k.signalled for k in done))
     yield noted(f"{label}: runs whose lab the watcher saw", sum(k.saw_lab for k in done))
     yield Figure(
-        f"{label}: {codes}, or {own} (the unkilled run's) if it ended first",
+        f"{label}: {codes}, or {own} (the unkilled runs') if it had finished",
         sum(k.exit_ok(own) for k in done),
         len(done),
     )

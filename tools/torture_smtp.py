@@ -2,14 +2,15 @@
 
 Rules kept here:
 
-1. Each kind of abuse is one generator in ``ABUSES``: from a ``random.Random`` it makes a
+1. Each kind of abuse is one generator in ``abuses()``: from a ``random.Random`` it makes a
    ``Plan``, the abusive command lines a session sends and the messages it sends after
    them.  Every kind appears at least once; the rest are drawn by weight.  The kinds:
    overlong command lines, NUL, bare CR and bare LF in commands and in DATA (lone dots
    between odd line breaks too: the smuggling shapes), overlong DATA lines, a 10 MB DATA,
-   a slow drip (every byte of the session on its own, with a pause after it), and plain
-   sessions; they run ``CONCURRENT`` at a time, held at a barrier once greeted, so that
-   many are open at once.
+   a slow drip (every byte of the session on its own, with a pause after it).  They run
+   ``CONCURRENT`` at a time, held at a barrier once greeted, so that many are open at
+   once, against the receiver the seed scenario configures (its PTR lookup at HELO goes
+   to the lab's DNS server).
 2. A client does not guess how many replies an abusive line earns (a bare LF ends a unit,
    so ``NOOP\\nNOOP`` gets two): after each abusive line it sends ``VRFY <marker>`` and
    reads replies until the one naming its marker.
@@ -53,7 +54,6 @@ RECIPIENTS = ("c3po@receiver.com", "r2d2@receiver.com")
 CONCURRENT = 200
 GIANT = 10_000_000  # octets: "a 10 MB DATA", under the receiver's SIZE 10240000
 REPLY_S = 120.0  # a reply later than this is no reply (a 10 MB DATA takes seconds)
-BARRIER_S = 60.0  # the longest a greeted session waits for the others
 _COMMANDS = (
     b"NOOP",
     b"HELO mail.sender.com",
@@ -125,10 +125,6 @@ def slow_drip(rng: random.Random, pause: float) -> Plan:
     return Plan(commands=(b"NOOP\r\n",), pause=pause)
 
 
-def plain(rng: random.Random) -> Plan:
-    return Plan()
-
-
 _GIANT: list[bytes] = []
 
 
@@ -154,7 +150,6 @@ def abuses(drip_pause: float) -> dict[str, tuple[Callable[[random.Random], Plan]
         "overlong DATA line": (overlong_data_line, 10),
         "10 MB DATA": (giant_data, 0.5),
         "slow drip, a byte at a time": (partial(slow_drip, pause=drip_pause), 2),
-        "plain": (plain, 10),
     }
 
 
@@ -180,10 +175,12 @@ class Session:
 
 
 class _Wave:
-    """Sessions held once greeted until all of the wave are (rule 1)."""
+    """Sessions held once greeted until all of the wave are (rule 1), for at most ``hold``
+    seconds: half the receiver's idle timeout, which would otherwise end them first."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, hold: float) -> None:
         self.size = size
+        self.hold = hold
         self.arrived = 0
         self.greeted = 0
         self.peak = 0
@@ -196,7 +193,7 @@ class _Wave:
         if self.arrived == self.size:
             self.all_in.set()
         with contextlib.suppress(TimeoutError):  # the peak figure shows it
-            await asyncio.wait_for(self.all_in.wait(), BARRIER_S)
+            await asyncio.wait_for(self.all_in.wait(), self.hold)
 
 
 class _Client:
@@ -236,12 +233,13 @@ class _Client:
 async def _run_session(
     session: Session, wave: _Wave, connect: Callable[[], socket.socket], address: tuple
 ) -> None:
+    sock = connect()
     try:
-        sock = connect()
         sock.setblocking(False)
         await asyncio.get_running_loop().sock_connect(sock, address)
         reader, writer = await asyncio.open_connection(sock=sock, limit=1 << 20)
     except OSError as exc:
+        sock.close()
         session.problems.append(f"connect: {exc}")
         await wave.meet(False)
         return
@@ -330,7 +328,7 @@ async def _torture(lab: Lab, scenario: Scenario, sessions: list[Session], folder
         connect = partial(client, socket.AF_INET, socket.SOCK_STREAM)
         for start in range(0, len(sessions), CONCURRENT):
             wave_sessions = sessions[start : start + CONCURRENT]
-            wave = _Wave(len(wave_sessions))
+            wave = _Wave(len(wave_sessions), config.timeout / 2)
             await asyncio.gather(*(_run_session(s, wave, connect, address) for s in wave_sessions))
             peak = max(peak, wave.peak)
         await receiver.idle()
