@@ -14,7 +14,9 @@ Rules kept here:
    lives, a watcher reads those records every few milliseconds: the lab ids, the inodes of
    their namespaces (a namespace outlives its name while a process is in it) and the
    children recorded.  Leaks are judged by those ids, inodes and pids, never by
-   machine-wide totals: other people's labs come and go.
+   machine-wide totals: other people's labs come and go.  Inodes are reused once a
+   namespace is freed, so one now named for another lab is not the run's, and a process
+   started before the run is not either.
 3. Left behind is counted per kind: network namespaces (``/run/netns/<id>-*``),
    ``/etc/netns/<id>-*`` entries, lab records, live processes in the run's namespaces or
    recorded as its children (an MTA it started is both), and mounts that name the lab or
@@ -27,9 +29,11 @@ Rules kept here:
    written its verdict (``run.json``) before it came, so that a lost signal (the run going
    on to its verdict) is a wrong exit.  Never a traceback on stderr; a run still alive
    ``HANG_S`` after its signal is killed and counted as a wrong exit.
-5. Whatever a run left is removed after it is counted (``lab clean``, its processes by
-   pid), and its folder too unless it holds a finding; a folder a mount names is never
-   removed (removing through a bind mount would delete its source).
+5. Whatever a run left is removed after it is counted, by ``lab clean`` (which acts on the
+   run's records only), and its folder too unless it holds a finding; a folder a mount
+   names is never removed (removing through a bind mount would delete its source).  A
+   process still left is named on stderr, never killed from here: that it is the run's
+   is an inference (rule 2), and other people's processes are not ours to end.
 """
 
 from __future__ import annotations
@@ -81,6 +85,7 @@ class Watch(threading.Thread):
         self.labs: set[str] = set()
         self.inodes: set[int] = set()
         self.pids: set[tuple[int, int]] = set()
+        self.since = 0  # the run's start time, in clock ticks since boot
         self._done = threading.Event()
 
     def run(self) -> None:
@@ -174,6 +179,7 @@ class Batch:
                 cwd=ROOT, env=env, start_new_session=True,
             )  # fmt: skip
         began = time.monotonic()
+        watch.since = process_start(proc.pid) or 0  # not reaped yet: its stat is there
         watch.start()
         try:
             _signal(proc, killed)
@@ -325,16 +331,37 @@ def _left(watch: Watch, folder: Path) -> Counter[str]:
 
 
 def _processes(watch: Watch) -> set[int]:
-    """Live processes in the run's namespaces, or recorded as its children."""
+    """Live processes recorded as the run's children, or started since the run and living
+    in one of its namespaces (rule 3)."""
     found = {pid for pid, start in watch.pids if running(pid, start)}
-    if not watch.inodes:
+    inodes = watch.inodes - _named_elsewhere(watch.labs)
+    if not inodes:
         return found
     for entry in os.scandir("/proc"):
-        if entry.name.isdigit() and _netns_of(entry.name) in watch.inodes:
-            pid = int(entry.name)
-            if running(pid) and pid != os.getpid():
+        if entry.name.isdigit() and _netns_of(entry.name) in inodes:
+            pid, start = int(entry.name), process_start(int(entry.name))
+            if start is not None and start >= watch.since and running(pid, start):
                 found.add(pid)
     return found
+
+
+def _named_elsewhere(labs: set[str]) -> set[int]:
+    """Inodes of namespaces named for other labs: a freed namespace's inode is reused."""
+    ours = tuple(f"{lab_id}-" for lab_id in labs)
+    return {
+        entry.inode()
+        for entry in os.scandir(NETNS_RUN_DIR)
+        if not entry.name.startswith(ours or ("\0",))
+    }
+
+
+def _command_line(pid: int) -> str:
+    try:
+        return (
+            Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        )
+    except OSError:
+        return "(gone)"
 
 
 def _netns_of(pid: str) -> int | None:
@@ -354,11 +381,8 @@ def _tidy(watch: Watch, folder: Path, env: dict[str, str], keep: bool) -> None:
     """Remove what the run left once it is counted (rule 5)."""
     if _left(watch, folder).total():
         _lab_clean(env)
-        for pid in _processes(watch):
-            start = process_start(pid)
-            with contextlib.suppress(ProcessLookupError):
-                if start is not None and running(pid, start):
-                    os.kill(pid, signal.SIGKILL)
+    for pid in _processes(watch):
+        detail(f"{folder}: process {pid} left: {_command_line(pid)}")
     if _mounts(watch, folder):
         detail(f"{folder}: kept, a mount names it")
     elif not keep:
