@@ -23,8 +23,10 @@ Rules kept here:
 2. Seeded: ``--seed`` (printed first) drives every random draw, each part from its own
    ``random.Random``, so a part reproduces whatever the counts of the others.
 3. Exit 0 only when no figure is FAIL (no leak, no crash, no lost message), else 1; a
-   machine that cannot run it (not root) is a one-line error, exit 2; Ctrl-C 130, SIGTERM
-   143, with the lab and the run under way removed first (``harness.verdict.ExitCode``).
+   machine that cannot run it (not root) is a one-line error, exit 2; a bug of the torture
+   itself exit 3 (its traceback in the out folder); Ctrl-C 130, SIGTERM 143, with the lab
+   and the run under way removed first (``harness.verdict.ExitCode``).  The out folder
+   keeps findings only: what passed is removed.
 4. Full counts by default (100 runs per signal and scenario, 100,000 mutated pcaps,
    100,000 malformed DNS queries each way, 1,000 abusive SMTP sessions); ``--quick`` is a
    small run of every part; a count given explicitly wins over either.
@@ -33,11 +35,14 @@ Rules kept here:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import random
+import shutil
 import signal
 import sys
 import time
+import traceback
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -78,7 +83,8 @@ QUICK = {"runs": 2, "pcaps": 400, "dns": 400, "smtp": 24, "drip": 0.001}
 def pcap_figures(count: int, seed: int, jobs: int, out: Path) -> Iterator[Figure]:
     """``count`` mutants of ``PCAP_SEEDS`` through ``pcap_fuzz``, its findings by kind."""
     out.mkdir(parents=True, exist_ok=True)
-    shares = [count // len(PCAP_SEEDS) + (i < count % len(PCAP_SEEDS)) for i in range(3)]
+    each, extra = divmod(count, len(PCAP_SEEDS))
+    shares = [each + (i < extra) for i in range(len(PCAP_SEEDS))]
     work = [
         (str(path), seed, start, min(PCAP_BATCH, share - start), str(out))
         for path, share in zip(PCAP_SEEDS, shares, strict=True)
@@ -122,7 +128,9 @@ def _pcap_kind(found: str) -> str:
     return "other" if found.startswith(others) else "crash"
 
 
-def dns_figures(server: DnsServer, lab: Lab, scenario: Scenario, count: int, seed: int):
+def dns_figures(
+    server: DnsServer, lab: Lab, scenario: Scenario, count: int, seed: int
+) -> Iterator[Figure]:
     """``count`` malformed queries each way from the sender host; the server's tally."""
     address = (lab.topology.dns_server.ipv4, DNS_PORT)
     client = lab.socket_factory(scenario.sender_host)
@@ -156,7 +164,19 @@ def _lab_figures(args: argparse.Namespace, parts: set[str]) -> Iterator[Figure]:
                 yield from dns_figures(server, lab, scenario, args.dns, args.seed)
             if "smtp" in parts:
                 rng = random.Random(f"{args.seed}:smtp")
-                yield from smtp_abuse(lab, scenario, args.smtp, rng, args.out / "smtp", args.drip)
+                folder = args.out / "smtp"
+                abuse = smtp_abuse(lab, scenario, args.smtp, rng, folder, args.drip)
+                yield from _kept_if_failed(abuse, folder)
+
+
+def _kept_if_failed(figures: Iterator[Figure], folder: Path) -> Iterator[Figure]:
+    """``figures``; then ``folder`` (what a part stored) is removed unless one failed."""
+    failed = False
+    for figure in figures:
+        failed |= figure.failed
+        yield figure
+    if not failed:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def figures(args: argparse.Namespace) -> Iterator[Figure]:
@@ -215,8 +235,22 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("torture: interrupted", file=sys.stderr)
         return ExitCode.SIGINT
+    except Exception as exc:  # our own bug: one line here, the traceback in the out folder
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "traceback.txt").write_text(traceback.format_exc())
+        print(f"torture: internal error: {exc!r} (traceback.txt in {args.out})", file=sys.stderr)
+        return ExitCode.HARNESS_ERROR
+    finally:
+        _remove_empty(args.out)
     print(Figure("figures that FAIL", failed).line(), flush=True)
     return ExitCode.FAIL if failed else ExitCode.OK
+
+
+def _remove_empty(folder: Path) -> None:
+    """The out folder's empty subfolders, then itself if empty: findings alone stay."""
+    for path in sorted(folder.glob("**/"), key=lambda p: len(p.parts), reverse=True):
+        with contextlib.suppress(OSError):
+            path.rmdir()
 
 
 if __name__ == "__main__":
