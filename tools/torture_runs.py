@@ -347,12 +347,9 @@ def _processes(watch: Watch) -> set[int]:
 
 def _named_elsewhere(labs: set[str]) -> set[int]:
     """Inodes of namespaces named for other labs: a freed namespace's inode is reused."""
-    ours = tuple(f"{lab_id}-" for lab_id in labs)
-    return {
-        entry.inode()
-        for entry in os.scandir(NETNS_RUN_DIR)
-        if not entry.name.startswith(ours or ("\0",))
-    }
+    ours = tuple(f"{lab_id}-" for lab_id in labs) or ("\0",)
+    others = [name for name in os.listdir(NETNS_RUN_DIR) if not name.startswith(ours)]
+    return {netns_inode(name) for name in others} - {None}  # the nsfs inode, through the mount
 
 
 def _command_line(pid: int) -> str:
