@@ -224,9 +224,11 @@ def _ending(proc: subprocess.Popen, killed: Killed, watch: Watch, env: dict[str,
     """How the run ended and what it left; after SIGKILL, `lab clean` first (rule 3)."""
     if killed.sig is not signal.SIGKILL:
         killed.code = _wait(proc)
+        watch.stop()  # from here on only this thread reads the records
         killed.left = _left(watch, killed.folder)
         return
     _until_zombie(proc.pid)
+    watch.stop()
     killed.left = _left(watch, killed.folder)
     killed.cleaned = _lab_clean(env)
     killed.left_after_clean = _left(watch, killed.folder)
