@@ -3,6 +3,7 @@
 #   make test      install, then the whole test suite (unit + real-namespace tests)
 #   make demo      install, then the main job: the seed scenario
 #   make bench     install, then the benchmarks (they print ratios against peers)
+#   make torture   install, mtas, then issue 9's torture: every count next to ok/FAIL (long)
 #   make mtas      unpack Postfix, Exim, OpenSMTPD, Sendmail into .cache/debs (idempotent)
 #   make conformance  the conformance matrix: checks x MTAs x roles -> runs/conformance/
 #   make lint      ruff
@@ -12,7 +13,7 @@ PY    := $(VENV)/bin/python
 APT_PACKAGES := iproute2 tcpdump tshark dnsutils dnsperf procps
 STAMP := $(VENV)/.installed
 
-.PHONY: install apt venv test demo bench lint clean-lab mtas conformance
+.PHONY: install apt venv test demo bench torture lint clean-lab mtas conformance
 
 install: apt $(STAMP)
 
@@ -46,6 +47,9 @@ demo: install
 
 bench: install
 	$(PY) bench/run.py
+
+torture: install mtas
+	$(PY) tools/torture.py
 
 lint: install
 	$(VENV)/bin/ruff check harness tests bench tools
