@@ -33,7 +33,6 @@ Rules kept here:
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import functools
 import json
@@ -44,6 +43,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness import signals
 from harness.capture.live import Capture
 from harness.dns import DnsServer, FaultRule, FaultRules, QueryLog, ZoneSet, aquery
 from harness.errors import HarnessError, InternalFault
@@ -172,7 +172,7 @@ def _exchanged(
         ):
             try:
                 with Capture(lab, folder / "capture.pcap", backend):
-                    done = asyncio.run(_exchange(lab, scenario, folder))
+                    done = signals.run_async(_exchange(lab, scenario, folder))
             finally:
                 faults += dns.internal_faults
                 dns_log = dns.log.entries()

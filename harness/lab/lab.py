@@ -5,7 +5,8 @@ Rules kept here:
   ``<id>-<host>`` with one veth (``eth0``) into the bridge; no host has a default route.
 - Every resource is recorded in the lab's ownership record before it exists (registry.py)
   and is removed by ``down()`` — on normal exit, on an exception, on Ctrl-C and on SIGTERM
-  (turned into ``SystemExit`` while a lab is up) — or by ``clean_stale()`` after a SIGKILL.
+  (``harness.signals``: ``SystemExit`` while a lab is up, held while it is torn down) — or by
+  ``clean_stale()`` after a SIGKILL.
 - Programs we do not write see the lab's DNS because they run through ``ip netns exec``,
   which bind-mounts ``/etc/netns/<ns>/resolv.conf`` and ``hosts``.  Our own code gets
   sockets created inside a host (netns.socket_in) instead.
@@ -25,6 +26,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from harness import signals
 from harness.errors import LabError
 from harness.lab import netns
 from harness.lab.registry import Record, all_records, new_record, process_start, running
@@ -87,6 +89,7 @@ class Lab:
             self.down()
         finally:
             self._restore_signals()
+        signals.raise_noted()  # a signal that cancelled an event loop in the block
 
     def up(self) -> None:
         _require_root()
@@ -106,9 +109,9 @@ class Lab:
         """Remove everything the lab made.  Safe to call twice and after a failed ``up``."""
         if self.record is None:
             return
-        with _signals_deferred():
+        with signals.deferred():
             teardown(self.record)
-        self.record = None
+            self.record = None
 
     # --- building blocks ----------------------------------------------------------------
     def _quiet_ipv6(self) -> None:
@@ -176,8 +179,8 @@ class Lab:
     def _trap_signals(self) -> None:
         if threading.current_thread() is not threading.main_thread():
             return
-        for sig in (signal.SIGTERM, signal.SIGHUP):
-            self._old_handlers[sig] = signal.signal(sig, _raise_system_exit)
+        for sig in signals.TERMINATING:
+            self._old_handlers[sig] = signal.signal(sig, signals.end)
 
     def _restore_signals(self) -> None:
         for sig, handler in self._old_handlers.items():
@@ -210,25 +213,6 @@ def _address(text: str) -> str:
         return str(ipaddress.ip_address(text))
     except ValueError:
         raise LabError(f"refusing to write {text!r} as an address") from None
-
-
-def _raise_system_exit(signum: int, _frame: object) -> None:
-    raise SystemExit(128 + signum)
-
-
-class _signals_deferred:
-    """Hold SIGINT/SIGTERM/SIGHUP while a teardown runs, deliver them afterwards."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-
-    def __enter__(self) -> None:
-        self.active = threading.current_thread() is threading.main_thread()
-        if self.active:
-            self.old = signal.pthread_sigmask(signal.SIG_BLOCK, self.SIGNALS)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.active:
-            signal.pthread_sigmask(signal.SIG_SETMASK, self.old)
 
 
 def _require_root() -> None:
