@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from conftest import CLI, PYTHON, ROOT, system_snapshot
 
+import harness.lab.lab as lab_module
 from harness.errors import HarnessError, LabError
 from harness.lab import Host, Lab, Topology, clean_stale, default_topology
 from harness.lab.lab import hosts_file
@@ -168,6 +169,25 @@ def test_nothing_left_after_a_normal_run() -> None:
         lab_id = lab.id
     assert left_of(lab_id, [child.pid]) == []
     assert root_namespace() == before
+
+
+def test_a_process_that_cannot_be_ended_keeps_its_namespaces_named(monkeypatch) -> None:
+    """No process we can start resists SIGKILL (one in uninterruptible sleep would), so the
+    kernel's refusal is mocked: every signal teardown sends through a pidfd is dropped.  The
+    namespaces keep their names and the record stays, the error names the pid, and the
+    next teardown (here: leaving the ``with``, the signals real again) ends it all."""
+    with Lab() as lab:
+        child = lab.popen("receiver", ["sleep", "60"])
+        monkeypatch.setattr(lab_module, "KILL_GRACE_S", 0.05)
+        monkeypatch.setattr(signal, "pidfd_send_signal", lambda fd, sig: None)
+        with pytest.raises(LabError, match=rf"^lab {lab.id}: could not end pids {child.pid}; "):
+            lab.down()
+        assert running(child.pid)
+        lab_id, rec = lab.id, lab.record
+        assert {*rec.namespaces, *rec.paths, str(rec.path)} <= {*left_of(lab_id, [])}
+        monkeypatch.undo()
+    assert child.wait(timeout=10) == -signal.SIGTERM
+    assert left_of(lab_id, [child.pid]) == []
 
 
 def test_nothing_left_after_an_exception() -> None:

@@ -19,6 +19,12 @@ Rules kept here:
   most ``MAX_DRAIN_S``), stops the backend, then swaps in a filter that admits nothing (the
   kernel's counters freeze) and writes every frame still queued.  Nothing the kernel
   delivered is left unread.
+- The reader (our thread, or scapy's) is the only other user of the socket and the file, so
+  whatever ends the capture (``stop()``, or an exception, a SIGTERM's ``SystemExit`` or a
+  Ctrl-C in ``start()`` or ``stop()``) first tells it to stop and waits for it, at most
+  ``READER_STOP_S``; only then are the socket and the file closed.  A reader that does not
+  stop is an ``InternalError``, and the socket and file stay open for it: it never reads a
+  closed socket or writes a closed file.
 - Completeness is proven, not assumed: the kernel's PACKET_STATISTICS (frames delivered to
   the socket, frames dropped for want of buffer) against the frames written.  Any
   difference, any drop, any cut frame raises ``CaptureIncomplete``: an ``InternalError``
@@ -54,6 +60,7 @@ BUFFER_BYTES = 8 << 20
 FRAME_BYTES = MAX_CAPLEN  # the read buffer: a GSO frame on a veth may exceed 65,535 bytes
 DRAIN_S = 0.1  # quiet time on the bridge before the capture stops
 MAX_DRAIN_S = 2.0  # stop anyway after this (the frozen queue is still drained)
+READER_STOP_S = 5.0  # a reader polls every 0.05 s; one that takes longer than this is stuck
 BACKENDS = ("afpacket", "scapy")
 
 # classic BPF (struct sock_filter: code, jt, jf, k)
@@ -135,6 +142,7 @@ class Capture:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._sniffer = None
+        self._sniffing = threading.Event()  # set by scapy's thread once it can be stopped
         self._frame = bytearray(FRAME_BYTES)
         self._ancillary = socket.CMSG_SPACE(_TIMESPEC.size)
 
@@ -147,14 +155,18 @@ class Capture:
 
     def start(self) -> None:
         self._sock = open_bridge_socket(self.lab.lan_ns, buffer_bytes=self.buffer_bytes)
-        self._file = open(self.path, "wb")  # noqa: SIM115 (closed by stop)
-        self._writer = PcapWriter(self._file, nanoseconds=True, snaplen=FRAME_BYTES)
-        self._last = time.monotonic()
-        if self.backend == "scapy":
-            self._start_scapy()
-        else:
-            self._thread = threading.Thread(target=self._read_loop, daemon=True)
-            self._thread.start()
+        try:
+            self._file = open(self.path, "wb")  # noqa: SIM115 (closed by _close)
+            self._writer = PcapWriter(self._file, nanoseconds=True, snaplen=FRAME_BYTES)
+            self._last = time.monotonic()
+            if self.backend == "scapy":
+                self._start_scapy()
+            else:
+                self._thread = threading.Thread(target=self._read_loop, daemon=True)
+                self._thread.start()
+        except BaseException:
+            self._close()
+            raise
 
     def _start_scapy(self) -> None:
         from scapy.arch.linux import L2ListenSocket
@@ -167,15 +179,14 @@ class Capture:
         wrapped.LL = Raw
         wrapped.closed = False
         wrapped.auxdata_available = True  # it reads the SO_TIMESTAMPNS the socket sends
-        started = threading.Event()
         self._sniffer = AsyncSniffer(
             opened_socket=wrapped,
             prn=self._write_scapy,
             store=False,
-            started_callback=started.set,
+            started_callback=self._sniffing.set,
         )
         self._sniffer.start()
-        if not started.wait(5):
+        if not self._sniffing.wait(5):
             raise HarnessError("capture: scapy sniffer did not start within 5 s")
 
     def _write_scapy(self, pkt) -> None:
@@ -187,11 +198,9 @@ class Capture:
         self.packets += 1
         self._last = time.monotonic()
 
-    def _read_one(self) -> None:
+    def _read_one(self, sock: socket.socket) -> None:
         """Read one queued frame, with its kernel timestamp and true length, and write it."""
-        size, ancillary, _, _ = self._sock.recvmsg_into(
-            [self._frame], self._ancillary, socket.MSG_TRUNC
-        )
+        size, ancillary, _, _ = sock.recvmsg_into([self._frame], self._ancillary, socket.MSG_TRUNC)
         t_ns = time.time_ns()
         for level, kind, data in ancillary:
             if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
@@ -205,7 +214,7 @@ class Capture:
         sock, stop = self._sock, self._stop
         while not stop.is_set():
             if select.select([sock], [], [], 0.05)[0]:
-                self._read_one()
+                self._read_one(sock)
 
     def stop(self, check: bool = True) -> None:
         """Drain, stop, close; raise ``CaptureIncomplete`` unless every frame the kernel
@@ -214,22 +223,39 @@ class Capture:
             return
         try:
             self._quiet()
-            if self._sniffer is not None:
-                self._sniffer.stop(join=True)
-            self._stop.set()
-            if self._thread is not None:
-                self._thread.join()
+            self._stop_reader()
             attach_filter(self._sock, _NOTHING)  # the counters freeze; the queue stays
             while select.select([self._sock], [], [], 0)[0]:
-                self._read_one()
+                self._read_one(self._sock)
             passed, self.dropped = kernel_counts(self._sock)
             self.delivered = passed - self.dropped
         finally:
-            self._sock.close()
-            self._sock = None
-            self._file.close()
+            self._close()
+        if self._sniffer is not None and self._sniffer.exception is not None:
+            raise self._sniffer.exception  # what scapy's thread caught (from _write_scapy)
         if check and (self.dropped or self.cut or self.delivered != self.packets):
             raise CaptureIncomplete(self._loss())
+
+    def _stop_reader(self) -> None:
+        """Tell the reader to stop and wait for it, at most READER_STOP_S (again: at once)."""
+        self._stop.set()
+        reader = self._thread
+        if self._sniffer is not None:
+            reader = self._sniffer.thread
+            if self._sniffing.wait(READER_STOP_S) and self._sniffer.running:
+                self._sniffer.stop(join=False)  # scapy cannot be told before it sniffs
+        if reader is not None:
+            reader.join(READER_STOP_S)
+            if reader.is_alive():
+                raise InternalError(f"capture {self.path}: its reader did not stop")
+
+    def _close(self) -> None:
+        """Stop the reader, then close the socket and the file (once)."""
+        self._stop_reader()
+        self._sock.close()
+        self._sock = None
+        if self._file is not None:
+            self._file.close()
 
     def _quiet(self) -> None:
         """Wait until no frame was written for DRAIN_S, or MAX_DRAIN_S have passed."""

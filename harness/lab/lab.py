@@ -7,6 +7,12 @@ Rules kept here:
   and is removed by ``down()`` — on normal exit, on an exception, on Ctrl-C and on SIGTERM
   (``harness.signals``: ``SystemExit`` while a lab is up, held while it is torn down) — or by
   ``clean_stale()`` after a SIGKILL.
+- Teardown ends the lab's processes before it deletes a namespace's name: its recorded
+  (pid, start time) pairs and whatever lives in its namespaces, and nothing else, listed
+  afresh until none is left (one may fork as it is stopped); SIGTERM, then SIGKILL, each
+  through a pidfd checked against the start time, so a reused pid is never signalled.  One
+  that cannot be ended keeps the namespaces named and the record kept, and the error names
+  its pid: a second ``lab clean`` tries again.
 - Programs we do not write see the lab's DNS because they run through ``ip netns exec``,
   which bind-mounts ``/etc/netns/<ns>/resolv.conf`` and ``hosts``.  Our own code gets
   sockets created inside a host (netns.socket_in) instead.
@@ -18,6 +24,7 @@ import contextlib
 import ipaddress
 import os
 import re
+import select
 import shutil
 import signal
 import subprocess
@@ -33,7 +40,8 @@ from harness.lab.registry import Record, all_records, new_record, process_start,
 from harness.lab.topology import Host, Topology, default_topology
 
 ETC_NETNS = Path("/etc/netns")
-KILL_GRACE_S = 1.0
+KILL_GRACE_S = 1.0  # how long SIGTERM's grace lasts, and each round of SIGKILL
+KILL_ROUNDS = 3  # rounds of SIGKILL (the processes listed afresh each) before giving up
 
 
 def _ip_batch(commands: Sequence[str], netns_name: str | None = None, force: bool = False) -> None:
@@ -246,33 +254,89 @@ def _remove_path(path: str, lab_id: str) -> None:
         p.unlink(missing_ok=True)
 
 
+Process = tuple[int, int]  # (pid, start time): a pid alone may have been reused
+
+
 def _end_processes(rec: Record, namespaces: list[str]) -> None:
-    """SIGTERM, then SIGKILL, our recorded children and anything living in our namespaces."""
-    victims = {pid for pid, start in rec.pids if running(pid, start)}
-    victims |= _pids_in(namespaces)
-    victims.discard(os.getpid())
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in victims:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, sig)
-        deadline = time.monotonic() + KILL_GRACE_S
-        while victims and time.monotonic() < deadline:
-            victims = {pid for pid in victims if _alive(pid)}
-            if victims:
-                time.sleep(0.01)
-        if not victims:
-            return
-
-
-def _alive(pid: int) -> bool:
-    with contextlib.suppress(ChildProcessError):
-        if os.waitpid(pid, os.WNOHANG)[0] == pid:  # reap our own children
-            return False
-    return running(pid)
-
-
-def _pids_in(namespaces: list[str]) -> set[int]:
+    """End the lab's processes, listed afresh each round (one may fork as it is stopped):
+    SIGTERM to each once while KILL_GRACE_S lasts, then up to KILL_ROUNDS rounds of SIGKILL;
+    a ``LabError`` naming the pids still alive after that."""
     inodes = {netns.netns_inode(ns) for ns in namespaces} - {None}
+    grace, termed, kills = time.monotonic() + KILL_GRACE_S, set(), 0
+    while procs := _lab_processes(rec, inodes):
+        if time.monotonic() < grace:
+            _signal_and_wait(procs, procs - termed, signal.SIGTERM, grace)
+            termed |= procs
+        elif kills < KILL_ROUNDS:
+            _signal_and_wait(procs, procs, signal.SIGKILL, time.monotonic() + KILL_GRACE_S)
+            kills += 1
+        else:
+            pids = ", ".join(str(pid) for pid, _ in sorted(procs))
+            raise LabError(
+                f"lab {rec.lab_id}: could not end pids {pids}; its namespaces keep their "
+                "names (run `smtp-harness lab clean` again)"
+            )
+
+
+def _lab_processes(rec: Record, inodes: set[int]) -> set[Process]:
+    """The lab's live processes (its recorded ones, whatever lives in its namespaces), but
+    never us.  A scan that finds none is made twice: a process forked during a scan may take
+    a pid the scan has passed (pids wrap at pid_max)."""
+    return _scan(rec, inodes) or _scan(rec, inodes)
+
+
+def _scan(rec: Record, inodes: set[int]) -> set[Process]:
+    listed = {(pid, start) for pid, start in rec.pids}
+    listed |= {(pid, process_start(pid)) for pid in _pids_in(inodes)}
+    return {
+        (pid, start)
+        for pid, start in listed
+        if start is not None and pid != os.getpid() and running(pid, start)
+    }
+
+
+def _signal_and_wait(procs: set[Process], told: set[Process], sig: int, until: float) -> None:
+    """Send ``sig`` to ``told``, then wait until every one of ``procs`` has exited or it is
+    ``until``.  Each is held by a pidfd opened before its start time is checked, so neither
+    the signal nor the wait can reach a process that took a reused pid."""
+    pidfds = {proc: fd for proc in procs if (fd := _pidfd(proc)) is not None}
+    try:
+        for proc in told & pidfds.keys():
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(pidfds[proc], sig)
+        _wait_exited(list(pidfds.values()), until)
+    finally:
+        for fd in pidfds.values():
+            os.close(fd)
+
+
+def _pidfd(proc: Process) -> int | None:
+    """A pidfd for ``proc``, or None if it is gone (or its pid is another process now)."""
+    pid, start = proc
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return None
+    if running(pid, start):
+        return fd
+    os.close(fd)
+    return None
+
+
+def _wait_exited(pidfds: list[int], until: float) -> None:
+    """Wait until every pidfd is readable (its process has exited), or it is ``until``."""
+    poller = select.poll()
+    for fd in pidfds:
+        poller.register(fd, select.POLLIN)
+    waiting = len(pidfds)
+    while waiting and (left := until - time.monotonic()) > 0:
+        for fd, _ in poller.poll(left * 1000):
+            poller.unregister(fd)
+            waiting -= 1
+
+
+def _pids_in(inodes: set[int]) -> set[int]:
+    """The pids whose network namespace is one of ``inodes``."""
     if not inodes:
         return set()
     found = set()
