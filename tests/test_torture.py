@@ -43,7 +43,10 @@ def test_quick_torture_passes_and_every_line_is_a_count_and_its_result(tmp_path)
 
 def test_ctrl_c_at_any_moment_of_start_up_is_quiet() -> None:
     """Ctrl-C (SIGINT to the process group) 0, 1, 2, ... ms after `smtp-harness lab list`
-    starts: every one exits 130 (or dies of the signal before Python handles it), quietly."""
+    starts: every one exits 130 (or dies of the signal before Python handles it), quietly.
+    Found by the torture (issue 9 #8): a Ctrl-C some 10-60 ms after start, while Python
+    initialised (init_sys_streams, site importing the editable install's finder) or the
+    console script imported harness.entry, printed a KeyboardInterrupt traceback, exit 1."""
     for ms in range(150):
         proc = subprocess.Popen(
             [CLI, "lab", "list"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -56,9 +59,10 @@ def test_ctrl_c_at_any_moment_of_start_up_is_quiet() -> None:
         assert proc.returncode in (ExitCode.SIGINT, -signal.SIGINT, ExitCode.OK), ms
 
 
-# The two below are what the torture found in 1 of 100 SIGTERMed postfix-receiver runs each
-# (seed 20240601): a signal handler that raises lands at a moment where the exception cannot
-# propagate as meant.  On the real path it takes luck (microseconds); each reproducer makes
+# The three below are what the torture found in SIGTERMed postfix-receiver runs (1 of 100
+# each, seed 20240601): a signal handler that raises lands at a moment where the exception
+# cannot propagate as meant (in a task the loop is stepping, as a class is made, in a weakref
+# callback).  On the real path it takes luck (microseconds); each reproducer makes
 # that moment certain with the harness's own handler, and says how.
 SIGTERM_IN_A_SUBTASK = """
 import asyncio, os, signal, threading, time
@@ -120,7 +124,11 @@ def test_sigterm_ends_the_process_quietly_with_143(script: str) -> None:
 
 
 def test_ctrl_c_while_dpkg_deb_runs_exits_130(tmp_path) -> None:
-    """The Ctrl-C made certain: a `dpkg-deb` first on PATH sends SIGINT to its process
+    """Found by the torture: a Ctrl-C while a run with an MTA runs a tool of its own
+    (`dpkg-deb -f`, `postconf`; in the terminal's process group) kills the tool too; inside
+    the event loop the first SIGINT only cancelled the exchange, so the tool's death was
+    reported as bad input ('cannot read ....deb: dpkg-deb -f: failed without a message'),
+    exit 2.  The Ctrl-C made certain: a `dpkg-deb` first on PATH sends SIGINT to its process
     group (the run's own session, as a terminal's foreground group), then runs the real one."""
     wrapper = tmp_path / "bin" / "dpkg-deb"
     wrapper.parent.mkdir()
