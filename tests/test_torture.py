@@ -252,3 +252,39 @@ def test_ctrl_c_during_teardown_leaves_nothing(tmp_path) -> None:
         assert sorted((tmp_path / "labs").glob(f"{lab_id}.*")) == []
     finally:
         subprocess.run([CLI, "lab", "clean"], capture_output=True, env=env)
+
+
+OWNER_OF_A_LAB = """
+from harness.lab import Lab
+
+with Lab() as lab:
+    print(lab.id, flush=True)
+"""
+
+
+def test_ctrl_c_while_teardown_runs_ip_leaves_nothing(tmp_path) -> None:
+    """Found by the torture: a Ctrl-C (to the process group) while teardown's `ip netns
+    delete` ran (1 of 100 SIGINTed seed runs) killed `ip` too: the namespaces stayed, exit 130.
+    Made certain: an `ip` first on PATH sends SIGINT to its parent's process group (the
+    owner's own session, as a terminal's foreground group) when teardown calls it."""
+    wrapper = tmp_path / "bin" / "ip"
+    wrapper.parent.mkdir()
+    wrapper.write_text(
+        '#!/bin/sh\ncase " $* " in *" -force "*) kill -INT "-$PPID" ;; esac\n'
+        'exec /usr/sbin/ip "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    env = {**os.environ, "SMTP_HARNESS_STATE": str(tmp_path / "labs")}
+    env["PATH"] = f"{wrapper.parent}:{env['PATH']}"
+    owner = subprocess.run(
+        [PYTHON, "-c", OWNER_OF_A_LAB], capture_output=True, text=True, cwd=ROOT, env=env,
+        start_new_session=True, timeout=60,
+    )  # fmt: skip
+    lab_id = owner.stdout.strip()
+    try:
+        assert lab_id.startswith("sh"), owner.stderr
+        assert owner.returncode == -signal.SIGINT, owner.stderr  # delivered after teardown
+        assert sorted(Path("/run/netns").glob(f"{lab_id}-*")) == []
+        assert sorted((tmp_path / "labs").glob(f"{lab_id}.*")) == []
+    finally:
+        subprocess.run([CLI, "lab", "clean"], capture_output=True, env=env)

@@ -48,7 +48,12 @@ def _ip_batch(commands: Sequence[str], netns_name: str | None = None, force: boo
     """Run several iproute2 commands in one ``ip -batch`` process."""
     argv = ["ip"] + (["-n", netns_name] if netns_name else []) + (["-force"] if force else [])
     argv += ["-batch", "-"]
-    proc = subprocess.run(argv, input="\n".join(commands) + "\n", capture_output=True, text=True)
+    # In a session of its own: a Ctrl-C at the terminal is the harness's to handle (a teardown
+    # holds it until the lab is gone); an `ip` it killed would leave namespaces behind.
+    proc = subprocess.run(
+        argv, input="\n".join(commands) + "\n", capture_output=True, text=True,
+        start_new_session=True,
+    )  # fmt: skip
     if proc.returncode != 0 and not force:
         detail = (proc.stderr or proc.stdout).strip().splitlines()
         raise LabError(f"ip {' '.join(argv[1:-2])}: {detail[-1] if detail else 'failed'}")
