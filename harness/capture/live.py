@@ -43,6 +43,7 @@ import threading
 import time
 from pathlib import Path
 
+from harness import signals
 from harness.capture.pcapfile import MAX_CAPLEN, PcapWriter
 from harness.errors import HarnessError, InternalError
 from harness.lab import netns
@@ -159,14 +160,19 @@ class Capture:
             self._file = open(self.path, "wb")  # noqa: SIM115 (closed by _close)
             self._writer = PcapWriter(self._file, nanoseconds=True, snaplen=FRAME_BYTES)
             self._last = time.monotonic()
-            if self.backend == "scapy":
-                self._start_scapy()
-            else:
-                self._thread = threading.Thread(target=self._read_loop, daemon=True)
-                self._thread.start()
+            with signals.deferred():  # a signal inside Thread.start would leave a reader
+                self._start_reader()  # that can be neither joined nor closed under
         except BaseException:
             self._close()
             raise
+
+    def _start_reader(self) -> None:
+        if self.backend == "scapy":
+            self._start_scapy()
+            return
+        reader = threading.Thread(target=self._read_loop, daemon=True)
+        reader.start()
+        self._thread = reader  # only once started: one that is not cannot be joined
 
     def _start_scapy(self) -> None:
         from scapy.arch.linux import L2ListenSocket
