@@ -1,3 +1,4 @@
 from harness.entry import main
 
-main()
+if __name__ == "__main__":
+    main()

@@ -3,17 +3,24 @@
 Rules kept here:
 - SIGINT ends the harness with ``KeyboardInterrupt`` (exit 130), SIGTERM and SIGHUP with
   ``SystemExit(128 + n)`` (143, 129), so every ``with`` unwinds and every lab is taken down.
-- A signal raises only where Python propagates the exception as meant:
-  - inside a running event loop it never raises in whichever task the loop is stepping
-    (asyncio would keep it in that task: "Task exception was never retrieved"): the first one
-    cancels every task and is *noted*; whoever owns the loop (``run_async``; a ``Lab`` for a
-    library user) ends with it once the loop is done, whatever the cancelled code raised;
+  ``end`` is the one handler that does it (the CLI's for all three; a ``Lab``'s while up).
+- ``end`` raises only where Python propagates the exception as meant:
+  - while a function marked ``@holding`` runs (a teardown, a thread's start: its frame is on
+    the stack, from its very first step), the signal is held; ``release()``, the last thing
+    such a function does, delivers it;
+  - inside a running event loop the first signal never raises in whichever task the loop
+    is stepping (asyncio would keep it in that task: "Task exception was never retrieved"):
+    it cancels every task and is *noted*; whoever owns the loop (``run_async``; a ``Lab``)
+    ends with it once the loop is done, whatever the cancelled code raised.  A second one
+    raises at once (a user pressing Ctrl-C twice insists), the task it struck is
+    retrieved so that nothing is logged;
   - swallowed where Python cannot propagate (a ``__del__``, a weakref callback: "Exception
-    ignored in ..."), it is raised again, quietly, at the main thread's next step after the
-    hook that saw it (raised inside the hook, it would be swallowed again);
-  - ``deferred()`` holds signals, from every thread, while a teardown runs, and delivers them
-    afterwards; ``harness.entry`` blocks them while the harness imports.
-- A second signal while one is noted raises at once: a user pressing Ctrl-C twice insists.
+    ignored in ..."), it is raised again at the next line or call of that thread outside
+    the hook that saw it, through a trace function.  A tracer that was running (coverage,
+    a debugger) stops there: Python removes the trace function of a thread where one
+    raised.
+- Once ``settle(True)`` has run (the command has its exit code) ``end`` does nothing: a signal
+  then changes neither the code nor what is printed.
 """
 
 from __future__ import annotations
@@ -21,16 +28,22 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
-import threading
-from collections.abc import Coroutine, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Coroutine
+from types import CodeType, FrameType
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
 ENDING = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-TERMINATING = (signal.SIGTERM, signal.SIGHUP)
 
+_holding: set[CodeType] = set()  # the code of every @holding function
+_held: list[int] = []  # signals that landed in one, for release()
 _noted: list[int] = []  # signals that cancelled a loop and wait for its owner
+_struck: list[asyncio.Task] = []  # tasks a second signal raised in
+_settled: list[bool] = []
+# ``settle(True)``: from now on ``end`` does nothing (the command has its exit code).  A
+# list's append, so the call is one C call: no signal lands between the decision and the flag.
+settle = _settled.append
 _previous_hook = sys.unraisablehook
 
 
@@ -43,29 +56,45 @@ def signal_of(exc: BaseException | None) -> int | None:
     """The signal ``exc`` ends the harness for, if it is one of ``ending``'s."""
     if isinstance(exc, KeyboardInterrupt):
         return signal.SIGINT
-    if isinstance(exc, SystemExit) and exc.code in {128 + s for s in TERMINATING}:
+    if isinstance(exc, SystemExit) and exc.code in {128 + s for s in ENDING}:
         return exc.code - 128  # type: ignore[operator]
     return None
 
 
-def end(signum: int, frame: object) -> None:
-    """The handler: raise ``ending(signum)``, or cancel the running loop and note it."""
-    if _in_hook(frame):
-        _again_after_hook(signum)
+def end(signum: int, frame: FrameType | None) -> None:
+    """The handler (see the module's rules for where it raises, holds or notes)."""
+    if _settled:
         return
-    loop = _running_loop()
-    if loop is None or _noted:
-        raise ending(signum)
-    _noted.append(signum)
-    for task in asyncio.all_tasks(loop):
-        task.cancel()
-    loop.call_soon_threadsafe(lambda: None)  # the loop wakes up to see the cancellations
+    if _on_stack(frame, {_unraisable.__code__}):
+        _again_after_hook(signum)
+    elif _on_stack(frame, _holding):
+        _held.append(signum)
+    else:
+        _end_now(signum)
+
+
+def holding(func: F) -> F:
+    """Mark ``func``: a signal landing while it runs is held until its ``release()``."""
+    _holding.add(func.__code__)
+    return func
+
+
+def release() -> None:
+    """Deliver the first signal held by ``@holding`` functions, if any (the rest with it)."""
+    if _held:
+        signum = _held[0]
+        _held.clear()
+        _end_now(signum)
 
 
 def raise_noted() -> None:
     """End with the signal that cancelled a loop, if one did; forget it."""
+    for task in _struck:
+        if task.done() and not task.cancelled():
+            task.exception()  # retrieved: the loop's owner raises it, nothing is logged
+    _struck.clear()
     if _noted:
-        signum = _noted.pop(0)
+        signum = _noted[0]
         _noted.clear()
         raise ending(signum) from None
 
@@ -74,49 +103,15 @@ def install() -> None:
     """The CLI's handlers: ``end`` for every ending signal, and the unraisable hook."""
     global _previous_hook
     for signum in ENDING:
-        signal.signal(signum, end)
+        if signal.getsignal(signum) != signal.SIG_IGN:  # `smtp-harness ... &` in a script
+            signal.signal(signum, end)
     if sys.unraisablehook is not _unraisable:
         _previous_hook, sys.unraisablehook = sys.unraisablehook, _unraisable
 
 
-@contextmanager
-def raising(signums: tuple[int, ...] = TERMINATING) -> Iterator[None]:
-    """``end`` handles ``signums`` inside the block (main thread only); the old ones after."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    old = {signum: signal.signal(signum, end) for signum in signums}
-    try:
-        yield
-    finally:
-        for signum, handler in old.items():
-            signal.signal(signum, handler)
-
-
-@contextmanager
-def deferred() -> Iterator[None]:
-    """Hold the ending signals while the block runs, whichever thread the kernel hands them
-    to; deliver them afterwards (main thread only: elsewhere Python handles none)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    held: list[int] = []
-    old = {s: signal.getsignal(s) for s in ENDING}
-    replaced = {s: h for s, h in old.items() if callable(h) or h == signal.SIG_DFL}
-    for signum in replaced:
-        signal.signal(signum, lambda signum, _frame: held.append(signum))
-    try:
-        yield
-    finally:
-        for signum, handler in replaced.items():
-            signal.signal(signum, handler)
-        for signum in dict.fromkeys(held):
-            signal.raise_signal(signum)
-
-
 def run_async(main: Coroutine[Any, Any, T]) -> T:
     """``asyncio.run(main)``, ending with the signal that cancelled it, if one did."""
-    _noted.clear()
+    raise_noted()  # one noted before, in a loop nobody ended with it
     try:
         result = asyncio.run(main)
     except BaseException:
@@ -126,6 +121,20 @@ def run_async(main: Coroutine[Any, Any, T]) -> T:
     return result
 
 
+def _end_now(signum: int) -> None:
+    loop = _running_loop()
+    if loop is None:
+        raise ending(signum)
+    if _noted:
+        if (task := asyncio.current_task(loop)) is not None:
+            _struck.append(task)
+        raise ending(signum)
+    _noted.append(signum)
+    for task in asyncio.all_tasks(loop):
+        task.cancel()
+    loop.call_soon_threadsafe(lambda: None)  # the loop wakes up to see the cancellations
+
+
 def _running_loop() -> asyncio.AbstractEventLoop | None:
     try:
         return asyncio.get_running_loop()
@@ -133,9 +142,17 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
         return None
 
 
+def _on_stack(frame: FrameType | None, codes: set[CodeType]) -> bool:
+    while frame is not None:
+        if frame.f_code in codes:
+            return True
+        frame = frame.f_back
+    return False
+
+
+# --- a signal's exception swallowed as unraisable --------------------------------------
 def _unraisable(args: Any) -> None:
-    """A signal's exception swallowed where Python reports it as unraisable: raise it again
-    at the main thread's next step instead of printing it; anything else as before."""
+    """Raise a swallowed signal's exception again after this hook; anything else as before."""
     signum = signal_of(args.exc_value)
     if signum is None:
         _previous_hook(args)
@@ -143,27 +160,20 @@ def _unraisable(args: Any) -> None:
     _again_after_hook(signum)
 
 
-def _in_hook(frame: Any) -> bool:
-    while frame is not None:
-        if frame.f_code is _unraisable.__code__:
-            return True
-        frame = frame.f_back
-    return False
-
-
 def _again_after_hook(signum: int) -> None:
-    """Raise ``signum``'s exception at the main thread's next step outside the unraisable
-    hook: the next line of a frame the hook returns to, or the next call (pdb's way: a trace
-    function on those frames and on the thread, removed as it fires)."""
+    """Raise ``ending(signum)`` at this thread's next line or call outside the unraisable
+    hook (pdb's way: a trace function on the frames it returns to, and on the thread); the
+    frames get their own trace functions back first, so none raises twice."""
     previous = sys.gettrace()
     outside = _frames_outside_hook(sys._getframe())
+    traces = {f: f.f_trace for f in outside}
 
-    def fire(frame: Any, event: str, arg: object) -> None:
-        if _in_hook(frame):
+    def fire(frame: FrameType, event: str, arg: object) -> None:
+        if _on_stack(frame, {_unraisable.__code__}):
             return None
         sys.settrace(previous)
-        for f in outside:
-            f.f_trace = None
+        for f, trace in traces.items():
+            f.f_trace = trace
         raise ending(signum)
 
     for f in outside:
@@ -171,7 +181,7 @@ def _again_after_hook(signum: int) -> None:
     sys.settrace(fire)
 
 
-def _frames_outside_hook(frame: Any) -> list[Any]:
+def _frames_outside_hook(frame: FrameType | None) -> list[FrameType]:
     while frame is not None and frame.f_code is not _unraisable.__code__:
         frame = frame.f_back
     frames = []

@@ -160,19 +160,22 @@ class Capture:
             self._file = open(self.path, "wb")  # noqa: SIM115 (closed by _close)
             self._writer = PcapWriter(self._file, nanoseconds=True, snaplen=FRAME_BYTES)
             self._last = time.monotonic()
-            with signals.deferred():  # a signal inside Thread.start would leave a reader
-                self._start_reader()  # that can be neither joined nor closed under
+            self._start_reader()
         except BaseException:
             self._close()
             raise
 
-    def _start_reader(self) -> None:
-        if self.backend == "scapy":
-            self._start_scapy()
-            return
-        reader = threading.Thread(target=self._read_loop, daemon=True)
-        reader.start()
-        self._thread = reader  # only once started: one that is not cannot be joined
+    @signals.holding  # a signal inside Thread.start would leave a reader that can be
+    def _start_reader(self) -> None:  # neither joined nor closed under: it waits for this
+        try:
+            if self.backend == "scapy":
+                self._start_scapy()
+            else:
+                reader = threading.Thread(target=self._read_loop, daemon=True)
+                reader.start()
+                self._thread = reader  # only once started: one that is not cannot be joined
+        finally:
+            signals.release()
 
     def _start_scapy(self) -> None:
         from scapy.arch.linux import L2ListenSocket

@@ -35,39 +35,15 @@ def lab() -> None:
     """Build, list and remove labs (hosts in network namespaces)."""
 
 
-_AFTER_CTRL_C = (KeyboardInterrupt, HarnessError)
-
-
-class _CtrlC:
-    """Ctrl-C ends the ``with`` body quietly: its teardowns run as the interrupt unwinds.
-
-    The terminal sends SIGINT to the whole process group, so an ``ip`` child may die of it
-    first, and its failure surface as a ``LabError``: after a Ctrl-C that is the Ctrl-C
-    too.  A SIGINT the shell made us ignore (``lab up &`` in a script) stays ignored.
-    """
-
-    def __enter__(self) -> _CtrlC:
-        self.pressed = False
-        self._old = signal.getsignal(signal.SIGINT)
-        if self._old is not signal.SIG_IGN:
-            signal.signal(signal.SIGINT, self._on_sigint)
-        return self
-
-    def _on_sigint(self, _signum: int, _frame: object) -> None:
-        self.pressed = True
-        raise KeyboardInterrupt
-
-    def __exit__(self, kind: type[BaseException] | None, *_: object) -> bool:
-        signal.signal(signal.SIGINT, self._old)
-        return self.pressed and kind is not None and issubclass(kind, _AFTER_CTRL_C)
-
-
 @lab.command("up", epilog=UNTIL_CTRL_C_HELP)
 @click.argument("scenario", required=False, type=click.Path(dir_okay=False, path_type=Path))
 def lab_up(scenario: Path | None) -> None:
     """Bring a lab up with its DNS server; Ctrl-C (exit 0) or `lab down ID` stops it."""
     lab_id = None
-    with _CtrlC():
+    # Ctrl-C ends the body quietly, its teardowns run as the interrupt unwinds (a second one
+    # waits for the lab to be gone: harness.signals); an ignored SIGINT (`lab up &` in a
+    # script) stays ignored.
+    with contextlib.suppress(KeyboardInterrupt):
         from harness.runner import lab_dns
         from harness.scenario import load_scenario
 

@@ -5,8 +5,8 @@ Rules kept here:
   ``<id>-<host>`` with one veth (``eth0``) into the bridge; no host has a default route.
 - Every resource is recorded in the lab's ownership record before it exists (registry.py)
   and is removed by ``down()`` — on normal exit, on an exception, on Ctrl-C and on SIGTERM
-  (``harness.signals``: ``SystemExit`` while a lab is up, held while it is torn down) — or by
-  ``clean_stale()`` after a SIGKILL.
+  (``harness.signals.end`` handles the ending signals while a lab is up, and holds them
+  from the first step of its teardown to the last) — or by ``clean_stale()`` after a SIGKILL.
 - Teardown ends the lab's processes before it deletes a namespace's name: its recorded
   (pid, start time) pairs and whatever lives in its namespaces, and nothing else, listed
   afresh until none is left (one may fork as it is stopped); SIGTERM, then SIGKILL, each
@@ -91,18 +91,31 @@ class Lab:
         self._trap_signals()
         try:
             self.up()
-        except BaseException:
-            self.down()
-            self._restore_signals()
+        except BaseException as exc:
+            self.__exit__(type(exc), exc, exc.__traceback__)
             raise
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    @signals.holding  # from its first step: a signal landing now waits for the teardown
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
         try:
-            self.down()
+            self._down_and_restore(exc)
+            signals.raise_noted()  # a signal that cancelled an event loop in the block
         finally:
-            self._restore_signals()
-        signals.raise_noted()  # a signal that cancelled an event loop in the block
+            signals.release()
+
+    def _down_and_restore(self, exc: BaseException | None) -> None:
+        """Teardown, then the old handlers; a teardown that fails while a signal ends the
+        block leaves the signal deciding the exit code, with the failure as its note."""
+        try:
+            try:
+                self._teardown()
+            finally:
+                self._restore_signals()
+        except LabError as error:
+            if signals.signal_of(exc) is None:
+                raise
+            exc.add_note(f"smtp-harness: {error}")  # type: ignore[union-attr]
 
     def up(self) -> None:
         _require_root()
@@ -118,11 +131,17 @@ class Lab:
             self._configure_host(host)
             self._write_resolver_files(host)
 
+    @signals.holding
     def down(self) -> None:
-        """Remove everything the lab made.  Safe to call twice and after a failed ``up``."""
-        if self.record is None:
-            return
-        with signals.deferred():
+        """Remove everything the lab made.  Safe to call twice and after a failed ``up``; a
+        signal landing meanwhile is delivered once all is gone."""
+        try:
+            self._teardown()
+        finally:
+            signals.release()
+
+    def _teardown(self) -> None:
+        if self.record is not None:
             teardown(self.record)
             self.record = None
 
@@ -192,8 +211,9 @@ class Lab:
     def _trap_signals(self) -> None:
         if threading.current_thread() is not threading.main_thread():
             return
-        for sig in signals.TERMINATING:
-            self._old_handlers[sig] = signal.signal(sig, signals.end)
+        for sig in signals.ENDING:
+            if signal.getsignal(sig) != signal.SIG_IGN:
+                self._old_handlers[sig] = signal.signal(sig, signals.end)
 
     def _restore_signals(self) -> None:
         for sig, handler in self._old_handlers.items():
