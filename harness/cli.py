@@ -40,12 +40,14 @@ def run_cli(argv: list[str]) -> int:
     except click.exceptions.Exit as done:
         return done.exit_code
     except SystemExit as done:  # a command's own exit code (or SIGTERM's 143)
+        _say_notes(done)
         return ExitCode.OK if done.code is None else done.code  # type: ignore[return-value]
     except click.UsageError as exc:
         click.echo(f"smtp-harness: error: {exc.format_message()}", err=True)
         return ExitCode.BAD_INPUT
-    except click.Abort:
+    except click.Abort as abort:  # click's KeyboardInterrupt
         click.echo("smtp-harness: interrupted", err=True)
+        _say_notes(abort.__cause__ or abort)
         return ExitCode.SIGINT
     except click.ClickException as exc:
         click.echo(f"smtp-harness: error: {exc.format_message()}", err=True)
@@ -53,8 +55,9 @@ def run_cli(argv: list[str]) -> int:
     except HarnessError as exc:
         click.echo(f"smtp-harness: error: {exc}", err=True)
         return ExitCode.BAD_INPUT
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:
         click.echo("smtp-harness: interrupted", err=True)
+        _say_notes(interrupt)
         return ExitCode.SIGINT
     except InternalError as exc:  # our own fault, named by where it happened
         click.echo(f"smtp-harness: error: {exc}; traceback in {_kept(exc)}", err=True)
@@ -64,6 +67,12 @@ def run_cli(argv: list[str]) -> int:
         click.echo(f"smtp-harness: error: {summary} (a bug); traceback in {_kept(exc)}", err=True)
         return ExitCode.HARNESS_ERROR
     return ExitCode.OK
+
+
+def _say_notes(exc: BaseException) -> None:
+    """What went wrong while a signal ended the command (a teardown that failed)."""
+    for note in getattr(exc, "__notes__", ()):
+        click.echo(note, err=True)
 
 
 def _kept(exc: BaseException) -> str:

@@ -8,8 +8,9 @@ Rules kept here:
   before this module runs.
 - SIGTERM ends the process with 143 through ``SystemExit``, so every ``with`` unwinds and
   every lab is taken down (``harness.signals`` says where a signal may raise).
-- Once the command has its exit code, signals are settled: the process exits with the code
-  its verdict earned, and prints nothing more.
+- Once the command has its exit code, signals are settled, then blocked: the process exits
+  with the code its verdict earned (not dying of one as Python finalises), printing nothing
+  more.
 - The exit codes are ``harness.verdict.ExitCode``'s; ``harness.cli`` maps each error to one.
 """
 
@@ -35,6 +36,7 @@ def main() -> None:
         sys.exit(HARNESS_ERROR)
     signals.install()
     code = _command(run_cli, signals)
+    signal.pthread_sigmask(signal.SIG_BLOCK, ENDING)  # none ends the process as Python exits
     if code is INTERRUPTED:
         print("smtp-harness: interrupted", file=sys.stderr)
         code = SIGINT_EXIT

@@ -10,10 +10,11 @@ Rules kept here:
     such a function does, delivers it;
   - inside a running event loop the first signal never raises in whichever task the loop
     is stepping (asyncio would keep it in that task: "Task exception was never retrieved"):
-    it cancels every task and is *noted*; whoever owns the loop (``run_async``; a ``Lab``)
-    ends with it once the loop is done, whatever the cancelled code raised.  A second one
-    raises at once (a user pressing Ctrl-C twice insists), the task it struck is
-    retrieved so that nothing is logged;
+    it is *noted*, and the loop's next callback cancels every task (not the handler, which
+    may have interrupted asyncio completing a future); whoever owns the loop (``run_async``;
+    a ``Lab``) ends with it once the loop is done, whatever the cancelled code raised.  A
+    second one raises at once (a user pressing Ctrl-C twice insists), and the task it
+    struck is retrieved so that nothing is logged;
   - swallowed where Python cannot propagate (a ``__del__``, a weakref callback: "Exception
     ignored in ..."), it is raised again at the next line or call of that thread outside
     the hook that saw it, through a trace function.  A tracer that was running (coverage,
@@ -28,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
+import threading
 from collections.abc import Callable, Coroutine
 from types import CodeType, FrameType
 from typing import Any, TypeVar
@@ -80,8 +82,9 @@ def holding(func: F) -> F:
 
 
 def release() -> None:
-    """Deliver the first signal held by ``@holding`` functions, if any (the rest with it)."""
-    if _held:
+    """Deliver the first signal held by ``@holding`` functions, if any (the rest with it);
+    in the main thread only, where they were held."""
+    if _held and threading.current_thread() is threading.main_thread():
         signum = _held[0]
         _held.clear()
         _end_now(signum)
@@ -130,9 +133,13 @@ def _end_now(signum: int) -> None:
             _struck.append(task)
         raise ending(signum)
     _noted.append(signum)
+    loop.call_soon_threadsafe(_cancel_all, loop)  # between callbacks: cancelling from here,
+    # mid-way through asyncio's own code, could cancel a future it is completing
+
+
+def _cancel_all(loop: asyncio.AbstractEventLoop) -> None:
     for task in asyncio.all_tasks(loop):
         task.cancel()
-    loop.call_soon_threadsafe(lambda: None)  # the loop wakes up to see the cancellations
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:

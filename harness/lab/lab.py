@@ -44,8 +44,9 @@ KILL_GRACE_S = 1.0  # how long SIGTERM's grace lasts, and each round of SIGKILL
 KILL_ROUNDS = 3  # rounds of SIGKILL (the processes listed afresh each) before giving up
 
 
-def _ip_batch(commands: Sequence[str], netns_name: str | None = None, force: bool = False) -> None:
-    """Run several iproute2 commands in one ``ip -batch`` process."""
+def _ip_batch(commands: Sequence[str], netns_name: str | None = None, force: bool = False) -> str:
+    """Run several iproute2 commands in one ``ip -batch`` process; what it said, if it
+    failed (with ``force``, which goes on past a failure: otherwise a ``LabError``)."""
     argv = ["ip"] + (["-n", netns_name] if netns_name else []) + (["-force"] if force else [])
     argv += ["-batch", "-"]
     # In a session of its own: a Ctrl-C at the terminal is the harness's to handle (a teardown
@@ -54,9 +55,13 @@ def _ip_batch(commands: Sequence[str], netns_name: str | None = None, force: boo
         argv, input="\n".join(commands) + "\n", capture_output=True, text=True,
         start_new_session=True,
     )  # fmt: skip
-    if proc.returncode != 0 and not force:
-        detail = (proc.stderr or proc.stdout).strip().splitlines()
-        raise LabError(f"ip {' '.join(argv[1:-2])}: {detail[-1] if detail else 'failed'}")
+    if proc.returncode == 0:
+        return ""
+    detail = (proc.stderr or proc.stdout).strip().splitlines()
+    said = f"ip {' '.join(argv[1:-2])}: {detail[-1] if detail else f'exit {proc.returncode}'}"
+    if not force:
+        raise LabError(said)
+    return said
 
 
 class Lab:
@@ -259,13 +264,13 @@ def teardown(rec: Record) -> None:
     own = [ns for ns in rec.namespaces if ns.startswith(rec.lab_id + "-")]
     _end_processes(rec, own)
     existing = [ns for ns in own if netns.netns_inode(ns) is not None]
-    if existing:
-        _ip_batch([f"netns delete {ns}" for ns in existing], force=True)
+    said = _ip_batch([f"netns delete {ns}" for ns in existing], force=True) if existing else ""
     for path in rec.paths:
         _remove_path(path, rec.lab_id)
     left = [ns for ns in own if netns.netns_inode(ns) is not None]
     if left:
-        raise LabError(f"lab {rec.lab_id}: could not delete namespaces {', '.join(left)}")
+        why = f" ({said})" if said else ""
+        raise LabError(f"lab {rec.lab_id}: could not delete namespaces {', '.join(left)}{why}")
     rec.delete()
 
 

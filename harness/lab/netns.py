@@ -2,7 +2,8 @@
 
 Rules kept here:
 - setns(2) moves only the calling *thread*; everything in this module switches in, does one
-  thing, and switches back before returning, so no caller is ever left inside a lab host.
+  thing, and switches back before returning, so no caller is ever left inside a lab host
+  (a signal landing while it switches is held until the thread is back: harness.signals).
 - A socket keeps the namespace it was created in, so "a socket in host H" is: enter H,
   create the socket, leave.  Binding and using it can then happen on any thread.
 - Python 3.11 has no ``os.setns``: libc's setns is called through ctypes.
@@ -16,6 +17,7 @@ import socket
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+from harness import signals
 from harness.errors import LabError
 
 CLONE_NEWNET = 0x40000000
@@ -38,6 +40,7 @@ def netns_path(name: str) -> str:
 
 
 @contextmanager
+@signals.holding  # a signal while the thread switches waits until it is back home
 def entered(name: str) -> Iterator[None]:
     """Run the body of the ``with`` on this thread inside network namespace ``name``."""
     try:
@@ -47,13 +50,12 @@ def entered(name: str) -> Iterator[None]:
     home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     try:
         _setns(target)
-        try:
-            yield
-        finally:
-            _setns(home)
+        yield
     finally:
+        _setns(home)
         os.close(target)
         os.close(home)
+        signals.release()  # one that landed while this switched: the thread is home now
 
 
 def socket_in(
