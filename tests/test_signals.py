@@ -140,3 +140,37 @@ def test_the_launcher_runs_the_installed_harness_not_one_in_the_working_folder(
     launcher = Path(PYTHON).with_name("smtp-harness")
     done = subprocess.run([launcher, "--version"], capture_output=True, text=True, cwd=tmp_path)
     assert (done.returncode, "planted" in done.stdout) == (ExitCode.OK, False), done.stdout
+
+
+CANCELLED_BY_THE_NEXT_CALLBACK = """
+import asyncio, signal
+from harness import signals
+signals.install()
+
+async def main():
+    signal.raise_signal(signal.SIGINT)  # the handler runs here, mid-step
+    print("cancelling while the step runs:", asyncio.current_task().cancelling())
+    try:
+        await asyncio.sleep(1)
+    except asyncio.CancelledError:
+        print("cancelled at the next await")
+        raise
+
+try:
+    signals.run_async(main())
+except KeyboardInterrupt:
+    print("interrupted")
+"""
+
+
+def test_a_signal_in_the_loop_cancels_between_callbacks_not_inside_the_step() -> None:
+    """Found by the torture (1 of 100 SIGINTed postfix-receiver runs): cancelling the tasks
+    from the handler, which had interrupted asyncio completing an executor's future between
+    its 'cancelled?' check and set_result, logged InvalidStateError with a traceback."""
+    done = _run(CANCELLED_BY_THE_NEXT_CALLBACK)
+    assert done.stdout.splitlines() == [
+        "cancelling while the step runs: 0",
+        "cancelled at the next await",
+        "interrupted",
+    ]
+    assert done.stderr == ""
