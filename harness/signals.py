@@ -10,11 +10,11 @@ Rules kept here:
     such a function does, delivers it;
   - inside a running event loop the first signal never raises in whichever task the loop
     is stepping (asyncio would keep it in that task: "Task exception was never retrieved"):
-    it is *noted*, and the loop's next callback cancels every task (not the handler, which
-    may have interrupted asyncio completing a future); whoever owns the loop (``run_async``;
-    a ``Lab``) ends with it once the loop is done, whatever the cancelled code raised.  A
-    second one raises at once (a user pressing Ctrl-C twice insists), and the task it
-    struck is retrieved so that nothing is logged;
+    it is *noted*, and the loop's next callback cancels every task but the loop's own
+    shutdown (not the handler itself, which may have interrupted asyncio completing a
+    future); whoever owns the loop (``run_async``; a ``Lab``) ends with it once the loop is
+    done, whatever the cancelled code raised.  A second one raises at once (a user pressing
+    Ctrl-C twice insists), and the task it struck is retrieved so that nothing is logged;
   - swallowed where Python cannot propagate (a ``__del__``, a weakref callback: "Exception
     ignored in ..."), it is raised again at the next line or call of that thread outside
     the hook that saw it, through a trace function.  A tracer that was running (coverage,
@@ -37,6 +37,10 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
 ENDING = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+LOOP_SHUTDOWN = {  # asyncio.run's own last tasks, left to finish
+    "BaseEventLoop.shutdown_default_executor",
+    "BaseEventLoop.shutdown_asyncgens",
+}
 
 _holding: set[CodeType] = set()  # the code of every @holding function
 _held: list[int] = []  # signals that landed in one, for release()
@@ -138,8 +142,11 @@ def _end_now(signum: int) -> None:
 
 
 def _cancel_all(loop: asyncio.AbstractEventLoop) -> None:
+    """Cancel every task but the loop's own shutdown (``asyncio.run`` closing: cancelled,
+    its executor thread would still set its result, and asyncio log InvalidStateError)."""
     for task in asyncio.all_tasks(loop):
-        task.cancel()
+        if getattr(task.get_coro(), "__qualname__", "") not in LOOP_SHUTDOWN:
+            task.cancel()
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:
