@@ -246,7 +246,8 @@ class Capture:
             raise CaptureIncomplete(self._loss())
 
     def _stop_reader(self) -> None:
-        """Tell the reader to stop and wait for it, at most READER_STOP_S (again: at once)."""
+        """Tell the reader to stop and wait for it, at most READER_STOP_S (a stopped one:
+        at once); ``InternalError`` if it does not stop."""
         self._stop.set()
         reader = self._thread
         if self._sniffer is not None:
@@ -259,7 +260,9 @@ class Capture:
                 raise InternalError(f"capture {self.path}: its reader did not stop")
 
     def _close(self) -> None:
-        """Stop the reader, then close the socket and the file (once)."""
+        """Stop the reader, then close the socket and the file; a second call does nothing."""
+        if self._sock is None:
+            return
         self._stop_reader()
         self._sock.close()
         self._sock = None
