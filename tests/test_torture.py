@@ -274,14 +274,20 @@ def test_ctrl_c_during_teardown_leaves_nothing(tmp_path) -> None:
     (here a timer, in a run the capture's reader or the executor's) the kernel handed the
     signal to it, and Python raised KeyboardInterrupt in the main thread mid-teardown."""
     env = {**os.environ, "SMTP_HARNESS_STATE": str(tmp_path / "labs")}
+    _interrupted_after_teardown(OWNER_INTERRUPTED_IN_TEARDOWN, tmp_path, env)
+
+
+def _interrupted_after_teardown(script: str, tmp_path: Path, env: dict, **popen) -> None:
+    """Run ``script`` (a lab's owner printing its id); it must die of the SIGINT that landed
+    in its teardown, delivered once the teardown was done, with nothing of the lab left."""
     owner = subprocess.run(
-        [PYTHON, "-c", OWNER_INTERRUPTED_IN_TEARDOWN],
-        capture_output=True, text=True, cwd=ROOT, env=env, timeout=60,
+        [PYTHON, "-c", script], capture_output=True, text=True, cwd=ROOT, env=env, timeout=60,
+        **popen,
     )  # fmt: skip
     lab_id = owner.stdout.strip()
     try:
         assert lab_id.startswith("sh"), owner.stderr
-        assert owner.returncode == -signal.SIGINT, owner.stderr  # delivered after teardown
+        assert owner.returncode == -signal.SIGINT, owner.stderr
         assert sorted(Path("/run/netns").glob(f"{lab_id}-*")) == []
         assert sorted((tmp_path / "labs").glob(f"{lab_id}.*")) == []
     finally:
@@ -297,10 +303,11 @@ with Lab() as lab:
 
 
 def test_ctrl_c_while_teardown_runs_ip_leaves_nothing(tmp_path) -> None:
-    """Found by the torture: a Ctrl-C (to the process group) while teardown's `ip netns
-    delete` ran (1 of 100 SIGINTed seed runs) killed `ip` too: the namespaces stayed, exit 130.
-    Made certain: an `ip` first on PATH sends SIGINT to its parent's process group (the
-    owner's own session, as a terminal's foreground group) when teardown calls it."""
+    """Found looking into what the torture saw (1 of 100 SIGINTed seed runs left its lab): a
+    Ctrl-C (to the process group) while teardown's `ip netns delete` ran killed `ip` too, so
+    the namespaces stayed, exit 130 (one way to that leftover).  Made certain: an `ip` first
+    on PATH sends SIGINT to its parent's process group (the owner's own session, as a
+    terminal's foreground group) when teardown calls it."""
     wrapper = tmp_path / "bin" / "ip"
     wrapper.parent.mkdir()
     wrapper.write_text(
@@ -310,15 +317,4 @@ def test_ctrl_c_while_teardown_runs_ip_leaves_nothing(tmp_path) -> None:
     wrapper.chmod(0o755)
     env = {**os.environ, "SMTP_HARNESS_STATE": str(tmp_path / "labs")}
     env["PATH"] = f"{wrapper.parent}:{env['PATH']}"
-    owner = subprocess.run(
-        [PYTHON, "-c", OWNER_OF_A_LAB], capture_output=True, text=True, cwd=ROOT, env=env,
-        start_new_session=True, timeout=60,
-    )  # fmt: skip
-    lab_id = owner.stdout.strip()
-    try:
-        assert lab_id.startswith("sh"), owner.stderr
-        assert owner.returncode == -signal.SIGINT, owner.stderr  # delivered after teardown
-        assert sorted(Path("/run/netns").glob(f"{lab_id}-*")) == []
-        assert sorted((tmp_path / "labs").glob(f"{lab_id}.*")) == []
-    finally:
-        subprocess.run([CLI, "lab", "clean"], capture_output=True, env=env)
+    _interrupted_after_teardown(OWNER_OF_A_LAB, tmp_path, env, start_new_session=True)
