@@ -146,7 +146,7 @@ def run_scenario(
         faults=faults,
         mta=done.mta,
     )
-    write_ladder(result.ladder, folder)
+    write_ladder(result.ladder, folder, lifelines(scenario, done.mta), scenario.name)
     if golden is not None and update_golden and not faults:
         golden.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(result.pcap, golden)
@@ -199,9 +199,25 @@ def host_names(topology) -> dict[str, str]:
     return {addr: h.name for h in topology.hosts for addr in h.addresses}
 
 
-def write_ladder(ladder: Ladder, folder: Path) -> None:
+def write_ladder(
+    ladder: Ladder, folder: Path, lifelines: dict[str, str] | None = None, title: str | None = None
+) -> None:
     for suffix, fmt in LADDER_FORMATS.items():
-        (folder / f"ladder.{suffix}").write_text(render(ladder, fmt), encoding="utf-8")
+        document = render(ladder, fmt, lifelines=lifelines, title=title)
+        (folder / f"ladder.{suffix}").write_text(document, encoding="utf-8")
+
+
+MTA_NAMES = {"postfix": "Postfix", "exim": "Exim", "opensmtpd": "OpenSMTPD", "sendmail": "Sendmail"}
+
+
+def lifelines(scenario: Scenario, mta: dict | None) -> dict[str, str]:
+    """What runs on each peer's host, for the ladder's lifelines: "Postfix 3.7.11" (the
+    upstream version the adapter read from its .deb), else "scripted sender/receiver"."""
+    labels = {scenario.sender_host: "scripted sender", scenario.receiver_host: "scripted receiver"}
+    if mta:
+        host = scenario.receiver_host if mta["role"] == "receiver" else scenario.sender_host
+        labels[host] = f"{MTA_NAMES.get(mta['name'], mta['name'])} {mta['version']}"
+    return labels
 
 
 def write_record(result: RunResult) -> None:

@@ -44,13 +44,52 @@ def test_a_changed_reply_code_is_one_mismatch_with_a_packetdrill_diff(tmp_path, 
     (m,) = verdict.mismatches
     assert (m.what, m.expected.index, m.actual.text) == ("changed", 26, "451 try later")
     diff = format_diff(verdict, RUN, GOLDEN)
-    assert f"{GOLDEN}:26: error: reply differs in text" in diff
+    note = 'reply differs: code 250 -> 451, text "OK Mail accepted" -> "try later"'
+    assert f"{GOLDEN}:26: error: {note}" in diff
     assert "expected: 26 mail.receiver.com → mail.sender.com  reply  250 OK Mail accepted" in diff
     assert "actual:   26 mail.receiver.com → mail.sender.com  reply  451 try later" in diff
     assert f"run:    {RUN}" in diff and f"golden: {GOLDEN}" in diff
     lines = diff.splitlines()
     minus = lines.index(next(x for x in lines if x.startswith("  -")))
     assert "content" in lines[minus - 1] and "QUIT" in lines[minus + 2]  # context both sides
+    heading = next(x for x in lines if "golden" in x and "run" in x and "step" in x)
+    golden_col, run_col = heading.index("golden") + len("golden"), heading.index("run") + 3
+    assert lines[minus][golden_col - 2 : golden_col] == "26"  # numbers under their headings
+    assert lines[minus][run_col - 4 : run_col].strip() == ""  # golden only: no run number
+    plus = lines[minus + 1]
+    assert plus.startswith("  +") and plus[run_col - 2 : run_col] == "26"
+    assert plus[golden_col - 6 : golden_col].strip() == ""
+
+
+def test_a_changed_code_with_the_same_text_says_only_code(golden):
+    changed = with_text(golden, "250 OK Mail accepted", "450 OK Mail accepted")
+    steps = [
+        replace(s, detail=(("code", 450), *s.detail[1:])) if s.text.startswith("450") else s
+        for s in changed.steps
+    ]
+    (m,) = compare(replace(golden, steps=steps), golden).mismatches
+    assert m.note == "reply differs: code 250 -> 450"
+
+
+def test_a_changed_direction_and_kind_are_named(golden):
+    quit_ = next(s for s in golden.steps if s.text == "QUIT")
+    turned = replace(quit_, src=quit_.dst, dst=quit_.src, kind="reply", text="QUIT")
+    verdict = compare(
+        replace(golden, steps=[turned if s is quit_ else s for s in golden.steps]), golden
+    )
+    (m,) = verdict.mismatches
+    assert m.note == (
+        "command differs: kind command -> reply, "
+        "direction mail.sender.com → mail.receiver.com -> mail.receiver.com → mail.sender.com"
+    )
+
+
+def test_a_change_in_detail_only_names_the_detail(golden):
+    reply = next(s for s in golden.steps if s.text == "250 OK Mail accepted")
+    more = replace(reply, detail=tuple((k, 2 if k == "lines" else v) for k, v in reply.detail))
+    steps = [more if s is reply else s for s in golden.steps]
+    (m,) = compare(replace(golden, steps=steps), golden, strict=True).mismatches
+    assert m.note == "reply differs: lines 1 -> 2"
 
 
 def test_missing_steps_are_aligned_not_cascaded(golden):

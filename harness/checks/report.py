@@ -4,9 +4,13 @@ Rules kept here:
 - All three are written from the same cells, in plan order; links are relative to the
   output folder, so the folder can be moved or published as it is.
 - HTML: one row per (check, role), one column per MTA (its Debian version); a cell shows
-  its verdict (an observation its value), the steps it cites, links to each run's
-  ladder.svg, capture.pcap and the log of the side under test, and marks a difference
-  from the expected matrix (regression, improvement, changed) with its expectation.
+  its verdict (an observation its value), the steps it cites, each a link to that step in
+  its run's ladder (``ladder.html#step-N``), links to each run's ladder (at the first step
+  cited), ladder.svg, capture.pcap and the log of the side under test, and marks a
+  difference from the expected matrix (regression, improvement, changed) with its
+  expectation.  A fail the expected matrix foresaw reads "fail (expected)", pale and
+  dashed; one it did not (a surprise) is solid red, and every cell that differs from the
+  expected matrix is outlined.
   Above the table: for each column whose Debian version is not the one the expected file
   was written for, "expected file written for X, ran Y".  Everything is escaped; the page
   needs no script and no network.
@@ -54,6 +58,7 @@ def artefacts(cell: Cell, out: Path) -> list[dict[str, str]]:
     runs = []
     for folder in cell.folders:
         files = {
+            "html": folder / "ladder.html",
             "svg": folder / "ladder.svg",
             "pcap": folder / "capture.pcap",
             "log": log_of(cell, folder),
@@ -178,7 +183,10 @@ th { background: #f3f3f3; }
 td.check { max-width: 26em; } td.check small { color: #555; }
 td.cell { min-width: 14em; max-width: 22em; }
 .verdict { font-weight: bold; padding: 1px 6px; border-radius: 3px; }
-.pass { background: #d6f5d6; } .fail { background: #f8d0d0; } .na { background: #e8e8e8; }
+.pass { background: #d6f5d6; } .na { background: #e8e8e8; }
+.fail { background: #c62828; color: #fff; }
+.fail.expected { background: #fbe9e9; color: #8a3a3a; border: 1px dashed #c98a8a; }
+td.surprise { outline: 3px solid #c62828; outline-offset: -3px; }
 .known { background: #fbecc0; } .error { background: #555; color: #fff; }
 .observed { background: #dde8f8; } .versions { color: #a60; font-weight: bold; }
 .diff { color: #b00; font-weight: bold; } .note { font-size: 12px; color: #444; }
@@ -201,7 +209,8 @@ def write_html(cells: list[Cell], out: Path, expected: Expected) -> Path:
 <html lang="en"><head><meta charset="utf-8"><title>SMTP conformance matrix</title>
 <style>{STYLE}</style></head><body>
 <h1>SMTP conformance matrix</h1>
-{notes}<p>{len(cells)} cells: {totals}. Against {escape(expected.source)}: {changed}.</p>
+{notes}<p class=note>{_KEY}</p>
+<p>{len(cells)} cells: {totals}. Against {escape(expected.source)}: {changed}.</p>
 <table><thead><tr><th>check</th><th>role</th>{head}</tr></thead>
 <tbody>
 {body}
@@ -222,34 +231,57 @@ def _row(by_column: dict[Column, Cell], columns: list[Column], out: Path) -> str
     return f"<tr>{title}{''.join(_cell(by_column.get(c), out) for c in columns)}</tr>"
 
 
+_KEY = (
+    "<span class='verdict fail'>fail</span> a fail the expected matrix did not foresee; "
+    "<span class='verdict fail expected'>fail (expected)</span> one it did; "
+    "<span class='verdict known'>deviation-known</span> a known deviation; "
+    "an outlined cell differs from the expected matrix."
+)
+
+
 def _cell(cell: Cell | None, out: Path) -> str:
     if cell is None:
         return "<td></td>"
-    verdict = f"<span class='verdict {VERDICT_CLASS[cell.verdict]}'>{escape(shown(cell))}</span>"
+    surprise = cell.difference != "match"
+    foreseen = cell.verdict is Verdict.FAIL and not surprise
+    name = f"{VERDICT_CLASS[cell.verdict]}{' expected' if foreseen else ''}"
+    shown_as = f"{shown(cell)} (expected)" if foreseen else shown(cell)
+    verdict = f"<span class='verdict {name}'>{escape(shown_as)}</span>"
     diff = ""
-    if cell.difference != "match":
+    if surprise:
         wanted = escape(expected_shown(cell))
         diff = f" <span class=diff>{cell.difference}: expected {wanted}</span>"
     reason = f"<br><i>known: {escape(cell.expected.reason)}</i>" if cell.expected.reason else ""
-    evidence = f"<br>{escape(_cited(cell))}" if cell.evidence else ""
-    links = "".join(_links(run, i, len(cell.folders)) for i, run in enumerate(artefacts(cell, out)))
+    runs = artefacts(cell, out)
+    evidence = f"<br>{_cited(cell, runs)}" if cell.evidence else ""
+    links = "".join(_links(cell, run, i, len(runs)) for i, run in enumerate(runs))
     note = f"<div class=note>{escape(cell.note)}{evidence}{reason}</div>"
-    return f"<td class=cell>{verdict}{diff}{note}<div class=links>{links}</div></td>"
+    td = "cell surprise" if surprise else "cell"
+    return f"<td class='{td}'>{verdict}{diff}{note}<div class=links>{links}</div></td>"
 
 
-def _cited(cell: Cell) -> str:
-    """The cited steps, per run when the check has several."""
-    runs = sorted({run for run, _ in cell.evidence})
+def _step_link(runs: list[dict[str, str]], run: int, step: int) -> str:
+    """Step *step* of run *run*, linked to its row in that run's ladder.html if there is one."""
+    page = runs[run].get("html") if run < len(runs) else None
+    return f"<a href='{escape(page)}#step-{step}'>{step}</a>" if page else str(step)
+
+
+def _cited(cell: Cell, runs: list[dict[str, str]]) -> str:
+    """The cited steps, per run when the check has several, each a link."""
     parts = []
-    for run in runs:
-        steps = ", ".join(str(step) for r, step in cell.evidence if r == run)
+    for run in sorted({run for run, _ in cell.evidence}):
+        steps = ", ".join(_step_link(runs, run, step) for r, step in cell.evidence if r == run)
         parts.append(f"run {run + 1} steps {steps}" if len(cell.folders) > 1 else f"steps {steps}")
     return "; ".join(parts)
 
 
-def _links(run: dict[str, str], number: int, runs: int) -> str:
+def _links(cell: Cell, run: dict[str, str], number: int, runs: int) -> str:
     prefix = f"run {number + 1}: " if runs > 1 else ""
-    names = {"svg": "ladder", "pcap": "pcap", "log": "log"}
+    cited = [step for r, step in cell.evidence if r == number]
+    hrefs = dict(run)
+    if "html" in hrefs and cited:
+        hrefs["html"] += f"#step-{min(cited)}"
+    names = {"html": "ladder", "svg": "svg", "pcap": "pcap", "log": "log"}
     return prefix + "".join(
-        f"<a href='{escape(run[k])}'>{name}</a>" for k, name in names.items() if k in run
+        f"<a href='{escape(hrefs[k])}'>{name}</a>" for k, name in names.items() if k in hrefs
     )

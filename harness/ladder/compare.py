@@ -15,6 +15,11 @@ Rules this module keeps:
   DNS flags, digests when kept, ...; not offsets or DNS ids), and the exact coverage.
 - Steps are aligned (``difflib.SequenceMatcher`` over the keys), so one missing or extra
   step is reported as that, not as every step after it differing.
+- A changed step says what changed, each as ``old -> new``: its kind, its direction, a
+  reply's code (``detail``), its text (a reply's without the code), and only when none of
+  those differ, the details that do: ``reply differs: code 250 -> 450, text "OK" -> "try
+  later"``.  The context rows sit under column headings (``golden``, ``run``: the step's
+  number in each ladder).
 """
 
 from __future__ import annotations
@@ -120,10 +125,54 @@ def _mismatch(row: int, expected: Step | None, actual: Step | None) -> Mismatch:
         return Mismatch("missing", expected, None, row, "step missing")
     if expected is None:
         return Mismatch("extra", None, actual, row, "unexpected step")
-    for name in ("kind", "src", "dst", "text"):
-        if getattr(expected, name) != getattr(actual, name):
-            return Mismatch("changed", expected, actual, row, f"{expected.kind} differs in {name}")
-    return Mismatch("changed", expected, actual, row, f"{expected.kind} differs in detail")
+    what = ", ".join(differences(expected, actual)) or "detail"
+    return Mismatch("changed", expected, actual, row, f"{expected.kind} differs: {what}")
+
+
+def differences(expected: Step, actual: Step) -> list[str]:
+    """What differs between two steps, each as ``what old -> new``: the kind, the
+    direction, a reply's code (from ``detail``), the text (a reply's without its code),
+    and, when nothing else does, the details that differ."""
+    out = []
+    if expected.kind != actual.kind:
+        out.append(f"kind {expected.kind} -> {actual.kind}")
+    if (expected.src, expected.dst) != (actual.src, actual.dst):
+        out.append(f"direction {_direction(expected)} -> {_direction(actual)}")
+    codes = expected.get("code"), actual.get("code")
+    if codes[0] != codes[1] and None not in codes:
+        out.append(f"code {codes[0]} -> {codes[1]}")
+    texts = _without_code(expected), _without_code(actual)
+    if texts[0] != texts[1]:
+        out.append(f"text {_quoted(texts[0])} -> {_quoted(texts[1])}")
+    if not out:
+        keys = sorted({k for k, _ in (*expected.detail, *actual.detail)} - _VOLATILE)
+        out += [
+            f"{k} {expected.get(k)!r} -> {actual.get(k)!r}"
+            for k in keys
+            if expected.get(k) != actual.get(k)
+        ]
+    return out
+
+
+def _direction(step: Step) -> str:
+    return f"{step.src} → {step.dst}"
+
+
+def _without_code(step: Step) -> str:
+    """A reply's text without its code on each line (``250-``, ``250 ``); else the text."""
+    code = step.get("code")
+    if code is None:
+        return step.text
+    prefix = str(code)
+    lines = step.text.split("\n")
+    return "\n".join(line[4:] if line[:3] == prefix else line for line in lines)
+
+
+def _quoted(text: str, width: int = 40) -> str:
+    """The first line of *text*, in quotes, cut at *width* (the diff's lines show the rest)."""
+    first, *more = text.split("\n")
+    shown = first if len(first) <= width else first[: width - 1] + "…"
+    return f'"{shown}"' + (f" (+{len(more)} lines)" if more else "")
 
 
 def _coverage(
@@ -172,10 +221,13 @@ def format_diff(verdict: Verdict, run_path: str, golden_path: str, context: int 
     return "\n".join(lines) + "\n"
 
 
+_HEADING = f"  {'':1} {'golden':>6} {'run':>4}  step (- golden only, + run only)"
+
+
 def _context(verdict: Verdict, m: Mismatch, context: int) -> list[str]:
-    """The aligned rows around a mismatch: golden and run step numbers, ``-`` golden only,
-    ``+`` run only (a changed step is both)."""
-    lines = []
+    """The aligned rows around a mismatch under their column headings: golden and run step
+    numbers, ``-`` golden only, ``+`` run only (a changed step is both)."""
+    lines = [_HEADING]
     for expected, actual in verdict.rows[max(0, m.row - context) : m.row + context + 1]:
         if expected is not None and actual is not None and key(expected) == key(actual):
             lines.append(_row(" ", expected, actual))
@@ -188,7 +240,7 @@ def _context(verdict: Verdict, m: Mismatch, context: int) -> list[str]:
 
 
 def _row(sign: str, expected: Step | None, actual: Step | None) -> str:
-    golden = f"{expected.index:>4}" if expected else "    "
+    golden = f"{expected.index:>6}" if expected else " " * 6
     run = f"{actual.index:>4}" if actual else "    "
     return f"  {sign} {golden} {run}  {_body(expected or actual)}"
 

@@ -2,21 +2,25 @@
 
 Rules kept here:
 
-1. A renderer reads only the ladder (design rule 2): steps, participants, metadata.
-2. Columns are ``Ladder.participants`` (order of first appearance); every step is one
-   arrow from its ``src`` column to its ``dst`` column, labelled by ``style.label``.
-3. ``render(ladder, fmt)`` is the one entry point; ``FORMATS`` names the formats.
+1. A renderer reads only the ladder (design rule 2): steps, participants, metadata; and
+   what its caller knows that the capture does not: ``lifelines`` (host -> a label under
+   its name, e.g. "Postfix 3.7.11") and ``title`` (what the ladder is of, e.g. the
+   scenario's name).  JSON, the interchange form, is the ladder alone.
+2. Columns are ``Ladder.participants`` (order of first appearance); every step keeps its
+   number and goes from its ``src`` column to its ``dst`` column, labelled by
+   ``style.label`` (a diagram may draw one arrow for the steps one packet carried).
+3. ``render(ladder, fmt, ...)`` is the one entry point; ``FORMATS`` names the formats.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from harness.errors import HarnessError
 from harness.ladder.model import Ladder
 from harness.render import html, json, mermaid, svg, text
 
-FORMATS: dict[str, Callable[[Ladder], str]] = {
+FORMATS: dict[str, Callable[..., str]] = {
     "text": text.render,
     "svg": svg.render,
     "html": html.render,
@@ -25,10 +29,16 @@ FORMATS: dict[str, Callable[[Ladder], str]] = {
 }
 
 
-def render(ladder: Ladder, fmt: str) -> str:
+def render(
+    ladder: Ladder,
+    fmt: str,
+    *,
+    lifelines: Mapping[str, str] | None = None,
+    title: str | None = None,
+) -> str:
     """*ladder* as a document in format *fmt* (one of ``FORMATS``)."""
     try:
         renderer = FORMATS[fmt]
     except KeyError:
         raise HarnessError(f"unknown format {fmt!r} (one of {', '.join(FORMATS)})") from None
-    return renderer(ladder)
+    return renderer(ladder, lifelines=lifelines, title=title)

@@ -1,32 +1,55 @@
 """A terminal ladder: one column per host, one arrow per step, the step text on the arrow.
 
-Layout: ``number time`` in a gutter, then the columns spread evenly over ``width``
-(100-120 is the target).  ``──►`` points right, ``◄──`` left; text that does not fit
-between the arrow's ends is cut with …; an arrow crossing a column hides its lifeline.
+Layout: ``number time frames`` in a gutter (``frames``: the packets that carried the step,
+as Wireshark numbers them, ``first…last`` when the list is longer than its column), then
+the columns spread evenly over ``width`` (100-120 is the target).  Host names head the
+columns, their lifeline labels (e.g. "Postfix 3.7.11") on the line under them.  ``──►``
+points right, ``◄──`` left; text that does not fit between the arrow's ends is cut with …
+(the SVG and HTML show it whole); an arrow crossing a column hides its lifeline.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from harness.ladder.model import Ladder, Step
-from harness.render.style import clip, label, seconds
+from harness.render.style import clip, frames, label, seconds
 
 WIDTH = 110
-_GUTTER = 13  # "nnnn tttt.ttt "
+_FRAMES = 9  # the frames column
+_GUTTER = 14 + _FRAMES  # "nnnn tttt.ttt fffffffff "
 _MARGIN = 8  # room for half a host name outside the outer lifelines
 
 
-def render(ladder: Ladder, width: int = WIDTH) -> str:
+def render(
+    ladder: Ladder,
+    width: int = WIDTH,
+    *,
+    lifelines: Mapping[str, str] | None = None,
+    title: str | None = None,
+) -> str:
+    del title  # a terminal ladder is shown where its name already is
     hosts = ladder.participants
     if not hosts:
         return "(no steps)\n"
     columns = _columns(len(hosts), width)
-    lines = [_header(hosts, columns, width), "".join(_lifelines(columns, width)).rstrip()]
+    lines = [_header(hosts, columns, width, "   # time (s) frames")]
+    if lifelines and any(lifelines.get(h) for h in hosts):
+        lines.append(_header([lifelines.get(h, "") for h in hosts], columns, width))
+    lines.append("".join(_lifelines(columns, width)).rstrip())
     for step in ladder.steps:
         row = _lifelines(columns, width)
         _arrow(row, columns[hosts.index(step.src)], columns[hosts.index(step.dst)], step)
-        prefix = f"{step.index:>4} {seconds(ladder, step):8.3f}"
+        prefix = f"{step.index:>4} {seconds(ladder, step):8.3f} {_frames(step):<{_FRAMES}}"
         lines.append(prefix + "".join(row)[len(prefix) :].rstrip())
     return "\n".join(lines) + "\n"
+
+
+def _frames(step: Step) -> str:
+    text = frames(step)
+    if len(text) <= _FRAMES or not step.evidence:
+        return text
+    return clip(f"{step.evidence[0]}…{step.evidence[-1]}", _FRAMES)
 
 
 def _columns(n: int, width: int) -> list[int]:
@@ -37,12 +60,13 @@ def _columns(n: int, width: int) -> list[int]:
     return [first + (last - first) * i // (n - 1) for i in range(n)]
 
 
-def _header(hosts: list[str], columns: list[int], width: int) -> str:
+def _header(names: list[str], columns: list[int], width: int, gutter: str = "") -> str:
     row = [" "] * width
+    row[: len(gutter)] = gutter
     room = (columns[1] - columns[0] - 1) if len(columns) > 1 else width - _GUTTER
-    for name, x in zip(hosts, columns, strict=True):
+    for name, x in zip(names, columns, strict=True):
         name = clip(name, room)
-        start = max(0, min(width - len(name), x - len(name) // 2))
+        start = max(len(gutter) + 1, min(width - len(name), x - len(name) // 2))
         row[start : start + len(name)] = name
     return "".join(row).rstrip()
 
