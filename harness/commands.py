@@ -17,7 +17,7 @@ from pathlib import Path
 import click
 
 from harness.render import render
-from harness.runner import RunResult, run_scenario
+from harness.runner import RunResult, lifelines, run_scenario
 from harness.scenario import load_scenario
 from harness.verdict import exit_code
 
@@ -62,7 +62,9 @@ def demo(ctx: click.Context) -> None:
 
 
 def print_result(result: RunResult, updated_golden: bool = False) -> None:
-    click.echo(render(result.ladder, "text"), nl=False)
+    click.echo(
+        render(result.ladder, "text", lifelines=lifelines(result.scenario, result.mta)), nl=False
+    )
     click.echo("\nper recipient:")
     for rcpt, o in result.report.outcomes.items():
         reply = f"{o.code} {o.text}" if o.code else o.text
