@@ -5,12 +5,14 @@ Rules kept here:
   output folder, so the folder can be moved or published as it is.
 - HTML: one row per (check, role), one column per MTA (its Debian version); a cell shows
   its verdict (an observation its value), the steps it cites, links to each run's
-  ladder.svg, capture.pcap and the log of the side under test, and marks a difference
+  ladder.svg, capture.pcapng and the log of the side under test, and marks a difference
   from the expected matrix (regression, improvement, changed) with its expectation.
   Above the table: for each column whose Debian version is not the one the expected file
   was written for, "expected file written for X, ran Y".  Everything is escaped; the page
   needs no script and no network.
-- JSON also records each column's .debs (package, version, file, sha256).
+- JSON also records each column's .debs (package, version, file, sha256), and its
+  ``schema_version`` (``harness.formats``); ``read_json`` refuses a version this release
+  does not read.
 - JUnit: one testcase per cell.  A difference from the expected matrix is a <failure>, an
   error cell an <error>, an expected n/a a <skipped>; known results pass with their reason.
 """
@@ -29,6 +31,9 @@ from xml.etree import ElementTree as ET
 from harness.checks.base import REFERENCE
 from harness.checks.expected import Expected
 from harness.checks.matrix import Cell, Column
+from harness.errors import HarnessError
+from harness.formats import WRITES, Format, version_of
+from harness.runner import CAPTURE
 from harness.verdict import Verdict
 
 VERDICT_CLASS = {
@@ -55,7 +60,7 @@ def artefacts(cell: Cell, out: Path) -> list[dict[str, str]]:
     for folder in cell.folders:
         files = {
             "svg": folder / "ladder.svg",
-            "pcap": folder / "capture.pcap",
+            "pcap": folder / CAPTURE,
             "log": log_of(cell, folder),
         }
         links = {k: os.path.relpath(p, out) for k, p in files.items() if p and p.exists()}
@@ -106,6 +111,7 @@ def version_notes(cells: list[Cell], expected: Expected) -> list[str]:
 
 def write_json(cells: list[Cell], out: Path, expected: Expected) -> Path:
     data = {
+        "schema_version": WRITES[Format.MATRIX],
         "generated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "expected": expected.source,
         "version_notes": version_notes(cells, expected),
@@ -124,6 +130,20 @@ def write_json(cells: list[Cell], out: Path, expected: Expected) -> Path:
     path = out / "matrix.json"
     path.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     return path
+
+
+def read_json(path: Path) -> dict:
+    """A ``matrix.json`` as written by ``write_json``, if this release reads its version."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise HarnessError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except ValueError as exc:  # not UTF-8, or not JSON
+        raise HarnessError(f"{path}: not a matrix.json: {exc}") from None
+    if not isinstance(data, dict):
+        raise HarnessError(f"{path}: not a matrix.json: not a JSON object")
+    version_of(data, Format.MATRIX, str(path))
+    return data
 
 
 def write_junit(cells: list[Cell], out: Path) -> Path:
