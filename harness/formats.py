@@ -7,6 +7,8 @@ Rules kept here:
 - A file of a version this release does not read is a ``HarnessError`` (bad input, exit 2)
   naming the file, the key and the versions it reads: never a misreading.  A version is an
   integer (a bool or a string is not one).
+- ``read_json`` reads a JSON format's file: a JSON object of a version this release reads,
+  or one line naming the file.
 - A file without the key was written before formats had versions, in version 1's shape:
   it is read as version 1.
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
 from harness.errors import HarnessError
@@ -54,3 +57,18 @@ def version_of(data: Mapping[str, Any], fmt: Format, where: str) -> int:
         f"{where}: {KEY} {shown}: this release of smtp-harness reads {fmt} version "
         f"{reads} (see CHANGELOG.md)"
     )
+
+
+def read_json(path: Path, fmt: Format) -> dict:
+    """The JSON object in the file at ``path``, a file of format ``fmt`` in a version this
+    release reads; else one line naming the file."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise HarnessError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except ValueError as exc:  # not UTF-8, or not JSON
+        raise HarnessError(f"{path}: not a {fmt}: {exc}") from None
+    if not isinstance(data, dict):
+        raise HarnessError(f"{path}: not a {fmt}: not a JSON object")
+    version_of(data, fmt, str(path))
+    return data

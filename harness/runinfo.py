@@ -44,7 +44,7 @@ from dnslib import QTYPE
 from harness import __version__
 from harness.dns import ZoneSet
 from harness.errors import HarnessError
-from harness.formats import KEY, WRITES, Format, version_of
+from harness.formats import KEY, WRITES, Format, read_json
 from harness.lab.topology import Topology
 from harness.ladder.model import Ladder
 from harness.scenario import Scenario
@@ -66,16 +66,10 @@ def now() -> str:
 # --- which folders a run may use ------------------------------------------------------------
 def read_record(path: Path) -> dict:
     """A ``run.json`` of ours, if this release reads its version; else one line."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise HarnessError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    except ValueError as exc:  # not UTF-8, or not JSON
-        raise HarnessError(f"{path}: not a run.json of {HARNESS}: {exc}") from None
-    harness = data.get("harness") if isinstance(data, dict) else None
+    data = read_json(path, Format.RUN)
+    harness = data.get("harness")
     if not isinstance(harness, dict) or harness.get("name") != HARNESS:
         raise HarnessError(f"{path}: not a run.json of {HARNESS}")
-    version_of(data, Format.RUN, str(path))
     return data
 
 

@@ -119,7 +119,7 @@ def test_a_folder_of_other_files_is_refused_and_left_alone(tmp_path) -> None:
 @pytest.mark.parametrize(
     ("record", "message"),
     [
-        ("{", r"not a run\.json of smtp-harness"),
+        ("{", r"not a run\.json: Expecting property name"),
         ('{"verdict": "pass"}', "not a run.json of smtp-harness"),
         ('{"harness": "smtp-harness"}', "not a run.json of smtp-harness"),
         (json.dumps({**OURS, KEY: 2}), "schema_version 2"),

@@ -28,11 +28,11 @@ from html import escape
 from pathlib import Path
 from xml.etree import ElementTree as ET
 
+from harness import formats
 from harness.checks.base import REFERENCE
 from harness.checks.expected import Expected
 from harness.checks.matrix import Cell, Column
-from harness.errors import HarnessError
-from harness.formats import WRITES, Format, version_of
+from harness.formats import WRITES, Format
 from harness.runner import CAPTURE
 from harness.verdict import Verdict
 
@@ -134,16 +134,7 @@ def write_json(cells: list[Cell], out: Path, expected: Expected) -> Path:
 
 def read_json(path: Path) -> dict:
     """A ``matrix.json`` as written by ``write_json``, if this release reads its version."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise HarnessError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    except ValueError as exc:  # not UTF-8, or not JSON
-        raise HarnessError(f"{path}: not a matrix.json: {exc}") from None
-    if not isinstance(data, dict):
-        raise HarnessError(f"{path}: not a matrix.json: not a JSON object")
-    version_of(data, Format.MATRIX, str(path))
-    return data
+    return formats.read_json(path, Format.MATRIX)
 
 
 def write_junit(cells: list[Cell], out: Path) -> Path:
