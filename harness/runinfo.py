@@ -225,7 +225,8 @@ def step_comments(ladder: Ladder) -> dict[int, list[str]]:
 def section_comments(result) -> list[str]:
     """The section header's comments: the scenario, and the verdict with its reasons."""
     scenario = result.scenario
-    lines = [f"scenario {scenario.name}: {scenario.description}".rstrip(": ")]
+    about = f": {scenario.description}" if scenario.description else ""
+    lines = [f"scenario {scenario.name}{about}"]
     lines.append(f"verdict: {result.verdict}")
     lines += [f"problem: {p.splitlines()[0]}" for p in result.problems]
     lines += [f"fault: {f.line()}" for f in result.faults]

@@ -14,8 +14,10 @@ import pytest
 from conftest import CLI, ROOT
 
 from harness.capture.pcapfile import annotations
+from harness.errors import HarnessError
 from harness.ladder.model import Ladder
-from harness.scenario import SEED_SCENARIO
+from harness.runner import run_scenario
+from harness.scenario import SEED_SCENARIO, load_scenario
 from harness.verdict import ExitCode
 
 pytestmark = pytest.mark.lab
@@ -142,3 +144,17 @@ def test_out_into_a_folder_that_is_not_ours_is_refused_before_the_run(tmp_path) 
         "choose another folder, or empty it\n"
     )
     assert [p.name for p in tmp_path.iterdir()] == ["thesis.tex"]
+
+
+def test_bad_input_that_stops_a_run_midway_still_leaves_its_run_json(tmp_path) -> None:
+    """A capture backend that does not exist is refused once the lab is up (a real
+    HarnessError inside the run): the folder says so, and stays ours to run into again."""
+    folder = tmp_path / "run"
+    with pytest.raises(HarnessError, match="capture backend 'bogus'"):
+        run_scenario(load_scenario(None), folder, capture_backend="bogus")
+    data = record(folder)
+    assert (data["verdict"], data["exit_code"]) == (None, ExitCode.BAD_INPUT)
+    assert data["error"].startswith("capture backend 'bogus'")
+    assert (folder / "scenario.toml").is_file()
+    assert run("run", "--out", str(folder)).returncode == ExitCode.OK
+    assert record(folder)["verdict"] == "pass"
