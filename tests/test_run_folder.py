@@ -158,3 +158,17 @@ def test_bad_input_that_stops_a_run_midway_still_leaves_its_run_json(tmp_path) -
     assert (folder / "scenario.toml").is_file()
     assert run("run", "--out", str(folder)).returncode == ExitCode.OK
     assert record(folder)["verdict"] == "pass"
+
+
+def test_run_json_names_the_real_mta_and_the_debs_it_ran_from(tmp_path) -> None:
+    folder = tmp_path / "run"
+    scenario = ROOT / "fixtures" / "scenarios" / "postfix-receiver.toml"
+    done = run("run", str(scenario), "--out", str(folder))
+    assert done.returncode == ExitCode.OK, done.stdout + done.stderr
+    mta = record(folder)["mta"]
+    assert (mta["name"], mta["role"]) == ("postfix", "receiver")
+    assert mta["version"] and mta["package_version"].startswith(mta["version"])
+    postfix = next(d for d in mta["debs"] if d["package"] == "postfix")
+    assert postfix["version"] == mta["package_version"] and len(postfix["sha256"]) == 64
+    assert (folder / "scenario.toml").read_bytes() == scenario.read_bytes()
+    assert annotations(str(folder / "capture.pcapng")).section_comments[1] == "verdict: pass"
