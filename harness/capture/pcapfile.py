@@ -69,7 +69,7 @@ _PCAPNG_SHB = b"\x0a\x0d\x0d\x0a"
 _PCAPNG_BOM = {b"\x4d\x3c\x2b\x1a": "<", b"\x1a\x2b\x3c\x4d": ">"}
 
 # pcapng block types
-_IDB, _OPB, _SPB, _NRB, _EPB, _SHB = 1, 2, 3, 4, 6, 0x0A0D0D0A
+_IDB, _OPB, _SPB, _EPB, _SHB = 1, 2, 3, 6, 0x0A0D0D0A
 # pcapng interface options
 _IF_TSRESOL, _IF_TSOFFSET = 9, 14
 
@@ -282,6 +282,9 @@ def _interface(source: _Source, buf: bytes, pos: int, blen: int, order: str) -> 
             offset = struct.unpack_from(order + "q", buf, opt + 4)[0] * 1_000_000_000
         opt += 4 + (length + 3) // 4 * 4
     return _Interface(linktype, snaplen, mul, div, offset)
+
+
+_NRB = 4  # Name Resolution Block (read by annotations only)
 
 
 class Annotations(NamedTuple):
