@@ -98,19 +98,20 @@ def name_resolution(names: Names) -> bytes:
 
 
 _EPB_HEAD = struct.Struct("<IIIIIII")  # type, length, interface, time high/low, caplen, origlen
+_TRAILER = struct.Struct("<I")
+_PADDING = (b"", b"\0\0\0", b"\0\0", b"\0")  # by the data's length mod 4
 
 
 def packet(
     time: int, data: bytes, origlen: int | None = None, comments: Sequence[str] = ()
 ) -> bytes:
     """An EPB on interface 0; ``time`` in nanoseconds since the epoch."""
-    options = _options((OPT_COMMENT, _cut(c)) for c in comments)
-    pad = b"\0" * (-len(data) % 4)
-    length = 32 + len(data) + len(pad) + len(options)
-    head = _EPB_HEAD.pack(
-        EPB, length, 0, time >> 32, time & 0xFFFF_FFFF, len(data), origlen or len(data)
-    )
-    return b"".join((head, data, pad, options, struct.pack("<I", length)))
+    size = len(data)
+    options = _options((OPT_COMMENT, _cut(c)) for c in comments) if comments else b""
+    pad = _PADDING[size & 3]
+    length = 32 + size + len(pad) + len(options)
+    head = _EPB_HEAD.pack(EPB, length, 0, time >> 32, time & 0xFFFF_FFFF, size, origlen or size)
+    return b"".join((head, data, pad, options, _TRAILER.pack(length)))
 
 
 class PcapngWriter:
