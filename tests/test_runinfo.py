@@ -201,3 +201,22 @@ def test_each_frame_names_the_steps_it_carried() -> None:
         5: ["step 2: FIN", "step 3: 2 lines"],
         6: ["step 3: 2 lines"],
     }
+
+
+def test_a_pcap_golden_is_recorded_as_pcap_and_a_pcapng_one_as_it_is(tmp_path) -> None:
+    from harness.capture.pcapfile import annotations, read
+    from harness.capture.pcapng import PcapngWriter
+    from harness.runner import record_golden
+
+    capture = tmp_path / "capture.pcapng"
+    with open(capture, "wb") as f:
+        writer = PcapngWriter(f, names={"192.0.2.25": ["receiver"]})
+        writer.write(1_700_000_000_123_456_789, b"\x02" * 60, 70, ["step 1: SYN"])
+    record_golden(capture, tmp_path / "pcaps" / "g.pcap")
+    record_golden(capture, tmp_path / "pcaps" / "g.pcapng")
+    pcap, ng = tmp_path / "pcaps" / "g.pcap", tmp_path / "pcaps" / "g.pcapng"
+    assert pcap.read_bytes()[:4] == b"\x4d\x3c\xb2\xa1"  # pcap, nanoseconds, little-endian
+    assert ng.read_bytes() == capture.read_bytes()
+    frames = [(r.time, r.data, r.origlen) for r in read(str(pcap))]
+    assert frames == [(r.time, r.data, r.origlen) for r in read(str(capture))]
+    assert annotations(str(ng)).names == {"192.0.2.25": "receiver"}

@@ -42,7 +42,7 @@ _HOST = click.option(
     "hosts",
     multiple=True,
     metavar="ADDR=NAME",
-    help="Show ADDR (an IP address) as NAME (repeatable).",
+    help="Show ADDR (an IP address) as NAME (repeatable); a pcapng's own names need none.",
 )
 
 
