@@ -4,6 +4,9 @@ Rules kept here:
 - The exit code is the run's verdict (``harness.verdict.exit_code``): 0 pass, 1 fail, 3
   error (our fault: the faults are printed, their tracebacks are in the run folder);
   bad input never gets as far as a run (2, from the CLI).
+- ``--out`` names a folder that is new, empty or an earlier run folder of ours (then
+  replaced whole); any other is refused, one line, exit 2, before the run
+  (``harness.runinfo``).
 - What is printed: the ladder, the outcome per recipient with where it was read, the run
   folder, the verdict, and each problem (a message that differs with its diff) or fault.
 """
@@ -17,6 +20,7 @@ from pathlib import Path
 import click
 
 from harness.render import render
+from harness.runinfo import check_folder
 from harness.runner import RunResult, lifelines, run_scenario
 from harness.scenario import load_scenario
 from harness.verdict import exit_code
@@ -28,7 +32,8 @@ from harness.verdict import exit_code
     "--out",
     "out",
     type=click.Path(file_okay=False, path_type=Path),
-    help="Run folder (default: runs/<scenario>-<UTC time>).",
+    help="Run folder (default: runs/<scenario>-<UTC time>): new, empty, or an earlier run "
+    "folder, which is replaced whole.",
 )
 @click.option(
     "--capture",
@@ -48,6 +53,7 @@ def run(scenario: Path | None, out: Path | None, backend: str, update_golden: bo
     scen = load_scenario(scenario)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     folder = out or Path("runs") / f"{scen.name}-{stamp}"
+    check_folder(folder)  # refused before anything is printed or run
     click.echo(f"scenario {scen.name}: {scen.description}\n")
     result = run_scenario(scen, folder, backend, update_golden)
     print_result(result, update_golden)
@@ -70,7 +76,10 @@ def print_result(result: RunResult, updated_golden: bool = False) -> None:
         reply = f"{o.code} {o.text}" if o.code else o.text
         status = f" [{o.status_code}]" if o.status_code and o.status_code not in reply else ""
         click.echo(f"  {rcpt:<28} {o.status:<10} at {o.stage:<14} {reply}{status}")
-    click.echo(f"\nrun folder: {result.folder}  (capture.pcap, ladder.svg/.html/.txt/.json, logs)")
+    click.echo(
+        f"\nrun folder: {result.folder}  (run.json, capture.pcapng, ladder.svg/.html/.txt/.json,"
+        " scenario.toml, logs)"
+    )
     golden = result.scenario.expect.golden
     if golden is not None:
         action = "re-recorded" if updated_golden else "compared with"

@@ -6,7 +6,7 @@ Fixtures are the public test API:
 - ``dns`` — the lab DNS (fixtures/zones) serving on the lab's DNS host.
 - ``smtp_receiver`` / ``smtp_sender`` — factories of scripted peers bound to the lab: sockets
   in their hosts, resolvers asking the lab DNS; start them with ``asyncio.run``.
-- ``capture`` — a live capture of the lab bridge (``capture.pcap`` in the test's tmp dir).
+- ``capture`` — a live capture of the lab bridge (``capture.pcapng`` in the test's tmp dir).
 - ``scenario_run`` — run a scenario file (or the seed) end to end; returns a ``RunResult``
   whose ``ladder`` is the dissected capture.
 - ``assert_ladder(result, golden)`` — compare a run's ladder with a golden pcap; a failure
@@ -30,7 +30,15 @@ from harness.dns import DnsServer
 from harness.lab import Lab, Topology
 from harness.ladder.compare import compare, format_diff
 from harness.ladder.dissect import dissect
-from harness.runner import RunResult, host_names, lab_dns, resolver_for, run_scenario
+from harness.runner import (
+    CAPTURE,
+    RunResult,
+    host_names,
+    lab_dns,
+    record_golden,
+    resolver_for,
+    run_scenario,
+)
 from harness.scenario import Scenario, load_scenario
 from harness.smtp.receiver import Receiver, ReceiverConfig
 from harness.smtp.sender import Sender
@@ -107,7 +115,7 @@ def smtp_sender(lab: Lab, dns: DnsServer, seed_scenario: Scenario) -> Callable[.
 
 @pytest.fixture
 def capture(lab: Lab, tmp_path: Path) -> Iterator[Capture]:
-    with Capture(lab, tmp_path / "capture.pcap") as cap:
+    with Capture(lab, tmp_path / CAPTURE) as cap:
         yield cap
 
 
@@ -130,14 +138,13 @@ def assert_ladder(request: pytest.FixtureRequest) -> Callable[..., None]:
     def check(result: RunResult, golden: str | Path, *, strict: bool = False) -> None:
         golden = Path(golden)
         if update:
-            golden.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(result.pcap, golden)
+            record_golden(result.pcap, golden)
             return
         expected = dissect(str(golden), host_names(result.scenario.topology))
         verdict = compare(result.ladder, expected, strict=strict)
         if not verdict.ok:
             kept = _keep_artefacts(result, request.node.nodeid)
-            diff = format_diff(verdict, str(kept / "capture.pcap"), str(golden))
+            diff = format_diff(verdict, str(kept / CAPTURE), str(golden))
             pytest.fail(f"{diff}\nartefacts: {kept}", pytrace=False)
 
     return check
@@ -147,6 +154,6 @@ def _keep_artefacts(result: RunResult, nodeid: str) -> Path:
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in nodeid)
     folder = ARTEFACTS / safe
     folder.mkdir(parents=True, exist_ok=True)
-    for name in ("capture.pcap", "ladder.svg", "ladder.txt"):
+    for name in (CAPTURE, "ladder.svg", "ladder.txt"):
         shutil.copyfile(result.folder / name, folder / name)
     return folder.resolve()

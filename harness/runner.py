@@ -24,18 +24,26 @@ Rules kept here:
   against each stored copy (``message.RECEIVING``).  And what ``[expect]`` asks:
   outcomes, DNS questions asked and not asked, SYN targets, contents sent, messages per
   mailbox, DSNs, and the golden capture (``harness.ladder.compare``).
-- A run's folder holds what it produced: ``capture.pcap`` and its ladder (``ladder.txt``,
-  ``.svg``, ``.html``, ``.json``), ``receiver.jsonl``, ``sender.jsonl``, ``dns.jsonl``, the
-  stored mail under ``maildir/``, ``run.json`` (verdict, problems, faults, the MTA and the
-  .debs it ran from) and, after a fault, ``traceback.txt``.
-- Only ``update_golden=True`` writes a golden capture; nothing else does.
+- A run's folder (``harness.runinfo``: new, empty, or an earlier run folder of ours, which
+  is emptied first; anything else is refused before the run) holds what it produced:
+  ``capture.pcapng`` and its ladder (``ladder.txt``, ``.svg``, ``.html``, ``.json``),
+  ``receiver.jsonl``, ``sender.jsonl``, ``dns.jsonl``, the stored mail under ``maildir/``,
+  ``scenario.toml`` (the scenario as given), ``run.json`` (the verdict file: the scenario
+  as loaded, outcomes, verdict, exit code, problems, faults, the MTA and the .debs it ran
+  from, times, versions) and, after a fault, ``traceback.txt``.  Bad input that stops a
+  run midway still leaves its ``run.json`` (no verdict, exit code 2).
+- The capture is written raw while the run lasts; once the ladder and the verdict are
+  known it is rewritten in place, atomically, as the final pcapng: the lab's names, a
+  comment per frame naming its steps, the scenario and verdict in its section header.
+  The ladder is read from the raw capture, so the two agree frame for frame.
+- Only ``update_golden=True`` writes a golden capture; nothing else does.  A golden named
+  ``.pcapng`` is the final capture as it is; any other is written as plain pcap.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import shutil
 from collections import Counter
 from collections.abc import Iterator
@@ -43,8 +51,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness import signals
+from harness import runinfo, signals
+from harness.capture import pcapng
 from harness.capture.live import Capture
+from harness.capture.pcapfile import PcapWriter, read
 from harness.dns import DnsServer, FaultRule, FaultRules, QueryLog, ZoneSet, aquery
 from harness.errors import HarnessError, InternalFault
 from harness.lab import Lab
@@ -56,27 +66,22 @@ from harness.message import compare as compare_message
 from harness.mta.roles import Exchange, from_mta, to_mta
 from harness.outcome import OutcomeStatus, SendReport
 from harness.render import render
+from harness.runinfo import host_names
 from harness.scenario import Scenario
 from harness.smtp.receiver import Receiver, StoredMessage
 from harness.smtp.sender import Sender
 from harness.verdict import Verdict
 
 DNS_PORT = 53
+CAPTURE = "capture.pcapng"
 LADDER_FORMATS = {"txt": "text", "svg": "svg", "html": "html", "json": "json"}
 
 
 @contextmanager
 def lab_dns(lab: Lab, scenario: Scenario, log_path: Path | None = None) -> Iterator[DnsServer]:
     """The scenario's DNS server, answering on port 53 of the lab's DNS host."""
-    zones = ZoneSet.from_dir(scenario.zones_dir)
-    for origin in scenario.no_glue:
-        zones.set_glue(origin, False)
-    if scenario.dns_records:
-        zones.add("\n".join(scenario.dns_records), replace=True)
-    for name, address in scenario.dns_glue.items():
-        zones.serve_glue(name, address)
     faults = FaultRules(FaultRule.from_dict(f) for f in scenario.dns_faults)
-    server = DnsServer(zones, faults, QueryLog(log_path))
+    server = DnsServer(scenario_zones(scenario), faults, QueryLog(log_path))
     host = lab.topology.dns_server
     server.start([(a, DNS_PORT) for a in host.addresses], lab.socket_factory(host.name))
     try:
@@ -84,6 +89,18 @@ def lab_dns(lab: Lab, scenario: Scenario, log_path: Path | None = None) -> Itera
     finally:
         server.stop()
         server.log.close()
+
+
+def scenario_zones(scenario: Scenario) -> ZoneSet:
+    """The zones the scenario's DNS server serves."""
+    zones = ZoneSet.from_dir(scenario.zones_dir)
+    for origin in scenario.no_glue:
+        zones.set_glue(origin, False)
+    if scenario.dns_records:
+        zones.add("\n".join(scenario.dns_records), replace=True)
+    for name, address in scenario.dns_glue.items():
+        zones.serve_glue(name, address)
+    return zones
 
 
 def resolver_for(lab: Lab, host: str):
@@ -117,7 +134,7 @@ class RunResult:
 
     @property
     def pcap(self) -> Path:
-        return self.folder / "capture.pcap"
+        return self.folder / CAPTURE
 
 
 def run_scenario(
@@ -132,8 +149,14 @@ def run_scenario(
             f"{scenario.path}: expect.golden: {golden} does not exist "
             "(record it with --update-golden)"
         )
-    folder.mkdir(parents=True, exist_ok=True)
-    done, dns_log, faults = _exchanged(scenario, folder, capture_backend)
+    started = runinfo.now()
+    runinfo.prepare_folder(folder)
+    runinfo.copy_scenario(scenario, folder)
+    try:
+        done, dns_log, faults = _exchanged(scenario, folder, capture_backend)
+    except HarnessError as exc:
+        runinfo.write_record(folder, runinfo.stopped_record(scenario, started, exc))
+        raise
     ladder = _ladder(scenario, folder, faults)
     result = RunResult(
         scenario=scenario,
@@ -147,14 +170,14 @@ def run_scenario(
         mta=done.mta,
     )
     write_ladder(result.ladder, folder, lifelines(scenario, done.mta), scenario.name)
-    if golden is not None and update_golden and not faults:
-        golden.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(result.pcap, golden)
     if not faults:
         result.problems = judge(result, done)
         if golden is not None and not update_golden:
             result.problems += judge_wire(result.ladder, result.pcap, golden, scenario.topology)
-    write_record(result)
+    _finish_capture(result)
+    if golden is not None and update_golden and not result.faults:
+        record_golden(result.pcap, golden)
+    write_record(result, started)
     return result
 
 
@@ -171,7 +194,7 @@ def _exchanged(
             lab_dns(lab, scenario, folder / "dns.jsonl") as dns,
         ):
             try:
-                with Capture(lab, folder / "capture.pcap", backend):
+                with Capture(lab, folder / CAPTURE, backend):
                     done = signals.run_async(_exchange(lab, scenario, folder))
             finally:
                 faults += dns.internal_faults
@@ -185,7 +208,7 @@ def _exchanged(
 
 def _ladder(scenario: Scenario, folder: Path, faults: list[InternalFault]) -> Ladder:
     """The capture's ladder; a dissector that fails on our own capture is our fault."""
-    pcap = folder / "capture.pcap"
+    pcap = folder / CAPTURE
     try:
         return dissect(str(pcap), host_names(scenario.topology))
     except Exception as exc:
@@ -194,9 +217,34 @@ def _ladder(scenario: Scenario, folder: Path, faults: list[InternalFault]) -> La
         return Ladder([], str(pcap))
 
 
-def host_names(topology) -> dict[str, str]:
-    """Address -> host name, for the ladder of a lab capture."""
-    return {addr: h.name for h in topology.hosts for addr in h.addresses}
+def _finish_capture(result: RunResult) -> None:
+    """The raw capture rewritten as the final one (names, step comments, the scenario and
+    verdict in its header); a failure is our fault."""
+    if not result.pcap.exists():
+        return
+    try:
+        pcapng.rewrite(
+            result.pcap,
+            result.pcap,
+            application=runinfo.APPLICATION,
+            section_comments=runinfo.section_comments(result),
+            names=runinfo.lab_names(result.scenario, scenario_zones(result.scenario)),
+            comments=runinfo.step_comments(result.ladder),
+        )
+    except Exception as exc:
+        result.faults.append(InternalFault.from_exception("capture rewrite", exc))
+
+
+def record_golden(capture: Path, golden: Path) -> None:
+    """Write ``capture`` as the golden: a ``.pcapng`` golden as it is, any other as pcap."""
+    golden.parent.mkdir(parents=True, exist_ok=True)
+    if golden.suffix == ".pcapng":
+        shutil.copyfile(capture, golden)
+        return
+    with open(golden, "wb") as f:
+        writer = PcapWriter(f, nanoseconds=True)
+        for frame in read(str(capture)):
+            writer.write(frame.time, frame.data, frame.origlen)
 
 
 def write_ladder(
@@ -220,22 +268,9 @@ def lifelines(scenario: Scenario, mta: dict | None) -> dict[str, str]:
     return labels
 
 
-def write_record(result: RunResult) -> None:
+def write_record(result: RunResult, started: str) -> None:
     """``run.json`` (and ``traceback.txt`` after a fault) in the run folder."""
-    record = {
-        "scenario": result.scenario.name,
-        "source": str(result.scenario.path),
-        "verdict": str(result.verdict),
-        "problems": result.problems,
-        "faults": [f.line() for f in result.faults],
-        "outcomes": {
-            r: {**dataclasses.asdict(o), "evidence": list(o.evidence)}
-            for r, o in result.report.outcomes.items()
-        },
-        "mta": result.mta,
-    }
-    path = result.folder / "run.json"
-    path.write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    runinfo.write_record(result.folder, runinfo.record(result, started))
     if result.faults:
         text = "\n".join(f"== {f.line()}\n{f.traceback}" for f in result.faults)
         (result.folder / "traceback.txt").write_text(text, encoding="utf-8")

@@ -9,6 +9,9 @@ Rules kept here:
   reply rules and the names a real MTA is given (its adapter's ``accepts``).  Whatever is
   wrong is one ``HarnessError`` line: the file, the dotted key (TOML-quoted where needed,
   ``dns.glue."mail.receiver.com"``), what is wrong.  Nothing downstream re-validates.
+- An optional top-level ``schema_version`` (before any section) names the version of this
+  format the file is written in (``harness.formats``: absent, it is 1); a version this
+  release does not read is one line, exit 2, before anything else is looked at.
 - Every key has a default, so an empty file is the seed exchange; paths are relative to the
   scenario file.  ``load_scenario(None)`` is the embedded seed (fixtures/scenarios/seed.toml).
 - The schema is the table below: one ``Key`` per key, its type, its default, the rule its
@@ -53,6 +56,8 @@ from dnslib import QTYPE, RR
 from harness.dns.faults import ACTIONS, FaultRule
 from harness.dns.zones import ZoneSet, parse_records, wire_problem
 from harness.errors import HarnessError
+from harness.formats import KEY as VERSION_KEY
+from harness.formats import Format, version_of
 from harness.grammar import Grammar, documentation_address, problem, require, shown
 from harness.lab.topology import Topology, default_topology, topology_from_dict
 from harness.mta.base import KNOBS, adapters
@@ -302,6 +307,8 @@ class Scenario:
     sender_mta: str | None = None  # a real MTA instead of the scripted sender
     families: dict[str, str] = field(default_factory=dict)  # role -> "ipv4" or "any"
     mta_knobs: dict[str, dict[str, str]] = field(default_factory=dict)  # role -> Site.extra
+    data: dict = field(default_factory=dict)  # the TOML-shaped data it was built from
+    text: bytes | None = None  # the file's octets, when it was loaded from a file
 
 
 def load_scenario(path: Path | str | None) -> Scenario:
@@ -314,7 +321,9 @@ def load_scenario(path: Path | str | None) -> Scenario:
         raise HarnessError(f"{where}: no such scenario file") from None
     except OSError as exc:
         raise HarnessError(f"{where}: cannot read: {exc.strerror or exc}") from None
-    return scenario_from_data(_toml(data, where), path)
+    scenario = scenario_from_data(_toml(data, where), path)
+    scenario.text = data
+    return scenario
 
 
 def _toml(data: bytes, where: str) -> dict:
@@ -345,6 +354,8 @@ def _toml(data: bytes, where: str) -> dict:
 def scenario_from_data(data: dict, path: Path) -> Scenario:
     """A scenario from already-parsed TOML data; ``path`` anchors relative paths and names
     the scenario in errors (checks build their scenarios this way)."""
+    if isinstance(data, dict):
+        version_of(data, Format.SCENARIO, str(path))
     try:
         return _build(path, data)
     except HarnessError as exc:
@@ -354,10 +365,12 @@ def scenario_from_data(data: dict, path: Path) -> Scenario:
 def _build(path: Path, data: dict) -> Scenario:
     if not isinstance(data, dict):
         raise HarnessError(f"(document): expected a table of sections, got {shown(data)}")
-    unknown = sorted((k for k in data if k not in TOP_LEVEL), key=str)
+    unknown = sorted((k for k in data if k not in (*TOP_LEVEL, VERSION_KEY)), key=str)
     if unknown:
         known = ", ".join(TOP_LEVEL)
-        raise HarnessError(f"{_key('', unknown[0])}: unknown section (known: {known})")
+        raise HarnessError(
+            f"{_key('', unknown[0])}: unknown section (known: {known}; and the key {VERSION_KEY})"
+        )
     meta = _table(data.get("scenario", {}), "scenario")
     topology = _topology(data)
     dns = _table(data.get("dns", {}), "dns")
@@ -392,6 +405,7 @@ def _build(path: Path, data: dict) -> Scenario:
         sender_mta=mtas["sender"],
         families={role: section["family"] for role, section in sides.items()},
         mta_knobs={role: _knobs(sides[role], role, name) for role, name in mtas.items() if name},
+        data=data,
     )
     _check_mta_sides(scenario)
     return scenario

@@ -57,7 +57,7 @@ def test_reference_column_verdicts(lab_matrix, check_id, role, verdict, value) -
     assert (cell.verdict, cell.value) == (verdict, value), cell.note
     assert cell.evidence or verdict == "n/a"
     for folder in cell.folders:
-        assert (folder / "ladder.svg").is_file() and (folder / "capture.pcap").is_file()
+        assert (folder / "ladder.svg").is_file() and (folder / "capture.pcapng").is_file()
 
 
 @pytest.mark.lab
@@ -275,7 +275,7 @@ def _synthetic_cells(out: Path) -> list[Cell]:
     checks = registry()
     folder = out / REFERENCE / "sender" / "seed"
     folder.mkdir(parents=True)
-    for name in ("ladder.svg", "capture.pcap", "sender.jsonl"):
+    for name in ("ladder.svg", "capture.pcapng", "sender.jsonl"):
         (folder / name).write_text("x")
     expect_fail = Entry(Verdict.FAIL, "known <bad> & old")
     deb = Deb("postfix", "3.7.11-0+deb12u1", "postfix_3.7.11-0+deb12u1_amd64.deb", "ab" * 32)
@@ -326,7 +326,7 @@ def test_json_lists_cells_links_and_differences(tmp_path) -> None:
     first = data["cells"][0]
     assert first["runs"][0] == {
         "svg": "harness/sender/seed/ladder.svg",
-        "pcap": "harness/sender/seed/capture.pcap",
+        "pcap": "harness/sender/seed/capture.pcapng",
         "log": "harness/sender/seed/sender.jsonl",
         "folder": "harness/sender/seed",
     }
@@ -340,7 +340,7 @@ def test_html_links_resolve_and_text_is_escaped(tmp_path) -> None:
     written = Expected({"postfix": {"3.7": {}}}, "expected.toml", {("postfix", "3.7"): "3.7.9-1"})
     page = write_html(cells, tmp_path, written).read_text()
     assert "postfix: expected file written for 3.7.9-1, ran 3.7.11-0+deb12u1" in page
-    for link in ("ladder.svg", "capture.pcap", "sender.jsonl"):
+    for link in ("ladder.svg", "capture.pcapng", "sender.jsonl"):
         href = f"harness/sender/seed/{link}"
         assert f"href='{href}'" in page and (tmp_path / href).is_file()
     assert "client &lt;RST&gt;" in page and "known &lt;bad&gt; &amp; old" in page
@@ -406,4 +406,4 @@ def test_seed_check_against_postfix_matches_the_expected_matrix(tmp_path, role) 
     assert cell.verdict == "deviation-known"  # Postfix is not the seed: EHLO, no VRFY, ...
     if role == "sender":
         assert "EHLO" in cell.note  # how it differs is named
-    assert cell.evidence and all((f / "capture.pcap").is_file() for f in cell.folders)
+    assert cell.evidence and all((f / "capture.pcapng").is_file() for f in cell.folders)

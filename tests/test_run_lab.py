@@ -86,7 +86,7 @@ def test_seed_aibo_never_in_rcpt(seed_run) -> None:
 
 def test_seed_receiver_sends_the_first_fin(seed_run) -> None:
     fins = subprocess.run(
-        ["tshark", "-r", str(seed_run.folder / "capture.pcap"), "-Y", "tcp.flags.fin == 1",
+        ["tshark", "-r", str(seed_run.folder / "capture.pcapng"), "-Y", "tcp.flags.fin == 1",
          "-T", "fields", "-e", "ip.src"],
         capture_output=True, text=True, check=True,
     ).stdout.split()  # fmt: skip

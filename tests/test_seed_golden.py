@@ -70,5 +70,5 @@ def test_a_different_wire_fails_with_a_packetdrill_diff(pytester) -> None:
     out = result.stdout.str()
     assert f"{GOLDEN}:12: error: reply differs" in out and "VRFY aibo" in out
     assert "550" in out and "252" in out
-    assert str(GOLDEN) in out and "capture.pcap" in out
+    assert str(GOLDEN) in out and "capture.pcapng" in out
     assert "pytest-artefacts" in junit.read_text()  # the failure text names the artefacts

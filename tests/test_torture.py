@@ -175,7 +175,7 @@ def test_sigterm_while_the_capture_drains_prints_no_traceback(tmp_path, backend:
     """Found by the torture (afpacket: the reader thread read on after stop closed the socket,
     AttributeError 'NoneType' object has no attribute 'recvmsg_into', a traceback; scapy: its
     thread's 'WARNING: Socket ... failed with [Errno 9] Bad file descriptor')."""
-    pcap = tmp_path / "capture.pcap"
+    pcap = tmp_path / "capture.pcapng"
     done = subprocess.run(
         [PYTHON, "-c", SIGTERM_WHILE_THE_CAPTURE_DRAINS, str(pcap), backend],
         capture_output=True, text=True, timeout=60,

@@ -1,4 +1,4 @@
-"""Live capture on the lab bridge, written as a pcap that Wireshark opens.
+"""Live capture on the lab bridge, written as a pcapng that Wireshark opens.
 
 Rules kept here:
 - The capture socket is an AF_PACKET socket bound to the bridge inside the lab's private
@@ -12,9 +12,10 @@ Rules kept here:
   to write.
 - Two backends read it: ``scapy`` (scapy's AsyncSniffer on that socket; it falls behind
   above ~3k pps, see lab-facts) and ``afpacket`` (a plain reader thread with an 8 MiB
-  buffer, kernel timestamps, 100% at 100k pps) for load.  Both write through
-  ``pcapfile.PcapWriter`` (nanosecond pcap); a frame longer than the read buffer is
-  written cut, with its true length, and counted as lost bytes.
+  buffer, kernel timestamps, 100% at 100k pps) for load.  Both write through the writer
+  ``open_writer`` makes (``pcapng.PcapngWriter``: nanosecond timestamps, interface
+  ``br0``); a frame longer than the read buffer is written cut, with its true length, and
+  counted as lost bytes.  Names and comments are added afterwards (``pcapng.rewrite``).
 - Stopping drains: the capture waits until the bridge has been quiet for ``DRAIN_S`` (at
   most ``MAX_DRAIN_S``), stops the backend, then swaps in a filter that admits nothing (the
   kernel's counters freeze) and writes every frame still queued.  Nothing the kernel
@@ -42,9 +43,11 @@ import struct
 import threading
 import time
 from pathlib import Path
+from typing import BinaryIO
 
 from harness import signals
-from harness.capture.pcapfile import MAX_CAPLEN, PcapWriter
+from harness.capture.pcapfile import MAX_CAPLEN
+from harness.capture.pcapng import PcapngWriter
 from harness.errors import HarnessError, InternalError
 from harness.lab import netns
 
@@ -80,6 +83,11 @@ _TIMESPEC = struct.Struct("qq")
 class CaptureIncomplete(InternalError):
     """The pcap is not the whole exchange: the kernel dropped frames, or fewer were written
     than it delivered, or frames were cut."""
+
+
+def open_writer(file: BinaryIO) -> PcapngWriter:
+    """The writer every backend writes its frames through."""
+    return PcapngWriter(file, iface="br0", snaplen=FRAME_BYTES)
 
 
 def open_bridge_socket(
@@ -138,7 +146,7 @@ class Capture:
         self.cut = 0
         self._sock: socket.socket | None = None
         self._file = None
-        self._writer: PcapWriter | None = None
+        self._writer: PcapngWriter | None = None
         self._last = 0.0  # time.monotonic() of the last frame written
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -158,7 +166,7 @@ class Capture:
         self._sock = open_bridge_socket(self.lab.lan_ns, buffer_bytes=self.buffer_bytes)
         try:
             self._file = open(self.path, "wb")  # noqa: SIM115 (closed by _close)
-            self._writer = PcapWriter(self._file, nanoseconds=True, snaplen=FRAME_BYTES)
+            self._writer = open_writer(self._file)
             self._last = time.monotonic()
             self._start_reader()
         except BaseException:

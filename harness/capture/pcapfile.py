@@ -16,6 +16,10 @@ Rules this module keeps:
   maximum) or a pcapng block above MAX_BLOCK is an error.
 - Only the link types in LINKTYPES are accepted; another one is an error at the header or
   interface block that declares it (it could not be decoded anyway).
+- ``annotations`` reads what a pcapng says about its frames, apart from them: the names of
+  its Name Resolution Blocks (address -> the last name of its record, as Wireshark shows
+  it), each packet's ``opt_comment`` options by frame number, and the section header's
+  ``shb_userappl`` and comments.  A pcap has none of these.
 - Anything else that is not a well-formed capture raises ``PcapError``: one line naming the
   file and the byte offset of the offending header, record or block.  Records before the
   fault have already been yielded, so nothing readable is lost.
@@ -23,6 +27,7 @@ Rules this module keeps:
 
 from __future__ import annotations
 
+import ipaddress
 import struct
 from collections.abc import Iterator
 from typing import BinaryIO, NamedTuple
@@ -277,6 +282,100 @@ def _interface(source: _Source, buf: bytes, pos: int, blen: int, order: str) -> 
             offset = struct.unpack_from(order + "q", buf, opt + 4)[0] * 1_000_000_000
         opt += 4 + (length + 3) // 4 * 4
     return _Interface(linktype, snaplen, mul, div, offset)
+
+
+_NRB = 4  # Name Resolution Block (read by annotations only)
+
+
+class Annotations(NamedTuple):
+    """What a pcapng file says besides its frames (``annotations``)."""
+
+    names: dict[str, str]  # address (as ipaddress writes it) -> name
+    comments: dict[int, tuple[str, ...]]  # frame number -> its comments
+    application: str  # the first section's shb_userappl
+    section_comments: tuple[str, ...]  # the first section's comments
+
+
+def annotations(path: str) -> Annotations:
+    """The names, packet comments and section header text of the capture at *path* (all
+    empty for a pcap), reading only the blocks that hold them."""
+    names: dict[str, str] = {}
+    comments: dict[int, tuple[str, ...]] = {}
+    section: list[tuple[int, bytes]] | None = None  # the first section header's options
+    try:
+        f = open(path, "rb")  # noqa: SIM115 (closed by the with below)
+    except OSError as exc:
+        raise PcapError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    with f:
+        if f.read(4) != _PCAPNG_SHB:
+            return Annotations({}, {}, "", ())
+        order, number, pos = "<", 0, f.seek(0)
+        while head := f.read(12):
+            if len(head) < 12:
+                raise PcapError(f"{path}: offset {pos}: truncated block header")
+            if head[:4] == _PCAPNG_SHB:
+                order = _PCAPNG_BOM.get(head[8:12], "<")
+            btype, blen = struct.unpack_from(order + "II", head)
+            if blen < 12 or blen % 4 or blen > MAX_BLOCK:
+                raise PcapError(f"{path}: offset {pos}: bad block length {blen}")
+            number += btype in (_EPB, _SPB, _OPB)
+            if btype in (_EPB, _NRB) or (btype == _SHB and section is None):
+                block = head[8:] + f.read(blen - 12)  # from its first field on
+                if len(block) < blen - 8:
+                    raise PcapError(f"{path}: offset {pos}: truncated block")
+                if btype == _EPB:
+                    options = _block_options(block, order, _epb_options_at(block, order))
+                    if notes := _texts(options, 1):
+                        comments[number] = notes
+                elif btype == _NRB:
+                    names.update(_name_records(block, order))
+                else:
+                    section = _block_options(block, order, 16)
+            pos += blen
+            f.seek(pos)
+    section = section or []
+    return Annotations(names, comments, "".join(_texts(section, 4)), _texts(section, 1))
+
+
+def _block_options(block: bytes, order: str, start: int) -> list[tuple[int, bytes]]:
+    """The (code, value) options from *start* of a block that runs from its first field to
+    its trailing length: an SHB's (at 16), an EPB's (after its padded data), an NRB's
+    records (at 0: laid out as options are)."""
+    options, end = [], len(block) - 4
+    while start + 4 <= end:
+        code, length = struct.unpack_from(order + "HH", block, start)
+        if code == 0 or start + 4 + length > end:
+            break
+        options.append((code, block[start + 4 : start + 4 + length]))
+        start += 4 + (length + 3) // 4 * 4
+    return options
+
+
+def _epb_options_at(block: bytes, order: str) -> int:
+    """Where an EPB's options begin: after its 20 octets of fields and its padded data."""
+    if len(block) < 24:
+        return len(block)
+    return 20 + (struct.unpack_from(order + "I", block, 12)[0] + 3) // 4 * 4
+
+
+def _texts(options: list[tuple[int, bytes]], code: int) -> tuple[str, ...]:
+    return tuple(v.decode("utf-8", "backslashreplace") for c, v in options if c == code)
+
+
+def _name_records(block: bytes, order: str) -> dict[str, str]:
+    """address -> the last name of its record, for the IPv4 and IPv6 records of an NRB
+    (names that are not printable or hold a space are left out, as ``--host`` refuses)."""
+    names = {}
+    for kind, value in _block_options(block, order, 0):
+        size = {1: 4, 2: 16}.get(kind)
+        if size is None or len(value) <= size:
+            continue
+        address = str(ipaddress.ip_address(value[:size]))
+        given = [n.decode("utf-8", "backslashreplace") for n in value[size:].split(b"\0")]
+        shown = [n for n in given if n.isprintable() and n and not any(c.isspace() for c in n)]
+        if shown:
+            names[address] = shown[-1]
+    return names
 
 
 def _resolution(tsresol: int) -> tuple[int, int]:

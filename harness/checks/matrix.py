@@ -5,7 +5,7 @@ Rules kept here:
   peers in the role under test.  An MTA column whose adapter cannot run here
   (``MtaUnavailable``, or any ``HarnessError`` while preparing it) still has every cell:
   an error cell with the reason, never a skipped one.
-- A run folder is ``OUT/<mta>/<role>/<setup>``: capture.pcap, ladder.svg, the peers' and
+- A run folder is ``OUT/<mta>/<role>/<setup>``: capture.pcapng, ladder.svg, the peers' and
   the MTA's logs.  Setups that give the same scenario data run once per column and role;
   their cells share the folder.
 - A cell is an error when a run raised a ``HarnessError``, recorded one of our faults

@@ -6,7 +6,7 @@ Rules kept here:
 - HTML: one row per (check, role), one column per MTA (its Debian version); a cell shows
   its verdict (an observation its value), the steps it cites, each a link to that step in
   its run's ladder (``ladder.html#step-N``), links to each run's ladder (at the first step
-  cited), ladder.svg, capture.pcap and the log of the side under test, and marks a
+  cited), ladder.svg, capture.pcapng and the log of the side under test, and marks a
   difference from the expected matrix (regression, improvement, changed) with its
   expectation.  A fail the expected matrix foresaw reads "fail (expected)", pale and
   dashed; one it did not (a surprise) is solid red, and every cell that differs from the
@@ -14,7 +14,9 @@ Rules kept here:
   Above the table: for each column whose Debian version is not the one the expected file
   was written for, "expected file written for X, ran Y".  Everything is escaped; the page
   needs no script and no network.
-- JSON also records each column's .debs (package, version, file, sha256).
+- JSON also records each column's .debs (package, version, file, sha256), and its
+  ``schema_version`` (``harness.formats``); ``read_json`` refuses a version this release
+  does not read.
 - JUnit: one testcase per cell.  A difference from the expected matrix is a <failure>, an
   error cell an <error>, an expected n/a a <skipped>; known results pass with their reason.
 """
@@ -30,9 +32,12 @@ from html import escape
 from pathlib import Path
 from xml.etree import ElementTree as ET
 
+from harness import formats
 from harness.checks.base import REFERENCE
 from harness.checks.expected import Expected
 from harness.checks.matrix import Cell, Column
+from harness.formats import WRITES, Format
+from harness.runner import CAPTURE
 from harness.verdict import Verdict
 
 VERDICT_CLASS = {
@@ -60,7 +65,7 @@ def artefacts(cell: Cell, out: Path) -> list[dict[str, str]]:
         files = {
             "html": folder / "ladder.html",
             "svg": folder / "ladder.svg",
-            "pcap": folder / "capture.pcap",
+            "pcap": folder / CAPTURE,
             "log": log_of(cell, folder),
         }
         links = {k: os.path.relpath(p, out) for k, p in files.items() if p and p.exists()}
@@ -111,6 +116,7 @@ def version_notes(cells: list[Cell], expected: Expected) -> list[str]:
 
 def write_json(cells: list[Cell], out: Path, expected: Expected) -> Path:
     data = {
+        "schema_version": WRITES[Format.MATRIX],
         "generated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "expected": expected.source,
         "version_notes": version_notes(cells, expected),
@@ -129,6 +135,11 @@ def write_json(cells: list[Cell], out: Path, expected: Expected) -> Path:
     path = out / "matrix.json"
     path.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     return path
+
+
+def read_json(path: Path) -> dict:
+    """A ``matrix.json`` as written by ``write_json``, if this release reads its version."""
+    return formats.read_json(path, Format.MATRIX)
 
 
 def write_junit(cells: list[Cell], out: Path) -> Path:

@@ -3,6 +3,10 @@
 Rules this module keeps:
 
 * ``ladder FILE`` prints (or writes with ``--output``) the ladder in one format.
+* Names: a pcapng's Name Resolution Blocks name its addresses (a run's capture.pcapng
+  names the lab's hosts), so no ``--host`` is needed; ``--host`` overrides them.  ``check``
+  names both captures with the names of both (the run's first), so a named run and an
+  unnamed golden compare as equals.
 * ``check RUN --expect GOLDEN`` exits 0 when the run does what the golden capture did,
   1 with the packetdrill-style diff on stdout when it does not.
 * Exit codes (``ExitCode``): 0 ok / same, 1 differs, 2 bad input, 3 our own fault.
@@ -23,6 +27,7 @@ from typing import TypeVar
 
 import click
 
+from harness.capture.pcapfile import annotations
 from harness.errors import HarnessError, InternalError, InternalFault
 from harness.ladder.compare import compare, format_diff
 from harness.ladder.dissect import dissect
@@ -37,7 +42,7 @@ _HOST = click.option(
     "hosts",
     multiple=True,
     metavar="ADDR=NAME",
-    help="Show ADDR (an IP address) as NAME (repeatable).",
+    help="Show ADDR (an IP address) as NAME (repeatable); a pcapng's own names need none.",
 )
 
 
@@ -51,7 +56,7 @@ def ladder(file: str, fmt: str, output: str | None, hosts: tuple[str, ...]) -> N
 
     Exit 0, or 2 for bad input (an unreadable capture, a bad --host), 3 for a fault of
     the harness (its traceback is written to the file the message names)."""
-    names = _hosts(hosts)
+    names = guarded(file, lambda: file_names([file], _hosts(hosts)))
     document = guarded(file, lambda: render(dissect(file, names), fmt))
     if output is None:
         click.echo(document, nl=False)
@@ -73,7 +78,7 @@ def check(run: str, golden: str, strict: bool, hosts: tuple[str, ...]) -> None:
 
     Exit 0 when they do the same, 1 when they differ (the diff is printed), 2 for bad
     input, 3 for a fault of the harness (its traceback goes to the file the message names)."""
-    names = _hosts(hosts)
+    names = guarded(run, lambda: file_names([run, golden], _hosts(hosts)))
     run_ladder: Ladder = guarded(run, lambda: dissect(run, names))
     golden_ladder: Ladder = guarded(golden, lambda: dissect(golden, names))
     verdict = guarded(run, lambda: compare(run_ladder, golden_ladder, strict=strict))
@@ -91,6 +96,14 @@ def guarded(file: str, work: Callable[[], T]) -> T:
     except Exception as exc:  # a bug: reported, never a traceback on the terminal
         fault = InternalFault.from_exception(f"harness fault on {file}", exc)
         raise InternalError(fault.line()) from exc
+
+
+def file_names(files: list[str], given: dict[str, str]) -> dict[str, str]:
+    """The names the captures' name blocks give (the first file's win), then ``given``."""
+    names: dict[str, str] = {}
+    for file in reversed(files):
+        names |= annotations(file).names
+    return names | given
 
 
 def _hosts(pairs: tuple[str, ...]) -> dict[str, str]:

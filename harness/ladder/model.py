@@ -15,7 +15,9 @@ Rules this module keeps:
   rendered ``text``.
 - Pure data ACKs are not steps: whether every command, reply and content was acknowledged
   is the per-connection ``Coverage``, answerable however the ACKs were placed.
-- JSON is the interchange form: ``Ladder.from_json(ladder.to_json()) == ladder``.
+- JSON is the interchange form: ``Ladder.from_json(ladder.to_json()) == ladder``; it
+  carries a ``schema_version`` (``harness.formats``), and one this release does not read
+  is an error, not a misreading.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
+
+from harness.formats import WRITES, Format, version_of
 
 
 class StepKind(StrEnum):
@@ -140,6 +144,7 @@ class Ladder:
 
     def to_json(self, indent: int | None = 1) -> str:
         data = {
+            "schema_version": WRITES[Format.LADDER],
             "source": self.source,
             "hosts": self.hosts,
             "warnings": self.warnings,
@@ -151,6 +156,7 @@ class Ladder:
     @classmethod
     def from_json(cls, text: str) -> Ladder:
         data = json.loads(text)
+        version_of(data, Format.LADDER, "JSON ladder")
         coverage = (Coverage(c["conn"], c["units"], tuple(c["unacked"])) for c in data["coverage"])
         return cls(
             steps=[Step.from_dict(s) for s in data["steps"]],
