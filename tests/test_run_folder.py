@@ -86,7 +86,11 @@ def test_the_capture_names_the_lab_and_each_frame_its_steps(seed_folder) -> None
 def test_ladder_of_the_capture_shows_the_lab_names_without_host(seed_folder) -> None:
     done = run("ladder", str(seed_folder / "capture.pcapng"))
     assert done.returncode == 0, done.stderr
-    assert done.stdout == (seed_folder / "ladder.txt").read_text(encoding="utf-8")
+    kept = (seed_folder / "ladder.txt").read_text(encoding="utf-8").splitlines(keepends=True)
+    # the run's own ladder has one line more: what ran on each lifeline, which the run
+    # knows (scripted peers, an MTA's version) and the capture does not
+    assert "scripted sender" in kept[1]
+    assert done.stdout == "".join(kept[:1] + kept[2:])
     assert "receiver" in done.stdout.splitlines()[0]
 
 
