@@ -498,7 +498,8 @@ class _Conn:
             pending.clear()
 
     def _unparsed(self, d: int, event: Event) -> Step:
-        """Bytes the core held back for a reply that was never captured (DATA, STARTTLS)."""
+        """Bytes the core held back for a reply that was never captured (DATA, STARTTLS,
+        AUTH), and that nothing let it infer."""
         first = self.segments[d][0]
         size = sum(stop - start for start, stop, _, _ in self.segments[d])
         text = f"{size} bytes never parsed: the reply they waited for was not captured"

@@ -48,9 +48,11 @@ readers in readers.py, the state table in state.py):
    one kind of command only (``ONLY_ANSWERS``: 354 DATA and 221 QUIT, RFC 5321 §4.3.2;
    220 the greeting or STARTTLS, RFC 3207 §4; 334 and 235 AUTH, RFC 4954 §4) answers the
    oldest such command waiting: the commands before it are taken as answered by replies
-   not captured.  (b) ``midstream`` (the connection's start was not captured): a first
-   reply that cannot be a greeting (220, 554, 421: §3.1, §4.3.2) answers the commands,
-   the greeting being taken as sent before the capture began.  (c) The client paused
+   not captured; a 354 with no DATA waiting answers nothing (the late copy of a 354
+   inferred by (c), where the capture point reordered the directions).  (b)
+   ``midstream`` (the connection's start was not captured): a first reply that cannot be
+   a greeting (220, 554, 421: §3.1, §4.3.2) answers the commands, the greeting being
+   taken as sent before the capture began.  (c) The client paused
    after DATA whose bytes hold CRLF.CRLF followed by a whole valid command line, while
    the server's direction has nothing unparsed: the 354 was sent and not captured (a
    client sends content only after it, §4.3.2); an ``inferred`` 354 answers the DATA.
@@ -175,8 +177,10 @@ class Observer:
             self._midstream = False
             if session.oldest == GREETING and code not in GREETING_CODES:
                 keys = frozenset(session.waiting[1:])
-        if keys:
-            self._passed = session.skip_to(keys)
+        passed = session.skip_to(keys) if keys else ()
+        if passed is None and code == 354:
+            return None  # no DATA waits: the late copy of one inferred (rule 9 c)
+        self._passed = passed or ()
         return session.reply(code)
 
     def _infer_354(self) -> list[Event] | None:
@@ -184,7 +188,7 @@ class Observer:
         server = self._server.buffer
         if self._paused_on != "DATA" or len(server) or server.hole or not self._data_ended():
             return None
-        self._passed = self.session.skip_to(ONLY_ANSWERS[354])
+        self._passed = self.session.skip_to(ONLY_ANSWERS[354]) or ()
         answers = self.session.reply(354)
         reply = Reply(
             direction=SERVER,

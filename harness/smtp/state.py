@@ -130,13 +130,16 @@ class Session:
         self._expected = _expect(self._expected, (key,))
         return legal
 
-    def skip_to(self, keys: frozenset[str]) -> tuple[str, ...]:
+    def skip_to(self, keys: frozenset[str]) -> tuple[str, ...] | None:
         """Take the commands waiting before the first of *keys* as answered by replies a
         capture lacks, each as it succeeds (a STARTTLS or DATA as refused: no switch is
-        assumed); the keys passed, () when the oldest waiting one is of *keys* or none is."""
+        assumed); the keys passed, () when the oldest waiting one is of *keys*, None when
+        none is."""
         waiting = self._waiting
-        if not waiting or waiting[0] in keys or keys.isdisjoint(waiting):
+        if waiting and waiting[0] in keys:
             return ()
+        if keys.isdisjoint(waiting):
+            return None
         passed = []
         while waiting[0] not in keys:
             key = waiting.popleft()
