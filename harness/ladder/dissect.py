@@ -522,10 +522,9 @@ class _Conn:
                     verb=_clean(e.verb), error=_clean(e.syntax_error), in_order=e.in_order
                 )
                 return self._unit(d, event, _COMMAND, _lines(e.raw), offset + len(e.raw), info)
-            case smtp.Reply(inferred=True):
-                info = detail(code=e.code, lines=0, answers=e.answers, inferred=True)
-                return self._new(event, d, _REPLY, f"{e.code}{INFERRED}", (), info)
             case smtp.Reply():
+                if e.inferred:
+                    return self._inferred(d, event, e)
                 text = _lines(e.raw)
                 info = detail(
                     code=e.code,
@@ -534,11 +533,6 @@ class _Conn:
                     answers=_clean(e.answers),
                 )
                 return self._unit(d, event, _REPLY, text, offset + len(e.raw), info)
-            case smtp.AuthResponse():
-                info = detail(cancel=e.cancel or None)
-                return self._unit(d, event, _AUTH, _lines(e.raw), offset + len(e.raw), info)
-            case smtp.Resync():
-                self._warn_resync(e, offset)
             case smtp.Content():
                 self.content = self.content or _Content()
                 self.content.add(e.data, self._evidence(d, offset + len(e.data)))
@@ -560,7 +554,17 @@ class _Conn:
                 return self._new(event, d, _ANOMALY, text, self._peek(d, offset), info)
             case smtp.Unfinished():
                 return self._unfinished(d, event, e, offset)
+            case smtp.AuthResponse():
+                info = detail(cancel=e.cancel or None)
+                return self._unit(d, event, _AUTH, _lines(e.raw), offset + len(e.raw), info)
+            case smtp.Resync():
+                self._warn_resync(e, offset)
         return None
+
+    def _inferred(self, d: int, event: Event, e: smtp.Reply) -> Step:
+        """A reply the capture lacks (core rule 9): no bytes, so no evidence, nothing acked."""
+        info = detail(code=e.code, lines=0, answers=e.answers, inferred=True)
+        return self._new(event, d, _REPLY, f"{e.code}{INFERRED}", (), info)
 
     def _unfinished(self, d: int, event: Event, e: smtp.Unfinished, offset: int) -> Step:
         """The unit the stream ended inside, as a step of its kind marked incomplete."""

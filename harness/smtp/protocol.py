@@ -158,17 +158,14 @@ class Observer:
     def _parse(self) -> list[Event]:
         events: list[Event] = []
         while True:
-            while (step := self._step_either()) is not None:
+            while (step := self.step(CLIENT)) is not None or (
+                step := self.step(SERVER)
+            ) is not None:
                 events += step
-            inferred = self._infer_354() if self._capture else None
-            if inferred is None:
+            paused_on_data = self._capture and self._paused_on == "DATA"
+            if not paused_on_data or (inferred := self._infer_354()) is None:
                 return events
             events += inferred
-
-    def _step_either(self) -> list[Event] | None:
-        """One unit of the client's bytes, else of the server's (see ``feed``)."""
-        step = self.step(CLIENT)
-        return self.step(SERVER) if step is None else step
 
     def _answer(self, code: int | None) -> str | None:
         """A capture's reply ``code``, paired by what it can answer (rule 9 a, b)."""
@@ -184,9 +181,10 @@ class Observer:
         return session.reply(code)
 
     def _infer_354(self) -> list[Event] | None:
-        """The 354 the capture lacks, if the client's bytes show it was sent (rule 9 c)."""
+        """The 354 the capture lacks, if the client's bytes after DATA show it was sent
+        (rule 9 c)."""
         server = self._server.buffer
-        if self._paused_on != "DATA" or len(server) or server.hole or not self._data_ended():
+        if len(server) or server.hole or not self._data_ended():
             return None
         self._passed = self.session.skip_to(ONLY_ANSWERS[354]) or ()
         answers = self.session.reply(354)
