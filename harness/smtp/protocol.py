@@ -52,10 +52,10 @@ readers in readers.py, the state table in state.py):
    inferred by (c), where the capture point reordered the directions).  (b)
    ``midstream`` (the connection's start was not captured): a first reply that cannot be
    a greeting (220, 554, 421: §3.1, §4.3.2) answers the commands, the greeting being
-   taken as sent before the capture began.  (c) The client paused
-   after DATA whose bytes hold CRLF.CRLF followed by a whole valid command line, while
-   the server's direction has nothing unparsed: the 354 was sent and not captured (a
-   client sends content only after it, §4.3.2); an ``inferred`` 354 answers the DATA.
+   taken as sent before the capture began.  (c) The client paused after DATA whose bytes
+   hold CRLF.CRLF followed by a whole valid command line, while the server's direction
+   has nothing unparsed: the 354 was sent and not captured (a client sends content only
+   after it, §4.3.2); an ``inferred`` 354 answers the DATA.
 """
 
 from __future__ import annotations
