@@ -9,7 +9,7 @@ text | count`` for each warning of the ladder.
 
 from __future__ import annotations
 
-import sys
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -23,8 +23,9 @@ from harness.smtp.framing import ReceiveBuffer
 from harness.smtp.readers import ReplyReader
 
 CRAFTED = Path(__file__).resolve().parent / "crafted" / "smtp"
-sys.path.insert(0, str(CRAFTED))
-import build  # noqa: E402  (tests/crafted/smtp/build.py)
+_SPEC = importlib.util.spec_from_file_location("crafted_smtp_build", CRAFTED / "build.py")
+build = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(build)  # tests/crafted/smtp/build.py, under a name of its own
 
 NAMES = sorted(build.CAPTURES)
 ENDS = {"c": (HOSTS[SENDER], HOSTS[RECEIVER]), "s": (HOSTS[RECEIVER], HOSTS[SENDER])}
