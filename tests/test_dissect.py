@@ -26,6 +26,8 @@ from harness.capture.pcapfile import PcapError, read
 from harness.ladder.dissect import dissect, iter_steps
 from harness.ladder.model import Ladder
 from harness.render import render
+from harness.smtp.events import PAUSED, AuthResponse, Command, Direction, Reply, Resync
+from harness.smtp.protocol import Observer, ServerConnection
 
 
 def rows(ladder: Ladder) -> list[tuple]:
@@ -481,3 +483,117 @@ def test_dns_rcode_without_a_name_and_rdata_dnslib_cannot_show(tmp_path):
     ((section, name, rtype, shown),) = step.get("records")
     assert (section, name, rtype) == ("answer", "receiver.com", "NAPTR")
     assert shown == "\\# 13 0001000201FF01730172016100"  # dnslib's own str() raises here
+
+
+# --- issue 10: a capture's observer repairs pairing and infers a missing 354 (core rule 9)
+
+SHIFTED = [  # the reply to EHLO was lost: every reply after it answers one command early
+    (Direction.SERVER, b"220 hi\r\n"),
+    (Direction.CLIENT, b"EHLO a\r\n"),
+    (Direction.CLIENT, b"MAIL FROM:<a@b.example>\r\n"),
+    (Direction.SERVER, b"250 OK\r\n"),
+    (Direction.CLIENT, b"RCPT TO:<c@d.example>\r\n"),
+    (Direction.SERVER, b"250 OK\r\n"),
+    (Direction.CLIENT, b"DATA\r\n"),
+    (Direction.SERVER, b"354 go\r\n"),
+    (Direction.CLIENT, b"Hi\r\n.\r\n"),
+    (Direction.SERVER, b"250 queued\r\n"),
+]
+
+
+def observe(observer: Observer, feeds: list[tuple[Direction, bytes]]) -> list:
+    return [event for direction, data in feeds for event in observer.feed(direction, data)]
+
+
+def test_a_capture_observer_pairs_a_354_with_the_data_a_peer_pairs_in_order():
+    """RFC 5321 §4.3.2: a 354 answers only DATA.  A peer's observer knows its own bytes and
+    pairs in order (unchanged); a capture's re-pairs and says which replies it passed."""
+    capture = observe(Observer(capture=True), SHIFTED)
+    replies = [(e.code, e.answers) for e in capture if isinstance(e, Reply)]
+    assert replies[-2:] == [(354, "DATA"), (250, "<end-of-data>")]
+    (resync,) = [e for e in capture if isinstance(e, Resync)]
+    assert (resync.code, resync.answers, resync.assumed) == (354, "DATA", ("RCPT",))
+    peer = observe(Observer(), SHIFTED)
+    assert [(e.code, e.answers) for e in peer if isinstance(e, Reply)][-2:] == [
+        (354, "RCPT"),
+        (250, "DATA"),
+    ]
+    assert not [e for e in peer if isinstance(e, Resync)]
+
+
+def test_a_late_354_after_an_inferred_one_answers_nothing():
+    """The capture point put the server's 354 after the content and the QUIT (D2): the 354
+    was inferred, and the real one must not shift the replies after it."""
+    feeds = [
+        (Direction.SERVER, b"220 hi\r\n"),
+        (Direction.CLIENT, b"EHLO a\r\n"),
+        (Direction.SERVER, b"250 a\r\n"),
+        (Direction.CLIENT, b"DATA\r\n"),
+        (Direction.CLIENT, b"Hi\r\n.\r\nQUIT\r\n"),
+        (Direction.SERVER, b"354 go\r\n250 queued\r\n221 bye\r\n"),
+    ]
+    events = observe(Observer(capture=True), feeds)
+    replies = [(e.code, e.answers, e.inferred) for e in events if isinstance(e, Reply)]
+    assert replies == [
+        (220, "<greeting>", False),
+        (250, "EHLO", False),
+        (354, "DATA", True),
+        (354, None, False),
+        (250, "<end-of-data>", False),
+        (221, "QUIT", False),
+    ]
+
+
+@pytest.mark.parametrize(
+    "after_data",
+    [
+        pytest.param(b"Hi\r\n.\r\n", id="no-command-yet"),
+        pytest.param(b"Hi\r\n.\r\nQUI", id="command-cut"),
+        pytest.param(b"Hi\r\n.\r\nBOGUS x\r\n", id="not-a-command"),
+        pytest.param(b"Hi\n.\nQUIT\r\n", id="bare-lf-dot"),
+    ],
+)
+def test_no_354_is_inferred_without_crlf_dot_crlf_and_a_valid_command(after_data):
+    feeds = [(Direction.CLIENT, b"EHLO a\r\nDATA\r\n"), (Direction.CLIENT, after_data)]
+    observer = Observer(capture=True)
+    assert not [e for e in observe(observer, feeds) if isinstance(e, Reply)]
+    assert observer.paused(Direction.CLIENT)
+
+
+def test_a_server_peer_never_infers_a_354():
+    """A client that sends its message before the 354 still waits for the server's reply."""
+    conn = ServerConnection()
+    conn.send_reply(220, "hi")
+    conn.receive_data(b"EHLO a\r\nDATA\r\nHi\r\n.\r\nQUIT\r\n")
+    assert [conn.next_event().verb, conn.next_event().verb] == ["EHLO", "DATA"]
+    assert conn.next_event() is PAUSED
+
+
+def test_an_auth_exchange_is_paused_like_data_and_answers_the_auth():
+    """RFC 4954 §4: a 334 makes the next client line a response; 235 ends the exchange."""
+    feeds = [
+        (Direction.SERVER, b"220 hi\r\n"),
+        (Direction.CLIENT, b"EHLO a\r\n"),
+        (Direction.SERVER, b"250 AUTH PLAIN\r\n"),
+        (Direction.CLIENT, b"AUTH PLAIN\r\nAGEAYg==\r\nMAIL FROM:<a@b.example>\r\n"),
+        (Direction.SERVER, b"334 \r\n235 ok\r\n250 OK\r\n"),
+    ]
+    events = [e for e in observe(Observer(), feeds) if not isinstance(e, Resync)]
+    units = [
+        (type(e).__name__, getattr(e, "verb", None) or getattr(e, "answers", None))
+        for e in events
+        if isinstance(e, Command | Reply | AuthResponse)
+    ]
+    assert units == [
+        ("Reply", "<greeting>"),
+        ("Command", "EHLO"),
+        ("Reply", "EHLO"),
+        ("Command", "AUTH"),
+        ("Reply", "AUTH"),
+        ("AuthResponse", None),
+        ("Reply", "AUTH"),
+        ("Command", "MAIL"),
+        ("Reply", "MAIL"),
+    ]
+    (response,) = [e for e in events if isinstance(e, AuthResponse)]
+    assert response.raw == b"AGEAYg==\r\n" and not response.cancel

@@ -28,7 +28,15 @@ Rules this module keeps:
   as ``missing`` in it (the digest covers the captured bytes only); among commands and
   replies the lines it cut are anomaly steps.  The gap step says where the damage is.
   Message content (DATA) and each BDAT chunk become one step; TLS after STARTTLS one
-  ``tls`` step per direction.
+  ``tls`` step per direction; each client line answering a 334 (RFC 4954 §4) one
+  ``auth-response`` step, as sent (``cancel=True`` for ``*``).
+- The core observes as a capture's observer (its rule 9): where the capture lost replies
+  or the session's start (no handshake captured: ``midstream``), reply codes that answer
+  one command only re-pair the replies, and a 354 the client's bytes show was sent is
+  inferred: a ``reply`` step whose text ends `` (inferred)``, with ``inferred=True`` in its
+  detail and no evidence.  Each session that needed it gets one warning in
+  ``Ladder.warnings`` (where, and which replies were taken as not captured), counted once
+  per repair.
 - Names: ``hosts`` maps addresses to names; an address not in it is shown as is.  When
   both ends would get the same name (loopback captures), the server's gets ``:port``.
 - Nothing in a packet raises: garbage is skipped and counted in ``Ladder.warnings``; only
@@ -68,7 +76,9 @@ _SMTP_DIRECTION = {CLIENT: Direction.CLIENT, SERVER: Direction.SERVER}
 _OUR_DIRECTION = {v: k for k, v in _SMTP_DIRECTION.items()}
 _TLS_RECORD = b"\x16\x03"  # a TLS handshake record, any version
 _ANOMALY, _COMMAND, _REPLY = StepKind.ANOMALY, StepKind.COMMAND, StepKind.REPLY
+_AUTH = StepKind.AUTH_RESPONSE
 INCOMPLETE = " (incomplete)"  # ends the text of a step the stream ended inside
+INFERRED = " (inferred)"  # ends the text of a step inferred, not captured
 _CONTROL = {  # reassembler event -> (step kind, text)
     "syn": (StepKind.SYN, "SYN"),
     "syn-ack": (StepKind.SYN_ACK, "SYN-ACK"),
@@ -310,6 +320,8 @@ class _Conn:
         self.mode = "dns" if port == DNS_PORT else "sniff"
         self.smtp_port = port in SMTP_PORTS
         self.observer: Observer | None = None
+        self.midstream = conn.roles == "port"  # no handshake captured: it may start mid-session
+        self.resync_warning = ""  # the one warning of this session's repaired pairing
         self.held: tuple[bytearray, bytearray] = (bytearray(), bytearray())
         self.start = [0, 0]  # stream offset of held[d][0]; then of the observer's offset 0
         self.segments: tuple[deque, deque] = (deque(), deque())  # (start, end, first, last)
@@ -425,7 +437,7 @@ class _Conn:
         held, self.held, self.mode = self.held, (bytearray(), bytearray()), decision
         for d in (CLIENT, SERVER):
             if decision == "smtp":
-                self.observer = self.observer or Observer()
+                self.observer = self.observer or Observer(capture=True, midstream=self.midstream)
                 self.start[d] += skip[d]
                 self._evidence(d, self.start[d])
                 yield from self._feed(d, bytes(held[d][skip[d] :]), event)
@@ -486,7 +498,8 @@ class _Conn:
             pending.clear()
 
     def _unparsed(self, d: int, event: Event) -> Step:
-        """Bytes the core held back for a reply that was never captured (DATA, STARTTLS)."""
+        """Bytes the core held back for a reply that was never captured (DATA, STARTTLS,
+        AUTH), and that nothing let it infer."""
         first = self.segments[d][0]
         size = sum(stop - start for start, stop, _, _ in self.segments[d])
         text = f"{size} bytes never parsed: the reply they waited for was not captured"
@@ -510,6 +523,8 @@ class _Conn:
                 )
                 return self._unit(d, event, _COMMAND, _lines(e.raw), offset + len(e.raw), info)
             case smtp.Reply():
+                if e.inferred:
+                    return self._inferred(d, event, e)
                 text = _lines(e.raw)
                 info = detail(
                     code=e.code,
@@ -539,7 +554,17 @@ class _Conn:
                 return self._new(event, d, _ANOMALY, text, self._peek(d, offset), info)
             case smtp.Unfinished():
                 return self._unfinished(d, event, e, offset)
+            case smtp.AuthResponse():
+                info = detail(cancel=e.cancel or None)
+                return self._unit(d, event, _AUTH, _lines(e.raw), offset + len(e.raw), info)
+            case smtp.Resync():
+                self._warn_resync(e, offset)
         return None
+
+    def _inferred(self, d: int, event: Event, e: smtp.Reply) -> Step:
+        """A reply the capture lacks (core rule 9): no bytes, so no evidence, nothing acked."""
+        info = detail(code=e.code, lines=0, answers=e.answers, inferred=True)
+        return self._new(event, d, _REPLY, f"{e.code}{INFERRED}", (), info)
 
     def _unfinished(self, d: int, event: Event, e: smtp.Unfinished, offset: int) -> Step:
         """The unit the stream ended inside, as a step of its kind marked incomplete."""
@@ -555,9 +580,23 @@ class _Conn:
         text = _lines(e.raw)
         if e.unit is smtp.UnitKind.COMMAND:
             kind, info = _COMMAND, detail(verb=_clean(parse_command(e.raw.rstrip(b"\r")).verb))
+        elif e.unit is smtp.UnitKind.AUTH_RESPONSE:
+            kind, info = _AUTH, ()
         else:
             kind, info = _REPLY, detail(code=e.code, lines=text.count("\n") + 1)
         return self._unit(d, event, kind, text + INCOMPLETE, end, (*info, ("incomplete", True)))
+
+    def _warn_resync(self, e: smtp.Resync, offset: int) -> None:
+        """One warning per session, of its first repair, counted each time (core rule 9)."""
+        if not self.resync_warning:
+            text = f"conn {self.id}: SMTP replies resynchronised at server offset {offset}: "
+            text += f"the {e.code} answers {_clean(e.answers)}"
+            if e.assumed:
+                text += f"; no reply captured for {', '.join(map(str, map(_clean, e.assumed)))}"
+            if e.inferred:
+                text += f"; the {e.code} itself inferred from the client's bytes"
+            self.resync_warning = text
+        self.d.warnings[self.resync_warning] += 1
 
     def _content(self, d: int, event: Event, kind: StepKind, end: int, **extra) -> Step:
         content, self.content = self.content or _Content(), None

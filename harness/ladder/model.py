@@ -50,6 +50,7 @@ class StepKind(StrEnum):
     TLS = "tls"
     GAP = "gap"
     ANOMALY = "anomaly"
+    AUTH_RESPONSE = "auth-response"  # a client line answering a 334 (RFC 4954 §4)
 
 
 DNS_KINDS = (StepKind.DNS_QUERY, StepKind.DNS_ANSWER)
@@ -62,7 +63,14 @@ TCP_KINDS = (
     StepKind.FIN_ACK,
     StepKind.CLOSE_ACK,
 )
-SMTP_KINDS = (StepKind.COMMAND, StepKind.REPLY, StepKind.CONTENT, StepKind.BDAT, StepKind.TLS)
+SMTP_KINDS = (
+    StepKind.COMMAND,
+    StepKind.REPLY,
+    StepKind.CONTENT,
+    StepKind.BDAT,
+    StepKind.TLS,
+    StepKind.AUTH_RESPONSE,
+)
 DAMAGE_KINDS = (StepKind.GAP, StepKind.ANOMALY)
 KINDS = frozenset(StepKind)
 

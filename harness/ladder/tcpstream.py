@@ -253,8 +253,13 @@ class Connection:
 
     def _hold(self, d: int, h: _Half, offset: int, payload: bytes) -> None:
         """Queue the parts of a segment that no held segment covers (first copy wins)."""
-        pieces = [(offset, payload)]
-        for held_offset, held, _ in h.pending:
+        pieces, end, pending = [(offset, payload)], offset + len(payload), h.pending
+        # held pieces are sorted and never overlap: only the one before *offset* and those
+        # starting before *end* can overlap it (a scan of all of them made holding quadratic)
+        i = max(bisect.bisect_left(pending, (offset,)) - 1, 0)
+        while i < len(pending) and pending[i][0] < end:
+            held_offset, held, _ = pending[i]
+            i += 1
             lo, hi = _overlap(offset, payload, held_offset, held)
             if lo < hi:
                 mine = payload[lo - offset : hi - offset]

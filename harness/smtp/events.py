@@ -14,8 +14,12 @@ Rules kept here:
    "surrogateescape")`` gives back the exact bytes; message content stays ``bytes``.
 4. A direction's EOF ends every unit: one the stream ended inside (a line without its
    line ending, a multi-line reply without its last line, content without its end, a
-   chunk short of its size) is reported as ``Unfinished``, just before the
-   ``ConnectionClosed``.  It changes no session state: no peer acts on half a unit.
+   chunk short of its size, an AUTH response line) is reported as ``Unfinished``, just
+   before the ``ConnectionClosed``.  It changes no session state: no peer acts on half a
+   unit.
+5. Only a capture's observer infers (protocol.py rule 9): an ``inferred`` reply carries no
+   bytes (``raw`` is empty) and a ``Resync`` says which commands' replies it took as not
+   captured.  A peer's own events are never inferred.
 """
 
 from __future__ import annotations
@@ -100,6 +104,7 @@ class Reply(Event):
     error: str | None = None
     flaws: frozenset[AnomalyKind] = frozenset()
     answers: str | None = None  # the command key it answers, e.g. "EHLO", "<greeting>"
+    inferred: bool = False  # not captured: the client's bytes show it was sent (rule 5)
 
     @property
     def text(self) -> str:
@@ -119,6 +124,31 @@ class Reply(Event):
     def permanent(self) -> bool:
         """5yz, or a reply with no readable code (RFC 5321 §4.2.1, §4.3.2)."""
         return self.code is None or self.code >= 500
+
+
+@dataclass(frozen=True, kw_only=True)
+class AuthResponse(Event):
+    """A line the client sent in answer to a 334 challenge (RFC 4954 §4): base64 as sent, or
+    ``*`` to cancel the exchange.  Never upper-cased, never parsed as a command."""
+
+    raw: bytes  # the line as received, with its line ending
+
+    @property
+    def cancel(self) -> bool:
+        return self.raw.rstrip(b"\r\n") == b"*"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Resync(Event):
+    """A capture's reply ``code`` answers ``answers``, not the older commands ``assumed``
+    (rule 5): their replies are taken as not captured.  ``inferred``: the reply itself was
+    not captured either (a 354 the client's bytes show was sent).  Reported just before
+    the ``Reply``, at the offset where it begins."""
+
+    code: int
+    answers: str
+    assumed: tuple[str, ...]
+    inferred: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -171,6 +201,7 @@ class UnitKind(Enum):
     REPLY = "reply"
     CONTENT = "content"  # DATA content
     CHUNK = "chunk"  # a BDAT chunk
+    AUTH_RESPONSE = "auth-response"  # a line answering a 334 (RFC 4954 §4)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -7,9 +7,10 @@ Rules kept here:
    does not end an SMTP *line*: only CRLF does (RFC 5321 §2.3.8).  A bare CR never ends
    anything; it stays inside the unit and is reported as ``BARE_CR``.  NUL is reported.
 2. Limits count octets including the CRLF: command and reply lines 512, text lines 1000
-   (RFC 5321 §4.5.3.1.4-.6).  When ``limit`` octets arrive without an LF the buffer hands
-   out a piece of at most ``limit`` octets (never ending in a CR, which may pair with the
-   next LF); the readers decide to keep or skip it.
+   (RFC 5321 §4.5.3.1.4-.6), AUTH response lines 12288 (RFC 4954 §4).  When ``limit``
+   octets arrive without an LF the buffer hands out a piece of at most ``limit`` octets
+   (never ending in a CR, which may pair with the next LF); the readers decide to keep or
+   skip it.
 3. Framing depends only on the bytes, never on how they were split into segments: feeding
    byte by byte yields the same units as feeding everything at once.
 4. Dot-stuffing (RFC 5321 §4.5.2) works on CRLF lines only; a final CRLF is added to
@@ -31,6 +32,7 @@ from harness.smtp.events import Anomaly, AnomalyKind, Direction
 COMMAND_LINE_LIMIT = 512  # RFC 5321 §4.5.3.1.4
 REPLY_LINE_LIMIT = 512  # RFC 5321 §4.5.3.1.5
 TEXT_LINE_LIMIT = 1000  # RFC 5321 §4.5.3.1.6
+AUTH_LINE_LIMIT = 12288  # RFC 4954 §4: a server's limit on AUTH lines, 12288 recommended
 
 _ODD_BYTES = re.compile(rb"\r(?!\n)|(?<!\r)\n|\x00")
 _ODD_KIND = {b"\r": AnomalyKind.BARE_CR, b"\n": AnomalyKind.BARE_LF, b"\x00": AnomalyKind.NUL}
@@ -104,9 +106,13 @@ class ReceiveBuffer:
             else:
                 self.eof = True
 
-    def peek(self) -> bytes:
-        """The buffered bytes, left in the buffer."""
-        return bytes(self._data)
+    def peek(self, start: int = 0, stop: int | None = None) -> bytes:
+        """The buffered bytes (those from *start* to *stop*), left in the buffer."""
+        return bytes(self._data[start:stop])
+
+    def find(self, sub: bytes, start: int = 0) -> int:
+        """Where *sub* first begins in the buffered bytes, from *start* on; -1 if nowhere."""
+        return self._data.find(sub, start)
 
     def take(self, n: int) -> bytes:
         taken = bytes(self._data[:n])

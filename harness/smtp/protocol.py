@@ -10,13 +10,17 @@ readers in readers.py, the state table in state.py):
 2. Each direction is read in one mode at a time (h11's reader table):
 
        client: COMMAND --DATA/STARTTLS--> paused --reply--> DATA content | COMMAND | TLS
+               COMMAND --AUTH--> paused --334--> AUTH RESPONSE (one line) --> paused
+                                        --other reply--> COMMAND
                COMMAND --BDAT n--> CHUNK (n octets) --> COMMAND
                DATA --CRLF.CRLF--> COMMAND
        server: REPLY --220 to STARTTLS--> TLS
 
-   After DATA or STARTTLS the client's bytes wait unparsed until the server's reply says
-   what they are: content after 354, TLS after 220, commands otherwise - whatever the
-   session state (state.py rule 4: the reply is what the client acts on).
+   After DATA, STARTTLS or AUTH (or an AUTH response) the client's bytes wait unparsed
+   until the server's reply says what they are: content after 354, TLS after 220, an AUTH
+   response after 334 (RFC 4954 §4), commands otherwise - whatever the session state
+   (state.py rule 4: the reply is what the client acts on).  Every reply of an AUTH
+   exchange answers the AUTH: an AUTH response waits for its reply as the AUTH again.
 3. When TLS starts, bytes already received in either direction were sent in plaintext
    after STARTTLS: they are reported (``PLAINTEXT_AFTER_STARTTLS``) and dropped, never
    parsed as commands (RFC 3207 §4.2, CVE-2011-0411, CVE-2021-38371).
@@ -38,6 +42,20 @@ readers in readers.py, the state table in state.py):
    reported as ``Unfinished`` (events rule 4), then ``ConnectionClosed``.  Feeding or
    skipping after it is the caller's bug (``RuntimeError``): nothing follows an end.  A
    capture's reassembler guarantees it, a FIN ending its direction (tcpstream.py).
+9. A capture's observer (``Observer(capture=True)``) repairs what the capture lost, and
+   says so with a ``Resync`` event before the reply concerned; a peer's never does (it
+   knows its own bytes, and answers what it was sent).  (a) A reply code that answers
+   one kind of command only (``ONLY_ANSWERS``: 354 DATA and 221 QUIT, RFC 5321 §4.3.2;
+   220 the greeting or STARTTLS, RFC 3207 §4; 334 and 235 AUTH, RFC 4954 §4) answers the
+   oldest such command waiting: the commands before it are taken as answered by replies
+   not captured; a 354 with no DATA waiting answers nothing (the late copy of a 354
+   inferred by (c), where the capture point reordered the directions).  (b)
+   ``midstream`` (the connection's start was not captured): a first reply that cannot be
+   a greeting (220, 554, 421: §3.1, §4.3.2) answers the commands, the greeting being
+   taken as sent before the capture began.  (c) The client paused after DATA whose bytes
+   hold CRLF.CRLF followed by a whole valid command line, while the server's direction
+   has nothing unparsed: the 354 was sent and not captured (a client sends content only
+   after it, §4.3.2); an ``inferred`` 354 answers the DATA.
 """
 
 from __future__ import annotations
@@ -46,12 +64,13 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
 
-from harness.smtp.commands import format_command
+from harness.smtp.commands import format_command, parse_command
 from harness.smtp.events import (
     NEED_DATA,
     PAUSED,
     Anomaly,
     AnomalyKind,
+    AuthResponse,
     Command,
     ConnectionClosed,
     Direction,
@@ -59,11 +78,13 @@ from harness.smtp.events import (
     EndOfData,
     Event,
     Reply,
+    Resync,
     Status,
     TlsStarted,
 )
 from harness.smtp.framing import ReceiveBuffer, dot_stuff
 from harness.smtp.readers import (
+    AuthResponseReader,
     ChunkReader,
     CommandReader,
     DataReader,
@@ -72,10 +93,20 @@ from harness.smtp.readers import (
     ReplyReader,
 )
 from harness.smtp.replies import format_reply
-from harness.smtp.state import END_OF_DATA, Session, State
+from harness.smtp.state import END_OF_DATA, GREETING, Session, State
 
 CLIENT, SERVER = Direction.CLIENT, Direction.SERVER
-_AWAIT_REPLY = frozenset({"DATA", "STARTTLS"})  # the reply decides what the next bytes are
+AUTH, CHALLENGE = "AUTH", 334  # RFC 4954 §4
+_AWAIT_REPLY = frozenset({"DATA", "STARTTLS", AUTH})  # the reply decides what the next bytes are
+ONLY_ANSWERS: dict[int, frozenset[str]] = {  # rule 9 (a)
+    220: frozenset({GREETING, "STARTTLS"}),
+    221: frozenset({"QUIT"}),
+    235: frozenset({AUTH}),
+    334: frozenset({AUTH}),
+    354: frozenset({"DATA"}),
+}
+GREETING_CODES = frozenset({220, 421, 554})  # rule 9 (b)
+_END_OF_DATA, _LINE_END = b"\r\n.\r\n", b"\r\n"
 
 
 class _Side:
@@ -92,11 +123,16 @@ class _Side:
 class Observer:
     """Both directions of one SMTP connection: ``feed(direction, data)`` returns events."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, capture: bool = False, midstream: bool = False) -> None:
         self.session = Session()
         self._client = _Side(CommandReader())
-        self._server = _Side(ReplyReader(answer=self.session.reply))
+        self._capture = capture  # rule 9
+        self._midstream = midstream  # until the first reply
+        answer = self._answer if capture else self.session.reply
+        self._server = _Side(ReplyReader(answer=answer))
         self._paused_on: str | None = None
+        self._passed: tuple[str, ...] = ()  # the commands the reply being read passed over
+        self._scanned = 0  # client bytes after DATA known to hold no end of data (rule 9 c)
 
     def _side(self, direction: Direction) -> _Side:
         return self._client if direction is CLIENT else self._server  # no Enum hashing
@@ -121,9 +157,64 @@ class Observer:
 
     def _parse(self) -> list[Event]:
         events: list[Event] = []
-        while (step := self.step(CLIENT)) is not None or (step := self.step(SERVER)) is not None:
-            events += step
-        return events
+        while True:
+            while (step := self.step(CLIENT)) is not None or (
+                step := self.step(SERVER)
+            ) is not None:
+                events += step
+            paused_on_data = self._capture and self._paused_on == "DATA"
+            if not paused_on_data or (inferred := self._infer_354()) is None:
+                return events
+            events += inferred
+
+    def _answer(self, code: int | None) -> str | None:
+        """A capture's reply ``code``, paired by what it can answer (rule 9 a, b)."""
+        session, keys = self.session, ONLY_ANSWERS.get(code or 0)
+        if self._midstream:
+            self._midstream = False
+            if session.oldest == GREETING and code not in GREETING_CODES:
+                keys = frozenset(session.waiting[1:])
+        passed = session.skip_to(keys) if keys else ()
+        if passed is None and code == 354:
+            return None  # no DATA waits: the late copy of one inferred (rule 9 c)
+        self._passed = passed or ()
+        return session.reply(code)
+
+    def _infer_354(self) -> list[Event] | None:
+        """The 354 the capture lacks, if the client's bytes after DATA show it was sent
+        (rule 9 c)."""
+        server = self._server.buffer
+        if len(server) or server.hole or not self._data_ended():
+            return None
+        self._passed = self.session.skip_to(ONLY_ANSWERS[354]) or ()
+        answers = self.session.reply(354)
+        reply = Reply(
+            direction=SERVER,
+            offset=server.offset,
+            code=354,
+            lines=(),
+            raw=b"",
+            answers=answers,
+            inferred=True,
+        )
+        return self._apply(reply)
+
+    def _data_ended(self) -> bool:
+        """The client's bytes after DATA hold CRLF.CRLF and then a whole valid command."""
+        buf = self._client.buffer
+        if buf.peek(0, 3) == _END_OF_DATA[2:]:
+            end = 3
+        else:
+            found = buf.find(_END_OF_DATA, max(self._scanned - 4, 0))
+            if found < 0:
+                self._scanned = len(buf)
+                return False
+            self._scanned, end = found, found + len(_END_OF_DATA)
+        line_end = buf.find(_LINE_END, end)
+        if line_end < 0:
+            return False
+        command = parse_command(buf.peek(end, line_end))
+        return command.known and command.syntax_error is None
 
     def receive_data(self, direction: Direction, data: bytes) -> None:
         """Buffer bytes without parsing them (b"" marks EOF); ``step`` parses."""
@@ -138,7 +229,7 @@ class Observer:
         if not isinstance(reader, ReplyReader) or not reader.idle or len(buf) or buf.hole:
             return None
         buf.offset += len(data)
-        return self._after_reply(self.session.reply(code))
+        return self._after_reply(self.session.reply(code), code)
 
     def paused(self, direction: Direction) -> bool:
         return self._side(direction).reader is None
@@ -178,8 +269,12 @@ class Observer:
                     self._client.reader, self._paused_on = None, event.verb
                 elif event.chunk_size is not None:
                     self._client.reader = ChunkReader(event.chunk_size, event.last)
+            case AuthResponse():  # waits for its reply as the AUTH again (rule 2)
+                self.session.command(AUTH)
+                self._client.reader, self._paused_on = None, AUTH
             case Reply():  # already applied to the session as it was read (readers rule 5)
-                return [event, *self._after_reply(event.answers)]
+                after = self._after_reply(event.answers, event.code)
+                return [*self._resync(event), event, *after]
             case EndOfData():
                 self.session.command(END_OF_DATA)
                 self._client.reader = CommandReader()
@@ -187,14 +282,34 @@ class Observer:
                 self._client.reader = CommandReader()
         return [event]
 
-    def _after_reply(self, answered: str | None) -> list[Event]:
+    def _resync(self, reply: Reply) -> list[Event]:
+        """The ``Resync`` of a reply that passed over older commands (rule 9), if it did."""
+        if not (self._passed or reply.inferred) or reply.code is None or reply.answers is None:
+            return []
+        passed, self._passed = self._passed, ()
+        resync = Resync(
+            direction=reply.direction,
+            offset=reply.offset,
+            code=reply.code,
+            answers=reply.answers,
+            assumed=passed,
+            inferred=reply.inferred,
+        )
+        return [resync]
+
+    def _after_reply(self, answered: str | None, code: int | None) -> list[Event]:
         if self.session.state is State.TLS:
             return self._start_tls()
         if answered is not None and answered == self._paused_on:
-            self._paused_on = None
-            data = self.session.state is State.DATA
-            self._client.reader = DataReader() if data else CommandReader()
+            self._paused_on, self._scanned = None, 0
+            self._client.reader = self._resumed(answered, code)
         return []
+
+    def _resumed(self, answered: str, code: int | None) -> Reader:
+        """The reader of the client's bytes after the reply to the command they waited on."""
+        if answered == AUTH and code == CHALLENGE:
+            return AuthResponseReader()
+        return DataReader() if self.session.state is State.DATA else CommandReader()
 
     def _start_tls(self) -> list[Event]:
         events: list[Event] = []

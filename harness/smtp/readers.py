@@ -33,6 +33,9 @@ Rules kept here (the modes and who switches them are in protocol.py):
    (its lines so far and a partial one); content or a chunk begun.  A partial line right
    after a gap that does not read as a whole one is the tail of a cut line: dropped and
    reported as ``CUT_BY_GAP`` (rule 6), not an unfinished unit.
+8. After a 334 challenge (RFC 4954 §4) the client's next line is an AUTH response, not a
+   command: ``AuthResponseReader`` reads that one line (up to ``AUTH_LINE_LIMIT``) and
+   reports it as sent, base64 or ``*``; after a gap a line is whole if it reads as one.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from harness.smtp.commands import VERBS, parse_command
 from harness.smtp.events import (
     Anomaly,
     AnomalyKind,
+    AuthResponse,
     Content,
     Direction,
     EndOfChunk,
@@ -57,6 +61,7 @@ from harness.smtp.events import (
     UnitKind,
 )
 from harness.smtp.framing import (
+    AUTH_LINE_LIMIT,
     COMMAND_LINE_LIMIT,
     REPLY_LINE_LIMIT,
     TEXT_LINE_LIMIT,
@@ -72,7 +77,8 @@ _END_MARKER = b".\r\n"
 _DOT_ALONE = re.compile(rb"\.[\r\n]*\n")  # a unit holding a dot and line breaks only
 _DOT_AFTER_CR = re.compile(rb"\r\.(?=[\r\n])")  # a dot between a bare CR and a break
 _NO_FLAWS: frozenset[AnomalyKind] = frozenset()
-_VERB_BYTES = frozenset(verb.encode() for verb in VERBS)
+_VERB_BYTES = frozenset(verb.encode() for verb in [*VERBS, "AUTH"])
+_AUTH_LINE = re.compile(rb"[A-Za-z0-9+/]*={0,2}|\*")  # base64 or the cancel (RFC 4954 §4)
 
 
 class Reader(Protocol):
@@ -188,11 +194,14 @@ def _flaws(anomalies: list[Anomaly]) -> frozenset[AnomalyKind]:
     return frozenset(a.kind for a in anomalies) if anomalies else _NO_FLAWS
 
 
-class CommandReader:
-    needs_bytes = True
+class _OneLineReader:
+    """Units of one line each: a command, or an AUTH response (rules 2, 6, 7)."""
 
-    def __init__(self) -> None:
-        self._lines = _LineReader(COMMAND_LINE_LIMIT, _known_verb)
+    needs_bytes = True
+    _unit: UnitKind
+
+    def __init__(self, limit: int, whole: Callable[[bytes], bool]) -> None:
+        self._lines = _LineReader(limit, whole)
         self.gap = self._lines.gap
 
     def read(self, buf: ReceiveBuffer, direction: Direction) -> list[Event] | None:
@@ -201,14 +210,7 @@ class CommandReader:
             return None
         if line.body is None:
             return line.anomalies
-        command = parse_command(
-            line.body,
-            direction=direction,
-            offset=line.offset,
-            raw=line.raw,
-            flaws=_flaws(line.anomalies),
-        )
-        return [*line.anomalies, command]
+        return [*line.anomalies, self._event(line, direction)]
 
     def unfinished(self, buf: ReceiveBuffer, direction: Direction) -> list[Event]:
         line = self._lines.rest(buf, direction)
@@ -216,10 +218,40 @@ class CommandReader:
             return []
         if line.body is None:
             return line.anomalies
-        unit = Unfinished(
-            direction=direction, offset=line.offset, unit=UnitKind.COMMAND, raw=line.raw
-        )
+        unit = Unfinished(direction=direction, offset=line.offset, unit=self._unit, raw=line.raw)
         return [*line.anomalies, unit]
+
+    def _event(self, line: _Line, direction: Direction) -> Event:
+        raise NotImplementedError
+
+
+class CommandReader(_OneLineReader):
+    _unit = UnitKind.COMMAND
+
+    def __init__(self) -> None:
+        super().__init__(COMMAND_LINE_LIMIT, _known_verb)
+
+    def _event(self, line: _Line, direction: Direction) -> Event:
+        assert line.body is not None
+        return parse_command(
+            line.body,
+            direction=direction,
+            offset=line.offset,
+            raw=line.raw,
+            flaws=_flaws(line.anomalies),
+        )
+
+
+class AuthResponseReader(_OneLineReader):
+    """The client's line after a 334 challenge (rule 8), kept as sent."""
+
+    _unit = UnitKind.AUTH_RESPONSE
+
+    def __init__(self) -> None:
+        super().__init__(AUTH_LINE_LIMIT, _AUTH_LINE.fullmatch)
+
+    def _event(self, line: _Line, direction: Direction) -> Event:
+        return AuthResponse(direction=direction, offset=line.offset, raw=line.raw)
 
 
 class ReplyReader:
@@ -231,7 +263,7 @@ class ReplyReader:
         self.gap = self._lines.gap
         self._builder = ReplyBuilder()
         self._start = 0
-        self._raw = b""
+        self._raw: list[bytes] = []  # the lines so far, joined once the reply is complete
         self._flaws: frozenset[AnomalyKind] = frozenset()
 
     @property
@@ -246,8 +278,8 @@ class ReplyReader:
         if line.body is None:
             return line.anomalies
         if not self._builder.started:
-            self._start, self._raw, self._flaws = line.offset, b"", frozenset()
-        self._raw += line.raw
+            self._start, self._raw, self._flaws = line.offset, [], frozenset()
+        self._raw.append(line.raw)
         self._flaws |= _flaws(line.anomalies)
         done = self._builder.add(parse_reply_line(line.body))
         if done is None:
@@ -258,7 +290,7 @@ class ReplyReader:
             offset=self._start,
             code=code,
             lines=lines,
-            raw=self._raw,
+            raw=b"".join(self._raw),
             error=error,
             flaws=self._flaws,
             answers=self._answer(code) if self._answer else None,
@@ -271,7 +303,7 @@ class ReplyReader:
         anomalies: list[Event] = [*line.anomalies] if line else []
         partial = line if line is not None and line.body is not None else None
         if self._builder.started:
-            start, raw, code = self._start, self._raw, self._builder.code
+            start, raw, code = self._start, b"".join(self._raw), self._builder.code
         elif partial is not None:
             start, raw, code = partial.offset, b"", parse_reply_line(partial.body).code
         else:

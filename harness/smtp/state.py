@@ -111,6 +111,11 @@ class Session:
     def waiting(self) -> tuple[str, ...]:
         return tuple(self._waiting)
 
+    @property
+    def oldest(self) -> str | None:
+        """The key of the oldest command waiting for its reply; None if none is."""
+        return self._waiting[0] if self._waiting else None
+
     def expected(self) -> State:
         """The state once every waiting command has succeeded (see rule 3)."""
         return self._expected
@@ -124,6 +129,25 @@ class Session:
         self._waiting.append(key)
         self._expected = _expect(self._expected, (key,))
         return legal
+
+    def skip_to(self, keys: frozenset[str]) -> tuple[str, ...] | None:
+        """Take the commands waiting before the first of *keys* as answered by replies a
+        capture lacks, each as it succeeds (a STARTTLS or DATA as refused: no switch is
+        assumed); the keys passed, () when the oldest waiting one is of *keys*, None when
+        none is."""
+        waiting = self._waiting
+        if waiting and waiting[0] in keys:
+            return ()
+        if keys.isdisjoint(waiting):
+            return None
+        passed = []
+        while waiting[0] not in keys:
+            key = waiting.popleft()
+            passed.append(key)
+            if key not in SWITCH:
+                self.state = SUCCESS[self.state].get(key, self.state)
+        self._expected = _expect(self.state, waiting)
+        return tuple(passed)
 
     def reply(self, code: int | None) -> str | None:
         """Apply a reply; return the key it answers (None if nothing was waiting)."""
