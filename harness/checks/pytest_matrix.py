@@ -6,7 +6,8 @@ Rules kept here:
   ``--smtp-mta``, ``--smtp-check``, ``--smtp-role`` choose, like ``matrix``'s options) and
   nothing else is collected: no test file is even imported.
 - Node ids are ``matrix/<mta>/<role>::<check id>``, so a JUnit file (``--junitxml``) has one
-  testcase per cell, classname ``matrix.<mta>.<role>``.
+  testcase per cell, classname ``matrix.<mta>.<role>``; the ``@group`` xdist appends to an
+  id is taken off each report.
 - An item passes when its cell matches the expected matrix (``--smtp-expected``), fails with
   the difference and the cell's note otherwise; a cell expected n/a that is n/a is skipped
   with its note.  Each item saves its cell (``matrix.save_cell``) under ``--smtp-matrix-out``,
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -58,6 +60,7 @@ def pytest_configure(config: pytest.Config) -> None:
         config.option.loadgroup = True  # a worker parses the bare command line: "no"
         out = Path(worker[OUT_KEY])
     else:
+        config.pluginmanager.register(ShortIds(), "smtp-matrix-short-ids")
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         out = Path(config.getoption("smtp_matrix_out") or f"runs/pytest-matrix-{stamp}")
         if not config.getoption("collectonly"):
@@ -116,6 +119,21 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         write_junit(cells, engine.out)
 
 
+class ShortIds:
+    """In the controller: reporters (JUnit, the terminal) see a cell's id without the group
+    xdist appended to it; xdist, after them, the id it knows."""
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> Iterator[None]:
+        full = report.nodeid
+        if full.startswith("matrix/"):
+            report.nodeid = full.partition("@")[0]
+        try:
+            return (yield)
+        finally:
+            report.nodeid = full
+
+
 class CellDiffers(AssertionError):
     """The cell differs from the expected matrix."""
 
@@ -164,7 +182,7 @@ class ProgressLines:
         if report.when == "call" or (report.when == "setup" and not report.passed):
             found = dict(report.user_properties)
             verdict = found.get("verdict", report.outcome)
-            label = found.get("cell", report.nodeid)
+            label = found.get("cell", report.nodeid)  # "harness/sender/seed.exchange"
             self.progress.ended(label, verdict, found.get("seconds", 0.0))
 
 
