@@ -287,3 +287,11 @@ def test_an_out_folder_used_before_reports_only_the_new_cells(tmp_path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     assert list(_seen(tmp_path / "a")) == ["harness/sender/seed.exchange"]
     assert done.stdout.startswith("1 cells in ")
+
+
+def test_merging_into_one_of_its_folders_keeps_its_cells(tmp_path) -> None:
+    path = _saved(tmp_path / "a")
+    done = _merge(tmp_path / "a", "--out", tmp_path / "a")
+    assert done.code == ExitCode.OK, done.stderr
+    assert path.is_file()
+    assert (tmp_path / "a" / "matrix.json").is_file()

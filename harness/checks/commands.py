@@ -106,7 +106,7 @@ def matrix(
         _list(checks, roles_asked(roles))
         return
     wanted = load_expected(expected, registry())
-    out = _fresh(out, "matrix")
+    out = clear_cells(out or _stamped("matrix"))
     cells = plan(checks, names, roles_asked(roles))
     started = time.monotonic()
     if jobs is None:
@@ -137,7 +137,8 @@ def merge(folders: tuple[Path, ...], out: Path | None, expected: Path) -> None:
     cells = load_cells(list(folders), registry(), wanted)
     if not cells:
         raise HarnessError(f"{', '.join(map(str, folders))}: no cells (no cells/ folder)")
-    out = _fresh(out, "matrix-merged")
+    out = out or _stamped("matrix-merged")
+    out.mkdir(parents=True, exist_ok=True)  # its cells/, if any, are not this report's
     sys.exit(report(cells, out, wanted))
 
 
@@ -178,9 +179,8 @@ def roles_asked(asked: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(asked)) or ROLES
 
 
-def _fresh(out: Path | None, name: str) -> Path:
-    """The output folder, created, without an earlier matrix's cells."""
-    return clear_cells(out or Path("runs") / time.strftime(f"{name}-%Y%m%dT%H%M%SZ", time.gmtime()))
+def _stamped(name: str) -> Path:
+    return Path("runs") / time.strftime(f"{name}-%Y%m%dT%H%M%SZ", time.gmtime())
 
 
 def _list(checks: list[Check], roles: tuple[str, ...]) -> None:

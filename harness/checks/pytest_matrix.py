@@ -72,6 +72,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[ENGINE] = Matrix(out.resolve(), expected)
 
 
+@pytest.hookimpl(optionalhook=True)
 def pytest_configure_node(node) -> None:  # pytest-xdist's hook: the controller's folder
     engine = node.config.stash.get(ENGINE, None)
     if engine is not None:
