@@ -295,3 +295,19 @@ def test_merging_into_one_of_its_folders_keeps_its_cells(tmp_path) -> None:
     assert done.code == ExitCode.OK, done.stderr
     assert path.is_file()
     assert (tmp_path / "a" / "matrix.json").is_file()
+
+
+def test_a_cell_that_left_no_file_is_an_error_not_a_gap(tmp_path) -> None:
+    """A worker that died leaves no cell file (provoked here by saving one cell of two)."""
+    from harness.checks.commands import NOT_JUDGED, unjudged
+
+    _saved(tmp_path / "a")
+    expected = load_expected(DEFAULT_EXPECTED, registry())
+    judged = load_cells([tmp_path / "a"], registry(), expected)
+    cells = plan([registry()["seed.exchange"]], [REFERENCE], ["sender", "receiver"])
+    (missing,) = unjudged(cells, judged, expected)
+    assert (missing.name, missing.verdict, missing.note) == (
+        "harness/receiver/seed.exchange", Verdict.ERROR, NOT_JUDGED
+    )  # fmt: skip
+    assert missing.column == judged[0].column  # the same column in the report
+    assert missing.difference == "regression"

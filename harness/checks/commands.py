@@ -33,7 +33,9 @@ from harness.checks.base import REFERENCE, ROLES, Check, registry, select
 from harness.checks.expected import DEFAULT_EXPECTED, Expected, load_expected
 from harness.checks.matrix import (
     Cell,
+    Column,
     Matrix,
+    Plan,
     Progress,
     clear_cells,
     load_cells,
@@ -52,6 +54,7 @@ from harness.errors import HarnessError
 from harness.mta.base import adapters
 from harness.verdict import ExitCode, Verdict
 
+NOT_JUDGED = "not judged: it left no cell file (its pytest-xdist worker ended?)"
 _EXPECTED = click.option(
     "--expected",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -116,6 +119,7 @@ def matrix(
 
         run_parallel(out, names, patterns, roles, expected, jobs, len(cells))
     judged = load_cells([out], registry(), wanted)
+    judged += unjudged(cells, judged, wanted)
     sys.exit(report(judged, out, wanted, time.monotonic() - started))
 
 
@@ -142,13 +146,28 @@ def merge(folders: tuple[Path, ...], out: Path | None, expected: Path) -> None:
     sys.exit(report(cells, out, wanted))
 
 
-def _serial(cells: list[tuple[Check, str, str]], out: Path, wanted: Expected) -> None:
+def _serial(cells: Plan, out: Path, wanted: Expected) -> None:
     engine = Matrix(out, wanted)
     with Progress(len(cells)) as progress:
         for check, role, mta in cells:
             cell = engine.cell(check, role, engine.column(mta))
             save_cell(cell, out)
             progress.ended(cell.name, shown(cell), cell.seconds)
+
+
+def unjudged(cells: Plan, judged: list[Cell], wanted: Expected) -> list[Cell]:
+    """An error cell for each planned cell that left no file (its worker died): the report
+    is never short of a cell."""
+    saved = {c.name for c in judged}
+    columns = {c.column.mta: c.column for c in judged}
+    missing = []
+    for check, role, mta in cells:
+        if f"{mta}/{role}/{check.id}" in saved:
+            continue
+        col = columns.get(mta) or Column(mta, "?", unavailable=NOT_JUDGED)
+        entry = wanted.entry(mta, col.version, role, check.id, check.kind)
+        missing.append(Cell(check, role, col, Verdict.ERROR, NOT_JUDGED, entry))
+    return missing
 
 
 def report(

@@ -33,7 +33,7 @@ import pytest
 from harness.checks.base import ROLES, Check, registry, select
 from harness.checks.expected import DEFAULT_EXPECTED, load_expected
 from harness.checks.matrix import Matrix, Progress, clear_cells, groups, plan, save_cell
-from harness.errors import HarnessError
+from harness.errors import HarnessError, InternalError
 from harness.verdict import Verdict
 
 OUT_KEY = "smtp_matrix_out"
@@ -204,5 +204,7 @@ def run_parallel(
     args += ["--rootdir", str(out), "-c", os.devnull]  # no project's ini or addopts
     with Progress(total) as progress:
         code = pytest.main(args, plugins=[ProgressLines(progress)])
+    if code == pytest.ExitCode.INTERRUPTED:  # Ctrl-C: pytest took it; the CLI's exit 130
+        raise KeyboardInterrupt
     if code not in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED):
-        raise HarnessError(f"the cells did not run on pytest-xdist (pytest exit code {code})")
+        raise InternalError(f"the cells did not run on pytest-xdist (pytest exit code {code})")
