@@ -29,10 +29,12 @@ from harness.checks.matrix import (
     cell_path,
     groups,
     load_cells,
+    longest_first,
     plan,
     save_cell,
 )
 from harness.cli import run_cli
+from harness.errors import HarnessError
 from harness.mta.base import MtaAdapter
 from harness.verdict import ExitCode, Verdict
 
@@ -311,3 +313,29 @@ def test_a_cell_that_left_no_file_is_an_error_not_a_gap(tmp_path) -> None:
     )  # fmt: skip
     assert missing.column == judged[0].column  # the same column in the report
     assert missing.difference == "regression"
+
+
+def test_in_parallel_the_longest_groups_start_first(tmp_path) -> None:
+    cells = plan(select(["seed.*", "close.*"]), ["harness", "exim"], ["sender"])
+    names = groups(cells)
+    seconds = tmp_path / "seconds.json"
+    seconds.write_text(json.dumps({"seconds": {
+        "exim/sender/close.pattern": 30.0,  # its group: close.client-waits-221 with it
+        "harness/sender/seed.exchange": 5.0,
+    }}))  # fmt: skip
+    order = [cells[i] for i in longest_first(cells, names, seconds)]
+    shown = [f"{mta}/{check.id}" for check, _, mta in order]
+    assert shown == [
+        "exim/close.client-waits-221", "exim/close.pattern",  # 30 s, in plan order
+        "harness/seed.exchange",  # 5 s
+        "exim/seed.exchange", "harness/close.client-waits-221", "harness/close.pattern",
+    ]  # fmt: skip
+    unknown = [cells[i] for i in longest_first(cells, names, tmp_path / "none.json")]
+    assert [f"{mta}/{check.id}" for check, _, mta in unknown] == [  # plan order, groups whole
+        "harness/seed.exchange", "exim/seed.exchange",
+        "harness/close.client-waits-221", "harness/close.pattern",
+        "exim/close.client-waits-221", "exim/close.pattern",
+    ]  # fmt: skip
+    seconds.write_text('{"seconds": [1, 2]}')
+    with pytest.raises(HarnessError, match="not a seconds-per-cell file"):
+        longest_first(cells, names, seconds)

@@ -27,7 +27,10 @@ Rules kept here:
 - An output folder used before has its cells/ emptied first (``clear_cells``): the report
   is of this run's cells only, never an earlier run's beside them.
 - Cells that share a run (``groups``) must be judged in one process, one after another:
-  their runs happen once and write one folder.
+  their runs happen once and write one folder.  Run in parallel, the groups start longest
+  first (``longest_first``, from the seconds each cell took in the last full serial run,
+  fixtures/matrix-seconds.json; a cell not in it counts 0): the slowest (OpenSMTPD's 75 s
+  resolver wait) is not left for the end.  The order of the report never changes.
 """
 
 from __future__ import annotations
@@ -50,9 +53,11 @@ from harness.checks.expected import Entry, Expected, difference
 from harness.errors import HarnessError
 from harness.mta.debs import Deb
 from harness.runner import RunResult, run_scenario
+from harness.scenario import FIXTURES
 from harness.verdict import Verdict
 
 CELLS = "cells"  # OUT/cells/<mta>/<role>/<check id>.json
+SECONDS = FIXTURES / "matrix-seconds.json"  # per cell, the last full serial run's
 CELL_SCHEMA = 1  # the schema_version of a cell file
 Plan = list[tuple[Check, str, str]]  # (check, role, mta), in report order
 
@@ -206,6 +211,27 @@ def groups(cells: Plan) -> list[str]:
     for (check, role, mta), key in zip(cells, firsts, strict=True):
         names.setdefault(root(key), f"{mta}/{role}/{check.id}")
     return [names[root(key)] for key in firsts]
+
+
+def longest_first(cells: Plan, names: list[str], path: Path = SECONDS) -> list[int]:
+    """The indexes of ``cells`` (``names``: their groups), the longest group first, each
+    group's cells together in plan order."""
+    seconds = _seconds(path)
+    total: dict[str, float] = {}
+    for (check, role, mta), name in zip(cells, names, strict=True):
+        total[name] = total.get(name, 0.0) + seconds.get(f"{mta}/{role}/{check.id}", 0.0)
+    first = {name: i for i, name in reversed(list(enumerate(names)))}
+    return sorted(range(len(cells)), key=lambda i: (-total[names[i]], first[names[i]], i))
+
+
+def _seconds(path: Path) -> dict[str, float]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return {str(k): float(v) for k, v in data["seconds"].items()}
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise HarnessError(f"{path}: not a seconds-per-cell file: {exc}") from None
 
 
 def clear_cells(out: Path) -> Path:

@@ -16,7 +16,9 @@ Rules kept here:
 - pytest-xdist (``-n N``): cells sharing a run are one ``xdist_group`` and the distribution
   is ``loadgroup`` whatever ``--dist`` says, so each run happens once, in one worker, which
   writes its folder; a worker judges one cell at a time: one lab per worker.  Every
-  process uses the same output folder (the controller's, passed to its workers).
+  process uses the same output folder (the controller's, passed to its workers).  The
+  items are then in ``matrix.longest_first`` order (the same in every process, as xdist
+  requires); without -n, in plan order.
 - The controller empties the output folder's cells/ before any cell runs
   (``matrix.clear_cells``): the report is of this session's cells only.
 """
@@ -32,7 +34,15 @@ import pytest
 
 from harness.checks.base import ROLES, Check, registry, select
 from harness.checks.expected import DEFAULT_EXPECTED, load_expected
-from harness.checks.matrix import Matrix, Progress, clear_cells, groups, plan, save_cell
+from harness.checks.matrix import (
+    Matrix,
+    Progress,
+    clear_cells,
+    groups,
+    longest_first,
+    plan,
+    save_cell,
+)
 from harness.errors import HarnessError, InternalError
 from harness.verdict import Verdict
 
@@ -97,12 +107,16 @@ def pytest_collection_modifyitems(
         cells = plan(checks, mtas_asked(tuple(config.getoption("smtp_mta"))), roles)
     except HarnessError as exc:
         raise pytest.UsageError(str(exc)) from None
-    for (check, role, mta), group in zip(cells, groups(cells), strict=True):
+    names = groups(cells)
+    parallel = getattr(config.option, "dist", "no") != "no" or hasattr(config, "workerinput")
+    order = longest_first(cells, names) if parallel else range(len(cells))
+    for i in order:
+        check, role, mta = cells[i]
         item = CellItem.from_parent(
             session, name=check.id, nodeid=f"matrix/{mta}/{role}::{check.id}", cell=(check, role)
         )
         item.mta = mta
-        item.add_marker(pytest.mark.xdist_group(group))
+        item.add_marker(pytest.mark.xdist_group(names[i]))
         items.append(item)
 
 
