@@ -9,7 +9,9 @@ runs/bench-matrix-<UTC time>/{serial,parallel}, kept for a look.  Prints each wa
 the slowest cell (from the serial run's cell files: the cell that ran its runs), the
 parallel time over that cell (aim: at most 2), whether the verdicts (and observed values)
 are the same in both runs and as in fixtures/observed-matrix.json (the last full serial
-run), and the load average before and after (the machine may be shared).
+run), and the load average before and after (the machine may be shared).  The serial run's
+seconds per cell are written beside the runs, in the form of fixtures/matrix-seconds.json
+(the order in which xdist starts the groups of cells: longest first).
 """
 
 from __future__ import annotations
@@ -46,13 +48,23 @@ def verdicts(matrix_json: Path) -> dict[str, tuple[str, str | None]]:
     return {f"{c['mta']}/{c['role']}/{c['check']}": (c["verdict"], c["value"]) for c in cells}
 
 
-def _slowest(out: Path) -> tuple[str, float]:
+def cell_seconds(out: Path) -> dict[str, float]:
     seconds = {}
-    for path in (out / "cells").glob("*/*/*.json"):
+    for path in sorted((out / "cells").glob("*/*/*.json")):
         data = json.loads(path.read_text(encoding="utf-8"))
         seconds[f"{data['column']['mta']}/{data['role']}/{data['check']}"] = data["seconds"]
-    name = max(seconds, key=seconds.get)
-    return name, seconds[name]
+    return seconds
+
+
+def _kept_seconds(out: Path, base: Path) -> Path:
+    """The serial run's seconds per cell, as fixtures/matrix-seconds.json holds them."""
+    about = (
+        f"seconds per cell of the full serial matrix {base.name}: xdist starts the longest first"
+    )
+    path = base / "matrix-seconds.json"
+    data = {"schema_version": 1, "about": about, "seconds": cell_seconds(out)}
+    path.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+    return path
 
 
 def _differences(a: dict, b: dict) -> list[str]:
@@ -75,7 +87,9 @@ def main() -> None:
     serial = _run(base / "serial")
     parallel = _run(base / "parallel", "-j", str(jobs))
     after = _load()
-    slow_name, slow = _slowest(base / "serial")
+    seconds = cell_seconds(base / "serial")
+    slow_name = max(seconds, key=seconds.get)
+    slow = seconds[slow_name]
     one, many = (
         verdicts(base / "serial" / "matrix.json"),
         verdicts(base / "parallel" / "matrix.json"),
@@ -94,6 +108,8 @@ def main() -> None:
         for line in differ[:10]:
             print(f"    {line}")
     print(f"  runs kept in {base}")
+    print(f"  cell seconds for longest-first: {_kept_seconds(base / 'serial', base)}")
+    print("    (copy it to fixtures/matrix-seconds.json to refresh the order)")
 
 
 if __name__ == "__main__":
