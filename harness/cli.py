@@ -9,14 +9,20 @@ assembles them and enforces the CLI contract, the same for every command:
 - Bad input (``HarnessError``, a usage error) is one line on stderr, exit 2.  Our own
   fault (``InternalError``, or any other exception: a bug) is one line on stderr naming
   where the traceback was written, exit 3.  Never a traceback on the terminal.
-- ``-h`` is ``--help`` everywhere.
+- ``-h`` is ``--help`` everywhere, and every command's help ends with the exit codes.
+- Start-up imports only what the command called uses: ``COMMANDS`` names each command's
+  module, imported when that command runs (or shows its help); ``smtp-harness --help``
+  lists them from the table's one-line summaries, importing none (a test holds each
+  summary equal to its command's own).
 """
 
 from __future__ import annotations
 
+import importlib
 import sys
 import tempfile
 import traceback
+from dataclasses import dataclass
 
 import click
 
@@ -27,7 +33,63 @@ CONTEXT = {"help_option_names": ["-h", "--help"]}
 EPILOG = EXIT_CODES_HELP
 
 
-@click.group(context_settings=CONTEXT, epilog=EPILOG)
+@dataclass(frozen=True)
+class Lazy:
+    """A subcommand by where it lives, loaded only when it is called."""
+
+    module: str
+    attribute: str
+    summary: str  # its help's first line, for the command list
+
+    def load(self) -> click.Command:
+        command = getattr(importlib.import_module(self.module), self.attribute)
+        _documented(command)
+        return command
+
+
+COMMANDS = {
+    "check": Lazy(
+        "harness.ladder.commands",
+        "check",
+        "Compare the capture RUN with the golden capture GOLDEN (--expect).",
+    ),
+    "demo": Lazy(
+        "harness.commands",
+        "demo",
+        "The main job: the seed scenario, end to end (same as `run` with no scenario).",
+    ),
+    "dns": Lazy("harness.dns.commands", "dns", "The fake DNS server."),
+    "lab": Lazy(
+        "harness.lab.commands", "lab", "Build, list and remove labs (hosts in network namespaces)."
+    ),
+    "ladder": Lazy(
+        "harness.ladder.commands", "ladder", "Show the ladder of the capture FILE (pcap or pcapng)."
+    ),
+    "matrix": Lazy(
+        "harness.checks.commands", "matrix", "Run checks x MTAs x roles, or list or merge them."
+    ),
+    "run": Lazy(
+        "harness.commands", "run", "Run SCENARIO (default: the seed) in a fresh lab and judge it."
+    ),
+}
+
+
+class LazyGroup(click.Group):
+    """A group whose commands are imported when called (``COMMANDS``)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        lazy = COMMANDS.get(cmd_name)
+        return None if lazy is None else lazy.load()
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, COMMANDS[name].summary) for name in sorted(COMMANDS)])
+
+
+@click.group(cls=LazyGroup, context_settings=CONTEXT, epilog=EPILOG)
 @click.version_option(package_name="smtp-harness")
 def main() -> None:
     """Packet-level SMTP conformance harness."""
@@ -84,18 +146,6 @@ def _kept(exc: BaseException) -> str:
     return f.name
 
 
-def _register() -> None:
-    from harness.checks.commands import matrix
-    from harness.commands import demo, run
-    from harness.dns.commands import dns
-    from harness.lab.commands import lab
-    from harness.ladder.commands import check, ladder
-
-    for command in (lab, dns, run, demo, ladder, check, matrix):
-        _documented(command)
-        main.add_command(command)
-
-
 def _documented(command: click.Command) -> None:
     """``-h`` and the exit codes in the help of ``command`` and its subcommands."""
     command.context_settings = {**CONTEXT, **command.context_settings}
@@ -103,8 +153,6 @@ def _documented(command: click.Command) -> None:
     for sub in getattr(command, "commands", {}).values():
         _documented(sub)
 
-
-_register()
 
 if __name__ == "__main__":
     sys.exit(run_cli(sys.argv[1:]))

@@ -44,6 +44,7 @@ from harness.smtp.receiver import Receiver, ReceiverConfig
 from harness.smtp.sender import Sender
 
 ARTEFACTS = Path("runs") / "pytest-artefacts"
+pytest_plugins = ("harness.checks.pytest_matrix",)  # the matrix's cells: --smtp-matrix
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -15,7 +15,7 @@ import pytest
 
 from harness.checks.base import REFERENCE, Kind, Outcome, Setup, registry, select
 from harness.checks.expected import DEFAULT_EXPECTED, Entry, Expected, difference, load_expected
-from harness.checks.matrix import Cell, Column, Matrix, column
+from harness.checks.matrix import Cell, Column, Matrix, column, plan
 from harness.checks.report import write_html, write_json, write_junit
 from harness.cli import run_cli
 from harness.errors import HarnessError
@@ -264,7 +264,8 @@ def test_an_unavailable_mta_gives_error_cells_not_skips(tmp_path) -> None:
 
     col = column("broken", {"broken": Broken})
     m = Matrix(tmp_path, NOTHING_EXPECTED)
-    cells = [m.cell(*planned) for planned in m.plan(select(["dns.*"]), [col], ["sender"])]
+    planned = plan(select(["dns.*"]), ["broken"], ["sender"])
+    cells = [m.cell(check, role, col) for check, role, _ in planned]
     assert cells and all(c.verdict == "error" for c in cells)
     assert cells[0].note == "broken: package missing"
     assert not any(tmp_path.iterdir())  # nothing was run

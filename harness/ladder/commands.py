@@ -70,14 +70,27 @@ def ladder(file: str, fmt: str, output: str | None, hosts: tuple[str, ...]) -> N
 
 @click.command()
 @click.argument("run", type=click.Path(dir_okay=False))
-@click.option("--expect", "golden", required=True, type=click.Path(dir_okay=False))
+@click.option(
+    "--expect",
+    "golden",
+    required=True,
+    metavar="GOLDEN",
+    type=click.Path(dir_okay=False),
+    help="The golden capture (pcap or pcapng) RUN should match, e.g. pcaps/seed.pcap.",
+)
 @click.option("--strict", is_flag=True, help="Compare every step and detail where it fell.")
 @_HOST
 def check(run: str, golden: str, strict: bool, hosts: tuple[str, ...]) -> None:
-    """Compare the capture RUN with the golden capture GOLDEN.
+    """Compare the capture RUN with the golden capture GOLDEN (--expect).
+
+    RUN is a capture (a run folder's capture.pcapng); GOLDEN is the capture it is expected
+    to match, recorded from a run that was right (run --update-golden).  They are
+    compared as ladders: the steps, in order, each with its kind and details (--strict:
+    every detail, where it fell too).
 
     Exit 0 when they do the same, 1 when they differ (the diff is printed), 2 for bad
-    input, 3 for a fault of the harness (its traceback goes to the file the message names)."""
+    input (an unreadable capture, a bad --host), 3 for a fault of the harness (its
+    traceback goes to the file the message names)."""
     names = guarded(run, lambda: file_names([run, golden], _hosts(hosts)))
     run_ladder: Ladder = guarded(run, lambda: dissect(run, names))
     golden_ladder: Ladder = guarded(golden, lambda: dissect(golden, names))

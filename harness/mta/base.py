@@ -24,6 +24,9 @@ Rules kept here:
 - What an MTA adds to a message is data (``trace_fields`` per role, in order;
   ``optional_trace_fields``; ``mailbox_line_end``): ``as_sent`` removes exactly those
   leading fields, and nothing else.
+- A run waiting on the MTA says what it waits for: ``waiting(what)`` prints one line on
+  stderr ("waiting for exim (receiver): to listen on 192.0.2.25:25") once the wait has
+  lasted ``NOTICE_AFTER_S``, and nothing for a wait shorter than that.
 - ``queue()`` reads what the MTA's queue holds, in the MTA's own words, before ``stop()``;
   a queue it cannot read is ``QueueUnreadable`` (naming the command, its exit status and
   its last line), never an empty list.
@@ -38,8 +41,11 @@ from __future__ import annotations
 
 import re
 import subprocess
+import sys
+import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -56,6 +62,7 @@ ROLES = ("sender", "receiver")
 # the host's IPv6 address too; the sender uses AAAA records as the MTA does by default).
 KNOBS: dict[str, tuple[str, ...]] = {"vrfy": ("check", "disabled"), "family": ("ipv4", "any")}
 DELIVERY_TIMEOUT_S = 30.0  # default: the longest a delivery attempt may take to settle
+NOTICE_AFTER_S = 2.0  # a wait on the MTA longer than this is announced
 
 
 class MtaUnavailable(HarnessError):
@@ -302,13 +309,24 @@ class MtaAdapter(ABC):
         ``addresses`` (the site's), read from the kernel (``process.await_listening``);
         ``HarnessError`` with ``why()`` (the log's last line) if it ends first."""
         where = self.site.addresses if addresses is None else addresses
-        process.await_listening(
-            self.name,
-            pid,
-            [(address, self.site.port if port is None else port) for address in where],
-            running=running,
-            why=why or self.last_log_line,
-        )
+        endpoints = [(address, self.site.port if port is None else port) for address in where]
+        listed = ", ".join(f"{address}:{port}" for address, port in endpoints)
+        with self.waiting(f"to listen on {listed}"):
+            process.await_listening(
+                self.name, pid, endpoints, running=running, why=why or self.last_log_line
+            )
+
+    @contextmanager
+    def waiting(self, what: str, after_s: float = NOTICE_AFTER_S) -> Iterator[None]:
+        """Around a wait on the MTA: ``what`` it waits for is printed if it lasts."""
+        line = f"waiting for {self.name} ({self.role}): {what}"
+        notice = threading.Timer(after_s, lambda: print(line, file=sys.stderr, flush=True))
+        notice.daemon = True
+        notice.start()
+        try:
+            yield
+        finally:
+            notice.cancel()
 
     def last_log_line(self) -> str:
         """The last line of the MTA's log (for error messages)."""

@@ -115,7 +115,8 @@ async def to_mta(lab: Lab, scenario: Scenario, folder: Path, sender: Sender) -> 
     loop = asyncio.get_running_loop()
     await loop.run_in_executor(None, mta.start)
     try:
-        report = await sender.send()
+        with mta.waiting("to answer our SMTP session"):
+            report = await sender.send()
         stored = await loop.run_in_executor(None, read_back, mta, report)
     finally:
         await loop.run_in_executor(None, mta.stop)
@@ -183,12 +184,13 @@ async def settled(mta: MtaAdapter, receiver: Receiver) -> None:
     loop = asyncio.get_running_loop()
     bound = mta.delivery_timeout_s
     deadline = loop.time() + bound
-    while not await loop.run_in_executor(None, mta.idle):
-        if loop.time() > deadline:
-            raise HarnessError(
-                f"{mta.name}: still delivering after {bound:.0f} s (log: {mta.log_path})"
-            )
-        await asyncio.sleep(POLL_S)
+    with mta.waiting("to deliver (its queue to settle)"):
+        while not await loop.run_in_executor(None, mta.idle):
+            if loop.time() > deadline:
+                raise HarnessError(
+                    f"{mta.name}: still delivering after {bound:.0f} s (log: {mta.log_path})"
+                )
+            await asyncio.sleep(POLL_S)
     try:
         await asyncio.wait_for(receiver.idle(), max(deadline - loop.time(), POLL_S))
     except TimeoutError:
@@ -203,11 +205,12 @@ def bounces(mta: MtaAdapter, pending: Iterable[str]) -> list[Dsn]:
     local = mta.site.users[0]
     wanted = {r.lower() for r in pending}
     deadline = time.monotonic() + mta.bounce_delay_s
-    while True:
-        found = dsns_in(mta.mailbox(local))
-        if wanted <= {d.recipient.lower() for d in found} or time.monotonic() > deadline:
-            return found
-        time.sleep(POLL_S)
+    with mta.waiting(f"to bounce {', '.join(sorted(wanted))}"):
+        while True:
+            found = dsns_in(mta.mailbox(local))
+            if wanted <= {d.recipient.lower() for d in found} or time.monotonic() > deadline:
+                return found
+            time.sleep(POLL_S)
 
 
 def dsns_in(messages: Iterable[bytes]) -> list[Dsn]:
