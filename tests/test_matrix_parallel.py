@@ -20,6 +20,7 @@ from xml.etree import ElementTree as ET
 import pytest
 from conftest import CLI, ROOT
 
+from harness import runinfo
 from harness.checks.base import REFERENCE, registry, select
 from harness.checks.expected import DEFAULT_EXPECTED, load_expected
 from harness.checks.matrix import (
@@ -35,6 +36,7 @@ from harness.checks.matrix import (
 )
 from harness.cli import run_cli
 from harness.errors import HarnessError
+from harness.formats import KEY, WRITES, Format
 from harness.mta.base import MtaAdapter
 from harness.verdict import ExitCode, Verdict
 
@@ -155,7 +157,7 @@ def test_merging_two_halves_gives_the_whole(tmp_path) -> None:
     assert _seen(tmp_path / "merged") == _seen(tmp_path / "whole")
     assert list(_seen(tmp_path / "merged")) == list(_seen(tmp_path / "whole"))  # plan order
     runs = json.loads((tmp_path / "merged" / "matrix.json").read_text())["cells"][0]["runs"]
-    assert runs[0]["pcap"] == "../sender/harness/sender/seed/capture.pcap"
+    assert runs[0]["pcap"] == "../sender/harness/sender/seed/capture.pcapng"
     assert (tmp_path / "merged" / runs[0]["pcap"]).is_file()
 
 
@@ -163,7 +165,9 @@ def _saved(folder: Path, check_id: str = "seed.exchange") -> Path:
     """A cell file as ``matrix`` saves it, with its run folder (no lab: a synthetic cell)."""
     run = folder / REFERENCE / "sender" / "seed"
     run.mkdir(parents=True)
-    (run / "capture.pcap").write_text("x")
+    (run / "capture.pcapng").write_text("x")
+    record = {KEY: WRITES[Format.RUN], "harness": {"name": runinfo.HARNESS}}
+    (run / runinfo.RECORD).write_text(json.dumps(record))  # so a later run may replace it
     check = registry()[check_id]
     col = Column(REFERENCE, "0.1.0", package_version="0.1.0")
     entry = load_expected(DEFAULT_EXPECTED, registry()).entry(REFERENCE, "0.1.0", "sender", "x")
@@ -190,7 +194,7 @@ def test_a_saved_cell_loads_back_as_it_was(tmp_path) -> None:
     done = _merge(tmp_path / "a", "--out", tmp_path / "m")
     assert done.code == ExitCode.OK, done.stderr
     (data,) = json.loads((tmp_path / "m" / "matrix.json").read_text())["cells"]
-    assert data["runs"][0]["pcap"] == "../a/harness/sender/seed/capture.pcap"
+    assert data["runs"][0]["pcap"] == "../a/harness/sender/seed/capture.pcapng"
 
 
 def _damaged(path: Path, data: dict) -> None:
