@@ -121,7 +121,7 @@ class Dissector:
         decoder = Decoder()
         reassembler = Reassembler()
         try:
-            for packet in decoder.decode_all(read(path)):
+            for packet in decoder.decode_all(read(path, self.warnings)):
                 if packet.proto == UDP:
                     yield from self._udp(packet)
                 else:
