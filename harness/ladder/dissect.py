@@ -53,7 +53,7 @@ import dnslib
 
 from harness.capture.pcapfile import PcapError, read
 from harness.ladder.model import Coverage, Detail, Ladder, Step, StepKind, detail
-from harness.ladder.packets import UDP, Decoder, Packet, format_addr
+from harness.ladder.packets import UDP, Decoder, Packet, flag_names, format_addr
 from harness.ladder.tcpstream import CLIENT, SERVER, Connection, Event, Reassembler
 from harness.smtp import events as smtp
 from harness.smtp.commands import parse_command
@@ -133,6 +133,7 @@ class Dissector:
             raise PcapError(f"{path}: cannot read: {exc.strerror or exc}") from None
         finally:
             self.warnings.update(decoder.warnings)
+            self.warnings.update(reassembler.warnings)
 
     def step(self, time: int, src: str, dst: str, kind: StepKind, text: str, **extra) -> Step:
         """A new step, numbered next; *extra* are evidence, conn and detail."""
@@ -341,6 +342,11 @@ class _Conn:
             self.d.warnings["overlap"] += 1
             text = f"retransmission differs ({event.length} bytes)"
             yield self._new(event, d, _ANOMALY, text, (event.first,), detail(offset=event.offset))
+        elif kind == "bad-flags":  # RST with SYN: tcpstream takes none of it
+            self.d.warnings["bad-flags"] += 1
+            text = f"{flag_names(event.length)}: RST first, no SYN, FIN or data (RFC 9293 §3.10.7)"
+            info = detail(offset=event.offset, anomaly="bad-flags")
+            yield self._new(event, d, _ANOMALY, text, (event.first,), info)
         elif kind == "after-fin":
             self.d.warnings["data-after-fin"] += 1
             text = f"{event.length} bytes after FIN, not part of the stream"

@@ -40,6 +40,7 @@ TCP = 6
 UDP = 17
 
 FIN, SYN, RST, PSH, ACK, URG = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
+FLAG_NAMES = ("FIN", "SYN", "RST", "PSH", "ACK", "URG", "ECE", "CWR")  # bit 0 first
 
 _ETH_IPV4, _ETH_IPV6, _ETH_BRIDGED = 0x0800, 0x86DD, 0x6558
 MAX_TUNNELS = 4
@@ -88,6 +89,11 @@ class _Malformed(Exception):
 
 class _Ignored(Exception):
     """A sound frame this module does not decode."""
+
+
+def flag_names(flags: int) -> str:
+    """The TCP flag byte as text: ``SYN+RST+ACK``."""
+    return "+".join(name for bit, name in enumerate(FLAG_NAMES) if flags >> bit & 1)
 
 
 def format_addr(addr: bytes) -> str:
