@@ -238,6 +238,49 @@ def test_a_late_fin_is_not_a_gap():
     assert steps(events)[3:] == [("fin", CLIENT, 5, 0), ("ack", SERVER, 4, 1)]
 
 
+BIG = b"250 " + b"X" * 4996 + b"\r\n"  # 5,002 bytes, longer than TRUSTED
+
+
+def test_the_copy_the_receiver_acknowledged_wins_over_a_longer_first_one():
+    """D6: the server's 5,002-byte segment (4) is never acknowledged; the real reply (5) over
+    the same sequence numbers is (6 acknowledges exactly its end).  RFC 9293 §3.10.7.4: the
+    receiver's ACK is RCV.NXT, the end of what it took.  Before: the first copy won and the
+    real reply was dropped as a differing retransmission."""
+    events = run(
+        [
+            *handshake(),
+            seg(4, SERVER, PA, 1, 1, BIG),
+            seg(5, SERVER, PA, 1, 1, b"250 ok\r\n"),
+            seg(6, CLIENT, PA, 1, 9, b"QUIT\r\n"),
+        ]
+    )
+    assert stream(events, SERVER) == b"250 ok\r\n"
+    assert stream(events, CLIENT) == b"QUIT\r\n"
+    (loser,) = [e for e in events if e.kind == "overlap"]
+    assert (loser.first, loser.offset, loser.length, loser.data) == (4, 0, len(BIG), BIG)
+
+
+def test_a_long_segment_acknowledged_inside_is_taken():
+    """A capture on the sender with segmentation offload: one 5,002-byte record, the
+    receiver acknowledging the wire's segments inside it: it took it."""
+    events = run([*handshake(), seg(4, SERVER, PA, 1, 1, BIG), seg(5, CLIENT, ACK, 1, 1449)])
+    assert steps(events)[3:] == [("data", SERVER, 4, 0), ("ack", CLIENT, 5, 1448)]
+    assert stream(events, SERVER) == BIG
+
+
+def test_a_long_segment_no_ack_judges_is_delivered_after_the_wait():
+    waiting = [seg(5 + i, SERVER, ACK, 1, 1) for i in range(LATE_PACKETS)]
+    per_packet = feed_each([*handshake(), seg(4, SERVER, PA, 1, 1, BIG), *waiting])
+    assert all(not events for events in per_packet[3:-1])
+    assert per_packet[-1] == [("data", SERVER, 4, 0)]
+
+
+def test_a_long_segment_is_not_held_when_the_peer_is_not_captured():
+    events = run([seg(1, SERVER, PA, 1, 1, BIG), seg(2, SERVER, PA, 1, 1, b"250 ok\r\n")])
+    assert stream(events, SERVER) == BIG
+    assert [e.kind for e in events] == ["data", "overlap", "close"]
+
+
 def test_a_segment_with_rst_and_syn_is_no_syn_fin_or_data():
     """RFC 9293 §3.10.7.2-4: the RST bit is checked before the SYN bit, the text and the FIN
     bit, and every branch of that check drops the segment or resets and returns; so its

@@ -13,6 +13,14 @@ Rules this module keeps:
 - Payload is delivered in order, each byte once.  Retransmissions and overlaps are dropped:
   the first copy wins and a later copy that differs is reported ("overlap").  Out-of-order
   segments wait until the hole before them is filled.
+- Except where the receiver's ACKs tell otherwise: RFC 9293 §3.10.7.4 has the receiver
+  acknowledge exactly the data it took (RCV.NXT).  A segment next in order and longer than
+  any the peer has acknowledged whole (at least TRUSTED, a 1500-byte MTU's MSS) is held,
+  when the peer's direction is captured, until the peer's ACKs judge it: an ACK inside it
+  that other bytes delivered meanwhile already cover says the receiver took those and not
+  it (it is dropped, reported whole as "overlap"); any other ACK into or past it, or a wait
+  of LATE_PACKETS / LATE_TIME, delivers it.  (An unacknowledged 5,002-byte segment no
+  longer wins over the replies the client did acknowledge.)
 - A hole the peer acknowledged past is not given up on at once: a capture point between
   the two hosts (a mirror port, a multi-queue NIC) may write the ACK before the data it
   covers.  The hole waits for late data LATE_PACKETS more packets of the connection, or
@@ -59,6 +67,7 @@ SMTP_PORTS = frozenset({25, 465, 587})
 HISTORY = 64 * 1024  # delivered bytes kept per direction to compare retransmissions with
 LATE_PACKETS = 8  # packets of the connection a hole the peer acknowledged waits for its data
 LATE_TIME = 0.5  # seconds of capture time it waits at most
+TRUSTED = 1460  # segments up to this size are delivered without waiting for their ACK
 
 _SECOND = 1_000_000_000
 _LATE_NS = int(LATE_TIME * _SECOND)
@@ -106,6 +115,10 @@ class _Half:
         "pending",
         "pending_bytes",
         "seen",
+        "suspect",
+        "suspect_left",
+        "suspect_until",
+        "trusted",
     )
 
     def __init__(self) -> None:
@@ -125,6 +138,10 @@ class _Half:
         self.owed_number = 0  # the packet that acknowledged it
         self.owed_left = 0  # packets of the connection it still waits
         self.owed_until = 0  # capture time it waits until
+        self.suspect: tuple[int, bytes, int] | None = None  # (offset, data, packet) held
+        self.suspect_left = 0  # packets of the connection it waits for its judgement
+        self.suspect_until = 0
+        self.trusted = TRUSTED  # the longest segment known to be taken whole
 
     def offset(self, seq: int) -> int:
         """The offset of *seq*, unwrapped to the one nearest to ``next``."""
@@ -183,7 +200,7 @@ class Connection:
         self._closed_at = 0
         self._max_ahead = max_ahead
         self._keys: tuple[tuple, ...] = ()
-        self._late = 0  # directions whose "ack" waits for late data
+        self._late = 0  # "ack" events waiting for late data, and segments held for their ACK
         self._warnings = Counter() if warnings is None else warnings
 
     def __repr__(self) -> str:
@@ -218,7 +235,7 @@ class Connection:
         if self._late and peer.owed and (payload or flags & (FIN | RST)):
             self._pay(1 - d, peer)  # its answer to the bytes it acknowledged: no more waiting
         offset = me.offset(seq)
-        if payload:
+        if payload and (len(payload) <= TRUSTED or not self._suspect(d, me, offset, payload)):
             self._data(d, me, offset, payload)
         if flags & FIN:
             self._fin(d, me, offset + len(payload), number)
@@ -264,6 +281,8 @@ class Connection:
         if acked <= peer.acked:
             return
         peer.acked = acked
+        if peer.suspect is not None and acked > peer.suspect[0]:
+            self._judge(1 - d, peer, acked)
         if peer.seen and acked > peer.next + peer.fin_done:
             if not peer.owed:
                 self._late += 1
@@ -281,9 +300,50 @@ class Connection:
             self._handshake = False
             self._event("handshake-ack", d, self._number, 0)
 
+    def _suspect(self, d: int, h: _Half, offset: int, payload: bytes) -> bool:
+        """Hold a long segment next in order until the peer's ACKs judge it, if they can."""
+        peer = self._halves[1 - d]
+        if len(payload) <= h.trusted or h.suspect or offset != h.next or h.pending or not peer.seen:
+            return False
+        h.suspect = (offset, payload, self._number)
+        h.suspect_left, h.suspect_until = LATE_PACKETS + 1, self.last_time + _LATE_NS
+        self._late += 1
+        return True
+
+    def _judge(self, d: int, h: _Half, acked: int) -> None:
+        """The peer acknowledged *acked*, inside or past the held segment: take it or not."""
+        offset, payload, number = h.suspect
+        end = offset + len(payload)
+        h.suspect = None
+        self._late -= 1
+        if acked < end and h.next >= acked:  # it took the bytes delivered meanwhile instead
+            if self._differs(h, offset, payload):
+                self._event("overlap", d, number, offset, len(payload), payload)
+            return
+        if acked >= end:
+            h.trusted = max(h.trusted, len(payload))
+        self._take(d, h, offset, payload, number)
+
+    def _release(self, d: int, h: _Half) -> None:
+        """No judgement came: the held segment is delivered, as the first copy."""
+        suspect, h.suspect = h.suspect, None
+        self._late -= 1
+        self._take(d, h, *suspect)
+
+    def _take(self, d: int, h: _Half, offset: int, payload: bytes, number: int) -> None:
+        """Deliver a held segment as if it came now from its own packet *number*."""
+        current, self._number = self._number, number
+        self._data(d, h, offset, payload)
+        self._number = current
+
     def _late_acks(self) -> None:
-        """Emit each waiting "ack" once its bytes came or its wait is over."""
+        """Emit each waiting "ack" once its bytes came or its wait is over; deliver each
+        held segment whose wait is over."""
         for d, h in enumerate(self._halves):
+            if h.suspect is not None:
+                h.suspect_left -= 1
+                if h.suspect_left <= 0 or self.last_time > h.suspect_until:
+                    self._release(d, h)
             if h.owed:
                 h.owed_left -= 1
                 late = h.owed_left <= 0 or self.last_time > h.owed_until
@@ -329,13 +389,25 @@ class Connection:
 
     def _compare(self, d: int, h: _Half, offset: int, payload: bytes) -> None:
         """Report a retransmitted copy that differs from the delivered one it overlaps."""
+        lo, hi = self._difference(h, offset, payload)
+        if lo < hi:
+            self._event("overlap", d, self._number, lo, hi - lo, payload[lo - offset : hi - offset])
+
+    def _differs(self, h: _Half, offset: int, payload: bytes) -> bool:
+        lo, hi = self._difference(h, offset, payload)
+        return lo < hi
+
+    @staticmethod
+    def _difference(h: _Half, offset: int, payload: bytes) -> tuple[int, int]:
+        """The first range [lo, hi) where *payload* overlaps delivered bytes and differs."""
         for old_offset, old in h.history:
             lo, hi = _overlap(offset, payload, old_offset, old)
-            if lo < hi:
-                mine = payload[lo - offset : hi - offset]
-                if mine != old[lo - old_offset : hi - old_offset]:
-                    self._event("overlap", d, self._number, lo, hi - lo, mine)
-                    return
+            if (
+                lo < hi
+                and payload[lo - offset : hi - offset] != old[lo - old_offset : hi - old_offset]
+            ):
+                return lo, hi
+        return 0, 0
 
     def _hold(self, d: int, h: _Half, offset: int, payload: bytes) -> None:
         """Queue the parts of a segment that no held segment covers (first copy wins)."""
@@ -402,6 +474,8 @@ class Connection:
         """Skip every hole left, then emit "close"."""
         self._out = out
         for d, h in enumerate(self._halves):
+            if h.suspect is not None:
+                self._release(d, h)
             if h.owed:
                 self._pay(d, h)
         for d, h in enumerate(self._halves):
