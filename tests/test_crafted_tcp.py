@@ -92,10 +92,13 @@ def test_every_capture_has_its_ladder_and_build_writes_them_all(tmp_path):
         assert path.read_bytes() == (CRAFTED / path.name).read_bytes(), path.name
 
 
+TSHARK_FIELDS = ("frame.number", "smtp.req.command", "smtp.response.code")
+
+
 def _tshark_smtp(path: Path) -> list[tuple[int, str]]:
+    fields = [arg for field in TSHARK_FIELDS for arg in ("-e", field)]
     out = subprocess.run(
-        ["tshark", "-r", str(path), "-Y", "smtp", "-T", "fields", "-e", "frame.number"]
-        + ["-e", "smtp.req.command", "-e", "smtp.response.code"],
+        ["tshark", "-r", str(path), "-Y", "smtp", "-T", "fields", *fields],
         capture_output=True,
         text=True,
     ).stdout
