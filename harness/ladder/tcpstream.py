@@ -18,9 +18,9 @@ Rules this module keeps:
   any the peer has acknowledged whole (at least TRUSTED, a 1500-byte MTU's MSS) is held,
   when the peer's direction is captured, until the peer's ACKs judge it: an ACK inside it
   that other bytes delivered meanwhile already cover says the receiver took those and not
-  it (it is dropped, reported whole as "overlap"); any other ACK into or past it, or a wait
-  of LATE_PACKETS / LATE_TIME, delivers it.  (An unacknowledged 5,002-byte segment no
-  longer wins over the replies the client did acknowledge.)
+  it (it is dropped, and reported whole as "overlap" if its bytes differ); any other ACK
+  into or past it, or a wait of LATE_PACKETS / LATE_TIME, delivers it.  (An unacknowledged
+  5,002-byte segment no longer wins over the replies the client did acknowledge.)
 - A hole the peer acknowledged past is not given up on at once: a capture point between
   the two hosts (a mirror port, a multi-queue NIC) may write the ACK before the data it
   covers.  The hole waits for late data LATE_PACKETS more packets of the connection, or
@@ -49,7 +49,8 @@ Rules this module keeps:
 - Memory is flat: a connection is finished (a "close" event, then forgotten) ``linger``
   seconds of capture time after it closed (FIN both ways and the last FIN acknowledged, or
   RST), after ``idle`` seconds without a packet, when a new SYN reuses its 4-tuple, or at
-  ``flush()``.  Held bytes are bounded by ``max_ahead`` plus HISTORY per direction.
+  ``flush()``.  Held bytes are bounded by ``max_ahead`` plus HISTORY plus one segment
+  (held for its ACK) per direction.
 """
 
 from __future__ import annotations
@@ -317,7 +318,8 @@ class Connection:
         h.suspect = None
         self._late -= 1
         if acked < end and h.next >= acked:  # it took the bytes delivered meanwhile instead
-            if self._differs(h, offset, payload):
+            lo, hi = self._difference(h, offset, payload)
+            if lo < hi:
                 self._event("overlap", d, number, offset, len(payload), payload)
             return
         if acked >= end:
@@ -392,10 +394,6 @@ class Connection:
         lo, hi = self._difference(h, offset, payload)
         if lo < hi:
             self._event("overlap", d, self._number, lo, hi - lo, payload[lo - offset : hi - offset])
-
-    def _differs(self, h: _Half, offset: int, payload: bytes) -> bool:
-        lo, hi = self._difference(h, offset, payload)
-        return lo < hi
 
     @staticmethod
     def _difference(h: _Half, offset: int, payload: bytes) -> tuple[int, int]:
