@@ -281,6 +281,29 @@ def test_a_long_segment_is_not_held_when_the_peer_is_not_captured():
     assert [e.kind for e in events] == ["data", "overlap", "close"]
 
 
+@settings(max_examples=200, deadline=None)
+@given(
+    cuts=st.lists(st.integers(1, 3000), min_size=1, max_size=8),
+    early=st.lists(st.booleans(), min_size=8, max_size=8),
+)
+def test_acks_overtaking_their_data_lose_nothing(cuts, early):
+    """The server acknowledges each client segment; any of its ACKs may be captured just
+    before the segment it covers (the two directions reordered).  Segments of any size,
+    longer than TRUSTED or not: the stream comes back whole, with no gap and no overlap."""
+    message = bytes(i % 251 for i in range(sum(cuts)))
+    packets, start = [*handshake()], 0
+    for size, ack_first in zip(cuts, early, strict=False):
+        data = seg(len(packets) + 1, CLIENT, PA, 1 + start, 1, message[start : start + size])
+        start += size
+        ack = seg(len(packets) + 2, SERVER, ACK, 1, 1 + start)
+        packets += [ack, data] if ack_first else [data, ack]
+    events = run(packets)
+    assert stream(events, CLIENT) == message
+    assert not [e for e in events if e.kind in ("gap", "overlap")]
+    acks = [e.offset for e in events if e.kind == "ack" and e.direction == SERVER]
+    assert acks == sorted(acks) and acks[-1] == len(message)
+
+
 def test_a_segment_with_rst_and_syn_is_no_syn_fin_or_data():
     """RFC 9293 §3.10.7.2-4: the RST bit is checked before the SYN bit, the text and the FIN
     bit, and every branch of that check drops the segment or resets and returns; so its

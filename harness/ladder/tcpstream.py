@@ -304,7 +304,9 @@ class Connection:
     def _suspect(self, d: int, h: _Half, offset: int, payload: bytes) -> bool:
         """Hold a long segment next in order until the peer's ACKs judge it, if they can."""
         peer = self._halves[1 - d]
-        if len(payload) <= h.trusted or h.suspect or offset != h.next or h.pending or not peer.seen:
+        if len(payload) <= h.trusted or h.suspect or offset != h.next or h.pending:
+            return False
+        if not peer.seen or h.acked > offset:  # no ACK can judge it, or one already did
             return False
         h.suspect = (offset, payload, self._number)
         h.suspect_left, h.suspect_until = LATE_PACKETS + 1, self.last_time + _LATE_NS
