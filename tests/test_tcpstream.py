@@ -226,6 +226,23 @@ def test_the_acknowledging_side_answering_ends_the_wait():
     ]
 
 
+def test_what_waits_comes_before_a_reset():
+    events = run(
+        [
+            *handshake(),
+            seg(4, SERVER, ACK, 1, 9),  # past the EHLO, never captured
+            seg(5, SERVER, PA, 1, 1, BIG),  # held for the client's ACK
+            seg(6, CLIENT, RST, 1),
+        ]
+    )
+    assert steps(events)[3:] == [
+        ("gap", CLIENT, 4, 0),  # the server answered: the EHLO was lost
+        ("ack", SERVER, 4, 8),
+        ("data", SERVER, 5, 0),  # held for an ACK, delivered at the reset
+        ("rst", CLIENT, 6, 0),
+    ]
+
+
 def test_a_late_fin_is_not_a_gap():
     events = run(
         [

@@ -28,8 +28,8 @@ Rules this module keeps:
   (its answer to what it acknowledged must not come before it), whichever ends first; the
   "ack" event waits with it and comes after the bytes it covers.  Then what is still
   missing is a "gap" and skipped (the peer got bytes the capture missed).  A hole is also
-  given up on when more than ``max_ahead`` bytes wait behind it, or when the connection
-  finishes.  A direction never seen gets no gaps.
+  given up on when more than ``max_ahead`` bytes wait behind it, at a RST (what waited
+  comes before the "rst"), or when the connection finishes.  A direction never seen gets no gaps.
 - A FIN ends its direction (RFC 9293 §3.10.7.4: nothing after it is accepted): no byte
   and no gap of a direction comes after its "fin" event.  Bytes a segment carries past
   the FIN (a broken stack, a damaged capture) are dropped, each run reported once as
@@ -243,6 +243,8 @@ class Connection:
         if self._late:
             self._late_acks()
         if flags & RST:
+            if self._late:
+                self._settle()  # what waited came before the reset
             self._event("rst", d, number, offset)
             self._close("rst")
         elif me.fin_done and peer.fin_done and me.acked > me.fin and peer.acked > peer.fin:
@@ -353,6 +355,14 @@ class Connection:
                 late = h.owed_left <= 0 or self.last_time > h.owed_until
                 if late or h.next + h.fin_done >= h.owed:
                     self._pay(d, h)
+
+    def _settle(self) -> None:
+        """No more waiting: deliver the held segments, emit the waiting "ack" events."""
+        for d, h in enumerate(self._halves):
+            if h.suspect is not None:
+                self._release(d, h)
+            if h.owed:
+                self._pay(d, h)
 
     def _pay(self, d: int, h: _Half) -> None:
         """Emit the "ack" waiting on direction *d*, after a gap for what is still missing."""
@@ -473,11 +483,8 @@ class Connection:
     def _finish(self, reason: str, out: list[Event]) -> None:
         """Skip every hole left, then emit "close"."""
         self._out = out
-        for d, h in enumerate(self._halves):
-            if h.suspect is not None:
-                self._release(d, h)
-            if h.owed:
-                self._pay(d, h)
+        if self._late:
+            self._settle()
         for d, h in enumerate(self._halves):
             if h.seen:
                 while h.pending:
