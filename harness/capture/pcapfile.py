@@ -59,6 +59,7 @@ LINKTYPES = frozenset(
 )
 
 CHUNK = 1 << 20
+CUT_SHORT = "capture cut short"  # how the warning of a file cut short begins
 MAX_CAPLEN = 262_144
 MAX_BLOCK = 4 << 20
 
@@ -144,7 +145,7 @@ class _Source:
         takes warnings, else an error."""
         if self.warnings is None:
             raise self.error(pos, f"truncated {what}")
-        self.warnings[f"capture cut short at offset {self.base + pos}: {what}, the rest lost"] += 1
+        self.warnings[f"{CUT_SHORT} at offset {self.base + pos}: {what}, the rest lost"] += 1
 
 
 def _read_pcap(source: _Source) -> Iterator[Record]:

@@ -32,7 +32,8 @@ Rules this module keeps:
 - Names: ``hosts`` maps addresses to names; an address not in it is shown as is.  When
   both ends would get the same name (loopback captures), the server's gets ``:port``.
 - Nothing in a packet raises: garbage is skipped and counted in ``Ladder.warnings``; only
-  an unreadable file raises ``PcapError`` (one line, with file and offset).
+  an unreadable file raises ``PcapError`` (one line, with file and offset).  A file cut
+  short in its last record is read up to it, with one warning saying where and what.
 - Every string of a step is valid UTF-8: bytes that are not are escaped as ``\\xff``, the
   same way in ``text`` and in ``detail`` (a verb, a reply's ``answers``), so the JSON
   ladder of any capture is UTF-8.
