@@ -292,6 +292,14 @@ def test_a_long_segment_no_ack_judges_is_delivered_after_the_wait():
     assert per_packet[-1] == [("data", SERVER, 4, 0)]
 
 
+def test_a_long_segment_is_delivered_when_too_much_waits_behind_it():
+    after = [seg(5 + i, SERVER, PA, 1 + len(BIG) + 4 * i, 1, b"abcd") for i in range(3)]
+    events = run([*handshake(), seg(4, SERVER, PA, 1, 1, BIG), *after], max_ahead=10)
+    (data,) = [e for e in events if e.kind == "data"]  # one chunk, when the third comes
+    assert (data.first, data.last, data.offset, data.data) == (4, 7, 0, BIG + b"abcd" * 3)
+    assert not [e for e in events if e.kind == "gap"]
+
+
 def test_a_long_segment_is_not_held_when_the_peer_is_not_captured():
     events = run([seg(1, SERVER, PA, 1, 1, BIG), seg(2, SERVER, PA, 1, 1, b"250 ok\r\n")])
     assert stream(events, SERVER) == BIG

@@ -399,7 +399,10 @@ class Connection:
         if h.pending[0][0] == h.next:
             self._drain(d, h)
         while h.pending_bytes > self._max_ahead:
-            self._skip(d, h, h.pending[0][0])
+            if h.suspect is not None:  # too much waits behind it: no time to judge it
+                self._release(d, h)
+            else:
+                self._skip(d, h, h.pending[0][0])
 
     def _compare(self, d: int, h: _Half, offset: int, payload: bytes) -> None:
         """Report a retransmitted copy that differs from the delivered one it overlaps."""
