@@ -286,12 +286,7 @@ class Connection:
         peer.acked = acked
         if peer.suspect is not None and acked > peer.suspect[0]:
             self._judge(1 - d, peer, acked)
-        if peer.seen and acked > peer.next + peer.fin_done:
-            if not peer.owed:
-                self._late += 1
-                peer.owed_number, peer.owed_left = self._number, LATE_PACKETS + 1
-                peer.owed_until = self.last_time + _LATE_NS
-            peer.owed = acked
+        if acked > peer.next and peer.seen and self._past_next(peer, acked):
             return
         if flags & SYN:
             return  # the SYN-ACK's acknowledgement is part of "syn-ack"
@@ -302,6 +297,18 @@ class Connection:
         elif d == CLIENT and self._handshake:
             self._handshake = False
             self._event("handshake-ack", d, self._number, 0)
+
+    def _past_next(self, peer: _Half, acked: int) -> bool:
+        """The sender acknowledged bytes of the peer not delivered yet: wait for late data
+        (True: the "ack" event waits too)."""
+        if acked <= peer.next + peer.fin_done:  # the FIN's own sequence number
+            return False
+        if not peer.owed:
+            self._late += 1
+            peer.owed_number, peer.owed_left = self._number, LATE_PACKETS + 1
+            peer.owed_until = self.last_time + _LATE_NS
+        peer.owed = acked
+        return True
 
     def _suspect(self, d: int, h: _Half, offset: int, payload: bytes) -> bool:
         """Hold a long segment next in order until the peer's ACKs judge it, if they can."""
