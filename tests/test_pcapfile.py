@@ -6,20 +6,21 @@ import io
 import shutil
 import struct
 import subprocess
+from collections import Counter
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from ladder_pcaps import CORPUS
-from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.inet import GRE, IP, TCP, UDP
 from scapy.layers.inet6 import IPv6, IPv6ExtHdrDestOpt, IPv6ExtHdrFragment, IPv6ExtHdrHopByHop
 from scapy.packet import Raw
 
 from harness.capture import pcapfile
 from harness.capture.pcapfile import PcapError, PcapWriter, read
 from harness.errors import HarnessError
-from harness.ladder.packets import ACK, PSH, Decoder, format_addr
+from harness.ladder.packets import ACK, MAX_TUNNELS, PSH, Decoder, format_addr
 from harness.ladder.tcpstream import Reassembler
 
 T0 = 1_700_000_000_123_456_789  # ns; not a whole microsecond, on purpose
@@ -150,6 +151,60 @@ def test_pcapng_blocks_interfaces_and_sections(tmp_path, order):
     assert [r.number for r in records] == [1, 2, 3, 4, 5]
 
 
+@pytest.mark.parametrize("byteorder", ["<", ">"])
+def test_modified_pcap_records_have_24_byte_headers(tmp_path, byteorder):
+    """Magic 0xa1b2cd34 (Kuznetsov's patched libpcap): each record header has ifindex,
+    protocol, pkt_type and a pad after the usual 16 bytes (libpcap sf-pcap.c, tshark reads
+    it as "modified libpcap"); refused as "not a pcap" before."""
+    frames = [eth(IP4_TCP), eth(IP6_TCP)]
+    head = struct.pack(byteorder + "IHHiIII", 0xA1B2CD34, 2, 4, 0, 0, 65535, 1)
+    body = b"".join(
+        struct.pack(byteorder + "IIIIiHBx", 1_700_000_000, i, len(f), len(f), 2, 0x0800, 0) + f
+        for i, f in enumerate(frames)
+    )
+    path = tmp_path / "modified.pcap"
+    path.write_bytes(head + body)
+    records = list(read(str(path)))
+    assert [r.data for r in records] == frames
+    assert [r.time for r in records] == [1_700_000_000 * 10**9, 1_700_000_000 * 10**9 + 1000]
+    assert [r.offset for r in records] == [24, 24 + 24 + len(frames[0])]
+
+
+CUTS = {  # where the file ends -> the warning
+    "in a record's data": (-10, "offset 206: record 3: 65 of 75 bytes"),
+    "in a record header": (-(75 + 16 - 6), "offset 206: record 3: 6 of 16 header bytes"),
+}
+
+
+@pytest.mark.parametrize("where", sorted(CUTS))
+def test_a_capture_cut_short_keeps_every_complete_record_and_warns_once(tmp_path, where):
+    cut, what = CUTS[where]
+    path = write_pcap(tmp_path / "t.pcap", [eth(IP4_TCP)] * 3)
+    path.write_bytes(path.read_bytes()[:cut])
+    warnings: Counter[str] = Counter()
+    records = list(read(str(path), warnings))
+    assert [r.number for r in records] == [1, 2]
+    assert warnings == {f"capture cut short at {what}, the rest lost": 1}
+
+
+def test_a_pcapng_cut_short_keeps_every_complete_block_and_warns_once(tmp_path):
+    frames = [eth(IP4_TCP), eth(IP6_TCP)]
+    data = shb("<") + idb("<", 1) + b"".join(epb("<", 0, i, f) for i, f in enumerate(frames))
+    path = tmp_path / "t.pcapng"
+    path.write_bytes(data[:-20])
+    warnings: Counter[str] = Counter()
+    assert [r.data for r in read(str(path), warnings)] == frames[:1]
+    what = "offset 156: block: 108 of 128 bytes"
+    assert warnings == {f"capture cut short at {what}, the rest lost": 1}
+
+
+def test_not_a_capture_is_still_an_error_with_warnings(tmp_path):
+    path = tmp_path / "junk.pcap"
+    path.write_bytes(b"GIF89a....")
+    with pytest.raises(PcapError, match="offset 0: not a pcap"):
+        list(read(str(path), Counter()))
+
+
 def test_pcapng_corpus_file_matches_its_pcap_peer():
     records = list(read(str(CORPUS / "smtp-bdat-cmd-invalid.pcapng")))
     assert len(records) == 66 and {r.linktype for r in records} == {1}
@@ -191,14 +246,14 @@ BAD_FILES = {
     "short-record-header": (
         struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1) + b"\0" * 10,
         24,
-        "truncated record header",
+        "truncated record 1: 10 of 16 header bytes",
     ),
     "short-record": (
         struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)
         + struct.pack("<IIII", 1, 0, 100, 100)
         + b"x" * 60,
         24,
-        "truncated record (60 of 100 bytes)",
+        "truncated record 1: 60 of 100 bytes",
     ),
     "huge-record": (
         struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)
@@ -323,6 +378,54 @@ def test_fragments_and_other_protocols_are_ignored_not_warned():
         assert decoder.decode(pcapfile.Record(i, 0, 1, frame, 0, 0, 0)) is None
     assert decoder.ignored == {"ip-fragment": 3, "ip protocol 1": 1, "ethertype 0x0806": 1}
     assert not decoder.warnings
+
+
+OUTER = IP(src="198.51.100.1", dst="198.51.100.2")
+
+
+@pytest.mark.parametrize(
+    "tunnel",
+    [
+        OUTER / IP(IP4_TCP),  # IPv4 in IPv4, protocol 4 (RFC 2003)
+        OUTER / IPv6(IP6_TCP),  # IPv6 in IPv4, protocol 41 (RFC 4213)
+        IPv6(src="2001:db8::a", dst="2001:db8::b") / IP(IP4_TCP),
+        OUTER / GRE() / IP(IP4_TCP),  # RFC 2784
+        OUTER / GRE(key_present=1, key=7, seqnum_present=1, sequence_number=9) / IPv6(IP6_TCP),
+        OUTER / GRE(chksum_present=1) / IP(IP4_TCP),
+        OUTER / GRE(proto=0x6558) / Raw(eth(IP4_TCP)),  # transparent Ethernet bridging
+        OUTER / GRE() / OUTER / IP(IP4_TCP),  # nested
+    ],
+    ids=["ipip", "6in4", "4in6", "gre", "gre-key-seq", "gre-checksum", "gre-ether", "nested"],
+)
+def test_tunnels_are_opened(tmp_path, tunnel):
+    packet = only(write_pcap(tmp_path / "t.pcap", [eth(bytes(tunnel))]))
+    assert_smtp_packet(packet, ipv6=len(packet.src) == 16)
+
+
+def _nested(depth: int) -> IP:
+    frame = IP(IP4_TCP)
+    for _ in range(depth):
+        frame = OUTER / frame
+    return frame
+
+
+def test_tunnels_are_opened_up_to_max_tunnels_deep(tmp_path):
+    assert_smtp_packet(only(write_pcap(tmp_path / "t.pcap", [eth(bytes(_nested(MAX_TUNNELS)))])))
+
+
+def test_tunnels_the_decoder_does_not_open_are_counted():
+    frames = {
+        "gre version or routing": OUTER / GRE(version=1) / IP(IP4_TCP),
+        "gre protocol 0x880b": OUTER / GRE(proto=0x880B) / Raw(b"ppp!"),
+        "tunnel depth": _nested(MAX_TUNNELS + 1),
+    }
+    decoder = Decoder()
+    for frame in frames.values():
+        assert decoder.decode(pcapfile.Record(1, 0, 1, eth(bytes(frame)), 0, 0, 0)) is None
+    assert decoder.ignored == dict.fromkeys(frames, 1)
+    short = IP(src="198.51.100.1", dst="198.51.100.2", proto=47) / Raw(b"\x20\x00\x08\x00")
+    assert decoder.decode(pcapfile.Record(1, 0, 1, eth(bytes(short)), 0, 0, 0)) is None  # no key
+    assert decoder.warnings == {"bad gre header": 1}
 
 
 BROKEN = {

@@ -12,8 +12,16 @@ from hypothesis import strategies as st
 from ladder_pcaps import CORPUS
 
 from harness.capture.pcapfile import read
-from harness.ladder.packets import ACK, FIN, PSH, RST, SYN, Decoder, Packet
-from harness.ladder.tcpstream import CLIENT, SERVER, Event, Reassembler, reassemble
+from harness.ladder.packets import ACK, FIN, PSH, RST, SYN, URG, Decoder, Packet
+from harness.ladder.tcpstream import (
+    CLIENT,
+    LATE_PACKETS,
+    LATE_TIME,
+    SERVER,
+    Event,
+    Reassembler,
+    reassemble,
+)
 
 T0 = 1_700_000_000_000_000_000
 CLIENT_ADDR, SERVER_ADDR = bytes([192, 0, 2, 1]), bytes([198, 51, 100, 25])
@@ -167,6 +175,207 @@ def test_gap_is_skipped_when_the_peer_acknowledges_past_it():
     ]
     gap = next(e for e in events if e.kind == "gap")
     assert gap.length == 8
+
+
+def feed_each(packets, **options) -> list[list[tuple]]:
+    """The events of each packet fed, as (kind, direction, first, offset)."""
+    reassembler = Reassembler(**options)
+    return [steps(reassembler.feed(p)) for p in packets]
+
+
+def test_data_captured_after_the_ack_that_covers_it_is_not_a_gap():
+    """D2: a capture point between the hosts wrote the server's ACK of EHLO (packet 4) before
+    the EHLO (packet 5).  RFC 9293 §3.10.7.4: the receiver acknowledges what it took, so the
+    bytes exist; tshark shows packet 4 as "ACKed unseen segment" and follows the stream whole.
+    Before: a gap of 8 bytes at packet 4, then packet 5 dropped as a retransmission."""
+    events = run([*handshake(), seg(4, SERVER, ACK, 1, 9), seg(5, CLIENT, PA, 1, 1, b"EHLO x\r\n")])
+    assert steps(events)[3:] == [("data", CLIENT, 5, 0), ("ack", SERVER, 4, 8)]
+    assert stream(events, CLIENT) == b"EHLO x\r\n"
+
+
+def test_a_hole_acknowledged_past_waits_late_packets_then_is_a_gap():
+    keep_alive = [seg(5 + i, CLIENT, ACK, 1, 1) for i in range(LATE_PACKETS)]
+    per_packet = feed_each([*handshake(), seg(4, SERVER, ACK, 1, 9), *keep_alive])
+    assert all(not events for events in per_packet[3:-1])
+    assert per_packet[-1] == [("gap", CLIENT, 4, 0), ("ack", SERVER, 4, 8)]
+
+
+def test_a_hole_acknowledged_past_waits_late_time_at_most():
+    later = T0 + 4_000_000 + int(LATE_TIME * 1e9) + 1
+    per_packet = feed_each(
+        [*handshake(), seg(4, SERVER, ACK, 1, 9), seg(5, CLIENT, ACK, 1, 1, time=later)]
+    )
+    assert per_packet[3:] == [[], [("gap", CLIENT, 4, 0), ("ack", SERVER, 4, 8)]]
+
+
+def test_the_acknowledging_side_answering_ends_the_wait():
+    """The server's reply answers the bytes it acknowledged: they are missing now, and the
+    gap comes before the reply, in stream order for the SMTP layer."""
+    events = run(
+        [
+            *handshake(),
+            seg(4, SERVER, ACK, 1, 9),
+            seg(5, SERVER, PA, 1, 9, b"250 ok\r\n"),
+            seg(6, CLIENT, PA, 1, 1, b"EHLO x\r\n"),  # too late: the reply came before it
+        ]
+    )
+    assert steps(events)[3:6] == [
+        ("gap", CLIENT, 4, 0),
+        ("ack", SERVER, 4, 8),
+        ("data", SERVER, 5, 0),
+    ]
+
+
+def test_what_waits_comes_before_a_reset():
+    events = run(
+        [
+            *handshake(),
+            seg(4, SERVER, ACK, 1, 9),  # past the EHLO, never captured
+            seg(5, SERVER, PA, 1, 1, BIG),  # held for the client's ACK
+            seg(6, CLIENT, RST, 1),
+        ]
+    )
+    assert steps(events)[3:] == [
+        ("gap", CLIENT, 4, 0),  # the server answered: the EHLO was lost
+        ("ack", SERVER, 4, 8),
+        ("data", SERVER, 5, 0),  # held for an ACK, delivered at the reset
+        ("rst", CLIENT, 6, 0),
+    ]
+
+
+def test_a_late_fin_is_not_a_gap():
+    events = run(
+        [
+            *handshake(),
+            seg(4, SERVER, ACK, 1, 2),
+            seg(5, CLIENT, FIN | ACK, 1, 1),
+            seg(6, SERVER, ACK, 1, 2),
+        ]
+    )
+    assert steps(events)[3:] == [("fin", CLIENT, 5, 0), ("ack", SERVER, 4, 1)]
+
+
+BIG = b"250 " + b"X" * 4996 + b"\r\n"  # 5,002 bytes, longer than TRUSTED
+
+
+def test_the_copy_the_receiver_acknowledged_wins_over_a_longer_first_one():
+    """D6: the server's 5,002-byte segment (4) is never acknowledged; the real reply (5) over
+    the same sequence numbers is (6 acknowledges exactly its end).  RFC 9293 §3.10.7.4: the
+    receiver's ACK is RCV.NXT, the end of what it took.  Before: the first copy won and the
+    real reply was dropped as a differing retransmission."""
+    events = run(
+        [
+            *handshake(),
+            seg(4, SERVER, PA, 1, 1, BIG),
+            seg(5, SERVER, PA, 1, 1, b"250 ok\r\n"),
+            seg(6, CLIENT, PA, 1, 9, b"QUIT\r\n"),
+        ]
+    )
+    assert stream(events, SERVER) == b"250 ok\r\n"
+    assert stream(events, CLIENT) == b"QUIT\r\n"
+    (loser,) = [e for e in events if e.kind == "overlap"]
+    assert (loser.first, loser.offset, loser.length, loser.data) == (4, 0, len(BIG), BIG)
+
+
+def test_a_long_segment_acknowledged_inside_is_taken():
+    """A capture on the sender with segmentation offload: one 5,002-byte record, the
+    receiver acknowledging the wire's segments inside it: it took it."""
+    events = run([*handshake(), seg(4, SERVER, PA, 1, 1, BIG), seg(5, CLIENT, ACK, 1, 1449)])
+    assert steps(events)[3:] == [("data", SERVER, 4, 0), ("ack", CLIENT, 5, 1448)]
+    assert stream(events, SERVER) == BIG
+
+
+def test_a_long_segment_no_ack_judges_is_delivered_after_the_wait():
+    waiting = [seg(5 + i, SERVER, ACK, 1, 1) for i in range(LATE_PACKETS)]
+    per_packet = feed_each([*handshake(), seg(4, SERVER, PA, 1, 1, BIG), *waiting])
+    assert all(not events for events in per_packet[3:-1])
+    assert per_packet[-1] == [("data", SERVER, 4, 0)]
+
+
+def test_a_long_segment_is_delivered_when_too_much_waits_behind_it():
+    after = [seg(5 + i, SERVER, PA, 1 + len(BIG) + 4 * i, 1, b"abcd") for i in range(3)]
+    events = run([*handshake(), seg(4, SERVER, PA, 1, 1, BIG), *after], max_ahead=10)
+    (data,) = [e for e in events if e.kind == "data"]  # one chunk, when the third comes
+    assert (data.first, data.last, data.offset, data.data) == (4, 7, 0, BIG + b"abcd" * 3)
+    assert not [e for e in events if e.kind == "gap"]
+
+
+def test_a_long_segment_is_not_held_when_the_peer_is_not_captured():
+    events = run([seg(1, SERVER, PA, 1, 1, BIG), seg(2, SERVER, PA, 1, 1, b"250 ok\r\n")])
+    assert stream(events, SERVER) == BIG
+    assert [e.kind for e in events] == ["data", "overlap", "close"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    cuts=st.lists(st.integers(1, 3000), min_size=1, max_size=8),
+    early=st.lists(st.booleans(), min_size=8, max_size=8),
+)
+def test_acks_overtaking_their_data_lose_nothing(cuts, early):
+    """The server acknowledges each client segment; any of its ACKs may be captured just
+    before the segment it covers (the two directions reordered).  Segments of any size,
+    longer than TRUSTED or not: the stream comes back whole, with no gap and no overlap."""
+    message = bytes(i % 251 for i in range(sum(cuts)))
+    packets, start = [*handshake()], 0
+    for size, ack_first in zip(cuts, early, strict=False):
+        data = seg(len(packets) + 1, CLIENT, PA, 1 + start, 1, message[start : start + size])
+        start += size
+        ack = seg(len(packets) + 2, SERVER, ACK, 1, 1 + start)
+        packets += [ack, data] if ack_first else [data, ack]
+    events = run(packets)
+    assert stream(events, CLIENT) == message
+    assert not [e for e in events if e.kind in ("gap", "overlap")]
+    acks = [e.offset for e in events if e.kind == "ack" and e.direction == SERVER]
+    assert acks == sorted(acks) and acks[-1] == len(message)
+
+
+def test_a_segment_with_rst_and_syn_is_no_syn_fin_or_data():
+    """RFC 9293 §3.10.7.2-4: the RST bit is checked before the SYN bit, the text and the FIN
+    bit, and every branch of that check drops the segment or resets and returns; so its
+    SYN, FIN and data are never taken.  Before: it set the FIN, and the real one was lost."""
+    xmas = FIN | SYN | RST | PSH | ACK | URG
+    events = run(
+        [
+            *handshake(),
+            seg(4, CLIENT, PA, 1, 1, b"NOOP\r\n"),
+            seg(5, CLIENT, xmas, 7, 1, b"junk"),
+            seg(6, CLIENT, PA, 7, 1, b"QUIT\r\n"),
+            seg(7, CLIENT, FIN | ACK, 13, 1),
+        ]
+    )
+    assert [(e.kind, e.first, e.offset, e.length) for e in events[3:-1]] == [
+        ("data", 4, 0, 6),
+        ("bad-flags", 5, 6, xmas),
+        ("data", 6, 6, 6),
+        ("fin", 7, 12, 0),
+    ]
+    assert events[-1].conn.end == "end"  # its RST did not reset the connection either
+
+
+def test_a_segment_with_rst_and_syn_opens_no_handshake():
+    events = run([seg(1, CLIENT, SYN | RST | ACK, 0), seg(2, CLIENT, PA, 1, 0, b"EHLO x\r\n")])
+    assert [e.kind for e in events] == ["bad-flags", "data", "close"]
+    assert events[0].conn.roles == "port" and events[0].offset == -1
+
+
+def test_a_retransmitted_syn_ack_or_fin_is_folded_and_counted():
+    reassembler = Reassembler()
+    packets = [
+        seg(1, CLIENT, SYN, 0),
+        seg(2, SERVER, SYN | ACK, 0, 1),
+        seg(3, SERVER, SYN | ACK, 0, 1),
+        seg(4, CLIENT, ACK, 1, 1),
+        seg(5, SERVER, FIN | ACK, 1, 1),
+        seg(6, SERVER, FIN | ACK, 1, 1),
+        seg(7, CLIENT, SYN, 0),  # the SYN again: the same connection, not a new one
+    ]
+    events = [e for p in packets for e in reassembler.feed(p)] + reassembler.flush()
+    assert [e.kind for e in events] == ["syn", "syn-ack", "handshake-ack", "fin", "close"]
+    assert reassembler.warnings == {
+        "retransmitted-syn-ack": 1,
+        "retransmitted-fin": 1,
+        "retransmitted-syn": 1,
+    }
 
 
 def test_gap_is_skipped_at_the_end_without_acknowledgements():

@@ -8,7 +8,9 @@ Rules this module keeps:
   ``frame.number``.
 - Time is an ``int`` of nanoseconds since the Unix epoch: exact for every timestamp
   resolution (a float cannot hold nanoseconds at today's epoch) and cheap to subtract.
-- pcap: both byte orders, micro- and nanosecond magic.  pcapng: every section (either byte
+- pcap: both byte orders, micro- and nanosecond magic, and Alexey Kuznetsov's "modified
+  pcap" (magic 0xa1b2cd34, as libpcap's sf-pcap.c reads it: 8 more bytes per record header,
+  ifindex, protocol, packet type and a pad, skipped).  pcapng: every section (either byte
   order), per-interface link type, ``if_tsresol`` and ``if_tsoffset``; Enhanced, Simple and
   (obsolete) Packet blocks; any other block is skipped.
 - The pcap header's snaplen is advisory (writers put 0, 65535, 262144 or more); what bounds
@@ -23,12 +25,18 @@ Rules this module keeps:
 - Anything else that is not a well-formed capture raises ``PcapError``: one line naming the
   file and the byte offset of the offending header, record or block.  Records before the
   fault have already been yielded, so nothing readable is lost.
+- A file cut short inside its last record or block (a capture copied while it was written,
+  a download cut off) is a capture all the same when the caller passes ``warnings``: every
+  complete record is yielded, then ONE warning is counted naming the offset and what was
+  lost, as tshark shows every complete packet then says "cut short in the middle of a
+  packet".  Without ``warnings`` it is a ``PcapError`` like any other fault.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import struct
+from collections import Counter
 from collections.abc import Iterator
 from typing import BinaryIO, NamedTuple
 
@@ -56,14 +64,17 @@ LINKTYPES = frozenset(
 )
 
 CHUNK = 1 << 20
+CUT_SHORT = "capture cut short"  # how the warning of a file cut short begins
 MAX_CAPLEN = 262_144
 MAX_BLOCK = 4 << 20
 
-_PCAP_MAGIC = {  # first four bytes -> (byte order, nanoseconds per timestamp fraction unit)
-    b"\xd4\xc3\xb2\xa1": ("<", 1000),
-    b"\xa1\xb2\xc3\xd4": (">", 1000),
-    b"\x4d\x3c\xb2\xa1": ("<", 1),
-    b"\xa1\xb2\x3c\x4d": (">", 1),
+_PCAP_MAGIC = {  # first four bytes -> (byte order, ns per fraction unit, record header size)
+    b"\xd4\xc3\xb2\xa1": ("<", 1000, 16),
+    b"\xa1\xb2\xc3\xd4": (">", 1000, 16),
+    b"\x4d\x3c\xb2\xa1": ("<", 1, 16),
+    b"\xa1\xb2\x3c\x4d": (">", 1, 16),
+    b"\x34\xcd\xb2\xa1": ("<", 1000, 24),  # modified pcap (Kuznetsov): +ifindex, protocol, type
+    b"\xa1\xb2\xcd\x34": (">", 1000, 24),
 }
 _PCAPNG_SHB = b"\x0a\x0d\x0d\x0a"
 _PCAPNG_BOM = {b"\x4d\x3c\x2b\x1a": "<", b"\x1a\x2b\x3c\x4d": ">"}
@@ -92,10 +103,13 @@ class Record(NamedTuple):
     offset: int  # byte offset of the record (pcap) or block (pcapng) in the file
 
 
-def read(path: str) -> Iterator[Record]:
-    """Yield every record of the pcap or pcapng file at *path*, streaming."""
+def read(path: str, warnings: Counter[str] | None = None) -> Iterator[Record]:
+    """Yield every record of the pcap or pcapng file at *path*, streaming.
+
+    With *warnings*, a file cut short in its last record or block ends with one warning
+    counted there instead of a ``PcapError``."""
     with open(path, "rb") as f:
-        source = _Source(f, str(path))
+        source = _Source(f, str(path), warnings)
         head = source.buf[:4]
         if not head:
             raise source.error(0, "empty file, not a pcap or pcapng capture")
@@ -110,11 +124,12 @@ def read(path: str) -> Iterator[Record]:
 class _Source:
     """A file seen through a sliding buffer; ``base`` is the file offset of ``buf[0]``."""
 
-    __slots__ = ("base", "buf", "file", "path")
+    __slots__ = ("base", "buf", "file", "path", "warnings")
 
-    def __init__(self, file: BinaryIO, path: str) -> None:
+    def __init__(self, file: BinaryIO, path: str, warnings: Counter[str] | None) -> None:
         self.file = file
         self.path = path
+        self.warnings = warnings
         self.base = 0
         self.buf = file.read(CHUNK)
 
@@ -130,12 +145,19 @@ class _Source:
     def error(self, pos: int, what: str) -> PcapError:
         return PcapError(f"{self.path}: offset {self.base + pos}: {what}")
 
+    def cut_short(self, pos: int, what: str) -> None:
+        """The file ends inside the record or block at *pos*: a warning, if the caller
+        takes warnings, else an error."""
+        if self.warnings is None:
+            raise self.error(pos, f"truncated {what}")
+        self.warnings[f"{CUT_SHORT} at offset {self.base + pos}: {what}, the rest lost"] += 1
+
 
 def _read_pcap(source: _Source) -> Iterator[Record]:
     buf = source.refill(0, 24)
     if len(buf) < 24:
         raise source.error(0, f"truncated pcap file header ({len(buf)} of 24 bytes)")
-    order, unit = _PCAP_MAGIC[buf[:4]]
+    order, unit, hlen = _PCAP_MAGIC[buf[:4]]
     major, linktype = struct.unpack_from(order + "H14xI", buf, 4)  # skips minor ... snaplen
     if major != 2:
         raise source.error(4, f"unsupported pcap version {major}")
@@ -146,22 +168,22 @@ def _read_pcap(source: _Source) -> Iterator[Record]:
     number = 0
     pos, end = 24, len(buf)
     while True:
-        if pos + 16 > end:
-            buf = source.refill(pos, 16)
+        if pos + hlen > end:
+            buf = source.refill(pos, hlen)
             pos, end = 0, len(buf)
             if end == 0:
                 return
-            if end < 16:
-                raise source.error(0, f"truncated record header ({end} of 16 bytes)")
+            if end < hlen:
+                return source.cut_short(0, f"record {number + 1}: {end} of {hlen} header bytes")
         sec, frac, caplen, origlen = header(buf, pos)
         if caplen > MAX_CAPLEN:
             raise source.error(pos, f"record length {caplen} exceeds {MAX_CAPLEN}")
-        stop = pos + 16 + caplen
+        stop = pos + hlen + caplen
         if stop > end:
-            buf = source.refill(pos, 16 + caplen)
-            pos, end, stop = 0, len(buf), 16 + caplen
+            buf = source.refill(pos, hlen + caplen)
+            pos, end, stop = 0, len(buf), hlen + caplen
             if stop > end:
-                raise source.error(0, f"truncated record ({end - 16} of {caplen} bytes)")
+                return source.cut_short(0, f"record {number + 1}: {end - hlen} of {caplen} bytes")
         number += 1
         yield _new(
             Record,
@@ -169,7 +191,7 @@ def _read_pcap(source: _Source) -> Iterator[Record]:
                 number,
                 sec * 1_000_000_000 + frac * unit,
                 linktype,
-                buf[pos + 16 : stop],
+                buf[pos + hlen : stop],
                 caplen,
                 origlen,
                 source.base + pos,
@@ -199,7 +221,7 @@ def _read_pcapng(source: _Source) -> Iterator[Record]:
             if not buf:
                 return
             if len(buf) < 12:
-                raise source.error(0, f"truncated block header ({len(buf)} of 12 bytes)")
+                return source.cut_short(0, f"block: {len(buf)} of 12 header bytes")
         if buf[pos : pos + 4] == _PCAPNG_SHB:
             order = _PCAPNG_BOM.get(buf[pos + 8 : pos + 12], "")
             if not order:
@@ -211,7 +233,7 @@ def _read_pcapng(source: _Source) -> Iterator[Record]:
         if pos + blen > len(buf):
             buf, pos = source.refill(pos, blen), 0
             if blen > len(buf):
-                raise source.error(0, f"truncated block ({len(buf)} of {blen} bytes)")
+                return source.cut_short(0, f"block: {len(buf)} of {blen} bytes")
         if struct.unpack_from(order + "I", buf, pos + blen - 4)[0] != blen:
             raise source.error(pos, "block length and trailing length differ")
         if btype in (_EPB, _SPB, _OPB):

@@ -40,7 +40,8 @@ Rules this module keeps:
 - Names: ``hosts`` maps addresses to names; an address not in it is shown as is.  When
   both ends would get the same name (loopback captures), the server's gets ``:port``.
 - Nothing in a packet raises: garbage is skipped and counted in ``Ladder.warnings``; only
-  an unreadable file raises ``PcapError`` (one line, with file and offset).
+  an unreadable file raises ``PcapError`` (one line, with file and offset).  A file cut
+  short in its last record is read up to it, with one warning saying where and what.
 - Every string of a step is valid UTF-8: bytes that are not are escaped as ``\\xff``, the
   same way in ``text`` and in ``detail`` (a verb, a reply's ``answers``), so the JSON
   ladder of any capture is UTF-8.
@@ -61,7 +62,7 @@ import dnslib
 
 from harness.capture.pcapfile import PcapError, read
 from harness.ladder.model import Coverage, Detail, Ladder, Step, StepKind, detail
-from harness.ladder.packets import UDP, Decoder, Packet, format_addr
+from harness.ladder.packets import UDP, Decoder, Packet, flag_names, format_addr
 from harness.ladder.tcpstream import CLIENT, SERVER, Connection, Event, Reassembler
 from harness.smtp import events as smtp
 from harness.smtp.commands import parse_command
@@ -131,7 +132,7 @@ class Dissector:
         decoder = Decoder()
         reassembler = Reassembler()
         try:
-            for packet in decoder.decode_all(read(path)):
+            for packet in decoder.decode_all(read(path, self.warnings)):
                 if packet.proto == UDP:
                     yield from self._udp(packet)
                 else:
@@ -143,6 +144,7 @@ class Dissector:
             raise PcapError(f"{path}: cannot read: {exc.strerror or exc}") from None
         finally:
             self.warnings.update(decoder.warnings)
+            self.warnings.update(reassembler.warnings)
 
     def step(self, time: int, src: str, dst: str, kind: StepKind, text: str, **extra) -> Step:
         """A new step, numbered next; *extra* are evidence, conn and detail."""
@@ -353,6 +355,11 @@ class _Conn:
             self.d.warnings["overlap"] += 1
             text = f"retransmission differs ({event.length} bytes)"
             yield self._new(event, d, _ANOMALY, text, (event.first,), detail(offset=event.offset))
+        elif kind == "bad-flags":  # RST with SYN: tcpstream takes none of it
+            self.d.warnings["bad-flags"] += 1
+            text = f"{flag_names(event.length)}: RST first, no SYN, FIN or data (RFC 9293 §3.10.7)"
+            info = detail(offset=event.offset, anomaly="bad-flags")
+            yield self._new(event, d, _ANOMALY, text, (event.first,), info)
         elif kind == "after-fin":
             self.d.warnings["data-after-fin"] += 1
             text = f"{event.length} bytes after FIN, not part of the stream"

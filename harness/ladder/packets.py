@@ -12,6 +12,11 @@ Rules this module keeps:
 - The payload ends where the IP header says, so Ethernet padding and FCS never leak into it.
   An IP packet cut short by the snaplen is a warning ("snapped"), not a short payload: a
   short payload would misplace every sequence number after it.
+- Tunnels are opened: IPv4 or IPv6 inside IPv4 or IPv6 (IP protocols 4 and 41, RFC 2003,
+  RFC 4213) and GRE (47, RFC 2784 with RFC 2890's key and sequence number) carrying IPv4,
+  IPv6 or Ethernet; the packet is the innermost one, up to MAX_TUNNELS deep (deeper is
+  ignored: "tunnel depth").  GRE with routing (RFC 1701) or version 1 (PPTP) is ignored.
+  The hot path (TCP or UDP right inside the outer IP header) pays nothing for it.
 - IP fragments are not reassembled: every fragment, first or not, is ignored
   ("ip-fragment").  SMTP's TCP sets DF and practically never fragments.
 - IPv6 extension headers (hop-by-hop, routing, destination options, AH, atomic fragment)
@@ -35,8 +40,17 @@ TCP = 6
 UDP = 17
 
 FIN, SYN, RST, PSH, ACK, URG = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
+FLAG_NAMES = ("FIN", "SYN", "RST", "PSH", "ACK", "URG", "ECE", "CWR")  # bit 0 first
 
-_ETH_IPV4, _ETH_IPV6 = 0x0800, 0x86DD
+_ETH_IPV4, _ETH_IPV6, _ETH_BRIDGED = 0x0800, 0x86DD, 0x6558
+MAX_TUNNELS = 4
+_IP_IN_IP = {4: pcapfile.LINKTYPE_IPV4, 41: pcapfile.LINKTYPE_IPV6}  # protocol -> inner
+_GRE = 47
+_GRE_INNER = {
+    _ETH_IPV4: pcapfile.LINKTYPE_IPV4,
+    _ETH_IPV6: pcapfile.LINKTYPE_IPV6,
+    _ETH_BRIDGED: pcapfile.LINKTYPE_ETHERNET,
+}
 _VLAN_TAGS = (0x8100, 0x88A8, 0x9100)
 _AF_INET6 = (10, 24, 28, 30)  # Linux, NetBSD/OpenBSD, FreeBSD, macOS
 _IPV6_EXTENSIONS = (0, 43, 44, 51, 60)  # hop-by-hop, routing, fragment, AH, dest. options
@@ -77,6 +91,11 @@ class _Ignored(Exception):
     """A sound frame this module does not decode."""
 
 
+def flag_names(flags: int) -> str:
+    """The TCP flag byte as text: ``SYN+RST+ACK``."""
+    return "+".join(name for bit, name in enumerate(FLAG_NAMES) if flags >> bit & 1)
+
+
 def format_addr(addr: bytes) -> str:
     """Text form of a packed IPv4 or IPv6 address."""
     return socket.inet_ntop(socket.AF_INET if len(addr) == 4 else socket.AF_INET6, addr)
@@ -85,11 +104,12 @@ def format_addr(addr: bytes) -> str:
 class Decoder:
     """Turns records into packets, keeping counts of what it skipped and why."""
 
-    __slots__ = ("ignored", "warnings")
+    __slots__ = ("_depth", "ignored", "warnings")
 
     def __init__(self) -> None:
         self.warnings: Counter[str] = Counter()
         self.ignored: Counter[str] = Counter()
+        self._depth = 0  # tunnels opened around the record being decoded
 
     def decode(self, record: Record) -> Packet | None:
         """The TCP/UDP packet in *record*, or None (and a count) if there is none."""
@@ -113,6 +133,8 @@ class Decoder:
                 if length < 8 or l4 + length > end:
                     raise _Malformed("bad udp length")
                 start, end, fields = l4 + 8, l4 + length, (0, 0, 0, 0)
+            elif proto in _IP_IN_IP or proto == _GRE:
+                return self._tunnel(record, proto, data[l4:end])
             else:
                 raise _Ignored(f"ip protocol {proto}")
         except _Ignored as exc:
@@ -127,6 +149,20 @@ class Decoder:
         return _new(
             Packet, (record[0], record[1], src, dst, proto, sport, dport, *fields, data[start:end])
         )
+
+    def _tunnel(self, record: Record, proto: int, inner: bytes) -> Packet | None:
+        """The packet inside a tunnel's payload *inner* (IP in IP, or GRE)."""
+        if self._depth == MAX_TUNNELS:
+            raise _Ignored("tunnel depth")
+        if proto == _GRE:
+            linktype, inner = _gre(inner)
+        else:
+            linktype = _IP_IN_IP[proto]
+        self._depth += 1
+        try:
+            return self.decode(record._replace(linktype=linktype, data=inner))
+        finally:
+            self._depth -= 1
 
     def decode_all(self, records: Iterable[Record]) -> Iterator[Packet]:
         """The packets among *records*, in order."""
@@ -174,6 +210,21 @@ def _ipv6(data: bytes, off: int) -> tuple[int, bytes, bytes, int, int]:
         if l4 > end:
             raise _Malformed("bad ipv6 extension header")
     return proto, data[off + 8 : off + 24], data[off + 24 : off + 40], l4, end
+
+
+def _gre(data: bytes) -> tuple[int, bytes]:
+    """(link type, payload) of a GRE packet: RFC 2784's header, RFC 2890's key and
+    sequence number; checksums are not verified (as for every other layer)."""
+    flags, ethertype = _U16(data, 0)[0], _U16(data, 2)[0]
+    if flags & 0x4007:  # routing present (RFC 1701), or a version other than 0 (PPTP's 1)
+        raise _Ignored("gre version or routing")
+    start = 4 + 4 * (bool(flags & 0x8000) + bool(flags & 0x2000) + bool(flags & 0x1000))
+    if start > len(data):
+        raise _Malformed("bad gre header")
+    linktype = _GRE_INNER.get(ethertype)
+    if linktype is None:
+        raise _Ignored(f"gre protocol {ethertype:#06x}")
+    return linktype, data[start:]
 
 
 def _ethernet(data: bytes) -> tuple[int, int]:

@@ -13,27 +13,50 @@ Rules this module keeps:
 - Payload is delivered in order, each byte once.  Retransmissions and overlaps are dropped:
   the first copy wins and a later copy that differs is reported ("overlap").  Out-of-order
   segments wait until the hole before them is filled.
-- A hole is given up on, reported as a "gap" and skipped, when the peer acknowledges past
-  it (the peer got bytes the capture missed), when more than ``max_ahead`` bytes wait
-  behind it, or when the connection finishes.  A direction never seen gets no gaps.
+- Except where the receiver's ACKs tell otherwise: RFC 9293 §3.10.7.4 has the receiver
+  acknowledge exactly the data it took (RCV.NXT).  A segment next in order and longer than
+  any the peer has acknowledged whole (at least TRUSTED, a 1500-byte MTU's MSS) is held,
+  when the peer's direction is captured, until the peer's ACKs judge it: an ACK inside it
+  that other bytes delivered meanwhile already cover says the receiver took those and not
+  it (it is dropped, and reported whole as "overlap" if its bytes differ); any other ACK
+  into or past it, or a wait of LATE_PACKETS / LATE_TIME, delivers it.  (An unacknowledged
+  5,002-byte segment no longer wins over the replies the client did acknowledge.)
+- A hole the peer acknowledged past is not given up on at once: a capture point between
+  the two hosts (a mirror port, a multi-queue NIC) may write the ACK before the data it
+  covers.  The hole waits for late data LATE_PACKETS more packets of the connection, or
+  LATE_TIME of capture time, or until the acknowledging side sends data, a FIN or a RST
+  (its answer to what it acknowledged must not come before it), whichever ends first; the
+  "ack" event waits with it and comes after the bytes it covers.  Then what is still
+  missing is a "gap" and skipped (the peer got bytes the capture missed).  A hole is also
+  given up on when more than ``max_ahead`` bytes wait behind it, at a RST (what waited
+  comes before the "rst"), or when the connection finishes.  A direction never seen gets no gaps.
 - A FIN ends its direction (RFC 9293 §3.10.7.4: nothing after it is accepted): no byte
   and no gap of a direction comes after its "fin" event.  Bytes a segment carries past
   the FIN (a broken stack, a damaged capture) are dropped, each run reported once as
   "after-fin" with its offset and length, whether they came before or after the FIN.
+- A segment with RST and SYN together (a "christmas tree" has every flag) is no SYN, FIN or
+  data: RFC 9293 §3.10.7 checks the RST bit before the SYN bit, the text and the FIN bit in
+  every state (LISTEN: "an incoming RST should be ignored"; otherwise the segment is either
+  dropped or resets the connection, and "return").  It is a "bad-flags" event (length: the
+  flag byte) and changes nothing; whether it reset the connection, the packets after it
+  show.
+- A retransmitted SYN, SYN-ACK or FIN (same sequence number) is folded into the first and
+  counted in ``Reassembler.warnings`` ("retransmitted-syn-ack", ...).
 - Events of one connection come out in stream order (a FIN after the data before it, an
   ACK after the bytes it covers); each names the packets that carried it and has the time
   of the packet being fed.  Control events: "syn", "syn-ack", "handshake-ack", "ack"
-  (only when the acknowledged offset grows), "fin", "rst".
+  (only when the acknowledged offset grows), "fin", "rst", "bad-flags".
 - Memory is flat: a connection is finished (a "close" event, then forgotten) ``linger``
   seconds of capture time after it closed (FIN both ways and the last FIN acknowledged, or
   RST), after ``idle`` seconds without a packet, when a new SYN reuses its 4-tuple, or at
-  ``flush()``.  Held bytes are bounded by ``max_ahead`` plus HISTORY per direction.
+  ``flush()``.  Held bytes are bounded by ``max_ahead`` plus HISTORY plus one segment
+  (held for its ACK) per direction.
 """
 
 from __future__ import annotations
 
 import bisect
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterable, Iterator
 from itertools import count
 from typing import NamedTuple
@@ -43,8 +66,12 @@ from harness.ladder.packets import ACK, FIN, RST, SYN, TCP, Packet, format_addr
 CLIENT, SERVER = 0, 1
 SMTP_PORTS = frozenset({25, 465, 587})
 HISTORY = 64 * 1024  # delivered bytes kept per direction to compare retransmissions with
+LATE_PACKETS = 8  # packets of the connection a hole the peer acknowledged waits for its data
+LATE_TIME = 0.5  # seconds of capture time it waits at most
+TRUSTED = 1460  # segments up to this size are delivered without waiting for their ACK
 
 _SECOND = 1_000_000_000
+_LATE_NS = int(LATE_TIME * _SECOND)
 _MASK, _HALF = 0xFFFF_FFFF, 0x8000_0000
 _new = tuple.__new__  # builds a NamedTuple without its Python-level __new__ (2x faster)
 
@@ -58,7 +85,7 @@ class Event(NamedTuple):
     ``first``/``last`` are the numbers of the first and last packets involved.
     """
 
-    kind: str  # syn syn-ack handshake-ack ack data gap overlap after-fin fin rst close
+    kind: str  # syn syn-ack handshake-ack ack data gap overlap after-fin fin rst bad-flags close
     conn: Connection
     direction: int
     time: int  # nanoseconds since the Unix epoch
@@ -82,9 +109,17 @@ class _Half:
         "history_bytes",
         "isn",
         "next",
+        "owed",
+        "owed_left",
+        "owed_number",
+        "owed_until",
         "pending",
         "pending_bytes",
         "seen",
+        "suspect",
+        "suspect_left",
+        "suspect_until",
+        "trusted",
     )
 
     def __init__(self) -> None:
@@ -100,6 +135,14 @@ class _Half:
         self.fin: int | None = None  # offset of the FIN, once seen
         self.fin_number = 0
         self.fin_done = False
+        self.owed = 0  # an acknowledged offset past a hole, its "ack" waiting for late data
+        self.owed_number = 0  # the packet that acknowledged it
+        self.owed_left = 0  # packets of the connection it still waits
+        self.owed_until = 0  # capture time it waits until
+        self.suspect: tuple[int, bytes, int] | None = None  # (offset, data, packet) held
+        self.suspect_left = 0  # packets of the connection it waits for its judgement
+        self.suspect_until = 0
+        self.trusted = TRUSTED  # the longest segment known to be taken whole
 
     def offset(self, seq: int) -> int:
         """The offset of *seq*, unwrapped to the one nearest to ``next``."""
@@ -122,9 +165,11 @@ class Connection:
         "_halves",
         "_handshake",
         "_keys",
+        "_late",
         "_max_ahead",
         "_number",
         "_out",
+        "_warnings",
         "client",
         "end",
         "id",
@@ -134,7 +179,13 @@ class Connection:
     )
 
     def __init__(
-        self, id: int, client: tuple[str, int], server: tuple[str, int], roles: str, max_ahead: int
+        self,
+        id: int,
+        client: tuple[str, int],
+        server: tuple[str, int],
+        roles: str,
+        max_ahead: int,
+        warnings: Counter[str] | None = None,
     ) -> None:
         self.id = id
         self.client = client
@@ -150,6 +201,8 @@ class Connection:
         self._closed_at = 0
         self._max_ahead = max_ahead
         self._keys: tuple[tuple, ...] = ()
+        self._late = 0  # "ack" events waiting for late data, and segments held for their ACK
+        self._warnings = Counter() if warnings is None else warnings
 
     def __repr__(self) -> str:
         return f"<Connection {self.id} {self.client} -> {self.server}>"
@@ -162,7 +215,9 @@ class Connection:
 
     def _is_new_syn(self, d: int, seq: int, flags: int) -> bool:
         """Does this SYN open a new connection on the same 4-tuple?"""
-        return flags & (SYN | ACK) == SYN and (bool(self._closing) or self._halves[d].isn != seq)
+        if flags & (SYN | ACK | RST) != SYN:
+            return False
+        return bool(self._closing) or self._halves[d].isn != seq
 
     def _segment(self, d: int, packet: Packet, out: list[Event]) -> None:
         number, time, _, _, _, _, _, seq, ack, flags, _, payload = packet
@@ -170,39 +225,69 @@ class Connection:
         me.seen = True
         self.last_time, self._number, self._out = time, number, out
         if flags & SYN:
-            if me.isn is None:
-                me.isn, me.base = seq, (seq + 1) & _MASK
-                self._handshake = True
-                self._event("syn-ack" if flags & ACK else "syn", d, number, -1)
-            seq = (seq + 1) & _MASK
+            if flags & RST:
+                self._bad_flags(d, me, seq, flags)
+                return
+            seq = self._syn(d, me, seq, flags)
         elif me.base is None:
             me.base = seq
         if flags & ACK:
             self._ack(d, peer, ack, flags)
+        if self._late and peer.owed and (payload or flags & (FIN | RST)):
+            self._pay(1 - d, peer)  # its answer to the bytes it acknowledged: no more waiting
         offset = me.offset(seq)
-        if payload:
+        if payload and (len(payload) <= TRUSTED or not self._suspect(d, me, offset, payload)):
             self._data(d, me, offset, payload)
-        if flags & FIN and me.fin is None:
-            me.fin, me.fin_number = offset + len(payload), number
-            self._drop_after_fin(d, me)
-            self._check_fin(d, me)
+        if flags & FIN:
+            self._fin(d, me, offset + len(payload), number)
+        if self._late:
+            self._late_acks()
         if flags & RST:
+            if self._late:
+                self._settle()  # what waited came before the reset
             self._event("rst", d, number, offset)
             self._close("rst")
         elif me.fin_done and peer.fin_done and me.acked > me.fin and peer.acked > peer.fin:
             self._close("fin")
         self._out = None  # events refer to their connection: no cycle back to them
 
+    def _syn(self, d: int, me: _Half, seq: int, flags: int) -> int:
+        """A SYN or SYN-ACK: the first sets the ISN, one with the same ISN is counted."""
+        if me.isn is None:
+            me.isn, me.base = seq, (seq + 1) & _MASK
+            self._handshake = True
+            self._event("syn-ack" if flags & ACK else "syn", d, self._number, -1)
+        elif seq == me.isn:
+            self._warnings["retransmitted-syn-ack" if flags & ACK else "retransmitted-syn"] += 1
+        return (seq + 1) & _MASK
+
+    def _fin(self, d: int, me: _Half, offset: int, number: int) -> None:
+        """A FIN at stream *offset*: the first ends the direction, the same again is counted."""
+        if me.fin is None:
+            me.fin, me.fin_number = offset, number
+            self._drop_after_fin(d, me)
+            self._check_fin(d, me)
+        elif offset == me.fin:
+            self._warnings["retransmitted-fin"] += 1
+
+    def _bad_flags(self, d: int, me: _Half, seq: int, flags: int) -> None:
+        """RST with SYN: shown, and taken for nothing (see the module's rules)."""
+        offset = -1 if me.base is None else me.offset(seq)
+        self._event("bad-flags", d, self._number, offset, flags)
+        self._out = None
+
     def _ack(self, d: int, peer: _Half, ack: int, flags: int) -> None:
-        """Record how far the sender acknowledged the peer; skip holes it acked past."""
+        """Record how far the sender acknowledged the peer; past a hole, wait for late data."""
         if peer.base is None:
             peer.base = ack
         acked = peer.offset(ack)
         if acked <= peer.acked:
             return
-        if peer.seen and acked > peer.next:
-            self._skip(1 - d, peer, acked if peer.fin is None else min(acked, peer.fin))
         peer.acked = acked
+        if peer.suspect is not None and acked > peer.suspect[0]:
+            self._judge(1 - d, peer, acked)
+        if acked > peer.next and peer.seen and self._past_next(peer, acked):
+            return
         if flags & SYN:
             return  # the SYN-ACK's acknowledgement is part of "syn-ack"
         if acked > 0:
@@ -212,6 +297,88 @@ class Connection:
         elif d == CLIENT and self._handshake:
             self._handshake = False
             self._event("handshake-ack", d, self._number, 0)
+
+    def _past_next(self, peer: _Half, acked: int) -> bool:
+        """The sender acknowledged bytes of the peer not delivered yet: wait for late data
+        (True: the "ack" event waits too)."""
+        if acked <= peer.next + peer.fin_done:  # the FIN's own sequence number
+            return False
+        if not peer.owed:
+            self._late += 1
+            peer.owed_number, peer.owed_left = self._number, LATE_PACKETS + 1
+            peer.owed_until = self.last_time + _LATE_NS
+        peer.owed = acked
+        return True
+
+    def _suspect(self, d: int, h: _Half, offset: int, payload: bytes) -> bool:
+        """Hold a long segment next in order until the peer's ACKs judge it, if they can."""
+        peer = self._halves[1 - d]
+        if len(payload) <= h.trusted or h.suspect or offset != h.next or h.pending:
+            return False
+        if not peer.seen or h.acked > offset:  # no ACK can judge it, or one already did
+            return False
+        h.suspect = (offset, payload, self._number)
+        h.suspect_left, h.suspect_until = LATE_PACKETS + 1, self.last_time + _LATE_NS
+        self._late += 1
+        return True
+
+    def _judge(self, d: int, h: _Half, acked: int) -> None:
+        """The peer acknowledged *acked*, inside or past the held segment: take it or not."""
+        offset, payload, number = h.suspect
+        end = offset + len(payload)
+        h.suspect = None
+        self._late -= 1
+        if acked < end and h.next >= acked:  # it took the bytes delivered meanwhile instead
+            lo, hi = self._difference(h, offset, payload)
+            if lo < hi:
+                self._event("overlap", d, number, offset, len(payload), payload)
+            return
+        if acked >= end:
+            h.trusted = max(h.trusted, len(payload))
+        self._take(d, h, offset, payload, number)
+
+    def _release(self, d: int, h: _Half) -> None:
+        """No judgement came: the held segment is delivered, as the first copy."""
+        suspect, h.suspect = h.suspect, None
+        self._late -= 1
+        self._take(d, h, *suspect)
+
+    def _take(self, d: int, h: _Half, offset: int, payload: bytes, number: int) -> None:
+        """Deliver a held segment as if it came now from its own packet *number*."""
+        current, self._number = self._number, number
+        self._data(d, h, offset, payload)
+        self._number = current
+
+    def _late_acks(self) -> None:
+        """Emit each waiting "ack" once its bytes came or its wait is over; deliver each
+        held segment whose wait is over."""
+        for d, h in enumerate(self._halves):
+            if h.suspect is not None:
+                h.suspect_left -= 1
+                if h.suspect_left <= 0 or self.last_time > h.suspect_until:
+                    self._release(d, h)
+            if h.owed:
+                h.owed_left -= 1
+                late = h.owed_left <= 0 or self.last_time > h.owed_until
+                if late or h.next + h.fin_done >= h.owed:
+                    self._pay(d, h)
+
+    def _settle(self) -> None:
+        """No more waiting: deliver the held segments, emit the waiting "ack" events."""
+        for d, h in enumerate(self._halves):
+            if h.suspect is not None:
+                self._release(d, h)
+            if h.owed:
+                self._pay(d, h)
+
+    def _pay(self, d: int, h: _Half) -> None:
+        """Emit the "ack" waiting on direction *d*, after a gap for what is still missing."""
+        if h.next + h.fin_done < h.owed:
+            self._skip(d, h, h.owed if h.fin is None else min(h.owed, h.fin), h.owed_number)
+        self._late -= 1
+        acked, n, h.owed = h.owed, h.owed_number, 0
+        self._handshake = False
+        self._out.append(_new(Event, ("ack", self, 1 - d, self.last_time, n, n, acked, 0, b"")))
 
     def _data(self, d: int, h: _Half, offset: int, payload: bytes) -> None:
         end = offset + len(payload)
@@ -239,17 +406,28 @@ class Connection:
         if h.pending[0][0] == h.next:
             self._drain(d, h)
         while h.pending_bytes > self._max_ahead:
-            self._skip(d, h, h.pending[0][0])
+            if h.suspect is not None:  # too much waits behind it: no time to judge it
+                self._release(d, h)
+            else:
+                self._skip(d, h, h.pending[0][0])
 
     def _compare(self, d: int, h: _Half, offset: int, payload: bytes) -> None:
         """Report a retransmitted copy that differs from the delivered one it overlaps."""
+        lo, hi = self._difference(h, offset, payload)
+        if lo < hi:
+            self._event("overlap", d, self._number, lo, hi - lo, payload[lo - offset : hi - offset])
+
+    @staticmethod
+    def _difference(h: _Half, offset: int, payload: bytes) -> tuple[int, int]:
+        """The first range [lo, hi) where *payload* overlaps delivered bytes and differs."""
         for old_offset, old in h.history:
             lo, hi = _overlap(offset, payload, old_offset, old)
-            if lo < hi:
-                mine = payload[lo - offset : hi - offset]
-                if mine != old[lo - old_offset : hi - old_offset]:
-                    self._event("overlap", d, self._number, lo, hi - lo, mine)
-                    return
+            if (
+                lo < hi
+                and payload[lo - offset : hi - offset] != old[lo - old_offset : hi - old_offset]
+            ):
+                return lo, hi
+        return 0, 0
 
     def _hold(self, d: int, h: _Half, offset: int, payload: bytes) -> None:
         """Queue the parts of a segment that no held segment covers (first copy wins)."""
@@ -298,12 +476,13 @@ class Connection:
             h.remember(start, data)
         self._check_fin(d, h)
 
-    def _skip(self, d: int, h: _Half, target: int) -> None:
-        """Give up on the bytes before *target*: report gaps, deliver what follows them."""
+    def _skip(self, d: int, h: _Half, target: int, number: int = 0) -> None:
+        """Give up on the bytes before *target* (the loss shown by packet *number*, else the
+        one being fed): report gaps, deliver what follows them."""
         while h.next < target:
             hole_end = min(target, h.pending[0][0]) if h.pending else target
             if hole_end > h.next:
-                self._event("gap", d, self._number, h.next, hole_end - h.next)
+                self._event("gap", d, number or self._number, h.next, hole_end - h.next)
                 h.next = hole_end
             self._drain(d, h)
 
@@ -319,6 +498,8 @@ class Connection:
     def _finish(self, reason: str, out: list[Event]) -> None:
         """Skip every hole left, then emit "close"."""
         self._out = out
+        if self._late:
+            self._settle()
         for d, h in enumerate(self._halves):
             if h.seen:
                 while h.pending:
@@ -363,6 +544,7 @@ class Reassembler:
         self._live: dict[int, Connection] = {}
         self._ids = count(1)
         self._sweep_at = 0
+        self.warnings: Counter[str] = Counter()  # retransmitted SYN, SYN-ACK and FIN
 
     def feed(self, packet: Packet) -> list[Event]:
         """Events caused by *packet* (any connection's); non-TCP packets cause none."""
@@ -390,14 +572,14 @@ class Reassembler:
 
     def _connect(self, packet: Packet) -> tuple[Connection, int]:
         _, _, src, dst, _, sport, dport, _, _, flags, _, _ = packet
-        if flags & SYN:
+        if flags & (SYN | RST) == SYN:
             roles, d = ("syn-ack", SERVER) if flags & ACK else ("syn", CLIENT)
         else:
             roles, d = "port", _direction_by_port(sport, dport)
         ends = [(format_addr(src), sport), (format_addr(dst), dport)]
         if d == SERVER:
             ends.reverse()
-        conn = Connection(next(self._ids), *ends, roles, self._max_ahead)
+        conn = Connection(next(self._ids), *ends, roles, self._max_ahead, self.warnings)
         conn._keys = ((src, sport, dst, dport), (dst, dport, src, sport))
         self._table[conn._keys[0]] = (conn, d)
         self._table[conn._keys[1]] = (conn, 1 - d)
