@@ -234,18 +234,9 @@ def judge_wire(ladder: Ladder, pcap: Path, golden: Path, topology) -> list[str]:
 async def _exchange(lab: Lab, scenario: Scenario, folder: Path) -> Exchange:
     if scenario.receiver_mta:
         return await to_mta(lab, scenario, folder, _scripted_sender(lab, scenario, folder))
-    rconf = dataclasses.replace(
-        scenario.receiver, maildir=folder / "maildir", log_path=folder / "receiver.jsonl"
-    )
-    rhost = lab.host(scenario.receiver_host)
-    receiver = Receiver(
-        rconf,
-        resolve=resolver_for(lab, rhost.name),
-        socket_factory=lab.socket_factory(rhost.name),
-    )
-    listen = rhost.addresses if scenario.families["receiver"] == "any" else [rhost.ipv4]
+    receiver = scripted_receiver(lab, scenario, folder)
     async with receiver:
-        for address in listen:
+        for address in receiver_addresses(lab, scenario):
             await receiver.start(address, scenario.receiver_port)
         if scenario.sender_mta:
             done = await from_mta(lab, scenario, folder, receiver)
@@ -258,6 +249,23 @@ async def _exchange(lab: Lab, scenario: Scenario, folder: Path) -> Exchange:
     return dataclasses.replace(
         done, stored=receiver.stored, receiver_log=receiver.log.entries, faults=faults
     )
+
+
+def scripted_receiver(lab: Lab, scenario: Scenario, folder: Path) -> Receiver:
+    """The scenario's scripted receiver for its lab host (not started): mail under
+    ``<folder>/maildir``, its log ``<folder>/receiver.jsonl``."""
+    rconf = dataclasses.replace(
+        scenario.receiver, maildir=folder / "maildir", log_path=folder / "receiver.jsonl"
+    )
+    host = scenario.receiver_host
+    return Receiver(rconf, resolve=resolver_for(lab, host), socket_factory=lab.socket_factory(host))
+
+
+def receiver_addresses(lab: Lab, scenario: Scenario) -> list[str]:
+    """Where the scripted receiver listens: its host's IPv4 address, or every address of
+    its host with ``[receiver] family = "any"``."""
+    host = lab.host(scenario.receiver_host)
+    return host.addresses if scenario.families["receiver"] == "any" else [host.ipv4]
 
 
 def _scripted_sender(lab: Lab, scenario: Scenario, folder: Path) -> Sender:

@@ -305,7 +305,14 @@ class Scenario:
 
 
 def load_scenario(path: Path | str | None) -> Scenario:
+    """The scenario file at ``path`` (None: the embedded seed), validated."""
     path = Path(path) if path is not None else SEED_SCENARIO
+    return scenario_from_data(scenario_data(path), path)
+
+
+def scenario_data(path: Path) -> dict:
+    """The TOML document of the scenario file at ``path``, parsed but not yet validated
+    (``scenario_from_data`` does that), or one line saying why there is none."""
     where = str(path)
     try:
         with path.open("rb") as f:
@@ -314,7 +321,13 @@ def load_scenario(path: Path | str | None) -> Scenario:
         raise HarnessError(f"{where}: no such scenario file") from None
     except OSError as exc:
         raise HarnessError(f"{where}: cannot read: {exc.strerror or exc}") from None
-    return scenario_from_data(_toml(data, where), path)
+    return _toml(data, where)
+
+
+def scenario_from_text(text: str, path: Path) -> Scenario:
+    """A scenario from TOML text, validated as a file's would be; ``path`` anchors relative
+    paths and names the scenario in errors (the pytest plugin gives the test's file)."""
+    return scenario_from_data(_toml(text.encode("utf-8", "surrogatepass"), str(path)), path)
 
 
 def _toml(data: bytes, where: str) -> dict:
