@@ -28,6 +28,8 @@ Rules kept here:
   ``.svg``, ``.html``, ``.json``), ``receiver.jsonl``, ``sender.jsonl``, ``dns.jsonl``, the
   stored mail under ``maildir/``, ``run.json`` (verdict, problems, faults, the MTA and the
   .debs it ran from) and, after a fault, ``traceback.txt``.
+- ``RunResult.assert_ok()`` fails with the verdict, every recipient's outcome ("c3po@...
+  deferred at RCPT 450 4.2.0 ..."), every problem and fault, and where the files are.
 - Only ``update_golden=True`` writes a golden capture; nothing else does.
 """
 
@@ -38,7 +40,7 @@ import functools
 import json
 import shutil
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,7 +56,7 @@ from harness.ladder.model import Ladder, StepKind
 from harness.message import ORIGINATING, RECEIVING, Allowance
 from harness.message import compare as compare_message
 from harness.mta.roles import Exchange, from_mta, to_mta
-from harness.outcome import OutcomeStatus, SendReport
+from harness.outcome import Outcome, OutcomeStatus, SendReport
 from harness.render import render
 from harness.scenario import Scenario
 from harness.smtp.receiver import Receiver, StoredMessage
@@ -104,6 +106,29 @@ class RunResult:
     problems: list[str] = field(default_factory=list)
     faults: list[InternalFault] = field(default_factory=list)
     mta: dict | None = None  # the real MTA of the run: name, role, versions, .debs
+    # where a failing ``assert_ok`` keeps the run's files, returning their folder (the pytest
+    # plugin's runs/pytest-artefacts/<test>); None: they stay in ``folder``
+    keep: Callable[[RunResult], Path] | None = field(default=None, repr=False, compare=False)
+
+    def assert_ok(self) -> None:
+        """``AssertionError`` unless the verdict is pass, saying why: the verdict, each
+        recipient's outcome, each problem (the ladder diff against the golden among them)
+        and fault, and the folder holding the run's files."""
+        __tracebackhide__ = True  # pytest shows the message, not this frame
+        if self.ok:
+            return
+        kept = self.keep(self) if self.keep is not None else self.folder
+        raise AssertionError(self.explained(kept.resolve()))
+
+    def explained(self, files: Path) -> str:
+        """What ``assert_ok`` says, the run's files being in ``files``."""
+        lines = [f"scenario {self.scenario.name}: {self.verdict}", "outcomes:"]
+        lines += [f"  {describe(o)}" for o in self.report.outcomes.values()] or ["  (none)"]
+        for title, entries in (("problems", self.problems), ("faults", self.faults)):
+            texts = [e if isinstance(e, str) else e.line() for e in entries]
+            lines += [f"{title}:"] * bool(texts)
+            lines += [f"  {t}".replace("\n", "\n    ") for t in texts]
+        return "\n".join([*lines, f"artefacts: {files}"])
 
     @property
     def verdict(self) -> Verdict:
@@ -303,12 +328,16 @@ def _outcome_problems(result: RunResult) -> list[str]:
         got = sorted(r for r, o in outcomes.items() if o.status is status)
         if got != sorted(wanted):
             detail = "; ".join(
-                f"{r} {o.status} at {o.stage} {o.code or ''} {o.text}".rstrip()
-                for r, o in outcomes.items()
-                if (r in wanted) != (o.status is status)
+                describe(o) for r, o in outcomes.items() if (r in wanted) != (o.status is status)
             )
             problems.append(f"expected {status} {sorted(wanted)}, got {got}: {detail}")
     return problems
+
+
+def describe(outcome: Outcome) -> str:
+    """One recipient's outcome in a line: "c3po@receiver.com deferred at RCPT 450 4.2.0 ..."."""
+    said = f"{outcome.code or ''} {outcome.text}".strip()
+    return f"{outcome.recipient} {outcome.status} at {outcome.stage} {said}".rstrip()
 
 
 def wire_contents(result: RunResult) -> list[bytes]:
