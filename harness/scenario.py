@@ -53,8 +53,8 @@ from dnslib import QTYPE, RR
 from harness.dns.faults import ACTIONS, FaultRule
 from harness.dns.zones import ZoneSet, parse_records, wire_problem
 from harness.errors import HarnessError
-from harness.grammar import Grammar, documentation_address, problem, require, shown
-from harness.lab.topology import Topology, default_topology, topology_from_dict
+from harness.grammar import RULES, Grammar, documentation_address, problem, require, shown
+from harness.lab.topology import HOST_KEYS, Topology, default_topology, topology_from_dict
 from harness.mta.base import KNOBS, adapters
 from harness.smtp.commands import VERBS
 from harness.smtp.policy import CHOICES as RECEIVER_CHOICES
@@ -120,6 +120,7 @@ def _raw_problem(value: str) -> str | None:
 
 
 def _fault_type_problem(value: str) -> str | None:
+    """A DNS type mnemonic (RFC 1035 §3.2.2), or "*" for every type."""
     return None if value == "*" else problem(Grammar.DNS_TYPE, value)
 
 
@@ -898,3 +899,85 @@ def _dsn(given: Any, where: str, recipients: set[str]) -> ExpectedDsn:
             f"a {t['action']} DSN carries 4 or 5"
         )
     return ExpectedDsn(t["recipient"], t["action"], t["status"])
+
+
+# --- the README's table of scenario keys (tools/scenario_keys.py writes it) ----------------
+# the keys whose values are checked outside SCHEMA's rules, and what they take
+CHECKED_ELSEWHERE = {
+    "receiver.mta": "an MTA adapter: " + ", ".join(f"`{name}`" for name in adapters()),
+    "sender.mta": "an MTA adapter: " + ", ".join(f"`{name}`" for name in adapters()),
+    "dns.glue": "DNS name -> documentation address",
+    "receiver.replies.on": "a verb, `BDAT LAST`, `<greeting>` or `<end-of-data>`",
+    "sender.script.at": ", ".join(f"`{point}`" for point in SCRIPT_POINTS),
+    "expect.stored": f"mailbox -> count ({COUNT.start}-{COUNT.stop - 1})",
+}
+_TYPE_NAMES = {str: "string", int: "integer", bool: "boolean", dict: "table"}
+
+
+def schema_markdown() -> str:
+    """Every scenario key as a markdown table: its key, type, default and the values it
+    takes (from ``SCHEMA``, ``HOST_KEYS`` and ``CHECKED_ELSEWHERE``)."""
+    rows = ["| Key | Type | Default | Values |", "|---|---|---|---|"]
+    for section in ("scenario", "hosts", *(name for name in SCHEMA if name != "scenario")):
+        if section == "hosts":
+            rows += [_host_row(key, *spec) for key, spec in HOST_KEYS.items()]
+            continue
+        for key, spec in SCHEMA[section].items():
+            dotted = f"{section}.{key}"
+            kind = _kind_name(spec.kind)
+            values = CHECKED_ELSEWHERE.get(dotted) or _values(spec)
+            rows.append(f"| `{dotted}` | {kind} | {_default(spec.default)} | {values} |")
+    return "\n".join(rows) + "\n"
+
+
+def _host_row(key: str, required: bool, rule: Grammar | int) -> str:
+    values = _values(Key(str, None, rule)) if isinstance(rule, Grammar) else (
+        f"an IPv{rule} documentation address ({'RFC 5737' if rule == 4 else 'RFC 3849'})"
+    )  # fmt: skip
+    return f"| `hosts.{key}` | string | {'required' if required else 'unset'} | {values} |"
+
+
+def _kind_name(kind: Kind | tuple[Kind, ...]) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    names = [
+        f"array of {_TYPE_NAMES[k.item]}s" if isinstance(k, Array) else _TYPE_NAMES[k]
+        for k in kinds
+        if k is not NONE
+    ]
+    return " or ".join(names)
+
+
+def _default(value: Any) -> str:
+    if value == REQUIRED:
+        return "required"
+    if value is None or value == OMIT:
+        return "unset"
+    if isinstance(value, str) and value.startswith(str(FIXTURES)):
+        value = str(Path(value).relative_to(FIXTURES.parent))  # the same on every machine
+    text = {True: "true", False: "false"}.get(value) if isinstance(value, bool) else None
+    return f"`{text or _toml_value(value)}`"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return '"' + value + '"' if isinstance(value, str) else str(value)
+
+
+def _values(spec: Key) -> str:
+    rule = spec.rule
+    if isinstance(rule, Grammar):
+        found = RULES[rule]
+        said = f"{found.what} ({found.cite}), at most {found.most} characters"
+    elif isinstance(rule, range):
+        said = f"{rule.start}-{rule.stop - 1}"
+    elif isinstance(rule, tuple):
+        said = ", ".join(f"`{choice}`" for choice in rule)
+    elif callable(rule):
+        said = (rule.__doc__ or "").split("\n")[0].strip().rstrip(".")
+    else:
+        said = ""
+    if spec.most is not None:
+        count = f"{spec.least} to {spec.most} items" if spec.least else f"at most {spec.most} items"
+        said = f"{count}{'; each ' + said if said else ''}"
+    return said.replace("|", "\\|")
