@@ -911,7 +911,6 @@ CHECKED_ELSEWHERE = {
     "sender.script.at": ", ".join(f"`{point}`" for point in SCRIPT_POINTS),
     "expect.stored": f"mailbox -> count ({COUNT.start}-{COUNT.stop - 1})",
 }
-_TYPE_NAMES = {str: "string", int: "integer", bool: "boolean", dict: "table"}
 
 
 def schema_markdown() -> str:
@@ -924,7 +923,7 @@ def schema_markdown() -> str:
             continue
         for key, spec in SCHEMA[section].items():
             dotted = f"{section}.{key}"
-            kind = _kind_name(spec.kind)
+            kind = _type_column(spec.kind)
             values = CHECKED_ELSEWHERE.get(dotted) or _values(spec)
             rows.append(f"| `{dotted}` | {kind} | {_default(spec.default)} | {values} |")
     return "\n".join(rows) + "\n"
@@ -934,17 +933,12 @@ def _host_row(key: str, required: bool, rule: Grammar | int) -> str:
     values = _values(Key(str, None, rule)) if isinstance(rule, Grammar) else (
         f"an IPv{rule} documentation address ({'RFC 5737' if rule == 4 else 'RFC 3849'})"
     )  # fmt: skip
-    return f"| `hosts.{key}` | string | {'required' if required else 'unset'} | {values} |"
+    return f"| `hosts.{key}` | a string | {'required' if required else 'unset'} | {values} |"
 
 
-def _kind_name(kind: Kind | tuple[Kind, ...]) -> str:
+def _type_column(kind: Kind | tuple[Kind, ...]) -> str:
     kinds = kind if isinstance(kind, tuple) else (kind,)
-    names = [
-        f"array of {_TYPE_NAMES[k.item]}s" if isinstance(k, Array) else _TYPE_NAMES[k]
-        for k in kinds
-        if k is not NONE
-    ]
-    return " or ".join(names)
+    return " or ".join(_kind_name(k) for k in kinds if k is not NONE)
 
 
 def _default(value: Any) -> str:

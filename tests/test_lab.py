@@ -500,6 +500,53 @@ def test_lab_up_receiver_takes_swaks_over_ipv6_and_ipv4_and_the_capture_has_both
     assert _gone(lab_id, private_state)
 
 
+@pytest.mark.parametrize(
+    ("ending", "code"),
+    [("Ctrl-C", ExitCode.OK), ("SIGTERM", ExitCode.SIGTERM), ("lab down", ExitCode.SIGTERM)],
+)
+def test_lab_up_writes_and_prints_the_capture_however_the_lab_goes_down(
+    private_state, tmp_path, ending, code
+) -> None:
+    out = tmp_path / "lab"
+    up, lab_id, banner = _lab_up(private_state, "--capture", "--out", str(out))
+    assert f"capture:       {out / 'capture.pcap'} (with its ladder, at lab down)\n" in banner
+    (line,) = [line for line in banner if line.startswith("send a mail:")]
+    sent = subprocess.run(shlex.split(line.partition(":")[2]), capture_output=True, timeout=60)
+    assert sent.returncode == 0
+    if ending == "lab down":
+        assert _cli("lab", "down", lab_id, env=private_state).returncode == 0
+    else:
+        up.send_signal(signal.SIGINT if ending == "Ctrl-C" else signal.SIGTERM)
+    assert up.wait(timeout=30) == code
+    printed, err = up.communicate()
+    assert err == ""
+    written = (out / "ladder.txt").read_text()
+    assert "250 OK Mail accepted" in written
+    tail = f"lab {lab_id} is down\n" if ending == "Ctrl-C" else ""
+    assert printed.endswith(written + tail)
+    assert printed.startswith(f"capture {out / 'capture.pcap'}: ")
+    assert {p.name for p in out.iterdir()} >= {
+        "capture.pcap", "ladder.txt", "ladder.svg", "ladder.html", "ladder.json", "dns.jsonl",
+        "receiver.jsonl", "maildir",
+    }  # fmt: skip
+    assert _gone(lab_id, private_state)
+
+
+def test_lab_up_with_no_receiver_offers_no_swaks(private_state) -> None:
+    up, lab_id, banner = _lab_up(private_state, "--receiver", "none")
+    assert "receiver:      none (--receiver none)\n" in banner
+    assert not [line for line in banner if line.startswith("send a mail:")]
+    connect = subprocess.run(
+        ["ip", "netns", "exec", f"{lab_id}-sender", "swaks", "--server", "192.0.2.25",
+         "--to", "c3po@receiver.com", "--quit-after", "CONNECT"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert connect.returncode != 0 and "Connection refused" in connect.stdout + connect.stderr
+    up.send_signal(signal.SIGINT)
+    assert up.wait(timeout=10) == ExitCode.OK
+    assert _gone(lab_id, private_state)
+
+
 def test_lab_up_refuses_an_unknown_receiver_in_one_line(private_state) -> None:
     up = _cli("lab", "up", "--receiver", "qmail", env=private_state)
     assert (up.returncode, up.stdout) == (ExitCode.BAD_INPUT, "")

@@ -28,7 +28,7 @@ from harness.lab.lab import Lab, clean_stale, teardown
 from harness.lab.registry import Record, all_records
 from harness.verdict import UNTIL_CTRL_C_HELP
 
-DOWN_TIMEOUT_S = 10.0
+DOWN_TIMEOUT_S = 30.0  # the owner stops its MTA and writes its capture (lab up --capture) first
 
 
 @click.group()
