@@ -36,6 +36,8 @@ Rules kept here:
   known it is rewritten in place, atomically, as the final pcapng: the lab's names, a
   comment per frame naming its steps, the scenario and verdict in its section header.
   The ladder is read from the raw capture, so the two agree frame for frame.
+- ``RunResult.assert_ok()`` fails with the verdict, every recipient's outcome ("c3po@...
+  deferred at RCPT 450 4.2.0 ..."), every problem and fault, and where the files are.
 - Only ``update_golden=True`` writes a golden capture; nothing else does.  A golden named
   ``.pcapng`` is the final capture as it is; any other is written as plain pcap.
 """
@@ -46,7 +48,7 @@ import dataclasses
 import functools
 import shutil
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,7 +66,7 @@ from harness.ladder.model import Ladder, StepKind
 from harness.message import ORIGINATING, RECEIVING, Allowance
 from harness.message import compare as compare_message
 from harness.mta.roles import Exchange, from_mta, to_mta
-from harness.outcome import OutcomeStatus, SendReport
+from harness.outcome import Outcome, OutcomeStatus, SendReport
 from harness.render import render
 from harness.runinfo import host_names
 from harness.scenario import Scenario
@@ -121,6 +123,29 @@ class RunResult:
     problems: list[str] = field(default_factory=list)
     faults: list[InternalFault] = field(default_factory=list)
     mta: dict | None = None  # the real MTA of the run: name, role, versions, .debs
+    # where a failing ``assert_ok`` keeps the run's files, returning their folder (the pytest
+    # plugin's runs/pytest-artefacts/<test>); None: they stay in ``folder``
+    keep: Callable[[RunResult], Path] | None = field(default=None, repr=False, compare=False)
+
+    def assert_ok(self) -> None:
+        """``AssertionError`` unless the verdict is pass, saying why: the verdict, each
+        recipient's outcome, each problem (the ladder diff against the golden among them)
+        and fault, and the folder holding the run's files."""
+        __tracebackhide__ = True  # pytest shows the message, not this frame
+        if self.ok:
+            return
+        kept = self.keep(self) if self.keep is not None else self.folder
+        raise AssertionError(self.explained(kept.resolve()))
+
+    def explained(self, files: Path) -> str:
+        """What ``assert_ok`` says, the run's files being in ``files``."""
+        lines = [f"scenario {self.scenario.name}: {self.verdict}", "outcomes:"]
+        lines += [f"  {describe(o)}" for o in self.report.outcomes.values()] or ["  (none)"]
+        for title, entries in (("problems", self.problems), ("faults", self.faults)):
+            texts = [e if isinstance(e, str) else e.line() for e in entries]
+            lines += [f"{title}:"] * bool(texts)
+            lines += [f"  {t}".replace("\n", "\n    ") for t in texts]
+        return "\n".join([*lines, f"artefacts: {files}"])
 
     @property
     def verdict(self) -> Verdict:
@@ -285,18 +310,9 @@ def judge_wire(ladder: Ladder, pcap: Path, golden: Path, topology) -> list[str]:
 async def _exchange(lab: Lab, scenario: Scenario, folder: Path) -> Exchange:
     if scenario.receiver_mta:
         return await to_mta(lab, scenario, folder, _scripted_sender(lab, scenario, folder))
-    rconf = dataclasses.replace(
-        scenario.receiver, maildir=folder / "maildir", log_path=folder / "receiver.jsonl"
-    )
-    rhost = lab.host(scenario.receiver_host)
-    receiver = Receiver(
-        rconf,
-        resolve=resolver_for(lab, rhost.name),
-        socket_factory=lab.socket_factory(rhost.name),
-    )
-    listen = rhost.addresses if scenario.families["receiver"] == "any" else [rhost.ipv4]
+    receiver = scripted_receiver(lab, scenario, folder)
     async with receiver:
-        for address in listen:
+        for address in receiver_addresses(lab, scenario):
             await receiver.start(address, scenario.receiver_port)
         if scenario.sender_mta:
             done = await from_mta(lab, scenario, folder, receiver)
@@ -309,6 +325,23 @@ async def _exchange(lab: Lab, scenario: Scenario, folder: Path) -> Exchange:
     return dataclasses.replace(
         done, stored=receiver.stored, receiver_log=receiver.log.entries, faults=faults
     )
+
+
+def scripted_receiver(lab: Lab, scenario: Scenario, folder: Path) -> Receiver:
+    """The scenario's scripted receiver for its lab host (not started): mail under
+    ``<folder>/maildir``, its log ``<folder>/receiver.jsonl``."""
+    rconf = dataclasses.replace(
+        scenario.receiver, maildir=folder / "maildir", log_path=folder / "receiver.jsonl"
+    )
+    host = scenario.receiver_host
+    return Receiver(rconf, resolve=resolver_for(lab, host), socket_factory=lab.socket_factory(host))
+
+
+def receiver_addresses(lab: Lab, scenario: Scenario) -> list[str]:
+    """Where the scripted receiver listens: its host's IPv4 address, or every address of
+    its host with ``[receiver] family = "any"``."""
+    host = lab.host(scenario.receiver_host)
+    return host.addresses if scenario.families["receiver"] == "any" else [host.ipv4]
 
 
 def _scripted_sender(lab: Lab, scenario: Scenario, folder: Path) -> Sender:
@@ -346,12 +379,16 @@ def _outcome_problems(result: RunResult) -> list[str]:
         got = sorted(r for r, o in outcomes.items() if o.status is status)
         if got != sorted(wanted):
             detail = "; ".join(
-                f"{r} {o.status} at {o.stage} {o.code or ''} {o.text}".rstrip()
-                for r, o in outcomes.items()
-                if (r in wanted) != (o.status is status)
+                describe(o) for r, o in outcomes.items() if (r in wanted) != (o.status is status)
             )
             problems.append(f"expected {status} {sorted(wanted)}, got {got}: {detail}")
     return problems
+
+
+def describe(outcome: Outcome) -> str:
+    """One recipient's outcome in a line: "c3po@receiver.com deferred at RCPT 450 4.2.0 ..."."""
+    said = f"{outcome.code or ''} {outcome.text}".strip()
+    return f"{outcome.recipient} {outcome.status} at {outcome.stage} {said}".rstrip()
 
 
 def wire_contents(result: RunResult) -> list[bytes]:

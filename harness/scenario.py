@@ -58,8 +58,8 @@ from harness.dns.zones import ZoneSet, parse_records, wire_problem
 from harness.errors import HarnessError
 from harness.formats import KEY as VERSION_KEY
 from harness.formats import Format, version_of
-from harness.grammar import Grammar, documentation_address, problem, require, shown
-from harness.lab.topology import Topology, default_topology, topology_from_dict
+from harness.grammar import RULES, Grammar, documentation_address, problem, require, shown
+from harness.lab.topology import HOST_KEYS, Topology, default_topology, topology_from_dict
 from harness.mta.base import KNOBS, adapters
 from harness.smtp.commands import VERBS
 from harness.smtp.policy import CHOICES as RECEIVER_CHOICES
@@ -125,6 +125,7 @@ def _raw_problem(value: str) -> str | None:
 
 
 def _fault_type_problem(value: str) -> str | None:
+    """A DNS type mnemonic (RFC 1035 §3.2.2), or "*" for every type."""
     return None if value == "*" else problem(Grammar.DNS_TYPE, value)
 
 
@@ -312,18 +313,40 @@ class Scenario:
 
 
 def load_scenario(path: Path | str | None) -> Scenario:
+    """The scenario file at ``path`` (None: the embedded seed), validated."""
     path = Path(path) if path is not None else SEED_SCENARIO
+    data = _file_octets(path)
+    scenario = scenario_from_data(_toml(data, str(path)), path)
+    scenario.text = data
+    return scenario
+
+
+def scenario_data(path: Path) -> dict:
+    """The TOML document of the scenario file at ``path``, parsed but not yet validated
+    (``scenario_from_data`` does that), or one line saying why there is none."""
+    return _toml(_file_octets(path), str(path))
+
+
+def scenario_from_text(text: str, path: Path) -> Scenario:
+    """A scenario from TOML text, validated as a file's would be; ``path`` anchors relative
+    paths and names the scenario in errors (the pytest plugin gives the test's file)."""
+    data = text.encode("utf-8", "surrogatepass")
+    scenario = scenario_from_data(_toml(data, str(path)), path)
+    scenario.text = data
+    return scenario
+
+
+def _file_octets(path: Path) -> bytes:
+    """The first octets of the scenario file at ``path`` (one more than a scenario may
+    have, so ``_toml`` can refuse a larger one), or one line saying why there are none."""
     where = str(path)
     try:
         with path.open("rb") as f:
-            data = f.read(MAX_SCENARIO_FILE + 1)
+            return f.read(MAX_SCENARIO_FILE + 1)
     except FileNotFoundError:
         raise HarnessError(f"{where}: no such scenario file") from None
     except OSError as exc:
         raise HarnessError(f"{where}: cannot read: {exc.strerror or exc}") from None
-    scenario = scenario_from_data(_toml(data, where), path)
-    scenario.text = data
-    return scenario
 
 
 def _toml(data: bytes, where: str) -> dict:
@@ -899,3 +922,79 @@ def _dsn(given: Any, where: str, recipients: set[str]) -> ExpectedDsn:
             f"a {t['action']} DSN carries 4 or 5"
         )
     return ExpectedDsn(t["recipient"], t["action"], t["status"])
+
+
+# --- the README's table of scenario keys (tools/scenario_keys.py writes it) ----------------
+# the keys whose values are checked outside SCHEMA's rules, and what they take
+CHECKED_ELSEWHERE = {
+    "receiver.mta": "an MTA adapter: " + ", ".join(f"`{name}`" for name in adapters()),
+    "sender.mta": "an MTA adapter: " + ", ".join(f"`{name}`" for name in adapters()),
+    "dns.glue": "DNS name -> documentation address",
+    "receiver.replies.on": "a verb, `BDAT LAST`, `<greeting>` or `<end-of-data>`",
+    "sender.script.at": ", ".join(f"`{point}`" for point in SCRIPT_POINTS),
+    "expect.stored": f"mailbox -> count ({COUNT.start}-{COUNT.stop - 1})",
+}
+
+
+def schema_markdown() -> str:
+    """Every scenario key as a markdown table: its key, type, default and the values it
+    takes (from ``SCHEMA``, ``HOST_KEYS`` and ``CHECKED_ELSEWHERE``)."""
+    rows = ["| Key | Type | Default | Values |", "|---|---|---|---|"]
+    for section in ("scenario", "hosts", *(name for name in SCHEMA if name != "scenario")):
+        if section == "hosts":
+            rows += [_host_row(key, *spec) for key, spec in HOST_KEYS.items()]
+            continue
+        for key, spec in SCHEMA[section].items():
+            dotted = f"{section}.{key}"
+            kind = _type_column(spec.kind)
+            values = CHECKED_ELSEWHERE.get(dotted) or _values(spec)
+            rows.append(f"| `{dotted}` | {kind} | {_default(spec.default)} | {values} |")
+    return "\n".join(rows) + "\n"
+
+
+def _host_row(key: str, required: bool, rule: Grammar | int) -> str:
+    values = _values(Key(str, None, rule)) if isinstance(rule, Grammar) else (
+        f"an IPv{rule} documentation address ({'RFC 5737' if rule == 4 else 'RFC 3849'})"
+    )  # fmt: skip
+    return f"| `hosts.{key}` | a string | {'required' if required else 'unset'} | {values} |"
+
+
+def _type_column(kind: Kind | tuple[Kind, ...]) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join(_kind_name(k) for k in kinds if k is not NONE)
+
+
+def _default(value: Any) -> str:
+    if value == REQUIRED:
+        return "required"
+    if value is None or value == OMIT:
+        return "unset"
+    if isinstance(value, str) and value.startswith(str(FIXTURES)):
+        value = str(Path(value).relative_to(FIXTURES.parent))  # the same on every machine
+    text = {True: "true", False: "false"}.get(value) if isinstance(value, bool) else None
+    return f"`{text or _toml_value(value)}`"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return '"' + value + '"' if isinstance(value, str) else str(value)
+
+
+def _values(spec: Key) -> str:
+    rule = spec.rule
+    if isinstance(rule, Grammar):
+        found = RULES[rule]
+        said = f"{found.what} ({found.cite}), at most {found.most} characters"
+    elif isinstance(rule, range):
+        said = f"{rule.start}-{rule.stop - 1}"
+    elif isinstance(rule, tuple):
+        said = ", ".join(f"`{choice}`" for choice in rule)
+    elif callable(rule):
+        said = (rule.__doc__ or "").split("\n")[0].strip().rstrip(".")
+    else:
+        said = ""
+    if spec.most is not None:
+        count = f"{spec.least} to {spec.most} items" if spec.least else f"at most {spec.most} items"
+        said = f"{count}{'; each ' + said if said else ''}"
+    return said.replace("|", "\\|")

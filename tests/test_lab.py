@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -19,6 +22,7 @@ from harness.errors import HarnessError, LabError
 from harness.lab import Host, Lab, Topology, clean_stale, default_topology
 from harness.lab.lab import hosts_file
 from harness.lab.registry import STATE_DIR, Record, new_record, running
+from harness.ladder.dissect import dissect
 from harness.verdict import ExitCode
 
 pytestmark = pytest.mark.lab
@@ -328,12 +332,19 @@ def private_state(tmp_path) -> dict[str, str]:
     _cli("lab", "clean", env=env)
 
 
-def _lab_up(env: dict[str, str]) -> tuple[subprocess.Popen, str, list[str]]:
+def _lab_folder(env: dict[str, str]) -> str:
+    """A folder for one `lab up` (its mail, logs, capture) beside the test's lab records."""
+    return tempfile.mkdtemp(prefix="lab-", dir=Path(env["SMTP_HARNESS_STATE"]).parent)
+
+
+def _lab_up(env: dict[str, str], *args: str) -> tuple[subprocess.Popen, str, list[str]]:
     """`lab up` as a user starts it; returns it once its banner is out, with its lab id."""
+    argv = [*CLI, "lab", "up", *args]
+    if "--out" not in args:
+        argv += ["--out", _lab_folder(env)]
     up = subprocess.Popen(
-        [*CLI, "lab", "up"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        cwd=ROOT, env=env,
-    )  # fmt: skip
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env
+    )
     banner = [up.stdout.readline()]
     while banner[-1] and not banner[-1].startswith("stop:"):
         banner.append(up.stdout.readline())
@@ -425,8 +436,8 @@ def test_ctrl_c_while_lab_up_starts_exits_0_and_leaves_nothing(private_state, ta
     after).  A terminal sends it to the whole process group: the `ip` children die too."""
     state = Path(private_state["SMTP_HARNESS_STATE"])
     up = subprocess.Popen(
-        [*CLI, "lab", "up"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        cwd=ROOT, env=private_state, start_new_session=True,
+        [*CLI, "lab", "up", "--out", _lab_folder(private_state)], stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, cwd=ROOT, env=private_state, start_new_session=True,
     )  # fmt: skip
     _wait_until(lambda: state.is_dir() and list(state.glob("sh*.json")))
     (record,) = state.glob("sh*.json")
@@ -438,6 +449,111 @@ def test_ctrl_c_while_lab_up_starts_exits_0_and_leaves_nothing(private_state, ta
     out, err = up.communicate()
     assert err == "" and out.endswith(("is down\n", "interrupted before the lab was up\n"))
     assert _gone(record.stem, private_state)
+
+
+# --receiver -> where c3po's mail lands in the lab's folder
+MAILBOXES = {
+    "scripted": "maildir/c3po@receiver.com/new/*",
+    **{mta: f"receiver-{mta}/*/c3po/*/*" for mta in ("postfix", "exim", "opensmtpd", "sendmail")},
+}
+
+
+@pytest.mark.parametrize("receiver", MAILBOXES)
+def test_lab_up_receiver_takes_swaks_over_ipv6_and_ipv4_and_the_capture_has_both(
+    private_state, open_folder, receiver
+) -> None:
+    """Issue 13: `lab up` started no receiver (swaks from the sender host: connection
+    refused), and one of one's own on 192.0.2.25 still failed swaks, which the lab's AAAA
+    sends to IPv6 first.  The command `lab up` prints goes over IPv6 as printed, and over
+    IPv4 with swaks' -4; the capture written at `lab down` holds both sessions, its ladder
+    is printed, and both messages were stored.  (An open folder: Exim and OpenSMTPD deliver
+    as users of their own.)"""
+    assert shutil.which("swaks"), "swaks is missing: `make install` installs it (Makefile)"
+    out = open_folder / "lab"
+    args = ("--receiver", receiver, "--capture", "--out", str(out))
+    up, lab_id, banner = _lab_up(private_state, *args)
+    (line,) = [line for line in banner if line.startswith("send a mail:")]
+    printed = shlex.split(line.partition(":")[2])
+    assert printed[:5] == ["ip", "netns", "exec", f"{lab_id}-sender", "swaks"]
+    for extra in ([], ["-4"]):
+        sent = subprocess.run([*printed, *extra], capture_output=True, text=True, timeout=60)
+        assert sent.returncode == 0, sent.stdout + sent.stderr
+    _wait_until(lambda: len(list(out.glob(MAILBOXES[receiver]))) >= 2, 30)  # MTAs queue first
+    down = _cli("lab", "down", lab_id, env=private_state)
+    assert (down.returncode, down.stdout) == (0, f"lab {lab_id} is down\n")
+    assert up.wait(timeout=30) == ExitCode.SIGTERM
+    assert up.stderr.read() == ""
+    steps = dissect(str(out / "capture.pcapng"), {}).steps
+    syns = [(s.src, s.dst) for s in steps if s.kind == "syn"]
+    assert syns == [("2001:db8::10", "2001:db8::25"), ("192.0.2.10", "192.0.2.25")]
+    contents = [i for i, s in enumerate(steps) if s.kind == "content"]
+    replies = [next(s for s in steps[i:] if s.kind == "reply") for i in contents]
+    assert [(s.src, s.text[:3]) for s in replies] == [
+        ("2001:db8::25", "250"),
+        ("192.0.2.25", "250"),
+    ]
+    text = (out / "ladder.txt").read_text()
+    assert text in up.stdout.read()  # the ladder printed at lab down, as written
+    stored = sorted(out.glob(MAILBOXES[receiver]))
+    assert len(stored) == 2
+    assert all(b"This is a test mailing" in path.read_bytes() for path in stored)
+    assert _gone(lab_id, private_state)
+
+
+@pytest.mark.parametrize(
+    ("ending", "code"),
+    [("Ctrl-C", ExitCode.OK), ("SIGTERM", ExitCode.SIGTERM), ("lab down", ExitCode.SIGTERM)],
+)
+def test_lab_up_writes_and_prints_the_capture_however_the_lab_goes_down(
+    private_state, tmp_path, ending, code
+) -> None:
+    out = tmp_path / "lab"
+    up, lab_id, banner = _lab_up(private_state, "--capture", "--out", str(out))
+    assert f"capture:       {out / 'capture.pcapng'} (with its ladder, at lab down)\n" in banner
+    (line,) = [line for line in banner if line.startswith("send a mail:")]
+    sent = subprocess.run(shlex.split(line.partition(":")[2]), capture_output=True, timeout=60)
+    assert sent.returncode == 0
+    if ending == "lab down":
+        assert _cli("lab", "down", lab_id, env=private_state).returncode == 0
+    else:
+        up.send_signal(signal.SIGINT if ending == "Ctrl-C" else signal.SIGTERM)
+    assert up.wait(timeout=30) == code
+    printed, err = up.communicate()
+    assert err == ""
+    written = (out / "ladder.txt").read_text()
+    assert "250 OK Mail accepted" in written
+    tail = f"lab {lab_id} is down\n" if ending == "Ctrl-C" else ""
+    assert printed.endswith(written + tail)
+    assert printed.startswith(f"capture {out / 'capture.pcapng'}: ")
+    assert {p.name for p in out.iterdir()} >= {
+        "capture.pcapng", "ladder.txt", "ladder.svg", "ladder.html", "ladder.json", "dns.jsonl",
+        "receiver.jsonl", "maildir",
+    }  # fmt: skip
+    assert _gone(lab_id, private_state)
+
+
+def test_lab_up_with_no_receiver_offers_no_swaks(private_state) -> None:
+    up, lab_id, banner = _lab_up(private_state, "--receiver", "none")
+    assert "receiver:      none (--receiver none)\n" in banner
+    assert not [line for line in banner if line.startswith("send a mail:")]
+    connect = subprocess.run(
+        ["ip", "netns", "exec", f"{lab_id}-sender", "swaks", "--server", "192.0.2.25",
+         "--to", "c3po@receiver.com", "--quit-after", "CONNECT"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert connect.returncode != 0 and "Connection refused" in connect.stdout + connect.stderr
+    up.send_signal(signal.SIGINT)
+    assert up.wait(timeout=10) == ExitCode.OK
+    assert _gone(lab_id, private_state)
+
+
+def test_lab_up_refuses_an_unknown_receiver_in_one_line(private_state) -> None:
+    up = _cli("lab", "up", "--receiver", "qmail", env=private_state)
+    assert (up.returncode, up.stdout) == (ExitCode.BAD_INPUT, "")
+    assert up.stderr == (
+        "smtp-harness: error: --receiver: 'qmail': expected one of scripted, postfix, exim, "
+        "opensmtpd, sendmail, none\n"
+    )
 
 
 def test_cli_bad_scenario_is_one_line_exit_2(tmp_path) -> None:

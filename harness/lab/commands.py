@@ -1,10 +1,11 @@
 """``smtp-harness lab …``: bring a lab up by hand, list, stop and clean labs.
 
 Rules kept here:
-- ``lab up`` prints the exact command that stops its own lab (``lab down <id>``) and runs
-  until Ctrl-C, SIGTERM or that command.  Ctrl-C is the normal way to stop it: exit 0, at
-  any point (start-up included), with the teardown done and no traceback; SIGTERM (what
-  ``lab down`` sends): the teardown, then exit 143 (``ExitCode.SIGTERM``).
+- ``lab up`` starts the receiver (and with ``--capture`` the capture) of ``harness.lab.up``,
+  prints the exact commands that send it a mail (swaks) and that stop its own lab (``lab
+  down <id>``), and runs until Ctrl-C, SIGTERM or that command.  Ctrl-C is the normal way
+  to stop it: exit 0, at any point (start-up included), with the teardown done and no
+  traceback; SIGTERM (what ``lab down`` sends): the teardown, then exit 143.
 - ``lab down`` acts only on labs made by ``lab up``, and never on more than it was asked:
   ``lab down ID`` that lab; ``lab down`` alone only when exactly one exists (otherwise it
   lists them and asks for an id or ``--all``, exit 2); ``--all`` every one on the machine.
@@ -27,7 +28,7 @@ from harness.lab.lab import Lab, clean_stale, teardown
 from harness.lab.registry import Record, all_records
 from harness.verdict import UNTIL_CTRL_C_HELP
 
-DOWN_TIMEOUT_S = 10.0
+DOWN_TIMEOUT_S = 30.0  # the owner stops its MTA and writes its capture (lab up --capture) first
 
 
 @click.group()
@@ -37,32 +38,65 @@ def lab() -> None:
 
 @lab.command("up", epilog=UNTIL_CTRL_C_HELP)
 @click.argument("scenario", required=False, type=click.Path(dir_okay=False, path_type=Path))
-def lab_up(scenario: Path | None) -> None:
-    """Bring a lab up with its DNS server; Ctrl-C (exit 0) or `lab down ID` stops it."""
+@click.option(
+    "--receiver",
+    metavar="scripted|NAME|none",
+    help="The SMTP receiver, on every address of its host: the scripted one, a real MTA "
+    "(postfix, exim, opensmtpd, sendmail) or none (default: the scenario's).",
+)
+@click.option(
+    "--capture",
+    is_flag=True,
+    help="Capture the bridge while the lab is up; the capture and its ladder are written "
+    "(and the ladder printed) when it goes down.",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="The lab's folder: mail, logs, capture (default: runs/lab-<lab id>).",
+)
+def lab_up(scenario: Path | None, receiver: str | None, capture: bool, out: Path | None) -> None:
+    """Bring a lab up with its DNS server and an SMTP receiver; Ctrl-C (exit 0) or `lab down
+    ID` stops it."""
     lab_id = None
     # Ctrl-C ends the body quietly, its teardowns run as the interrupt unwinds (a second one
     # waits for the lab to be gone: harness.signals); an ignored SIGINT (`lab up &` in a
     # script) stays ignored.
     with contextlib.suppress(KeyboardInterrupt):
+        from harness import signals
+        from harness.lab import up
         from harness.runner import lab_dns
-        from harness.scenario import load_scenario
 
-        scen = load_scenario(scenario)
-        with Lab(scen.topology, purpose="up") as running, lab_dns(running, scen):
+        scen = up.up_scenario(scenario, receiver)
+        with Lab(scen.topology, purpose="up") as running, contextlib.ExitStack() as stack:
             lab_id = running.id
-            _announce(running)
-            while True:
-                signal.pause()
+            folder = out or Path("runs") / f"lab-{lab_id}"
+            folder.mkdir(parents=True, exist_ok=True)
+            stack.enter_context(lab_dns(running, scen, folder / "dns.jsonl"))
+            if capture:
+                stack.enter_context(up.captured(running, scen, folder))
+
+            def ready() -> None:
+                _announce(running, scen, folder, receiver, capture)
+
+            signals.run_async(up.serve(running, scen, folder, receiver, ready))
     click.echo(f"lab {lab_id} is down" if lab_id else "interrupted before the lab was up")
 
 
-def _announce(running: Lab) -> None:
+def _announce(running: Lab, scen, folder: Path, receiver: str | None, capture: bool) -> None:
+    from harness.lab import up
+
     click.echo(f"lab {running.id} is up (owner pid {os.getpid()})")
     for host in running.topology.hosts:
         addrs = ", ".join(host.addresses)
         click.echo(f"  {host.name:<10} {addrs:<28} {host.fqdn or ''}")
+    click.echo(f"receiver:      {up.describe_receiver(running, scen, folder, receiver)}")
+    if capture:
+        click.echo(f"capture:       {folder / up.CAPTURE_FILE} (with its ladder, at lab down)")
     first = running.topology.hosts[0].name
     click.echo(f"enter a host:  ip netns exec {running.ns(first)} bash")
+    if receiver != up.NO_RECEIVER:
+        click.echo(f"send a mail:   {up.swaks_command(running, scen)}")
     click.echo(f"stop:          smtp-harness lab down {running.id}   (or Ctrl-C here)")
 
 
