@@ -31,7 +31,7 @@ from harness.ladder.normalise import MASKS, Mask, normalise
 
 _FIN_ACKS = ("fin-ack", "close-ack")
 # details that differ run to run even when strict: what the network did is not compared
-_VOLATILE = frozenset({"offset", "id", "duplicates", "retry_of"})
+_VOLATILE = frozenset({"offset", "id", "duplicates", "retry_of", "stray_rsts"})
 
 
 @dataclass(frozen=True, slots=True)

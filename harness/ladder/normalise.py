@@ -10,6 +10,12 @@ Rules this module keeps (design rule 6), applied in this order:
 |                      | network copied it; TCP's own duplicates are already folded by the      |
 |                      | dissector).  The ladder keeps no port, so "the same bytes" is judged   |
 |                      | on what was decoded                                                    |
+| RST after the close  | an RST from the side that sent the second FIN, once that FIN was       |
+|                      | acknowledged (its ``close-ack`` step came first), answers a stray      |
+|                      | segment: an ACK that jitter put behind the FIN, a copy, a retransmit,  |
+|                      | reaching a socket already CLOSED (RFC 9293 §3.10.7.1; the other side   |
+|                      | is in TIME-WAIT and answers with an ACK).  It is folded into the       |
+|                      | ``close-ack`` (``stray_rsts`` detail); any other RST is compared       |
 | DNS retries          | a UDP question the same client already asked the same server (name,    |
 |                      | type, class), and any later UDP answer to a question already answered, |
 |                      | is a retry: `` (retry)`` ends its text, ``retry_of`` (detail) is the   |
@@ -93,7 +99,7 @@ class Normaliser:
         self._conns: dict[int, int] = {}
 
     def ladder(self, ladder: Ladder) -> Ladder:
-        steps = [self.step(s) for s in fold_datagrams(ladder.steps)]
+        steps = [self.step(s) for s in fold_datagrams(fold_stray_rsts(ladder.steps))]
         coverage = {
             self._conn(c): replace(cov, conn=self._conn(c)) for c, cov in ladder.coverage.items()
         }
@@ -152,6 +158,24 @@ def normalise(
 ) -> Ladder:
     """*ladder* with the rules of this module applied."""
     return Normaliser(masks, hosts, digest=digest).ladder(ladder)
+
+
+def fold_stray_rsts(steps: Sequence[Step]) -> list[Step]:
+    """*steps* with the rule "RST after the close" applied."""
+    out: list[Step] = []
+    closed: dict[int, tuple[int, str]] = {}  # conn -> (close-ack's place, last FIN's sender)
+    strays: dict[int, int] = {}  # place -> RSTs folded into it
+    for step in steps:
+        place, last = closed.get(step.conn, (None, None))
+        if step.kind == StepKind.RST and place is not None and step.src == last:
+            strays[place] = strays.get(place, 0) + 1
+            continue
+        if step.kind == StepKind.CLOSE_ACK and step.conn is not None:
+            closed[step.conn] = (len(out), step.dst)
+        out.append(step)
+    for place, n in strays.items():
+        out[place] = replace(out[place], detail=(*out[place].detail, ("stray_rsts", n)))
+    return out
 
 
 def fold_datagrams(steps: Sequence[Step]) -> list[Step]:

@@ -14,7 +14,7 @@ from harness.lab import Lab
 from harness.ladder.compare import compare
 from harness.ladder.dissect import dissect
 from harness.ladder.model import Ladder, Step, StepKind
-from harness.ladder.normalise import DUPLICATE_WINDOW_NS, fold_datagrams
+from harness.ladder.normalise import DUPLICATE_WINDOW_NS, fold_datagrams, fold_stray_rsts
 from harness.runner import host_names, resolver_for
 
 MS = 1_000_000
@@ -100,3 +100,22 @@ def test_a_late_answer_makes_a_real_retry_that_the_comparison_accepts(
     assert [s.kind for s in run.steps] == [Q, Q, A]  # the retry's answer comes at 4.5 s
     assert [s.get("retry_of") for s in fold_datagrams(run.steps)] == [None, 1, None]
     assert compare(run, golden).ok
+
+
+def _tcp(index: int, kind: StepKind, src: str = "receiver:25", dst: str = "sender") -> Step:
+    return Step(index, index * MS, src, dst, kind, kind.upper(), conn=1)
+
+
+def test_an_rst_after_both_fins_were_acknowledged_is_folded_into_the_close() -> None:
+    fin, ack = StepKind.FIN, StepKind.FIN_ACK
+    closing = [
+        _tcp(1, fin),
+        _tcp(2, ack, "sender", "receiver:25"),
+        _tcp(3, fin, "sender", "receiver:25"),
+    ]
+    golden = Ladder([*closing, _tcp(4, StepKind.CLOSE_ACK)])
+    stray = Ladder([*golden.steps, _tcp(5, StepKind.RST, "sender", "receiver:25")])
+    assert compare(stray, golden).ok and compare(stray, golden, strict=True).ok
+    assert fold_stray_rsts(stray.steps)[-1].get("stray_rsts") == 1
+    early = Ladder([*closing, _tcp(4, StepKind.RST, "sender", "receiver:25")])  # Postfix's
+    assert [m.what for m in compare(early, golden).mismatches] == ["changed"]
