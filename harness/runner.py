@@ -27,7 +27,9 @@ Rules kept here:
 - A run's folder holds what it produced: ``capture.pcap`` and its ladder (``ladder.txt``,
   ``.svg``, ``.html``, ``.json``), ``receiver.jsonl``, ``sender.jsonl``, ``dns.jsonl``, the
   stored mail under ``maildir/``, ``run.json`` (verdict, problems, faults, the MTA and the
-  .debs it ran from) and, after a fault, ``traceback.txt``.
+  .debs it ran from, ``network``: the link faults' engine, seed and faults, and
+  ``warnings``: TCP connections still open when the capture stopped) and, after a fault,
+  ``traceback.txt``.
 - Only ``update_golden=True`` writes a golden capture; nothing else does.
 """
 
@@ -47,7 +49,7 @@ from harness import signals
 from harness.capture.live import Capture
 from harness.dns import DnsServer, FaultRule, FaultRules, QueryLog, ZoneSet, aquery
 from harness.errors import HarnessError, InternalFault
-from harness.lab import Lab
+from harness.lab import Lab, impair
 from harness.ladder.compare import compare, format_diff
 from harness.ladder.dissect import dissect
 from harness.ladder.model import Ladder, StepKind
@@ -104,6 +106,8 @@ class RunResult:
     problems: list[str] = field(default_factory=list)
     faults: list[InternalFault] = field(default_factory=list)
     mta: dict | None = None  # the real MTA of the run: name, role, versions, .debs
+    network: dict | None = None  # the link faults that ran: engine, seed, faults (impair.py)
+    warnings: list[str] = field(default_factory=list)  # e.g. connections open at capture end
 
     @property
     def verdict(self) -> Verdict:
@@ -133,7 +137,7 @@ def run_scenario(
             "(record it with --update-golden)"
         )
     folder.mkdir(parents=True, exist_ok=True)
-    done, dns_log, faults = _exchanged(scenario, folder, capture_backend)
+    done, dns_log, faults, wire = _exchanged(scenario, folder, capture_backend)
     ladder = _ladder(scenario, folder, faults)
     result = RunResult(
         scenario=scenario,
@@ -145,6 +149,7 @@ def run_scenario(
         ladder=ladder,
         faults=faults,
         mta=done.mta,
+        **wire,
     )
     write_ladder(result.ladder, folder)
     if golden is not None and update_golden and not faults:
@@ -160,19 +165,23 @@ def run_scenario(
 
 def _exchanged(
     scenario: Scenario, folder: Path, backend: str
-) -> tuple[Exchange, list, list[InternalFault]]:
-    """The exchange in a fresh lab, the DNS log, and our faults (bugs included: anything
-    but a ``HarnessError``, which is bad input or an unusable machine and propagates)."""
+) -> tuple[Exchange, list, list[InternalFault], dict]:
+    """The exchange in a fresh lab (its link faults in place first), the DNS log, our
+    faults (bugs included: anything but a ``HarnessError``, which is bad input or an
+    unusable machine and propagates), and the wire's ``network`` and ``warnings``."""
     faults: list[InternalFault] = []
-    done, dns_log = Exchange(SendReport({}), [], []), []
+    done, dns_log, wire = Exchange(SendReport({}), [], []), [], {"network": None, "warnings": []}
     try:
         with (
             Lab(scenario.topology) as lab,
+            impair.applied(lab, scenario.link_faults, scenario.network_seed) as network,
             lab_dns(lab, scenario, folder / "dns.jsonl") as dns,
         ):
+            wire["network"] = network
             try:
-                with Capture(lab, folder / "capture.pcap", backend):
+                with Capture(lab, folder / "capture.pcap", backend) as capture:
                     done = signals.run_async(_exchange(lab, scenario, folder))
+                wire["warnings"] = capture.warnings
             finally:
                 faults += dns.internal_faults
                 dns_log = dns.log.entries()
@@ -180,7 +189,7 @@ def _exchanged(
         raise
     except Exception as exc:  # our fault: the verdict is error, with the traceback kept
         faults.append(InternalFault.from_exception(getattr(exc, "where", "run"), exc))
-    return done, dns_log, faults + done.faults
+    return done, dns_log, faults + done.faults, wire
 
 
 def _ladder(scenario: Scenario, folder: Path, faults: list[InternalFault]) -> Ladder:
@@ -217,6 +226,8 @@ def write_record(result: RunResult) -> None:
             for r, o in result.report.outcomes.items()
         },
         "mta": result.mta,
+        "network": result.network,
+        "warnings": result.warnings,
     }
     path = result.folder / "run.json"
     path.write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
