@@ -3,13 +3,15 @@ lab's namespaces and gone with it."""
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from harness.errors import HarnessError
+from harness.errors import HarnessError, InternalError
 from harness.lab import Lab
 from harness.lab.impair import (
     Direction,
@@ -97,7 +99,9 @@ def test_commands_are_written_from_numbers() -> None:
     assert " ".join(netem_args(fault)) == (
         "limit 100000 delay 50ms 20ms loss 5% reorder 25% duplicate 1% rate 1000000bit"
     )
-    assert queue_rules(LinkFault("dns", Direction.BOTH, loss=0.1)).splitlines() == [
+    assert queue_rules(
+        list(LinkFault("dns", Direction.BOTH, loss=0.1).directions)
+    ).splitlines() == [
         "*mangle",
         "-A PREROUTING -i eth0 -j NFQUEUE --queue-num 0",
         "-A POSTROUTING -o eth0 -j NFQUEUE --queue-num 0",
@@ -135,17 +139,18 @@ def test_a_packet_takes_its_draws_whatever_its_fate() -> None:
 
 
 # --- for real --------------------------------------------------------------------------------
-def _datagrams(lab: Lab, count: int = 40) -> list[int]:
-    """Send *count* numbered datagrams sender -> dns, one at a time, waiting for each (or
-    0.3 s); the numbers dns received, in order."""
-    tx = lab.socket_factory("sender")(socket.AF_INET, socket.SOCK_DGRAM)
-    rx = lab.socket_factory("dns")(socket.AF_INET, socket.SOCK_DGRAM)
+def _datagrams(lab: Lab, count: int = 40, src: str = "sender", dst: str = "dns") -> list[int]:
+    """Send *count* numbered datagrams src -> dst, one at a time, waiting for each (or
+    0.3 s); the numbers dst received, in order."""
+    tx = lab.socket_factory(src)(socket.AF_INET, socket.SOCK_DGRAM)
+    rx = lab.socket_factory(dst)(socket.AF_INET, socket.SOCK_DGRAM)
+    to = (lab.host(dst).ipv4, 9999)
     got: list[int] = []
     with tx, rx:
-        rx.bind(("192.0.2.53", 9999))
+        rx.bind(to)
         rx.settimeout(0.3)
         for i in range(count):
-            tx.sendto(b"%d" % i, ("192.0.2.53", 9999))
+            tx.sendto(b"%d" % i, to)
             try:
                 while True:
                     got.append(int(rx.recv(64)))
@@ -188,6 +193,30 @@ def test_copies_and_a_dead_queue(lab: Lab) -> None:
     with applied(lab, [LinkFault("dns", Direction.IN, delay_ms=1)], 1):
         pass  # the daemon is ended, its rules stay in the host: the queue drops all
     assert _datagrams(lab, 3) == []
+
+
+@pytest.mark.lab
+def test_two_faults_of_one_host_share_its_daemon(lab: Lab) -> None:
+    """The sender's two faults (copies out, a delay in) run in one daemon: both queued
+    directions are served (a queue without a daemon drops)."""
+    faults = [
+        LinkFault("dns", Direction.IN, delay_ms=1),
+        LinkFault("sender", Direction.OUT, duplicate=1.0),
+        LinkFault("sender", Direction.IN, delay_ms=1),
+    ]
+    with applied(lab, faults, 1):
+        assert len(lab.record.pids) == 2
+        assert _datagrams(lab, 3) == [0, 0, 1, 1, 2, 2]
+        assert _datagrams(lab, 3, "dns", "sender") == [0, 1, 2]
+
+
+@pytest.mark.lab
+def test_a_daemon_that_dies_is_our_fault(lab: Lab) -> None:
+    died = pytest.raises(InternalError, match=r"daemon died during the run: host sender: exit -9")
+    with died, applied(lab, [LinkFault("sender", Direction.OUT, loss=0.1)], 1):
+        pid = lab.record.pids[-1][0]
+        os.kill(pid, signal.SIGKILL)
+        os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
 
 
 @pytest.mark.lab

@@ -17,6 +17,8 @@ Rules kept here:
 - Everything lives inside the lab's namespaces (never the root one): the daemon is the
   lab's child (``Lab.popen``: ended by pid in the teardown), the nft tables and qdiscs go
   with the namespaces.  Nothing is left after the lab, whatever ends it.
+- A daemon that dies before the block ends is an ``InternalError`` (our fault: its queue
+  dropped everything after it), with what it said.
 - Faults are in place before ``applied`` enters its block, so before any traffic: the daemon has
   bound its queue (it says ``ready``) before the table that feeds it exists.
 - The seed (recorded in the record) fixes, per host, the fate of the n-th packet that
@@ -41,7 +43,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from enum import StrEnum
 
-from harness.errors import LabError
+from harness.errors import InternalError, LabError
 
 DAEMON_READY_S = 10.0  # the daemon imports Python and binds its queue within this
 RATE = re.compile(r"([1-9][0-9]{0,9})(bit|kbit|mbit|gbit)")
@@ -120,13 +122,14 @@ def applied(
         return
     seed = random.SystemRandom().randrange(2**32) if seed is None else seed
     engine = engine or detect(lab)
-    daemons: list[subprocess.Popen] = []
+    daemons: dict[str, subprocess.Popen] = {}  # host -> its daemon
     try:
-        for fault in faults:
+        for host, own in _by_host(faults).items():
             if engine is Engine.NETEM:
-                _netem(lab, fault)
+                for fault in own:
+                    _netem(lab, fault)
             else:
-                _nfqueue(lab, fault, f"{seed}:{fault.host}", daemons)
+                _nfqueue(lab, host, own, f"{seed}:{host}", daemons)
         yield {
             "engine": str(engine),
             "seed": seed,
@@ -134,8 +137,22 @@ def applied(
             "faults": [f.to_dict() for f in faults],
         }
     finally:
-        for proc in daemons:
+        died = [_death(host, proc) for host, proc in daemons.items() if proc.poll() is not None]
+        for proc in daemons.values():
             _end(proc)
+    if died:  # its queue dropped every packet since: the run's verdict is not the MTA's
+        raise InternalError(f"impairment daemon died during the run: {'; '.join(died)}")
+
+
+def _by_host(faults: list[LinkFault]) -> dict[str, list[LinkFault]]:
+    hosts: dict[str, list[LinkFault]] = {}
+    for fault in faults:
+        hosts.setdefault(fault.host, []).append(fault)
+    return hosts
+
+
+def _death(host: str, proc: subprocess.Popen) -> str:
+    return f"host {host}: exit {proc.returncode}: {_last_line(proc.stderr.read())}"
 
 
 SEED_FIXES = {
@@ -178,7 +195,7 @@ def _netem(lab, fault: LinkFault) -> None:
 
 
 # --- NFQUEUE + nftables + tbf ----------------------------------------------------------
-def queue_rules(fault: LinkFault) -> str:
+def queue_rules(directions: list[Direction]) -> str:
     """The host's iptables-restore input (IPv4 and IPv6 alike): what crosses eth0 in the
     faulty directions goes to queue 0.  This kernel has the xt NFQUEUE target but no nft
     ``queue`` expression (CONFIG_NFT_QUEUE unset): iptables-nft speaks it through
@@ -186,7 +203,7 @@ def queue_rules(fault: LinkFault) -> str:
     from harness.lab.impaird import QUEUE
 
     chains = {Direction.OUT: "POSTROUTING -o", Direction.IN: "PREROUTING -i"}
-    lines = [f"-A {chains[d]} eth0 -j NFQUEUE --queue-num {QUEUE}" for d in fault.directions]
+    lines = [f"-A {chains[d]} eth0 -j NFQUEUE --queue-num {QUEUE}" for d in directions]
     return "\n".join(["*mangle", *lines, "COMMIT", ""])
 
 
@@ -207,23 +224,28 @@ def tbf_args(bits: int) -> list[str]:
     return ["rate", f"{bits}bit", "burst", str(burst), "latency", f"{TBF_LATENCY_MS}ms"]
 
 
-def _nfqueue(lab, fault: LinkFault, seed: str, daemons: list[subprocess.Popen]) -> None:
-    if any(fault.rule().values()):
-        daemons.append(_start_daemon(lab, fault, seed))
-        if fault.duplicate:
-            _run_ok(lab, fault.host, ["nft", "-f", "-"], copy_ruleset())
+def _nfqueue(
+    lab, host: str, faults: list[LinkFault], seed: str, daemons: dict[str, subprocess.Popen]
+) -> None:
+    """One host's faults (one per direction); its daemon, if one is needed, in ``daemons``."""
+    queued = [f for f in faults if any(f.rule().values())]
+    if queued:
+        rules = {str(d): f.rule() for f in queued for d in f.directions}
+        daemons[host] = _start_daemon(lab, host, {"seed": seed, "rules": rules})
+        if any(f.duplicate for f in queued):
+            _run_ok(lab, host, ["nft", "-f", "-"], copy_ruleset())
+        directions = [d for f in queued for d in f.directions]
         for restore in ("iptables-restore", "ip6tables-restore"):
-            _run_ok(lab, fault.host, [restore, "--wait"], queue_rules(fault))
-    if fault.rate_bits:
-        for direction in fault.directions:
-            ns, dev = _device(lab, fault.host, direction)
+            _run_ok(lab, host, [restore, "--wait"], queue_rules(directions))
+    for fault in faults:
+        for direction in fault.directions if fault.rate_bits else ():
+            ns, dev = _device(lab, host, direction)
             _tc_ok(ns, ["qdisc", "add", "dev", dev, "root", "tbf", *tbf_args(fault.rate_bits)])
 
 
-def _start_daemon(lab, fault: LinkFault, seed: str) -> subprocess.Popen:
-    config = {"seed": seed, "rules": {str(d): fault.rule() for d in fault.directions}}
+def _start_daemon(lab, host: str, config: dict) -> subprocess.Popen:
     proc = lab.popen(
-        fault.host,
+        host,
         [sys.executable, "-P", "-m", "harness.lab.impaird"],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
@@ -238,7 +260,7 @@ def _start_daemon(lab, fault: LinkFault, seed: str) -> subprocess.Popen:
         proc.wait()
         said = _last_line(proc.stderr.read())
         _end(proc)
-        raise LabError(f"impairment daemon in host {fault.host} did not start: {said}")
+        raise LabError(f"impairment daemon in host {host} did not start: {said}")
     return proc
 
 
