@@ -209,6 +209,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "delay_ms": Key(int, 0, DELAY_MS),
         "line_pause_ms": Key(int, 0, DELAY_MS),
         "close": Key(bool, False),
+        "reset": Key(bool, False),  # an RST (SO_LINGER 0) once the reply was acknowledged
     },
     "sender": {
         "host": Key(str, "sender", Grammar.HOST_NAME),
@@ -799,6 +800,8 @@ def _reply_rule(given: Any, where: str) -> ReplyRule:
     text = t["text"]
     if on in EVENTS and t["argument"] is not None:
         raise HarnessError(f"{where}.argument: {on} has no argument: the rule could never fire")
+    if t["reset"] and t["close"]:
+        raise HarnessError(f"{where}.reset: give close (a FIN) or reset (an RST), not both")
     if t["raw"] is not None and (t["code"] is not None or text is not None):
         raise HarnessError(f"{where}.raw: give raw, or code and text, not both")
     if t["line_pause_ms"] and not (isinstance(text, list) and len(text) >= 2):
@@ -815,6 +818,7 @@ def _reply_rule(given: Any, where: str) -> ReplyRule:
         delay=t["delay_ms"] / 1000,
         line_pause=t["line_pause_ms"] / 1000,
         close=t["close"],
+        reset=t["reset"],
     )
 
 

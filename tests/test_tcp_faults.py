@@ -1,0 +1,62 @@
+"""TCP faults tied to protocol state, from the scripted receiver: an RST (SO_LINGER 0)
+after RCPT, after 354, after the final "." instead of its 250, after the 250 - real runs,
+judged by what the sender decided and what the receiver stored (RFC 5321 §6.1, RFC 1047:
+a connection lost before the 250 is a temporary failure, a duplicate is possible, a lost
+message is not acceptable; after the 250 the message is delivered)."""
+
+from __future__ import annotations
+
+import pytest
+
+from harness.errors import HarnessError
+from harness.ladder.model import StepKind
+from harness.runner import run_scenario
+from harness.scenario import SEED_SCENARIO, scenario_from_data
+
+BOTH = ["c3po@receiver.com", "r2d2@receiver.com"]
+STORED = {"c3po@receiver.com": 1, "r2d2@receiver.com": 1}
+
+CASES = {  # name -> (the reply rule, expect, the text of the last reply before the RST)
+    "after RCPT": ({"on": "RCPT", "reset": True}, {"deferred": BOTH, "stored": {}}, "250"),
+    "after 354": ({"on": "DATA", "reset": True}, {"deferred": BOTH, "stored": {}}, "354"),
+    "before the 250": (
+        {"on": "<end-of-data>", "raw": "", "reset": True},
+        {"deferred": BOTH, "stored": {}},  # raw "" is no reply: nothing is committed
+        "354",
+    ),
+    "after the 250": (
+        {"on": "<end-of-data>", "reset": True},
+        {"delivered": BOTH, "stored": STORED},
+        "250 OK Mail accepted",
+    ),
+}
+
+
+def _scenario(rule: dict, expect: dict):
+    data = {
+        "dns": {"zones": str(SEED_SCENARIO.parent.parent / "zones")},
+        "receiver": {"replies": [rule]},
+        "expect": {"rejected": ["aibo@receiver.com"], **expect},
+    }
+    return scenario_from_data(data, SEED_SCENARIO)
+
+
+@pytest.mark.lab
+@pytest.mark.parametrize("case", CASES)
+def test_a_reset_at_each_stage(case: str, tmp_path) -> None:
+    rule, expect, before = CASES[case]
+    result = run_scenario(_scenario(rule, expect), tmp_path / "run")
+    assert result.problems == [] and result.faults == [], result.problems
+    steps = result.ladder.steps
+    rst = next(i for i, s in enumerate(steps) if s.kind == StepKind.RST)
+    assert steps[rst].src == "receiver"
+    replies = [s for s in steps[:rst] if s.kind == StepKind.REPLY]
+    assert replies[-1].text.startswith(before)
+    assert not any(s.kind == StepKind.REPLY for s in steps[rst:])  # nothing after the RST
+    entries = [e["kind"] for e in result.receiver_log]
+    assert "reset" in entries
+
+
+def test_reset_or_close_not_both() -> None:
+    with pytest.raises(HarnessError, match=r"receiver.replies\[0\].reset: give close"):
+        _scenario({"on": "RCPT", "reset": True, "close": True}, {})
