@@ -217,6 +217,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "family": Key(str, "ipv4", KNOBS["family"]),
         "helo": Key((str, NONE), None, Grammar.HELO),
         "ehlo": Key(bool, False),
+        "half_close": Key(bool, False),  # our FIN right after QUIT (RFC 5321 §4.1.1.10)
         "vrfy": Key(bool, True),
         "mail_from": Key(str, "luke@sender.com", Grammar.REVERSE_PATH),
         "recipients": Key(
@@ -847,6 +848,7 @@ def _sender_config(path: Path, t: dict, fqdn: str | None) -> SenderConfig:
         port=t["port"],
         use_glue=t["use_glue"],
         timeout=t["timeout_ms"] / 1000,
+        half_close=t["half_close"],
     )
     # steps are checked against what this sender sends (an MTA as sender has none: MTA_KEYS)
     config.script = [_script_step(s, i, config) for i, s in enumerate(t["script"])]

@@ -60,3 +60,22 @@ def test_a_reset_at_each_stage(case: str, tmp_path) -> None:
 def test_reset_or_close_not_both() -> None:
     with pytest.raises(HarnessError, match=r"receiver.replies\[0\].reset: give close"):
         _scenario({"on": "RCPT", "reset": True, "close": True}, {})
+
+
+@pytest.mark.lab
+def test_after_quit_and_a_half_close_the_receiver_still_sends_its_221(tmp_path) -> None:
+    """RFC 5321 §4.1.1.10: the receiver MUST send 221 to QUIT; our FIN right after QUIT
+    (the client's half-close) does not excuse it."""
+    data = {
+        "dns": {"zones": str(SEED_SCENARIO.parent.parent / "zones")},
+        "sender": {"half_close": True},
+        "expect": {"rejected": ["aibo@receiver.com"], "delivered": BOTH},
+    }
+    result = run_scenario(scenario_from_data(data, SEED_SCENARIO), tmp_path / "run")
+    assert result.problems == [] and result.faults == [], result.problems
+    steps = result.ladder.steps
+    quit_ = next(i for i, s in enumerate(steps) if s.kind == StepKind.COMMAND and s.text == "QUIT")
+    after = [(s.kind, s.src, s.text.split(" ")[0]) for s in steps[quit_ + 1 :]]
+    fin = after.index((StepKind.FIN, "sender", "FIN"))
+    assert (StepKind.REPLY, "receiver", "221") in after[fin:]
+    assert (StepKind.FIN, "receiver", "FIN") in after[fin:]
