@@ -210,6 +210,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "line_pause_ms": Key(int, 0, DELAY_MS),
         "close": Key(bool, False),
         "reset": Key(bool, False),  # an RST (SO_LINGER 0) once the reply was acknowledged
+        "stop_reading": Key(bool, False),  # a zero window until the idle timeout
     },
     "sender": {
         "host": Key(str, "sender", Grammar.HOST_NAME),
@@ -820,6 +821,7 @@ def _reply_rule(given: Any, where: str) -> ReplyRule:
         line_pause=t["line_pause_ms"] / 1000,
         close=t["close"],
         reset=t["reset"],
+        stop_reading=t["stop_reading"],
     )
 
 

@@ -6,6 +6,8 @@ message is not acceptable; after the 250 the message is delivered)."""
 
 from __future__ import annotations
 
+import subprocess
+
 import pytest
 
 from harness.errors import HarnessError
@@ -79,3 +81,29 @@ def test_after_quit_and_a_half_close_the_receiver_still_sends_its_221(tmp_path) 
     fin = after.index((StepKind.FIN, "sender", "FIN"))
     assert (StepKind.REPLY, "receiver", "221") in after[fin:]
     assert (StepKind.FIN, "receiver", "FIN") in after[fin:]
+
+
+@pytest.mark.lab
+def test_a_receiver_that_stops_reading_mid_data_defers_the_message(tmp_path) -> None:
+    """After 354 the receiver reads nothing more: the 400 kB message fills its window (tshark
+    sees the zero window), the sender's reply never comes, nothing is stored, the
+    recipients are deferred (RFC 5321 §4.5.3.2.6, §6.1), never delivered."""
+    message = tmp_path / "big.eml"
+    body = b"".join(
+        b"line %06d of a message too large for one receive window\r\n" % i for i in range(16000)
+    )
+    message.write_bytes(b"Subject: big\r\n\r\n" + body)
+    data = {
+        "dns": {"zones": str(SEED_SCENARIO.parent.parent / "zones")},
+        "receiver": {"replies": [{"on": "DATA", "stop_reading": True}], "timeout_ms": 5000},
+        "sender": {"message": str(message), "timeout_ms": 8000},
+        "expect": {"rejected": ["aibo@receiver.com"], "deferred": BOTH, "stored": {}},
+    }
+    result = run_scenario(scenario_from_data(data, SEED_SCENARIO), tmp_path / "run")
+    assert result.problems == [] and result.faults == [], result.problems
+    zero_windows = ["-Y", "tcp.analysis.zero_window", "-T", "fields", "-e", "ip.src"]
+    zero = subprocess.run(
+        ["tshark", "-r", str(result.pcap), *zero_windows], capture_output=True, text=True
+    )
+    assert "192.0.2.25" in zero.stdout.split()
+    assert "stopped-reading" in [e["kind"] for e in result.receiver_log]

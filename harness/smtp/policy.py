@@ -71,7 +71,8 @@ class ReplyRule:
     multi-line reply (each line its own write), ``close`` closes the connection after it
     (``raw=b"", close=True`` drops the connection without a reply), ``reset`` resets it
     (an RST, SO_LINGER 0) once the reply is acknowledged (``raw=b"", reset=True``: an RST
-    instead of the reply)."""
+    instead of the reply), ``stop_reading`` stops reading after it (the client's bytes
+    fill our receive window: a zero window) until the idle timeout ends the session."""
 
     on: str
     argument: str | None = None
@@ -82,6 +83,7 @@ class ReplyRule:
     line_pause: float = 0.0
     close: bool = False
     reset: bool = False
+    stop_reading: bool = False
 
     def matches(self, key: str, command: Command | None) -> bool:
         if self.on.upper() != key.upper():

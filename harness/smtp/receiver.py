@@ -46,7 +46,10 @@ Rules kept here:
    the reply (if any) is acknowledged by the client, so that the RST lands after it, not
    instead of it (a close with unacknowledged data would discard it).  The TCP faults of
    RFC 5321 §6.1 and RFC 1047: after RCPT, after 354, after the final ``.`` before its
-   250 (``raw = ""``), after the 250.
+   250 (``raw = ""``), after the 250.  ``stop_reading`` stops reading for good after its
+   reply (after 354: the client's content fills the receive window, a zero window); the
+   idle timeout (rule 6) then ends the session, its 421 and close an RST since bytes are
+   left unread.
 """
 
 from __future__ import annotations
@@ -236,6 +239,7 @@ class _Session(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None  # the idle timeout, or a close's bound
         self._deadline = 0.0
         self._resetting = False
+        self._deaf = False  # a rule's stop_reading: reading never resumes (rule 9)
 
     # --- transport callbacks -------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -371,7 +375,7 @@ class _Session(asyncio.Protocol):
             self.transport.pause_reading()
 
     def _resume_reading(self) -> None:
-        if not self._write_blocked and self._held <= HOLD_LIMIT and not self.closing:
+        if not (self._write_blocked or self._deaf or self.closing) and self._held <= HOLD_LIMIT:
             self.transport.resume_reading()
 
     def _arm(self) -> None:
@@ -559,6 +563,10 @@ class _Session(asyncio.Protocol):
         self._add("reply", to=answered.key, lines=_lines(data))
         if data:
             self.receiver.answered.append(answered)
+        if rule is not None and rule.stop_reading:
+            self._deaf = True
+            self.transport.pause_reading()
+            self._add("stopped-reading")
         if rule is not None and rule.reset:
             self._reset()
         # 221 to QUIT and any 421 close the session in the core's state table (rule 4)
