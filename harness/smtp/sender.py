@@ -12,9 +12,9 @@ Rules kept here:
    §3.2), VRFY each recipient and drop those answered 550/551/553 (a 502 or 252 only
    says "cannot verify"), MAIL, RCPT for the rest, DATA, the message, QUIT, then wait for
    221 *and* the receiver's FIN before closing: the receiver releases first (seed 29-33).
-   With ``half_close`` our FIN follows QUIT at once (Exim's way; shutdown of our writing
-   side only): we still read the 221 and the receiver's FIN (§4.1.1.10: the receiver
-   "MUST send a 221 OK reply" to QUIT).
+   With ``half_close`` our FIN leaves with QUIT, in one segment (Exim's way: the socket
+   corked, QUIT written, our writing side shut, uncorked): we still read the 221 and the
+   receiver's FIN (§4.1.1.10: the receiver "MUST send a 221 OK reply" to QUIT).
 4. Outcomes by the first digit (§4.2.1, §4.3.2): 4yz defers, 5yz rejects, per recipient at
    RCPT, for all remaining recipients elsewhere; a lost connection or a timeout before the
    reply to the end of data defers (§6.1: after "." the outcome is unknown, so retry).
@@ -319,11 +319,23 @@ class _Dialogue:
     async def _quit(self) -> None:
         """QUIT, its 221, then the receiver's FIN (rule 3); nothing if the server closed."""
         if self.conn.state is not State.CLOSED:
-            then = self.writer.write_eof if self.config.half_close else None
+            then = self._corked_half_close() if self.config.half_close else None
             await self._step("QUIT", None, lambda: self.conn.send_command("QUIT"), then)
         while not isinstance(await self._next(), ConnectionClosed):
             pass
         self.log.add("eof")
+
+    def _corked_half_close(self) -> Callable[[], None]:
+        """Cork the socket now; the returned function half-closes and uncorks: QUIT and our
+        FIN leave in one segment (as Exim sends them), before any 221 can come back."""
+        sock = self.writer.get_extra_info("socket")
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
+
+        def half_close() -> None:
+            self.writer.write_eof()
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)
+
+        return half_close
 
     async def _command(
         self, verb: str, argument: str | None = None, match: str | None = None
