@@ -10,6 +10,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from scapy.layers.inet import ICMP, IP, TCP, UDP
+from scapy.layers.inet6 import IPv6
 
 from harness.errors import HarnessError, InternalError
 from harness.lab import Lab
@@ -24,7 +26,7 @@ from harness.lab.impair import (
     rate_bits,
     tbf_args,
 )
-from harness.lab.impaird import HOOK_IN, HOOK_OUT, Impairer, Rule
+from harness.lab.impaird import HOOK_IN, HOOK_OUT, Impairer, Rule, flow_key
 from harness.scenario import scenario_from_data
 
 SEED = Path(__file__).resolve().parent.parent / "fixtures" / "scenarios" / "seed.toml"
@@ -112,17 +114,38 @@ def test_commands_are_written_from_numbers() -> None:
 
 
 # --- the seed decides ------------------------------------------------------------------------
-def _fates(seed, rules, hooks):
+def _packet(sport: int = 40000, dport: int = 25, v6: bool = False) -> bytes:
+    ip = (
+        IPv6(src="2001:db8::10", dst="2001:db8::25")
+        if v6
+        else IP(src="192.0.2.10", dst="192.0.2.25")
+    )
+    return bytes(ip / TCP(sport=sport, dport=dport))
+
+
+SMTP_IN, SMTP_OUT = flow_key(HOOK_IN, _packet()), flow_key(HOOK_OUT, _packet())
+
+
+def _fates(seed, rules, flows):
     impairer = Impairer(rules, seed)
-    return [impairer.fate(h) for h in hooks]
+    return [impairer.fate(f) for f in flows]
+
+
+def test_a_flow_is_its_protocol_addresses_and_service_port() -> None:
+    assert SMTP_IN == (HOOK_IN, 6, "c000020a", "c0000219", 25)
+    assert flow_key(HOOK_IN, _packet(25, 51000)) == (HOOK_IN, 6, "c000020a", "c0000219", 25)
+    v6 = ("20010db8" + "0" * 22 + "10", "20010db8" + "0" * 22 + "25")
+    assert flow_key(HOOK_OUT, _packet(v6=True))[1:] == (6, *v6, 25)
+    assert flow_key(HOOK_IN, bytes(IP(src="192.0.2.10", dst="192.0.2.25") / ICMP()))[4] is None
+    assert flow_key(HOOK_IN, b"")[1:] == (None, None, None, None)
 
 
 def test_a_seed_fixes_every_fate_and_another_seed_changes_them() -> None:
     rules = {HOOK_IN: Rule(delay_ms=50, jitter_ms=20, loss=0.3, reorder=0.2, duplicate=0.3)}
-    hooks = [HOOK_IN, HOOK_OUT] * 200
-    assert _fates(5, rules, hooks) == _fates(5, rules, hooks)
-    assert _fates(5, rules, hooks) != _fates(6, rules, hooks)
-    fates = _fates(5, rules, hooks)
+    flows = [SMTP_IN, SMTP_OUT] * 200
+    assert _fates(5, rules, flows) == _fates(5, rules, flows)
+    assert _fates(5, rules, flows) != _fates(6, rules, flows)
+    fates = _fates(5, rules, flows)
     assert all(f == fates[1] for f in fates[1::2])  # no rule out: nothing happens to it
     kept = [f for f in fates[::2] if not f.drop]
     assert 0 < len(kept) < 200
@@ -132,10 +155,20 @@ def test_a_seed_fixes_every_fate_and_another_seed_changes_them() -> None:
 
 def test_a_packet_takes_its_draws_whatever_its_fate() -> None:
     """The n-th packet's fate does not depend on what befell the ones before it."""
-    lossy = _fates(3, {HOOK_OUT: Rule(loss=0.5, duplicate=0.5)}, [HOOK_OUT] * 50)
-    calm = _fates(3, {HOOK_OUT: Rule(duplicate=0.5)}, [HOOK_OUT] * 50)
+    lossy = _fates(3, {HOOK_OUT: Rule(loss=0.5, duplicate=0.5)}, [SMTP_OUT] * 50)
+    calm = _fates(3, {HOOK_OUT: Rule(duplicate=0.5)}, [SMTP_OUT] * 50)
     assert [f.copy for f in lossy] == [f.copy for f in calm]
-    assert [f.drop for f in _fates(3, {HOOK_OUT: Rule(loss=1.0)}, [HOOK_OUT] * 20)] == [True] * 20
+    assert [f.drop for f in _fates(3, {HOOK_OUT: Rule(loss=1.0)}, [SMTP_OUT] * 20)] == [True] * 20
+
+
+def test_other_flows_do_not_shift_a_flows_fates() -> None:
+    """A packet of another flow between two (an IPv6 report, another service) takes its
+    draws from its own stream."""
+    rules = {HOOK_OUT: Rule(loss=0.5)}
+    alone = _fates(4, rules, [SMTP_OUT] * 30)
+    dns = flow_key(HOOK_OUT, _packet(40001, 53))
+    mixed = _fates(4, rules, [f for _ in range(30) for f in (SMTP_OUT, dns)])
+    assert mixed[::2] == alone
 
 
 # --- for real --------------------------------------------------------------------------------
@@ -247,14 +280,19 @@ def test_a_delay_holds_back_and_reordering_overtakes(lab: Lab) -> None:
     order; when the first is held and the second is not (reorder, seed chosen for it
     from the daemon's own draws), the second arrives first."""
     rules = {HOOK_OUT: Rule(delay_ms=200, reorder=0.5)}
-    seed = next(s for s in range(100) if _reordered(Impairer(rules, f"{s}:sender")))
+    seed = next(s for s in range(100) if _reordered(Impairer(rules, f"{s}:sender"), DGRAM))
     fault = LinkFault("sender", Direction.OUT, delay_ms=200, reorder=0.5)
     with applied(lab, [fault], seed):
         assert _pair(lab) == [b"second", b"first"]
 
 
-def _reordered(impairer: Impairer) -> bool:
-    first, second = impairer.fate(HOOK_OUT), impairer.fate(HOOK_OUT)
+DGRAM = flow_key(
+    HOOK_OUT, bytes(IP(src="192.0.2.10", dst="192.0.2.53") / UDP(sport=40000, dport=9998))
+)
+
+
+def _reordered(impairer: Impairer, flow) -> bool:
+    first, second = impairer.fate(flow), impairer.fate(flow)
     return first.delay_s > 0 and second.delay_s == 0
 
 

@@ -21,10 +21,11 @@ Rules kept here:
   dropped everything after it), with what it said.
 - Faults are in place before ``applied`` enters its block, so before any traffic: the daemon has
   bound its queue (it says ``ready``) before the table that feeds it exists.
-- The seed (recorded in the record) fixes, per host, the fate of the n-th packet that
-  host's queue sees (``impaird.Impairer``): lost or not, its jitter, reordered or not,
-  copied or not.  It does not fix the kernel's timing (retransmission timers, delayed
-  ACKs, scheduling): a run repeats packet for packet as long as the packets reach the
+- The seed (recorded in the record) fixes, per host and flow (direction, protocol,
+  addresses, the service's port: ``impaird.flow_key``), the fate of the n-th packet of
+  that flow (``impaird.Impairer``): lost or not, its jitter, reordered or not, copied or
+  not.  It does not fix the kernel's timing (retransmission timers, delayed ACKs,
+  scheduling): a run repeats packet for packet as long as each flow's packets reach the
   queue in the same order.  netem draws from the kernel's own generator: under netem the
   seed fixes nothing, and the record says so.
 """
@@ -157,7 +158,7 @@ def _death(host: str, proc: subprocess.Popen) -> str:
 
 SEED_FIXES = {
     Engine.NETEM: "nothing: netem draws from the kernel's generator",
-    Engine.NFQUEUE: "the fate of the n-th packet each host's queue sees",
+    Engine.NFQUEUE: "the fate of the n-th packet of each flow in each host's queue",
 }
 
 

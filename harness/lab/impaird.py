@@ -9,11 +9,15 @@ library), prints ``ready`` and then gives every queued packet its verdict.
 Rules kept here:
 - The nft table of the host queues what leaves its eth0 (postrouting: direction "out")
   and what arrives on it (prerouting: "in"); the packet's hook says which fault applies.
-- ``Impairer`` decides, without I/O: for each packet, in order, four draws from a
-  ``random.Random(seed)``: lost (``loss``), jitter (uniform in ±``jitter_ms``), sent at
-  once ahead of the delayed ones (``reorder``, netem's meaning: a fraction that skips
-  ``delay_ms``), copied (``duplicate``).  Every packet takes all four draws whatever
-  it gets, so the n-th packet queued meets the same fate in every run with that seed.
+- ``Impairer`` decides, without I/O: each packet belongs to a flow (``flow_key``: the
+  direction, protocol, both addresses and the lower port, the service's: the client's
+  port is ephemeral), and each flow draws from its own ``random.Random`` seeded with the
+  seed and the flow, four draws a packet: lost (``loss``), jitter (uniform in
+  ±``jitter_ms``), sent at once ahead of the delayed ones (``reorder``, netem's
+  meaning: a fraction that skips ``delay_ms``), copied (``duplicate``).  Every packet
+  takes all four draws whatever it gets, so the n-th packet of a flow meets the same fate
+  in every run with that seed, whatever else the host sends meanwhile (an IPv6 MLD
+  report, another connection).
 - A lost packet gets NF_DROP; a kept one NF_ACCEPT once its delay is over (a timer heap,
   ties in arrival order); a copied one is accepted with mark ``DUPLICATE_MARK``, and the
   table's netdev egress rule sends it twice (clearing the mark first: the copy is not
@@ -50,7 +54,9 @@ _NLMSG_ERROR = 2
 _CFG_CMD, _CFG_PARAMS, _CFG_QUEUE_MAXLEN = 1, 2, 3
 _CMD_BIND = 1
 _COPY_PACKET = 2
-_ATTR_PACKET_HDR, _ATTR_VERDICT_HDR, _ATTR_MARK = 1, 2, 3
+_ATTR_PACKET_HDR, _ATTR_VERDICT_HDR, _ATTR_MARK, _ATTR_PAYLOAD = 1, 2, 3, 10
+_TCP, _UDP = 6, 17
+COPY_BYTES = 128  # the headers are all the daemon reads
 _NLMSG = struct.Struct("=IHHII")
 _NLATTR = struct.Struct("=HH")
 _NFGEN = struct.Struct("=BBH")  # family, version, queue number (big-endian: packed by hand)
@@ -75,16 +81,36 @@ class Fate:
     copy: bool
 
 
+Flow = tuple  # (hook, protocol, source, destination, lower port or None)
+
+
+def flow_key(hook: int, packet: bytes) -> Flow:
+    """The flow of an IPv4 or IPv6 packet (its first bytes are enough)."""
+    if packet[:1] and packet[0] >> 4 == 6 and len(packet) >= 40:
+        proto, src, dst, head = packet[6], packet[8:24], packet[24:40], 40
+    elif len(packet) >= 20:
+        proto, src, dst, head = packet[9], packet[12:16], packet[16:20], (packet[0] & 15) * 4
+    else:
+        return (hook, None, None, None, None)
+    ports = packet[head : head + 4] if proto in (_TCP, _UDP) else b""
+    low = min(struct.unpack("!HH", ports)) if len(ports) == 4 else None
+    return (hook, proto, src.hex(), dst.hex(), low)
+
+
 class Impairer:
-    """Fates from a seed (sans-IO: the daemon's only source of choices)."""
+    """Fates from a seed, flow by flow (sans-IO: the daemon's only source of choices)."""
 
-    def __init__(self, rules: dict[int, Rule], seed: int) -> None:
+    def __init__(self, rules: dict[int, Rule], seed: int | str) -> None:
         self.rules = rules
-        self.random = random.Random(seed)
+        self.seed = seed
+        self._flows: dict[Flow, random.Random] = {}
 
-    def fate(self, hook: int) -> Fate:
-        rule = self.rules.get(hook)
-        draw = self.random.random
+    def fate(self, flow: Flow) -> Fate:
+        rule = self.rules.get(flow[0])
+        stream = self._flows.get(flow)
+        if stream is None:
+            stream = self._flows[flow] = random.Random(f"{self.seed}:{flow}")
+        draw = stream.random
         lost, jitter, at_once, copied = draw(), draw(), draw(), draw()
         if rule is None:
             return Fate(False, 0.0, False)
@@ -125,7 +151,7 @@ class Queue:
         self.sock.setsockopt(SOL_NETLINK, NETLINK_NO_ENOBUFS, 1)
         self.sock.bind((0, 0))
         bind = struct.pack("!BxH", _CMD_BIND, 0)
-        params = struct.pack("!IB", 0xFFFF, _COPY_PACKET)  # struct nfqnl_msg_config_params
+        params = struct.pack("!IB", COPY_BYTES, _COPY_PACKET)  # struct nfqnl_msg_config_params
         self._configure(_attr(_CFG_CMD, bind))
         self._configure(
             _attr(_CFG_PARAMS, params) + _attr(_CFG_QUEUE_MAXLEN, struct.pack("!I", QUEUE_MAXLEN))
@@ -139,8 +165,8 @@ class Queue:
         if error:
             raise OSError(-error, f"nfnetlink_queue config: {os.strerror(-error)}")
 
-    def packets(self, timeout: float | None) -> list[tuple[int, int]]:
-        """(packet id, hook) of what arrives within ``timeout`` (None: wait)."""
+    def packets(self, timeout: float | None) -> list[tuple[int, Flow]]:
+        """(packet id, flow) of what arrives within ``timeout`` (None: wait)."""
         self.sock.settimeout(timeout)
         try:
             data = self.sock.recv(1 << 17)
@@ -154,7 +180,7 @@ class Queue:
             if kind == (_NFNL_SUBSYS_QUEUE << 8) | _MSG_PACKET:
                 header = _attrs(data[: offset + size], offset + _NLMSG.size + _NFGEN.size)
                 packet_id, _, hook = struct.unpack_from("!IHB", header[_ATTR_PACKET_HDR])
-                out.append((packet_id, hook))
+                out.append((packet_id, flow_key(hook, header.get(_ATTR_PAYLOAD, b""))))
             offset += (size + 3) & ~3
         return out
 
@@ -175,8 +201,8 @@ def serve(queue: Queue, impairer: Impairer) -> None:
             _, _, packet_id, mark = heapq.heappop(held)
             queue.verdict(packet_id, NF_ACCEPT, mark)
         timeout = max(0.0, held[0][0] - now) if held else None
-        for packet_id, hook in queue.packets(timeout):
-            fate = impairer.fate(hook)
+        for packet_id, flow in queue.packets(timeout):
+            fate = impairer.fate(flow)
             if fate.drop:
                 queue.verdict(packet_id, NF_DROP)
                 continue
