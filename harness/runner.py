@@ -64,6 +64,7 @@ from harness.smtp.sender import Sender
 from harness.verdict import Verdict
 
 DNS_PORT = 53
+LOSSY_DNS_TRIES = 4
 LADDER_FORMATS = {"txt": "text", "svg": "svg", "html": "html", "json": "json"}
 
 
@@ -88,10 +89,17 @@ def lab_dns(lab: Lab, scenario: Scenario, log_path: Path | None = None) -> Itera
         server.log.close()
 
 
-def resolver_for(lab: Lab, host: str):
+def resolver_for(lab: Lab, host: str, tries: int = 2):
     """An async ``resolve(qname, qtype)`` asking the lab DNS from inside ``host``."""
     dns = lab.topology.dns_server
-    return functools.partial(aquery, (dns.ipv4, DNS_PORT), socket_factory=lab.socket_factory(host))
+    factory = lab.socket_factory(host)
+    return functools.partial(aquery, (dns.ipv4, DNS_PORT), socket_factory=factory, tries=tries)
+
+
+def _dns_tries(scenario: Scenario) -> int:
+    """Our peers' UDP tries: more on lossy links (two tries both lost at 5% loss on each of
+    two links is a run in a hundred: the impairment table's loss rows saw it)."""
+    return LOSSY_DNS_TRIES if any(f.loss for f in scenario.link_faults) else 2
 
 
 @dataclass
@@ -251,7 +259,7 @@ async def _exchange(lab: Lab, scenario: Scenario, folder: Path) -> Exchange:
     rhost = lab.host(scenario.receiver_host)
     receiver = Receiver(
         rconf,
-        resolve=resolver_for(lab, rhost.name),
+        resolve=resolver_for(lab, rhost.name, _dns_tries(scenario)),
         socket_factory=lab.socket_factory(rhost.name),
     )
     listen = rhost.addresses if scenario.families["receiver"] == "any" else [rhost.ipv4]
@@ -274,7 +282,7 @@ async def _exchange(lab: Lab, scenario: Scenario, folder: Path) -> Exchange:
 def _scripted_sender(lab: Lab, scenario: Scenario, folder: Path) -> Sender:
     return Sender(
         dataclasses.replace(scenario.sender, log_path=folder / "sender.jsonl"),
-        resolve=resolver_for(lab, scenario.sender_host),
+        resolve=resolver_for(lab, scenario.sender_host, _dns_tries(scenario)),
         socket_factory=lab.socket_factory(scenario.sender_host),
     )
 

@@ -3,6 +3,7 @@ lab's namespaces and gone with it."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -353,3 +354,26 @@ def test_an_interrupted_faulty_run_leaves_no_daemon_and_no_lab(tmp_path, sig) ->
     assert not _records_of(run.pid)
     assert [ns for ns in namespaces if netns_inode(ns) is not None] == []
     assert [pid for pid in daemons if _running(pid)] == []
+
+
+def test_resolvers_get_more_tries_on_lossy_links() -> None:
+    """Two lost UDP exchanges in a row are a run in a hundred at 5% loss on each link (the
+    impairment table's loss rows, seed 12, before): runs with loss try four times."""
+    import asyncio
+
+    from harness.dns.stub import DnsTimeout, aquery
+    from harness.runner import _dns_tries
+
+    assert _dns_tries(_load({"host": "sender", "loss": 0.05})) == 4
+    assert _dns_tries(_load({"host": "sender", "delay_ms": 5})) == 2
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
+        silent.bind(("127.0.0.1", 0))
+        server = silent.getsockname()
+        with pytest.raises(DnsTimeout, match=r"after 3 tries of 0\.05s"):
+            asyncio.run(aquery(server, "receiver.com", "MX", timeout=0.05, tries=3))
+        asked = 0
+        silent.settimeout(0)
+        with contextlib.suppress(BlockingIOError):
+            while silent.recv(512):
+                asked += 1
+    assert asked == 3
