@@ -10,7 +10,7 @@
 SHELL := /bin/bash
 VENV  := .venv
 PY    := $(VENV)/bin/python
-APT_PACKAGES := iproute2 tcpdump tshark dnsutils dnsperf procps swaks
+APT_PACKAGES := iproute2 tcpdump tshark dnsutils dnsperf procps swaks iptables nftables
 STAMP := $(VENV)/.installed
 
 .PHONY: install apt venv test demo bench torture lint clean-lab mtas conformance

@@ -129,6 +129,8 @@ def record(result, started: str) -> dict:
         "faults": [f.line() for f in result.faults],
         "outcomes": plain(result.report.outcomes),
         "mta": result.mta,
+        "network": result.network,
+        "warnings": result.warnings,
     }
 
 

@@ -59,7 +59,7 @@ from harness.capture.live import Capture
 from harness.capture.pcapfile import PcapWriter, read
 from harness.dns import DnsServer, FaultRule, FaultRules, QueryLog, ZoneSet, aquery
 from harness.errors import HarnessError, InternalFault
-from harness.lab import Lab
+from harness.lab import Lab, impair
 from harness.ladder.compare import compare, format_diff
 from harness.ladder.dissect import dissect
 from harness.ladder.model import Ladder, StepKind
@@ -76,6 +76,7 @@ from harness.verdict import Verdict
 
 DNS_PORT = 53
 CAPTURE = "capture.pcapng"
+LOSSY_DNS_TRIES = 4
 LADDER_FORMATS = {"txt": "text", "svg": "svg", "html": "html", "json": "json"}
 
 
@@ -105,10 +106,17 @@ def scenario_zones(scenario: Scenario) -> ZoneSet:
     return zones
 
 
-def resolver_for(lab: Lab, host: str):
+def resolver_for(lab: Lab, host: str, tries: int = 2):
     """An async ``resolve(qname, qtype)`` asking the lab DNS from inside ``host``."""
     dns = lab.topology.dns_server
-    return functools.partial(aquery, (dns.ipv4, DNS_PORT), socket_factory=lab.socket_factory(host))
+    factory = lab.socket_factory(host)
+    return functools.partial(aquery, (dns.ipv4, DNS_PORT), socket_factory=factory, tries=tries)
+
+
+def _dns_tries(scenario: Scenario) -> int:
+    """Our peers' UDP tries: more on lossy links (two tries both lost at 5% loss on each of
+    two links is a run in a hundred: the impairment table's loss rows saw it)."""
+    return LOSSY_DNS_TRIES if any(f.loss for f in scenario.link_faults) else 2
 
 
 @dataclass
@@ -147,6 +155,9 @@ class RunResult:
             lines += [f"  {t}".replace("\n", "\n    ") for t in texts]
         return "\n".join([*lines, f"artefacts: {files}"])
 
+    network: dict | None = None  # the link faults that ran: engine, seed, faults (impair.py)
+    warnings: list[str] = field(default_factory=list)  # e.g. connections open at capture end
+
     @property
     def verdict(self) -> Verdict:
         if self.faults:
@@ -178,7 +189,7 @@ def run_scenario(
     runinfo.prepare_folder(folder)
     runinfo.copy_scenario(scenario, folder)
     try:
-        done, dns_log, faults = _exchanged(scenario, folder, capture_backend)
+        done, dns_log, faults, wire = _exchanged(scenario, folder, capture_backend)
     except HarnessError as exc:
         runinfo.write_record(folder, runinfo.stopped_record(scenario, started, exc))
         raise
@@ -193,6 +204,7 @@ def run_scenario(
         ladder=ladder,
         faults=faults,
         mta=done.mta,
+        **wire,
     )
     write_ladder(result.ladder, folder, lifelines(scenario, done.mta), scenario.name)
     if not faults:
@@ -208,19 +220,23 @@ def run_scenario(
 
 def _exchanged(
     scenario: Scenario, folder: Path, backend: str
-) -> tuple[Exchange, list, list[InternalFault]]:
-    """The exchange in a fresh lab, the DNS log, and our faults (bugs included: anything
-    but a ``HarnessError``, which is bad input or an unusable machine and propagates)."""
+) -> tuple[Exchange, list, list[InternalFault], dict]:
+    """The exchange in a fresh lab (its link faults in place first), the DNS log, our
+    faults (bugs included: anything but a ``HarnessError``, which is bad input or an
+    unusable machine and propagates), and the wire's ``network`` and ``warnings``."""
     faults: list[InternalFault] = []
-    done, dns_log = Exchange(SendReport({}), [], []), []
+    done, dns_log, wire = Exchange(SendReport({}), [], []), [], {"network": None, "warnings": []}
     try:
         with (
             Lab(scenario.topology) as lab,
+            impair.applied(lab, scenario.link_faults, scenario.network_seed) as network,
             lab_dns(lab, scenario, folder / "dns.jsonl") as dns,
         ):
+            wire["network"] = network
             try:
-                with Capture(lab, folder / CAPTURE, backend):
+                with Capture(lab, folder / CAPTURE, backend) as capture:
                     done = signals.run_async(_exchange(lab, scenario, folder))
+                wire["warnings"] = capture.warnings
             finally:
                 faults += dns.internal_faults
                 dns_log = dns.log.entries()
@@ -228,7 +244,7 @@ def _exchanged(
         raise
     except Exception as exc:  # our fault: the verdict is error, with the traceback kept
         faults.append(InternalFault.from_exception(getattr(exc, "where", "run"), exc))
-    return done, dns_log, faults + done.faults
+    return done, dns_log, faults + done.faults, wire
 
 
 def _ladder(scenario: Scenario, folder: Path, faults: list[InternalFault]) -> Ladder:
@@ -334,7 +350,11 @@ def scripted_receiver(lab: Lab, scenario: Scenario, folder: Path) -> Receiver:
         scenario.receiver, maildir=folder / "maildir", log_path=folder / "receiver.jsonl"
     )
     host = scenario.receiver_host
-    return Receiver(rconf, resolve=resolver_for(lab, host), socket_factory=lab.socket_factory(host))
+    return Receiver(
+        rconf,
+        resolve=resolver_for(lab, host, _dns_tries(scenario)),
+        socket_factory=lab.socket_factory(host),
+    )
 
 
 def receiver_addresses(lab: Lab, scenario: Scenario) -> list[str]:
@@ -347,7 +367,7 @@ def receiver_addresses(lab: Lab, scenario: Scenario) -> list[str]:
 def _scripted_sender(lab: Lab, scenario: Scenario, folder: Path) -> Sender:
     return Sender(
         dataclasses.replace(scenario.sender, log_path=folder / "sender.jsonl"),
-        resolve=resolver_for(lab, scenario.sender_host),
+        resolve=resolver_for(lab, scenario.sender_host, _dns_tries(scenario)),
         socket_factory=lab.socket_factory(scenario.sender_host),
     )
 

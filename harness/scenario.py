@@ -24,6 +24,8 @@ glue, extra records (each one complete record), ``[[dns.faults]]``, and ``glue``
 address served as that name's only glue in MX/NS answers instead of its own A/AAAA (a trap
 address: inconsistent glue); ``[receiver]`` the scripted receiver with
 ``[[receiver.replies]]``; ``[sender]`` the scripted sender with ``[[sender.script]]``;
+``[network]`` the link faults (``[[network.faults]]``: ``harness.lab.impair.LinkFault``,
+at most one per direction of a host's link) and the ``seed`` of their random choices;
 ``[expect]`` per-recipient outcomes, DNS questions asked and not asked, SYN targets,
 contents sent, messages stored per mailbox, DSNs, the golden capture.  ``mta = "postfix"``
 (any name ``harness.mta.base.adapters()`` knows) in ``[receiver]`` or ``[sender]`` puts
@@ -59,6 +61,7 @@ from harness.errors import HarnessError
 from harness.formats import KEY as VERSION_KEY
 from harness.formats import Format, version_of
 from harness.grammar import RULES, Grammar, documentation_address, problem, require, shown
+from harness.lab.impair import Direction, LinkFault, rate_bits
 from harness.lab.topology import HOST_KEYS, Topology, default_topology, topology_from_dict
 from harness.mta.base import KNOBS, adapters
 from harness.smtp.commands import VERBS
@@ -76,6 +79,8 @@ DELAY_MS = range(0, 60001)  # every delay and pause: at most a minute
 TIMEOUT_MS = range(1, 600001)  # at most 10 minutes (RFC 5321 §4.5.3.2 asks up to 10 for DATA)
 COUNT = range(0, 1001)  # messages, contents
 FAULT_TIMES = range(1, 1001)
+SEED = range(0, 2**32)
+MAX_LINK_FAULTS = 32
 MAX_SCENARIO_FILE = 2**20  # octets of a scenario file
 MAX_MESSAGE = 32 * 2**20  # octets of sender.message
 MAX_RAW = 16 * 2**20  # octets of one raw probe
@@ -129,6 +134,17 @@ def _fault_type_problem(value: str) -> str | None:
     return None if value == "*" else problem(Grammar.DNS_TYPE, value)
 
 
+def _fraction_problem(value: float) -> str | None:
+    if 0 <= value <= 1:  # NaN and the infinities are outside too
+        return None
+    return f"{value} is not a fraction from 0 to 1"
+
+
+def _rate_problem(value: str) -> str | None:
+    bits = rate_bits(value)
+    return bits if isinstance(bits, str) else None
+
+
 def _reply_code_problem(code: int) -> str | None:
     """RFC 5321 §4.2: the first digit 2-5, the second 0-5 (what the core can send)."""
     if 200 <= code <= 559 and code // 10 % 10 <= 5:
@@ -155,6 +171,20 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "ms": Key(int, OMIT, DELAY_MS),
         "times": Key(int, OMIT, FAULT_TIMES),
         "rcode": Key(str, OMIT, Grammar.ARGUMENT),
+    },
+    "network": {
+        "faults": Key(TABLES, [], most=MAX_LINK_FAULTS),
+        "seed": Key((int, NONE), None, SEED),  # None: a fresh one, recorded with the run
+    },
+    "network.faults": {
+        "host": Key(str, REQUIRED, Grammar.HOST_NAME),
+        "direction": Key(str, "both", tuple(Direction)),
+        "delay_ms": Key(int, 0, DELAY_MS),
+        "jitter_ms": Key(int, 0, DELAY_MS),
+        "loss": Key((float, int), 0.0, _fraction_problem),
+        "reorder": Key((float, int), 0.0, _fraction_problem),
+        "duplicate": Key((float, int), 0.0, _fraction_problem),
+        "rate": Key((str, NONE), None, _rate_problem),
     },
     "receiver": {
         "host": Key(str, "receiver", Grammar.HOST_NAME),
@@ -185,6 +215,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "delay_ms": Key(int, 0, DELAY_MS),
         "line_pause_ms": Key(int, 0, DELAY_MS),
         "close": Key(bool, False),
+        "reset": Key(bool, False),  # an RST (SO_LINGER 0) once the reply was acknowledged
+        "stop_reading": Key(bool, False),  # a zero window until the idle timeout
     },
     "sender": {
         "host": Key(str, "sender", Grammar.HOST_NAME),
@@ -192,6 +224,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "family": Key(str, "ipv4", KNOBS["family"]),
         "helo": Key((str, NONE), None, Grammar.HELO),
         "ehlo": Key(bool, False),
+        "half_close": Key(bool, False),  # our FIN right after QUIT (RFC 5321 §4.1.1.10)
         "vrfy": Key(bool, True),
         "mail_from": Key(str, "luke@sender.com", Grammar.REVERSE_PATH),
         "recipients": Key(
@@ -234,7 +267,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "status": Key(str, REQUIRED, Grammar.STATUS),
     },
 }
-TOP_LEVEL = ("scenario", "hosts", "dns", "receiver", "sender", "expect")
+TOP_LEVEL = ("scenario", "hosts", "dns", "receiver", "sender", "expect", "network")
 OUTCOMES = ("delivered", "rejected", "deferred")
 # the keys that still mean something when a real MTA plays the role
 MTA_KEYS = {
@@ -310,6 +343,8 @@ class Scenario:
     mta_knobs: dict[str, dict[str, str]] = field(default_factory=dict)  # role -> Site.extra
     data: dict = field(default_factory=dict)  # the TOML-shaped data it was built from
     text: bytes | None = None  # the file's octets, when it was loaded from a file
+    link_faults: list[LinkFault] = field(default_factory=list)  # [[network.faults]]
+    network_seed: int | None = None  # None: the run draws one (and records it)
 
 
 def load_scenario(path: Path | str | None) -> Scenario:
@@ -396,6 +431,7 @@ def _build(path: Path, data: dict) -> Scenario:
         )
     meta = _table(data.get("scenario", {}), "scenario")
     topology = _topology(data)
+    network = _table(data.get("network", {}), "network")
     dns = _table(data.get("dns", {}), "dns")
     zones_dir = _existing(path, dns["zones"], "dns.zones", directory=True)
     zones = _zones(zones_dir)
@@ -429,6 +465,8 @@ def _build(path: Path, data: dict) -> Scenario:
         families={role: section["family"] for role, section in sides.items()},
         mta_knobs={role: _knobs(sides[role], role, name) for role, name in mtas.items() if name},
         data=data,
+        link_faults=_link_faults(network["faults"], topology),
+        network_seed=network["seed"],
     )
     _check_mta_sides(scenario)
     return scenario
@@ -495,7 +533,14 @@ def _is_a(value: Any, kind: type) -> bool:
     return isinstance(value, kind)
 
 
-_NAMES = {str: "a string", int: "an integer", bool: "true or false", dict: "a table", NONE: "none"}
+_NAMES = {
+    str: "a string",
+    int: "an integer",
+    float: "a number",
+    bool: "true or false",
+    dict: "a table",
+    NONE: "none",
+}
 _ARRAY_NAMES = {str: "an array of strings", dict: "an array of tables"}
 
 
@@ -540,6 +585,53 @@ def _existing(path: Path, value: str, where: str, directory: bool = False) -> Pa
     if not found:
         raise HarnessError(f"{where}: {p}: {'is not a directory' if directory else 'no such file'}")
     return p
+
+
+# --- link faults ------------------------------------------------------------------------
+_IMPAIRMENTS = ("delay_ms", "jitter_ms", "loss", "reorder", "duplicate", "rate")
+
+
+def _link_faults(tables: list, topology: Topology) -> list[LinkFault]:
+    """``[[network.faults]]``: each one a fault on one host's link, at most one fault for
+    each direction of a link."""
+    faults, taken = [], {}
+    for i, given in enumerate(tables):
+        where = f"network.faults[{i}]"
+        fault = _link_fault(_table(given, "network.faults", where), where, topology)
+        for direction in fault.directions:
+            if (fault.host, direction) in taken:
+                earlier = taken[fault.host, direction]
+                raise HarnessError(
+                    f"{where}: direction {str(direction)!r} of host {fault.host!r} already has "
+                    f"a fault (network.faults[{earlier}]); give one fault a direction"
+                )
+            taken[fault.host, direction] = i
+        faults.append(fault)
+    return faults
+
+
+def _link_fault(t: dict, where: str, topology: Topology) -> LinkFault:
+    if t["host"] not in {h.name for h in topology.hosts}:
+        raise HarnessError(f"{where}.host: no host named {t['host']!r} in the topology")
+    if not any(t[k] for k in _IMPAIRMENTS):
+        raise HarnessError(f"{where}: no impairment: give one of {', '.join(_IMPAIRMENTS)}")
+    if t["jitter_ms"] > t["delay_ms"]:
+        raise HarnessError(f"{where}.jitter_ms: {t['jitter_ms']} exceeds delay_ms {t['delay_ms']}")
+    if t["reorder"] and not t["delay_ms"]:
+        raise HarnessError(
+            f"{where}.reorder: needs delay_ms (a reordered packet skips the delay the others wait)"
+        )
+    if t["duplicate"] and t["direction"] != "out":
+        raise HarnessError(
+            f'{where}.duplicate: only with direction "out" (copies are made as a packet '
+            "leaves its host, where the capture on the bridge sees them)"
+        )
+    numbers = {k: float(t[k]) for k in ("loss", "reorder", "duplicate")}
+    rate = None if t["rate"] is None else rate_bits(t["rate"])
+    return LinkFault(
+        t["host"], Direction(t["direction"]), t["delay_ms"], t["jitter_ms"], **numbers,
+        rate_bits=rate,
+    )  # fmt: skip
 
 
 # --- hosts and DNS ----------------------------------------------------------------------
@@ -747,6 +839,8 @@ def _reply_rule(given: Any, where: str) -> ReplyRule:
     text = t["text"]
     if on in EVENTS and t["argument"] is not None:
         raise HarnessError(f"{where}.argument: {on} has no argument: the rule could never fire")
+    if t["reset"] and t["close"]:
+        raise HarnessError(f"{where}.reset: give close (a FIN) or reset (an RST), not both")
     if t["raw"] is not None and (t["code"] is not None or text is not None):
         raise HarnessError(f"{where}.raw: give raw, or code and text, not both")
     if t["line_pause_ms"] and not (isinstance(text, list) and len(text) >= 2):
@@ -763,6 +857,8 @@ def _reply_rule(given: Any, where: str) -> ReplyRule:
         delay=t["delay_ms"] / 1000,
         line_pause=t["line_pause_ms"] / 1000,
         close=t["close"],
+        reset=t["reset"],
+        stop_reading=t["stop_reading"],
     )
 
 
@@ -791,6 +887,7 @@ def _sender_config(path: Path, t: dict, fqdn: str | None) -> SenderConfig:
         port=t["port"],
         use_glue=t["use_glue"],
         timeout=t["timeout_ms"] / 1000,
+        half_close=t["half_close"],
     )
     # steps are checked against what this sender sends (an MTA as sender has none: MTA_KEYS)
     config.script = [_script_step(s, i, config) for i, s in enumerate(t["script"])]

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ladder_pcaps import seed_capture
-from wire import DNS, MESSAGE, RECEIVER, Smtp, Wire, run_of
+from wire import DNS, MESSAGE, RECEIVER, Smtp, Wire, run_of, stuffed
 
 from harness.outcome import OutcomeStatus
 from harness.runner import RunResult
@@ -444,6 +444,41 @@ CUT = (
 SMUGGLED_COPY = b"From: vader@sender.com\r\nSubject: smuggled\r\n\r\nsmuggled\r\n"
 
 
+def _reset(then: str) -> Callable[[], Wire]:
+    """c3po accepted, the message sent, then the receiver's RST: before any reply to it
+    ("before") or after its 250 ("after-250")."""
+
+    def wire() -> Wire:
+        s = Wire().seed_mx().smtp()
+        s.ehlo("PIPELINING")
+        s.say("MAIL FROM:<luke@sender.com>", "250 OK")
+        s.say(f"RCPT TO:<{C3PO}>", "250 OK")
+        s.say("DATA", "354 End data with <CR><LF>.<CR><LF>")
+        s.conn.send("c", stuffed(MESSAGE) + b".\r\n")
+        if then == "after-250":
+            s.server("250 OK")
+        s.conn.rst("s")
+        return s.wire
+
+    return wire
+
+
+def _half_close(reply: bool) -> Callable[[], Wire]:
+    """QUIT, the client's FIN at once, then (or not) the 221, and the server's FIN."""
+
+    def wire() -> Wire:
+        s = _delivered(C3PO)
+        s.client("QUIT")
+        s.conn.fin("c")
+        if reply:
+            s.server("221 2.0.0 bye")
+        s.conn.fin("s")
+        s.conn.ack("c")
+        return s.wire
+
+    return wire
+
+
 def _quit(then: str) -> Callable[[], Wire]:
     def wire() -> Wire:
         s = _delivered(C3PO)
@@ -843,5 +878,23 @@ CASES: dict[str, Cases] = {
             ("sender FIN before the 221", one(_quit("early-fin"))),
             ("sender RST after the 221", one(_quit("sender-rst"))),
         ),
+    ),
+    "tcp.reset-before-250": Cases(
+        "sender",
+        passing=(one(_reset("before"), outcomes={C3PO: DEFERRED}),),
+        failing=(
+            (Verdict.FAIL, one(_reset("before"), outcomes={C3PO: DELIVERED})),
+            (Verdict.FAIL, one(_reset("before"), outcomes={C3PO: REJECTED})),
+        ),
+    ),
+    "tcp.reset-after-250": Cases(
+        "sender",
+        passing=(one(_reset("after-250"), outcomes={C3PO: DELIVERED}),),
+        failing=((Verdict.FAIL, one(_reset("after-250"), outcomes={C3PO: DEFERRED})),),
+    ),
+    "tcp.half-close-221": Cases(
+        "receiver",
+        passing=(one(_half_close(True), outcomes={C3PO: DELIVERED}, stored={C3PO: [MESSAGE]}),),
+        failing=((Verdict.FAIL, one(_half_close(False), outcomes={C3PO: DELIVERED})),),
     ),
 }

@@ -16,10 +16,15 @@ Rules kept here:
   ``open_writer`` makes (``pcapng.PcapngWriter``: nanosecond timestamps, interface
   ``br0``); a frame longer than the read buffer is written cut, with its true length, and
   counted as lost bytes.  Names and comments are added afterwards (``pcapng.rewrite``).
-- Stopping drains: the capture waits until the bridge has been quiet for ``DRAIN_S`` (at
-  most ``MAX_DRAIN_S``), stops the backend, then swaps in a filter that admits nothing (the
-  kernel's counters freeze) and writes every frame still queued.  Nothing the kernel
-  delivered is left unread.
+- Stopping waits for the end of the exchange on the wire, not for a fixed time after it:
+  once the reader has caught up (the bridge quiet for ``DRAIN_S``), until every TCP
+  connection seen on the bridge has closed in both directions (each
+  FIN acknowledged, or an RST: ``closing.ConnectionTracker``), at most ``close_wait_s``;
+  the ones still open then are named in ``warnings`` (the capture goes on to stop: the
+  run decides what an unfinished close means).  Then it drains: it waits until the bridge
+  has been quiet for ``DRAIN_S`` (at most ``MAX_DRAIN_S``), stops the backend, swaps in a
+  filter that admits nothing (the kernel's counters freeze) and writes every frame still
+  queued.  Nothing the kernel delivered is left unread.
 - The reader (our thread, or scapy's) is the only other user of the socket and the file, so
   whatever ends the capture (``stop()``, or an exception, a SIGTERM's ``SystemExit`` or a
   Ctrl-C in ``start()`` or ``stop()``) first tells it to stop and waits for it, at most
@@ -46,6 +51,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from harness import signals
+from harness.capture.closing import ConnectionTracker
 from harness.capture.pcapfile import MAX_CAPLEN
 from harness.capture.pcapng import PcapngWriter
 from harness.errors import HarnessError, InternalError
@@ -64,6 +70,9 @@ BUFFER_BYTES = 8 << 20
 FRAME_BYTES = MAX_CAPLEN  # the read buffer: a GSO frame on a veth may exceed 65,535 bytes
 DRAIN_S = 0.1  # quiet time on the bridge before the capture stops
 MAX_DRAIN_S = 2.0  # stop anyway after this (the frozen queue is still drained)
+CLOSE_WAIT_S = 5.0  # at most this long for the open TCP connections to close (RTO backoff
+# from 200 ms: a FIN lost four times in a row is past it)
+CLOSE_POLL_S = 0.01
 READER_STOP_S = 5.0  # a reader polls every 0.05 s; one that takes longer than this is stuck
 BACKENDS = ("afpacket", "scapy")
 
@@ -125,7 +134,8 @@ class Capture:
     """``with Capture(lab, path):`` captures everything on the lab bridge into ``path``.
 
     After ``stop()``: ``packets`` frames written, ``delivered`` and ``dropped`` as the
-    kernel counted them, ``cut`` frames longer than the read buffer."""
+    kernel counted them, ``cut`` frames longer than the read buffer, and ``warnings``: one
+    line for each TCP connection that had not closed when the capture stopped."""
 
     def __init__(
         self,
@@ -133,6 +143,7 @@ class Capture:
         path: str | os.PathLike,
         backend: str = "afpacket",
         buffer_bytes: int = BUFFER_BYTES,
+        close_wait_s: float = CLOSE_WAIT_S,
     ) -> None:
         if backend not in BACKENDS:
             raise HarnessError(f"capture backend {backend!r}: expected one of {BACKENDS}")
@@ -144,6 +155,9 @@ class Capture:
         self.delivered = 0
         self.dropped = 0
         self.cut = 0
+        self.close_wait_s = close_wait_s
+        self.warnings: list[str] = []
+        self._connections = ConnectionTracker()
         self._sock: socket.socket | None = None
         self._file = None
         self._writer: PcapngWriter | None = None
@@ -214,6 +228,7 @@ class Capture:
         self._writer.write(t_ns, frame, length)
         self.packets += 1
         self._last = time.monotonic()
+        self._connections.see(frame)
 
     def _read_one(self, sock: socket.socket) -> None:
         """Read one queued frame, with its kernel timestamp and true length, and write it."""
@@ -234,12 +249,16 @@ class Capture:
                 self._read_one(sock)
 
     def stop(self, check: bool = True) -> None:
-        """Drain, stop, close; raise ``CaptureIncomplete`` unless every frame the kernel
-        delivered was written, none was dropped and none was cut."""
+        """Wait for the TCP connections to close (unless ``check`` is off: the block that
+        captured failed), drain, stop, close; raise ``CaptureIncomplete`` unless every frame
+        the kernel delivered was written, none was dropped and none was cut."""
         if self._sock is None:
             return
         try:
-            self._quiet()
+            self._quiet()  # the reader has caught up with what the kernel queued
+            if check:
+                self._closed_or_warned()
+                self._quiet()
             self._stop_reader()
             attach_filter(self._sock, _NOTHING)  # the counters freeze; the queue stays
             while select.select([self._sock], [], [], 0)[0]:
@@ -276,6 +295,17 @@ class Capture:
         self._sock = None
         if self._file is not None:
             self._file.close()
+
+    def _closed_or_warned(self) -> None:
+        """Wait until every TCP connection seen has closed, at most ``close_wait_s``; name
+        in ``warnings`` those that did not."""
+        deadline = time.monotonic() + self.close_wait_s
+        while not self._connections.all_closed() and time.monotonic() < deadline:
+            time.sleep(CLOSE_POLL_S)
+        self.warnings += [
+            f"capture stopped after {self.close_wait_s:g} s with a TCP connection open: {c}"
+            for c in self._connections.open()
+        ]
 
     def _quiet(self) -> None:
         """Wait until no frame was written for DRAIN_S, or MAX_DRAIN_S have passed."""

@@ -4,7 +4,8 @@ Rules this module keeps:
 
 * UDP first, on a connected socket (so only the server's datagrams reach us); a datagram
   whose ID or question does not match ours is ignored, not taken as the answer.
-* Two UDP tries, each waiting ``timeout`` seconds; then ``DnsTimeout``.
+* ``tries`` UDP tries (two unless told), each waiting ``timeout`` seconds; then
+  ``DnsTimeout``.
 * TC=1 repeats the question over TCP (two-byte length framing) unless ``tcp_fallback``
   is off, in which case the truncated reply is returned as it is.
 * Any rcode is an answer: SERVFAIL or NXDOMAIN come back as the ``DNSRecord``; only "no
@@ -39,7 +40,9 @@ class DnsTimeout(DnsError, TimeoutError):
 class _Exchange:
     """One question and what counts as its answer, without any I/O."""
 
-    def __init__(self, server: tuple[str, int], qname: str, qtype: str, timeout: float) -> None:
+    def __init__(
+        self, server: tuple[str, int], qname: str, qtype: str, timeout: float, tries: int = _TRIES
+    ) -> None:
         try:
             self.request = DNSRecord.question(qname, qtype.upper())
         except DNSError:
@@ -47,6 +50,7 @@ class _Exchange:
         self.server = server
         self.family = socket.AF_INET6 if ":" in server[0] else socket.AF_INET
         self.timeout = timeout
+        self.tries = tries
         self.packet = self.request.pack()
         self.frame = len(self.packet).to_bytes(2, "big") + self.packet
 
@@ -70,7 +74,7 @@ class _Exchange:
         return reply
 
     def timed_out(self, transport: str) -> DnsTimeout:
-        tries = f"{_TRIES} tries of " if transport == "udp" else ""
+        tries = f"{self.tries} tries of " if transport == "udp" else ""
         return DnsTimeout(
             f"{self.where()}: no {transport} answer to {self.what()} after {tries}{self.timeout}s"
         )
@@ -95,9 +99,10 @@ def query(
     timeout: float = 2.0,
     tcp_fallback: bool = True,
     socket_factory: SocketFactory = socket.socket,
+    tries: int = _TRIES,
 ) -> DNSRecord:
     """Ask ``server`` for ``qname``/``qtype`` and return its reply (any rcode)."""
-    exchange = _Exchange(server, qname, qtype, timeout)
+    exchange = _Exchange(server, qname, qtype, timeout, tries)
     try:
         reply = _udp(exchange, socket_factory)
         if reply.header.tc and tcp_fallback:
@@ -112,7 +117,7 @@ def query(
 def _udp(exchange: _Exchange, factory: SocketFactory) -> DNSRecord:
     with factory(exchange.family, socket.SOCK_DGRAM) as sock:
         sock.connect(exchange.server)
-        for _ in range(_TRIES):
+        for _ in range(exchange.tries):
             sock.send(exchange.packet)
             deadline = time.monotonic() + exchange.timeout
             while (left := deadline - time.monotonic()) > 0:
@@ -156,9 +161,10 @@ async def aquery(
     timeout: float = 2.0,
     tcp_fallback: bool = True,
     socket_factory: SocketFactory = socket.socket,
+    tries: int = _TRIES,
 ) -> DNSRecord:
     """``query`` for asyncio code: the same rules, on the running loop."""
-    exchange = _Exchange(server, qname, qtype, timeout)
+    exchange = _Exchange(server, qname, qtype, timeout, tries)
     try:
         reply = await _audp(exchange, socket_factory)
         if reply.header.tc and tcp_fallback:
@@ -175,7 +181,7 @@ async def _audp(exchange: _Exchange, factory: SocketFactory) -> DNSRecord:
     with factory(exchange.family, socket.SOCK_DGRAM) as sock:
         sock.setblocking(False)
         await loop.sock_connect(sock, exchange.server)
-        for _ in range(_TRIES):
+        for _ in range(exchange.tries):
             await loop.sock_sendall(sock, exchange.packet)
             deadline = loop.time() + exchange.timeout
             while (left := deadline - loop.time()) > 0:

@@ -91,6 +91,11 @@ class Lab:
     def host(self, name: str) -> Host:
         return self.topology.host(name)
 
+    def port(self, host: str) -> str:
+        """The bridge's port to ``host`` (in the ``-lan`` namespace): its egress is the
+        host's link inbound."""
+        return f"p{self.topology.hosts.index(self.topology.host(host))}"
+
     # --- life cycle ---------------------------------------------------------------------
     def __enter__(self) -> Lab:
         self._trap_signals()
@@ -165,8 +170,8 @@ class Lab:
             "link add br0 type bridge stp_state 0 forward_delay 0 mcast_snooping 0",
             "link set br0 up",
         ]
-        for i, host in enumerate(self.topology.hosts):
-            port = f"p{i}"
+        for host in self.topology.hosts:
+            port = self.port(host.name)
             cmds += [
                 f"link add {port} type veth peer name eth0 netns {self.ns(host.name)}",
                 f"link set {port} master br0",

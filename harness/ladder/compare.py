@@ -20,18 +20,23 @@ Rules this module keeps:
   those differ, the details that do: ``reply differs: code 250 -> 450, text "OK" -> "try
   later"``.  The context rows sit under column headings (``golden``, ``run``: the step's
   number in each ladder).
+- A DNS retry in the run (``normalise.py``: the same question again after a lost
+  datagram) that the golden ladder lacks is accepted, not an extra step; one the golden
+  ladder has and the run lacks is still missing.  Duplicate datagrams are already folded.
 """
 
 from __future__ import annotations
 
 import difflib
+from collections import Counter
 from dataclasses import dataclass, field
 
 from harness.ladder.model import Coverage, Ladder, Step
 from harness.ladder.normalise import MASKS, Mask, normalise
 
 _FIN_ACKS = ("fin-ack", "close-ack")
-_VOLATILE = frozenset({"offset", "id"})  # details that differ run to run even when strict
+# details that differ run to run even when strict: what the network did is not compared
+_VOLATILE = frozenset({"offset", "id", "duplicates", "retry_of", "stray_rsts"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +70,9 @@ def compare(
 ) -> Verdict:
     """Does *run* do what *golden* did?"""
     run, golden = normalise(run, masks, digest=digest), normalise(golden, masks, digest=digest)
-    rows = _align(_sequence(golden, strict), _sequence(run, strict), strict)
+    expected = _sequence(golden, strict)
+    actual = _accepted_retries_out(_sequence(run, strict), expected, strict)
+    rows = _align(expected, actual, strict)
     mismatches = [_mismatch(n, e, r) for n, (e, r) in enumerate(rows) if _differs(e, r, strict)]
     mismatches += _coverage(golden.coverage, run.coverage, strict)
     return Verdict(not mismatches, mismatches, rows)
@@ -118,6 +125,21 @@ def _align(expected: list[Step], actual: list[Step], strict: bool) -> list[Row]:
 
 def _differs(expected: Step | None, actual: Step | None, strict: bool) -> bool:
     return expected is None or actual is None or key(expected, strict) != key(actual, strict)
+
+
+def _accepted_retries_out(actual: list[Step], expected: list[Step], strict: bool) -> list[Step]:
+    """*actual* without the DNS retries (and answers to them) that *expected* lacks: the
+    network lost a datagram and the client asked again (normalise.py, "DNS retries").  A
+    retry the golden ladder has too stays, to be aligned with it."""
+    golden = Counter(key(s, strict) for s in expected if s.get("retry_of") is not None)
+    kept = []
+    for step in actual:
+        if step.get("retry_of") is not None:
+            if golden[key(step, strict)] == 0:
+                continue
+            golden[key(step, strict)] -= 1
+        kept.append(step)
+    return kept
 
 
 def _mismatch(row: int, expected: Step | None, actual: Step | None) -> Mismatch:

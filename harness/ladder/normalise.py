@@ -4,6 +4,28 @@ Rules this module keeps (design rule 6), applied in this order:
 
 | what varies          | rule                                                                   |
 |----------------------|------------------------------------------------------------------------|
+| duplicate datagrams  | a DNS step over UDP equal to an earlier one in everything decoded (id, |
+|                      | flags, question, records; src, dst) within ``DUPLICATE_WINDOW_NS`` of  |
+|                      | it is folded into it: gone, counted in its ``duplicates`` detail (the  |
+|                      | network copied it; TCP's own duplicates are already folded by the      |
+|                      | dissector).  The ladder keeps no port, so "the same bytes" is judged   |
+|                      | on what was decoded                                                    |
+| RST after the close  | an RST from the side that sent the second FIN, once that FIN was       |
+|                      | acknowledged (its ``close-ack`` step came first), answers a stray      |
+|                      | segment: an ACK that jitter put behind the FIN, a copy, a retransmit,  |
+|                      | reaching a socket already CLOSED (RFC 9293 §3.10.7.1; the other side   |
+|                      | is in TIME-WAIT and answers with an ACK).  It is folded into the       |
+|                      | ``close-ack`` (``stray_rsts`` detail); any other RST is compared       |
+| DNS retries          | a UDP question the same client already asked the same server (name,    |
+|                      | type, class), and any later UDP answer to a question already answered, |
+|                      | is a retry: `` (retry)`` ends its text, ``retry_of`` (detail) is the   |
+|                      | step it repeats.  A retry may repeat the very datagram (our stub and   |
+|                      | glibc resend the same id): later than the window it is a retry, not a  |
+|                      | duplicate, since every resolver here waits at least 1 s before asking  |
+|                      | again (the lab's resolv.conf ``timeout:1``, the stub 2 s).  A client   |
+|                      | that asks twice on purpose (Exim) shows its second question as a retry |
+|                      | in the golden capture too.  ``compare`` accepts a retry the golden     |
+|                      | ladder does not have                                                   |
 | addresses            | ``hosts`` (address -> name) renames ``src``/``dst``; ``addr:port`` keeps |
 |                      | only the address's name when the port is ephemeral (>= 1024, not SMTP) |
 | ports, ISNs          | already gone: the dissector shows no client port and relative offsets  |
@@ -27,9 +49,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import replace
 
 from harness.ladder.dissect import SMTP_PORTS
-from harness.ladder.model import Ladder, Step
+from harness.ladder.model import DNS_KINDS, Ladder, Step, StepKind
 
 Mask = tuple[str, str]  # (regular expression, label)
+DUPLICATE_WINDOW_NS = 500_000_000  # copies of one datagram arrive within this of each other
+RETRY = " (retry)"
 
 _MONTH = r"(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)"
 _ZONE = r"(?:[+-]\d{4}|UT|GMT|[ECMP][SD]T|Z)"
@@ -75,7 +99,7 @@ class Normaliser:
         self._conns: dict[int, int] = {}
 
     def ladder(self, ladder: Ladder) -> Ladder:
-        steps = [self.step(s) for s in ladder.steps]
+        steps = [self.step(s) for s in fold_datagrams(fold_stray_rsts(ladder.steps))]
         coverage = {
             self._conn(c): replace(cov, conn=self._conn(c)) for c, cov in ladder.coverage.items()
         }
@@ -134,6 +158,63 @@ def normalise(
 ) -> Ladder:
     """*ladder* with the rules of this module applied."""
     return Normaliser(masks, hosts, digest=digest).ladder(ladder)
+
+
+def fold_stray_rsts(steps: Sequence[Step]) -> list[Step]:
+    """*steps* with the rule "RST after the close" applied."""
+    out: list[Step] = []
+    closed: dict[int, tuple[int, str]] = {}  # conn -> (close-ack's place, last FIN's sender)
+    strays: dict[int, int] = {}  # place -> RSTs folded into it
+    for step in steps:
+        place, last = closed.get(step.conn, (None, None))
+        if step.kind == StepKind.RST and place is not None and step.src == last:
+            strays[place] = strays.get(place, 0) + 1
+            continue
+        if step.kind == StepKind.CLOSE_ACK and step.conn is not None:
+            closed[step.conn] = (len(out), step.dst)
+        out.append(step)
+    for place, n in strays.items():
+        out[place] = replace(out[place], detail=(*out[place].detail, ("stray_rsts", n)))
+    return out
+
+
+def fold_datagrams(steps: Sequence[Step]) -> list[Step]:
+    """*steps* with the rules "duplicate datagrams" and "DNS retries" applied."""
+    out: list[Step] = []
+    first: dict[tuple, int] = {}  # a datagram as decoded -> its place in out
+    copies: dict[int, int] = {}  # place in out -> copies folded into it
+    seen: dict[tuple, int] = {}  # (kind, client, server, question) -> first step's index
+    for step in steps:
+        if step.kind not in DNS_KINDS or step.get("transport") != "udp":
+            out.append(step)
+            continue
+        same = (step.kind, step.src, step.dst, step.text, step.detail)
+        place = first.get(same)
+        if place is not None and step.time - out[place].time <= DUPLICATE_WINDOW_NS:
+            copies[place] = copies.get(place, 0) + 1
+            continue
+        first.setdefault(same, len(out))
+        question = (
+            step.kind,
+            *_ends(step),
+            step.get("qname"),
+            step.get("qtype"),
+            step.get("qclass"),
+        )
+        earlier = seen.setdefault(question, step.index)
+        out.append(step if earlier == step.index else _retry(step, earlier))
+    for place, n in copies.items():
+        out[place] = replace(out[place], detail=(*out[place].detail, ("duplicates", n)))
+    return out
+
+
+def _ends(step: Step) -> tuple[str, str]:
+    """(client, server) of a DNS step."""
+    return (step.src, step.dst) if step.kind == StepKind.DNS_QUERY else (step.dst, step.src)
+
+
+def _retry(step: Step, of: int) -> Step:
+    return replace(step, text=step.text + RETRY, detail=(*step.detail, ("retry_of", of)))
 
 
 def _split_port(name: str) -> tuple[str, int | None]:

@@ -69,7 +69,10 @@ class ReplyRule:
     ``code``/``text`` replace the reply's (None keeps it), ``raw`` sends bytes as they are
     (malformed replies), ``delay`` waits first, ``line_pause`` waits between the lines of a
     multi-line reply (each line its own write), ``close`` closes the connection after it
-    (``raw=b"", close=True`` drops the connection without a reply)."""
+    (``raw=b"", close=True`` drops the connection without a reply), ``reset`` resets it
+    (an RST, SO_LINGER 0) once the reply is acknowledged (``raw=b"", reset=True``: an RST
+    instead of the reply), ``stop_reading`` stops reading after it (the client's bytes
+    fill our receive window: a zero window) until the idle timeout ends the session."""
 
     on: str
     argument: str | None = None
@@ -79,6 +82,8 @@ class ReplyRule:
     delay: float = 0.0
     line_pause: float = 0.0
     close: bool = False
+    reset: bool = False
+    stop_reading: bool = False
 
     def matches(self, key: str, command: Command | None) -> bool:
         if self.on.upper() != key.upper():

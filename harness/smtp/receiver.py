@@ -42,17 +42,28 @@ Rules kept here:
    session ends with nothing more sent.  Reading stops while the client does not read
    its replies (``pause_writing``) or once it has sent ``HOLD_LIMIT`` octets during one
    wait.
+9. A reply rule's ``reset`` ends the session with an RST (SO_LINGER 0, then close): once
+   the reply (if any) is acknowledged by the client, so that the RST lands after it, not
+   instead of it (a close with unacknowledged data would discard it).  The TCP faults of
+   RFC 5321 §6.1 and RFC 1047: after RCPT, after 354, after the final ``.`` before its
+   250 (``raw = ""``), after the 250.  ``stop_reading`` stops reading for good after its
+   reply (after 354: the client's content fills the receive window, a zero window); the
+   idle timeout (rule 6) then ends the session, its 421 and close an RST since bytes are
+   left unread.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import hashlib
 import ipaddress
 import itertools
 import re
 import socket
+import struct
+import termios
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -104,6 +115,7 @@ from harness.smtp.state import END_OF_DATA, GREETING, State
 __all__ = ["Answered", "Receiver", "ReceiverConfig", "ReplyRule", "StoredMessage"]
 
 HOLD_LIMIT = 1 << 20  # octets a client may send while one reply waits (rule 8)
+RESET_POLL_S = 0.005  # how often a reset looks whether its reply was acknowledged (rule 9)
 _PIECES = re.compile(rb"[^\n]*\n|[^\n]+")  # a reply's lines, for writing them one by one
 
 
@@ -226,6 +238,8 @@ class _Session(asyncio.Protocol):
         self._write_blocked = False
         self._timer: asyncio.TimerHandle | None = None  # the idle timeout, or a close's bound
         self._deadline = 0.0
+        self._resetting = False
+        self._deaf = False  # a rule's stop_reading: reading never resumes (rule 9)
 
     # --- transport callbacks -------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -238,6 +252,9 @@ class _Session(asyncio.Protocol):
         self._pump()
 
     def data_received(self, data: bytes) -> None:
+        if self._resetting:  # rule 9: nothing more is judged, stored or answered
+            self._add("ignored", size=len(data))
+            return
         try:
             self.conn.receive_data(data)
         except Exception as exc:  # rule 5 (the core refuses bytes only after an EOF)
@@ -249,6 +266,8 @@ class _Session(asyncio.Protocol):
             self._hold(data)
 
     def eof_received(self) -> bool:
+        if self._resetting:
+            return True  # the reset closes the transport
         if self._task is None:
             self.data_received(b"")
         elif not self.closing:  # rule 8: the wait is cut short, the EOF handled after it
@@ -356,7 +375,7 @@ class _Session(asyncio.Protocol):
             self.transport.pause_reading()
 
     def _resume_reading(self) -> None:
-        if not self._write_blocked and self._held <= HOLD_LIMIT and not self.closing:
+        if not (self._write_blocked or self._deaf or self.closing) and self._held <= HOLD_LIMIT:
             self.transport.resume_reading()
 
     def _arm(self) -> None:
@@ -408,6 +427,28 @@ class _Session(asyncio.Protocol):
         self.transport.close()
         if self.transport.get_write_buffer_size():  # bounded for a client that does not read
             self._timer = self._loop.call_later(self.config.timeout, self.transport.abort)
+
+    def _reset(self) -> None:
+        """Rule 9: an RST once every byte written was acknowledged (at most ``timeout``)."""
+        self.closing = self._resetting = True
+        if self._timer is not None:
+            self._timer.cancel()
+        deadline = self._loop.time() + self.config.timeout
+        self._timer = self._loop.call_soon(self._reset_when_acknowledged, deadline)
+
+    def _reset_when_acknowledged(self, deadline: float) -> None:
+        sock = self.transport.get_extra_info("socket")
+        if sock is None or self.transport.is_closing():
+            return
+        waiting = self.transport.get_write_buffer_size() or _unacknowledged(sock.fileno())
+        if waiting and self._loop.time() < deadline:
+            self._timer = self._loop.call_later(
+                RESET_POLL_S, self._reset_when_acknowledged, deadline
+            )
+            return
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self._add("reset")
+        self.transport.abort()
 
     def _client_left(self, **fields: object) -> None:
         if self.content is not None:
@@ -522,8 +563,14 @@ class _Session(asyncio.Protocol):
         self._add("reply", to=answered.key, lines=_lines(data))
         if data:
             self.receiver.answered.append(answered)
+        if rule is not None and rule.stop_reading:
+            self._deaf = True
+            self.transport.pause_reading()
+            self._add("stopped-reading")
+        if rule is not None and rule.reset:
+            self._reset()
         # 221 to QUIT and any 421 close the session in the core's state table (rule 4)
-        if self.conn.state is State.CLOSED or (rule is not None and rule.close):
+        elif self.conn.state is State.CLOSED or (rule is not None and rule.close):
             self._close()
 
     # --- DNS -----------------------------------------------------------------------------
@@ -585,6 +632,11 @@ def _client_address(peername: tuple[str, int] | None) -> tuple[str, int]:
 
 def _lines(raw: bytes) -> list[str]:
     return raw.decode("utf-8", "surrogateescape").split("\r\n")[:-1] or [repr(raw)]
+
+
+def _unacknowledged(fd: int) -> int:
+    """Octets in the socket's send queue, sent or not, not yet acknowledged (SIOCOUTQ)."""
+    return struct.unpack("i", fcntl.ioctl(fd, termios.TIOCOUTQ, b"\0" * 4))[0]
 
 
 def _first_line(raw: bytes) -> str:

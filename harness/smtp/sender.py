@@ -12,6 +12,9 @@ Rules kept here:
    §3.2), VRFY each recipient and drop those answered 550/551/553 (a 502 or 252 only
    says "cannot verify"), MAIL, RCPT for the rest, DATA, the message, QUIT, then wait for
    221 *and* the receiver's FIN before closing: the receiver releases first (seed 29-33).
+   With ``half_close`` our FIN leaves with QUIT, in one segment (Exim's way: the socket
+   corked, QUIT written, our writing side shut, uncorked): we still read the 221 and the
+   receiver's FIN (§4.1.1.10: the receiver "MUST send a 221 OK reply" to QUIT).
 4. Outcomes by the first digit (§4.2.1, §4.3.2): 4yz defers, 5yz rejects, per recipient at
    RCPT, for all remaining recipients elsewhere; a lost connection or a timeout before the
    reply to the end of data defers (§6.1: after "." the outcome is unknown, so retry).
@@ -103,6 +106,7 @@ class SenderConfig:
     port: int = 25
     use_glue: bool = True
     timeout: float = 30.0  # per connect and per reply
+    half_close: bool = False  # our FIN right after QUIT, before its 221 (rule 3)
     script: list[ScriptStep] = field(default_factory=list)
     log_path: Path | None = None
 
@@ -315,10 +319,23 @@ class _Dialogue:
     async def _quit(self) -> None:
         """QUIT, its 221, then the receiver's FIN (rule 3); nothing if the server closed."""
         if self.conn.state is not State.CLOSED:
-            await self._command("QUIT")
+            then = self._corked_half_close() if self.config.half_close else None
+            await self._step("QUIT", None, lambda: self.conn.send_command("QUIT"), then)
         while not isinstance(await self._next(), ConnectionClosed):
             pass
         self.log.add("eof")
+
+    def _corked_half_close(self) -> Callable[[], None]:
+        """Cork the socket now; the returned function half-closes and uncorks: QUIT and our
+        FIN leave in one segment (as Exim sends them), before any 221 can come back."""
+        sock = self.writer.get_extra_info("socket")
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
+
+        def half_close() -> None:
+            self.writer.write_eof()
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)
+
+        return half_close
 
     async def _command(
         self, verb: str, argument: str | None = None, match: str | None = None
@@ -327,8 +344,15 @@ class _Dialogue:
             verb, match or argument, lambda: self.conn.send_command(verb, argument)
         )
 
-    async def _step(self, key: str, argument: str | None, send: Callable[[], bytes]) -> Reply:
-        """Send one command (or the message) with the script's edits around it (rule 5)."""
+    async def _step(
+        self,
+        key: str,
+        argument: str | None,
+        send: Callable[[], bytes],
+        then: Callable[[], None] | None = None,
+    ) -> Reply:
+        """Send one command (or the message) with the script's edits around it (rule 5);
+        ``then`` right after it is written (the half-close after QUIT)."""
         steps = [s for s in self.config.script if s.matches(key, argument)]
         for step in steps:
             if step.position == "before":
@@ -339,6 +363,8 @@ class _Dialogue:
             reply = await self._scripted(step) or reply
         if not instead:
             self._write(send())
+            if then is not None:
+                then()
         if reply is None:
             reply = await self._reply()
         for step in steps:
