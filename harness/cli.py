@@ -90,8 +90,9 @@ def _register() -> None:
     from harness.dns.commands import dns
     from harness.lab.commands import lab
     from harness.ladder.commands import check, ladder
+    from harness.replay.commands import replay_command
 
-    for command in (lab, dns, run, demo, ladder, check, matrix):
+    for command in (lab, dns, run, demo, ladder, check, matrix, replay_command):
         _documented(command)
         main.add_command(command)
 
