@@ -10,9 +10,9 @@ Rules kept here:
    are read).  ``timing="capture"`` also sleeps the captured gap before each write (each
    gap at most ``MAX_PAUSE_S``).
 3. Each live reply is judged against its captured one (``judge.reply_differences``); a
-   divergence that changes the session (another code or enhanced status code, the
-   connection closed or silent where a reply was due) stops the replay there unless
-   ``keep_going``; a text difference is recorded and the replay goes on.
+   divergence (another code, the connection closed or silent where a reply was due)
+   stops the replay there unless ``keep_going``; another status code or text is
+   recorded and the replay goes on.
 4. The close is the capture's: when the captured client closed first, close after the
    last reply; else wait (``timeout``) for the server to close first.
 5. Shaped like the scripted sender for ``harness.mta.roles.to_mta`` (``send()``,

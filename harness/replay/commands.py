@@ -31,8 +31,8 @@ HELP = """Replay the client side of a captured SMTP session against a live peer 
 The client's bytes go out as captured (pipelined groups as groups, in one write where the
 capture had one segment, message content byte for byte), each turn waiting for the replies
 the capture had; each live reply is compared with the captured one: the code and the
-enhanced status code exactly, the text after the normalisation masks.  Another code or
-status code stops the replay there (unless --continue); the result is a ladder diff of the
+enhanced status code exactly, the text after the normalisation masks.  Another code (or
+no reply) stops the replay there (unless --continue); the result is a ladder diff of the
 session (its TCP and SMTP steps).  Captured addresses are mapped onto the lab's sender
 (client) and receiver (server) hosts; HELO name, MAIL FROM and RCPT TO are kept unless
 --map rewrites them.  Every mapping is printed.
@@ -92,7 +92,7 @@ EXIT_CODES = (
     "--continue",
     "keep_going",
     is_flag=True,
-    help="Go on after a reply with another code or status code (default: stop there).",
+    help="Go on after a reply with another code (default: stop there).",
 )
 @click.option(
     "--map",
@@ -137,13 +137,12 @@ def print_result(result: ReplayResult) -> None:
         click.echo(f"  {mapped.line()}")
     client = result.client
     click.echo(f"replies: {len(client.judged)} judged")
-    for n, judged in enumerate(client.judged, 1):
+    for judged in client.judged:
         if judged.differences:
-            click.echo(f"  reply {n}: {'; '.join(judged.differences)}")
+            click.echo(f"  step {judged.captured.step}: {'; '.join(judged.differences)}")
     if client.stopped is not None:
-        click.echo(
-            f"stopped at reply {len(client.judged)}: {'; '.join(client.stopped.differences)}"
-        )
+        stop = client.stopped
+        click.echo(f"stopped at step {stop.captured.step}: {'; '.join(stop.differences)}")
     if result.diff_text:
         click.echo("")
         click.echo(result.diff_text, nl=False)

@@ -5,8 +5,9 @@ Rules kept here:
 - A reply is compared as the issue says: the code exactly, the enhanced status code
   (RFC 3463, at the start of the first line's text, RFC 2034 §3) exactly, the text after
   the normalisation masks (``harness.ladder.normalise.MASKS``), the captured text with the
-  mapping's rewrites applied first.  Another code or status code *diverges* (the
-  session's state may differ from there on); a text difference is only a difference.
+  mapping's rewrites applied first.  Another code (or no reply) *diverges*: the session's
+  state may differ from there on (RFC 5321 §4.2.1: the code is what a client acts on); a
+  status code or text difference is a difference, and the session goes on the same.
 - The ladders compared are the session's own steps (its TCP and SMTP steps, not DNS,
   which depends on the peer), the captured ones renamed onto the lab's hosts and
   rewritten by the mapping, in ``harness.ladder.compare``'s way; a replay that stopped is
@@ -18,7 +19,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, replace
 
-from harness.ladder.compare import Verdict, compare
+from harness.ladder.compare import Verdict, _quoted, compare
 from harness.ladder.model import Ladder, Step, StepKind
 from harness.ladder.normalise import Normaliser
 from harness.replay.session import CapturedReply, Session
@@ -36,7 +37,7 @@ class Judged:
 
     @property
     def diverges(self) -> bool:
-        return self.live is None or any(not d.startswith("text") for d in self.differences)
+        return self.live is None or self.live.code != self.captured.code
 
 
 def status_code(lines: tuple[str, ...] | list[str]) -> str | None:
@@ -44,8 +45,14 @@ def status_code(lines: tuple[str, ...] | list[str]) -> str | None:
     return found.group(1) if found else None
 
 
-def masked(text: str) -> str:
-    return Normaliser().text(text)
+def masked(code: int | None, lines: tuple[str, ...] | list[str]) -> str:
+    """The reply as the ladder shows it (``250-...`` lines), after the masks: a mask may
+    need the code (the greeting's ``BANNER``)."""
+    prefix = "" if code is None else str(code)
+    last = len(lines) - 1
+    shown = [f"{prefix}{'-' if i < last else ' '}{line}" for i, line in enumerate(lines)]
+    text = Normaliser().text("\n".join(shown))
+    return "\n".join(line[len(prefix) + 1 :] for line in text.split("\n"))
 
 
 def reply_differences(captured: CapturedReply, live: Reply, mapping) -> list[str]:
@@ -56,9 +63,10 @@ def reply_differences(captured: CapturedReply, live: Reply, mapping) -> list[str
     statuses = status_code(captured.lines), status_code(live.lines)
     if statuses[0] != statuses[1]:
         out.append(f"enhanced status code {statuses[0]} -> {statuses[1]}")
-    texts = masked(mapping.rewritten(captured.text)), masked(live.text)
+    rewritten = [mapping.rewritten(line) for line in captured.lines]
+    texts = masked(captured.code, rewritten), masked(live.code, live.lines)
     if texts[0] != texts[1]:
-        out.append(f"text {texts[0]!r} -> {texts[1]!r}")
+        out.append(f"text {_quoted(texts[0], 72)} -> {_quoted(texts[1], 72)}")
     return out
 
 
@@ -108,4 +116,7 @@ def cut_after_reply(ladder: Ladder, replies: int | None) -> Ladder:
 
 
 def compare_session(live: Ladder, captured: Ladder, stopped_after: int | None) -> Verdict:
-    return compare(cut_after_reply(live, stopped_after), cut_after_reply(captured, stopped_after))
+    """The live session against the captured one; contents by their digests too: the replay
+    sent them byte for byte."""
+    live, captured = cut_after_reply(live, stopped_after), cut_after_reply(captured, stopped_after)
+    return compare(live, captured, digest=True)

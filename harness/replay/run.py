@@ -173,13 +173,18 @@ def write_record(result: ReplayResult) -> None:
         "mappings": [dataclasses.asdict(m) for m in result.mappings],
         "replies": [
             {
+                "step": j.captured.step,
                 "captured": [j.captured.code, list(j.captured.lines)],
                 "live": [j.live.code, list(j.live.lines)] if j.live else None,
                 "differences": j.differences,
             }
             for j in client.judged
         ],
-        "stopped": client.stopped.differences if client.stopped else None,
+        "stopped": (
+            {"step": client.stopped.captured.step, "differences": client.stopped.differences}
+            if client.stopped
+            else None
+        ),
         "mismatches": [m.note for m in result.diff.mismatches] if result.diff else [],
         "faults": [f.line() for f in result.faults],
     }

@@ -13,6 +13,7 @@ Rules kept here:
   an unfinished tail) is a ``Unit``, a slice of the client stream, so the units together
   are the client's bytes exactly (look-alike endings and all); each server reply is a
   ``CapturedReply``.
+- Each captured reply carries the number of its ladder step, for the output and diff.
 - A ``Turn`` is what the client sent before it waited (its units, cut where the capture's
   segments were cut) and the replies that came before it sent again: a pipelined group is
   one turn.  The first turn sends nothing and waits for the greeting.
@@ -23,7 +24,7 @@ Rules kept here:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from harness.capture.pcapfile import read
 from harness.errors import HarnessError
@@ -61,6 +62,7 @@ class CapturedReply:
     code: int | None
     lines: tuple[str, ...]
     time: int  # ns, the packet that completed it
+    step: int = 0  # its step in the capture's ladder
 
     @property
     def text(self) -> str:
@@ -125,7 +127,7 @@ def read_session(path: str, number: int = 1) -> Session:
                 "a session is replayed byte for byte"
             )
     first = events[0].conn
-    turns = _Turns(where).build(events)
+    turns = _numbered(_Turns(where).build(events), steps)
     fins = [e.direction for e in events if e.kind == "fin"]
     return Session(
         path=path,
@@ -137,6 +139,14 @@ def read_session(path: str, number: int = 1) -> Session:
         turns=turns,
         client_closes_first=not fins or fins[0] == CLIENT,
     )
+
+
+def _numbered(turns: list[Turn], steps: list[Step]) -> list[Turn]:
+    """Each captured reply with the number of its ladder step (the same core read both)."""
+    numbers = iter([s.index for s in steps if s.kind == StepKind.REPLY])
+    for turn in turns:
+        turn.replies = [replace(r, step=next(numbers, 0)) for r in turn.replies]
+    return turns
 
 
 def _tcp_events(path: str) -> list[Event]:
@@ -155,6 +165,7 @@ class _Turns:
         self.stream = bytearray()  # the client's bytes
         self.turns: list[Turn] = [Turn()]
         self.unit_end = 0
+        self.cuts: list[tuple[int, int]] = []  # where each client segment ended, and when
 
     def build(self, events: list[Event]) -> list[Turn]:
         for event in events:
@@ -175,9 +186,8 @@ class _Turns:
                 raise HarnessError(
                     f"{self.where}: the client sent more than {MAX_CLIENT_BYTES} octets"
                 )
+            self.cuts.append((len(self.stream), event.time))
         self._parsed(self.observer.feed(d, event.data), event)
-        if d is Direction.CLIENT:
-            self.turns[-1].cuts.append((len(self.stream), event.time))
 
     def _parsed(self, parsed: list[smtp.Event], event: Event) -> None:
         for e in parsed:
@@ -214,6 +224,9 @@ class _Turns:
             raise HarnessError(f"{self.where}: the server does not open with a 220 greeting")
         if self.unit_end < len(self.stream):  # bytes no unit ended: send them as they are
             self._unit(len(self.stream))
+        for turn in (t for t in self.turns if t.units):
+            start, end = turn.units[0].start, turn.units[-1].end
+            turn.cuts = [(offset, time) for offset, time in self.cuts if start < offset <= end]
 
 
 def _side(event: Event) -> Direction:
