@@ -10,8 +10,9 @@ Rules kept here:
   status code or text difference is a difference, and the session goes on the same.
 - The ladders compared are the session's own steps (its TCP and SMTP steps, not DNS,
   which depends on the peer), the captured ones renamed onto the lab's hosts and
-  rewritten by the mapping, in ``harness.ladder.compare``'s way; a replay that stopped is
-  compared up to the reply it stopped at.  The diff is ``compare.format_diff``'s.
+  rewritten by the mapping, in ``harness.ladder.compare``'s way, contents by their digests
+  too (the replay sends them byte for byte); a replay that stopped is compared up to the
+  reply it stopped at.  The diff is ``compare.format_diff``'s.
 """
 
 from __future__ import annotations
@@ -75,17 +76,13 @@ def captured_ladder(
 ) -> Ladder:
     """The session's captured steps on the lab's host names (rules above)."""
     client, server = names
-    served = session.server[0]
-
-    def name(who: str) -> str:
-        return client if who == session.client else server if who.startswith(served) else who
-
     steps = []
-    for s in session.steps:
+    for s in session.steps:  # one connection: each end is its client or its server
         text = mapping.rewritten(s.text) if s.kind in (StepKind.COMMAND, StepKind.REPLY) else s.text
         if s.kind == StepKind.SYN:
             text = _SYN_PORT.sub(f"SYN to port {port}", text)
-        steps.append(replace(s, src=name(s.src), dst=name(s.dst), text=text))
+        src, dst = (client, server) if s.src == session.client else (server, client)
+        steps.append(replace(s, src=src, dst=dst, text=text))
     return _only(full, steps, session.conn)
 
 

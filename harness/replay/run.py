@@ -79,6 +79,11 @@ def prepare(capture: Path, scenario: Scenario, options: ReplayOptions) -> tuple[
     if options.mta is not None and options.mta not in adapters():
         known = ", ".join(sorted(adapters()))
         raise HarnessError(f"--mta {options.mta!r}: no such MTA (known: {known})")
+    if scenario.sender_mta:
+        raise HarnessError(
+            f"{scenario.path}: sender.mta: the replay is the client; give a scenario "
+            "without a sending MTA"
+        )
     if not capture.is_file():
         raise HarnessError(f"{capture}: no such capture file")
     session = read_session(str(capture), options.session)
