@@ -13,6 +13,9 @@ Fixtures are the public test API:
   message is the packetdrill-style diff, and the run's pcap and SVG ladder are kept as
   artefacts under runs/pytest-artefacts/ (the path ends the message, so --junitxml has it).
   ``--update-golden`` re-records the golden capture instead.
+- ``replay(capture, **options)`` — ``smtp-harness replay CAPTURE --as client --lab`` with
+  the same options (``mta``, ``scenario``, ``session``, ``timing``, ``keep_going``,
+  ``maps``); returns a ``ReplayResult`` (``verdict``, ``diff``, ``diff_text``, ``client``).
 """
 
 from __future__ import annotations
@@ -141,6 +144,22 @@ def assert_ladder(request: pytest.FixtureRequest) -> Callable[..., None]:
             pytest.fail(f"{diff}\nartefacts: {kept}", pytrace=False)
 
     return check
+
+
+@pytest.fixture
+def replay(tmp_path: Path) -> Callable[..., object]:
+    """``replay(capture, *, scenario=None, **options)`` — replay a capture's client side in
+    a fresh lab (``harness.replay.run.ReplayOptions`` are the options)."""
+    from harness.replay.run import ReplayOptions
+    from harness.replay.run import replay as run_replay
+
+    runs = iter(range(1, 1000))
+
+    def run(capture: str | Path, *, scenario: str | Path | None = None, **options):
+        folder = tmp_path / f"replay-{next(runs)}"
+        return run_replay(Path(capture), load_scenario(scenario), folder, ReplayOptions(**options))
+
+    return run
 
 
 def _keep_artefacts(result: RunResult, nodeid: str) -> Path:

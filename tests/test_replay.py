@@ -108,6 +108,14 @@ def _reply(code: int, *lines: str) -> Reply:
     return Reply(direction=Direction.SERVER, offset=0, code=code, lines=lines, raw=b"")
 
 
+def test_only_replies_to_mapped_commands_are_rewritten_for_the_comparison():
+    mapping = Mapping(read_session(SEED), ("c3po@receiver.com=x@y.org",))
+    vrfy = CapturedReply(250, ("<c3po@receiver.com>",), 0, answers="VRFY")
+    assert reply_differences(vrfy, _reply(250, "<c3po@receiver.com>"), mapping) == []
+    rcpt = CapturedReply(250, ("2.1.5 <c3po@receiver.com> ok",), 0, answers="RCPT")
+    assert reply_differences(rcpt, _reply(250, "2.1.5 <x@y.org> ok"), mapping) == []
+
+
 def test_a_reply_is_judged_by_code_status_code_and_masked_text():
     mapping = Mapping(read_session(SEED))
     banner = CapturedReply(220, ("mail.receiver.com ESMTP smtp-harness",), 0)

@@ -148,3 +148,19 @@ def test_capture_timing_waits_at_least_the_captured_gaps(tmp_path):
     waited = [b["t"] - a["t"] for a, b in itertools.pairwise(log) if b["kind"] == "sent"]
     assert len(waited) == len(gaps) and max(gaps) > 0.002
     assert all(w >= g - 0.001 for w, g in zip(waited, gaps, strict=True)), (waited, gaps)
+
+
+def test_the_replay_fixture_maps_names_onto_the_wire(replay):
+    kept = replay(SEED, maps=("mail.sender.com=relay.sender.com",))
+    assert kept.verdict == "pass", kept.diff_text
+    live = dissect(str(kept.pcap)).steps
+    assert any(s.text == "HELO relay.sender.com" for s in live)
+    assert any("Hello relay.sender.com" in s.text for s in live if s.kind == "reply")
+    moved = replay(SEED, maps=("c3po@receiver.com=aibo@receiver.com",))
+    assert moved.verdict == "fail"
+    captured = read_session(str(SEED)).steps
+    rcpt = next(s for s in captured if s.text == "RCPT TO:<c3po@receiver.com>")
+    answer = next(s for s in captured if s.index > rcpt.index and s.kind == "reply")
+    assert moved.client.stopped.live.code == 550
+    assert moved.client.stopped.captured.step == answer.index
+    assert any(s.text == "RCPT TO:<aibo@receiver.com>" for s in dissect(str(moved.pcap)).steps)

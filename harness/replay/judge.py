@@ -5,9 +5,10 @@ Rules kept here:
 - A reply is compared as the issue says: the code exactly, the enhanced status code
   (RFC 3463, at the start of the first line's text, RFC 2034 §3) exactly, the text after
   the normalisation masks (``harness.ladder.normalise.MASKS``), the captured text with the
-  mapping's rewrites applied first.  Another code (or no reply) *diverges*: the session's
-  state may differ from there on (RFC 5321 §4.2.1: the code is what a client acts on); a
-  status code or text difference is a difference, and the session goes on the same.
+  mapping's rewrites applied first when it answers a command the mapping rewrites.
+  Another code (or no reply) *diverges*: the session's state may differ from there on
+  (RFC 5321 §4.2.1: the code is what a client acts on); a status code or text difference
+  is a difference, and the session goes on the same.
 - The ladders compared are the session's own steps (its TCP and SMTP steps, not DNS,
   which depends on the peer), the captured ones renamed onto the lab's hosts and
   rewritten by the mapping, in ``harness.ladder.compare``'s way, contents by their digests
@@ -23,6 +24,7 @@ from dataclasses import dataclass, replace
 from harness.ladder.compare import Verdict, _quoted, compare
 from harness.ladder.model import Ladder, Step, StepKind
 from harness.ladder.normalise import Normaliser
+from harness.replay.script import MAPPED_VERBS
 from harness.replay.session import CapturedReply, Session
 from harness.smtp.events import Reply
 
@@ -64,7 +66,8 @@ def reply_differences(captured: CapturedReply, live: Reply, mapping) -> list[str
     statuses = status_code(captured.lines), status_code(live.lines)
     if statuses[0] != statuses[1]:
         out.append(f"enhanced status code {statuses[0]} -> {statuses[1]}")
-    rewritten = [mapping.rewritten(line) for line in captured.lines]
+    mapped = captured.answers in MAPPED_VERBS
+    rewritten = [mapping.rewritten(line) if mapped else line for line in captured.lines]
     texts = masked(captured.code, rewritten), masked(live.code, live.lines)
     if texts[0] != texts[1]:
         out.append(f"text {_quoted(texts[0], 72)} -> {_quoted(texts[1], 72)}")
@@ -78,7 +81,8 @@ def captured_ladder(
     client, server = names
     steps = []
     for s in session.steps:  # one connection: each end is its client or its server
-        text = mapping.rewritten(s.text) if s.kind in (StepKind.COMMAND, StepKind.REPLY) else s.text
+        verb = s.get("verb") if s.kind == StepKind.COMMAND else s.get("answers")
+        text = mapping.rewritten(s.text) if verb in MAPPED_VERBS else s.text
         if s.kind == StepKind.SYN:
             text = _SYN_PORT.sub(f"SYN to port {port}", text)
         src, dst = (client, server) if s.src == session.client else (server, client)

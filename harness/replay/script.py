@@ -10,7 +10,9 @@ Rules kept here:
   envelope addresses (case-insensitive), ``new`` in the grammar of what it replaces
   (``harness.grammar``); anything else is a ``HarnessError``.
 - A rewrite touches only the argument of the commands that carry it; every other byte,
-  message content included, goes out as captured.
+  message content included, goes out as captured.  For the comparison the captured
+  commands and the replies to them (which may echo the name) are rewritten the same way;
+  other replies (a VRFY's, whose argument is not mapped) are not.
 - A turn's writes are its bytes cut where the capture's segments ended (a pipelined group
   in one segment is one write); a cut inside a rewritten command moves to its end.
 """
@@ -25,6 +27,7 @@ from harness.grammar import Grammar, require
 from harness.replay.session import Session, Turn, Unit
 
 _ROLE_OF_VERB = {"HELO": "helo", "EHLO": "helo", "MAIL": "mail-from", "RCPT": "rcpt-to"}
+MAPPED_VERBS = frozenset(_ROLE_OF_VERB)  # the commands a mapping rewrites, and their replies
 _GRAMMAR = {"helo": Grammar.HELO, "mail-from": Grammar.REVERSE_PATH, "rcpt-to": Grammar.MAILBOX}
 
 

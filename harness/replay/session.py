@@ -63,6 +63,7 @@ class CapturedReply:
     lines: tuple[str, ...]
     time: int  # ns, the packet that completed it
     step: int = 0  # its step in the capture's ladder
+    answers: str | None = None  # the command key it answers ("RCPT", "<greeting>")
 
     @property
     def text(self) -> str:
@@ -198,7 +199,8 @@ class _Turns:
                         "not replayable in clear"
                     )
                 case smtp.Reply() if e.direction is Direction.SERVER:
-                    self.turns[-1].replies.append(CapturedReply(e.code, e.lines, event.time))
+                    reply = CapturedReply(e.code, e.lines, event.time, answers=e.answers)
+                    self.turns[-1].replies.append(reply)
                 case smtp.Unfinished() if e.direction is Direction.SERVER and e.code:
                     reply = CapturedReply(e.code, (e.raw.decode("utf-8", "replace"),), event.time)
                     self.turns[-1].replies.append(reply)
