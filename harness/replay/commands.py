@@ -52,9 +52,12 @@ EXIT_CODES = (
 @click.option(
     "--as",
     "side",
-    type=click.Choice(["client"]),
+    type=click.Choice(["client", "server"]),
     required=True,
-    help="Which captured side to replay (client: the captured client's commands and content).",
+    help="Which captured side to replay.  client: the captured client's bytes against a live "
+    "receiver; server: the captured server's replies as the scripted receiver, the scripted "
+    "sender (configured from the captured envelope and message) as the live client, judged "
+    "by the ladder diff.",
 )
 @click.option(
     "--lab",
@@ -123,7 +126,7 @@ def replay_command(
     scen = load_scenario(scenario)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     folder = out or Path("runs") / f"replay-{capture.stem}-{stamp}"
-    options = ReplayOptions(number, maps, mta, timing, keep_going)
+    options = ReplayOptions(number, maps, mta, timing, keep_going, side)
     result = replay(capture, scen, folder, options)
     print_result(result)
     sys.exit(exit_code(result.verdict))
@@ -131,11 +134,14 @@ def replay_command(
 
 def print_result(result: ReplayResult) -> None:
     session = result.session
-    click.echo(f"replay of {session.path}, session {session.number} (as client)")
+    click.echo(f"replay of {session.path}, session {session.number} (as {result.side})")
     click.echo("mapping:")
     for mapped in result.mappings:
         click.echo(f"  {mapped.line()}")
     client = result.client
+    if client is None:
+        _print_diff(result)
+        return
     click.echo(f"replies: {len(client.judged)} judged")
     for judged in client.judged:
         if judged.differences:
@@ -143,6 +149,10 @@ def print_result(result: ReplayResult) -> None:
     if client.stopped is not None:
         stop = client.stopped
         click.echo(f"stopped at step {stop.captured.step}: {'; '.join(stop.differences)}")
+    _print_diff(result)
+
+
+def _print_diff(result: ReplayResult) -> None:
     if result.diff_text:
         click.echo("")
         click.echo(result.diff_text, nl=False)

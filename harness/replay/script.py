@@ -91,6 +91,10 @@ class Mapping:
             out.append(Mapped(role, self._originals[old], new))
         return out
 
+    def name(self, old: str) -> str:
+        """What a captured HELO name or address becomes in the lab."""
+        return self.names.get(old.lower(), ("", old))[1]
+
     def rewritten(self, text: str) -> str:
         """``text`` (a captured command or reply) with every rewritten name replaced."""
         for old, (_, new) in self.names.items():
