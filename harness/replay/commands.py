@@ -21,7 +21,8 @@ from pathlib import Path
 import click
 
 from harness.errors import HarnessError
-from harness.replay.run import ReplayOptions, ReplayResult, replay
+from harness.replay.emit import emit_scenario
+from harness.replay.run import ReplayOptions, ReplayResult, in_lab, prepare, replay
 from harness.scenario import load_scenario
 from harness.verdict import exit_code
 
@@ -105,6 +106,13 @@ EXIT_CODES = (
     help="Rewrite a captured HELO name, MAIL FROM or RCPT TO address (repeatable).",
 )
 @click.option(
+    "--emit-scenario",
+    "emit",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the session as the scenario --as server runs (TOML, its message next to it "
+    "as <FILE stem>.eml) and exit 0, without a lab; `smtp-harness run FILE` runs it.",
+)
+@click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
     help="Run folder (default: runs/replay-<capture>-<UTC time>).",
@@ -119,8 +127,16 @@ def replay_command(
     timing: str,
     keep_going: bool,
     maps: tuple[str, ...],
+    emit: Path | None,
     out: Path | None,
 ) -> None:
+    if emit is not None:
+        scen = load_scenario(scenario)
+        options = ReplayOptions(number, maps, mta, timing, keep_going, "server")
+        session, mapping = prepare(capture, scen, options)
+        emit_scenario(in_lab(scen, session, mapping, options), str(capture), emit)
+        click.echo(f"scenario written: {emit} (message: {emit.with_suffix('.eml')})")
+        return
     if not fresh_lab:
         raise HarnessError("replay: --lab is required: a capture is replayed only into a lab")
     scen = load_scenario(scenario)
