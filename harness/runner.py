@@ -250,15 +250,8 @@ def judge_wire(ladder: Ladder, pcap: Path, golden: Path, topology) -> list[str]:
 async def _exchange(lab: Lab, scenario: Scenario, folder: Path) -> Exchange:
     if scenario.receiver_mta:
         return await to_mta(lab, scenario, folder, _scripted_sender(lab, scenario, folder))
-    rconf = dataclasses.replace(
-        scenario.receiver, maildir=folder / "maildir", log_path=folder / "receiver.jsonl"
-    )
     rhost = lab.host(scenario.receiver_host)
-    receiver = Receiver(
-        rconf,
-        resolve=resolver_for(lab, rhost.name),
-        socket_factory=lab.socket_factory(rhost.name),
-    )
+    receiver = scripted_receiver(lab, scenario, folder)
     listen = rhost.addresses if scenario.families["receiver"] == "any" else [rhost.ipv4]
     async with receiver:
         for address in listen:
@@ -273,6 +266,18 @@ async def _exchange(lab: Lab, scenario: Scenario, folder: Path) -> Exchange:
     faults = done.faults + list(receiver.internal_faults)
     return dataclasses.replace(
         done, stored=receiver.stored, receiver_log=receiver.log.entries, faults=faults
+    )
+
+
+def scripted_receiver(lab: Lab, scenario: Scenario, folder: Path) -> Receiver:
+    """The scenario's scripted receiver in its host (not started), its mail and log in
+    ``folder``."""
+    config = dataclasses.replace(
+        scenario.receiver, maildir=folder / "maildir", log_path=folder / "receiver.jsonl"
+    )
+    host = scenario.receiver_host
+    return Receiver(
+        config, resolve=resolver_for(lab, host), socket_factory=lab.socket_factory(host)
     )
 
 

@@ -26,7 +26,7 @@ from harness.replay.run import ReplayOptions, ReplayResult, in_lab, prepare, rep
 from harness.scenario import load_scenario
 from harness.verdict import exit_code
 
-HELP = """Replay the client side of a captured SMTP session against a live peer in a lab.
+HELP = """Replay one side of a captured SMTP session against a live peer in a lab.
 
 \b
 The client's bytes go out as captured (pipelined groups as groups, in one write where the
@@ -36,7 +36,8 @@ enhanced status code exactly, the text after the normalisation masks.  Another c
 no reply) stops the replay there (unless --continue); the result is a ladder diff of the
 session (its TCP and SMTP steps).  Captured addresses are mapped onto the lab's sender
 (client) and receiver (server) hosts; HELO name, MAIL FROM and RCPT TO are kept unless
---map rewrites them.  Every mapping is printed.
+--map rewrites them.  Every mapping is printed.  With --as server the captured server's
+replies are the scripted receiver's and the scripted sender is the live client.
 
 \b
 The run folder holds capture.pcap and ladder.* (the replay), captured-ladder.txt/.json

@@ -40,10 +40,9 @@ from harness.replay.judge import captured_ladder, compare_session, live_ladder
 from harness.replay.script import Mapped, Mapping
 from harness.replay.server import receiver_config, sender_config
 from harness.replay.session import Session, read_session
-from harness.runner import host_names, lab_dns, resolver_for, write_ladder
+from harness.runner import host_names, lab_dns, resolver_for, scripted_receiver, write_ladder
 from harness.scenario import Scenario
 from harness.smtp.peer import EventLog
-from harness.smtp.receiver import Receiver
 from harness.smtp.sender import Sender
 from harness.verdict import Verdict
 
@@ -172,15 +171,8 @@ async def _exchange(lab: Lab, scenario: Scenario, folder: Path, client: Live) ->
     if scenario.receiver_mta:
         done = await to_mta(lab, scenario, folder, client)  # type: ignore[arg-type]
         return [f for f in done.faults if f not in client.internal_faults]
-    config = dataclasses.replace(
-        scenario.receiver, maildir=folder / "maildir", log_path=folder / "receiver.jsonl"
-    )
     host = lab.host(scenario.receiver_host)
-    receiver = Receiver(
-        config,
-        resolve=resolver_for(lab, host.name),
-        socket_factory=lab.socket_factory(host.name),
-    )
+    receiver = scripted_receiver(lab, scenario, folder)
     async with receiver:
         await receiver.start(host.ipv4, scenario.receiver_port)
         await client.send()
