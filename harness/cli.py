@@ -68,6 +68,11 @@ COMMANDS = {
     "matrix": Lazy(
         "harness.checks.commands", "matrix", "Run checks x MTAs x roles, or list or merge them."
     ),
+    "replay": Lazy(
+        "harness.replay.commands",
+        "replay_command",
+        "Replay one side of a captured SMTP session against a live peer in a lab.",
+    ),
     "run": Lazy(
         "harness.commands", "run", "Run SCENARIO (default: the seed) in a fresh lab and judge it."
     ),

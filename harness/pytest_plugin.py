@@ -18,6 +18,9 @@ use it, and the README's "pytest plugin" section has a three-test example:
   runs/pytest-artefacts/<test>/ (the path ends the message, so --junitxml has it): the
   capture, its ladders, ``run.json``, the peers' and the DNS's logs, a real MTA's log, a
   traceback, and the golden's ladder (``golden-ladder.txt``/``.svg``) beside the run's.
+- ``replay(capture, **options)`` — ``smtp-harness replay CAPTURE --as client --lab`` with
+  the same options (``mta``, ``scenario``, ``session``, ``timing``, ``keep_going``,
+  ``maps``); returns a ``ReplayResult`` (``verdict``, ``diff``, ``diff_text``, ``client``).
 """
 
 from __future__ import annotations
@@ -214,6 +217,22 @@ def assert_ladder(request: pytest.FixtureRequest) -> Callable[..., None]:
             pytest.fail(f"{diff}\nartefacts: {kept}", pytrace=False)
 
     return check
+
+
+@pytest.fixture
+def replay(tmp_path: Path) -> Callable[..., object]:
+    """``replay(capture, *, scenario=None, **options)`` — replay a capture's client side in
+    a fresh lab (``harness.replay.run.ReplayOptions`` are the options)."""
+    from harness.replay.run import ReplayOptions
+    from harness.replay.run import replay as run_replay
+
+    runs = iter(range(1, 1000))
+
+    def run(capture: str | Path, *, scenario: str | Path | None = None, **options):
+        folder = tmp_path / f"replay-{next(runs)}"
+        return run_replay(Path(capture), load_scenario(scenario), folder, ReplayOptions(**options))
+
+    return run
 
 
 def _keep_artefacts(result: RunResult, nodeid: str, golden: Path | None = None) -> Path:

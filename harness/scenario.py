@@ -37,9 +37,11 @@ every address of its host; the scripted sender knows IPv4 only; an MTA gets it a
 
 Reply rules (``[[receiver.replies]]``) answer a verb the core knows, ``BDAT LAST``,
 ``<greeting>`` or ``<end-of-data>``; the first rule that matches wins, so a rule that an
-earlier one always answers first (same ``on`` and ``argument``, or an earlier rule for the
-same ``on`` without an argument) is refused.  Script steps (``[[sender.script]]``) edit a
-point the scripted sender reaches (``SCRIPT_POINTS``), with an ``argument`` it really sends.
+earlier one always answers first (same ``on``, ``argument`` and ``nth``, or an earlier rule
+for the same ``on`` without an argument or without an ``nth``) is refused.  ``nth = 2``
+answers only the second time ``on`` is answered in a session (the second RCPT).  Script
+steps (``[[sender.script]]``) edit a point the scripted sender reaches (``SCRIPT_POINTS``),
+with an ``argument`` it really sends.
 """
 
 from __future__ import annotations
@@ -78,6 +80,7 @@ PORT = range(1, 65536)
 DELAY_MS = range(0, 60001)  # every delay and pause: at most a minute
 TIMEOUT_MS = range(1, 600001)  # at most 10 minutes (RFC 5321 §4.5.3.2 asks up to 10 for DATA)
 COUNT = range(0, 1001)  # messages, contents
+COUNT_FROM_1 = range(1, 1001)  # a reply rule's nth
 FAULT_TIMES = range(1, 1001)
 SEED = range(0, 2**32)
 MAX_LINK_FAULTS = 32
@@ -217,6 +220,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "close": Key(bool, False),
         "reset": Key(bool, False),  # an RST (SO_LINGER 0) once the reply was acknowledged
         "stop_reading": Key(bool, False),  # a zero window until the idle timeout
+        "nth": Key((int, NONE), None, COUNT_FROM_1),
     },
     "sender": {
         "host": Key(str, "sender", Grammar.HOST_NAME),
@@ -817,18 +821,20 @@ def _reply_rules(tables: list) -> list[ReplyRule]:
     """Every rule, each one able to fire: the first rule that matches wins (``ReplyRule``
     order in ``Receiver._rule``), so one that an earlier rule always beats is refused."""
     rules: list[ReplyRule] = []
-    first: dict[tuple[str, str | None], int] = {}
+    first: dict[tuple[str, str | None, int | None], int] = {}
     for i, table in enumerate(tables):
         where = f"receiver.replies[{i}]"
         rule = _reply_rule(table, where)
         argument = None if rule.argument is None else rule.argument.lower()
-        earlier = first.get((rule.on, None), first.get((rule.on, argument)))
+        beats = [(rule.on, a, n) for a in (None, argument) for n in (None, rule.nth)]
+        earlier = next((first[k] for k in beats if k in first), None)
         if earlier is not None:
             raise HarnessError(
                 f"{where}: never fires: receiver.replies[{earlier}] answers every {rule.on} "
-                f"{'with this argument ' if argument else ''}first (the first match wins)"
+                f"{'with this argument ' if argument else ''}"
+                f"{f'the {rule.nth}. time ' if rule.nth else ''}first (the first match wins)"
             )
-        first.setdefault((rule.on, argument), i)
+        first.setdefault((rule.on, argument, rule.nth), i)
         rules.append(rule)
     return rules
 
@@ -859,6 +865,7 @@ def _reply_rule(given: Any, where: str) -> ReplyRule:
         close=t["close"],
         reset=t["reset"],
         stop_reading=t["stop_reading"],
+        nth=t["nth"],
     )
 
 

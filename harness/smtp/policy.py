@@ -21,7 +21,8 @@ Rules kept here:
    applies it only when the reply *as sent* is 2yz or 3yz (a rule that turns a 250 into a
    550 commits nothing).  The reply to the end of a message ends the transaction whatever
    it says (``Decision.ends_transaction``; RFC 5321 §4.1.1.4, RFC 3030 §2).
-5. Reply rules: the first ``ReplyRule`` whose ``on`` (and ``argument``) matches replaces
+5. Reply rules: the first ``ReplyRule`` whose ``on`` (and ``argument``, and ``nth``: the
+   how-manieth time ``on`` is answered in the session) matches replaces
    the reply: its code and text (``scripted``), or raw bytes whose code is read from their
    first line (``raw_reply``).  The idle timeout's 421 answers no command and no rule
    replaces it (RFC 5321 §3.8, §4.5.3.2.7).
@@ -65,7 +66,8 @@ CHOICES = {
 class ReplyRule:
     """Replace the reply to ``on`` (a verb, ``<greeting>`` or ``<end-of-data>``).
 
-    ``argument`` narrows it to one argument (the address for MAIL/RCPT), case-insensitive.
+    ``argument`` narrows it to one argument (the address for MAIL/RCPT), case-insensitive;
+    ``nth`` to the nth time ``on`` is answered in a session, from 1 (the second RCPT).
     ``code``/``text`` replace the reply's (None keeps it), ``raw`` sends bytes as they are
     (malformed replies), ``delay`` waits first, ``line_pause`` waits between the lines of a
     multi-line reply (each line its own write), ``close`` closes the connection after it
@@ -84,9 +86,11 @@ class ReplyRule:
     close: bool = False
     reset: bool = False
     stop_reading: bool = False
+    nth: int | None = None
 
-    def matches(self, key: str, command: Command | None) -> bool:
-        if self.on.upper() != key.upper():
+    def matches(self, key: str, command: Command | None, seen: int = 1) -> bool:
+        """Does the rule answer ``key`` (``command``), answered for the ``seen``-th time?"""
+        if self.on.upper() != key.upper() or self.nth not in (None, seen):
             return False
         if self.argument is None:
             return True
@@ -390,8 +394,10 @@ _NEW_TRANSACTION = frozenset({Effect.GREET, Effect.RESET})
 
 
 # --- reply rules (rule 5) -----------------------------------------------------------------
-def rule_for(rules: Sequence[ReplyRule], key: str, cmd: Command | None) -> ReplyRule | None:
-    return next((r for r in rules if r.matches(key, cmd)), None)
+def rule_for(
+    rules: Sequence[ReplyRule], key: str, cmd: Command | None, seen: int = 1
+) -> ReplyRule | None:
+    return next((r for r in rules if r.matches(key, cmd, seen)), None)
 
 
 def scripted(rule: ReplyRule, decision: Decision) -> tuple[int, Text]:

@@ -65,7 +65,7 @@ import socket
 import struct
 import termios
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
@@ -224,6 +224,7 @@ class _Session(asyncio.Protocol):
         self.conn = ServerConnection()
         self.peer = ("0.0.0.0", 0)
         self.facts = Facts()
+        self.answered: Counter[str] = Counter()  # key -> times answered (a rule's ``nth``)
         self.content: bytearray | None = None  # the message being received
         self.chunk: tuple[Command, Decision] | None = None  # a BDAT reply owed after its chunk
         self.closing = False
@@ -507,7 +508,9 @@ class _Session(asyncio.Protocol):
     def _answer(self, key: str, cmd: Command | None, decision: Decision) -> None:
         """Send the reply, or what a matching rule puts in its place, after the rule's
         delay."""
-        rule = rule_for(self.config.rules, key, cmd) if self.config.rules else None
+        self.answered[key.upper()] += 1
+        seen = self.answered[key.upper()]
+        rule = rule_for(self.config.rules, key, cmd, seen) if self.config.rules else None
         if rule is not None and rule.delay:
             send = partial(self._send, key, cmd, decision, rule)
             self._wait(partial(self._pause, rule.delay), send, f"the delay before {key}")

@@ -1,0 +1,179 @@
+"""``smtp-harness replay CAPTURE --as client --lab``: a captured session against a live peer.
+
+Rules kept here:
+
+- The exit code: 0 the live peer answered as captured, 1 it differs (the diff is
+  printed), 2 bad input (the capture, ``--session``, ``--map``, the options: nothing was
+  run), 3 harness error (our fault: the faults are printed, their tracebacks kept).
+- Only into a lab: ``--lab`` (a fresh one) is required, and the target is its receiver
+  host; any other target is refused before anything runs.
+- What is printed: every mapping, each reply's judgement that differs, where the replay
+  stopped, the diff (``harness.ladder.compare``'s packetdrill form), the run folder and
+  the verdict.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from harness.errors import HarnessError
+from harness.replay.emit import emit_scenario
+from harness.replay.run import ReplayOptions, ReplayResult, in_lab, prepare, replay
+from harness.scenario import load_scenario
+from harness.verdict import exit_code
+
+HELP = """Replay one side of a captured SMTP session against a live peer in a lab.
+
+\b
+The client's bytes go out as captured (pipelined groups as groups, in one write where the
+capture had one segment, message content byte for byte), each turn waiting for the replies
+the capture had; each live reply is compared with the captured one: the code and the
+enhanced status code exactly, the text after the normalisation masks.  Another code (or
+no reply) stops the replay there (unless --continue); the result is a ladder diff of the
+session (its TCP and SMTP steps).  Captured addresses are mapped onto the lab's sender
+(client) and receiver (server) hosts; HELO name, MAIL FROM and RCPT TO are kept unless
+--map rewrites them.  Every mapping is printed.  With --as server the captured server's
+replies are the scripted receiver's and the scripted sender is the live client.
+
+\b
+The run folder holds capture.pcapng and ladder.* (the replay), captured-ladder.txt/.json
+(the session as captured, on the lab's names), diff.txt, replay.json, client.jsonl and
+the receiver's or MTA's logs."""
+EXIT_CODES = (
+    "Exit codes: 0 same as captured, 1 differs (the diff is printed), 2 bad input (nothing "
+    "was run), 3 harness error, 130 interrupted (SIGINT), 143 terminated (SIGTERM)."
+)
+
+
+@click.command("replay", help=HELP, epilog=EXIT_CODES)
+@click.argument("capture", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--as",
+    "side",
+    type=click.Choice(["client", "server"]),
+    required=True,
+    help="Which captured side to replay.  client: the captured client's bytes against a live "
+    "receiver; server: the captured server's replies as the scripted receiver, the scripted "
+    "sender (configured from the captured envelope and message) as the live client, judged "
+    "by the ladder diff.",
+)
+@click.option(
+    "--lab",
+    "fresh_lab",
+    is_flag=True,
+    help="Replay into a fresh lab (required: no target outside a lab is accepted).",
+)
+@click.option(
+    "--mta",
+    help="A real MTA as the receiver (postfix, exim, opensmtpd, sendmail) instead of the "
+    "scripted receiver.",
+)
+@click.option(
+    "--scenario",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The scenario whose lab, DNS and receiver to use (default: the seed's).",
+)
+@click.option(
+    "--session",
+    "number",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Which SMTP session of the capture (a TCP connection carrying SMTP), from 1.",
+)
+@click.option(
+    "--timing",
+    type=click.Choice(["smtp", "capture"]),
+    default="smtp",
+    show_default=True,
+    help="smtp: wait for each reply as SMTP requires; capture: also wait the captured gap "
+    "before each segment (at most 60 s each).",
+)
+@click.option(
+    "--continue",
+    "keep_going",
+    is_flag=True,
+    help="Go on after a reply with another code (default: stop there).",
+)
+@click.option(
+    "--map",
+    "maps",
+    multiple=True,
+    metavar="OLD=NEW",
+    help="Rewrite a captured HELO name, MAIL FROM or RCPT TO address (repeatable).",
+)
+@click.option(
+    "--emit-scenario",
+    "emit",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the session as the scenario --as server runs (TOML, its message next to it "
+    "as <FILE stem>.eml) and exit 0, without a lab; `smtp-harness run FILE` runs it.",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Run folder (default: runs/replay-<capture>-<UTC time>).",
+)
+def replay_command(
+    capture: Path,
+    side: str,
+    fresh_lab: bool,
+    mta: str | None,
+    scenario: Path | None,
+    number: int,
+    timing: str,
+    keep_going: bool,
+    maps: tuple[str, ...],
+    emit: Path | None,
+    out: Path | None,
+) -> None:
+    if emit is not None:
+        scen = load_scenario(scenario)
+        options = ReplayOptions(number, maps, mta, timing, keep_going, "server")
+        session, mapping = prepare(capture, scen, options)
+        emit_scenario(in_lab(scen, session, mapping, options), str(capture), emit)
+        click.echo(f"scenario written: {emit} (message: {emit.with_suffix('.eml')})")
+        return
+    if not fresh_lab:
+        raise HarnessError("replay: --lab is required: a capture is replayed only into a lab")
+    scen = load_scenario(scenario)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    folder = out or Path("runs") / f"replay-{capture.stem}-{stamp}"
+    options = ReplayOptions(number, maps, mta, timing, keep_going, side)
+    result = replay(capture, scen, folder, options)
+    print_result(result)
+    sys.exit(exit_code(result.verdict))
+
+
+def print_result(result: ReplayResult) -> None:
+    session = result.session
+    click.echo(f"replay of {session.path}, session {session.number} (as {result.side})")
+    click.echo("mapping:")
+    for mapped in result.mappings:
+        click.echo(f"  {mapped.line()}")
+    client = result.client
+    if client is None:
+        _print_diff(result)
+        return
+    click.echo(f"replies: {len(client.judged)} judged")
+    for judged in client.judged:
+        if judged.differences:
+            click.echo(f"  step {judged.captured.step}: {'; '.join(judged.differences)}")
+    if client.stopped is not None:
+        stop = client.stopped
+        click.echo(f"stopped at step {stop.captured.step}: {'; '.join(stop.differences)}")
+    _print_diff(result)
+
+
+def _print_diff(result: ReplayResult) -> None:
+    if result.diff_text:
+        click.echo("")
+        click.echo(result.diff_text, nl=False)
+    click.echo(f"\nrun folder: {result.folder}")
+    click.echo(f"verdict: {str(result.verdict).upper()}")
+    for fault in result.faults:
+        click.echo(f"  - harness fault: {fault.line()} (traceback.txt in the run folder)")

@@ -1,0 +1,228 @@
+"""One replay in a fresh lab: the capture read, the peers run, the ladders compared.
+
+Rules kept here:
+
+- Everything from the capture is read and validated (``session.read_session``, the
+  ``Mapping``) before the lab exists; the target is always the lab's receiver host, on
+  the scenario's port, from its sender host: nothing outside a lab is ever a target.
+- The lab is the runner's (``harness.runner``): the scenario's topology and DNS, the
+  scripted receiver as the scenario configures it, or ``mta`` (a real MTA,
+  ``harness.mta.roles.to_mta``) in its place; everything is stopped by the ``with`` that
+  started it, innermost first.  With ``side="server"`` the scripted receiver answers as
+  the captured server and the scripted sender is the live client (``server.py``).
+- The run folder keeps ``capture.pcapng`` (the new capture) and its ladder (``ladder.*``),
+  ``captured-ladder.txt``/``.json`` (the session as captured, on the lab's names),
+  ``diff.txt`` and ``replay.json`` (mappings, each reply's judgement, verdict, faults).
+- The verdict: ``error`` when the harness failed (a fault of ours, the receiver's, the
+  DNS server's or the capture's), else ``fail`` when the ladders differ, else ``pass``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from harness import signals
+from harness.capture.live import Capture
+from harness.errors import HarnessError, InternalFault
+from harness.lab import Lab
+from harness.ladder.compare import Verdict as LadderVerdict
+from harness.ladder.compare import format_diff
+from harness.ladder.dissect import dissect
+from harness.mta.base import adapters
+from harness.mta.roles import to_mta
+from harness.render import render
+from harness.replay.client import ReplayClient
+from harness.replay.judge import captured_ladder, compare_session, live_ladder
+from harness.replay.script import Mapped, Mapping
+from harness.replay.server import receiver_config, sender_config
+from harness.replay.session import Session, read_session
+from harness.runner import host_names, lab_dns, resolver_for, scripted_receiver, write_ladder
+from harness.scenario import Scenario
+from harness.smtp.peer import EventLog
+from harness.smtp.sender import Sender
+from harness.verdict import Verdict
+
+
+@dataclass
+class ReplayOptions:
+    session: int = 1
+    maps: tuple[str, ...] = ()
+    mta: str | None = None
+    timing: str = "smtp"
+    keep_going: bool = False
+    side: str = "client"  # or "server": the captured server side replayed (server.py)
+
+
+@dataclass
+class ReplayResult:
+    session: Session
+    folder: Path
+    mappings: list[Mapped]
+    side: str = "client"
+    client: ReplayClient | None = None  # None with --as server: the scripted sender is live
+    diff: LadderVerdict | None = None
+    diff_text: str = ""
+    faults: list[InternalFault] = field(default_factory=list)
+
+    @property
+    def verdict(self) -> Verdict:
+        if self.faults or self.diff is None:
+            return Verdict.ERROR
+        return Verdict.PASS if self.diff.ok else Verdict.FAIL
+
+    @property
+    def pcap(self) -> Path:
+        return self.folder / "capture.pcapng"
+
+
+Live = ReplayClient | Sender  # what runs on the sender host: both have send(), internal_faults
+
+
+def prepare(capture: Path, scenario: Scenario, options: ReplayOptions) -> tuple[Session, Mapping]:
+    """The session and its mapping, validated (before any lab)."""
+    if options.mta is not None and options.mta not in adapters():
+        known = ", ".join(sorted(adapters()))
+        raise HarnessError(f"--mta {options.mta!r}: no such MTA (known: {known})")
+    if options.mta is not None and options.side == "server":
+        raise HarnessError("--mta with --as server: a real MTA as the live client is not done yet")
+    if scenario.sender_mta:
+        raise HarnessError(
+            f"{scenario.path}: sender.mta: the replay is the client; give a scenario "
+            "without a sending MTA"
+        )
+    if not capture.is_file():
+        raise HarnessError(f"{capture}: no such capture file")
+    session = read_session(str(capture), options.session)
+    return session, Mapping(session, options.maps)
+
+
+def in_lab(scenario: Scenario, session: Session, mapping: Mapping, options: ReplayOptions):
+    """The scenario the replay runs: an MTA as receiver, or the captured server's replies
+    for the scripted receiver and the captured client's envelope for the scripted sender."""
+    if options.mta:
+        knobs = {**scenario.mta_knobs, "receiver": scenario.mta_knobs.get("receiver", {})}
+        return dataclasses.replace(scenario, receiver_mta=options.mta, mta_knobs=knobs)
+    if options.side == "server":
+        receiver = receiver_config(session, scenario.receiver)
+        sender = sender_config(session, mapping, scenario.sender)
+        return dataclasses.replace(scenario, receiver=receiver, sender=sender)
+    return scenario
+
+
+def replay(capture: Path, scenario: Scenario, folder: Path, options: ReplayOptions) -> ReplayResult:
+    session, mapping = prepare(capture, scenario, options)
+    scenario = in_lab(scenario, session, mapping, options)
+    folder.mkdir(parents=True, exist_ok=True)
+    target = scenario.topology.host(scenario.receiver_host)
+    names = (scenario.sender_host, scenario.receiver_host)
+    client_ip = scenario.topology.host(names[0]).ipv4
+    mappings = mapping.lines(session, (client_ip, names[0]), (target.ipv4, names[1]))
+
+    def live(lab: Lab) -> Live:
+        factory = lab.socket_factory(scenario.sender_host)
+        if options.side == "server":
+            config = dataclasses.replace(scenario.sender, log_path=folder / "sender.jsonl")
+            resolve = resolver_for(lab, scenario.sender_host)
+            return Sender(config, resolve=resolve, socket_factory=factory)
+        return ReplayClient(
+            session,
+            mapping,
+            (target.ipv4, scenario.receiver_port),
+            factory,
+            timing=options.timing,
+            keep_going=options.keep_going,
+            log=EventLog(folder / "client.jsonl"),
+        )
+
+    result = ReplayResult(session, folder, mappings, options.side)
+    result.faults, client = _exchanged(scenario, folder, live)
+    result.client = client if isinstance(client, ReplayClient) else None
+    if not result.faults:
+        _compare(result, scenario, mapping, names)
+    write_record(result)
+    return result
+
+
+def _exchanged(
+    scenario: Scenario, folder: Path, live: Callable[[Lab], Live]
+) -> tuple[list[InternalFault], Live | None]:
+    faults: list[InternalFault] = []
+    client = None
+    try:
+        with Lab(scenario.topology) as lab, lab_dns(lab, scenario, folder / "dns.jsonl") as dns:
+            client = live(lab)
+            try:
+                with Capture(lab, folder / "capture.pcapng"):
+                    faults += signals.run_async(_exchange(lab, scenario, folder, client))
+            finally:
+                faults += dns.internal_faults
+    except HarnessError:
+        raise
+    except Exception as exc:  # our fault: the verdict is error, with the traceback kept
+        faults.append(InternalFault.from_exception(getattr(exc, "where", "replay"), exc))
+    return faults + (client.internal_faults if client else []), client
+
+
+async def _exchange(lab: Lab, scenario: Scenario, folder: Path, client: Live) -> list:
+    if scenario.receiver_mta:
+        done = await to_mta(lab, scenario, folder, client)  # type: ignore[arg-type]
+        return [f for f in done.faults if f not in client.internal_faults]
+    host = lab.host(scenario.receiver_host)
+    receiver = scripted_receiver(lab, scenario, folder)
+    async with receiver:
+        await receiver.start(host.ipv4, scenario.receiver_port)
+        await client.send()
+        await receiver.idle()
+    return list(receiver.internal_faults)
+
+
+def _compare(result: ReplayResult, scenario: Scenario, mapping: Mapping, names) -> None:
+    folder, session = result.folder, result.session
+    live_full = dissect(str(result.pcap), host_names(scenario.topology))
+    write_ladder(live_full, folder, title=f"replay of {session.path}")
+    captured = captured_ladder(
+        session, dissect(session.path), mapping, names, scenario.receiver_port
+    )
+    for suffix, fmt in (("txt", "text"), ("json", "json")):
+        (folder / f"captured-ladder.{suffix}").write_text(render(captured, fmt), encoding="utf-8")
+    client = result.client
+    after = len(client.judged) if client and client.stopped is not None else None
+    result.diff = compare_session(live_ladder(live_full, names), captured, after)
+    result.diff_text = format_diff(result.diff, str(result.pcap), session.path)
+    (folder / "diff.txt").write_text(result.diff_text, encoding="utf-8")
+
+
+def write_record(result: ReplayResult) -> None:
+    client = result.client
+    judged = client.judged if client else []
+    stopped = client.stopped if client else None
+    record = {
+        "capture": result.session.path,
+        "session": result.session.number,
+        "as": result.side,
+        "verdict": str(result.verdict),
+        "mappings": [dataclasses.asdict(m) for m in result.mappings],
+        "replies": [
+            {
+                "step": j.captured.step,
+                "captured": [j.captured.code, list(j.captured.lines)],
+                "live": [j.live.code, list(j.live.lines)] if j.live else None,
+                "differences": j.differences,
+            }
+            for j in judged
+        ],
+        "stopped": (
+            {"step": stopped.captured.step, "differences": stopped.differences} if stopped else None
+        ),
+        "mismatches": [m.note for m in result.diff.mismatches] if result.diff else [],
+        "faults": [f.line() for f in result.faults],
+    }
+    text = json.dumps(record, indent=1, ensure_ascii=False) + "\n"
+    (result.folder / "replay.json").write_text(text, encoding="utf-8")
+    if result.faults:
+        tracebacks = "\n".join(f"== {f.line()}\n{f.traceback}" for f in result.faults)
+        (result.folder / "traceback.txt").write_text(tracebacks, encoding="utf-8")

@@ -1,0 +1,96 @@
+"""``--as server``: the captured server side as the scripted receiver, the live client judged.
+
+Rules kept here:
+
+- The captured server becomes a ``ReceiverConfig``: its greeting's host name and text,
+  and one ``ReplyRule`` per captured reply, ``on`` the command it answered and ``nth`` its
+  occurrence in the session (the second RCPT answered otherwise than the first), with
+  the captured code and lines.  Every reply is scripted, so the receiver's own policy
+  decides only what a reply commits the session to (``policy`` rule 4).
+- The live client is the scripted sender, configured from the captured client: its
+  HELO/EHLO name and verb, whether it verified (VRFY), MAIL FROM, every RCPT TO and the
+  message (the captured content, dot-unstuffed as a receiver stores it), each address
+  through the ``Mapping``.  Its own dialogue then runs (harness/smtp/sender.py rule 3)
+  and the ladders say where it differs from the captured client.
+- A captured reply with no readable code, or to a command the receiver cannot be scripted
+  for, is refused (``HarnessError``) before a lab exists.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from harness.errors import HarnessError
+from harness.replay.script import Mapping
+from harness.replay.session import Session, Unit
+from harness.scenario import REPLY_ON
+from harness.smtp.events import Content, Direction
+from harness.smtp.framing import ReceiveBuffer
+from harness.smtp.policy import ReceiverConfig, ReplyRule
+from harness.smtp.readers import DataReader
+from harness.smtp.sender import SenderConfig
+
+
+def receiver_config(session: Session, base: ReceiverConfig) -> ReceiverConfig:
+    """The scripted receiver answering as the captured server did (rules above)."""
+    seen: dict[str, int] = {}
+    rules = []
+    where = f"{session.path}: session {session.number}"
+    for turn in session.turns:
+        for reply in turn.replies:
+            key = next((k for k in REPLY_ON if k.upper() == (reply.answers or "").upper()), None)
+            if key is None or reply.code is None:
+                raise HarnessError(
+                    f"{where}: step {reply.step}: a reply to {reply.answers or 'nothing'} "
+                    "cannot be scripted"
+                )
+            seen[key] = seen.get(key, 0) + 1
+            rules.append(ReplyRule(on=key, nth=seen[key], code=reply.code, text=reply.lines))
+    host, _, text = session.turns[0].replies[0].lines[0].partition(" ")
+    return dataclasses.replace(base, hostname=host, greeting=text, rules=rules)
+
+
+def sender_config(session: Session, mapping: Mapping, base: SenderConfig) -> SenderConfig:
+    """The scripted sender sending what the captured client sent (rules above)."""
+    commands = session.commands
+    hello = next((u for u in commands if u.verb in ("HELO", "EHLO")), None)
+    mail = next((u for u in commands if u.verb == "MAIL"), None)
+    recipients = [mapping.name(a) for a in _recipients(commands)]
+    content = next((u for t in session.turns for u in t.units if not u.verb), None)
+    if hello is None or mail is None or not recipients:
+        raise HarnessError(
+            f"{session.path}: session {session.number}: no HELO/EHLO, MAIL and RCPT to "
+            "configure the scripted sender with"
+        )
+    return dataclasses.replace(
+        base,
+        recipients=tuple(recipients),
+        message=_stored(content.raw) if content else b"",
+        mail_from=mapping.name(mail.argument or ""),
+        helo_name=mapping.name(hello.argument or ""),
+        ehlo=hello.verb == "EHLO",
+        vrfy=any(u.verb == "VRFY" for u in commands),
+        script=[],
+    )
+
+
+def _recipients(commands: list[Unit]) -> list[str]:
+    """Every RCPT TO address, and before them each VRFY'd user that none of them names (the
+    seed verifies aibo, then never sends RCPT for it), at the first RCPT's domain."""
+    rcpts = [u.argument for u in commands if u.verb == "RCPT" and u.argument]
+    domain = rcpts[0].rpartition("@")[2] if rcpts else ""
+    users = [u.raw[5:].strip().decode("utf-8", "replace") for u in commands if u.verb == "VRFY"]
+    by_user = {r.partition("@")[0].lower(): r for r in rcpts}
+    verified = [by_user.get(user.lower(), f"{user}@{domain}") for user in users]
+    return list(dict.fromkeys([*verified, *rcpts]))
+
+
+def _stored(raw: bytes) -> bytes:
+    """Captured DATA content (with its end marker) as a receiver stores it."""
+    buffer, reader, out = ReceiveBuffer(), DataReader(), bytearray()
+    buffer.feed(raw)
+    while (events := reader.read(buffer, Direction.CLIENT)) is not None:
+        out += b"".join(e.data for e in events if isinstance(e, Content))
+        if not events:
+            break
+    return bytes(out)

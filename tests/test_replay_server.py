@@ -1,0 +1,109 @@
+"""``replay --as server``: the captured server side as the scripted receiver, the scripted
+sender as the live client, judged by the ladder diff."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+
+import pytest
+from conftest import CLI, ROOT
+from ladder_pcaps import seed_capture
+from test_replay import PIPELINED
+from test_replay_lab import SEED, _replay
+
+from harness.ladder.compare import compare, format_diff
+from harness.ladder.dissect import dissect
+from harness.replay.emit import emit_scenario
+from harness.replay.run import ReplayOptions, in_lab
+from harness.replay.script import Mapping
+from harness.replay.server import receiver_config, sender_config
+from harness.replay.session import read_session
+from harness.runner import host_names, run_scenario
+from harness.scenario import load_scenario
+
+
+def test_the_captured_server_is_one_rule_per_reply_and_the_client_its_envelope():
+    session, seed = read_session(str(SEED)), load_scenario(None)
+    config = receiver_config(session, seed.receiver)
+    replies = [r for t in session.turns for r in t.replies]
+    assert [(r.on, r.code, r.text) for r in config.rules] == [
+        (r.answers, r.code, r.lines) for r in replies
+    ]
+    assert [r.nth for r in config.rules if r.on == "VRFY"] == [1, 2, 3]
+    assert (config.hostname, config.greeting) == ("mail.receiver.com", "ESMTP smtp-harness")
+    sender = sender_config(session, Mapping(session), seed.sender)
+    assert sender.recipients == seed.sender.recipients  # aibo only verified, then dropped
+    assert (sender.helo_name, sender.mail_from, sender.ehlo, sender.vrfy) == (
+        "mail.sender.com",
+        "luke@sender.com",
+        False,
+        True,
+    )
+    assert sender.message == seed.sender.message  # the content, dot-unstuffed
+
+
+@pytest.mark.lab
+def test_the_seed_as_server_against_the_scripted_sender_is_the_same(tmp_path):
+    done, record = _replay(SEED, tmp_path, "--as", "server")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (record["as"], record["verdict"], record["faults"]) == ("server", "pass", [])
+    assert "same as" in (tmp_path / "diff.txt").read_text()
+
+
+@pytest.mark.lab
+def test_a_pipelining_client_replayed_as_server_shows_the_replies_the_sender_waited_for(
+    tmp_path,
+):
+    capture = seed_capture(tmp_path / "pipelined.pcap", dialogue=PIPELINED)
+    done, record = _replay(capture, tmp_path / "run", "--as", "server")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert record["faults"] == []
+    steps = read_session(str(capture)).steps
+    grouped = {s.index for s in steps if s.kind == "reply" and s.get("answers") in ("MAIL", "RCPT")}
+    text = (tmp_path / "run" / "diff.txt").read_text()
+    missing = {int(n) for n in re.findall(r"^\S+?:(\d+): error: step missing$", text, re.M)}
+    assert missing == grouped, text  # the scripted sender waited for each: no pipelining
+
+
+def test_emit_scenario_writes_what_as_server_runs(tmp_path):
+    path = tmp_path / "seed-session.toml"
+    done = subprocess.run(
+        [*CLI, "replay", str(SEED), "--as", "server", "--emit-scenario", str(path)],
+        capture_output=True, text=True, cwd=ROOT, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    emitted, seed = load_scenario(path), load_scenario(None)
+    session = read_session(str(SEED))
+    assert emitted.receiver.rules == receiver_config(session, seed.receiver).rules
+    assert (tmp_path / "seed-session.eml").read_bytes() == seed.sender.message
+    assert emitted.sender.recipients == seed.sender.recipients
+
+
+def test_emit_scenario_into_a_missing_folder_is_one_line_and_exit_2(tmp_path):
+    path = tmp_path / "no" / "such.toml"
+    done = subprocess.run(
+        [*CLI, "replay", str(SEED), "--as", "server", "--emit-scenario", str(path)],
+        capture_output=True, text=True, cwd=ROOT, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2
+    message = path.with_suffix(".eml")
+    assert (
+        done.stderr == f"smtp-harness: error: {message}: cannot write: No such file or directory\n"
+    )
+
+
+@pytest.mark.lab
+def test_the_emitted_seed_scenario_reruns_to_the_seed_ladder(tmp_path):
+    path = tmp_path / "seed-session.toml"
+    emitted = emit_scenario(in_lab(*_server_side()), str(SEED), path)
+    result = run_scenario(emitted, tmp_path / "run")
+    assert result.ok, result.problems
+    topology = emitted.topology
+    verdict = compare(result.ladder, dissect(str(SEED), host_names(topology)))
+    assert verdict.ok, format_diff(verdict, str(result.pcap), str(SEED))
+
+
+def _server_side():
+    seed, session = load_scenario(None), read_session(str(SEED))
+    return seed, session, Mapping(session), ReplayOptions(side="server")
