@@ -99,7 +99,18 @@ class Step:
         return dict(self.detail).get(key, default)
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "evidence": list(self.evidence), "detail": dict(self.detail)}
+        """The step as JSON data (field by field: ``asdict`` deep-copies, 5x slower)."""
+        return {
+            "index": self.index,
+            "time": self.time,
+            "src": self.src,
+            "dst": self.dst,
+            "kind": self.kind.value,
+            "text": self.text,
+            "evidence": list(self.evidence),
+            "conn": self.conn,
+            "detail": dict(self.detail),
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Step:
