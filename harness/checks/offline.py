@@ -98,19 +98,25 @@ class SessionReport:
         return ExitCode.FAIL if self.with_verdict(Verdict.FAIL) else ExitCode.OK
 
 
-def judge_session(
-    flow: Flow, source: str, hosts: dict[str, str], checks: Sequence[Check] | None = None
-) -> SessionReport:
-    """The report of one SMTP or TLS session (``flow.session`` set)."""
-    assert flow.client is not None and flow.server is not None  # a session is a connection
-    client, server = endpoint_names(hosts, flow.client[0], flow.server)
-    report = SessionReport(flow, client, server, recipients(flow.steps))
-    ends = Ends(client, server)
-    run = _as_run(flow.ladder(source, hosts), ends, source)
-    why_not, tls_at = unreadable(flow, ends), _encrypted_from(flow)
-    for check in registry().values() if checks is None else checks:
-        report.judged.append(Judged(check, _judge(check, run, why_not, tls_at)))
-    return report
+class OfflineJudge:
+    """The registered checks (or those given), each with why a capture cannot judge it."""
+
+    def __init__(self, checks: Sequence[Check] | None = None) -> None:
+        chosen = list(registry().values()) if checks is None else list(checks)
+        self.checks = [(check, passive_reason(check)) for check in chosen]
+
+    def session(self, flow: Flow, source: str, hosts: dict[str, str]) -> SessionReport:
+        """The report of one SMTP or TLS session (``flow.session`` set)."""
+        assert flow.client is not None and flow.server is not None  # a session is a connection
+        client, server = endpoint_names(hosts, flow.client[0], flow.server)
+        report = SessionReport(flow, client, server, recipients(flow.steps))
+        ends = Ends(client, server)
+        run = _as_run(flow.ladder(source, hosts), ends, source)
+        why_not, tls_at = unreadable(flow, ends), _encrypted_from(flow)
+        for check, reason in self.checks:
+            outcome = _judge(check, run, why_not or reason, tls_at)
+            report.judged.append(Judged(check, outcome))
+        return report
 
 
 def _as_run(ladder: Ladder, ends: Ends, source: str) -> RunResult:
@@ -144,8 +150,7 @@ def _encrypted_from(flow: Flow) -> int | None:
     return next((step.index for step in flow.steps if step.kind == StepKind.TLS), None)
 
 
-def _judge(check: Check, run: RunResult, why_not: str, tls_at: int | None) -> Outcome:
-    reason = why_not or passive_reason(check)
+def _judge(check: Check, run: RunResult, reason: str, tls_at: int | None) -> Outcome:
     if reason:
         return not_applicable(reason)
     try:

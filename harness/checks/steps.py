@@ -33,11 +33,10 @@ Record = tuple[str, str, str]  # (name, type, rdata) of one DNS resource record
 def where(ladder: Ladder, kind: str | Iterable[str], **match: object) -> list[Step]:
     """Steps of ``kind`` whose attributes (src, dst, conn) equal ``match``."""
     kinds = {kind} if isinstance(kind, str) else set(kind)
-    return [
-        s
-        for s in ladder.steps
-        if s.kind in kinds and all(getattr(s, k) == v for k, v in match.items())
-    ]
+    found = [s for s in ladder.steps if s.kind in kinds]
+    for key, value in match.items():  # one pass per attribute: no generator per step
+        found = [s for s in found if getattr(s, key) == value]
+    return found
 
 
 def syns(run: RunResult, dst: str | None = None) -> list[Step]:

@@ -35,8 +35,7 @@ from typing import TextIO, TypeVar
 
 import click
 
-from harness.checks.base import registry
-from harness.checks.offline import judge_session
+from harness.checks.offline import OfflineJudge
 from harness.errors import HarnessError, InternalError, InternalFault
 from harness.ladder.compare import compare, format_diff
 from harness.ladder.dissect import SMTP_PORTS, dissect
@@ -181,7 +180,7 @@ def _judge_capture(
     splitter: Splitter, file: str, fmt: str, only: int | None, out: TextIO
 ) -> ExitCode:
     """Judge each session as it ends; the worst exit code of them (0 with none)."""
-    source, checks = splitter.source(file), list(registry().values())
+    source, judge = splitter.source(file), OfflineJudge()
     code, sessions, failed = ExitCode.OK, 0, 0
     for flow in _flows(splitter, file):
         if flow.session is None:
@@ -189,7 +188,7 @@ def _judge_capture(
         sessions = flow.session
         if only is not None and flow.session != only:
             continue
-        report = judge_session(flow, source, splitter.hosts, checks)
+        report = judge.session(flow, source, splitter.hosts)
         out.write(jsonl.session_line(report) if fmt == JSONL else session_text.render(report))
         code = max(code, report.exit_code)
         failed += bool(report.with_verdict(Verdict.FAIL))
