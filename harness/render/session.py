@@ -42,10 +42,12 @@ def render(report: SessionReport) -> str:
 
 
 def _recipient(r: Recipient) -> str:
+    if r.stage == "unfinished":
+        return f"{r.address}: undecided (no reply captured)"
+    reply = f"{r.code} to {r.stage}, step {r.step}"
     if r.status is None:
-        why = "no reply captured" if r.stage == "unfinished" else f"abandoned by {r.stage}"
-        return f"{r.address}: undecided ({why})"
-    return f"{r.address}: {r.status} ({r.code} to {r.stage}, step {r.step})"
+        return f"{r.address}: undecided ({'abandoned: ' * (r.stage == 'RSET')}{reply})"
+    return f"{r.address}: {r.status} ({reply})"
 
 
 def _judged(judged: Judged, session: int | None, steps: list[Step]) -> list[str]:
