@@ -401,3 +401,16 @@ def test_judge_sees_a_session_and_only_it(tmp_path):
     failed = [[j.check.id for j in r.with_verdict("fail")] for r in reports]
     assert failed == [[], ["close.quit-221"]]
     assert [int(r.exit_code) for r in reports] == [0, 1]
+
+
+def test_output_closed_early_is_one_line_and_exit_2():
+    """``ladder --format jsonl | head -1``: the reader goes away mid-stream; that is not a
+    fault of ours (it was exit 3 with a traceback file)."""
+    argv = [*CLI, "ladder", "--format", "jsonl", str(CORPUS / "smtp-many-addresses.pcap")]
+    child = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert child.stdout.readline().startswith(b'{"type":"step"')
+    child.stdout.close()  # 1,218 steps: far more than a pipe holds
+    assert child.wait(timeout=120) == 2
+    (line,) = child.stderr.read().decode().splitlines()
+    child.stderr.close()
+    assert line == "smtp-harness: error: stdout: closed before the end of the output"

@@ -17,6 +17,7 @@ Rules this module keeps:
   silent connection is finished and given out.  A progress bar goes to stderr when it is
   a terminal.
 * Exit codes (``ExitCode``): 0 ok / same, 1 differs or failed, 2 bad input, 3 our own fault.
+  An output closed before the end (``| head``) is one line and exit 2, not a fault of ours.
 * Bad input (an unreadable or damaged capture, a bad ``--host``, an unwritable output) is a
   one-line ``HarnessError``; the top-level CLI prints it and exits 2.  ``--host`` takes an
   IP address (written as the ladder writes it) and a name of printable characters.
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import os
 import sys
 from collections.abc import Callable, Iterator
 from typing import TextIO, TypeVar
@@ -204,6 +206,14 @@ def _judge_capture(
     return code
 
 
+def _silence_stdout() -> None:
+    """stdout to /dev/null: what is still buffered for a closed pipe goes nowhere, instead
+    of raising again as the interpreter exits."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
 @contextlib.contextmanager
 def _writing(output: str | None) -> Iterator[TextIO]:
     """stdout, or the file *output*; a file that cannot be written is bad input."""
@@ -225,6 +235,9 @@ def guarded(file: str, work: Callable[[], T]) -> T:
         return work()
     except HarnessError:
         raise
+    except BrokenPipeError:  # the reader of our output went away (``| head``)
+        _silence_stdout()
+        raise HarnessError("stdout: closed before the end of the output") from None
     except Exception as exc:  # a bug: reported, never a traceback on the terminal
         fault = InternalFault.from_exception(f"harness fault on {file}", exc)
         raise InternalError(fault.line()) from exc
