@@ -3,9 +3,10 @@
 Rules kept here:
 - One block per session: a head line (number, kind, client -> server, the steps it
   spans), one line per recipient (the outcome its replies show, the deciding reply),
-  a count of verdicts, then each failed or errored check with its RFC words, its note
-  and every step it cites, shown as the ladder shows it (number, session, who to whom,
-  kind, the text's first line).
+  a count of verdicts, a line for each deviation-known (its note) and observation (its
+  value), then each failed or errored check with its RFC words, its note and every step
+  it cites, shown as the ladder shows it (number, session, who to whom, kind, the
+  text's first line).
 - Step numbers are the capture's, the same whether a session is shown alone or not.
 """
 
@@ -36,6 +37,9 @@ def render(report: SessionReport) -> str:
     lines += [f"  {_recipient(r)}" for r in report.recipients]
     counts = Counter(j.outcome.verdict for j in report.judged)
     lines.append("  checks: " + ", ".join(f"{counts[v]} {v}" for v in _ORDER if counts[v]))
+    for judged in report.with_verdict(Verdict.KNOWN, Verdict.OBSERVED):
+        outcome = judged.outcome
+        lines.append(f"  {outcome.verdict} {judged.check.id}: {outcome.value or outcome.note}")
     for judged in report.with_verdict(*_SHOWN):
         lines += _judged(judged, flow.session, flow.steps)
     return "\n".join(lines) + "\n"
