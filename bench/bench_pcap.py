@@ -1,20 +1,31 @@
-"""Benchmark: our pcap reader + decoder + TCP reassembly against dpkt, tshark and scapy.
+"""Benchmark: our pcap reader + decoder + TCP reassembly against dpkt, tshark and scapy;
+then the product path, ``smtp-harness ladder --format jsonl`` and ``smtp-harness check``,
+against tshark reading the same SMTP fields.
 
 Rules this script keeps:
 
 - The input is generated, never captured: interleaved SMTP sessions (handshake, commands,
   replies, a message, QUIT, FIN both ways) written as raw bytes under .cache/bench/ and
-  reused on later runs.
+  reused on later runs.  The sessions file holds short sessions (greeting, EHLO, QUIT),
+  ``MANY_OPEN`` of them open at once.
 - Each reader runs in a child process of its own, so its peak RSS (ru_maxrss, from wait4)
-  is its own; a figure is the best of REPEATS runs.
-- Ours does more than its peers (decode every layer, reassemble, emit events); dpkt and
-  scapy only get each packet's TCP flags and payload, tshark prints them.
+  is its own; a figure is the best of REPEATS runs (one run on the big files).
+- The first table ("reassembly") is the reader, decoder and TCP reassembly alone: no SMTP,
+  no ladder, no output.  Ours does more than its peers there (decode every layer,
+  reassemble, emit events); dpkt and scapy only get each packet's TCP flags and payload,
+  tshark prints them.
+- The product path is what a user runs: both commands as processes, their output to
+  /dev/null, timed by wall clock with start-up included, against ``tshark -r FILE -Y smtp
+  -T fields -e tcp.stream -e smtp.req.command -e smtp.req.parameter -e
+  smtp.response.code -e smtp.rsp.parameter`` (the same information), in one run on the
+  same file.  The ratio is tshark's time over ours (above 1: we are faster); peak RSS is
+  summed over our processes (one: there are no workers).
 - scapy is timed on the first 10,000 packets (it is ~20x slower) and its rate scaled.
   Python readers are timed inside the child (no interpreter start-up); tshark by wall clock,
   its ~0.3 s start-up included, as a user would run it.
-- The whole run stays under three minutes on the lab machine (2 cores).
 
 Usage: .venv/bin/python bench/bench_pcap.py [--packets 100000] [--big 1000000]
+       [--sessions 100000]
 """
 
 from __future__ import annotations
@@ -33,6 +44,14 @@ CACHE = ROOT / ".cache" / "bench"
 REPEATS = 3
 SCAPY_PACKETS = 10_000
 CONCURRENT = 8  # sessions interleaved packet by packet
+MANY_OPEN = 1000  # in the sessions file
+TSHARK_SMTP = ["-Y", "smtp", "-T", "fields", "-e", "tcp.stream", "-e", "smtp.req.command"]
+TSHARK_SMTP += ["-e", "smtp.req.parameter", "-e", "smtp.response.code", "-e", "smtp.rsp.parameter"]
+PRODUCT = {  # name -> argv before the file
+    "tshark": ["tshark", "-r"],
+    "ladder --format jsonl": [str(ROOT / ".venv" / "bin" / "smtp-harness"), "ladder"],
+    "check": [str(ROOT / ".venv" / "bin" / "smtp-harness"), "check"],
+}
 STEP_NS = 100_000  # capture time between packets
 
 sys.path.insert(0, str(ROOT))
@@ -68,23 +87,24 @@ _SESSION = [  # (from client?, flags, payload); flags as in the TCP header
     (True, 0x11, b""),
     (False, 0x10, b""),
 ]
+_SHORT = [*_SESSION[:7], *_SESSION[18:]]  # greeting, EHLO, QUIT: 12 packets
 
 
-def _frames(count: int):
+def _frames(count: int, session_script: list = _SESSION, concurrent: int = CONCURRENT):
     """Yield *count* Ethernet frames of interleaved SMTP sessions."""
     eth = bytes.fromhex("020000000002020000000001") + b"\x08\x00"
     server = bytes([198, 51, 100, 25])
     sessions: list[list] = []
     started = 0
     while count:
-        while len(sessions) < CONCURRENT:
+        while len(sessions) < concurrent:
             client = bytes([192, 0, 2, 1 + started % 200])
             sport = 1024 + started % 60000
             sessions.append([0, client, sport, 1000 + started * 7919, 5000 + started * 104729])
             started += 1
         for session in list(sessions):
             step, client, sport, cseq, sseq = session
-            from_client, flags, payload = _SESSION[step]
+            from_client, flags, payload = session_script[step]
             if from_client:
                 src, dst, ports, seq, ack = client, server, (sport, 25), cseq, sseq
             else:
@@ -97,22 +117,25 @@ def _frames(count: int):
             advance = len(payload) + (1 if flags & 0x03 else 0)
             session[3 if from_client else 4] += advance
             session[0] += 1
-            if session[0] == len(_SESSION):
+            if session[0] == len(session_script):
                 sessions.remove(session)
             count -= 1
             if not count:
                 return
 
 
-def generate(count: int) -> Path:
-    """The path of a cached pcap of *count* packets, written if missing."""
-    path = CACHE / f"smtp-{count}.pcap"
+def generate(count: int, sessions: int = 0) -> Path:
+    """The path of a cached pcap of *count* packets (or of *sessions* short sessions,
+    ``MANY_OPEN`` open at once), written if missing."""
+    name = f"smtp-{sessions}-sessions" if sessions else f"smtp-{count}"
+    path = CACHE / f"{name}.pcap"
+    frames = _frames(sessions * len(_SHORT), _SHORT, MANY_OPEN) if sessions else _frames(count)
     if not path.exists():
         CACHE.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         with open(tmp, "wb") as f:
             writer = PcapWriter(f)
-            for i, frame in enumerate(_frames(count)):
+            for i, frame in enumerate(frames):
                 writer.write(1_700_000_000_000_000_000 + i * STEP_NS, frame)
         tmp.rename(path)
     return path
@@ -160,7 +183,7 @@ def run_scapy(path: str) -> int:
     return data
 
 
-RUNNERS = {"ours": run_ours, "dpkt": run_dpkt, "scapy": run_scapy}
+RUNNERS = {"reassembly": run_ours, "dpkt": run_dpkt, "scapy": run_scapy}
 
 
 def _child(name: str, path: str) -> None:
@@ -180,41 +203,73 @@ def _measure(name: str, path: Path, packets: int) -> tuple[float, int]:
         else:
             argv = [sys.executable, __file__, "--run", name, str(path)]
             out = subprocess.PIPE
-        start = time.perf_counter()
-        child = subprocess.Popen(argv, stdout=out, stderr=subprocess.DEVNULL)
-        stdout = child.stdout.read() if child.stdout else b""
-        _, status, usage = os.wait4(child.pid, 0)
-        seconds = time.perf_counter() - start
-        if status:
-            raise SystemExit(f"{name} failed on {path} (status {status})")
+        seconds, peak, stdout = _child_run(argv, out)
         if stdout:
             seconds = json.loads(stdout)["seconds"]  # time inside the reader, not start-up
-        best, rss = max(best, packets / seconds), max(rss, usage.ru_maxrss)
+        best, rss = max(best, packets / seconds), max(rss, peak)
     return best, rss
+
+
+def _child_run(argv: list[str], out: int) -> tuple[float, int, bytes]:
+    """(wall seconds, peak RSS in KiB, stdout) of one child; a failure ends the bench.
+    ``smtp-harness check`` exits 1 when a check failed: that is a result, not a failure."""
+    start = time.perf_counter()
+    child = subprocess.Popen(argv, stdout=out, stderr=subprocess.DEVNULL)
+    stdout = child.stdout.read() if child.stdout else b""
+    _, status, usage = os.wait4(child.pid, 0)
+    seconds = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status) not in (0, 1):
+        raise SystemExit(f"{' '.join(argv)} failed (status {status})")
+    return seconds, usage.ru_maxrss, stdout
+
+
+def product(path: Path, repeats: int) -> dict[str, tuple[float, int]]:
+    """name -> (best wall seconds, peak RSS in KiB) of each ``PRODUCT`` command on *path*."""
+    found = {}
+    for name, argv in PRODUCT.items():
+        extra = TSHARK_SMTP if name == "tshark" else name.split()[1:]
+        runs = [_child_run([*argv, str(path), *extra], subprocess.DEVNULL) for _ in range(repeats)]
+        found[name] = (min(r[0] for r in runs), max(r[1] for r in runs))
+    return found
+
+
+def _print_product(path: Path, figures: dict[str, tuple[float, int]]) -> None:
+    print(f"product path on {path.name} (wall clock, start-up included):")
+    tshark = figures["tshark"][0]
+    for name, (seconds, rss) in figures.items():
+        ratio = "" if name == "tshark" else f"   tshark/ours {tshark / seconds:5.2f}x"
+        print(f"  {name:22} {seconds:7.1f} s   peak RSS {rss / 1024:6.1f} MiB{ratio}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--packets", type=int, default=100_000)
     parser.add_argument("--big", type=int, default=1_000_000, help="size for the RSS check")
+    parser.add_argument("--sessions", type=int, default=100_000, help="short sessions file")
     parser.add_argument("--run", nargs=2, metavar=("READER", "FILE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.run:
         return _child(*args.run)
     began = time.perf_counter()
     small, sample, big = generate(args.packets), generate(SCAPY_PACKETS), generate(args.big)
-    print(f"input: {small.name}, {sample.name}, {big.name} in {CACHE}")
+    many = generate(0, sessions=args.sessions)
+    print(f"input: {small.name}, {sample.name}, {big.name}, {many.name} in {CACHE}")
+    print("reassembly (reader + decoder + TCP reassembly: no SMTP, no output):")
     rates, rss = {}, {}
-    for name in ("ours", "dpkt", "tshark"):
+    for name in ("reassembly", "dpkt", "tshark"):
         rates[name], rss[name] = _measure(name, small, args.packets)
     rates["scapy"], rss["scapy"] = _measure("scapy", sample, SCAPY_PACKETS)
     for name, rate in rates.items():
-        print(f"{name:7} {rate:10,.0f} packets/s   peak RSS {rss[name] / 1024:6.1f} MiB")
+        print(f"  {name:10} {rate:10,.0f} packets/s   peak RSS {rss[name] / 1024:6.1f} MiB")
     for peer in ("dpkt", "tshark", "scapy"):
-        print(f"ours/{peer:7} {rates['ours'] / rates[peer]:6.2f}x")
-    big_rate, big_rss = _measure("ours", big, args.big)
-    print(f"ours peak RSS at {args.packets:,} packets: {rss['ours'] / 1024:.1f} MiB")
-    print(f"ours peak RSS at {args.big:,} packets: {big_rss / 1024:.1f} MiB ({big_rate:,.0f}/s)")
+        print(f"  reassembly/{peer:7} {rates['reassembly'] / rates[peer]:6.2f}x")
+    big_rate, big_rss = _measure("reassembly", big, args.big)
+    print(f"  reassembly peak RSS at {args.packets:,} packets: {rss['reassembly'] / 1024:.1f} MiB")
+    print(f"  reassembly peak RSS at {args.big:,} packets: {big_rss / 1024:.1f} MiB")
+    print(f"  ({big_rate:,.0f} packets/s)")
+    _print_product(small, product(small, REPEATS))
+    _print_product(big, product(big, 1))
+    _print_product(many, product(many, 1))
     print(f"total {time.perf_counter() - began:.0f} s")
 
 

@@ -95,7 +95,7 @@ def test_a_fault_of_ours_is_one_line_exit_3_and_a_traceback_file(monkeypatch, tm
     """A mock: no input crashes the dissector any more (the fuzzers keep it so), so a bug is
     planted in it to see how the command reports one."""
 
-    def broken(path, hosts=None):
+    def broken(path, hosts=None, **options):
         raise RuntimeError("gap reported after EOF")
 
     monkeypatch.setattr(commands, "dissect", broken)

@@ -10,6 +10,9 @@ Rules kept here:
   with a null MX reached the sender"): each ``Precondition`` finds the steps that show it,
   and is tested before the judge runs.  One that finds nothing makes the verdict ``n/a``,
   with the reason; the judge never runs.  The steps found are evidence of every verdict.
+  A precondition whose judge also reads what only a lab run has (the stored copies, the
+  sender's queue, the scenario's users) says so in ``lab``: judging a passive capture
+  (``harness.checks.offline``) makes such a check n/a with that reason.
 - A ``rule`` check judges: ``pass``, ``fail`` (a MUST broken) or ``deviation-known`` (a
   SHOULD broken, or a documented departure).  An ``observation`` reports a fact with
   several allowed answers (who closes first, when the PTR is asked): its verdict is
@@ -30,6 +33,7 @@ Rules kept here:
 
 from __future__ import annotations
 
+import bisect
 import copy
 import fnmatch
 import importlib
@@ -126,6 +130,7 @@ class Precondition:
     says: str  # "an MX answer with a null MX reached the sender"
     find: Callable[[RunResult], Sequence[Step]]  # the steps that show it; none: not exercised
     run: int = 0  # which of the check's runs it looks at
+    lab: str = ""  # what only a lab run has that the judge reads too ("" : a capture will do)
 
 
 @dataclass(frozen=True)
@@ -226,8 +231,11 @@ class Check:
 
 
 def _has_step(run: RunResult, index: int) -> bool:
+    """Whether step ``index`` is in the run's ladder (numbered from 1, or, for one session
+    of a capture, with the capture's own numbers: ascending, with holes)."""
     steps = run.ladder.steps
-    return 1 <= index <= len(steps) and steps[index - 1].index == index
+    at = bisect.bisect_left(steps, index, key=lambda step: step.index)
+    return at < len(steps) and steps[at].index == index
 
 
 _REGISTRY: dict[str, Check] = {}

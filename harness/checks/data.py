@@ -92,7 +92,8 @@ def _content_sent(run: RunResult) -> list[Step]:
     return [s for x in sent for s in (x.unit, x.reply) if s is not None]
 
 
-CONTENT_SENT = Precondition("the message content went on the wire", _content_sent)
+STORED = "the copies the receiving side stored"
+CONTENT_SENT = Precondition("the message content went on the wire", _content_sent, lab=STORED)
 
 
 def _body_kept(run: RunResult, what: str) -> Outcome:
@@ -156,7 +157,7 @@ def _handled(run: RunResult) -> list[Step]:
     "RFC 5321 §4.5.3.1.6: a client MUST NOT send a text line over 1000 octets",
     SENDER,
     LINE_1500,
-    requires=[Precondition("the message went on the wire, or bounced", _handled)],
+    requires=[Precondition("the message went on the wire, or bounced", _handled, lab=STORED)],
 )
 def long_line_sent(seen: Seen) -> Outcome:
     run = seen.run
@@ -208,5 +209,7 @@ for _suffix, _look, _name in PROBES:
         "RFC 5321 §4.1.1.4: the mail data ends only with <CRLF>.<CRLF>; §2.3.8: bare CR and LF",
         RECEIVER,
         _probe(_suffix, _look),
-        requires=[Precondition(f"the look-alike {_name} on the wire after a 354", _look_alike)],
+        requires=[
+            Precondition(f"the look-alike {_name} on the wire after a 354", _look_alike, lab=STORED)
+        ],
     )(lambda seen, n=_name: _smuggling(seen, n))

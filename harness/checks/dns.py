@@ -65,6 +65,7 @@ DOMAIN = "receiver.com"
 IMPLICIT = "implicit.receiver.com"
 NOSUCH = "nosuch.receiver.com"
 MISMATCH = "mail.elsewhere.example"
+LAB = "the lab's zones and the sender's whole run: its DNS questions, connections, queue"
 
 
 def _mx(*records_: str, **sender: object) -> dict:
@@ -115,7 +116,7 @@ def answered(
         found = dns_answers(run.ladder, qname, qtype, run.scenario.sender_host)
         return [a for a in found if test(a)]
 
-    return Precondition(says, find)
+    return Precondition(says, find, lab=LAB)
 
 
 def _preferences(*wanted: int) -> Callable[[Step], bool]:
@@ -134,7 +135,7 @@ def _refused_by(host: Callable[[RunResult], str]) -> Precondition:
         resets = [s for s in where(run.ladder, StepKind.RST, src=dead) if tried]
         return [*tried[:1], *resets[:1]] if tried and resets else []
 
-    return Precondition("the sender tried the MX host and was refused (RST)", find)
+    return Precondition("the sender tried the MX host and was refused (RST)", find, lab=LAB)
 
 
 def _unanswered_mx(run: RunResult) -> list[Step]:
@@ -321,7 +322,7 @@ def servfail(seen: Seen) -> Outcome:
     "RFC 5321 §5.1: a lookup that times out is a temporary failure: the message waits",
     SENDER,
     TIMEOUT,
-    requires=[Precondition("an MX question that got no answer", _unanswered_mx)],
+    requires=[Precondition("an MX question that got no answer", _unanswered_mx, lab=LAB)],
 )
 def dns_timeout(seen: Seen) -> Outcome:
     return _defers(seen.run, "the MX lookup timed out")
@@ -392,7 +393,7 @@ def _connected(run: RunResult) -> list[Step]:
     "When the receiver asks for the client's PTR",
     "RFC 5321 §4.1.4: a server MAY look the client's address up; no time is fixed",
     RECEIVER,
-    requires=[Precondition("an SMTP connection reached the receiver", _connected)],
+    requires=[Precondition("an SMTP connection reached the receiver", _connected, lab=LAB)],
     kind=Kind.OBSERVATION,
 )
 def ptr_timing(seen: Seen) -> Outcome:
@@ -422,7 +423,7 @@ def _mismatching_hello(run: RunResult) -> list[Step]:
     "match the client's address",
     RECEIVER,
     HELO_MISMATCH,
-    requires=[Precondition(f"a HELO/EHLO naming {MISMATCH}", _mismatching_hello)],
+    requires=[Precondition(f"a HELO/EHLO naming {MISMATCH}", _mismatching_hello, lab=LAB)],
 )
 def helo_mismatch(seen: Seen) -> Outcome:
     run = seen.run

