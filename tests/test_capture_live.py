@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import subprocess
+import sys
 import time
 
 import pytest
@@ -128,14 +129,41 @@ def test_afpacket_is_exact_at_load_rates(warm_lab: Lab, tmp_path) -> None:
     assert cap.packets == cap.delivered == _frames(pcap) and cap.dropped == 0
 
 
+SEND = """
+import socket
+tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for i in range({count}):
+    tx.sendto(i.to_bytes(4, "big") * 16, ("192.0.2.25", 9))
+"""
+
+
+def _burst_while_the_reader_starves(lab: Lab, count: int) -> None:
+    """*count* datagrams at once from another process while this one keeps the GIL (a long
+    switch interval, a loop that never blocks), so our reader thread cannot drain the
+    socket: the kernel must drop, however fast the reader is (on a quiet machine it kept
+    up with an in-process burst, and the kernel dropped nothing)."""
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(5.0)
+    try:
+        sender = lab.popen("sender", [sys.executable, "-c", SEND.format(count=count)])
+        while sender.poll() is None:  # the GIL is let go only for this call
+            end = time.perf_counter() + 0.01
+            while time.perf_counter() < end:
+                pass
+    finally:
+        sys.setswitchinterval(interval)
+    assert sender.returncode == 0
+
+
 @pytest.mark.parametrize("backend", ["afpacket", "scapy"])
 def test_kernel_drops_fail_the_capture_with_the_true_loss(warm_lab: Lab, tmp_path, backend):
-    """A 64 KiB buffer and 20,000 frames at once: the kernel drops; the loss reported is the
-    true one (it used to understate it by ~17,000) and the failure is ours (verdict error)."""
+    """A 64 KiB buffer and 20,000 frames while the reader cannot run: the kernel drops; the
+    loss reported is the true one (it used to understate it by ~17,000) and the failure is
+    ours (verdict error)."""
     pcap = tmp_path / "x.pcap"
     cap = Capture(warm_lab, pcap, backend, buffer_bytes=64 << 10)
     cap.start()
-    _burst(warm_lab, 20_000)
+    _burst_while_the_reader_starves(warm_lab, 20_000)
     with pytest.raises(CaptureIncomplete, match=r"packets lost: the kernel dropped") as caught:
         cap.stop()
     assert isinstance(caught.value, InternalError)
