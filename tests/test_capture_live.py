@@ -72,18 +72,23 @@ def test_capture_sees_the_whole_tcp_exchange(lab: Lab, tmp_path, backend: str) -
     assert sum("F" in f for f in flags) == 2  # both FINs
 
 
-def _burst(lab: Lab, count: int, rate: float | None = None) -> None:
-    """*count* UDP datagrams sender -> receiver, at about *rate* a second (None: at once).
+def _burst(lab: Lab, count: int, rate: float | None = None, delivered: bool = False) -> None:
+    """*count* UDP datagrams sender -> receiver, at about *rate* a second (None: at once);
+    with *delivered*, returns once the receiver has them all (so they crossed the bridge:
+    an ARP exchange first, on a lab whose neighbour entries went stale, takes a while).
     One datagram first, before any capture, so that ARP does not add frames to count."""
     tx = lab.socket_factory("sender")(socket.AF_INET, socket.SOCK_DGRAM)
     rx = lab.socket_factory("receiver")(socket.AF_INET, socket.SOCK_DGRAM)
     with tx, rx:
         rx.bind(("192.0.2.25", 9))
+        rx.settimeout(10)
         start = time.perf_counter()
         for i in range(count):
             if rate and i % 100 == 0 and (ahead := start + i / rate - time.perf_counter()) > 0:
                 time.sleep(ahead)  # pacing the sender, not waiting for a result
             tx.sendto(i.to_bytes(4, "big") * 16, ("192.0.2.25", 9))
+        for _ in range(count if delivered else 0):
+            rx.recv(2048)
 
 
 def _udp_frames(path) -> int:
@@ -203,7 +208,7 @@ def test_frames_the_bridge_itself_sends_are_kept_out(warm_lab: Lab, tmp_path) ->
     with out, Capture(warm_lab, pcap, "afpacket") as cap:
         out.bind(("br0", 0))
         out.send(frame)
-        _burst(warm_lab, 1)
+        _burst(warm_lab, 1, delivered=True)
     frames = [r.data for r in read(str(pcap))]
     assert frame not in frames
     assert _udp_frames(pcap) == 1 and cap.packets == cap.delivered == len(frames)

@@ -89,8 +89,9 @@ def test_the_command_list_names_every_command_with_its_own_summary() -> None:
 
 def test_check_help_says_what_expect_is_and_the_exit_codes() -> None:
     flat = " ".join(_help("check").split())
-    assert "--expect GOLDEN The golden capture (pcap or pcapng) RUN should match" in flat
-    assert "Exit 0 when they do the same, 1 when they differ (the diff is printed), 2" in flat
+    assert "--expect GOLDEN Compare with the golden capture GOLDEN (pcap or pcapng" in flat
+    assert "With --expect GOLDEN: exit 0 when they do the same, 1 when they differ" in flat
+    assert "Without --expect: every check a passive capture can meet, per session." in flat
 
 
 def _listed(*args: str) -> str:

@@ -138,7 +138,7 @@ def unreadable(flow: Flow, ends: Ends) -> str:
     the peer's)."""
     if flow.kind is FlowKind.TLS:
         return TLS_REASON
-    senders = {step.src for step in flow.steps}
+    senders = {step.src for step in flow.steps if not step.get("inferred")}  # not captured
     for name, side in ((ends.receiver_host, "server"), (ends.sender_host, "client")):
         if name not in senders:
             return f"the capture has nothing from the {side}: only one direction was captured"

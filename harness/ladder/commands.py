@@ -96,8 +96,10 @@ def ladder(
     idle: float,
     hosts: tuple[str, ...],
 ) -> None:
-    """Show the ladder of the capture FILE (pcap or pcapng); --format jsonl streams it,
-    one JSON object per line, each connection's steps as it ends.
+    """Show the ladder of the capture FILE (pcap or pcapng).
+
+    --format jsonl streams it, one JSON object per line, each connection's steps as it
+    ends.
 
     Exit 0, or 2 for bad input (an unreadable capture, a bad --host), 3 for a fault of
     the harness (its traceback is written to the file the message names)."""

@@ -42,14 +42,13 @@ replies are the scripted receiver's and the scripted sender is the live client.
 \b
 The run folder holds capture.pcapng and ladder.* (the replay), captured-ladder.txt/.json
 (the session as captured, on the lab's names), diff.txt, replay.json, client.jsonl and
-the receiver's or MTA's logs."""
-EXIT_CODES = (
-    "Exit codes: 0 same as captured, 1 differs (the diff is printed), 2 bad input (nothing "
-    "was run), 3 harness error, 130 interrupted (SIGINT), 143 terminated (SIGTERM)."
-)
+the receiver's or MTA's logs.
+
+Exit 0 when the live peer did as captured, 1 when it differs (the diff is printed), 2 for
+bad input (nothing was run), 3 for a fault of the harness."""
 
 
-@click.command("replay", help=HELP, epilog=EXIT_CODES)
+@click.command("replay", help=HELP)
 @click.argument("capture", type=click.Path(dir_okay=False, path_type=Path))
 @click.option(
     "--as",
