@@ -445,22 +445,40 @@ SMUGGLED_COPY = b"From: vader@sender.com\r\nSubject: smuggled\r\n\r\nsmuggled\r\
 
 
 def _reset(then: str) -> Callable[[], Wire]:
-    """c3po accepted, the message sent, then the receiver's RST: before any reply to it
-    ("before") or after its 250 ("after-250")."""
+    """c3po accepted, then the receiver's RST: after the 250 to RCPT ("after-rcpt"), after
+    the 354 ("after-354"), after the message before any reply to it ("before") or after
+    its 250 ("after-250")."""
 
     def wire() -> Wire:
         s = Wire().seed_mx().smtp()
         s.ehlo("PIPELINING")
         s.say("MAIL FROM:<luke@sender.com>", "250 OK")
         s.say(f"RCPT TO:<{C3PO}>", "250 OK")
-        s.say("DATA", "354 End data with <CR><LF>.<CR><LF>")
-        s.conn.send("c", stuffed(MESSAGE) + b".\r\n")
+        if then == "after-rcpt":  # pipelined: the reset leaves r2d2 and DATA unanswered
+            s.client(f"RCPT TO:<{R2D2}>", "DATA")
+        else:
+            s.say("DATA", "354 End data with <CR><LF>.<CR><LF>")
+        if then in ("before", "after-250"):
+            s.conn.send("c", stuffed(MESSAGE) + b".\r\n")
         if then == "after-250":
             s.server("250 OK")
         s.conn.rst("s")
         return s.wire
 
     return wire
+
+
+def _reset_defers(then: str) -> Cases:
+    """A reset that leaves the message with the sender: c3po deferred passes, delivered
+    or bounced fails."""
+    return Cases(
+        "sender",
+        passing=(one(_reset(then), outcomes={C3PO: DEFERRED}),),
+        failing=(
+            (Verdict.FAIL, one(_reset(then), outcomes={C3PO: DELIVERED})),
+            (Verdict.FAIL, one(_reset(then), outcomes={C3PO: REJECTED})),
+        ),
+    )
 
 
 def _half_close(reply: bool) -> Callable[[], Wire]:
@@ -879,14 +897,9 @@ CASES: dict[str, Cases] = {
             ("sender RST after the 221", one(_quit("sender-rst"))),
         ),
     ),
-    "tcp.reset-before-250": Cases(
-        "sender",
-        passing=(one(_reset("before"), outcomes={C3PO: DEFERRED}),),
-        failing=(
-            (Verdict.FAIL, one(_reset("before"), outcomes={C3PO: DELIVERED})),
-            (Verdict.FAIL, one(_reset("before"), outcomes={C3PO: REJECTED})),
-        ),
-    ),
+    "tcp.reset-after-rcpt": _reset_defers("after-rcpt"),
+    "tcp.reset-after-354": _reset_defers("after-354"),
+    "tcp.reset-before-250": _reset_defers("before"),
     "tcp.reset-after-250": Cases(
         "sender",
         passing=(one(_reset("after-250"), outcomes={C3PO: DELIVERED}),),

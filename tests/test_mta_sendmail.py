@@ -154,6 +154,25 @@ def test_submit_with_nobody_listening_defers_and_idles(lab, dns, tmp_path) -> No
     assert b"Deferred: Connection refused by mail.receiver.com." in mta.log_path.read_bytes()
 
 
+def test_a_reset_while_sendmail_writes_the_message_defers_it(scenario_run, tmp_path) -> None:
+    """The receiver stops reading at its 354 and resets: Sendmail, blocked writing an 8 MB
+    body, fails writing it and exits EX_OSERR (71) or EX_IOERR (74) with the message queued.
+    That exit was taken for a failed submission (an error cell of tcp.reset-after-354)."""
+    message = tmp_path / "large.eml"
+    message.write_bytes(SEED + (b"x" * 76 + b"\r\n") * 110_000)
+    rule = {"on": "DATA", "stop_reading": True, "reset": True}
+    result = scenario_run(
+        {
+            "sender": {"mta": "sendmail", "recipients": ["c3po@receiver.com"]}
+            | {"message": str(message)},
+            "receiver": {"replies": [rule]},
+        }
+    )
+    assert result.report.status("c3po@receiver.com") == "deferred"
+    (queued,) = result.report.outcomes.values()  # the queue's reason: the write failed
+    assert "Connection reset by mail.receiver.com" in queued.text, queued
+
+
 # --- receiver role ------------------------------------------------------------------------
 def receiver_site(lab: Lab, folder: Path) -> Site:
     return Site(lab, "receiver", folder, "mail.receiver.com", "receiver.com", ("c3po", "r2d2"))

@@ -78,6 +78,9 @@ CHANGELOG = "usr/share/doc/sendmail-bin/changelog.Debian.gz"
 # sysexits.h after a delivery attempt: the message was taken and its outcome is on the wire,
 # in a DSN or in the queue (EX_OK, EX_NOUSER, EX_NOHOST, EX_UNAVAILABLE, EX_TEMPFAIL)
 DELIVERY_STATUSES = frozenset({0, 67, 68, 69, 75})
+# EX_OSERR, EX_IOERR: a write to the server failed (an RST mid-message: "putbody: write
+# error", "timeout writing message"); the attempt was made, deferred when the queue holds it
+WRITE_FAILURES = frozenset({71, 74})
 _BIND_HOSTS = 'mount --bind "$0" /etc/hosts && exec "$@"'
 # mailq -v: "<id>[*X-] <size> <priority> <date> <sender>", an optional "(<reason>)" of the
 # message, then each recipient (indented with tabs) with an optional "(<reason>)" of its own
@@ -163,8 +166,11 @@ class Adapter(MtaAdapter):
     # --- sender role ------------------------------------------------------------------
     def _submit(self, mail_from: str, recipients: list[str], message: bytes) -> None:
         """``sendmail -odi``: tries every recipient before returning; errors are mailed
-        back (-oem); a lone "." line is message text (-oi)."""
+        back (-oem); a lone "." line is message text (-oi).  An I/O error to the server
+        with the message queued is a deferral, not a failed submission."""
         done = self._run(["-odi", "-oi", "-oem", "-f", mail_from, "--", *recipients], message)
+        if done.returncode in WRITE_FAILURES and self.queue():
+            return
         if done.returncode not in DELIVERY_STATUSES:
             raise HarnessError(f"sendmail: submit exited {done.returncode}: {_last(done)}")
 
