@@ -30,10 +30,7 @@ HOSTS = {
     "2001:db8::25": "server6",
 }
 NAMES = sorted(p.stem for p in CRAFTED.glob("*.ladder"))
-SMTP_LAYER = {  # the fix belongs to the SMTP layer (harness/smtp, dissect.py), not to TCP
-    "quit-after-data-fin": "D5: the Observer keeps the client paused after DATA once the "
-    "server has closed; its bytes end as 'never parsed' (SMTP layer, not this branch's files)",
-}
+SMTP_LAYER: dict[str, str] = {}  # name -> why the SMTP layer still gets it wrong (xfail)
 TSHARK_DIFFERS = {  # name -> what tshark shows: (frame, command verb or reply code)
     # frame 7 came after the ACK that covers it: tshark calls it a retransmission
     "late-data": [(4, "220"), (5, "EHLO"), (8, "QUIT"), (9, "221")],

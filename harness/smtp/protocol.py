@@ -55,7 +55,11 @@ readers in readers.py, the state table in state.py):
    taken as sent before the capture began.  (c) The client paused after DATA whose bytes
    hold CRLF.CRLF followed by a whole valid command line, while the server's direction
    has nothing unparsed: the 354 was sent and not captured (a client sends content only
-   after it, §4.3.2); an ``inferred`` 354 answers the DATA.
+   after it, §4.3.2); an ``inferred`` 354 answers the DATA.  (d) The server's end of
+   stream while the client waits on DATA, STARTTLS or AUTH: no reply can come after it,
+   so the client's bytes after that command are commands (content follows only a 354,
+   RFC 5321 §4.1.1.4; a client goes on after a command it got no reply to, e.g. its QUIT,
+   RFC 2920 §3.1): the client reads commands again.
 """
 
 from __future__ import annotations
@@ -256,6 +260,9 @@ class Observer:
             closed = ConnectionClosed(
                 direction=direction, offset=buf.offset, partial=buf.take(len(buf))
             )
+            if direction is SERVER and self._capture and self._paused_on is not None:
+                self._paused_on, self._scanned = None, 0  # rule 9 d
+                self._client.reader = CommandReader()
             return [*unfinished, closed]
         return None
 
