@@ -17,6 +17,7 @@ from test_replay import PIPELINED
 from harness.errors import HarnessError
 from harness.ladder.dissect import dissect
 from harness.replay.session import read_session
+from harness.replay.stored import NOT_THE_PROBE
 
 pytestmark = pytest.mark.lab
 
@@ -105,6 +106,8 @@ def test_a_look_alike_ending_and_a_pipelined_group_replay_byte_for_byte(tmp_path
     done, record = replay_cli(capture, tmp_path / "run", "--continue")
     assert done.returncode in (0, 1), done.stdout + done.stderr
     assert record["faults"] == []
+    # a look-alike in mail that is not the matrix's probe is not judged by the probe's rule
+    assert record["smuggling"] == {"verdict": "n/a", "note": NOT_THE_PROBE, "steps": []}
     live = [s for s in dissect(str(tmp_path / "run" / "capture.pcapng")).steps]
     group = [s for s in live if s.kind == "command" and s.get("verb") in ("MAIL", "RCPT", "DATA")]
     assert len({s.evidence for s in group}) == 1  # one segment, as captured

@@ -207,7 +207,7 @@ def _compare(result: ReplayResult, scenario: Scenario, mapping: Mapping, names) 
     client = result.client
     after = len(client.judged) if client and client.stopped is not None else None
     result.diff = compare_session(live_ladder(live_full, names), captured, after)
-    result.smuggling = judge_smuggling(scenario, folder, live_full, result.stored)
+    result.smuggling = judge_smuggling(session, scenario, folder, live_full, result.stored)
     result.diff_text = format_diff(result.diff, str(result.pcap), session.path)
     (folder / "diff.txt").write_text(result.diff_text, encoding="utf-8")
 
