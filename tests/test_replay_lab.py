@@ -17,6 +17,7 @@ from test_replay import PIPELINED
 from harness.errors import HarnessError
 from harness.ladder.dissect import dissect
 from harness.replay.session import read_session
+from harness.replay.stored import NOT_THE_PROBE
 
 pytestmark = pytest.mark.lab
 
@@ -25,7 +26,7 @@ FIXTURES = ROOT / "fixtures"
 _ERROR_STEP = re.compile(r"^\S+?:(\d+): error: (.*)$", re.MULTILINE)
 
 
-def _replay(capture: Path, out: Path, *args: str) -> tuple[subprocess.CompletedProcess, dict]:
+def replay_cli(capture: Path, out: Path, *args: str) -> tuple[subprocess.CompletedProcess, dict]:
     argv = [*CLI, "replay", str(capture), "--as", "client", "--lab", "--out", str(out), *args]
     done = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, timeout=300)
     record = out / "replay.json"
@@ -38,7 +39,7 @@ def _diff_steps(out: Path) -> dict[int, str]:
 
 
 def test_the_seed_replays_the_same_against_the_scripted_receiver(tmp_path):
-    done, record = _replay(SEED, tmp_path)
+    done, record = replay_cli(SEED, tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     assert record["verdict"] == "pass" and record["stopped"] is None
     assert len(record["replies"]) == 11
@@ -62,7 +63,7 @@ def test_a_changed_reply_is_a_diff_at_its_step_and_stops_the_replay(tmp_path):
         'code = 450\ntext = "4.2.1 try again later"\n'
     )
     out = tmp_path / "run"
-    done, record = _replay(SEED, out, "--scenario", str(scenario))
+    done, record = replay_cli(SEED, out, "--scenario", str(scenario))
     assert done.returncode == 1, done.stdout + done.stderr
     steps = read_session(str(SEED)).steps
     rcpt = next(s for s in steps if s.text == "RCPT TO:<r2d2@receiver.com>")
@@ -76,7 +77,7 @@ def test_a_changed_reply_is_a_diff_at_its_step_and_stops_the_replay(tmp_path):
 
 
 def test_against_postfix_the_diff_is_at_the_steps_postfix_answers_otherwise(open_folder):
-    done, record = _replay(SEED, open_folder / "run", "--mta", "postfix", "--continue")
+    done, record = replay_cli(SEED, open_folder / "run", "--mta", "postfix", "--continue")
     assert done.returncode == 1, done.stdout + done.stderr
     differing = {r["step"] for r in record["replies"] if r["differences"]}
     assert differing, "Postfix answered every reply as the scripted receiver did"
@@ -91,7 +92,7 @@ def test_against_postfix_the_diff_is_at_the_steps_postfix_answers_otherwise(open
 
 
 def test_against_postfix_the_replay_stops_at_the_first_other_code(open_folder):
-    done, record = _replay(SEED, open_folder / "run", "--mta", "postfix")
+    done, record = replay_cli(SEED, open_folder / "run", "--mta", "postfix")
     assert done.returncode == 1, done.stdout + done.stderr
     first = next(r for r in record["replies"] if r["captured"][0] != r["live"][0])
     assert record["stopped"]["step"] == first["step"]
@@ -102,9 +103,11 @@ def test_against_postfix_the_replay_stops_at_the_first_other_code(open_folder):
 
 def test_a_look_alike_ending_and_a_pipelined_group_replay_byte_for_byte(tmp_path):
     capture = seed_capture(tmp_path / "pipelined.pcap", dialogue=PIPELINED)
-    done, record = _replay(capture, tmp_path / "run", "--continue")
+    done, record = replay_cli(capture, tmp_path / "run", "--continue")
     assert done.returncode in (0, 1), done.stdout + done.stderr
     assert record["faults"] == []
+    # a look-alike in mail that is not the matrix's probe is not judged by the probe's rule
+    assert record["smuggling"] == {"verdict": "n/a", "note": NOT_THE_PROBE, "steps": []}
     live = [s for s in dissect(str(tmp_path / "run" / "capture.pcapng")).steps]
     group = [s for s in live if s.kind == "command" and s.get("verb") in ("MAIL", "RCPT", "DATA")]
     assert len({s.evidence for s in group}) == 1  # one segment, as captured
@@ -124,7 +127,7 @@ def _replayable(path: Path) -> str | None:
 @pytest.mark.parametrize("path", sorted(CORPUS.glob("*.pcap*")), ids=lambda p: p.name)
 def test_each_corpus_capture_replays_without_a_harness_error(path, tmp_path):
     refused = _replayable(path)
-    done, record = _replay(path, tmp_path / "run")
+    done, record = replay_cli(path, tmp_path / "run")
     if refused is not None:  # not a completed session: bad input, before any lab
         assert done.returncode == 2 and done.stderr == f"smtp-harness: error: {refused}\n"
         return
@@ -135,7 +138,7 @@ def test_each_corpus_capture_replays_without_a_harness_error(path, tmp_path):
 
 
 def test_capture_timing_waits_at_least_the_captured_gaps(tmp_path):
-    done, _ = _replay(SEED, tmp_path, "--timing", "capture")
+    done, _ = replay_cli(SEED, tmp_path, "--timing", "capture")
     assert done.returncode == 0, done.stdout + done.stderr
     session = read_session(str(SEED))
     gaps, last = [], session.turns[0].replies[0].time

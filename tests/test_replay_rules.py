@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 from conftest import ROOT
-from test_replay_lab import SEED, _diff_steps, _replay
+from test_replay_lab import SEED, _diff_steps, replay_cli
 
 from harness.errors import HarnessError
 from harness.replay.session import read_session
@@ -46,7 +46,7 @@ def test_the_second_rcpt_answered_450_is_a_diff_at_its_step(tmp_path):
         f'[sender]\nmessage = "{FIXTURES / "messages" / "seed.eml"}"\n'
         '[[receiver.replies]]\non = "RCPT"\nnth = 2\ncode = 450\ntext = "4.2.1 later"\n'
     )
-    done, record = _replay(SEED, tmp_path / "run", "--scenario", str(scenario))
+    done, record = replay_cli(SEED, tmp_path / "run", "--scenario", str(scenario))
     assert done.returncode == 1, done.stdout + done.stderr
     rcpts = [s for s in read_session(str(SEED)).steps if s.get("answers") == "RCPT"]
     assert record["stopped"]["step"] == rcpts[1].index

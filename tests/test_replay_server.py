@@ -10,7 +10,7 @@ import pytest
 from conftest import CLI, ROOT
 from ladder_pcaps import seed_capture
 from test_replay import PIPELINED
-from test_replay_lab import SEED, _replay
+from test_replay_lab import SEED, replay_cli
 
 from harness.ladder.compare import compare, format_diff
 from harness.ladder.dissect import dissect
@@ -45,7 +45,7 @@ def test_the_captured_server_is_one_rule_per_reply_and_the_client_its_envelope()
 
 @pytest.mark.lab
 def test_the_seed_as_server_against_the_scripted_sender_is_the_same(tmp_path):
-    done, record = _replay(SEED, tmp_path, "--as", "server")
+    done, record = replay_cli(SEED, tmp_path, "--as", "server")
     assert done.returncode == 0, done.stdout + done.stderr
     assert (record["as"], record["verdict"], record["faults"]) == ("server", "pass", [])
     assert "same as" in (tmp_path / "diff.txt").read_text()
@@ -56,7 +56,7 @@ def test_a_pipelining_client_replayed_as_server_shows_the_replies_the_sender_wai
     tmp_path,
 ):
     capture = seed_capture(tmp_path / "pipelined.pcap", dialogue=PIPELINED)
-    done, record = _replay(capture, tmp_path / "run", "--as", "server")
+    done, record = replay_cli(capture, tmp_path / "run", "--as", "server")
     assert done.returncode == 1, done.stdout + done.stderr
     assert record["faults"] == []
     steps = read_session(str(capture)).steps

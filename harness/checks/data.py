@@ -170,7 +170,7 @@ def long_line_sent(seen: Seen) -> Outcome:
     return passed("bounced instead of sending an overlong line")
 
 
-def _look_alike(run: RunResult) -> list[Step]:
+def look_alike_sent(run: RunResult) -> list[Step]:
     """The client's look-alike ending inside content its DATA got 354 for."""
     data = [x for x in all_exchanges(run.ladder) if x.unit.get("verb") == "DATA"]
     opened = [x.reply for x in data if code(x.reply) == 354]
@@ -183,7 +183,7 @@ def _look_alike(run: RunResult) -> list[Step]:
     ][:1]
 
 
-def _smuggling(seen: Seen, name: str) -> Outcome:
+def smuggling(seen: Seen, name: str) -> Outcome:
     run = seen.run
     victims, copies = stored_for(run, VICTIM), stored_for(run, RCPT)
     if victims or len(copies) > 1:
@@ -210,6 +210,8 @@ for _suffix, _look, _name in PROBES:
         RECEIVER,
         _probe(_suffix, _look),
         requires=[
-            Precondition(f"the look-alike {_name} on the wire after a 354", _look_alike, lab=STORED)
+            Precondition(
+                f"the look-alike {_name} on the wire after a 354", look_alike_sent, lab=STORED
+            )
         ],
-    )(lambda seen, n=_name: _smuggling(seen, n))
+    )(lambda seen, n=_name: smuggling(seen, n))

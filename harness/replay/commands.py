@@ -8,8 +8,9 @@ Rules kept here:
 - Only into a lab: ``--lab`` (a fresh one) is required, and the target is its receiver
   host; any other target is refused before anything runs.
 - What is printed: every mapping, each reply's judgement that differs, where the replay
-  stopped, the diff (``harness.ladder.compare``'s packetdrill form), the run folder and
-  the verdict.
+  stopped, the diff (``harness.ladder.compare``'s packetdrill form), what the target
+  stored (each recipient's copies) and the smuggling verdict, the run folder and the
+  verdict.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import click
 from harness.errors import HarnessError
 from harness.replay.emit import emit_scenario
 from harness.replay.run import ReplayOptions, ReplayResult, in_lab, prepare, replay
+from harness.replay.stored import stored_outcomes
 from harness.scenario import load_scenario
 from harness.verdict import exit_code
 
@@ -172,7 +174,19 @@ def _print_diff(result: ReplayResult) -> None:
     if result.diff_text:
         click.echo("")
         click.echo(result.diff_text, nl=False)
+    _print_stored(result)
     click.echo(f"\nrun folder: {result.folder}")
     click.echo(f"verdict: {str(result.verdict).upper()}")
     for fault in result.faults:
         click.echo(f"  - harness fault: {fault.line()} (traceback.txt in the run folder)")
+
+
+def _print_stored(result: ReplayResult) -> None:
+    click.echo("stored:")
+    for outcome in stored_outcomes(result.stored):
+        click.echo(f"  {outcome.recipient}: {'; '.join(outcome.evidence)}")
+    if not result.stored:
+        click.echo("  nothing")
+    if result.smuggling is not None:
+        said = result.smuggling
+        click.echo(f"smuggling: {str(said.verdict).upper()} {said.note}".rstrip())

@@ -13,8 +13,11 @@ Rules kept here:
 - The run folder keeps ``capture.pcapng`` (the new capture) and its ladder (``ladder.*``),
   ``captured-ladder.txt``/``.json`` (the session as captured, on the lab's names),
   ``diff.txt`` and ``replay.json`` (mappings, each reply's judgement, verdict, faults).
+- What the target stored is judged too (``stored.py``): each recipient's copies as an
+  outcome, and the smuggling verdict, both in ``replay.json`` and the output.
 - The verdict: ``error`` when the harness failed (a fault of ours, the receiver's, the
-  DNS server's or the capture's), else ``fail`` when the ladders differ, else ``pass``.
+  DNS server's or the capture's) or the smuggling judge did, else ``fail`` when the
+  ladders differ or a look-alike ended DATA, else ``pass``.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from pathlib import Path
 
 from harness import signals
 from harness.capture.live import Capture
+from harness.checks.base import Outcome as CheckOutcome
 from harness.errors import HarnessError, InternalFault
 from harness.lab import Lab
 from harness.ladder.compare import Verdict as LadderVerdict
@@ -40,9 +44,11 @@ from harness.replay.judge import captured_ladder, compare_session, live_ladder
 from harness.replay.script import Mapped, Mapping
 from harness.replay.server import receiver_config, sender_config
 from harness.replay.session import Session, read_session
+from harness.replay.stored import judge_smuggling, stored_outcomes
 from harness.runner import host_names, lab_dns, resolver_for, scripted_receiver, write_ladder
 from harness.scenario import Scenario
 from harness.smtp.peer import EventLog
+from harness.smtp.receiver import StoredMessage
 from harness.smtp.sender import Sender
 from harness.verdict import Verdict
 
@@ -67,12 +73,15 @@ class ReplayResult:
     diff: LadderVerdict | None = None
     diff_text: str = ""
     faults: list[InternalFault] = field(default_factory=list)
+    stored: list[StoredMessage] = field(default_factory=list)  # what the target stored
+    smuggling: CheckOutcome | None = None  # stored.py's verdict
 
     @property
     def verdict(self) -> Verdict:
-        if self.faults or self.diff is None:
+        said = self.smuggling.verdict if self.smuggling else Verdict.ERROR
+        if self.faults or self.diff is None or said is Verdict.ERROR:
             return Verdict.ERROR
-        return Verdict.PASS if self.diff.ok else Verdict.FAIL
+        return Verdict.PASS if self.diff.ok and said is not Verdict.FAIL else Verdict.FAIL
 
     @property
     def pcap(self) -> Path:
@@ -139,7 +148,7 @@ def replay(capture: Path, scenario: Scenario, folder: Path, options: ReplayOptio
         )
 
     result = ReplayResult(session, folder, mappings, options.side)
-    result.faults, client = _exchanged(scenario, folder, live)
+    result.faults, client, result.stored = _exchanged(scenario, folder, live)
     result.client = client if isinstance(client, ReplayClient) else None
     if not result.faults:
         _compare(result, scenario, mapping, names)
@@ -149,27 +158,32 @@ def replay(capture: Path, scenario: Scenario, folder: Path, options: ReplayOptio
 
 def _exchanged(
     scenario: Scenario, folder: Path, live: Callable[[Lab], Live]
-) -> tuple[list[InternalFault], Live | None]:
+) -> tuple[list[InternalFault], Live | None, list[StoredMessage]]:
     faults: list[InternalFault] = []
+    stored: list[StoredMessage] = []
     client = None
     try:
         with Lab(scenario.topology) as lab, lab_dns(lab, scenario, folder / "dns.jsonl") as dns:
             client = live(lab)
             try:
                 with Capture(lab, folder / "capture.pcapng"):
-                    faults += signals.run_async(_exchange(lab, scenario, folder, client))
+                    faults += signals.run_async(_exchange(lab, scenario, folder, client, stored))
             finally:
                 faults += dns.internal_faults
     except HarnessError:
         raise
     except Exception as exc:  # our fault: the verdict is error, with the traceback kept
         faults.append(InternalFault.from_exception(getattr(exc, "where", "replay"), exc))
-    return faults + (client.internal_faults if client else []), client
+    return faults + (client.internal_faults if client else []), client, stored
 
 
-async def _exchange(lab: Lab, scenario: Scenario, folder: Path, client: Live) -> list:
+async def _exchange(
+    lab: Lab, scenario: Scenario, folder: Path, client: Live, stored: list[StoredMessage]
+) -> list:
+    """The live session; what the target stored is added to ``stored``."""
     if scenario.receiver_mta:
         done = await to_mta(lab, scenario, folder, client)  # type: ignore[arg-type]
+        stored += done.stored
         return [f for f in done.faults if f not in client.internal_faults]
     host = lab.host(scenario.receiver_host)
     receiver = scripted_receiver(lab, scenario, folder)
@@ -177,6 +191,7 @@ async def _exchange(lab: Lab, scenario: Scenario, folder: Path, client: Live) ->
         await receiver.start(host.ipv4, scenario.receiver_port)
         await client.send()
         await receiver.idle()
+    stored += receiver.stored
     return list(receiver.internal_faults)
 
 
@@ -192,6 +207,7 @@ def _compare(result: ReplayResult, scenario: Scenario, mapping: Mapping, names) 
     client = result.client
     after = len(client.judged) if client and client.stopped is not None else None
     result.diff = compare_session(live_ladder(live_full, names), captured, after)
+    result.smuggling = judge_smuggling(session, scenario, folder, live_full, result.stored)
     result.diff_text = format_diff(result.diff, str(result.pcap), session.path)
     (folder / "diff.txt").write_text(result.diff_text, encoding="utf-8")
 
@@ -219,6 +235,8 @@ def write_record(result: ReplayResult) -> None:
             {"step": stopped.captured.step, "differences": stopped.differences} if stopped else None
         ),
         "mismatches": [m.note for m in result.diff.mismatches] if result.diff else [],
+        "stored": [dataclasses.asdict(o) for o in stored_outcomes(result.stored)],
+        "smuggling": _verdict_record(result.smuggling),
         "faults": [f.line() for f in result.faults],
     }
     text = json.dumps(record, indent=1, ensure_ascii=False) + "\n"
@@ -226,3 +244,10 @@ def write_record(result: ReplayResult) -> None:
     if result.faults:
         tracebacks = "\n".join(f"== {f.line()}\n{f.traceback}" for f in result.faults)
         (result.folder / "traceback.txt").write_text(tracebacks, encoding="utf-8")
+
+
+def _verdict_record(outcome: CheckOutcome | None) -> dict | None:
+    if outcome is None:
+        return None
+    cited = [index for _run, index in outcome.evidence]
+    return {"verdict": str(outcome.verdict), "note": outcome.note, "steps": cited}
