@@ -55,7 +55,8 @@ readers in readers.py, the state table in state.py):
    taken as sent before the capture began.  (c) The client paused after DATA whose bytes
    hold CRLF.CRLF followed by a whole valid command line, while the server's direction
    has nothing unparsed: the 354 was sent and not captured (a client sends content only
-   after it, §4.3.2); an ``inferred`` 354 answers the DATA.
+   after it, §4.3.2); an ``inferred`` 354 answers the DATA.  Its DATA content comes as
+   runs of plain lines, not line by line (readers.py rule 1): the same bytes, fewer events.
 """
 
 from __future__ import annotations
@@ -309,7 +310,9 @@ class Observer:
         """The reader of the client's bytes after the reply to the command they waited on."""
         if answered == AUTH and code == CHALLENGE:
             return AuthResponseReader()
-        return DataReader() if self.session.state is State.DATA else CommandReader()
+        if self.session.state is State.DATA:
+            return DataReader(plain_runs=self._capture)  # readers rule 1
+        return CommandReader()
 
     def _start_tls(self) -> list[Event]:
         events: list[Event] = []
