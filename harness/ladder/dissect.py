@@ -75,7 +75,6 @@ DNS_PORT = 53
 SNIFF_LIMIT = 4096
 
 _SMTP_DIRECTION = {CLIENT: Direction.CLIENT, SERVER: Direction.SERVER}
-_OUR_DIRECTION = {v: k for k, v in _SMTP_DIRECTION.items()}
 _TLS_RECORD = b"\x16\x03"  # a TLS handshake record, any version
 _ANOMALY, _COMMAND, _REPLY = StepKind.ANOMALY, StepKind.COMMAND, StepKind.REPLY
 _AUTH = StepKind.AUTH_RESPONSE
@@ -528,7 +527,7 @@ class _Conn:
     # --- SMTP events to steps
 
     def _smtp(self, e: smtp.Event, event: Event) -> Step | None:
-        d = _OUR_DIRECTION[e.direction]
+        d = CLIENT if e.direction is Direction.CLIENT else SERVER  # no Enum hashing
         offset = self.start[d] + e.offset
         match e:
             case smtp.Command():

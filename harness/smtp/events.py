@@ -153,7 +153,9 @@ class Resync(Event):
 
 @dataclass(frozen=True, kw_only=True)
 class Content(Event):
-    """A piece of message content, exactly as stored: dot-unstuffed, line endings kept."""
+    """A piece of message content, exactly as stored: dot-unstuffed, line endings kept.  A
+    peer's is one line (or a piece of an overlong one); a capture's may be a run of plain
+    lines (readers.py rule 1)."""
 
     data: bytes
 

@@ -121,6 +121,15 @@ class ReceiveBuffer:
         self._searched = 0
         return taken
 
+    def match(self, pattern: re.Pattern[bytes]) -> int:
+        """The length of *pattern*'s match at the start of the buffered bytes (0: none)."""
+        found = pattern.match(self._data)
+        return found.end() if found else 0
+
+    def next_unit_of(self, n: int) -> Unit:
+        """The next ``n`` octets as one complete unit: whole lines the caller has matched."""
+        return self._unit(n, complete=True)
+
     def next_unit(self, limit: int) -> Unit | None:
         """The next unit, a piece of an overlong one, or None if more bytes are needed."""
         lf = self._data.find(b"\n", self._searched, limit)

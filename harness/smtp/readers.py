@@ -6,6 +6,10 @@ Rules kept here (the modes and who switches them are in protocol.py):
    it needs more bytes.  An empty list means progress without an event (a skipped piece).
    ``DataReader`` alone reads every unit already buffered up to its end marker in one call:
    no reply can change what content means, so the events are those of one unit per call.
+   A capture's ``DataReader(plain_runs=True)`` hands out each run of consecutive plain
+   lines buffered (complete, CRLF-ended, within the limit, no leading dot, no odd byte:
+   nothing to unstuff nor to report) as one ``Content``, the bytes, offsets, anomalies
+   and sizes being those of the lines one by one; a peer's reads one event per line.
    A reader whose ``needs_bytes`` is true returns None for an empty buffer.
 5. A reply is built once, complete: ``ReplyReader`` asks its ``answer`` hook (the
    Observer's session) which command the reply answers as it reads the reply's last line.
@@ -76,6 +80,9 @@ CHUNK_PIECE = 65536
 _END_MARKER = b".\r\n"
 _DOT_ALONE = re.compile(rb"\.[\r\n]*\n")  # a unit holding a dot and line breaks only
 _DOT_AFTER_CR = re.compile(rb"\r\.(?=[\r\n])")  # a dot between a bare CR and a break
+_PLAIN_RUN = re.compile(  # lines the per-line fast path passes as they are (rule 1)
+    rb"(?:(?:[^\r\n\x00.][^\r\n\x00]{0,%d})?\r\n)+" % (TEXT_LINE_LIMIT - 3)
+)
 _NO_FLAWS: frozenset[AnomalyKind] = frozenset()
 _VERB_BYTES = frozenset(verb.encode() for verb in [*VERBS, "AUTH"])
 _AUTH_LINE = re.compile(rb"[A-Za-z0-9+/]*={0,2}|\*")  # base64 or the cancel (RFC 4954 §4)
@@ -320,7 +327,8 @@ class DataReader:
 
     needs_bytes = True
 
-    def __init__(self) -> None:
+    def __init__(self, *, plain_runs: bool = False) -> None:
+        self._plain_runs = plain_runs  # a run of plain lines is one Content (rule 1)
         self._line_start = True  # the DATA command's CRLF starts the first line
         self._continuing = False  # the last unit was a piece of an overlong line
         self._size = 0
@@ -328,13 +336,17 @@ class DataReader:
     def read(self, buf: ReceiveBuffer, direction: Direction) -> list[Event] | None:
         """Every buffered unit up to and including the end marker (rule 1)."""
         events: list[Event] | None = None
-        while (unit := buf.next_unit(TEXT_LINE_LIMIT)) is not None:
+        while True:
+            if self._plain_runs and (run := buf.match(_PLAIN_RUN)):
+                events = events if events is not None else []
+                events.append(self._plain(buf.next_unit_of(run), direction))
+            if (unit := buf.next_unit(TEXT_LINE_LIMIT)) is None:
+                return events
             events = events if events is not None else []
             if self._line_start and unit.raw == _END_MARKER:
                 events.append(EndOfData(direction=direction, offset=unit.offset, size=self._size))
-                break
+                return events
             events += self._unit(unit, direction)
-        return events
 
     def gap(self, buf: ReceiveBuffer, direction: Direction) -> list[Event]:
         """The bytes before the hole are content, the hole a content gap (rule 6)."""
@@ -353,12 +365,16 @@ class DataReader:
             return []
         return [Unfinished(direction=direction, offset=buf.offset, unit=UnitKind.CONTENT, raw=rest)]
 
+    def _plain(self, unit: Unit, direction: Direction) -> Content:
+        """Plain lines, one or more: nothing to unstuff nor to report."""
+        self._size += len(unit.raw)
+        self._line_start, self._continuing = True, False  # no odd bytes: it ends in CRLF
+        return Content(direction=direction, offset=unit.offset, data=unit.raw)
+
     def _unit(self, unit: Unit, direction: Direction) -> list[Event]:
         raw = unit.raw
         if unit.complete and raw[:1] != b"." and b"\r." not in raw and not has_odd_bytes(raw):
-            self._size += len(raw)  # the common line: nothing to unstuff nor to report
-            self._line_start, self._continuing = True, False  # no odd bytes: it ends in CRLF
-            return [Content(direction=direction, offset=unit.offset, data=raw)]
+            return [self._plain(unit, direction)]  # the common line
         events: list[Event] = [*odd_bytes(unit.raw, unit.offset, direction)]
         events += self._lookalikes(unit, direction)
         if not unit.complete and not self._continuing:
