@@ -208,6 +208,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         # RFC 5321 §4.5.3.2 gives a server 5 minutes; a bounded, test-friendly default
         "timeout_ms": Key(int, 30000, TIMEOUT_MS),
         "replies": Key(TABLES, [], most=1000),
+        "tls": Key(str, "off", KNOBS["tls"]),  # "offer": STARTTLS (RFC 3207)
+        "certificate": Key(str, "good", KNOBS["certificate"]),  # what it gets wrong, if any
     },
     "receiver.replies": {
         "on": Key(str, REQUIRED),  # REPLY_ON, checked by _reply_on
@@ -243,6 +245,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "use_glue": Key(bool, True),
         "timeout_ms": Key(int, 10000, TIMEOUT_MS),
         "script": Key(TABLES, [], most=1000),
+        "starttls": Key(str, "never", KNOBS["starttls"]),  # the policy (harness.mta.base)
+        "ehlo_after_tls": Key((str, NONE), None, Grammar.HELO),  # None: the helo name again
     },
     "sender.script": {
         "at": Key(str, REQUIRED),  # SCRIPT_POINTS, checked by _script_point
@@ -275,10 +279,16 @@ TOP_LEVEL = ("scenario", "hosts", "dns", "receiver", "sender", "expect", "networ
 OUTCOMES = ("delivered", "rejected", "deferred")
 # the keys that still mean something when a real MTA plays the role
 MTA_KEYS = {
-    "receiver": {"host", "mta", "port", "hostname", "domains", "users", "vrfy", "family"},
-    "sender": {"host", "mta", "helo", "mail_from", "recipients", "message", "family"},
+    "receiver": {
+        *("host", "mta", "port", "hostname", "domains", "users", "vrfy", "family"),
+        *("tls", "certificate"),
+    },
+    "sender": {"host", "mta", "helo", "mail_from", "recipients", "message", "family", "starttls"},
 }
-KNOB_KEYS = {"receiver": ("vrfy", "family"), "sender": ("family",)}  # -> Site.extra
+KNOB_KEYS = {
+    "receiver": ("vrfy", "family", "tls", "certificate"),
+    "sender": ("family", "starttls"),
+}  # -> Site.extra
 # what a reply rule can answer: the core's verbs (harness/smtp/commands.py), the last BDAT
 # chunk (Command.key) and the two events (harness/smtp/state.py)
 REPLY_ON = (*VERBS, "BDAT LAST", GREETING, END_OF_DATA)

@@ -55,12 +55,24 @@ from harness.errors import HarnessError, InternalError
 from harness.lab import Lab
 from harness.mta import debs, process, quoting
 from harness.mta.debs import Deb
+from harness.tls.pki import CertVariant, LabPki
 
 ROLES = ("sender", "receiver")
 # knob -> its values, the default first.  vrfy (receiver): "disabled" is the MTA's own way
 # of turning VRFY off.  family (both roles): "ipv4" only, or "any" (the receiver listens on
 # the host's IPv6 address too; the sender uses AAAA records as the MTA does by default).
-KNOBS: dict[str, tuple[str, ...]] = {"vrfy": ("check", "disabled"), "family": ("ipv4", "any")}
+# tls (receiver): "offer" advertises STARTTLS (RFC 3207) with the run's certificate for its
+# hostname, broken as "certificate" says (harness.tls.pki.CertVariant).  starttls (sender):
+# the sender's policy - "never" (no TLS), "opportunistic" (TLS when offered, else plain:
+# RFC 7435), "required" (TLS or defer, any certificate), "verify" (TLS with a certificate
+# that chains to the run's CA and names the MX host, else defer).
+KNOBS: dict[str, tuple[str, ...]] = {
+    "vrfy": ("check", "disabled"),
+    "family": ("ipv4", "any"),
+    "tls": ("off", "offer"),
+    "certificate": tuple(CertVariant),
+    "starttls": ("never", "opportunistic", "required", "verify"),
+}
 DELIVERY_TIMEOUT_S = 30.0  # default: the longest a delivery attempt may take to settle
 NOTICE_AFTER_S = 2.0  # a wait on the MTA longer than this is announced
 
@@ -116,6 +128,7 @@ class Site:
     users: tuple[str, ...] = ()  # local mailboxes: c3po, r2d2 (receiver); luke (sender)
     port: int = 25
     extra: dict[str, str] = field(default_factory=dict)  # KNOBS only (rules above)
+    pki: LabPki | None = None  # the run's PKI: set when a tls/starttls knob needs TLS
 
     def __post_init__(self) -> None:
         for knob, value in self.extra.items():

@@ -58,6 +58,7 @@ from harness.outcome import Dsn, Outcome, OutcomeStatus, SendReport
 from harness.scenario import Scenario
 from harness.smtp.receiver import Answered, Receiver, StoredMessage
 from harness.smtp.sender import Sender
+from harness.tls.pki import lab_pki
 
 POLL_S = 0.02
 LOST = "the queue was read and does not hold it, no DSN came back, nothing was stored"
@@ -80,15 +81,22 @@ def mta_site(lab: Lab, scenario: Scenario, folder: Path, role: str) -> Site:
     """Where the scenario's MTA for ``role`` runs, under which names, with which knobs."""
     knobs = dict(scenario.mta_knobs[role])
     folder = folder.resolve()
+    pki = lab_pki(folder / "tls") if needs_tls(knobs) else None
     if role == "receiver":
         conf = scenario.receiver
         name, host, port = scenario.receiver_mta, scenario.receiver_host, scenario.receiver_port
         where = (conf.hostname, conf.domains[0], conf.users)
-        return Site(lab, host, folder / f"receiver-{name}", *where, port=port, extra=knobs)
+        own = folder / f"receiver-{name}"
+        return Site(lab, host, own, *where, port=port, extra=knobs, pki=pki)
     local, _, domain = scenario.sender.mail_from.rpartition("@")
     where = (scenario.sender.helo_name, domain, (local,))  # bounces stay in its mailbox
     own = folder / f"sender-{scenario.sender_mta}"
-    return Site(lab, scenario.sender_host, own, *where, extra=knobs)
+    return Site(lab, scenario.sender_host, own, *where, extra=knobs, pki=pki)
+
+
+def needs_tls(knobs: dict[str, str]) -> bool:
+    """Whether an MTA with these knobs takes part in TLS (and so needs the run's PKI)."""
+    return knobs.get("tls", "off") != "off" or knobs.get("starttls", "never") != "never"
 
 
 def _adapter(lab: Lab, scenario: Scenario, folder: Path, role: str) -> MtaAdapter:

@@ -1,0 +1,1 @@
+"""TLS in the lab (RFC 3207 STARTTLS): the run's PKI (``pki``)."""
