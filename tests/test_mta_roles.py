@@ -131,7 +131,10 @@ def test_stored_then_dsn_then_reply_then_queue_then_lost() -> None:
 @pytest.mark.parametrize(
     ("extra", "error"),
     [
-        ({"inet": "4"}, "site knob 'inet': expected one of ['certificate', 'family', 'starttls', 'tls', 'vrfy']"),
+        (
+            {"inet": "4"},
+            "site knob 'inet': expected one of ['certificate', 'family', 'starttls', 'tls', 'vrfy']",
+        ),
         ({"family": "ipv6"}, "site knob family = 'ipv6': expected one of ('ipv4', 'any')"),
     ],
 )
