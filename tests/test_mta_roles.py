@@ -133,7 +133,8 @@ def test_stored_then_dsn_then_reply_then_queue_then_lost() -> None:
     [
         (
             {"inet": "4"},
-            "site knob 'inet': expected one of ['certificate', 'family', 'starttls', 'tls', 'vrfy']",
+            "site knob 'inet': expected one of "
+            "['certificate', 'family', 'starttls', 'tls', 'vrfy']",
         ),
         ({"family": "ipv6"}, "site knob family = 'ipv6': expected one of ('ipv4', 'any')"),
     ],
