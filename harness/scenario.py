@@ -210,6 +210,11 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "replies": Key(TABLES, [], most=1000),
         "tls": Key(str, "off", KNOBS["tls"]),  # "offer": STARTTLS (RFC 3207)
         "certificate": Key(str, "good", KNOBS["certificate"]),  # what it gets wrong, if any
+        # probes (RFC 3207 §4.2): raw bytes sent behind the 220 to STARTTLS, in its segment
+        "starttls_inject": Key((str, NONE), None, _raw_problem),
+        # what the client pipelined behind STARTTLS: "discard" (RFC 3207 §4.2) or "answer"
+        # it inside TLS (the CVE-2011-0411 class: a peer built to fail the injection check)
+        "starttls_plaintext": Key(str, "discard", ("discard", "answer")),
     },
     "receiver.replies": {
         "on": Key(str, REQUIRED),  # REPLY_ON, checked by _reply_on
@@ -247,6 +252,11 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "script": Key(TABLES, [], most=1000),
         "starttls": Key(str, "never", KNOBS["starttls"]),  # the policy (harness.mta.base)
         "ehlo_after_tls": Key((str, NONE), None, Grammar.HELO),  # None: the helo name again
+        # probes (RFC 3207 §4.2): raw bytes sent behind STARTTLS\r\n, in its segment
+        "starttls_inject": Key((str, NONE), None, _raw_problem),
+        # what the server sent behind its 220: "discard" (RFC 3207 §4.2) or "keep" it as
+        # replies inside TLS (a peer built to fail the client-side injection check)
+        "starttls_plaintext": Key(str, "discard", ("discard", "keep")),
     },
     "sender.script": {
         "at": Key(str, REQUIRED),  # SCRIPT_POINTS, checked by _script_point

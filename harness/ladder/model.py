@@ -47,7 +47,10 @@ class StepKind(StrEnum):
     REPLY = "reply"
     CONTENT = "content"
     BDAT = "bdat"
-    TLS = "tls"
+    TLS = "tls"  # TLS records not decrypted (no key log): counted, not read
+    # a TLS handshake seen through a key log: detail version, cipher, sni, subject, issuer,
+    # not_before, not_after; every step read inside TLS carries detail tls=True
+    TLS_HANDSHAKE = "tls-handshake"
     GAP = "gap"
     ANOMALY = "anomaly"
     AUTH_RESPONSE = "auth-response"  # a client line answering a 334 (RFC 4954 §4)
@@ -69,6 +72,7 @@ SMTP_KINDS = (
     StepKind.CONTENT,
     StepKind.BDAT,
     StepKind.TLS,
+    StepKind.TLS_HANDSHAKE,
     StepKind.AUTH_RESPONSE,
 )
 DAMAGE_KINDS = (StepKind.GAP, StepKind.ANOMALY)
