@@ -574,6 +574,49 @@ def test_starttls_makes_the_stream_opaque_and_drops_injected_plaintext():
     assert obs.state is State.TLS
 
 
+def test_secured_reads_the_plaintext_inside_tls_as_a_new_session():
+    """RFC 3207 §4.2: after the handshake both ends forget what they knew; the session
+    inside TLS has no greeting, awaits EHLO, and what was injected before it stays dropped."""
+    obs = Observer()
+    for direction, data in ((S, b"220 hi\r\n"), (C, b"EHLO x\r\n"), (S, b"250 STARTTLS\r\n")):
+        obs.feed(direction, data)
+    obs.feed(C, b"STARTTLS\r\nRSET\r\n")
+    obs.feed(S, b"220 go ahead\r\n")
+    assert not obs.in_tls
+    obs.secured()
+    assert obs.in_tls and obs.state is State.HELLO
+    assert obs.feed(C, b"MAIL FROM:<a@b>\r\n")[0].verb == "MAIL"
+    assert not obs.session.allows("MAIL")  # before the new EHLO: out of sequence
+    (reply,) = obs.feed(S, b"503 EHLO first\r\n")
+    assert reply.answers == "MAIL"  # nothing else waited: the injected RSET was dropped
+    obs.feed(C, b"EHLO y\r\n")
+    assert obs.feed(S, b"250 ok\r\n")[0].answers == "EHLO" and obs.state is State.READY
+
+
+def test_secured_before_a_220_to_starttls_is_a_bug_of_the_caller():
+    obs = Observer()
+    obs.feed(S, b"220 hi\r\n")
+    with pytest.raises(RuntimeError, match="no TLS began"):
+        obs.secured()
+
+
+def test_peers_read_each_other_inside_tls():
+    server, client = ServerConnection(), ClientConnection()
+    client.receive_data(server.send_reply(220, "hi"))
+    assert client.next_event().code == 220
+    for verb, code in (("EHLO", 250), ("STARTTLS", 220)):
+        server.receive_data(client.send_command(verb, "x" if verb == "EHLO" else None))
+        assert server.next_event().verb == verb
+        client.receive_data(server.send_reply(code, "ok"))
+        assert client.next_event().answers == verb
+    # each end is told TLS starts (its cue for the handshake), then says when it is done
+    assert isinstance(server.next_event(), TlsStarted)
+    assert isinstance(client.next_event(), TlsStarted)
+    server.secured(), client.secured()
+    server.receive_data(client.send_command("EHLO", "inside"))
+    assert server.next_event().argument == "inside" and server.in_tls and client.in_tls
+
+
 def test_client_connection_tracks_its_own_commands():
     conn = ClientConnection()
     conn.receive_data(b"220 mail.receiver.com ESMTP\r\n")

@@ -23,7 +23,11 @@ readers in readers.py, the state table in state.py):
    exchange answers the AUTH: an AUTH response waits for its reply as the AUTH again.
 3. When TLS starts, bytes already received in either direction were sent in plaintext
    after STARTTLS: they are reported (``PLAINTEXT_AFTER_STARTTLS``) and dropped, never
-   parsed as commands (RFC 3207 §4.2, CVE-2011-0411, CVE-2021-38371).
+   parsed as commands (RFC 3207 §4.2, CVE-2011-0411, CVE-2021-38371).  Once the caller
+   has the handshake done (a peer's ssl, a capture's decrypter), ``secured()`` reads both
+   directions as SMTP again: the plaintext inside TLS, a new session with no greeting that
+   awaits EHLO (RFC 3207 §4.2: both ends forget what they learnt before).  ``in_tls``
+   says whether it did.
 4. A connection object parses its peer's bytes lazily, one unit per ``next_event`` step,
    so each command is judged in the state left by the replies to all earlier commands -
    a pipelined RCPT after a refused MAIL is out of order (503), as RFC 2920 wants.
@@ -139,6 +143,7 @@ class Observer:
         self._paused_on: str | None = None
         self._passed: tuple[str, ...] = ()  # the commands the reply being read passed over
         self._scanned = 0  # client bytes after DATA known to hold no end of data (rule 9 c)
+        self.in_tls = False  # rule 3: secured() was called
 
     def _side(self, direction: Direction) -> _Side:
         return self._client if direction is CLIENT else self._server  # no Enum hashing
@@ -341,6 +346,18 @@ class Observer:
         self._paused_on = None
         return events
 
+    def secured(self) -> None:
+        """The TLS handshake is done: read the plaintext inside it as a new session (rule 3).
+        Bytes fed before this call were TLS records, counted by the opaque readers."""
+        if self.session.state is not State.TLS:
+            raise RuntimeError(f"secured() in state {self.session.state.value}: no TLS began")
+        self.session = Session(after_tls=True)
+        answer = self._answer if self._capture else self.session.reply
+        self._client = _Side(CommandReader())
+        self._server = _Side(ReplyReader(answer=answer))
+        self._paused_on, self._passed, self._scanned = None, (), 0
+        self.in_tls = True
+
 
 class _Peer:
     """One end of the connection: the peer's bytes in, events out, our bytes tracked."""
@@ -374,6 +391,14 @@ class _Peer:
             if self._observer.pending(self._ours):  # their reply may have unpaused ours
                 self._drain_ours()
         return self._events.popleft()
+
+    def secured(self) -> None:
+        """Our TLS handshake is done: what follows is the plaintext inside TLS (rule 3)."""
+        self._observer.secured()
+
+    @property
+    def in_tls(self) -> bool:
+        return self._observer.in_tls
 
     def send_raw(self, data: bytes) -> bytes:
         """Send arbitrary bytes (probes); they are tracked like any other output."""

@@ -102,10 +102,13 @@ class Session:
     the whole queue for each command: a capture with one side missing queues every
     command unanswered, and walking that queue each time made it quadratic."""
 
-    def __init__(self) -> None:
-        self.state = State.GREETING
-        self._waiting: deque[str] = deque([GREETING])
-        self._expected = State.GREETING
+    def __init__(self, *, after_tls: bool = False) -> None:
+        """A new session: awaiting the greeting, or (``after_tls``) the one a TLS handshake
+        starts, which has no greeting and awaits EHLO (RFC 3207 §4.2: both ends discard
+        what they knew, and the client SHOULD send EHLO first)."""
+        self.state = State.HELLO if after_tls else State.GREETING
+        self._waiting: deque[str] = deque() if after_tls else deque([GREETING])
+        self._expected = self.state
 
     @property
     def waiting(self) -> tuple[str, ...]:
