@@ -62,6 +62,19 @@ def test_scenario_keys_check_exit_codes(tmp_path, edit, code, said) -> None:
     assert copy.read_text(encoding="utf-8") == before  # --check changes nothing
 
 
+@pytest.mark.parametrize(
+    ("argv", "code", "said"),
+    [(["--help"], 0, "Usage:"), (["--check", "/nonexistent/README.md"], 2, "cannot read")],
+    ids=["help", "missing README"],
+)
+def test_scenario_keys_tool_help_and_a_missing_file(argv, code, said) -> None:
+    """--help prints the usage, and a README that is not there is one line, exit 2 (it was a
+    traceback: the tool took --help for a path)."""
+    done = subprocess.run([PYTHON, str(TOOL), *argv], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == code and said in done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+
+
 @pytest.mark.lab
 def test_the_readme_fixtures_example_passes(pytester) -> None:
     """The three tests of the README's "pytest plugin" section, run as a user would, from a

@@ -33,10 +33,17 @@ def with_table(text: str, where: str) -> str:
 
 
 def main(argv: list[str]) -> int:
+    if {"-h", "--help"} & set(argv):
+        print(__doc__)
+        return 0
     check = "--check" in argv
     paths = [a for a in argv if a != "--check"]
     readme = Path(paths[0]) if paths else README
-    text = readme.read_text(encoding="utf-8")
+    try:
+        text = readme.read_text(encoding="utf-8")
+    except OSError as exc:
+        print(f"{readme}: cannot read: {exc.strerror}", file=sys.stderr)
+        return ExitCode.BAD_INPUT
     wanted = with_table(text, str(readme))
     if wanted == text:
         return 0
