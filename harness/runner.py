@@ -264,16 +264,22 @@ def _finish_capture(result: RunResult) -> None:
     if not result.pcap.exists():
         return
     try:
-        pcapng.rewrite(
-            result.pcap,
-            result.pcap,
-            application=runinfo.APPLICATION,
-            section_comments=runinfo.section_comments(result),
-            names=runinfo.lab_names(result.scenario, scenario_zones(result.scenario)),
-            comments=runinfo.step_comments(result.ladder),
-        )
+        final_capture(result.pcap, result.scenario, result.ladder, runinfo.section_comments(result))
     except Exception as exc:
         result.faults.append(InternalFault.from_exception("capture rewrite", exc))
+
+
+def final_capture(pcap: Path, scenario: Scenario, ladder: Ladder, header: list[str]) -> None:
+    """Rewrite the raw capture ``pcap`` in place as the final pcapng: the lab's names, a
+    comment per frame naming its steps in ``ladder``, ``header`` in its section header."""
+    pcapng.rewrite(
+        pcap,
+        pcap,
+        application=runinfo.APPLICATION,
+        section_comments=header,
+        names=runinfo.lab_names(scenario, scenario_zones(scenario)),
+        comments=runinfo.step_comments(ladder),
+    )
 
 
 def record_golden(capture: Path, golden: Path) -> None:
