@@ -347,3 +347,29 @@ def test_in_parallel_the_longest_groups_start_first(tmp_path) -> None:
     seconds.write_text('{"seconds": [1, 2]}')
     with pytest.raises(HarnessError, match="not a seconds-per-cell file"):
         longest_first(cells, names, seconds)
+
+
+@pytest.mark.lab
+def test_matrix_in_parallel_writes_each_report_once(tmp_path, monkeypatch) -> None:
+    """``matrix -j`` writes matrix.html, matrix.json and junit.xml once: its pytest session
+    saves the cells and leaves the reports to the command (they were written by both)."""
+    from harness.checks import commands, report
+
+    written: list[str] = []
+    for name in ("write_html", "write_json", "write_junit"):
+        original = getattr(report, name)
+
+        def counted(*args, _original=original, **kwargs):
+            path = _original(*args, **kwargs)
+            written.append(path.name)
+            return path
+
+        monkeypatch.setattr(report, name, counted)  # the pytest session's, imported late
+        monkeypatch.setattr(commands, name, counted)  # the command's
+    out = tmp_path / "jobs"
+    args = ["matrix", "--mta", REFERENCE, "--check", "seed.exchange", "--role", "sender"]
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        code = run_cli([*args, "-j", "1", "--out", str(out)])
+    assert code == ExitCode.OK
+    assert sorted(written) == ["junit.xml", "matrix.html", "matrix.json"]
+    assert list(_seen(out)) == ["harness/sender/seed.exchange"]
