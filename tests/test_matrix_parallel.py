@@ -373,3 +373,45 @@ def test_matrix_in_parallel_writes_each_report_once(tmp_path, monkeypatch) -> No
     assert code == ExitCode.OK
     assert sorted(written) == ["junit.xml", "matrix.html", "matrix.json"]
     assert list(_seen(out)) == ["harness/sender/seed.exchange"]
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def _screen(written: str) -> list[str]:
+    """What a terminal shows after ``written``: ``\\r`` returns to the line's start, and
+    what follows overwrites it."""
+    rows = []
+    for line in written.split("\n"):
+        row: list[str] = []
+        column = 0
+        for ch in line:
+            if ch == "\r":
+                column = 0
+                continue
+            row[column : column + 1] = ch
+            column += 1
+        rows.append("".join(row).rstrip())
+    return rows
+
+
+def test_a_wait_on_an_mta_is_a_line_above_the_bar_not_inside_it(monkeypatch) -> None:
+    """The notice fires from its timer thread while the matrix's bar is drawn on the same
+    terminal: the bar's line is erased, the notice gets a line, the bar is drawn under it."""
+    tty = _Terminal()
+    monkeypatch.setattr(sys, "stderr", tty)
+    mta = SimpleNamespace(name="exim", role="receiver")
+    with Progress(3, tty) as progress:
+        progress.ended("harness/sender/seed.exchange", "pass", 0.3)
+        with MtaAdapter.waiting(mta, "to listen on 192.0.2.25:25", after_s=0.01):
+            deadline = time.monotonic() + 30
+            while "waiting" not in tty.getvalue() and time.monotonic() < deadline:
+                time.sleep(0.01)
+        progress.ended("exim/receiver/seed.exchange", "fail", 1.5)
+        shown = _screen(tty.getvalue())
+    assert shown[0] == "waiting for exim (receiver): to listen on 192.0.2.25:25"
+    assert shown[1].startswith("matrix:  66% 2/3 cells  exim/receiver/seed.exchange: fail")
+    assert len(shown) == 2
+    assert _screen(tty.getvalue())[1] == ""  # the bar erased at the end
