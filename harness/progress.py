@@ -15,10 +15,14 @@ Rules kept here:
   goes through ``notice``: the bar's line is erased, the notice written on a line of its
   own, the bar drawn again under it; never the two on one line.  Drawing and notices take
   one lock, so a notice from another thread never lands inside a redraw.
+- The bar is cut to the terminal's width less one column: a line that wrapped could not be
+  erased or redrawn by returning to its start.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 import sys
 import threading
 import time
@@ -82,6 +86,7 @@ class Progress:
         return f"{label}{done}{others}{note}"
 
     def _draw(self, text: str) -> None:
+        text = text[: self._columns() - 1]
         with _lock:
             self._text = text
             self._write(text)
@@ -94,6 +99,14 @@ class Progress:
         pad = " " * max(0, self._width - len(text))
         self._stream.write(f"\r{text}{pad}" + ("\r" if not text else ""))
         self._width = len(text)
+
+    def _columns(self) -> int:
+        """The terminal's width; unknown (not a file, a size of 0): $COLUMNS, else 80."""
+        try:
+            columns = os.get_terminal_size(self._stream.fileno()).columns
+        except (AttributeError, OSError, ValueError):
+            columns = 0
+        return columns or shutil.get_terminal_size().columns
 
     def close(self) -> None:
         with _lock:

@@ -415,3 +415,13 @@ def test_a_wait_on_an_mta_is_a_line_above_the_bar_not_inside_it(monkeypatch) -> 
     assert shown[1].startswith("matrix:  66% 2/3 cells  exim/receiver/seed.exchange: fail")
     assert len(shown) == 2
     assert _screen(tty.getvalue())[1] == ""  # the bar erased at the end
+
+
+def test_the_bar_is_cut_to_the_terminal_so_it_never_wraps(monkeypatch) -> None:
+    monkeypatch.setenv("COLUMNS", "40")  # a StringIO has no terminal size: $COLUMNS
+    tty = _Terminal()
+    with Progress(3, tty) as progress:
+        progress.ended("opensmtpd/receiver/dns.a-check-with-a-long-name", "fail", 75.3)
+        shown = _screen(tty.getvalue())
+    assert shown == ["matrix:  33% 1/3 cells  opensmtpd/recei"]
+    assert len(shown[0]) == 39
