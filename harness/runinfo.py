@@ -3,8 +3,10 @@ comments its ``capture.pcapng`` carries; and which folders a run may write into.
 
 Rules kept here:
 - ``run.json`` is the run's verdict file, written once the run has its verdict (or, when
-  bad input stopped it, its error: verdict ``null``, exit code 2), atomically (a temporary
-  file renamed over it), so a reader sees the whole record or none.  It holds its
+  bad input stopped it, its error: verdict ``null``, exit code 2; when a signal ended it,
+  verdict ``error``, exit code 128 + the signal's number, 130 for SIGINT, 143 for SIGTERM,
+  and ``error`` "interrupted by SIGINT"), atomically (a temporary file renamed over it), so
+  a reader sees the whole record or none.  It holds its
   ``schema_version`` (``harness.formats``), the harness version, start and end times (UTC,
   ISO 8601), the scenario as loaded (every key with its default filled in; octets as their
   size and sha256), the outcomes, the verdict and exit code, the problems and faults, and
@@ -32,6 +34,7 @@ import ipaddress
 import json
 import os
 import shutil
+import signal
 import time
 from collections.abc import Mapping
 from enum import Enum
@@ -48,7 +51,7 @@ from harness.formats import KEY, WRITES, Format, read_json
 from harness.lab.topology import Topology
 from harness.ladder.model import Ladder
 from harness.scenario import Scenario
-from harness.verdict import ExitCode, exit_code
+from harness.verdict import ExitCode, Verdict, exit_code
 
 RECORD = "run.json"
 SCENARIO_COPY = "scenario.toml"
@@ -141,6 +144,17 @@ def stopped_record(scenario: Scenario, started: str, error: HarnessError) -> dic
         "verdict": None,
         "exit_code": int(ExitCode.BAD_INPUT),
         "error": str(error),
+    }
+
+
+def interrupted_record(scenario: Scenario, started: str, signum: int) -> dict:
+    """The content of ``run.json`` for a run that the signal ``signum`` ended: verdict
+    error, exit code 128 + ``signum`` (the code the harness ends with)."""
+    return {
+        **_head(scenario, started),
+        "verdict": str(Verdict.ERROR),
+        "exit_code": 128 + signum,
+        "error": f"interrupted by {signal.Signals(signum).name}",
     }
 
 

@@ -31,7 +31,9 @@ Rules kept here:
   ``scenario.toml`` (the scenario as given), ``run.json`` (the verdict file: the scenario
   as loaded, outcomes, verdict, exit code, problems, faults, the MTA and the .debs it ran
   from, times, versions) and, after a fault, ``traceback.txt``.  Bad input that stops a
-  run midway still leaves its ``run.json`` (no verdict, exit code 2).
+  run midway still leaves its ``run.json`` (no verdict, exit code 2), and so does a signal
+  that ends it (SIGINT, SIGTERM: verdict error, exit code 130 or 143), once the ``with``
+  blocks have taken the lab down.
 - The capture is written raw while the run lasts; once the ladder and the verdict are
   known it is rewritten in place, atomically, as the final pcapng: the lab's names, a
   comment per frame naming its steps, the scenario and verdict in its section header.
@@ -187,6 +189,34 @@ def run_scenario(
         )
     started = runinfo.now()
     runinfo.prepare_folder(folder)
+    with _recorded_if_interrupted(scenario, folder, started):
+        return _judged_run(scenario, folder, capture_backend, update_golden, started)
+
+
+@contextmanager
+def _recorded_if_interrupted(scenario: Scenario, folder: Path, started: str) -> Iterator[None]:
+    """A signal that ends the block (``signals.signal_of``) still leaves the run's
+    ``run.json``: verdict error, the signal's exit code."""
+    try:
+        yield
+    except BaseException as exc:
+        signum = signals.signal_of(exc)
+        if signum is not None:
+            _write_interrupted(folder, runinfo.interrupted_record(scenario, started, signum))
+        raise
+
+
+@signals.holding
+def _write_interrupted(folder: Path, data: dict) -> None:
+    """``run.json`` for an interrupted run; a second signal waits until it is written."""
+    runinfo.write_record(folder, data)
+    signals.release()
+
+
+def _judged_run(
+    scenario: Scenario, folder: Path, capture_backend: str, update_golden: bool, started: str
+) -> RunResult:
+    golden = scenario.expect.golden
     runinfo.copy_scenario(scenario, folder)
     try:
         done, dns_log, faults, wire = _exchanged(scenario, folder, capture_backend)
@@ -264,16 +294,22 @@ def _finish_capture(result: RunResult) -> None:
     if not result.pcap.exists():
         return
     try:
-        pcapng.rewrite(
-            result.pcap,
-            result.pcap,
-            application=runinfo.APPLICATION,
-            section_comments=runinfo.section_comments(result),
-            names=runinfo.lab_names(result.scenario, scenario_zones(result.scenario)),
-            comments=runinfo.step_comments(result.ladder),
-        )
+        final_capture(result.pcap, result.scenario, result.ladder, runinfo.section_comments(result))
     except Exception as exc:
         result.faults.append(InternalFault.from_exception("capture rewrite", exc))
+
+
+def final_capture(pcap: Path, scenario: Scenario, ladder: Ladder, header: list[str]) -> None:
+    """Rewrite the raw capture ``pcap`` in place as the final pcapng: the lab's names, a
+    comment per frame naming its steps in ``ladder``, ``header`` in its section header."""
+    pcapng.rewrite(
+        pcap,
+        pcap,
+        application=runinfo.APPLICATION,
+        section_comments=header,
+        names=runinfo.lab_names(scenario, scenario_zones(scenario)),
+        comments=runinfo.step_comments(ladder),
+    )
 
 
 def record_golden(capture: Path, golden: Path) -> None:

@@ -11,6 +11,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from interrupted import interrupted_run
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 
@@ -326,34 +327,8 @@ duplicate = 0.01
 @pytest.mark.lab
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_an_interrupted_faulty_run_leaves_no_daemon_and_no_lab(tmp_path, sig) -> None:
-    from conftest import CLI, ROOT
-    from test_run_signals import _pids_in, _records_of, _running, _wait_for
-
-    from harness.lab.netns import netns_inode
-    from harness.verdict import ExitCode
-
-    fixtures = ROOT / "fixtures"
-    scenario = tmp_path / "slow.toml"
-    scenario.write_text(
-        f'[dns]\nzones = "{fixtures / "zones"}"\n'
-        f'[sender]\nmessage = "{fixtures / "messages" / "seed.eml"}"\n' + FAULTY_SLOW_REPLY
-    )
-    run = subprocess.Popen(
-        [*CLI, "run", str(scenario), "--out", str(tmp_path / "run")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT,
-    )  # fmt: skip
-    (record,) = _wait_for(lambda: _records_of(run.pid))
-    namespaces = record["namespaces"]
-    _wait_for(lambda: (tmp_path / "run" / "dns.jsonl").exists())  # the exchange is under way
-    daemons = _wait_for(lambda: _pids_in(namespaces))
+    daemons = interrupted_run(tmp_path, FAULTY_SLOW_REPLY, sig)
     assert len(daemons) == 2  # one impairment daemon in each faulty host
-    run.send_signal(sig)
-    run.wait(timeout=20)
-    assert b"Traceback" not in run.stderr.read()
-    assert run.returncode == {signal.SIGTERM: ExitCode.SIGTERM, signal.SIGINT: ExitCode.SIGINT}[sig]
-    assert not _records_of(run.pid)
-    assert [ns for ns in namespaces if netns_inode(ns) is not None] == []
-    assert [pid for pid in daemons if _running(pid)] == []
 
 
 def test_resolvers_get_more_tries_on_lossy_links() -> None:

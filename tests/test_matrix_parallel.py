@@ -347,3 +347,81 @@ def test_in_parallel_the_longest_groups_start_first(tmp_path) -> None:
     seconds.write_text('{"seconds": [1, 2]}')
     with pytest.raises(HarnessError, match="not a seconds-per-cell file"):
         longest_first(cells, names, seconds)
+
+
+@pytest.mark.lab
+def test_matrix_in_parallel_writes_each_report_once(tmp_path, monkeypatch) -> None:
+    """``matrix -j`` writes matrix.html, matrix.json and junit.xml once: its pytest session
+    saves the cells and leaves the reports to the command (they were written by both)."""
+    from harness.checks import commands, report
+
+    written: list[str] = []
+    for name in ("write_html", "write_json", "write_junit"):
+        original = getattr(report, name)
+
+        def counted(*args, _original=original, **kwargs):
+            path = _original(*args, **kwargs)
+            written.append(path.name)
+            return path
+
+        monkeypatch.setattr(report, name, counted)  # the pytest session's, imported late
+        monkeypatch.setattr(commands, name, counted)  # the command's
+    out = tmp_path / "jobs"
+    args = ["matrix", "--mta", REFERENCE, "--check", "seed.exchange", "--role", "sender"]
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        code = run_cli([*args, "-j", "1", "--out", str(out)])
+    assert code == ExitCode.OK
+    assert sorted(written) == ["junit.xml", "matrix.html", "matrix.json"]
+    assert list(_seen(out)) == ["harness/sender/seed.exchange"]
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def _screen(written: str) -> list[str]:
+    """What a terminal shows after ``written``: ``\\r`` returns to the line's start, and
+    what follows overwrites it."""
+    rows = []
+    for line in written.split("\n"):
+        row: list[str] = []
+        column = 0
+        for ch in line:
+            if ch == "\r":
+                column = 0
+                continue
+            row[column : column + 1] = ch
+            column += 1
+        rows.append("".join(row).rstrip())
+    return rows
+
+
+def test_a_wait_on_an_mta_is_a_line_above_the_bar_not_inside_it(monkeypatch) -> None:
+    """The notice fires from its timer thread while the matrix's bar is drawn on the same
+    terminal: the bar's line is erased, the notice gets a line, the bar is drawn under it."""
+    tty = _Terminal()
+    monkeypatch.setattr(sys, "stderr", tty)
+    mta = SimpleNamespace(name="exim", role="receiver")
+    with Progress(3, tty) as progress:
+        progress.ended("harness/sender/seed.exchange", "pass", 0.3)
+        with MtaAdapter.waiting(mta, "to listen on 192.0.2.25:25", after_s=0.01):
+            deadline = time.monotonic() + 30
+            while "waiting" not in tty.getvalue() and time.monotonic() < deadline:
+                time.sleep(0.01)
+        progress.ended("exim/receiver/seed.exchange", "fail", 1.5)
+        shown = _screen(tty.getvalue())
+    assert shown[0] == "waiting for exim (receiver): to listen on 192.0.2.25:25"
+    assert shown[1].startswith("matrix:  66% 2/3 cells  exim/receiver/seed.exchange: fail")
+    assert len(shown) == 2
+    assert _screen(tty.getvalue())[1] == ""  # the bar erased at the end
+
+
+def test_the_bar_is_cut_to_the_terminal_so_it_never_wraps(monkeypatch) -> None:
+    monkeypatch.setenv("COLUMNS", "40")  # a StringIO has no terminal size: $COLUMNS
+    tty = _Terminal()
+    with Progress(3, tty) as progress:
+        progress.ended("opensmtpd/receiver/dns.a-check-with-a-long-name", "fail", 75.3)
+        shown = _screen(tty.getvalue())
+    assert shown == ["matrix:  33% 1/3 cells  opensmtpd/recei"]
+    assert len(shown[0]) == 39

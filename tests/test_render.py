@@ -132,6 +132,54 @@ def test_text_puts_lifeline_labels_under_the_host_names(seed):
     assert abs(under.index("Postfix 3.7.11") + 7 - middle) <= 1
 
 
+def _one_packet(ladder: Ladder) -> list[tuple[int, int]]:
+    """The runs of steps one packet completed: (first, last) step numbers, found from the
+    steps' own hosts and last frames (as the SVG's brackets are, by another route)."""
+    runs: list[list[int]] = []
+    previous = None
+    for step in ladder.steps:
+        key = (step.src, step.dst, step.conn, step.evidence[-1])
+        if runs and key == previous:
+            runs[-1].append(step.index)
+        else:
+            runs.append([step.index])
+        previous = key
+    return [(run[0], run[-1]) for run in runs if len(run) > 1]
+
+
+def test_text_brackets_the_steps_of_one_packet_and_keeps_their_numbers(pipelined, seed):
+    fin = [s.kind for s in pipelined.steps].index("fin")
+    assert _one_packet(pipelined) == [(9, 13), (14, 18), (fin + 2, fin + 3)]
+    header, _, *rows = render(pipelined, "text").splitlines()
+    at = header.index("frames") + 9  # right of the frames column
+    assert [int(row[:4]) for row in rows] == [s.index for s in pipelined.steps]
+    drawn = "".join(row[at] for row in rows)
+    expected = [" "] * len(rows)
+    for first, last in _one_packet(pipelined):
+        expected[first - 1 : last] = "┐" + "│" * (last - first - 1) + "┘"
+    assert drawn == "".join(expected)
+    assert {row[at] for row in render(seed, "text").splitlines()[2:]} == {" "}  # none shared
+
+
+def test_mermaid_boxes_the_steps_of_one_packet_and_keeps_their_numbers(pipelined, seed):
+    lines = render(pipelined, "mermaid").splitlines()
+    boxes, box = [], None
+    for line in lines:
+        if line.startswith("    rect "):
+            box = []
+        elif line == "    end":
+            boxes.append(box)
+            box = None
+        elif box is not None and not line.startswith("    Note"):
+            box.append(int(line.split(": ", 1)[1].split()[0]))
+    assert [(b[0], b[-1]) for b in boxes] == _one_packet(pipelined)
+    assert all(b == list(range(b[0], b[-1] + 1)) for b in boxes)
+    assert "    Note over P1,P3: one packet: steps 9-13" in lines
+    numbers = [int(x.split(": ", 1)[1].split()[0]) for x in lines if "->>" in x or "-)" in x]
+    assert numbers == [s.index for s in pipelined.steps]  # every step once, in order
+    assert not any(x.startswith("    rect") for x in render(seed, "mermaid").splitlines())
+
+
 def test_svg_is_xml_with_one_arrow_per_step_and_the_hosts_on_top(seed):
     root = svg_of(seed)
     assert root.tag == f"{SVG}svg" and root.get("version") == "1.1"

@@ -45,9 +45,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TextIO
 
-import click
-
-from harness import __version__
+from harness import __version__, progress
 from harness.checks.base import REFERENCE, ROLES, Check, Cite, Outcome, Setup
 from harness.checks.expected import Entry, Expected, difference
 from harness.errors import HarnessError
@@ -338,31 +336,31 @@ def _inside(folder: Path, relative: str) -> Path:
 
 
 class Progress:
-    """Cells as they end, on ``stream``: a bar on a terminal, else one line per cell."""
+    """Cells as they end, on ``stream``: a bar on a terminal (``harness.progress``, which
+    also prints an MTA's "waiting for" notices above it), else one line per cell."""
 
     def __init__(self, total: int, stream: TextIO | None = None) -> None:
         self.total, self.done = total, 0
         self.stream = stream or sys.stderr
         self._bar = None
         if self.stream.isatty():
-            self._bar = click.progressbar(
-                length=total, label="matrix", file=self.stream, item_show_func=lambda x: x
+            self._bar = progress.Progress(
+                total, "cells", stream=self.stream, every=0, label="matrix", rate=False
             )
+            self._bar.advance(0)
 
     def __enter__(self) -> Progress:
-        if self._bar is not None:
-            self._bar.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self._bar is not None:
-            self._bar.__exit__(*exc)
+            self._bar.close()
 
     def ended(self, label: str, verdict: str, seconds: float) -> None:
         self.done += 1
         line = f"{label}: {verdict} ({seconds:.1f}s)"
         if self._bar is not None:
-            self._bar.update(1, line)
+            self._bar.advance(1, line)
             return
         width = len(str(self.total))
-        click.echo(f"[{self.done:>{width}}/{self.total}] {line}", file=self.stream)
+        progress.notice(f"[{self.done:>{width}}/{self.total}] {line}", self.stream)

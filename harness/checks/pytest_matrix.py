@@ -12,7 +12,8 @@ Rules kept here:
   the difference and the cell's note otherwise; a cell expected n/a that is n/a is skipped
   with its note.  Each item saves its cell (``matrix.save_cell``) under ``--smtp-matrix-out``,
   and the controlling process writes matrix.html/json and junit.xml from the saved cells at
-  the end, as ``smtp-harness matrix`` does.
+  the end, as ``smtp-harness matrix`` does; not when ``smtp-harness matrix -j`` runs it
+  (``--smtp-matrix-no-reports``): that command writes them, once, with every planned cell.
 - pytest-xdist (``-n N``): cells sharing a run are one ``xdist_group`` and the distribution
   is ``loadgroup`` whatever ``--dist`` says, so each run happens once, in one worker, which
   writes its folder; a worker judges one cell at a time: one lab per worker.  Every
@@ -58,6 +59,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--smtp-role", action="append", default=[], metavar="ROLE", help=str(ROLES))
     group.addoption("--smtp-matrix-out", metavar="DIR", help="Default: runs/pytest-matrix-<time>.")
     group.addoption("--smtp-expected", metavar="FILE", default=str(DEFAULT_EXPECTED))
+    group.addoption(
+        "--smtp-matrix-no-reports",
+        action="store_true",
+        help="Save the cells only; the caller writes the reports (smtp-harness matrix -j).",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -121,8 +127,10 @@ def pytest_collection_modifyitems(
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    engine = session.config.stash.get(ENGINE, None)
-    if engine is None or hasattr(session.config, "workerinput"):
+    config = session.config
+    engine = config.stash.get(ENGINE, None)
+    worker = hasattr(config, "workerinput")
+    if engine is None or worker or config.getoption("smtp_matrix_no_reports"):
         return
     from harness.checks.matrix import load_cells
     from harness.checks.report import write_html, write_json, write_junit
@@ -210,9 +218,11 @@ def run_parallel(
     jobs: int,
     total: int,
 ) -> None:
-    """Judge the cells on pytest-xdist with ``jobs`` workers; each cell is saved in ``out``."""
+    """Judge the cells on pytest-xdist with ``jobs`` workers; each cell is saved in ``out``
+    (the reports are the caller's to write)."""
     args = ["-p", "no:cacheprovider", "-p", "no:terminal", "--noconftest", "-n", str(jobs)]
     args += ["--smtp-matrix", "--smtp-matrix-out", str(out), "--smtp-expected", str(expected)]
+    args += ["--smtp-matrix-no-reports"]  # the matrix command writes them
     args += [f"--smtp-mta={m}" for m in mtas] + [f"--smtp-check={p}" for p in patterns]
     args += [f"--smtp-role={r}" for r in roles]
     args += ["--rootdir", str(out), "-c", os.devnull]  # no project's ini or addopts

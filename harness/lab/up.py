@@ -34,8 +34,6 @@ from pathlib import Path
 
 import click
 
-from harness import runinfo
-from harness.capture import pcapng
 from harness.capture.live import Capture
 from harness.errors import HarnessError
 from harness.lab.lab import Lab
@@ -45,9 +43,9 @@ from harness.mta.roles import mta_site
 from harness.render import render
 from harness.runner import (
     CAPTURE,
+    final_capture,
     host_names,
     receiver_addresses,
-    scenario_zones,
     scripted_receiver,
     write_ladder,
 )
@@ -167,14 +165,7 @@ def captured(lab: Lab, scenario: Scenario, folder: Path) -> Iterator[Capture]:
 def _report(capture: Capture, scenario: Scenario, folder: Path) -> None:
     ladder = dissect(str(capture.path), host_names(scenario.topology))
     write_ladder(ladder, folder)
-    pcapng.rewrite(
-        capture.path,
-        capture.path,
-        application=runinfo.APPLICATION,
-        section_comments=[f"lab up: scenario {scenario.name}"],
-        names=runinfo.lab_names(scenario, scenario_zones(scenario)),
-        comments=runinfo.step_comments(ladder),
-    )
+    final_capture(capture.path, scenario, ladder, [f"lab up: scenario {scenario.name}"])
     click.echo(f"capture {capture.path}: {capture.packets} packets, {len(ladder.steps)} steps")
     click.echo(render(ladder, "text"), nl=False)
     lost = capture.dropped + abs(capture.delivered - capture.packets)

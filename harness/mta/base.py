@@ -26,7 +26,8 @@ Rules kept here:
   leading fields, and nothing else.
 - A run waiting on the MTA says what it waits for: ``waiting(what)`` prints one line on
   stderr ("waiting for exim (receiver): to listen on 192.0.2.25:25") once the wait has
-  lasted ``NOTICE_AFTER_S``, and nothing for a wait shorter than that.
+  lasted ``NOTICE_AFTER_S``, and nothing for a wait shorter than that; above a progress
+  bar drawn there, never inside its line (``harness.progress.notice``).
 - ``queue()`` reads what the MTA's queue holds, in the MTA's own words, before ``stop()``;
   a queue it cannot read is ``QueueUnreadable`` (naming the command, its exit status and
   its last line), never an empty list.
@@ -41,7 +42,6 @@ from __future__ import annotations
 
 import re
 import subprocess
-import sys
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
-from harness import message
+from harness import message, progress
 from harness.errors import HarnessError, InternalError
 from harness.lab import Lab
 from harness.mta import debs, process, quoting
@@ -333,7 +333,7 @@ class MtaAdapter(ABC):
     def waiting(self, what: str, after_s: float = NOTICE_AFTER_S) -> Iterator[None]:
         """Around a wait on the MTA: ``what`` it waits for is printed if it lasts."""
         line = f"waiting for {self.name} ({self.role}): {what}"
-        notice = threading.Timer(after_s, lambda: print(line, file=sys.stderr, flush=True))
+        notice = threading.Timer(after_s, progress.notice, (line,))
         notice.daemon = True
         notice.start()
         try:

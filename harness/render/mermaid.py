@@ -3,7 +3,9 @@
 Hosts are participants ``P1``, ``P2``, ... named with ``as`` (and their lifeline label in
 parentheses); requests are ``->>``, responses ``-->>``, TCP control ``-)``.  Characters
 Mermaid would read as syntax or HTML (``#``, ``;``, ``<``, ``>``) are written as its
-``#code;`` entities.
+``#code;`` entities.  Steps one packet completed (``style.packet_groups``) are in one
+``rect`` box headed by a note "one packet: steps 9-13" (the SVG's bracket); each keeps its
+own arrow and number.
 """
 
 from __future__ import annotations
@@ -11,9 +13,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from harness.ladder.model import Ladder, Step
-from harness.render.style import RESPONSES, family, label
+from harness.render.style import RESPONSES, family, label, packet_groups
 
 _ESCAPES = {"#": "#35;", ";": "#59;", "<": "#60;", ">": "#62;"}
+_BOX = "rgba(128, 128, 128, 0.12)"  # the box of one packet's steps: a light grey
 
 
 def render(
@@ -26,10 +29,24 @@ def render(
     lines += [
         f"    participant {pid} as {_escape(_named(host, lifelines))}" for host, pid in ids.items()
     ]
-    for step in ladder.steps:
-        text = _escape(f"{step.index} {label(step)}")
-        lines.append(f"    {ids[step.src]}{_arrow(step)}{ids[step.dst]}: {text}")
+    for group in packet_groups(ladder):
+        lines += _group(group, ids)
     return "\n".join(lines) + "\n"
+
+
+def _group(group: list[Step], ids: Mapping[str, str]) -> list[str]:
+    """The arrows of one packet's steps; two or more boxed together, with a note."""
+    arrows = [_message(step, ids) for step in group]
+    if len(group) == 1:
+        return arrows
+    ends = f"{ids[group[0].src]},{ids[group[0].dst]}"
+    note = f"    Note over {ends}: one packet: steps {group[0].index}-{group[-1].index}"
+    return [f"    rect {_BOX}", note, *arrows, "    end"]
+
+
+def _message(step: Step, ids: Mapping[str, str]) -> str:
+    text = _escape(f"{step.index} {label(step)}")
+    return f"    {ids[step.src]}{_arrow(step)}{ids[step.dst]}: {text}"
 
 
 def _named(host: str, lifelines: Mapping[str, str]) -> str:

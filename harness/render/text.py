@@ -6,6 +6,9 @@ the columns spread evenly over ``width`` (100-120 is the target).  Host names he
 columns, their lifeline labels (e.g. "Postfix 3.7.11") on the line under them.  ``──►``
 points right, ``◄──`` left; text that does not fit between the arrow's ends is cut with …
 (the SVG and HTML show it whole); an arrow crossing a column hides its lifeline.
+Steps one packet completed (``style.packet_groups``) are joined by a bracket right of the
+frames column, ``┐`` on the first, ``│`` between, ``┘`` on the last, as the SVG's solid
+bracket joins them; each keeps its own row and number.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from harness.ladder.model import Ladder, Step
-from harness.render.style import clip, frames, label, seconds
+from harness.render.style import clip, frames, label, packet_groups, seconds
 
 WIDTH = 110
 _FRAMES = 9  # the frames column
@@ -37,12 +40,24 @@ def render(
     if lifelines and any(lifelines.get(h) for h in hosts):
         lines.append(_header([lifelines.get(h, "") for h in hosts], columns, width))
     lines.append("".join(_lifelines(columns, width)).rstrip())
+    brackets = _brackets(ladder)
     for step in ladder.steps:
         row = _lifelines(columns, width)
+        row[_GUTTER] = brackets.get(step.index, " ")
         _arrow(row, columns[hosts.index(step.src)], columns[hosts.index(step.dst)], step)
         prefix = f"{step.index:>4} {seconds(ladder, step):8.3f} {_frames(step):<{_FRAMES}}"
         lines.append(prefix + "".join(row)[len(prefix) :].rstrip())
     return "\n".join(lines) + "\n"
+
+
+def _brackets(ladder: Ladder) -> dict[int, str]:
+    """Step number -> its piece of the bracket joining the steps of one packet."""
+    pieces = {}
+    for group in packet_groups(ladder):
+        if len(group) > 1:
+            pieces.update({step.index: "│" for step in group})
+            pieces[group[0].index], pieces[group[-1].index] = "┐", "┘"
+    return pieces
 
 
 def _frames(step: Step) -> str:
