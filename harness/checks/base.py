@@ -52,7 +52,7 @@ ROLES = ("sender", "receiver")
 SENDER, RECEIVER, BOTH = ("sender",), ("receiver",), ROLES
 REFERENCE = "harness"  # the column where our scripted peers play the role under test
 SCENARIO_DIR = FIXTURES / "scenarios" / "checks"  # anchors the setups' relative paths
-MODULES = ("seed", "dns", "session", "esmtp", "data", "close", "tcp")
+MODULES = ("seed", "dns", "session", "esmtp", "data", "close", "tcp", "tls")
 
 Cite = tuple[int, int]  # (run, step index): a step of one of the check's runs
 
