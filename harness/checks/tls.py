@@ -54,6 +54,7 @@ from harness.checks.base import (
 )
 from harness.checks.esmtp import advertised
 from harness.checks.steps import (
+    Exchange,
     accepted_data,
     after,
     all_exchanges,
@@ -176,7 +177,7 @@ def _secured(run: RunResult) -> list[Step]:
     return [h for h in _handshakes(run) if _inside(run, h.conn)]
 
 
-def _exchanges_inside(run: RunResult, conn: int | None) -> list:
+def _exchanges_inside(run: RunResult, conn: int | None) -> list[Exchange]:
     assert conn is not None
     return [x for x in exchanges(run.ladder, conn) if in_tls(x.unit)]
 
@@ -426,8 +427,8 @@ def injection_client(seen: Seen) -> Outcome:
     run = seen.run
     anomaly = seen.found[0][0]
     inside = _exchanges_inside(run, anomaly.conn)
-    early = [x for x in inside if x.pipelined_after is not None]
-    if early:
+    early = [x for x in inside[1:2] if x.pipelined_after == inside[0].unit]
+    if early:  # the first command's reply was still owed: the injected one stood for it
         x = early[0]
         return failed(
             f"{verb_of(x.unit)} left before {verb_of(x.pipelined_after)} was answered: the "
