@@ -100,3 +100,17 @@ def test_an_undecrypted_session_that_delivered_nothing_is_not_exercised(tmp_path
     wire, _ = _undecrypted(False)
     run = run_of(scenario_of(check, "sender"), wire, tmp_path)
     assert check.judge([run]).verdict is Verdict.NA
+
+
+def test_an_injection_refused_before_tls_is_not_exercised_and_says_so(tmp_path) -> None:
+    """A server that refuses STARTTLS with plaintext behind it (Exim's synchronization
+    error) never reaches TLS: the probe is n/a, and the note gives the reply."""
+    check = TLS["tls.injection-server"]
+    runs = []
+    for i in range(len(check.setups)):
+        w, s = starttls(behind=b"RSET\r\n", reply="554 5.5.0 SMTP synchronization error")
+        s.close()
+        runs.append(run_of(scenario_of(check, "receiver", i), w, tmp_path / str(i)))
+    outcome = check.judge(runs)
+    assert outcome.verdict is Verdict.NA
+    assert "STARTTLS answered 554" in outcome.note

@@ -340,7 +340,9 @@ def injection_server(seen: Seen) -> Outcome:
             first = _inside(run, anomaly.conn)[0]
             exercised.append((n, anomaly, first))
     if not exercised:
-        return not_applicable("not exercised: no session went on inside TLS after an injection")
+        got = sorted({code(r) or 0 for run in seen.runs for r in replies(run.ladder, "STARTTLS")})
+        answers = f" (STARTTLS answered {', '.join(map(str, got))})" if got else ""
+        return not_applicable(f"no session went on inside TLS after an injection{answers}")
     cited = tuple(c for n, a, f in exercised for c in cites((a, f), n))
     note = f"nothing answered inside TLS before the client spoke ({len(exercised)} probes)"
     return Outcome(Verdict.PASS, cited, note)
