@@ -9,17 +9,17 @@ Rules kept here:
 - Exercised means seen: a check about what happens inside TLS needs steps inside TLS; a
   policy check needs the event its policy answers (a 454, a stripped EHLO, a 220 before a
   bad certificate).  A run that never got there is n/a, with the reason.
-- Policies (``[sender] starttls``, ``harness.mta.base``): under ``opportunistic`` (RFC 7435
-  §1.2: some protection most of the time, plaintext allowed) what a sender does is an
-  observation; under ``required``/``verify`` delivering in plaintext, or over TLS to a
-  certificate ``verify`` refuses, is a fail.  None of the four MTAs implements MTA-STS
-  (RFC 8461): nothing here claims it.
+- Policies (``[sender] starttls``, ``harness.mta.base``): under ``opportunistic`` (RFC
+  7435, "some protection most of the time": cleartext when encryption cannot be had) what
+  a sender does is an observation; under ``required``/``verify`` delivering in plaintext,
+  or over TLS to a certificate ``verify`` refuses, is a fail.  None of the four MTAs
+  implements MTA-STS (RFC 8461): nothing here claims it.
 - Grading: RFC 3207 §4 says STARTTLS "must be the last command in a group" in lowercase
   (RFC 8174 §2: not a BCP 14 keyword), but a command behind STARTTLS is also given before
   the TLS negotiation, which the same section's uppercase MUST forbids ("the client MUST
   start the TLS negotiation before giving any other SMTP commands"), and it is the
   injection vector of CVE-2011-0411: so it fails.  A second STARTTLS inside TLS passes on
-  any 5yz (RFC 3207 names no code: 503 bad sequence, RFC 5321 §4.2.4, 502/500 for an
+  any 5yz (RFC 3207 names no code: 503 bad sequence, RFC 5321 §4.2.2, 502/500 for an
   extension not offered, 554 as §4.1 answers what it will not do), is deviation-known on
   4yz (a temporary refusal of what can never succeed) and fails on 220, any other reply,
   or a close without one (RFC 5321 §3.8).
@@ -223,8 +223,8 @@ def _second_starttls(run: RunResult) -> list[Step]:
     "tls.second-starttls-refused",
     "A STARTTLS inside TLS is refused (5yz)",
     'RFC 3207 §4: "A client MUST NOT attempt to start a TLS session if a TLS session is '
-    'already active"; §4.2: STARTTLS is not offered inside TLS; RFC 5321 §4.2.4: 503 (bad '
-    "sequence) or 502 for what is not offered; §3.8: no close without a reply",
+    'already active"; §4.2: STARTTLS is not offered inside TLS; RFC 5321 §4.2.2: 503 (bad '
+    "sequence), §4.2.4: 502 for what is not offered; §3.8: no close without a reply",
     RECEIVER,
     SECOND_STARTTLS,
     requires=[Precondition("a STARTTLS from the client inside TLS", _second_starttls)],
@@ -387,7 +387,7 @@ def _grouped(run: RunResult) -> list[Step]:
 @check(
     "tls.starttls-last-in-group",
     "STARTTLS ends a pipelined group",
-    'RFC 3207 §4: "the STARTTLS command must be the last command in a group of commands" '
+    'RFC 3207 §4: "the STARTTLS command must be the last command in a group" '
     "(lowercase; graded fail: the same section's MUST forbids any command before the TLS "
     "negotiation); RFC 2920 §3.1",
     SENDER,
@@ -499,7 +499,7 @@ def _after_454(run: RunResult, refusal: Step) -> str:
     "tls.454-policy",
     "Opportunistic STARTTLS answered 454: what the sender does",
     'RFC 3207 §4: "If the client receives the 454 response, the client must decide whether or '
-    'not to continue the SMTP session"; RFC 7435 §1.2: plaintext is allowed',
+    'not to continue the SMTP session"; RFC 7435: cleartext is allowed',
     SENDER,
     to_sender("tls-454", replies=REFUSED_454),
     requires=[Precondition("a 454 to STARTTLS", _refused_454)],
@@ -559,8 +559,9 @@ def _delivery(run: RunResult) -> str:
 @check(
     "tls.downgrade",
     "No STARTTLS offered, default (opportunistic) policy: what the sender does",
-    "RFC 7435 §1.2: opportunistic security allows plaintext when TLS is not offered; RFC "
-    "3207 §6: a stripped STARTTLS is an active attack the client cannot see",
+    "RFC 7435: opportunistic security allows cleartext when TLS is not offered; RFC 3207 "
+    "§6: \"A man-in-the-middle attack can be launched by deleting the '250 STARTTLS' "
+    'response from the server"',
     SENDER,
     _stripped_setup("tls-stripped", "opportunistic"),
     requires=[Precondition("an EHLO reply without STARTTLS", _stripped)],
@@ -574,8 +575,9 @@ def downgrade(seen: Seen) -> Outcome:
 @check(
     "tls.downgrade-required",
     "No STARTTLS offered, required or verify policy: the sender defers",
-    "RFC 3207 §6: a client that needs TLS must not go on when STARTTLS is not offered (the "
-    "downgrade of §6); under required/verify nothing leaves in plaintext",
+    'RFC 3207 §6: "both clients and servers MUST be able to be configured to require '
+    'successful TLS negotiation ... before messages can be successfully transferred": '
+    "configured so (required, verify), nothing leaves in plaintext",
     SENDER,
     _stripped_setup("tls-stripped-required", "required"),
     _stripped_setup("tls-stripped-verify", "verify"),
@@ -617,7 +619,7 @@ for _variant in VARIANTS:
     check(
         f"tls.certificate-{_variant}",
         f"A {_variant} certificate, opportunistic policy: what the sender does",
-        "RFC 7435 §1.2 and RFC 3207 §4.1: an opportunistic client may go on with an "
+        "RFC 7435 and RFC 3207 §4.1: an opportunistic client may go on with an "
         "unauthenticated certificate (no MTA-STS, RFC 8461, in any of the four MTAs)",
         SENDER,
         to_sender(f"tls-cert-{_variant}", certificate=_variant),
