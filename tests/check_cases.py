@@ -4,10 +4,11 @@
 Each case is a function ``(scenario, folder) -> RunResult`` (a list of them for a check
 with several setups) built with ``tests/wire.py``: packets as a run would capture them,
 dissected by the real dissector, plus the outcomes and stored copies the run would
-report.  ``CASES[check_id]`` gives the role the case plays, the passing cases, the failing
-(or deviation-known) ones with the verdict they must get, and for observations the value
-each must show.  ``tests/test_check_registry.py`` walks the registry: a check without its
-cases fails there.
+report (inside TLS: ``tests/tls_wire.py`` splices real dissections into the ladder a
+decrypting dissector gives).  ``CASES[check_id]`` gives the role the case plays, the
+passing cases, the failing (or deviation-known) ones with the verdict they must get, and
+for observations the value each must show.  ``tests/test_check_registry.py`` walks the
+registry: a check without its cases fails there.
 """
 
 from __future__ import annotations
@@ -989,7 +990,7 @@ def _no_reply(s: Smtp) -> None:
 def _answers_first(s: Smtp) -> None:
     """A server that answers, inside TLS, what was pipelined behind STARTTLS."""
     s.server("250 2.0.0 Ok")
-    _inner("PIPELINING")(s)
+    SESSION(s)
 
 
 def _took_injected(s: Smtp) -> None:
@@ -1083,9 +1084,9 @@ def _injection_server(answered: bool) -> Build:
     def run(behind: str, inner: Inner) -> Build:
         return tls(_secured(inner, behind=behind.encode()), outcomes={C3PO: DELIVERED})
 
-    first = _answers_first if answered else _inner("PIPELINING")
+    first = _answers_first if answered else SESSION
     raws = list(INJECTIONS.values())
-    return each(run(raws[0], first), *(run(raw, _inner("PIPELINING")) for raw in raws[1:]))
+    return each(run(raws[0], first), *(run(raw, SESSION) for raw in raws[1:]))
 
 
 DELIVERED_ONE = {C3PO: DELIVERED}
