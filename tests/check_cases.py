@@ -1019,6 +1019,12 @@ def _plain(s: Smtp) -> Wire:
     return s.quit()
 
 
+def _mail_behind_454() -> Wire:
+    """MAIL pipelined behind STARTTLS; the 454 and MAIL's 250 in one segment."""
+    _wire, s = starttls(MAIL_BEHIND, "454 4.7.0 TLS not available", b"250 OK\r\n")
+    return s.quit()
+
+
 def _refused_454(then: str) -> Callable[[], Wire]:
     def wire() -> Wire:
         w, s = starttls(reply="454 4.7.0 TLS not available")
@@ -1141,6 +1147,7 @@ CASES.update(
                         )
                     ),
                 ),
+                (Verdict.FAIL, one(_mail_behind_454)),
             ),
         ),
         "tls.injection-client": Cases(

@@ -372,16 +372,31 @@ def nothing_after_starttls(seen: Seen) -> Outcome:
 
 
 def _grouped(run: RunResult) -> list[Step]:
-    """STARTTLS commands sent in a pipelined group: behind another command, or with plaintext
-    behind them before their 220."""
+    """STARTTLS commands sent in a pipelined group: behind another command, or with
+    something behind them before their reply (plaintext dropped when a 220 came, commands
+    read as such when it was not a 220)."""
     client = run.scenario.sender_host
     return [
         x.unit
         for x in all_exchanges(run.ladder)
         if verb_of(x.unit) == "STARTTLS"
         and not in_tls(x.unit)
-        and (x.pipelined_after is not None or _plaintext(run, client, x.unit.conn))
+        and (
+            x.pipelined_after is not None
+            or _behind(run, x.unit)
+            or _plaintext(run, client, x.unit.conn)
+        )
     ]
+
+
+def _behind(run: RunResult, starttls: Step) -> list[Step]:
+    """Commands that left before the reply to ``starttls`` came (their first packet is an
+    earlier one): the core reads them only once that reply says they are commands."""
+    reply = reply_to(run.ladder, starttls)
+    if reply is None or not reply.evidence:
+        return []
+    later = [c for c in after(run.ladder, starttls) if not in_tls(c) and c.evidence]
+    return [c for c in later if c.evidence[0] < reply.evidence[0]]
 
 
 @check(
@@ -397,7 +412,7 @@ def _grouped(run: RunResult) -> list[Step]:
 def starttls_last(seen: Seen) -> Outcome:
     run = seen.run
     for command in seen.found[0]:
-        behind = _plaintext(run, run.scenario.sender_host, command.conn)
+        behind = _behind(run, command) or _plaintext(run, run.scenario.sender_host, command.conn)
         if behind:
             return failed("commands pipelined behind STARTTLS", command, behind[0])
     return passed("STARTTLS was the last command of its group", *seen.found[0])
