@@ -6,6 +6,7 @@
 #   make torture   install, mtas, then issue 9's torture: every count next to ok/FAIL (long)
 #   make mtas      unpack Postfix, Exim, OpenSMTPD, Sendmail into .cache/debs (idempotent)
 #   make conformance  the conformance matrix: checks x MTAs x roles -> runs/conformance/
+#   make conformance-tls  the STARTTLS checks only (tls.*) -> runs/conformance-tls/
 #   make lint      ruff
 SHELL := /bin/bash
 VENV  := .venv
@@ -13,7 +14,7 @@ PY    := $(VENV)/bin/python
 APT_PACKAGES := iproute2 tcpdump tshark dnsutils dnsperf procps swaks iptables nftables
 STAMP := $(VENV)/.installed
 
-.PHONY: install apt venv test demo bench torture lint clean-lab mtas conformance
+.PHONY: install apt venv test demo bench torture lint clean-lab mtas conformance conformance-tls
 
 install: apt $(STAMP)
 
@@ -41,6 +42,10 @@ test: install mtas
 
 conformance: install mtas
 	$(VENV)/bin/smtp-harness matrix --out runs/conformance --expected fixtures/expected-matrix.toml
+
+conformance-tls: install mtas
+	$(VENV)/bin/smtp-harness matrix --check 'tls.*' --out runs/conformance-tls \
+	  --expected fixtures/expected-matrix.toml
 
 demo: install
 	$(VENV)/bin/smtp-harness demo

@@ -4,10 +4,11 @@
 Each case is a function ``(scenario, folder) -> RunResult`` (a list of them for a check
 with several setups) built with ``tests/wire.py``: packets as a run would capture them,
 dissected by the real dissector, plus the outcomes and stored copies the run would
-report.  ``CASES[check_id]`` gives the role the case plays, the passing cases, the failing
-(or deviation-known) ones with the verdict they must get, and for observations the value
-each must show.  ``tests/test_check_registry.py`` walks the registry: a check without its
-cases fails there.
+report (inside TLS: ``tests/tls_wire.py`` splices real dissections into the ladder a
+decrypting dissector gives).  ``CASES[check_id]`` gives the role the case plays, the
+passing cases, the failing (or deviation-known) ones with the verdict they must get, and
+for observations the value each must show.  ``tests/test_check_registry.py`` walks the
+registry: a check without its cases fails there.
 """
 
 from __future__ import annotations
@@ -17,8 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ladder_pcaps import seed_capture
+from tls_wire import READY, TLS12, TLS13, inside, spliced, starttls, tls_run
 from wire import DNS, MESSAGE, RECEIVER, Smtp, Wire, run_of, stuffed
 
+from harness.checks.tls import INJECTIONS, VARIANTS
+from harness.ladder.model import Detail, Ladder
 from harness.outcome import OutcomeStatus
 from harness.runner import RunResult
 from harness.scenario import FIXTURES, Scenario
@@ -911,3 +915,311 @@ CASES: dict[str, Cases] = {
         failing=((Verdict.FAIL, one(_half_close(False), outcomes={C3PO: DELIVERED})),),
     ),
 }
+
+
+# --- STARTTLS (harness/checks/tls.py): ladders spliced as a decrypting dissector shows them
+BEFORE, AFTER = "before.sender.com", "after.sender.com"
+MAIL_BEHIND = b"MAIL FROM:<luke@sender.com>\r\n"
+INJECTED_REPLY = b"250 injected\r\n"
+Inner = Callable[[Smtp], object]
+
+
+def _inner(*extensions: str, name: str = "mail.sender.com") -> Inner:
+    """The dialogue inside TLS: EHLO (offering ``extensions``), a transaction, QUIT."""
+
+    def write(s: Smtp) -> None:
+        s.ehlo(*extensions, name=name)
+        s.transaction()
+        s.quit()
+
+    return write
+
+
+SESSION = _inner("PIPELINING")
+
+
+def _secured(
+    inner: Inner | None = SESSION,
+    handshake: Detail | None = TLS13,
+    later: Callable[[], Wire] | None = None,
+    **outer: object,
+) -> Callable[[Scenario, Path], Ladder]:
+    """A STARTTLS session (``outer``: ``tls_wire.starttls``'s probes), then ``inner``
+    inside TLS, then the ``later`` connections."""
+
+    def make(scenario: Scenario, folder: Path) -> Ladder:
+        w, s = starttls(**outer)  # type: ignore[arg-type]
+        if inner is None:
+            s.close("sender-rst")
+            session = None
+        else:
+            session = inside()
+            inner(session)
+        return spliced(scenario, folder, w, session, handshake, later() if later else None)
+
+    return make
+
+
+def tls(make: Callable[[Scenario, Path], Ladder], **run: object) -> Build:
+    """A case of one run whose ladder ``make`` splices."""
+
+    def build(scenarios: Sequence[Scenario], folder: Path) -> list[RunResult]:
+        return [tls_run(scenarios[0], folder, make(scenarios[0], folder), **run)]  # type: ignore[arg-type]
+
+    return build
+
+
+def _then(*lines: tuple[str, str]) -> Inner:
+    """Inside TLS: EHLO, each (command, reply), then QUIT."""
+
+    def write(s: Smtp) -> None:
+        s.ehlo("PIPELINING")
+        for command, reply in lines:
+            s.say(command, reply)
+        s.quit()
+
+    return write
+
+
+def _no_reply(s: Smtp) -> None:
+    s.ehlo("PIPELINING")
+    s.client("STARTTLS")
+    s.close("receiver-first")
+
+
+def _answers_first(s: Smtp) -> None:
+    """A server that answers, inside TLS, what was pipelined behind STARTTLS."""
+    s.server("250 2.0.0 Ok")
+    SESSION(s)
+
+
+def _took_injected(s: Smtp) -> None:
+    """A client that read the injected 250 as its EHLO reply: MAIL leaves before it."""
+    s.client("EHLO mail.sender.com")
+    s.client("MAIL FROM:<luke@sender.com>")
+    s.server("250 mail.receiver.com Hello")
+    s.server("250 OK")
+    s.say("RCPT TO:<c3po@receiver.com>", "250 OK")
+    s.data(MESSAGE)
+    s.quit()
+
+
+def _no_ehlo(mail: str) -> Inner:
+    def write(s: Smtp) -> None:
+        s.say(mail, "250 OK")
+        s.say("RCPT TO:<c3po@receiver.com>", "250 OK")
+        s.data(MESSAGE)
+        s.quit()
+
+    return write
+
+
+def _plain(s: Smtp) -> Wire:
+    s.transaction()
+    return s.quit()
+
+
+def _mail_behind_454() -> Wire:
+    """MAIL pipelined behind STARTTLS; the 454 and MAIL's 250 in one segment."""
+    _wire, s = starttls(MAIL_BEHIND, "454 4.7.0 TLS not available", b"250 OK\r\n")
+    return s.quit()
+
+
+def _refused_454(then: str) -> Callable[[], Wire]:
+    def wire() -> Wire:
+        w, s = starttls(reply="454 4.7.0 TLS not available")
+        if then == "plaintext":
+            return _plain(s)
+        s.quit()
+        if then == "reconnect":
+            _plain(w.smtp())
+        return w
+
+    return wire
+
+
+def _stripped(delivered: bool) -> Callable[[], Wire]:
+    def wire() -> Wire:
+        s = Wire().seed_mx().smtp()
+        s.ehlo("PIPELINING", "8BITMIME")
+        return _plain(s) if delivered else s.quit()
+
+    return wire
+
+
+def _reconnected() -> Wire:
+    w = Wire()
+    s = w.smtp()
+    s.ehlo("PIPELINING")
+    _plain(s)
+    return w
+
+
+def _received(name: str) -> bytes:
+    trace = f"Received: from {name} (mail.sender.com [192.0.2.10])\r\n\tby mail.receiver.com"
+    return f"{trace} with ESMTPS; Tue, 1 Dec 2026 17:00:00 +0000\r\n".encode() + MESSAGE
+
+
+_FORGETS = _secured(_inner("PIPELINING", name=AFTER), name=BEFORE)
+_DELIVERED_TLS = tls(_secured(), outcomes={C3PO: DELIVERED}, stored={C3PO: [MESSAGE]})
+_DELIVERED_PLAIN = tls(
+    _secured(None, None, _reconnected), outcomes={C3PO: DELIVERED}, stored={C3PO: [MESSAGE]}
+)
+_GAVE_UP = tls(_secured(None, None), outcomes={C3PO: DEFERRED})
+
+
+def _certificate(variant: str) -> dict[str, Cases]:
+    return {
+        f"tls.certificate-{variant}": Cases(
+            "sender",
+            values=(
+                ("delivered over TLS", _DELIVERED_TLS),
+                ("delivered in plaintext", _DELIVERED_PLAIN),
+                ("not delivered", _GAVE_UP),
+            ),
+        ),
+        f"tls.certificate-{variant}-verify": Cases(
+            "sender",
+            passing=(_GAVE_UP,),
+            failing=((Verdict.FAIL, _DELIVERED_TLS), (Verdict.FAIL, _DELIVERED_PLAIN)),
+        ),
+    }
+
+
+def _injection_server(answered: bool) -> Build:
+    def run(behind: str, inner: Inner) -> Build:
+        return tls(_secured(inner, behind=behind.encode()), outcomes={C3PO: DELIVERED})
+
+    first = _answers_first if answered else SESSION
+    raws = list(INJECTIONS.values())
+    return each(run(raws[0], first), *(run(raw, SESSION) for raw in raws[1:]))
+
+
+DELIVERED_ONE = {C3PO: DELIVERED}
+CASES.update(
+    {
+        "tls.no-starttls-after-tls": Cases(
+            "receiver",
+            passing=(tls(_secured()),),
+            failing=((Verdict.FAIL, tls(_secured(_inner("PIPELINING", "STARTTLS")))),),
+        ),
+        "tls.second-starttls-refused": Cases(
+            "receiver",
+            passing=(
+                tls(_secured(_then(("STARTTLS", "503 5.5.1 TLS already active")))),
+                tls(_secured(_then(("STARTTLS", "554 5.5.1 Error: TLS already active")))),
+            ),
+            failing=(
+                (Verdict.FAIL, tls(_secured(_then(("STARTTLS", "220 2.0.0 Ready"))))),
+                (Verdict.FAIL, tls(_secured(_no_reply))),
+                (Verdict.KNOWN, tls(_secured(_then(("STARTTLS", "454 4.7.0 try later"))))),
+            ),
+        ),
+        "tls.forgets-ehlo": Cases(
+            "receiver",
+            passing=(tls(_FORGETS, outcomes=DELIVERED_ONE, stored={C3PO: [_received(AFTER)]}),),
+            failing=(
+                (
+                    Verdict.FAIL,
+                    tls(_FORGETS, outcomes=DELIVERED_ONE, stored={C3PO: [_received(BEFORE)]}),
+                ),
+            ),
+        ),
+        "tls.injection-server": Cases(
+            "receiver",
+            passing=(_injection_server(False),),
+            failing=((Verdict.FAIL, _injection_server(True)),),
+        ),
+        "tls.nothing-after-starttls": Cases(
+            "sender",
+            passing=(tls(_secured(), outcomes=DELIVERED_ONE),),
+            failing=((Verdict.FAIL, tls(_secured(behind=MAIL_BEHIND), outcomes=DELIVERED_ONE)),),
+        ),
+        "tls.starttls-last-in-group": Cases(
+            "sender",
+            passing=(tls(_secured(ahead=b"RSET\r\n", reply="250 2.0.0 Ok\r\n" + READY)),),
+            failing=(
+                (
+                    Verdict.FAIL,
+                    tls(
+                        _secured(
+                            ahead=b"RSET\r\n", reply="250 2.0.0 Ok\r\n" + READY, behind=MAIL_BEHIND
+                        )
+                    ),
+                ),
+                (Verdict.FAIL, one(_mail_behind_454)),
+            ),
+        ),
+        "tls.injection-client": Cases(
+            "sender",
+            passing=(tls(_secured(_inner(), injected=INJECTED_REPLY), outcomes=DELIVERED_ONE),),
+            failing=(
+                (
+                    Verdict.FAIL,
+                    tls(_secured(_took_injected, injected=INJECTED_REPLY), outcomes=DELIVERED_ONE),
+                ),
+                (
+                    Verdict.FAIL,
+                    tls(_secured(_inner(), injected=INJECTED_REPLY), outcomes={C3PO: DEFERRED}),
+                ),
+            ),
+        ),
+        "tls.re-ehlo": Cases(
+            "sender",
+            passing=(tls(_secured()),),
+            failing=(
+                (Verdict.KNOWN, tls(_secured(_no_ehlo("MAIL FROM:<luke@sender.com>")))),
+                (Verdict.FAIL, tls(_secured(_no_ehlo("MAIL FROM:<luke@sender.com> SIZE=68")))),
+            ),
+        ),
+        "tls.454-policy": Cases(
+            "sender",
+            values=(
+                ("carried on in plaintext", one(_refused_454("plaintext"))),
+                ("tried a new connection", one(_refused_454("reconnect"))),
+                ("gave up on the connection", one(_refused_454("quit"))),
+            ),
+        ),
+        "tls.454-required": Cases(
+            "sender",
+            passing=(one(_refused_454("quit"), outcomes={C3PO: DEFERRED}),),
+            failing=(
+                (Verdict.FAIL, one(_refused_454("plaintext"), outcomes=DELIVERED_ONE)),
+                (Verdict.FAIL, one(_refused_454("quit"), outcomes=DELIVERED_ONE)),
+            ),
+        ),
+        "tls.downgrade": Cases(
+            "sender",
+            values=(
+                ("delivered in plaintext", one(_stripped(True), outcomes=DELIVERED_ONE)),
+                ("not delivered", one(_stripped(False), outcomes={C3PO: DEFERRED})),
+            ),
+        ),
+        "tls.downgrade-required": Cases(
+            "sender",
+            passing=(
+                each(
+                    one(_stripped(False), outcomes={C3PO: DEFERRED}),
+                    one(_stripped(False), outcomes={C3PO: DEFERRED}),
+                ),
+            ),
+            failing=(
+                (
+                    Verdict.FAIL,
+                    each(
+                        one(_stripped(False), outcomes={C3PO: DEFERRED}),
+                        one(_stripped(True), outcomes=DELIVERED_ONE),
+                    ),
+                ),
+            ),
+        ),
+        **{k: v for variant in VARIANTS for k, v in _certificate(variant).items()},
+        "tls.version-cipher": Cases(
+            "receiver",
+            values=(
+                ("TLSv1.3 TLS_AES_256_GCM_SHA384", tls(_secured())),
+                ("TLSv1.2 ECDHE-ECDSA-AES256-GCM-SHA384", tls(_secured(handshake=TLS12))),
+            ),
+        ),
+    }
+)

@@ -52,7 +52,7 @@ ROLES = ("sender", "receiver")
 SENDER, RECEIVER, BOTH = ("sender",), ("receiver",), ROLES
 REFERENCE = "harness"  # the column where our scripted peers play the role under test
 SCENARIO_DIR = FIXTURES / "scenarios" / "checks"  # anchors the setups' relative paths
-MODULES = ("seed", "dns", "session", "esmtp", "data", "close", "tcp")
+MODULES = ("seed", "dns", "session", "esmtp", "data", "close", "tcp", "tls")
 
 Cite = tuple[int, int]  # (run, step index): a step of one of the check's runs
 
@@ -264,10 +264,13 @@ def check(
 
 
 def registry() -> dict[str, Check]:
-    """Every check, by id, in the order the modules define them."""
+    """Every check, by id, in the order the modules define them: MODULES' order, then each
+    module's own, whichever module happened to be imported first."""
     for module in MODULES:
         importlib.import_module(f"harness.checks.{module}")
-    return dict(_REGISTRY)
+    rank = {f"harness.checks.{module}": i for i, module in enumerate(MODULES)}
+    ordered = sorted(_REGISTRY.values(), key=lambda c: rank.get(c.judge_seen.__module__, len(rank)))
+    return {c.id: c for c in ordered}
 
 
 def select(patterns: Sequence[str], roles: Sequence[str] = ROLES) -> list[Check]:
