@@ -10,11 +10,14 @@ steps (except check zero, whose rule is the whole seed).
 
 from __future__ import annotations
 
+import subprocess
+
 import pytest
 from check_cases import CASES
+from conftest import PYTHON
 from wire import run_of, scenario_of
 
-from harness.checks.base import Check, Kind, registry
+from harness.checks.base import MODULES, Check, Kind, registry
 from harness.outcome import OutcomeStatus
 from harness.verdict import Verdict
 
@@ -92,3 +95,16 @@ def test_nothing_on_the_wire_never_passes(check_id, status, tmp_path) -> None:
         ]
         outcome = check.judge(runs)
         assert outcome.verdict in (Verdict.NA, Verdict.FAIL, Verdict.ERROR), (role, outcome)
+
+
+def test_the_registry_order_is_the_modules_order_whatever_was_imported_first() -> None:
+    """``harness.replay.stored`` imports ``harness.checks.data`` early; the matrix's plan
+    (and its collected items) must still follow MODULES, not the import order."""
+    code = (
+        "import harness.checks.data\n"
+        "from harness.checks.base import MODULES, registry\n"
+        "areas = [check.judge_seen.__module__.rsplit('.', 1)[1] for check in registry().values()]\n"
+        "print(' '.join(dict.fromkeys(areas)))\n"
+    )
+    done = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == list(MODULES)
