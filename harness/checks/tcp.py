@@ -6,7 +6,8 @@ Rules kept here:
 - A SYN never answered comes from the lab: a fourth host, ``silent`` (MX 10), whose link
   drops every IP packet it receives (``[[network.faults]]`` ``loss = 1.0``, direction in:
   ARP still answers, so the sender's SYNs go out and are captured, and time out).  The
-  sender must then try MX 20 (§5.1, "the SMTP client ... MUST try the next").  A real
+  sender must then try MX 20 (§5.1: "MUST be able to try (and retry) each of the
+  relevant addresses in this list in order, until a delivery attempt succeeds").  A real
   MTA gets ``timeouts = "short"`` (``harness.mta.base.SHORT_TIMEOUTS_S``) so its connect
   timeout fits a run.  The refused first MX (an RST to the SYN) is ``dns.mx-fallback``'s
   setup; how long after its first SYN to MX 10 the sender tried MX 20, after the RST and
@@ -37,7 +38,7 @@ Rules kept here:
   The sender gives up before (``timeouts = "short"``: its data timeout, 8 s, where the
   MTA has one) or at that reset: either way a communications failure before the
   message was accepted, so each accepted recipient is deferred, as after a reset (§3.8;
-  §4.5.3.2 gives the data phase its timeouts), never delivered nor bounced.  The
+  §4.5.3.2.5 times each send of a chunk of data), never delivered nor bounced.  The
   precondition sees the window closed on the wire: the message never complete there.
 - A half-close is the client's FIN after QUIT and before any reply to it; the server
   still MUST send 221 (§4.1.1.10), and only then close.
@@ -161,8 +162,8 @@ def _next_mx_syn(run: RunResult, first: Step) -> Step | None:
 @check(
     "tcp.syn-unanswered-next-mx",
     "Next MX when the first never answers the SYN",
-    'RFC 5321 §5.1: when a connection cannot be established, "the SMTP client ... MUST '
-    'try the next" address, and the next MX',
+    'RFC 5321 §5.1: "the SMTP client MUST be able to try (and retry) each of the relevant '
+    'addresses in this list in order, until a delivery attempt succeeds"',
     SENDER,
     SYN_UNANSWERED,
     requires=[BOTH_MX, Precondition("a SYN to MX 10 that was never answered", _unanswered_syn)],
@@ -195,7 +196,8 @@ def _waited(run: RunResult, first: Step) -> tuple[str, Step | None]:
 @check(
     "tcp.next-mx-delay",
     "How soon the next MX is tried: after an RST to the SYN, after a SYN never answered",
-    'RFC 5321 §5.1: "the SMTP client ... MUST try the next" address; when is not fixed',
+    'RFC 5321 §5.1: "the SMTP client MUST be able to try (and retry) each of the relevant '
+    'addresses in this list in order"; when, it does not say',
     SENDER,
     MX_FALLBACK,
     SYN_UNANSWERED,
@@ -338,7 +340,9 @@ def _window_closed(run: RunResult) -> list[Step]:
 @check(
     "tcp.zero-window-data",
     "A receiver that stops reading after the 354: deferred, neither delivered nor bounced",
-    SECTION_3_8 + "; §4.5.3.2: the data phase's timeouts",
+    SECTION_3_8
+    + "; RFC 5321 §4.5.3.2.5: the client's DATA block timeout runs \"while awaiting the "
+    'completion of each TCP SEND call transmitting a chunk of data"',
     SENDER,
     ZERO_WINDOW,
     requires=[
