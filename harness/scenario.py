@@ -33,7 +33,9 @@ that real MTA in the role instead of the scripted peer: then only the keys in ``
 apply to that side, and the other side stays scripted.  ``family`` ("ipv4", the default,
 or "any") is the addresses a side uses: the scripted receiver listens on IPv4 only or on
 every address of its host; the scripted sender knows IPv4 only; an MTA gets it as a knob
-(``harness.mta.base.KNOBS``), as does an MTA receiver's ``vrfy`` ("check" or "disabled").
+(``harness.mta.base.KNOBS``), as does an MTA receiver's ``vrfy`` ("check" or "disabled")
+and an MTA sender's ``timeouts`` ("default" or "short"; the scripted sender's one timeout
+is ``timeout_ms``, and it ignores ``timeouts``).
 
 Reply rules (``[[receiver.replies]]``) answer a verb the core knows, ``BDAT LAST``,
 ``<greeting>`` or ``<end-of-data>``; the first rule that matches wins, so a rule that an
@@ -236,6 +238,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "helo": Key((str, NONE), None, Grammar.HELO),
         "ehlo": Key(bool, False),
         "half_close": Key(bool, False),  # our FIN right after QUIT (RFC 5321 §4.1.1.10)
+        "timeouts": Key(str, "default", KNOBS["timeouts"]),  # an MTA's (timeout_ms: ours)
         "vrfy": Key(bool, True),
         "mail_from": Key(str, "luke@sender.com", Grammar.REVERSE_PATH),
         "recipients": Key(
@@ -293,11 +296,14 @@ MTA_KEYS = {
         *("host", "mta", "port", "hostname", "domains", "users", "vrfy", "family"),
         *("tls", "certificate"),
     },
-    "sender": {"host", "mta", "helo", "mail_from", "recipients", "message", "family", "starttls"},
+    "sender": {
+        *("host", "mta", "helo", "mail_from", "recipients", "message", "family"),
+        *("starttls", "timeouts"),
+    },
 }
 KNOB_KEYS = {
     "receiver": ("vrfy", "family", "tls", "certificate"),
-    "sender": ("family", "starttls"),
+    "sender": ("family", "starttls", "timeouts"),
 }  # -> Site.extra
 # what a reply rule can answer: the core's verbs (harness/smtp/commands.py), the last BDAT
 # chunk (Command.key) and the two events (harness/smtp/state.py)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ladder_pcaps import seed_capture
 from tls_wire import READY, TLS12, TLS13, inside, spliced, starttls, tls_run
-from wire import DNS, MESSAGE, RECEIVER, Smtp, Wire, run_of, stuffed
+from wire import DNS, MESSAGE, RECEIVER, SILENT, Smtp, Wire, run_of, stuffed
 
 from harness.checks.tls import INJECTIONS, VARIANTS
 from harness.ladder.model import Detail, Ladder
@@ -451,7 +451,8 @@ SMUGGLED_COPY = b"From: vader@sender.com\r\nSubject: smuggled\r\n\r\nsmuggled\r\
 def _reset(then: str) -> Callable[[], Wire]:
     """c3po accepted, then the receiver's RST: after the 250 to RCPT ("after-rcpt"), after
     the 354 ("after-354"), after the message before any reply to it ("before") or after
-    its 250 ("after-250")."""
+    its 250 ("after-250"); or after the 354, part of the message, and the 421 of a
+    receiver that stopped reading ("stopped-reading")."""
 
     def wire() -> Wire:
         s = Wire().seed_mx().smtp()
@@ -466,6 +467,9 @@ def _reset(then: str) -> Callable[[], Wire]:
             s.conn.send("c", stuffed(MESSAGE) + b".\r\n")
         if then == "after-250":
             s.server("250 OK")
+        if then == "stopped-reading":  # the window closes mid-message; the idle timeout
+            s.conn.send("c", MESSAGE[:100])
+            s.server("421 4.4.2 mail.receiver.com Error: timeout exceeded")
         s.conn.rst("s")
         return s.wire
 
@@ -483,6 +487,30 @@ def _reset_defers(then: str) -> Cases:
             (Verdict.FAIL, one(_reset(then), outcomes={C3PO: REJECTED})),
         ),
     )
+
+
+MX_SILENT_20 = (
+    "receiver.com. MX 10 silent.receiver.com.",
+    "receiver.com. MX 20 mail.receiver.com.",
+)
+
+
+def _next_mx(first: str, wait: float, reached: bool = True) -> Callable[[], Wire]:
+    """MX 10 refused ("refused": an RST to the SYN) or silent ("silent": the SYN never
+    answered), then, ``wait`` seconds later, (or never) MX 20 taking c3po's message."""
+
+    def wire() -> Wire:
+        if first == "silent":
+            w = Wire().mx(*MX_SILENT_20).syn(SILENT)
+        else:
+            w = Wire().mx(*MX_10_DOWN_20).refused(DNS)
+        if reached:
+            s = w.pause(wait).smtp()
+            s.ehlo()
+            s.transaction([C3PO])
+        return w
+
+    return wire
 
 
 def _half_close(reply: bool) -> Callable[[], Wire]:
@@ -904,10 +932,32 @@ CASES: dict[str, Cases] = {
     "tcp.reset-after-rcpt": _reset_defers("after-rcpt"),
     "tcp.reset-after-354": _reset_defers("after-354"),
     "tcp.reset-before-250": _reset_defers("before"),
+    "tcp.zero-window-data": _reset_defers("stopped-reading"),
     "tcp.reset-after-250": Cases(
         "sender",
         passing=(one(_reset("after-250"), outcomes={C3PO: DELIVERED}),),
         failing=((Verdict.FAIL, one(_reset("after-250"), outcomes={C3PO: DEFERRED})),),
+    ),
+    "tcp.syn-unanswered-next-mx": Cases(
+        "sender",
+        passing=(one(_next_mx("silent", 5), outcomes={C3PO: DELIVERED}),),
+        failing=(
+            (Verdict.FAIL, one(_next_mx("silent", 5, reached=False), outcomes={C3PO: DEFERRED})),
+            (Verdict.FAIL, one(_next_mx("silent", 5), outcomes={C3PO: DEFERRED})),
+        ),
+    ),
+    "tcp.next-mx-delay": Cases(
+        "sender",
+        values=(
+            (
+                "after an RST: at once; after no answer: 5 s",
+                each(one(_next_mx("refused", 0)), one(_next_mx("silent", 5.2))),
+            ),
+            (
+                "after an RST: 2 s; after no answer: never",
+                each(one(_next_mx("refused", 2)), one(_next_mx("silent", 0, reached=False))),
+            ),
+        ),
     ),
     "tcp.half-close-221": Cases(
         "receiver",

@@ -44,18 +44,26 @@ MESSAGE = (
 
 @dataclass
 class Capture:
-    """Frames in order, each 1 ms after the last."""
+    """Frames in order, each 1 ms after the last (plus any ``pause`` before it)."""
 
     frames: list[bytes] = field(default_factory=list)
+    pauses: dict[int, int] = field(default_factory=dict)  # frame number -> ns of silence first
 
     def add(self, frame) -> None:
         self.frames.append(bytes(frame))
 
+    def pause(self, seconds: float) -> None:
+        """Nothing on the wire for ``seconds`` before the next frame."""
+        at = len(self.frames)
+        self.pauses[at] = self.pauses.get(at, 0) + int(seconds * 1e9)
+
     def write(self, path: Path) -> Path:
         with open(path, "wb") as f:
             writer = PcapWriter(f)
+            silence = 0
             for n, frame in enumerate(self.frames):
-                writer.write(T0 + n * 1_000_000, frame)
+                silence += self.pauses.get(n, 0)
+                writer.write(T0 + n * 1_000_000 + silence, frame)
         return path
 
     def dns(self, client: str, server: str, message: dnslib.DNSRecord, *, reply: bool) -> None:

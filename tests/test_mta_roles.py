@@ -134,7 +134,7 @@ def test_stored_then_dsn_then_reply_then_queue_then_lost() -> None:
         (
             {"inet": "4"},
             "site knob 'inet': expected one of "
-            "['certificate', 'family', 'starttls', 'tls', 'vrfy']",
+            "['certificate', 'family', 'starttls', 'timeouts', 'tls', 'vrfy']",
         ),
         ({"family": "ipv6"}, "site knob family = 'ipv6': expected one of ('ipv4', 'any')"),
     ],
@@ -146,7 +146,8 @@ def test_site_knobs_are_validated(extra, error) -> None:
 
 def test_site_knob_defaults() -> None:
     site = Site(None, "sender", Path("/nonexistent"), "mail.sender.com", "sender.com")
-    assert (site.knob("vrfy"), site.knob("family")) == ("check", "ipv4")
+    knobs = (site.knob("vrfy"), site.knob("family"), site.knob("timeouts"))
+    assert knobs == ("check", "ipv4", "default")
 
 
 def test_a_503_to_data_after_every_rcpt_was_refused_decides_nothing() -> None:

@@ -9,11 +9,15 @@ from __future__ import annotations
 import subprocess
 
 import pytest
+from check_cases import C3PO, DEFERRED
+from wire import MESSAGE, Wire, run_of, scenario_of, stuffed
 
+from harness.checks.base import registry
 from harness.errors import HarnessError
 from harness.ladder.model import StepKind
 from harness.runner import run_scenario
 from harness.scenario import SEED_SCENARIO, scenario_from_data
+from harness.verdict import Verdict
 
 BOTH = ["c3po@receiver.com", "r2d2@receiver.com"]
 STORED = {"c3po@receiver.com": 1, "r2d2@receiver.com": 1}
@@ -107,3 +111,20 @@ def test_a_receiver_that_stops_reading_mid_data_defers_the_message(tmp_path) -> 
     )
     assert "192.0.2.25" in zero.stdout.split()
     assert "stopped-reading" in [e["kind"] for e in result.receiver_log]
+
+
+def test_zero_window_data_needs_the_window_closed_on_the_wire(tmp_path) -> None:
+    """tcp.zero-window-data's precondition: a message that got complete on the wire after
+    the 354 (the window never closed) is not the fault, whatever the outcome: n/a."""
+    check = registry()["tcp.zero-window-data"]
+    s = Wire().seed_mx().smtp()
+    s.ehlo("PIPELINING")
+    s.say("MAIL FROM:<luke@sender.com>", "250 OK")
+    s.say(f"RCPT TO:<{C3PO}>", "250 OK")
+    s.say("DATA", "354 End data with <CR><LF>.<CR><LF>")
+    s.conn.send("c", stuffed(MESSAGE) + b".\r\n")
+    s.server("421 4.4.2 mail.receiver.com Error: timeout exceeded")
+    s.conn.rst("s")
+    run = run_of(scenario_of(check, "sender"), s.wire, tmp_path, outcomes={C3PO: DEFERRED})
+    outcome = check.judge([run])
+    assert outcome.verdict is Verdict.NA and "closed window" in outcome.note

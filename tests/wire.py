@@ -25,6 +25,7 @@ from harness.smtp.receiver import StoredMessage
 
 SENDER, DNS, RECEIVER = "192.0.2.10", "192.0.2.53", "192.0.2.25"
 TRAP = "192.0.2.99"
+SILENT = "192.0.2.26"  # harness.checks.tcp's MX 10 that never answers
 EHLO_LINES = ("mail.receiver.com Hello", "PIPELINING", "8BITMIME", "SIZE 10240000")
 
 
@@ -95,6 +96,11 @@ class Wire:
         """A SYN nobody answers."""
         conn = Tcp(self.cap, SENDER, server, next(self._ports))
         conn._send("c", "S")
+        return self
+
+    def pause(self, seconds: float) -> Wire:
+        """Nothing crosses the bridge for ``seconds``."""
+        self.cap.pause(seconds)
         return self
 
     def smtp(

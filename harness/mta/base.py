@@ -20,7 +20,9 @@ Rules kept here:
   (checked when the ``Site`` is made); every adapter honours every knob in its own
   configuration language, and documents how.  Defaults: ``vrfy = "check"`` (the MTA
   answers VRFY as it does by default), ``family = "ipv4"`` (IPv4 only: deterministic
-  addresses on the wire in both roles).
+  addresses on the wire in both roles), ``timeouts = "default"`` (the MTA's own; "short",
+  as sender, writes ``TIMEOUT_OPTIONS`` with the seconds of ``SHORT_TIMEOUTS_S``, numbers
+  of ours, through ``quoting.duration``: no scenario value reaches them).
 - What an MTA adds to a message is data (``trace_fields`` per role, in order;
   ``optional_trace_fields``; ``mailbox_line_end``): ``as_sent`` removes exactly those
   leading fields, and nothing else.
@@ -65,14 +67,20 @@ ROLES = ("sender", "receiver")
 # hostname, broken as "certificate" says (harness.tls.pki.CertVariant).  starttls (sender):
 # the sender's policy - "never" (no TLS), "opportunistic" (TLS when offered, else plain:
 # RFC 7435), "required" (TLS or defer, any certificate), "verify" (TLS with a certificate
-# that chains to the run's CA and names the MX host, else defer).
+# that chains to the run's CA and names the MX host, else defer).  timeouts (sender role):
+# "short" makes its client give up as ``SHORT_TIMEOUTS_S`` says, where the MTA has a knob
+# for it (``TIMEOUT_OPTIONS``), so a check of a silent peer fits a run.
 KNOBS: dict[str, tuple[str, ...]] = {
     "vrfy": ("check", "disabled"),
     "family": ("ipv4", "any"),
     "tls": ("off", "offer"),
     "certificate": tuple(CertVariant),
     "starttls": ("never", "opportunistic", "required", "verify"),
+    "timeouts": ("default", "short"),
 }
+# what -> seconds: connecting (a SYN never answered), and sending the message (a zero window)
+# or waiting for the reply to its final "."
+SHORT_TIMEOUTS_S = {"connect": 5, "data": 8}
 DELIVERY_TIMEOUT_S = 30.0  # default: the longest a delivery attempt may take to settle
 NOTICE_AFTER_S = 2.0  # a wait on the MTA longer than this is announced
 
@@ -172,6 +180,8 @@ class MtaAdapter(ABC):
     delivery_timeout_s: ClassVar[float] = DELIVERY_TIMEOUT_S
     # the longest the MTA may take, once ``idle()``, to put a bounce in the sender's mailbox
     bounce_delay_s: ClassVar[float] = 0.0
+    # a ``SHORT_TIMEOUTS_S`` key -> the MTA's own options for it (none: it has no knob)
+    TIMEOUT_OPTIONS: ClassVar[dict[str, tuple[str, ...]]] = {}
 
     def __init__(self, site: Site, role: str) -> None:
         if role not in ROLES:
@@ -233,6 +243,22 @@ class MtaAdapter(ABC):
     @abstractmethod
     def _write_config(self) -> None:
         """``write_config`` once the values are known to be carried."""
+
+    @property
+    def short_timeouts(self) -> bool:
+        """Whether the site asks for ``timeouts = "short"`` (sender role only)."""
+        return self.role == "sender" and self.site.knob("timeouts") == "short"
+
+    def timeout_options(self) -> dict[str, str]:
+        """Option -> its value (``quoting.duration``) for the knob ``timeouts = "short"`` as
+        sender; {} otherwise (the MTA's own defaults)."""
+        if not self.short_timeouts:
+            return {}
+        return {
+            option: quoting.duration(SHORT_TIMEOUTS_S[what])
+            for what, options in self.TIMEOUT_OPTIONS.items()
+            for option in options
+        }
 
     # --- life cycle -------------------------------------------------------------------------
     def start(self) -> None:

@@ -11,7 +11,10 @@ Rules kept here:
    /var.  Knobs (``harness.mta.base.KNOBS``): ``family = "any"`` is
    ``disable_ipv6 = false`` and, as receiver, the host's IPv6 address in
    ``local_interfaces``; ``vrfy = "disabled"`` leaves ``acl_smtp_vrfy`` unset, Exim's own
-   way of refusing VRFY (its default: "252 Administrative prohibition").
+   way of refusing VRFY (its default: "252 Administrative prohibition");
+   ``timeouts = "short"`` sets the smtp transport's ``connect_timeout`` (default 5 min),
+   ``data_timeout`` (5 min, each block of the message) and ``final_timeout`` (10 min, the
+   reply to the final ".").
 2. As sender Exim runs no daemon: ``submit()`` runs ``exim -odi``, which returns once the
    delivery attempt is over (a bounce it generates is delivered locally, in the
    background); what could not be delivered stays deferred in the spool: no queue runner
@@ -90,6 +93,10 @@ class Adapter(MtaAdapter):
         "host name": quoting.ANY,
         "domain": quoting.ANY,
         "user": quoting.ANY,
+    }
+    TIMEOUT_OPTIONS: ClassVar[dict[str, tuple[str, ...]]] = {
+        "connect": ("connect_timeout", "command_timeout"),  # rule 1: Fast Open
+        "data": ("data_timeout", "final_timeout"),
     }
     trace_fields: ClassVar[dict[str, tuple[str, ...]]] = {  # rule 4
         "sender": ("Received",),
@@ -187,9 +194,12 @@ class Adapter(MtaAdapter):
         (self.folder / "users").write_text("".join(users))
         (self.folder / "domains").write_text(quoting.exim_string(site.domain) + "\n")
         main = "".join(f"{key} = {value}\n" for key, value in self._main_options().items())
+        transport = "".join(f"  {key} = {value}\n" for key, value in self.timeout_options().items())
         catchall = LOCAL_CATCHALL if self.role == "sender" else ""
         self.config.write_text(
-            CONFIG.format(main=main, catchall=catchall, catchall_box=CATCHALL, user=USER)
+            CONFIG.format(
+                main=main, transport=transport, catchall=catchall, catchall_box=CATCHALL, user=USER
+            )
         )
         self.config.chmod(0o644)  # Exim refuses a configuration others may write
 
@@ -368,7 +378,7 @@ remote_smtp:
   helo_data = $primary_hostname
   hosts_avoid_tls = *
   tls_verify_certificates =
-
+{transport}
 local_maildir:
   driver = appendfile
   directory = $config_dir/mail/${{if def:local_part_data {{$local_part_data}}{{{catchall_box}}}}}

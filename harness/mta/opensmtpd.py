@@ -41,6 +41,11 @@ Rules kept here:
   address (``src``), ``"any"`` lets smtpd choose (it tries the MX's AAAA first), and the
   receiver has a ``listen on`` line per address of ``site.addresses``.  ``vrfy`` changes
   nothing: smtpd 6.8 has no VRFY at all (500, "check" and "disabled" alike).
+  ``timeouts = "short"``: smtpd 6.8 has no option for either timeout (mta_session.c
+  sets a fixed 300 s I/O timeout, for connecting and for each reply), so the data timeout
+  stays 300 s; its connect is the kernel's (``tcp_syn_retries`` 6: about 127 s), so the
+  sender's host gets ``net.ipv4.tcp_syn_retries = 2`` (SYNs at 0, 1 and 3 s, given up at
+  7 s), a sysctl of that host's network namespace only.
 - Waits: its resolver (libasr: resolv.conf's defaults, 4 tries, the timeout doubling from
   5 s) gives up on an unanswered MX question only after 5+10+20+40 = 75 s (measured:
   queries at 0, 5, 15 and 35 s), and a permanent failure becomes a bounce a second after
@@ -69,6 +74,7 @@ from harness.mta.base import MtaAdapter, Site
 SUBMISSION_PORT = 2525  # sender role: submit() hands messages over on 127.0.0.1 here
 MAILBOXES = "/var/spool/mailboxes"  # where smtpd sees folder/maildir (inside its tmpfs)
 SUBMIT_TIMEOUT_S = 30.0
+SYN_RETRIES_SHORT = 2  # timeouts = "short": the kernel gives up a connect at 1 + 2 + 4 s
 QUEUE_GROUP = "opensmtpq"  # smtpctl must run with this effective group (setgid in Debian)
 SYSTEM_USERS = ("opensmtpd", QUEUE_GROUP)  # compiled in, as is their chroot:
 CHROOT = Path("/var/lib/opensmtpd/empty")
@@ -153,6 +159,8 @@ class Adapter(MtaAdapter):
         super().start()
 
     def launch(self) -> None:
+        if self.short_timeouts:
+            self._shorten_connect()
         trees = _trees()
         launch = ["unshare", "--uts", "sh", "-c", _LAUNCH, "opensmtpd", self.site.hostname]
         launch += [str(trees[0] / "usr/libexec"), str(self.mailboxes)]
@@ -169,6 +177,13 @@ class Adapter(MtaAdapter):
                 start_new_session=True,
             )
         self._wait_listening()
+
+    def _shorten_connect(self) -> None:
+        """The host's kernel gives up a connect after ``SYN_RETRIES_SHORT`` retries."""
+        setting = f"net.ipv4.tcp_syn_retries={SYN_RETRIES_SHORT}"
+        done = self.site.lab.run(self.site.host, ["sysctl", "-q", "-w", setting])
+        if done.returncode != 0:
+            raise HarnessError(f"opensmtpd: sysctl {setting} failed: {done.stderr.strip()}")
 
     def stop(self) -> None:
         """SIGTERM to smtpd, then whatever of its process group outlives the grace (the

@@ -10,7 +10,9 @@ Rules kept here:
 2. No chroot, no TLS, DNS only: the smtp client asks MX then A (it ignores glue) through
    the host's resolv.conf, i.e. the lab DNS.  Knobs (``harness.mta.base.KNOBS``):
    ``family`` is ``inet_protocols`` (ipv4, or all: then the receiver listens on the
-   host's IPv6 address too); ``vrfy = "disabled"`` is ``disable_vrfy_command = yes``.
+   host's IPv6 address too); ``vrfy = "disabled"`` is ``disable_vrfy_command = yes``;
+   ``timeouts = "short"`` sets ``smtp_connect_timeout`` (default 30 s) and
+   ``smtp_data_xfer_timeout`` / ``smtp_data_done_timeout`` (180 s, 600 s).
    The daemons run with a private /etc/hosts naming only localhost and the site itself,
    so smtpd's PTR lookup of its client at connect goes to the lab DNS instead of the
    lab's hosts file.
@@ -103,6 +105,10 @@ class Adapter(MtaAdapter):
         "host name": quoting.HOST_NAME,
         "domain": quoting.HOST_NAME,
         "user": quoting.POSTFIX_KEY,
+    }
+    TIMEOUT_OPTIONS: ClassVar[dict[str, tuple[str, ...]]] = {
+        "connect": ("smtp_connect_timeout",),
+        "data": ("smtp_data_xfer_timeout", "smtp_data_done_timeout"),
     }
     trace_fields: ClassVar[dict[str, tuple[str, ...]]] = {  # rule 6
         "sender": ("Received",),  # cleanup(8), for mail submitted with sendmail(1)
@@ -276,6 +282,7 @@ class Adapter(MtaAdapter):
             "virtual_gid_maps": f"static:{gid}",
             "smtpd_reject_unlisted_recipient": "yes",
             "disable_vrfy_command": "yes" if site.knob("vrfy") == "disabled" else "no",
+            **self.timeout_options(),
         }
 
     # --- running ------------------------------------------------------------------------

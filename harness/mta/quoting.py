@@ -36,6 +36,8 @@ Rules kept here (each measured against the real program: tests/test_mta_injectio
    Our own paths (the run folder, the unpacked trees) must be plain (``require_plain``):
    letters, digits and ``/._+-``, which need no quoting in the languages above but Exim's
    (its macros may start with ``_``: there a path is quoted, or named by ``$config_dir``).
+5. A timeout (the ``timeouts`` knob) is one of our own numbers, never a scenario value:
+   ``duration`` writes whole seconds as every one of these languages reads them ("5s").
 """
 
 from __future__ import annotations
@@ -136,6 +138,14 @@ def smtpd_string(value: str) -> str:
     if "\\" in value:
         raise InternalError(f"smtpd.conf cannot carry a backslash: {value!r}")
     return '"' + value.replace('"', '\\"') + '"'
+
+
+def duration(seconds: int) -> str:
+    """A time in whole seconds as Postfix, Exim and sendmail.cf all read it ("5s"); only
+    our own constants come here, so anything but 1 to 3600 is our bug."""
+    if type(seconds) is not int or not 1 <= seconds <= 3600:
+        raise InternalError(f"a timeout of {seconds!r} seconds")
+    return f"{seconds}s"
 
 
 def cf_placeholders(names: Iterable[str]) -> dict[str, str]:

@@ -22,18 +22,19 @@ Rules kept here:
   AAAA and PTR lookups from it instead of asking the lab DNS.  Ours names localhost and
   the site itself (with the kernel hostname as an alias: Sendmail looks its own name up at
   start-up, and must not ask the DNS for it).  Sendmail's own map lookups use DNS only.
-- Sendmail's behaviour on the wire is its default: EHLO ``$j`` (= ``site.hostname``),
-  AAAA before A, PIPELINING when offered, canonification lookups of envelope domains,
-  VRFY answered, PTR lookup at connect.  Knobs (``harness.mta.base.KNOBS``):
-  ``family = "ipv4"`` is ``ClientPortOptions=Family=inet`` as sender and one ``inet``
-  daemon as receiver; ``"any"`` leaves the client alone (IPv6 first) and adds an ``inet6``
-  daemon on the host's IPv6 address; ``vrfy = "disabled"`` adds ``novrfy`` to
-  ``PrivacyOptions`` (252, "Cannot VRFY user").  Changed on purpose: no IDENT callback
-  (``Timeout.ident=0``, as Debian ships it); no interface probing at start-up (PTR queries
-  for the host's own addresses); load-average limits out of reach (a busy shared machine
-  must not turn a delivery into a deferral); interactive delivery (a received message is in
-  its mailbox before the 250 to the final dot; a submitted one is tried before ``submit``
-  returns).
+- Sendmail's behaviour on the wire is its default: EHLO ``$j`` (= ``site.hostname``), AAAA
+  before A, PIPELINING when offered, canonification lookups of envelope domains, VRFY
+  answered, PTR lookup at connect.  Knobs (``harness.mta.base.KNOBS``): ``family = "ipv4"``
+  is ``ClientPortOptions=Family=inet`` as sender and one ``inet`` daemon as receiver;
+  ``"any"`` leaves the client alone (IPv6 first) and adds an ``inet6`` daemon on the host's
+  IPv6 address; ``vrfy = "disabled"`` adds ``novrfy`` to ``PrivacyOptions`` (252, "Cannot
+  VRFY user"); ``timeouts = "short"`` defines ``confTO_CONNECT`` (``Timeout.connect``,
+  default 0: the kernel's, about 2 min), ``confTO_DATABLOCK`` and ``confTO_DATAFINAL`` (1 h
+  each), our numbers only.  Changed on purpose: no IDENT callback (``Timeout.ident=0``, as
+  Debian ships it); no interface probing at start-up (PTR queries for the host's own
+  addresses); load-average limits out of reach (a busy shared machine must not turn a
+  delivery into a deferral); interactive delivery (a received message is in its mailbox
+  before the 250 to the final dot; a submitted one is tried before ``submit`` returns).
 - Local users are ``site.users`` and nobody else (others: 550 5.1.1 at VRFY and RCPT); as
   sender that is the local sender, whose mailbox gets the bounces.  The ``local`` mailer is
   ``folder/deliver``: one file per message under ``mail/<user>/new`` (the user name in
@@ -117,6 +118,10 @@ class Adapter(MtaAdapter):
         "host name": quoting.HOST_NAME,
         "domain": quoting.HOST_NAME,
         "user": quoting.CF_WORD,
+    }
+    TIMEOUT_OPTIONS: ClassVar[dict[str, tuple[str, ...]]] = {
+        "connect": ("confTO_CONNECT",),
+        "data": ("confTO_DATABLOCK", "confTO_DATAFINAL"),
     }
     trace_fields: ClassVar[dict[str, tuple[str, ...]]] = {
         "sender": ("Received",),
@@ -284,6 +289,8 @@ class Adapter(MtaAdapter):
             lines.append("CLIENT_OPTIONS(`Family=inet')dnl")
         if site.knob("vrfy") == "disabled":
             lines.append("define(`confPRIVACY_FLAGS', `authwarnings,novrfy')dnl")
+        timeouts = self.timeout_options().items()
+        lines += [f"define(`{name}', `{value}')dnl" for name, value in timeouts]
         return lines
 
     def _start_daemon(self) -> None:
