@@ -29,6 +29,7 @@ from typing import NamedTuple
 from harness.ladder.dissect import SMTP_PORTS, Dissector, _clean
 from harness.ladder.model import Coverage, Ladder, Step
 from harness.ladder.tcpstream import Event
+from harness.tls.keylog import KeyLog
 
 DEFAULT_IDLE = 600.0  # seconds of capture time: RFC 5321 §4.5.3.2.7's 5-minute server
 # timeout, twice over
@@ -83,8 +84,10 @@ class Splitter(Dissector):
         *,
         ports: Iterable[int] = (),
         idle: float = DEFAULT_IDLE,
+        keylog: KeyLog | None = None,
     ) -> None:
-        super().__init__(hosts, smtp_ports=SMTP_PORTS | frozenset(ports), idle=idle)
+        ports = SMTP_PORTS | frozenset(ports)
+        super().__init__(hosts, smtp_ports=ports, idle=idle, keylog=keylog)
         self._held: dict[int, list[Step]] = {}
         self._sessions = count(1)
         self.packets = 0  # the highest packet number a step has cited so far (progress)

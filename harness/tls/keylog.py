@@ -73,6 +73,11 @@ class KeyLog:
                 label, client_random, secret = entry
                 self._secrets.setdefault(client_random, {})[label] = secret
 
+    def merge(self, other: KeyLog) -> None:
+        """Every secret of *other* too (its own win)."""
+        for client_random, secrets in other._secrets.items():
+            self._secrets.setdefault(client_random, {}).update(secrets)
+
     def add_file(self, path: str | os.PathLike) -> None:
         try:
             with open(path, "rb") as f:
