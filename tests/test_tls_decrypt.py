@@ -1,0 +1,339 @@
+"""The ladder inside TLS (issue 12, "Seeing inside"): key logs, the record layer, the ladder.
+
+Every capture here holds a REAL TLS session (Python's ssl over memory BIOs, the lab PKI's
+certificate, the client's ``keylog_filename``: tests/crafted/tls/build.py) carrying an SMTP
+dialogue, wrapped into TCP segments by scapy.  The committed ones give their hand-written
+ladders; fresh ones are made on every run, for each supported suite, and tshark (with
+``-o tls.keylog_file``) is the second opinion on the commands and replies inside.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from ladder_pcaps import HOSTS
+from test_crafted_smtp import actual, expected
+
+from harness.capture import pcapng
+from harness.capture.pcapfile import PcapWriter, read
+from harness.errors import HarnessError
+from harness.ladder.dissect import dissect
+from harness.ladder.model import Ladder, StepKind
+from harness.tls.keylog import KeyLog, from_capture
+
+CRAFTED = Path(__file__).resolve().parent / "crafted" / "tls"
+_SPEC = importlib.util.spec_from_file_location("crafted_tls_build", CRAFTED / "build.py")
+build = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(build)  # tests/crafted/tls/build.py, under a name of its own
+
+NAMES = sorted(build.CAPTURES)
+CLI = [sys.executable, "-m", "harness"]
+INNER = [  # (kind, text) of the dialogue inside TLS, as build.INSIDE sends it
+    ("command", "EHLO inside.sender.com"),
+    ("reply", "250 mail.receiver.com"),
+    ("command", "MAIL FROM:<luke@sender.com>"),
+    ("reply", "250 OK"),
+    ("command", "RCPT TO:<c3po@receiver.com>"),
+    ("reply", "250 OK"),
+    ("command", "DATA"),
+    ("reply", "354 go ahead"),
+    ("content", '3 lines, 22 bytes, sha256:af1a81683d32c0bf, "Subject: hi"'),
+    ("reply", "250 queued"),
+    ("command", "QUIT"),
+    ("reply", "221 bye"),
+]
+OPENSSL_SUITES = """openssl_conf = default_conf
+[default_conf]
+ssl_conf = ssl_sect
+[ssl_sect]
+system_default = system_default_sect
+[system_default_sect]
+Ciphersuites = {suite}
+"""
+
+
+def decrypted(pcap: Path, keylog: Path | None = None) -> Ladder:
+    keys = KeyLog.from_files([keylog or pcap.with_suffix(".keylog")])
+    return dissect(str(pcap), HOSTS, keylog=keys)
+
+
+def inner(ladder: Ladder) -> list[tuple[str, str]]:
+    return [(s.kind, s.text) for s in ladder.steps if s.get("tls")]
+
+
+def handshake(ladder: Ladder):
+    (step,) = [s for s in ladder.steps if s.kind == StepKind.TLS_HANDSHAKE]
+    return step
+
+
+def tshark_inside(pcap: Path, keylog: Path) -> list[str]:
+    """tshark's commands and reply codes of the capture, decrypted with *keylog*."""
+    fields = ["-T", "fields", "-e", "smtp.req.command", "-e", "smtp.response.code"]
+    decrypt = ["-o", f"tls.keylog_file:{keylog}", "-d", "tcp.port==465,tls"]
+    out = subprocess.run(
+        ["tshark", "-r", str(pcap), *decrypt, "-Y", "smtp", *fields],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return [field for line in out.splitlines() for field in line.split("\t") if field]
+
+
+def ours(ladder: Ladder) -> list[str]:
+    """Ours in tshark's terms: verbs on four letters, reply codes."""
+    steps = [s for s in ladder.steps if s.kind in ("command", "reply")]
+    return [s.get("verb")[:4] if s.kind == "command" else str(s.get("code")) for s in steps]
+
+
+# --- the committed captures
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_crafted_tls_capture_gives_its_hand_written_ladder(name):
+    steps, warnings = expected(name, CRAFTED)
+    ladder = decrypted(CRAFTED / f"{name}.pcap")
+    assert actual(ladder, [info for *_, info in steps]) == steps
+    assert ladder.warnings == warnings
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_tshark_agrees_on_the_commands_and_replies_inside(name):
+    pcap = CRAFTED / f"{name}.pcap"
+    assert tshark_inside(pcap, pcap.with_suffix(".keylog")) == ours(decrypted(pcap))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_handshake_step_cites_its_packets_and_the_inner_steps_come_after(name):
+    ladder = decrypted(CRAFTED / f"{name}.pcap")
+    step = handshake(ladder)
+    assert len(step.evidence) >= 3  # ClientHello, the server's flight, the client's Finished
+    after = [s for s in ladder.steps if s.get("tls")]
+    assert min(min(s.evidence) for s in after) > min(step.evidence)
+    assert all(s.index > step.index for s in after)
+    assert ladder.coverage[1].complete
+
+
+# --- fresh sessions, each suite
+
+
+def fresh(tmp_path: Path, suite13: str = "", **tls) -> Path:
+    """A new real session: TLS 1.3 suites are chosen by OpenSSL's configuration (Python's
+    ssl has no call for them), so those are built in a child with OPENSSL_CONF set."""
+    pcap = tmp_path / "fresh.pcap"
+    if not suite13:
+        return build.tls_capture(pcap, **tls)
+    conf = tmp_path / "openssl.cnf"
+    conf.write_text(OPENSSL_SUITES.format(suite=suite13))
+    code = f"import runpy; b = runpy.run_path({str(CRAFTED / 'build.py')!r}); "
+    code += f"b['tls_capture'](__import__('pathlib').Path({str(pcap)!r}))"
+    env = {**os.environ, "OPENSSL_CONF": str(conf)}
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=60)
+    return pcap
+
+
+SUITES = {  # id -> (build options, version, cipher)
+    "tls13-aes128": ({"suite13": "TLS_AES_128_GCM_SHA256"}, "TLSv1.3", "TLS_AES_128_GCM_SHA256"),
+    "tls13-aes256": ({"suite13": "TLS_AES_256_GCM_SHA384"}, "TLSv1.3", "TLS_AES_256_GCM_SHA384"),
+    "tls13-chacha": (
+        {"suite13": "TLS_CHACHA20_POLY1305_SHA256"},
+        "TLSv1.3",
+        "TLS_CHACHA20_POLY1305_SHA256",
+    ),
+    "tls12-aes128": (
+        {"tls12": True, "ciphers": "ECDHE-ECDSA-AES128-GCM-SHA256"},
+        "TLSv1.2",
+        "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
+    ),
+    "tls12-aes256": (
+        {"tls12": True, "ciphers": "ECDHE-ECDSA-AES256-GCM-SHA384"},
+        "TLSv1.2",
+        "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
+    ),
+    "tls12-chacha": (
+        {"tls12": True, "ciphers": "ECDHE-ECDSA-CHACHA20-POLY1305"},
+        "TLSv1.2",
+        "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256",
+    ),
+}
+
+
+@pytest.mark.parametrize("suite", sorted(SUITES))
+def test_each_supported_suite_is_decrypted_and_tshark_agrees(tmp_path, suite):
+    options, version, cipher = SUITES[suite]
+    pcap = fresh(tmp_path, **options)
+    ladder = decrypted(pcap)
+    step = handshake(ladder)
+    assert (step.get("version"), step.get("cipher")) == (version, cipher)
+    assert step.get("sni") == "mail.receiver.com"
+    assert step.get("subject") == "CN=mail.receiver.com"
+    assert inner(ladder) == INNER
+    assert ladder.warnings == {}
+    assert tshark_inside(pcap, pcap.with_suffix(".keylog")) == ours(ladder)
+
+
+# --- what cannot be read
+
+
+def test_without_a_key_log_tls_is_opaque_and_a_warning_says_so():
+    ladder = dissect(str(CRAFTED / "starttls-tls13.pcap"), HOSTS)
+    assert [s.kind for s in ladder.steps if s.kind in ("tls", "tls-handshake")] == ["tls", "tls"]
+    assert not inner(ladder)
+    warning = "TLS after STARTTLS on connection 1: no key log, the dialogue inside is not seen"
+    assert ladder.warnings == {warning: 1}
+
+
+def test_a_key_log_without_the_sessions_secrets_names_the_client_random():
+    ladder = decrypted(CRAFTED / "starttls-tls13.pcap", CRAFTED / "starttls-tls12.keylog")
+    (warning,) = ladder.warnings
+    assert "no key log entry CLIENT_HANDSHAKE_TRAFFIC_SECRET" in warning
+    assert [s.kind for s in ladder.steps if s.kind in ("tls", "tls-handshake")] == ["tls", "tls"]
+    assert not inner(ladder)
+
+
+def test_a_cbc_suite_stays_opaque_with_a_warning_naming_why(tmp_path):
+    pcap = fresh(tmp_path, tls12=True, ciphers="ECDHE-ECDSA-AES128-SHA256")
+    ladder = decrypted(pcap)
+    (warning,) = ladder.warnings
+    assert "TLSv1.2 with cipher suite 0xc023: not supported" in warning
+    assert [s.kind for s in ladder.steps if s.kind == "tls"] == ["tls", "tls"]
+    assert not inner(ladder)
+
+
+def test_a_damaged_record_is_a_warning_and_the_steps_before_it_stay(tmp_path):
+    pcap = fresh(tmp_path, tls12=True)
+    frames = pcap.read_bytes()
+    # TLS 1.2 application data records start 0x17 0x03 0x03: the 5th is the client's RCPT
+    records = [i for i in range(len(frames) - 3) if frames[i : i + 3] == b"\x17\x03\x03"]
+    damaged = tmp_path / "damaged.pcap"
+    data = bytearray(frames)
+    data[records[4] + 12] ^= 0xFF  # inside the ciphertext of the 5th application record
+    damaged.write_bytes(bytes(data))
+    ladder = decrypted(damaged, pcap.with_suffix(".keylog"))
+    (warning,) = ladder.warnings
+    assert "fails authentication" in warning and warning.startswith("TLS on connection 1: ")
+    assert inner(ladder) == INNER[:4]  # EHLO, 250, MAIL, 250: RCPT's record was damaged
+
+
+def test_a_capture_cut_inside_tls_keeps_the_steps_before_the_cut(tmp_path):
+    source = CRAFTED / "starttls-tls13.pcap"
+    mail_reply = [s for s in decrypted(source).steps if s.get("tls")][3]
+    cut = tmp_path / "cut.pcap"
+    with open(cut, "wb") as f:
+        writer = PcapWriter(f)
+        for record in read(str(source)):
+            if record.number <= max(mail_reply.evidence):
+                writer.write(record.time, record.data, record.origlen)
+    ladder = decrypted(cut, source.with_suffix(".keylog"))
+    assert inner(ladder) == INNER[:4]
+    assert ladder.warnings == {}
+
+
+# --- key logs
+
+
+BAD_LINES = {
+    "NOT_A_LABEL 00 11": "unknown key log label 'NOT_A_LABEL'",
+    "CLIENT_RANDOM " + "00" * 32: "expected LABEL CLIENT_RANDOM SECRET, got 2 fields",
+    "CLIENT_RANDOM zz" + "00" * 31 + " " + "11" * 48: "the client random is not hex",
+    "CLIENT_RANDOM " + "00" * 31 + " " + "11" * 48: "the client random has 31 octets, not 32",
+    "CLIENT_RANDOM " + "00" * 32 + " " + "11" * 32: "a CLIENT_RANDOM secret of 32 octets",
+    "CLIENT_TRAFFIC_SECRET_0 " + "00" * 32 + " 1": "the secret is not hex",
+}
+
+
+@pytest.mark.parametrize("line", sorted(BAD_LINES))
+def test_a_bad_key_log_line_is_a_one_line_error_with_file_and_line(tmp_path, line):
+    keylog = tmp_path / "keys.txt"
+    keylog.write_text(f"# a comment\n\n{line}\n")
+    with pytest.raises(HarnessError) as caught:
+        KeyLog.from_files([keylog])
+    assert str(caught.value) == f"{keylog}:3: {BAD_LINES[line]}"
+
+
+def test_the_cli_gives_a_bad_key_log_line_exit_2_and_one_line(tmp_path):
+    keylog = tmp_path / "keys.txt"
+    keylog.write_text("CLIENT_RANDOM 00\n")
+    pcap = CRAFTED / "starttls-tls13.pcap"
+    for command in ("ladder", "check"):
+        done = subprocess.run(
+            [*CLI, command, str(pcap), "--keylog", str(keylog)], capture_output=True, text=True
+        )
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.count("\n") == 1 and f"{keylog}:1:" in done.stderr
+        assert "Traceback" not in done.stderr
+
+
+def test_the_cli_decrypts_with_keylog_and_marks_the_steps_in_tls():
+    pcap = CRAFTED / "starttls-tls13.pcap"
+    for fmt in ("text", "svg", "html", "mermaid"):
+        done = subprocess.run(
+            [
+                *CLI,
+                "ladder",
+                str(pcap),
+                "--keylog",
+                str(pcap.with_suffix(".keylog")),
+                "--format",
+                fmt,
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        shown = 2 if fmt == "html" else 1  # the HTML page holds the SVG and a table
+        assert done.stdout.count("[in TLS] EHLO inside.sender.com") == shown, fmt
+        assert "[in TLS] STARTTLS" not in done.stdout
+
+
+def test_check_judges_the_dialogue_inside_tls(tmp_path):
+    pcap = CRAFTED / "starttls-tls12.pcap"
+    keylog = str(pcap.with_suffix(".keylog"))
+    done = subprocess.run(
+        [*CLI, "check", str(pcap), "--keylog", keylog, "--format", "jsonl"],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode in (0, 1), done.stderr
+    blind = subprocess.run([*CLI, "check", str(pcap), "--format", "jsonl"], capture_output=True)
+    assert done.stdout != blind.stdout.decode()
+    assert "inside.sender.com" in done.stdout or "EHLO" in done.stdout
+
+
+# --- the Decryption Secrets Block
+
+
+def test_a_pcapng_with_a_secrets_block_is_decrypted_with_no_option(tmp_path):
+    """The run's capture (pcapng.rewrite, as runner._finish_capture calls it) carries the key
+    log: our ladder and ``tshark -Y smtp`` read the dialogue inside with no option."""
+    source = CRAFTED / "starttls-tls13.pcap"
+    target = tmp_path / "capture.pcapng"
+    secrets = source.with_suffix(".keylog").read_bytes()
+    pcapng.rewrite(
+        source, target, application="t", section_comments=(), names={}, comments={}, secrets=secrets
+    )
+    assert len(from_capture(target)) == 1
+    done = subprocess.run(
+        [*CLI, "ladder", str(target), "--format", "json"], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert inner(Ladder.from_json(done.stdout)) == INNER
+    out = subprocess.run(
+        ["tshark", "-r", str(target), "-Y", "smtp", "-T", "fields", "-e", "smtp.req.command"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert out == ["EHLO", "STAR", "EHLO", "MAIL", "RCPT", "DATA", "QUIT"]
+
+
+def test_no_secrets_write_no_secrets_block(tmp_path):
+    target = tmp_path / "capture.pcapng"
+    source = CRAFTED / "starttls-tls13.pcap"
+    pcapng.rewrite(source, target, application="t", section_comments=(), names={}, comments={})
+    assert len(from_capture(target)) == 0
+    assert b"TLSK"[::-1] not in target.read_bytes()[:200]
