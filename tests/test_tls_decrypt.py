@@ -9,14 +9,17 @@ ladders; fresh ones are made on every run, for each supported suite, and tshark 
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
+import socket
+import ssl
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from ladder_pcaps import HOSTS
+from ladder_pcaps import HOSTS, RECEIVER, SENDER, Capture, Tcp
 from test_crafted_smtp import actual, expected
 
 from harness.capture import pcapng
@@ -25,6 +28,8 @@ from harness.errors import HarnessError
 from harness.ladder.dissect import dissect
 from harness.ladder.model import Ladder, StepKind
 from harness.tls.keylog import KeyLog, from_capture
+from harness.tls.pki import make_lab_pki
+from harness.tls.records import hkdf_expand_label, prf
 
 CRAFTED = Path(__file__).resolve().parent / "crafted" / "tls"
 _SPEC = importlib.util.spec_from_file_location("crafted_tls_build", CRAFTED / "build.py")
@@ -32,6 +37,7 @@ build = importlib.util.module_from_spec(_SPEC)
 _SPEC.loader.exec_module(build)  # tests/crafted/tls/build.py, under a name of its own
 
 NAMES = sorted(build.CAPTURES)
+Dialogue = build.Dialogue
 CLI = [sys.executable, "-m", "harness"]
 INNER = [  # (kind, text) of the dialogue inside TLS, as build.INSIDE sends it
     ("command", "EHLO inside.sender.com"),
@@ -237,7 +243,7 @@ def test_a_capture_cut_inside_tls_keeps_the_steps_before_the_cut(tmp_path):
 
 
 BAD_LINES = {
-    "NOT_A_LABEL 00 11": "unknown key log label 'NOT_A_LABEL'",
+    "client-random 00 11": "not a key log label: 'client-random'",
     "CLIENT_RANDOM " + "00" * 32: "expected LABEL CLIENT_RANDOM SECRET, got 2 fields",
     "CLIENT_RANDOM zz" + "00" * 31 + " " + "11" * 48: "the client random is not hex",
     "CLIENT_RANDOM " + "00" * 31 + " " + "11" * 48: "the client random has 31 octets, not 32",
@@ -337,3 +343,116 @@ def test_no_secrets_write_no_secrets_block(tmp_path):
     pcapng.rewrite(source, target, application="t", section_comments=(), names={}, comments={})
     assert len(from_capture(target)) == 0
     assert b"TLSK"[::-1] not in target.read_bytes()[:200]
+
+
+# --- known answers and a key update
+
+
+def test_hkdf_expand_label_gives_rfc_8448s_handshake_key_and_iv():
+    """RFC 8448 §3, the server's handshake traffic secret and the key and IV from it."""
+    secret = bytes.fromhex("b67b7d690cc16c4e75e54213cb2d37b4e9c912bcded9105d42befd59d391ad38")
+    assert (
+        hkdf_expand_label(secret, "key", 16, "sha256").hex() == "3fce516009c21727d0f2e4e86ee403bc"
+    )
+    assert hkdf_expand_label(secret, "iv", 12, "sha256").hex() == "5d313eb2671276ee13000b30"
+
+
+def test_the_tls12_prf_gives_the_published_p_sha256_vector():
+    """The P_SHA256 test vector posted to the IETF TLS list (secret, seed, "test label")."""
+    out = prf(
+        bytes.fromhex("9bbe436ba940f017b17652849a71db35"),
+        b"test label",
+        bytes.fromhex("a0ba9f936cda311827a6f796ffd5198c"),
+        100,
+        "sha256",
+    )
+    assert out.hex().startswith("e3f229ba727be17b8d122620557cd453c2aab21d07c3d495329b52d4e61e")
+    assert out.hex().endswith("5a5110fff70187347b66")
+
+
+S_CLIENT = ["openssl", "s_client", "-tls1_3", "-crlf", "-servername", build.SERVER_NAME]
+
+
+def _openssl_session(tmp_path: Path, lines: list[bytes]) -> tuple[Dialogue, Path]:
+    """A TLS 1.3 session of ``openssl s_client`` (on loopback) with a Python server over
+    memory BIOs that records each flight and answers each line 250 (221 to QUIT).  A line
+    ``k`` is s_client's command to send a KeyUpdate (RFC 8446 §4.6.3); each line is typed
+    only once the server has answered the one before, so s_client reads it alone.  Commands
+    are in lower case: s_client takes a line starting with Q as its own command to quit."""
+    creds = make_lab_pki(tmp_path / "pki", build.PKI_DATE).server(build.SERVER_NAME)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(creds.chain, creds.key)
+    keylog = tmp_path / "openssl.keylog"
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    client = subprocess.Popen(
+        [*S_CLIENT, "-connect", f"127.0.0.1:{port}", "-keylogfile", str(keylog)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    flights: Dialogue = []
+    try:
+        conn, _ = listener.accept()
+        conn.settimeout(30)
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        tls = ctx.wrap_bio(incoming, outgoing, server_side=True)
+
+        def exchange() -> bytes:
+            """Send what the server has to send, then take one flight from the client."""
+            if data := outgoing.read():
+                flights.append(("s", data))
+                conn.sendall(data)
+            data = conn.recv(65536)
+            flights.append(("c", data))
+            incoming.write(data)
+            return data
+
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                exchange()
+        for line in lines:
+            client.stdin.write(line + b"\n")
+            client.stdin.flush()
+            if line == b"k":  # no reply: the next line waits for the KeyUpdate's record
+                exchange()
+                continue
+            received = b""
+            while not received.endswith(b"\n"):
+                exchange()
+                with contextlib.suppress(ssl.SSLWantReadError):
+                    received += tls.read()
+            tls.write(b"221 bye\r\n" if line == b"quit" else b"250 OK\r\n")
+        if data := outgoing.read():
+            flights.append(("s", data))
+            conn.sendall(data)
+        conn.close()
+    finally:
+        client.stdin.close()
+        client.wait(timeout=30)
+        listener.close()
+    return flights, keylog
+
+
+def test_a_key_update_moves_its_sender_to_the_next_secret(tmp_path):
+    flights, keylog = _openssl_session(tmp_path, [b"noop", b"k", b"noop", b"quit"])
+    cap = Capture()
+    conn = Tcp(cap, SENDER, RECEIVER)
+    conn.handshake()
+    for side, data in [*build.PREAMBLE, *flights]:
+        conn.send(side, data)
+    pcap = cap.write(tmp_path / "key-update.pcap")
+    ladder = decrypted(pcap, keylog)
+    assert inner(ladder) == [
+        ("command", "noop"),
+        ("reply", "250 OK"),
+        ("command", "noop"),
+        ("reply", "250 OK"),
+        ("command", "quit"),
+        ("reply", "221 bye"),
+    ]
+    assert ladder.warnings == {}
+    assert [f.upper() for f in tshark_inside(pcap, keylog)] == ours(ladder)

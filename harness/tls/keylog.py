@@ -5,11 +5,13 @@ Rules this module keeps:
 - The format is NSS's (the one ``SSLKEYLOGFILE`` and Python's ``SSLContext.keylog_filename``
   write): one ``LABEL CLIENT_RANDOM SECRET`` per line, both values in hex, ``#`` comment
   lines and blank lines ignored.  ``CLIENT_RANDOM`` (TLS 1.2: the 48-octet master secret)
-  and the TLS 1.3 traffic secrets (``LABELS``) are kept; the other labels NSS and OpenSSL
-  write (early data, exporters) are valid and ignored.
-- A key log is untrusted input: a bad line (an unknown label, a missing field, a value that
-  is not hex, a client random that is not 32 octets, a secret of the wrong size) is a
-  one-line ``HarnessError`` naming the file and the line, never a traceback.
+  and the TLS 1.3 traffic secrets (``Label``) are kept; other labels (early data,
+  exporters, OpenSSL's ``CLIENT_TRAFFIC_SECRET_N`` after a key update) are read and
+  ignored, as Wireshark does.
+- A key log is untrusted input: a bad line (a label not of ``A-Z 0-9 _``, a missing field,
+  a value that is not hex, a client random that is not 32 octets, a secret of the wrong
+  size for its label) is a one-line ``HarnessError`` naming the file and the line, never a
+  traceback.
 - Secrets are found by the ClientHello's random (``KeyLog.get``); several files merge, a
   later line for the same random and label wins (as Wireshark reads them).
 - A pcapng's Decryption Secrets Blocks (type 0x0A) of secrets type TLS key log
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import binascii
 import os
+import re
 import struct
 from collections.abc import Iterable
 from enum import StrEnum
@@ -38,9 +41,7 @@ class Label(StrEnum):
     SERVER_TRAFFIC = "SERVER_TRAFFIC_SECRET_0"
 
 
-IGNORED = frozenset(
-    {"CLIENT_EARLY_TRAFFIC_SECRET", "EARLY_EXPORTER_SECRET", "EXPORTER_SECRET", "RSA"}
-)
+_LABEL = re.compile(rb"[A-Z0-9_]+")
 MASTER_SECRET_SIZE = 48
 TRAFFIC_SECRET_SIZES = frozenset({32, 48})  # SHA-256 and SHA-384 suites
 RANDOM_SIZE = 32
@@ -95,25 +96,24 @@ class KeyLog:
 
 
 def _parse_line(line: bytes, where: str) -> tuple[Label, bytes, bytes] | None:
-    """(label, client random, secret) of one line; None for a comment, blank or ignored one."""
+    """(label, client random, secret) of one line; None for a comment, a blank line or a
+    label the decrypter does not use."""
     fields = line.split()
     if not fields or fields[0].startswith(b"#"):
         return None
-    name = fields[0].decode("ascii", "replace")
-    if name in IGNORED:
-        return None
-    if name not in Label.__members__.values():
-        raise HarnessError(f"{where}: unknown key log label {name!r}")
+    name = fields[0].decode("ascii", "backslashreplace")
+    if not _LABEL.fullmatch(fields[0]):
+        raise HarnessError(f"{where}: not a key log label: {name!r}")
     if len(fields) != 3:
         raise HarnessError(
             f"{where}: expected LABEL CLIENT_RANDOM SECRET, got {len(fields)} fields"
         )
-    client_random, secret = (
-        _hex(fields[1], where, "client random"),
-        _hex(fields[2], where, "secret"),
-    )
+    client_random = _hex(fields[1], where, "client random")
+    secret = _hex(fields[2], where, "secret")
     if len(client_random) != RANDOM_SIZE:
         raise HarnessError(f"{where}: the client random has {len(client_random)} octets, not 32")
+    if name not in Label.__members__.values():
+        return None
     label = Label(name)
     sizes = {MASTER_SECRET_SIZE} if label is Label.CLIENT_RANDOM else TRAFFIC_SECRET_SIZES
     if len(secret) not in sizes:
