@@ -456,3 +456,57 @@ def test_a_key_update_moves_its_sender_to_the_next_secret(tmp_path):
     ]
     assert ladder.warnings == {}
     assert [f.upper() for f in tshark_inside(pcap, keylog)] == ours(ladder)
+
+
+# --- damage and injection around TLS
+
+
+def _capture(tmp_path: Path, plain: Dialogue, flights: Dialogue, lost: int = -1) -> Path:
+    """*plain*, then the TLS *flights* (flight number *lost* sent but not captured)."""
+    cap = Capture()
+    conn = Tcp(cap, SENDER, RECEIVER)
+    conn.handshake()
+    for side, data in plain:
+        conn.send(side, data)
+    for n, (side, data) in enumerate(flights):
+        if n == lost:
+            conn.lose(side, data)
+        else:
+            conn.send(side, data)
+    conn.fin("c")
+    return cap.write(tmp_path / "capture.pcap")
+
+
+def test_a_gap_inside_tls_ends_the_reading_with_a_warning(tmp_path):
+    keylog = tmp_path / "keys.txt"
+    flights = build.tls_flights(keylog, tls12=True)  # 1.2: one flight per line inside
+    mail = len(flights) - len(build.INSIDE) + 2
+    assert flights[mail][0] == "c"
+    ladder = decrypted(_capture(tmp_path, build.PREAMBLE, flights, lost=mail), keylog)
+    assert inner(ladder) == INNER[:2]  # EHLO and its 250: MAIL's record was not captured
+    (warning,) = ladder.warnings
+    assert "octets of the client's TLS bytes missing from the capture" in warning
+    assert [s.kind for s in ladder.steps].count("gap") == 1
+
+
+def test_plaintext_behind_the_220_is_an_anomaly_and_the_dialogue_inside_is_read(tmp_path):
+    """The client-side injection probe (RFC 3207 §4.2): a reply sent behind the 220 in the
+    same segment is reported, never read as a reply inside TLS."""
+    keylog = tmp_path / "keys.txt"
+    plain = [*build.PREAMBLE[:-1], ("s", b"220 2.0.0 go ahead\r\n250 injected\r\n")]
+    ladder = decrypted(_capture(tmp_path, plain, build.tls_flights(keylog)), keylog)
+    (anomaly,) = [s for s in ladder.steps if s.kind == "anomaly"]
+    assert anomaly.get("anomaly") == "plaintext after STARTTLS" and not anomaly.get("tls")
+    assert inner(ladder) == INNER
+    assert ladder.warnings == {}
+
+
+def test_commands_pipelined_behind_starttls_are_an_anomaly_not_commands_inside(tmp_path):
+    """The server-side injection probe: STARTTLS\\r\\nRSET\\r\\n in one segment."""
+    keylog = tmp_path / "keys.txt"
+    plain = [*build.PREAMBLE[:3], ("c", b"STARTTLS\r\nRSET\r\n"), build.PREAMBLE[4]]
+    ladder = decrypted(_capture(tmp_path, plain, build.tls_flights(keylog)), keylog)
+    (anomaly,) = [s for s in ladder.steps if s.kind == "anomaly"]
+    assert anomaly.get("anomaly") == "plaintext after STARTTLS"
+    assert "RSET" not in [s.text for s in ladder.steps]
+    assert inner(ladder) == INNER

@@ -512,11 +512,9 @@ class _Conn:
         which counts them (an opaque ``tls`` step if the records cannot be read)."""
         session = self.tls_session
         found = session.feed(d, data)
-        if self.inside:
-            pass
-        elif self.observer is not None:
+        if self.observer is not None and not self.inside:
             yield from self._steps(self.observer.feed(_SMTP_DIRECTION[d], data), event)
-        elif session.failed and not self.tls[d]:
+        elif session.failed and not self.inside and not self.tls[d]:  # implicit TLS
             self.tls[d] = True
             info = detail(offset=event.offset)
             yield self._new(event, d, StepKind.TLS, "TLS", (event.first,), info)
@@ -526,8 +524,11 @@ class _Conn:
             elif isinstance(item, Plaintext) and self.inside:
                 yield from self._plaintext(item, event)
             elif isinstance(item, Problem):
-                warning = f"TLS on connection {self.id}: {item.reason}; "
-                self.d.warnings[warning + "the records after it are not read"] += 1
+                self._tls_problem(item)
+
+    def _tls_problem(self, problem: Problem) -> None:
+        warning = f"TLS on connection {self.id}: {problem.reason}; "
+        self.d.warnings[warning + "the records after it are not read"] += 1
 
     def _handshake(self, item: Established, event: Event) -> Step:
         """The handshake as one step; the core reads the dialogue inside from here on."""
@@ -572,6 +573,11 @@ class _Conn:
         text = f"{event.length} bytes missing from the capture"
         yield self._new(event, d, StepKind.GAP, text, (event.first,), detail(offset=event.offset))
         yield from self._settle(event, "smtp" if self.smtp_port else "other")
+        if self.tls_session is not None and self.tls_base[d] is not None:
+            for problem in self.tls_session.skip(d, event.length):
+                self._tls_problem(problem)
+            if self.inside:
+                return  # the core reads no more of the dialogue inside
         if self.mode == "smtp" and self.observer is not None:
             yield from self._steps(self.observer.skip(_SMTP_DIRECTION[d], event.length), event)
 

@@ -249,6 +249,7 @@ class TlsSession:
         self.suite: Suite | None = None
         self.secrets: Secrets = {}
         self.certificate: x509.Certificate | None = None
+        self._traffic: dict[int, bytes] = {}  # 1.3: each direction's application secret
         self._events: list[Event] = []
 
     def feed(self, direction: int, data: bytes) -> list[Event]:
@@ -274,6 +275,13 @@ class TlsSession:
                 )
             except (_Malformed, ValueError) as exc:
                 self.fail(f"{SIDES[direction]} record: {exc}")
+        events, self._events = self._events, []
+        return events
+
+    def skip(self, direction: int, n: int) -> list[Event]:
+        """*n* octets of *direction* missing from a capture: no record can be cut after
+        them, so the session is opaque from here on (its ``Problem``)."""
+        self.fail(f"{n} octets of the {SIDES[direction]}'s TLS bytes missing from the capture")
         events, self._events = self._events, []
         return events
 
@@ -426,10 +434,10 @@ class TlsSession:
 
     def _key_update(self, d: int) -> None:
         suite = self.suite
-        secret = hkdf_expand_label(
-            self._traffic[d], "traffic upd", hashlib.new(suite.hash).digest_size, suite.hash
+        size = hashlib.new(suite.hash).digest_size
+        secret = self._traffic[d] = hkdf_expand_label(
+            self._traffic[d], "traffic upd", size, suite.hash
         )
-        self._traffic[d] = secret
         self.sides[d].cipher = _Cipher.tls13_from(suite, secret)
 
     def _established(self) -> Established:

@@ -106,6 +106,16 @@ class TlsPair:
         self._pump("s" if side == "c" else "c")  # a TLS 1.3 server's session tickets
 
 
+def tls_flights(keylog: Path, inside: Dialogue = INSIDE, **tls) -> Dialogue:
+    """The flights of a real TLS session carrying *inside*; its secrets go to *keylog*."""
+    with tempfile.TemporaryDirectory() as scratch:
+        pair = TlsPair(Path(scratch), keylog, **tls)
+        pair.handshake()
+        for side, data in inside:
+            pair.send(side, data)
+    return pair.flights
+
+
 def tls_capture(
     path: Path, *, port: int = 25, plain: Dialogue = PREAMBLE, inside: Dialogue = INSIDE, **tls
 ) -> Path:
@@ -113,15 +123,10 @@ def tls_capture(
     key log is written beside it (``.keylog``)."""
     keylog = path.with_suffix(".keylog")
     keylog.unlink(missing_ok=True)
-    with tempfile.TemporaryDirectory() as scratch:
-        pair = TlsPair(Path(scratch), keylog, **tls)
-        pair.handshake()
-        for side, data in inside:
-            pair.send(side, data)
     cap = Capture()
     conn = Tcp(cap, SENDER, RECEIVER, port=port)
     conn.handshake()
-    for side, data in [*plain, *pair.flights]:
+    for side, data in [*plain, *tls_flights(keylog, inside, **tls)]:
         conn.send(side, data)
     conn.fin("c")
     conn.ack("s")
