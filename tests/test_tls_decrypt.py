@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+import random
 import socket
 import ssl
 import subprocess
@@ -29,7 +30,7 @@ from harness.ladder.dissect import dissect
 from harness.ladder.model import Ladder, StepKind
 from harness.tls.keylog import KeyLog, from_capture
 from harness.tls.pki import make_lab_pki
-from harness.tls.records import hkdf_expand_label, prf
+from harness.tls.records import Problem, TlsSession, hkdf_expand_label, prf
 
 CRAFTED = Path(__file__).resolve().parent / "crafted" / "tls"
 _SPEC = importlib.util.spec_from_file_location("crafted_tls_build", CRAFTED / "build.py")
@@ -510,3 +511,23 @@ def test_commands_pipelined_behind_starttls_are_an_anomaly_not_commands_inside(t
     assert anomaly.get("anomaly") == "plaintext after STARTTLS"
     assert "RSET" not in [s.text for s in ladder.steps]
     assert inner(ladder) == INNER
+
+
+@pytest.mark.parametrize("tls12", [False, True])
+def test_damaged_records_never_raise(tmp_path, tls12):
+    """Nothing a peer sends raises: each of 300 copies of a real session with a few bytes
+    changed (seeded) is read to the end, at worst as one Problem."""
+    keylog = tmp_path / "keys.txt"
+    flights = build.tls_flights(keylog, tls12=tls12)
+    keys = KeyLog.from_files([keylog])
+    rng = random.Random(12)
+    problems = 0
+    for _ in range(300):
+        session = TlsSession(keys)
+        damaged = [(side, bytearray(data)) for side, data in flights]
+        for _ in range(rng.randint(1, 3)):
+            _, data = rng.choice(damaged)
+            data[rng.randrange(len(data))] = rng.randrange(256)
+        events = [e for side, data in damaged for e in session.feed("cs".index(side), data)]
+        problems += sum(isinstance(e, Problem) for e in events) == 1
+    assert problems > 200  # most changes are seen (some fall on bytes nobody checks)

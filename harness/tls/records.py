@@ -55,7 +55,8 @@ from harness.tls.keylog import KeyLog, Label, Secrets
 CLIENT, SERVER = 0, 1
 SIDES = ("client", "server")
 # record content types (RFC 8446 §5.1)
-CHANGE_CIPHER_SPEC, ALERT, HANDSHAKE, APPLICATION_DATA = 20, 21, 22, 23
+CHANGE_CIPHER_SPEC, ALERT, HANDSHAKE, APPLICATION_DATA, HEARTBEAT = 20, 21, 22, 23, 24
+RECORD_TYPES = frozenset({CHANGE_CIPHER_SPEC, ALERT, HANDSHAKE, APPLICATION_DATA, HEARTBEAT})
 # handshake message types (RFC 8446 §4)
 CLIENT_HELLO, SERVER_HELLO, CERTIFICATE, FINISHED, KEY_UPDATE = 1, 2, 11, 20, 24
 EXT_SERVER_NAME, EXT_SUPPORTED_VERSIONS = 0, 43
@@ -254,12 +255,14 @@ class TlsSession:
 
     def feed(self, direction: int, data: bytes) -> list[Event]:
         """The events the bytes complete; nothing once the session has failed."""
+        if self.failed is not None:
+            return []
         side = self.sides[direction]
         side.buffer += data
         while self.failed is None and len(side.buffer) >= 5:
             ctype, length = side.buffer[0], int.from_bytes(side.buffer[3:5], "big")
-            if length > MAX_RECORD:
-                self.fail(f"{SIDES[direction]} record of {length} octets: not TLS")
+            if ctype not in RECORD_TYPES or length > MAX_RECORD:
+                self.fail(f"{SIDES[direction]} record of type {ctype}, {length} octets: not TLS")
                 break
             if len(side.buffer) < 5 + length:
                 break
@@ -299,8 +302,9 @@ class TlsSession:
             if self.version != TLS13:
                 side.cipher, side.pending = side.pending, None
             return
-        tls13_protected = side.cipher is not None and ctype == APPLICATION_DATA
-        if side.cipher is not None and (self.version != TLS13 or tls13_protected):
+        # 1.2 protects every record after ChangeCipherSpec, 1.3 those of type application data
+        protected = self.version != TLS13 or ctype == APPLICATION_DATA
+        if side.cipher is not None and protected:
             ctype, fragment = side.cipher.decrypt(header, fragment)
         elif ctype == APPLICATION_DATA:
             return self.fail(f"{SIDES[d]} application data before any key")
