@@ -11,7 +11,8 @@ Rules this module keeps:
   25, 465, 587, 2525 and the ``ports`` given, on any port whose server opens with a 220
   greeting, and behind an HTTP CONNECT tunnel.  A connection on an SMTP port whose client
   opens with a TLS record is a TLS session (port 465 is implicit TLS, RFC 8314 §3): its
-  SMTP is not readable without keys.
+  SMTP is not readable without keys; with the ``keylog`` holding its secrets it is an SMTP
+  session read inside TLS.
 - SMTP and TLS flows are sessions, numbered from 1 in the order they end (the order they
   are given out).  Step numbers stay those of the whole capture, in capture order, so a
   session shown alone cites the same steps as it does among the rest.
