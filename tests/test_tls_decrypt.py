@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 import os
 import random
 import re
@@ -31,7 +32,7 @@ from harness.ladder.dissect import dissect
 from harness.ladder.model import Ladder, StepKind
 from harness.tls.keylog import KeyLog, from_capture
 from harness.tls.pki import make_lab_pki
-from harness.tls.records import Problem, TlsSession, hkdf_expand_label, prf
+from harness.tls.records import HRR_RANDOM, Problem, TlsSession, hkdf_expand_label, prf
 
 CRAFTED = Path(__file__).resolve().parent / "crafted" / "tls"
 _SPEC = importlib.util.spec_from_file_location("crafted_tls_build", CRAFTED / "build.py")
@@ -533,3 +534,29 @@ def test_damaged_records_never_raise(tmp_path, tls12):
         events = [e for side, data in damaged for e in session.feed("cs".index(side), data)]
         problems += sum(isinstance(e, Problem) for e in events) == 1
     assert problems > 200  # most changes are seen (some fall on bytes nobody checks)
+
+
+def test_a_hello_retry_request_is_passed_over_and_the_next_server_hello_decides(tmp_path):
+    """RFC 8446 §4.1.3: a server with one group (P-384) answers the client's X25519 key
+    share with a HelloRetryRequest; the client says hello again, with the same random."""
+    pcap = fresh(tmp_path, curve="secp384r1")
+    assert HRR_RANDOM in pcap.read_bytes()
+    ladder = decrypted(pcap)
+    assert handshake(ladder).get("version") == "TLSv1.3"
+    assert inner(ladder) == INNER
+    assert ladder.warnings == {}
+    assert tshark_inside(pcap, pcap.with_suffix(".keylog")) == ours(ladder)
+
+
+def test_the_streamed_ladder_reads_inside_tls_too():
+    pcap = CRAFTED / "implicit-tls13.pcap"
+    keylog = str(pcap.with_suffix(".keylog"))
+    done = subprocess.run(
+        [*CLI, "ladder", str(pcap), "--keylog", keylog, "--format", "jsonl"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    steps = [json.loads(line) for line in done.stdout.splitlines()]
+    inside = [(s["kind"], s["text"]) for s in steps if s.get("detail", {}).get("tls")]
+    assert inside == [("reply", "220 mail.receiver.com ESMTP"), *INNER]

@@ -58,10 +58,14 @@ class TlsPair:
     """A client and a server TLS object over memory BIOs; every flight each sends is kept
     as ("c"|"s", bytes)."""
 
-    def __init__(self, folder: Path, keylog: Path, *, tls12: bool = False, ciphers: str = ""):
+    def __init__(
+        self, folder: Path, keylog: Path, *, tls12: bool = False, ciphers: str = "", curve: str = ""
+    ):
         creds = make_lab_pki(folder / "pki", PKI_DATE).server(SERVER_NAME)
         server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         server_ctx.load_cert_chain(creds.chain, creds.key)
+        if curve:  # the server's one group: a client whose key share is another gets a HRR
+            server_ctx.set_ecdh_curve(curve)
         client_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         client_ctx.check_hostname, client_ctx.verify_mode = False, ssl.CERT_NONE
         client_ctx.keylog_filename = str(keylog)
