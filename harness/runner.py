@@ -74,6 +74,7 @@ from harness.runinfo import host_names
 from harness.scenario import Scenario
 from harness.smtp.receiver import Receiver, StoredMessage
 from harness.smtp.sender import Sender
+from harness.tls.keylog import KeyLog, from_capture
 from harness.verdict import Verdict
 
 DNS_PORT = 53
@@ -281,7 +282,8 @@ def _ladder(scenario: Scenario, folder: Path, faults: list[InternalFault]) -> La
     """The capture's ladder; a dissector that fails on our own capture is our fault."""
     pcap = folder / CAPTURE
     try:
-        return dissect(str(pcap), host_names(scenario.topology))
+        keylog = KeyLog.from_files(run_keylogs(folder)) or None  # None: no TLS secrets
+        return dissect(str(pcap), host_names(scenario.topology), keylog=keylog)
     except Exception as exc:
         if pcap.exists():
             faults.append(InternalFault.from_exception("dissector", exc))
@@ -301,7 +303,8 @@ def _finish_capture(result: RunResult) -> None:
 
 def final_capture(pcap: Path, scenario: Scenario, ladder: Ladder, header: list[str]) -> None:
     """Rewrite the raw capture ``pcap`` in place as the final pcapng: the lab's names, a
-    comment per frame naming its steps in ``ladder``, ``header`` in its section header."""
+    comment per frame naming its steps in ``ladder``, ``header`` in its section header, and
+    the run's TLS key logs in a Decryption Secrets Block."""
     pcapng.rewrite(
         pcap,
         pcap,
@@ -309,7 +312,13 @@ def final_capture(pcap: Path, scenario: Scenario, ladder: Ladder, header: list[s
         section_comments=header,
         names=runinfo.lab_names(scenario, scenario_zones(scenario)),
         comments=runinfo.step_comments(ladder),
+        secrets=b"".join(path.read_bytes() for path in run_keylogs(pcap.parent)),
     )
+
+
+def run_keylogs(folder: Path) -> list[Path]:
+    """The TLS key logs the run's peers wrote (``<run>/tls/*keylog*.txt``), in name order."""
+    return sorted((folder / "tls").glob("*keylog*.txt"))
 
 
 def record_golden(capture: Path, golden: Path) -> None:
@@ -355,7 +364,8 @@ def write_record(result: RunResult, started: str) -> None:
 
 def judge_wire(ladder: Ladder, pcap: Path, golden: Path, topology) -> list[str]:
     """The packetdrill-style diff against the golden capture, or nothing if it matches."""
-    verdict = compare(ladder, dissect(str(golden), host_names(topology)))
+    keylog = from_capture(golden) or None  # a golden pcapng keeps its TLS secrets
+    verdict = compare(ladder, dissect(str(golden), host_names(topology), keylog=keylog))
     return [] if verdict.ok else [format_diff(verdict, str(pcap), str(golden)).rstrip()]
 
 

@@ -31,10 +31,10 @@ NAMES = sorted(build.CAPTURES)
 ENDS = {"c": (HOSTS[SENDER], HOSTS[RECEIVER]), "s": (HOSTS[RECEIVER], HOSTS[SENDER])}
 
 
-def expected(name: str) -> tuple[list[tuple], dict[str, int]]:
+def expected(name: str, folder: Path = CRAFTED) -> tuple[list[tuple], dict[str, int]]:
     """The steps (src, dst, kind, text, detail) and the warnings of ``NAME.ladder``."""
     steps, warnings = [], {}
-    for line in (CRAFTED / f"{name}.ladder").read_text().splitlines():
+    for line in (folder / f"{name}.ladder").read_text().splitlines():
         if not line or line.startswith("#"):
             continue
         side, *fields = line.split(" | ")

@@ -7,7 +7,9 @@ Rules kept here:
   Description Block (Ethernet, ``if_name``, ``if_tsresol`` = 9: nanoseconds, so no
   timestamp is rounded), then an optional Name Resolution Block, then Enhanced Packet
   Blocks.  The name block comes before every packet, so a reader in one pass (tshark) has
-  the names for the first frame.
+  the names for the first frame.  TLS key logs (NSS format) go in one Decryption Secrets
+  Block (secrets type ``TLSK``, draft §4.7) right after it, before every packet too, so
+  tshark and Wireshark decrypt the TLS inside with no option.
 - A name record holds one address (IPv4 or IPv6) and its names, each UTF-8 and
   zero-terminated (draft §4.5), in the order given.  The name a reader shows is the last
   one: Wireshark lets each name of a record replace the one before, and
@@ -33,7 +35,8 @@ from typing import BinaryIO
 from harness.capture.pcapfile import LINKTYPE_ETHERNET, MAX_CAPLEN, read
 
 # block types
-SHB, IDB, NRB, EPB = 0x0A0D0D0A, 1, 4, 6
+SHB, IDB, NRB, EPB, DSB = 0x0A0D0D0A, 1, 4, 6, 0x0A
+SECRETS_TLS_KEY_LOG = 0x544C534B  # "TLSK"
 BYTE_ORDER_MAGIC = 0x1A2B3C4D
 # option codes
 OPT_ENDOFOPT, OPT_COMMENT = 0, 1
@@ -97,6 +100,13 @@ def name_resolution(names: Names) -> bytes:
     return _block(NRB, records + struct.pack("<HH", NRB_END, 0))
 
 
+def decryption_secrets(keylog: bytes) -> bytes:
+    """A DSB holding a TLS key log, or nothing for an empty one."""
+    if not keylog:
+        return b""
+    return _block(DSB, struct.pack("<II", SECRETS_TLS_KEY_LOG, len(keylog)) + keylog)
+
+
 _EPB_HEAD = struct.Struct("<IIIIIII")  # type, length, interface, time high/low, caplen, origlen
 _TRAILER = struct.Struct("<I")
 _PADDING = (b"", b"\0\0\0", b"\0\0", b"\0")  # by the data's length mod 4
@@ -127,10 +137,11 @@ class PcapngWriter:
         iface: str = "br0",
         names: Names | None = None,
         snaplen: int = MAX_CAPLEN,
+        secrets: bytes = b"",
     ) -> None:
         self._file = file
         file.write(section_header(application, comments) + interface(iface, snaplen=snaplen))
-        file.write(name_resolution(names or {}))
+        file.write(name_resolution(names or {}) + decryption_secrets(secrets))
 
     def write(
         self, time: int, data: bytes, origlen: int | None = None, comments: Sequence[str] = ()
@@ -147,15 +158,21 @@ def rewrite(
     section_comments: Sequence[str],
     names: Names,
     comments: Mapping[int, Sequence[str]],
+    secrets: bytes = b"",
 ) -> None:
-    """Copy the Ethernet capture ``source`` to ``target`` as pcapng with names and comments
-    (``comments``: frame number -> its comments), atomically (rules above)."""
+    """Copy the Ethernet capture ``source`` to ``target`` as pcapng with names, comments
+    (``comments``: frame number -> its comments) and TLS key log ``secrets``, atomically
+    (rules above)."""
     target = Path(target)
     temporary = target.with_name(f".{target.name}.tmp")
     try:
         with open(temporary, "wb") as f:
             writer = PcapngWriter(
-                f, application=application, comments=section_comments, names=names
+                f,
+                application=application,
+                comments=section_comments,
+                names=names,
+                secrets=secrets,
             )
             for record in read(str(source)):
                 writer.write(

@@ -552,9 +552,11 @@ def required_454(seen: Seen) -> Outcome:
 
 
 def _stripped(run: RunResult) -> list[Step]:
-    """A 250 to EHLO or HELO offering no STARTTLS (the downgrade the sender read)."""
+    """A 250 to EHLO or HELO in plaintext offering no STARTTLS (the downgrade the sender
+    read; inside TLS, STARTTLS must not be offered: that is no downgrade)."""
     found = [*replies(run.ladder, "EHLO", 250), *replies(run.ladder, "HELO", 250)]
-    return sorted((r for r in found if "STARTTLS" not in advertised(r)), key=lambda r: r.index)[:1]
+    stripped = (r for r in found if not in_tls(r) and "STARTTLS" not in advertised(r))
+    return sorted(stripped, key=lambda r: r.index)[:1]
 
 
 def _stripped_setup(name: str, starttls: str) -> Setup:
@@ -638,7 +640,13 @@ for _variant in VARIANTS:
         "unauthenticated certificate (no MTA-STS, RFC 8461, in any of the four MTAs)",
         SENDER,
         to_sender(f"tls-cert-{_variant}", certificate=_variant),
-        requires=[Precondition("a 220 to STARTTLS before the certificate", _starttls_ready)],
+        requires=[
+            Precondition(
+                "a 220 to STARTTLS before the certificate",
+                _starttls_ready,
+                lab=f"which certificate the lab served ({_variant})",
+            )
+        ],
         kind=Kind.OBSERVATION,
     )(_certificate_observation(_variant))
     check(

@@ -17,6 +17,11 @@ Rules this module keeps:
   the failed checks with the steps they cite (``--format jsonl``: one line per session).
   ``--session N`` shows session N alone (the same step numbers); a capture without SMTP
   says "no SMTP sessions".  Exit 1 when a check failed, 3 when a judge erred.
+* TLS: ``--keylog FILE`` (repeatable; NSS key log format) and a pcapng's own Decryption
+  Secrets Blocks (a run's capture.pcapng carries its key logs) let the ladder read the
+  dialogue inside STARTTLS and port 465 (``harness.tls.records``); a bad key log line is
+  bad input (file and line).  Without secrets, TLS after STARTTLS is one opaque step and a
+  warning says the dialogue inside is not seen.
 * ``--port`` adds server ports read as SMTP, ``--idle`` the capture time after which a
   silent connection is finished and given out.  A progress bar goes to stderr when it is
   a terminal.
@@ -51,6 +56,7 @@ from harness.ladder.sessions import DEFAULT_IDLE, Flow, Splitter
 from harness.progress import Progress
 from harness.render import FORMATS, jsonl, render
 from harness.render import session as session_text
+from harness.tls.keylog import KeyLog, from_capture
 from harness.verdict import ExitCode, Verdict
 
 T = TypeVar("T")
@@ -78,6 +84,14 @@ _IDLE = click.option(
     show_default=True,
     help="Finish a connection silent this many seconds (of capture time).",
 )
+_KEYLOG = click.option(
+    "--keylog",
+    "keylogs",
+    multiple=True,
+    type=click.Path(dir_okay=False),
+    metavar="FILE",
+    help="Decrypt TLS with this NSS key log (repeatable); a pcapng's own secrets need none.",
+)
 JSONL = "jsonl"
 
 
@@ -88,6 +102,7 @@ JSONL = "jsonl"
 @_PORT
 @_IDLE
 @_HOST
+@_KEYLOG
 def ladder(
     file: str,
     fmt: str,
@@ -95,6 +110,7 @@ def ladder(
     ports: tuple[int, ...],
     idle: float,
     hosts: tuple[str, ...],
+    keylogs: tuple[str, ...],
 ) -> None:
     """Show the ladder of the capture FILE (pcap or pcapng).
 
@@ -104,13 +120,13 @@ def ladder(
     Exit 0, or 2 for bad input (an unreadable capture, a bad --host), 3 for a fault of
     the harness (its traceback is written to the file the message names)."""
     names = guarded(file, lambda: file_names([file], _hosts(hosts)))
+    keylog = guarded(file, lambda: secrets([file], keylogs))
     if fmt == JSONL:
+        splitter = Splitter(names, ports=ports, idle=idle, keylog=keylog)
         with _writing(output) as out:
-            guarded(
-                file, lambda: _stream_ladder(Splitter(names, ports=ports, idle=idle), file, out)
-            )
+            guarded(file, lambda: _stream_ladder(splitter, file, out))
         return
-    options = {"smtp_ports": SMTP_PORTS | frozenset(ports), "idle": idle}
+    options = {"smtp_ports": SMTP_PORTS | frozenset(ports), "idle": idle, "keylog": keylog}
     document = guarded(file, lambda: render(dissect(file, names, **options), fmt))
     with _writing(output) as out:
         out.write(document)
@@ -132,6 +148,7 @@ def ladder(
 @_PORT
 @_IDLE
 @_HOST
+@_KEYLOG
 def check(
     run: str,
     golden: str | None,
@@ -141,6 +158,7 @@ def check(
     ports: tuple[int, ...],
     idle: float,
     hosts: tuple[str, ...],
+    keylogs: tuple[str, ...],
 ) -> None:
     """Judge the SMTP sessions of the capture RUN, or compare it with a golden capture.
 
@@ -152,20 +170,24 @@ def check(
     GOLDEN one recorded from a run that was right (run --update-golden), compared as
     ladders: the steps, in order, each with its kind and details (--strict: every detail,
     where it fell too)."""
-    names = guarded(run, lambda: file_names([run, *([golden] if golden else [])], _hosts(hosts)))
+    captures = [run, *([golden] if golden else [])]
+    names = guarded(run, lambda: file_names(captures, _hosts(hosts)))
+    keylog = guarded(run, lambda: secrets(captures, keylogs))
     if golden is None:
         if strict:
             raise HarnessError("--strict applies only with --expect")
         with _writing(None) as out:
-            splitter = Splitter(names, ports=ports, idle=idle)
+            splitter = Splitter(names, ports=ports, idle=idle, keylog=keylog)
             code = guarded(run, lambda: _judge_capture(splitter, run, fmt, only, out))
         sys.exit(code)
     given = [("--format", fmt != "text"), ("--session", only is not None), ("--port", ports)]
     for option, used in given:
         if used:
             raise HarnessError(f"{option} applies only without --expect")
-    run_ladder: Ladder = guarded(run, lambda: dissect(run, names, idle=idle))
-    golden_ladder: Ladder = guarded(golden, lambda: dissect(golden, names, idle=idle))
+    run_ladder: Ladder = guarded(run, lambda: dissect(run, names, idle=idle, keylog=keylog))
+    golden_ladder: Ladder = guarded(
+        golden, lambda: dissect(golden, names, idle=idle, keylog=keylog)
+    )
     verdict = guarded(run, lambda: compare(run_ladder, golden_ladder, strict=strict))
     click.echo(format_diff(verdict, run, golden), nl=False)
     sys.exit(ExitCode.OK if verdict.ok else ExitCode.FAIL)
@@ -262,6 +284,17 @@ def file_names(files: list[str], given: dict[str, str]) -> dict[str, str]:
     for file in reversed(files):
         names |= annotations(file).names
     return names | given
+
+
+def secrets(captures: list[str], keylogs: tuple[str, ...]) -> KeyLog | None:
+    """The TLS secrets of the captures' own blocks and the ``--keylog`` files (theirs win);
+    None when there are none: TLS after STARTTLS then gets its warning."""
+    keylog = KeyLog()
+    for capture in captures:
+        keylog.merge(from_capture(capture))
+    for path in keylogs:
+        keylog.add_file(path)
+    return keylog if len(keylog) else None
 
 
 def _hosts(pairs: tuple[str, ...]) -> dict[str, str]:

@@ -57,6 +57,7 @@ from __future__ import annotations
 import hashlib
 from collections import Counter, deque
 from collections.abc import Iterator
+from dataclasses import replace
 from itertools import count
 
 import dnslib
@@ -69,6 +70,8 @@ from harness.smtp import events as smtp
 from harness.smtp.commands import parse_command
 from harness.smtp.events import Direction
 from harness.smtp.protocol import Observer
+from harness.tls.keylog import KeyLog
+from harness.tls.records import Established, Plaintext, Problem, TlsSession
 
 SMTP_PORTS = frozenset({25, 465, 587, 2525})
 DNS_PORT = 53
@@ -127,7 +130,9 @@ class Dissector:
         *,
         smtp_ports: frozenset[int] = SMTP_PORTS,
         idle: float = 600.0,
+        keylog: KeyLog | None = None,
     ) -> None:
+        self.keylog = keylog  # TLS secrets: the dialogue inside TLS is read with them
         self.hosts = {addr: _clean(name) for addr, name in (hosts or {}).items()}
         self.smtp_ports = smtp_ports  # a server port here is SMTP before any byte says so
         self.idle = idle  # seconds of capture time after which a silent connection ends
@@ -345,6 +350,11 @@ class _Conn:
         self.content: _Content | None = None
         self.chunk_last = False  # the BDAT chunk being read is the LAST one
         self.tls = [False, False]
+        self.tls_session: TlsSession | None = None  # decrypting, with the dissector's key log
+        self.tls_base: list[int | None] = [None, None]  # stream offset where TLS begins
+        self.records: tuple[deque, deque] = (deque(), deque())  # (plaintext end, stream end)
+        self.plain = [0, 0]  # octets of plaintext from inside TLS, per direction
+        self.inside = False  # the observer reads the dialogue inside TLS
 
     def handle(self, event: Event) -> Iterator[Step]:
         kind, d = event.kind, event.direction
@@ -415,7 +425,7 @@ class _Conn:
             yield self._new(event, event.direction, kind, "ACK of FIN", (event.first,), info)
 
     def _data(self, d: int, event: Event) -> Iterator[Step]:
-        if self.mode in ("sniff", "smtp"):
+        if self.mode in ("sniff", "smtp") or self.tls_session is not None:
             segment = (event.offset, event.offset + event.length, event.first, event.last)
             self.segments[d].append(segment)
         if self.mode == "sniff":
@@ -425,6 +435,8 @@ class _Conn:
             yield from self._sniff(event)
         elif self.mode == "smtp":
             yield from self._feed(d, event.data, event)
+        elif self.mode == "tls" and self.tls_session is not None:
+            yield from self._tls_feed(d, event.data, event)
         elif self.mode == "tls" and not self.tls[d]:
             self.tls[d] = True
             info = detail(offset=event.offset)
@@ -457,6 +469,11 @@ class _Conn:
                 self._evidence(d, self.start[d])
                 yield from self._feed(d, bytes(held[d][skip[d] :]), event)
                 continue
+            if decision == "tls" and self.d.keylog is not None:  # implicit TLS (RFC 8314 §3)
+                self.tls_session = self.tls_session or TlsSession(self.d.keylog)
+                self.tls_base[d] = self.start[d]
+                yield from self._tls_feed(d, bytes(held[d]), event)
+                continue
             if decision == "tls" and held[d]:
                 self.tls[d] = True
                 info = detail(offset=self.start[d])
@@ -467,19 +484,100 @@ class _Conn:
         """Bytes (b"": the end of the stream) to the SMTP core; the steps they complete."""
         if self.observer is None or (not data and not self.eof[d]):
             return
+        if data and self.tls_session is not None and self.tls_base[d] is not None:
+            yield from self._tls_feed(d, data, event)
+            return
         yield from self._steps(self.observer.feed(_SMTP_DIRECTION[d], data), event)
 
     def _steps(self, events: list[smtp.Event], event: Event) -> Iterator[Step]:
         for smtp_event in events:
             step = self._smtp(smtp_event, event)
             if step is not None:
-                yield step
+                yield replace(step, detail=(*step.detail, ("tls", True))) if self.inside else step
+
+    # --- inside TLS, with a key log
+
+    def _tls_started(self, d: int, offset: int) -> None:
+        """The 220 to STARTTLS: *d* carries TLS records from stream *offset* on."""
+        self.tls_base[d] = offset
+        if self.d.keylog is None:
+            warning = f"TLS after STARTTLS on connection {self.id}: no key log, "
+            if d == CLIENT:
+                self.d.warnings[warning + "the dialogue inside is not seen"] += 1
+        elif self.tls_session is None:
+            self.tls_session = TlsSession(self.d.keylog)
+
+    def _tls_feed(self, d: int, data: bytes, event: Event) -> Iterator[Step]:
+        """TLS bytes: to the record layer; before the handshake is done also to the core,
+        which counts them (an opaque ``tls`` step if the records cannot be read)."""
+        session = self.tls_session
+        found = session.feed(d, data)
+        if self.observer is not None and not self.inside:
+            yield from self._steps(self.observer.feed(_SMTP_DIRECTION[d], data), event)
+        elif session.failed and not self.inside and not self.tls[d]:  # implicit TLS
+            self.tls[d] = True
+            info = detail(offset=event.offset)
+            yield self._new(event, d, StepKind.TLS, "TLS", (event.first,), info)
+        for item in found:
+            if isinstance(item, Established):
+                yield self._handshake(item, event)
+            elif isinstance(item, Plaintext) and self.inside:
+                yield from self._plaintext(item, event)
+            elif isinstance(item, Problem):
+                self._tls_problem(item)
+
+    def _tls_problem(self, problem: Problem) -> None:
+        warning = f"TLS on connection {self.id}: {problem.reason}; "
+        self.d.warnings[warning + "the records after it are not read"] += 1
+
+    def _handshake(self, item: Established, event: Event) -> Step:
+        """The handshake as one step; the core reads the dialogue inside from here on."""
+        self.inside = True
+        if self.observer is None:  # implicit TLS: inside, the session starts with a greeting
+            self.observer, self.mode = Observer(capture=True), "smtp"
+        else:
+            self.observer.secured()
+        server_end = self.tls_base[SERVER] + self.tls_session.sides[SERVER].offset
+        evidence = self._evidence(CLIENT, self.tls_base[CLIENT] + item.end)
+        evidence += self._evidence(SERVER, server_end)
+        info = detail(
+            version=item.version,
+            cipher=item.cipher,
+            sni=item.sni,
+            subject=item.subject,
+            issuer=item.issuer,
+            not_before=item.not_before,
+            not_after=item.not_after,
+        )
+        text = f"{item.version} {item.cipher}" + (f" SNI {item.sni}" if item.sni else "")
+        return self._new(event, CLIENT, StepKind.TLS_HANDSHAKE, text, _unique(evidence), info)
+
+    def _plaintext(self, item: Plaintext, event: Event) -> Iterator[Step]:
+        d = item.direction
+        self.plain[d] += len(item.data)
+        self.records[d].append((self.plain[d], self.tls_base[d] + item.end))
+        yield from self._steps(self.observer.feed(_SMTP_DIRECTION[d], item.data), event)
+
+    def _at(self, d: int, offset: int) -> int:
+        """The stream offset of the core's *offset*; inside TLS, where the record carrying
+        the octet before it ends (records before it are forgotten: the core reads forward)."""
+        if not self.inside:
+            return self.start[d] + offset
+        records = self.records[d]
+        while len(records) > 1 and records[0][0] < offset:
+            records.popleft()
+        return records[0][1] if records else self.tls_base[d]
 
     def _gap(self, event: Event) -> Iterator[Step]:
         d = event.direction
         text = f"{event.length} bytes missing from the capture"
         yield self._new(event, d, StepKind.GAP, text, (event.first,), detail(offset=event.offset))
         yield from self._settle(event, "smtp" if self.smtp_port else "other")
+        if self.tls_session is not None and self.tls_base[d] is not None:
+            for problem in self.tls_session.skip(d, event.length):
+                self._tls_problem(problem)
+            if self.inside:
+                return  # the core reads no more of the dialogue inside
         if self.mode == "smtp" and self.observer is not None:
             yield from self._steps(self.observer.skip(_SMTP_DIRECTION[d], event.length), event)
 
@@ -528,7 +626,7 @@ class _Conn:
 
     def _smtp(self, e: smtp.Event, event: Event) -> Step | None:
         d = CLIENT if e.direction is Direction.CLIENT else SERVER  # no Enum hashing
-        offset = self.start[d] + e.offset
+        offset = self._at(d, e.offset)
         match e:
             case smtp.Command():
                 if e.chunk_size is not None:
@@ -536,7 +634,9 @@ class _Conn:
                 info = detail(
                     verb=_clean(e.verb), error=_clean(e.syntax_error), in_order=e.in_order
                 )
-                return self._unit(d, event, _COMMAND, _lines(e.raw), offset + len(e.raw), info)
+                return self._unit(
+                    d, event, _COMMAND, _lines(e.raw), self._at(d, e.offset + len(e.raw)), info
+                )
             case smtp.Reply():
                 if e.inferred:
                     return self._inferred(d, event, e)
@@ -547,19 +647,23 @@ class _Conn:
                     error=_clean(e.error),
                     answers=_clean(e.answers),
                 )
-                return self._unit(d, event, _REPLY, text, offset + len(e.raw), info)
+                return self._unit(d, event, _REPLY, text, self._at(d, e.offset + len(e.raw)), info)
             case smtp.Content():
                 self.content = self.content or _Content()
-                self.content.add(e.data, self._evidence(d, offset + len(e.data)))
+                self.content.add(e.data, self._evidence(d, self._at(d, e.offset + len(e.data))))
             case smtp.Gap(content=True):
                 self.content = self.content or _Content()
                 self.content.gap(e.size)
             case smtp.EndOfData():
-                return self._content(d, event, StepKind.CONTENT, offset + 3)
+                return self._content(d, event, StepKind.CONTENT, self._at(d, e.offset + 3))
             case smtp.EndOfChunk():
                 return self._content(d, event, StepKind.BDAT, offset, last=e.last)
+            case smtp.TlsStarted():
+                self._tls_started(d, offset)
             case smtp.Opaque():
-                evidence = _unique(self._evidence(d, offset + e.size))
+                if self.tls_session is not None and not self.tls_session.failed:
+                    return None  # the records are read: the handshake step cites them
+                evidence = _unique(self._evidence(d, self._at(d, e.offset + e.size)))
                 if not self.tls[d]:
                     self.tls[d] = True
                     return self._new(event, d, StepKind.TLS, "TLS", evidence, detail(offset=offset))
@@ -568,10 +672,12 @@ class _Conn:
                 info = detail(offset=offset, anomaly=e.kind.value)
                 return self._new(event, d, _ANOMALY, text, self._peek(d, offset), info)
             case smtp.Unfinished():
-                return self._unfinished(d, event, e, offset)
+                return self._unfinished(d, event, e, self._at(d, e.offset + len(e.raw)))
             case smtp.AuthResponse():
                 info = detail(cancel=e.cancel or None)
-                return self._unit(d, event, _AUTH, _lines(e.raw), offset + len(e.raw), info)
+                return self._unit(
+                    d, event, _AUTH, _lines(e.raw), self._at(d, e.offset + len(e.raw)), info
+                )
             case smtp.Resync():
                 self._warn_resync(e, offset)
         return None
@@ -581,9 +687,8 @@ class _Conn:
         info = detail(code=e.code, lines=0, answers=e.answers, inferred=True)
         return self._new(event, d, _REPLY, f"{e.code}{INFERRED}", (), info)
 
-    def _unfinished(self, d: int, event: Event, e: smtp.Unfinished, offset: int) -> Step:
+    def _unfinished(self, d: int, event: Event, e: smtp.Unfinished, end: int) -> Step:
         """The unit the stream ended inside, as a step of its kind marked incomplete."""
-        end = offset + len(e.raw)
         if e.unit in (smtp.UnitKind.CONTENT, smtp.UnitKind.CHUNK):
             self.content = self.content or _Content()
             self.content.add(e.raw, self._evidence(d, end))

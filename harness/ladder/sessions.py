@@ -11,7 +11,8 @@ Rules this module keeps:
   25, 465, 587, 2525 and the ``ports`` given, on any port whose server opens with a 220
   greeting, and behind an HTTP CONNECT tunnel.  A connection on an SMTP port whose client
   opens with a TLS record is a TLS session (port 465 is implicit TLS, RFC 8314 §3): its
-  SMTP is not readable without keys.
+  SMTP is not readable without keys; with the ``keylog`` holding its secrets it is an SMTP
+  session read inside TLS.
 - SMTP and TLS flows are sessions, numbered from 1 in the order they end (the order they
   are given out).  Step numbers stay those of the whole capture, in capture order, so a
   session shown alone cites the same steps as it does among the rest.
@@ -29,6 +30,7 @@ from typing import NamedTuple
 from harness.ladder.dissect import SMTP_PORTS, Dissector, _clean
 from harness.ladder.model import Coverage, Ladder, Step
 from harness.ladder.tcpstream import Event
+from harness.tls.keylog import KeyLog
 
 DEFAULT_IDLE = 600.0  # seconds of capture time: RFC 5321 §4.5.3.2.7's 5-minute server
 # timeout, twice over
@@ -83,8 +85,10 @@ class Splitter(Dissector):
         *,
         ports: Iterable[int] = (),
         idle: float = DEFAULT_IDLE,
+        keylog: KeyLog | None = None,
     ) -> None:
-        super().__init__(hosts, smtp_ports=SMTP_PORTS | frozenset(ports), idle=idle)
+        ports = SMTP_PORTS | frozenset(ports)
+        super().__init__(hosts, smtp_ports=ports, idle=idle, keylog=keylog)
         self._held: dict[int, list[Step]] = {}
         self._sessions = count(1)
         self.packets = 0  # the highest packet number a step has cited so far (progress)

@@ -18,7 +18,7 @@ from html import escape
 
 from harness.ladder.model import Ladder
 from harness.render import svg
-from harness.render.style import heading, seconds, tone
+from harness.render.style import heading, seconds, tls_mark, tone
 
 _STYLE = """
 body { font-family: sans-serif; margin: 1.5em; color: #222; }
@@ -66,7 +66,7 @@ def _table(ladder: Ladder) -> str:
         cells = (
             f"<td>{s.index}</td><td>{seconds(ladder, s):.6f}</td><td>{escape(s.src)}</td>"
             f'<td>{escape(s.dst)}</td><td class="kind">{s.kind}</td>'
-            f'<td class="text">{escape(s.text)}</td>'
+            f'<td class="text">{escape(tls_mark(s) + s.text)}</td>'
             f"<td>{', '.join(map(str, s.evidence))}</td><td>{s.conn or ''}</td>"
         )
         rows.append(f'<tr id="step-{s.index}" class="{tone(s)}">{cells}</tr>')

@@ -8,7 +8,9 @@ Rules kept here:
 - A tone refines the family for colour: a reply whose code (``detail["code"]``, never the
   text) is 4yz is ``transient``, 5yz ``permanent`` (RFC 5321 §4.2.1: "4yz Transient Negative
   Completion reply", "5yz Permanent Negative Completion reply").
-- A label is the step text's first line, ``(+n lines)`` when there are more.
+- A label is the step text's first line, ``(+n lines)`` when there are more; a step read
+  inside TLS (``detail["tls"]``) starts with ``[in TLS] `` in every renderer (a marker, never
+  a renumbering).
 - Grouping never renumbers: a group is a run of the ladder's own steps.  Steps the same
   packet completed (same sender, receiver and last evidence packet, consecutive in the
   ladder) are one *packet group*; two or more commands (or BDAT chunks) one side sent on a
@@ -63,10 +65,18 @@ def strongest(steps: list[Step]) -> Tone:
     return min((tone(s) for s in steps), key=list(Tone).index)
 
 
+IN_TLS = "[in TLS] "  # marks a step read inside TLS (detail tls=True), numbered as any
+
+
+def tls_mark(step: Step) -> str:
+    return IN_TLS if step.get("tls") else ""
+
+
 def label(step: Step) -> str:
     first, *more = step.text.split("\n")
     if step.kind == "content":
         first = f"content: {first}"
+    first = tls_mark(step) + first
     return f"{first} (+{len(more)} lines)" if more else first
 
 
