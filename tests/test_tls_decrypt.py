@@ -311,7 +311,9 @@ def test_check_judges_the_dialogue_inside_tls():
     seen_text, blind_text = seen.stdout.decode(), blind.stdout.decode()
     assert "c3po@receiver.com: delivered (250 to <end-of-data>" in seen_text
     assert re.search(r"checks: [1-9]\d* pass", seen_text)
-    assert re.search(r"checks: (\d+ pass, )?\d+ n/a\n", blind_text) and "delivered" not in blind_text
+    assert (
+        re.search(r"checks: (\d+ pass, )?\d+ n/a\n", blind_text) and "delivered" not in blind_text
+    )
     assert "no key log, the dialogue inside is not seen" in blind_text
 
 
