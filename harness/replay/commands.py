@@ -23,6 +23,7 @@ import click
 
 from harness.errors import HarnessError
 from harness.replay.emit import emit_scenario
+from harness.replay.rerun import EMITTED, RerunResult, rerun
 from harness.replay.run import ReplayOptions, ReplayResult, in_lab, prepare, replay
 from harness.replay.stored import stored_outcomes
 from harness.scenario import load_scenario
@@ -56,11 +57,20 @@ bad input (nothing was run), 3 for a fault of the harness."""
     "--as",
     "side",
     type=click.Choice(["client", "server"]),
-    required=True,
-    help="Which captured side to replay.  client: the captured client's bytes against a live "
+    help="Which captured side to replay (or --rerun).  client: the captured client's bytes "
+    "against a live "
     "receiver; server: the captured server's replies as the scripted receiver, the scripted "
     "sender (configured from the captured envelope and message) as the live client, judged "
     "by the ladder diff.",
+)
+@click.option(
+    "--rerun",
+    "rerun_all",
+    is_flag=True,
+    help="Re-run the whole captured exchange in a fresh lab, the scripted peers taking both "
+    "parts (the --emit-scenario scenario, written into the run folder as scenario.toml and "
+    "run): exit 0 when the new capture's ladder (DNS, TCP, SMTP) equals the capture's after "
+    "normalisation, 1 when it differs (the diff is printed).  Instead of --as.",
 )
 @click.option(
     "--lab",
@@ -121,7 +131,8 @@ bad input (nothing was run), 3 for a fault of the harness."""
 )
 def replay_command(
     capture: Path,
-    side: str,
+    side: str | None,
+    rerun_all: bool,
     fresh_lab: bool,
     mta: str | None,
     scenario: Path | None,
@@ -132,6 +143,10 @@ def replay_command(
     emit: Path | None,
     out: Path | None,
 ) -> None:
+    if (side is None) == (not rerun_all):
+        raise HarnessError("replay: give one of --as client, --as server or --rerun")
+    if rerun_all and mta:
+        raise HarnessError("replay: --rerun runs the scripted peers only: no --mta")
     if emit is not None:
         scen = load_scenario(scenario)
         options = ReplayOptions(number, maps, mta, timing, keep_going, "server")
@@ -139,12 +154,16 @@ def replay_command(
         emit_scenario(in_lab(scen, session, mapping, options), str(capture), emit)
         click.echo(f"scenario written: {emit} (message: {emit.with_suffix('.eml')})")
         return
-    if not fresh_lab:
+    if not (fresh_lab or rerun_all):
         raise HarnessError("replay: --lab is required: a capture is replayed only into a lab")
     scen = load_scenario(scenario)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     folder = out or Path("runs") / f"replay-{capture.stem}-{stamp}"
-    options = ReplayOptions(number, maps, mta, timing, keep_going, side)
+    options = ReplayOptions(number, maps, mta, timing, keep_going, side or "server")
+    if rerun_all:
+        again = rerun(capture, scen, folder, options)
+        print_rerun(again)
+        sys.exit(exit_code(again.verdict))
     result = replay(capture, scen, folder, options)
     print_result(result)
     sys.exit(exit_code(result.verdict))
@@ -168,6 +187,24 @@ def print_result(result: ReplayResult) -> None:
         stop = client.stopped
         click.echo(f"stopped at step {stop.captured.step}: {'; '.join(stop.differences)}")
     _print_diff(result)
+
+
+def print_rerun(result: RerunResult) -> None:
+    session = result.session
+    click.echo(f"re-run of {session.path}, session {session.number} (the scripted peers)")
+    click.echo("mapping:")
+    for mapped in result.mappings:
+        click.echo(f"  {mapped.line()}")
+    click.echo(f"scenario: {result.folder / EMITTED}")
+    if result.diff_text:
+        click.echo("")
+        click.echo(result.diff_text, nl=False)
+    for problem in result.run.problems:
+        click.echo(f"  - problem of the re-run: {problem}")
+    click.echo(f"\nrun folder: {result.folder}")
+    click.echo(f"verdict: {str(result.verdict).upper()}")
+    for fault in result.run.faults:
+        click.echo(f"  - harness fault: {fault.line()} (traceback.txt in {result.run.folder})")
 
 
 def _print_diff(result: ReplayResult) -> None:

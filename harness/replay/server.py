@@ -6,12 +6,18 @@ Rules kept here:
   and one ``ReplyRule`` per captured reply, ``on`` the command it answered and ``nth`` its
   occurrence in the session (the second RCPT answered otherwise than the first), with
   the captured code and lines.  Every reply is scripted, so the receiver's own policy
-  decides only what a reply commits the session to (``policy`` rule 4).
+  decides only what a reply commits the session to (``policy`` rule 4); each captured
+  RCPT address is one of its users and domains, so a recipient the captured server
+  accepted has a mailbox to be stored in.
 - The live client is the scripted sender, configured from the captured client: its
   HELO/EHLO name and verb, whether it verified (VRFY), MAIL FROM, every RCPT TO and the
   message (the captured content, dot-unstuffed as a receiver stores it), each address
-  through the ``Mapping``.  Its own dialogue then runs (harness/smtp/sender.py rule 3)
-  and the ladders say where it differs from the captured client.
+  through the ``Mapping``, and its close (``half_close`` when the captured client's FIN
+  came before the 221).  Content the sender would not send so from the stored message
+  (a look-alike ending, bare line endings: not dot-stuffed CRLF lines) is sent instead as
+  captured, byte for byte, by a raw script step at ``<message>`` (up to the scenario's
+  ``MAX_RAW``).  Its own dialogue then runs (harness/smtp/sender.py rule 3) and the
+  ladders say where it differs from the captured client.
 - A captured reply with no readable code, or to a command the receiver cannot be scripted
   for, is refused (``HarnessError``) before a lab exists.
 """
@@ -23,12 +29,12 @@ import dataclasses
 from harness.errors import HarnessError
 from harness.replay.script import Mapping
 from harness.replay.session import Session, Unit
-from harness.scenario import REPLY_ON
+from harness.scenario import MAX_RAW, REPLY_ON
 from harness.smtp.events import Content, Direction
-from harness.smtp.framing import ReceiveBuffer
+from harness.smtp.framing import ReceiveBuffer, dot_stuff
 from harness.smtp.policy import ReceiverConfig, ReplyRule
 from harness.smtp.readers import DataReader
-from harness.smtp.sender import SenderConfig
+from harness.smtp.sender import MESSAGE, ScriptStep, SenderConfig
 
 
 def receiver_config(session: Session, base: ReceiverConfig) -> ReceiverConfig:
@@ -47,7 +53,16 @@ def receiver_config(session: Session, base: ReceiverConfig) -> ReceiverConfig:
             seen[key] = seen.get(key, 0) + 1
             rules.append(ReplyRule(on=key, nth=seen[key], code=reply.code, text=reply.lines))
     host, _, text = session.turns[0].replies[0].lines[0].partition(" ")
-    return dataclasses.replace(base, hostname=host, greeting=text, rules=rules)
+    rcpts = [u.argument for u in session.commands if u.verb == "RCPT" and u.argument]
+    users = _more(base.users, [r.rpartition("@")[0] for r in rcpts])
+    domains = _more(base.domains, [r.rpartition("@")[2] for r in rcpts])
+    return dataclasses.replace(
+        base, hostname=host, greeting=text, rules=rules, users=users, domains=domains
+    )
+
+
+def _more(given, added: list[str]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys([*given, *(a for a in added if a)]))
 
 
 def sender_config(session: Session, mapping: Mapping, base: SenderConfig) -> SenderConfig:
@@ -62,16 +77,25 @@ def sender_config(session: Session, mapping: Mapping, base: SenderConfig) -> Sen
             f"{session.path}: session {session.number}: no HELO/EHLO, MAIL and RCPT to "
             "configure the scripted sender with"
         )
+    message = _stored(content.raw) if content else b""
     return dataclasses.replace(
         base,
         recipients=tuple(recipients),
-        message=_stored(content.raw) if content else b"",
+        message=message,
         mail_from=mapping.name(mail.argument or ""),
         helo_name=mapping.name(hello.argument or ""),
         ehlo=hello.verb == "EHLO",
         vrfy=any(u.verb == "VRFY" for u in commands),
-        script=[],
+        half_close=session.half_closed,
+        script=_as_captured(content.raw, message) if content else [],
     )
+
+
+def _as_captured(raw: bytes, message: bytes) -> list[ScriptStep]:
+    """A raw step sending the captured content when the sender would send other bytes."""
+    if dot_stuff(message) + b".\r\n" == raw or len(raw) > MAX_RAW:
+        return []
+    return [ScriptStep(at=MESSAGE, position="instead", send=raw)]
 
 
 def _recipients(commands: list[Unit]) -> list[str]:
