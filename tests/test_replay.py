@@ -148,7 +148,7 @@ def _replay(*args: str) -> subprocess.CompletedProcess:
         ((SEED, "--as", "client", "--lab", "--map", "who@x.org=y@z.org"), "--map"),
         ((SEED, "--as", "client"), "--lab is required"),
         ((SEED, "--as", "client", "--lab", "--mta", "qmail"), "no such MTA"),
-        ((SEED, "--as", "server", "--lab", "--mta", "postfix"), "not done yet"),
+        ((SEED, "--lab"), "give one of --as client, --as server or --rerun"),
         ((SEED, "--as", "peer", "--lab"), "'peer' is not one of"),
         (
             (str(CORPUS / "smtp-starttls.pcap"), "--as", "client", "--lab"),

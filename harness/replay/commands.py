@@ -60,8 +60,8 @@ bad input (nothing was run), 3 for a fault of the harness."""
     help="Which captured side to replay (or --rerun).  client: the captured client's bytes "
     "against a live "
     "receiver; server: the captured server's replies as the scripted receiver, the scripted "
-    "sender (configured from the captured envelope and message) as the live client, judged "
-    "by the ladder diff.",
+    "sender (configured from the captured envelope and message) or --mta as the live client, "
+    "judged by the ladder diff against the captured client's commands.",
 )
 @click.option(
     "--rerun",
@@ -80,8 +80,10 @@ bad input (nothing was run), 3 for a fault of the harness."""
 )
 @click.option(
     "--mta",
-    help="A real MTA as the receiver (postfix, exim, opensmtpd, sendmail) instead of the "
-    "scripted receiver.",
+    help="A real MTA (postfix, exim, opensmtpd, sendmail): with --as client the receiver, "
+    "instead of the scripted receiver; with --as server the live client, instead of the "
+    "scripted sender (the captured envelope and message submitted to it, delivered by MX to "
+    "the scripted receiver answering as the captured server).",
 )
 @click.option(
     "--scenario",
@@ -175,6 +177,9 @@ def print_result(result: ReplayResult) -> None:
     click.echo("mapping:")
     for mapped in result.mappings:
         click.echo(f"  {mapped.line()}")
+    if result.mta:
+        mta = result.mta
+        click.echo(f"mta: {mta['name']} {mta['package_version']} as {mta['role']}")
     client = result.client
     if client is None:
         _print_diff(result)
