@@ -118,3 +118,12 @@ def test_rerun_with_a_side_or_an_mta_is_one_line_and_exit_2(args, said, tmp_path
     done, record = rerun_cli(SEED, tmp_path / "run", *args)
     assert (done.returncode, done.stderr, record) == (2, f"smtp-harness: error: {said}\n", {})
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.lab
+def test_the_replay_fixture_reruns_a_capture(replay):
+    again = replay(SEED, rerun=True)
+    assert (str(again.verdict), again.run.faults) == ("pass", [])
+    edited = replay(SEED, rerun=True, maps=("c3po@receiver.com=bb8@receiver.com",))
+    assert str(edited.verdict) == "fail"  # the seed's RCPT was c3po's, not bb8's
+    assert any("RCPT TO:<bb8@receiver.com>" in s.text for s in edited.run.ladder.steps)

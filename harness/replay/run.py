@@ -13,6 +13,8 @@ Rules kept here:
   ``mta`` as sender (``harness.mta.roles.from_mta``: the captured envelope and message
   submitted to it, delivered by MX to the scripted receiver), checked as a scenario's
   sending MTA is (``scenario.check_mta_sides``) before the lab exists.
+- ``judge_replay`` is the judgement of a live session wherever it ran (a fresh lab here,
+  a running one in ``attach.py``).
 - The run folder keeps ``capture.pcapng`` (the new capture) and its ladder (``ladder.*``),
   ``captured-ladder.txt``/``.json`` (the session as captured, on the lab's names),
   ``diff.txt`` and ``replay.json`` (mappings, each reply's judgement, verdict, faults).
@@ -39,6 +41,7 @@ from harness.lab import Lab
 from harness.ladder.compare import Verdict as LadderVerdict
 from harness.ladder.compare import format_diff
 from harness.ladder.dissect import dissect
+from harness.ladder.model import Ladder
 from harness.mta.base import adapters
 from harness.mta.roles import Exchange, from_mta, to_mta
 from harness.outcome import SendReport
@@ -80,6 +83,7 @@ class ReplayResult:
     stored: list[StoredMessage] = field(default_factory=list)  # what the target stored
     smuggling: CheckOutcome | None = None  # stored.py's verdict
     mta: dict | None = None  # the real MTA of the replay (roles.mta_record), either side
+    into: str | None = None  # the running lab replayed into (attach.py), None: a fresh one
 
     @property
     def verdict(self) -> Verdict:
@@ -162,7 +166,9 @@ def replay(capture: Path, scenario: Scenario, folder: Path, options: ReplayOptio
     result.faults, client, result.stored, result.mta = _exchanged(scenario, folder, live)
     result.client = client if isinstance(client, ReplayClient) else None
     if not result.faults:
-        _compare(result, scenario, mapping, names)
+        hosts = host_names(scenario.topology)
+        live_full = judge_replay(result, mapping, names, hosts, scenario.receiver_port)
+        result.smuggling = judge_smuggling(session, scenario, folder, live_full, result.stored)
     write_record(result)
     return result
 
@@ -208,21 +214,23 @@ async def _exchange(lab: Lab, scenario: Scenario, folder: Path, client: Live | N
     return dataclasses.replace(done, stored=receiver.stored, faults=faults)
 
 
-def _compare(result: ReplayResult, scenario: Scenario, mapping: Mapping, names) -> None:
+def judge_replay(
+    result: ReplayResult, mapping: Mapping, names: tuple[str, str], hosts: dict, port: int
+) -> Ladder:
+    """The live ladder (``hosts`` names its addresses) against the captured session's, the
+    captured one on the lab's ``names`` (client, target) and ``port``; the live ladder."""
     folder, session = result.folder, result.session
-    live_full = dissect(str(result.pcap), host_names(scenario.topology))
+    live_full = dissect(str(result.pcap), hosts)
     write_ladder(live_full, folder, title=f"replay of {session.path}")
-    captured = captured_ladder(
-        session, dissect(session.path), mapping, names, scenario.receiver_port
-    )
+    captured = captured_ladder(session, dissect(session.path), mapping, names, port)
     for suffix, fmt in (("txt", "text"), ("json", "json")):
         (folder / f"captured-ladder.{suffix}").write_text(render(captured, fmt), encoding="utf-8")
     client = result.client
     after = len(client.judged) if client and client.stopped is not None else None
     result.diff = compare_session(live_ladder(live_full, names), captured, after)
-    result.smuggling = judge_smuggling(session, scenario, folder, live_full, result.stored)
     result.diff_text = format_diff(result.diff, str(result.pcap), session.path)
     (folder / "diff.txt").write_text(result.diff_text, encoding="utf-8")
+    return live_full
 
 
 def write_record(result: ReplayResult) -> None:
@@ -233,6 +241,7 @@ def write_record(result: ReplayResult) -> None:
         "capture": result.session.path,
         "session": result.session.number,
         "as": result.side,
+        "lab": result.into,
         "verdict": str(result.verdict),
         "mappings": [dataclasses.asdict(m) for m in result.mappings],
         "replies": [
