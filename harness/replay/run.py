@@ -145,9 +145,9 @@ def replay(capture: Path, scenario: Scenario, folder: Path, options: ReplayOptio
     mappings = mapping.lines(session, (client_ip, names[0]), (target.ipv4, names[1]))
 
     def live(lab: Lab) -> Live | None:
-        factory = lab.socket_factory(scenario.sender_host)
         if scenario.sender_mta:
-            return None
+            return None  # the MTA is the live client (_exchange)
+        factory = lab.socket_factory(scenario.sender_host)
         if options.side == "server":
             config = dataclasses.replace(scenario.sender, log_path=folder / "sender.jsonl")
             resolve = resolver_for(lab, scenario.sender_host)
