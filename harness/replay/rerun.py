@@ -12,7 +12,9 @@ Rules kept here:
   ``<folder>/run``; its new capture's whole ladder (DNS, TCP and SMTP steps) is compared
   with the capture's, both after the normalisation masks (``harness.ladder.compare``),
   the captured one named as the lab names its hosts, the captured client and server
-  addresses mapped onto the lab's sender and receiver hosts.
+  addresses mapped onto the lab's sender and receiver hosts.  One session (``--session``)
+  is re-run: a capture with more, or with DNS the scenario's zones do not serve, differs
+  there, and the diff says so.
 - The verdict: ``error`` when the run recorded a fault of ours (its tracebacks in the
   run's ``traceback.txt``), else ``fail`` when the ladders differ or the run's own
   judgement found a problem (both printed), else ``pass``.  ``diff.txt`` and
