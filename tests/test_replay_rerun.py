@@ -22,13 +22,14 @@ from harness.scenario import FIXTURES, load_scenario
 
 SEED = ROOT / "pcaps" / "seed.pcap"
 # (check, role): reference cells of several kinds: MX choice, EHLO's fallback to HELO,
-# mixed RCPT replies, a pipelined group, dot-stuffing, a look-alike ending sent raw, a
-# client's FIN with its QUIT
+# mixed RCPT replies, a refused MAIL (no RCPT: the recipients are the VRFY'd), a pipelined
+# group, dot-stuffing, a look-alike ending sent raw, a client's FIN with its QUIT
 REFERENCE_CELLS = [
     ("seed.exchange", "receiver"),
     ("dns.mx-preference", "sender"),
     ("session.ehlo-helo-fallback", "sender"),
     ("session.partial-rcpt", "sender"),
+    ("session.reply-first-digit", "sender"),
     ("esmtp.pipelining-group-end", "sender"),
     ("data.dot-stuffing", "sender"),
     ("data.smuggle-crlf-dot-lf", "receiver"),

@@ -145,3 +145,24 @@ def test_an_mta_cannot_send_for_a_null_reverse_path_one_line_exit_2(tmp_path):
         "smtp-harness: error: sender.mail_from: postfix as sender needs a mailbox (luke's: "
         "its bounces go there), not the null path\n"
     )
+
+
+def test_verified_users_without_a_rcpt_are_the_addresses_their_vrfy_named(tmp_path):
+    dialogue = [
+        ("s", b"220 mail.receiver.com ESMTP\r\n"),
+        ("c", b"HELO mail.sender.com\r\n"),
+        ("s", b"250 mail.receiver.com\r\n"),
+        ("c", b"VRFY c3po\r\n"),
+        ("s", b"250 <c3po@receiver.com>\r\n"),
+        ("c", b"VRFY r2d2@receiver.com\r\n"),
+        ("s", b"252 cannot verify, will try\r\n"),
+        ("c", b"VRFY bb8\r\n"),  # no address anywhere: left out
+        ("s", b"550 no such user\r\n"),
+        ("c", b"MAIL FROM:<luke@sender.com>\r\n"),
+        ("s", b"451 try later\r\n"),
+        ("c", b"QUIT\r\n"),
+        ("s", b"221 bye\r\n"),
+    ]
+    session = read_session(str(seed_capture(tmp_path / "vrfy.pcap", dialogue=dialogue)))
+    sender = sender_config(session, Mapping(session), load_scenario(None).sender)
+    assert sender.recipients == ("c3po@receiver.com", "r2d2@receiver.com")

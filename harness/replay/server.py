@@ -10,8 +10,10 @@ Rules kept here:
   RCPT address is one of its users and domains, so a recipient the captured server
   accepted has a mailbox to be stored in.
 - The live client is the scripted sender, configured from the captured client: its
-  HELO/EHLO name and verb, whether it verified (VRFY), MAIL FROM, every RCPT TO and the
-  message (the captured content, dot-unstuffed as a receiver stores it), each address
+  HELO/EHLO name and verb, whether it verified (VRFY: each user verified and never a
+  RCPT's is a recipient too, at the address the VRFY or its reply named, else at the
+  RCPTs' domain), MAIL FROM, every RCPT TO and the message (the captured content,
+  dot-unstuffed as a receiver stores it), each address
   through the ``Mapping``, and its close (``half_close`` when the captured client's FIN
   came before the 221).  Content the sender would not send so from the stored message
   (a look-alike ending, bare line endings: not dot-stuffed CRLF lines) is sent instead as
@@ -25,16 +27,20 @@ Rules kept here:
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import re
 
 from harness.errors import HarnessError
 from harness.replay.script import Mapping
-from harness.replay.session import Session, Unit
+from harness.replay.session import CapturedReply, Session, Unit
 from harness.scenario import MAX_RAW, REPLY_ON
 from harness.smtp.events import Content, Direction
 from harness.smtp.framing import ReceiveBuffer, dot_stuff
 from harness.smtp.policy import ReceiverConfig, ReplyRule
 from harness.smtp.readers import DataReader
 from harness.smtp.sender import MESSAGE, ScriptStep, SenderConfig
+
+_MAILBOX = re.compile(r"<([^<>@\s]+@[^<>@\s]+)>")  # a VRFY reply's mailbox (RFC 5321 §3.5.1)
 
 
 def receiver_config(session: Session, base: ReceiverConfig) -> ReceiverConfig:
@@ -70,7 +76,7 @@ def sender_config(session: Session, mapping: Mapping, base: SenderConfig) -> Sen
     commands = session.commands
     hello = next((u for u in commands if u.verb in ("HELO", "EHLO")), None)
     mail = next((u for u in commands if u.verb == "MAIL"), None)
-    recipients = [mapping.name(a) for a in _recipients(commands)]
+    recipients = [mapping.name(a) for a in _recipients(session)]
     content = next((u for t in session.turns for u in t.units if not u.verb), None)
     if hello is None or mail is None or not recipients:
         raise HarnessError(
@@ -98,15 +104,33 @@ def _as_captured(raw: bytes, message: bytes) -> list[ScriptStep]:
     return [ScriptStep(at=MESSAGE, position="instead", send=raw)]
 
 
-def _recipients(commands: list[Unit]) -> list[str]:
+def _recipients(session: Session) -> list[str]:
     """Every RCPT TO address, and before them each VRFY'd user that none of them names (the
-    seed verifies aibo, then never sends RCPT for it), at the first RCPT's domain."""
-    rcpts = [u.argument for u in commands if u.verb == "RCPT" and u.argument]
+    seed verifies aibo, then never sends RCPT for it)."""
+    rcpts = [u.argument for u in session.commands if u.verb == "RCPT" and u.argument]
     domain = rcpts[0].rpartition("@")[2] if rcpts else ""
-    users = [u.raw[5:].strip().decode("utf-8", "replace") for u in commands if u.verb == "VRFY"]
     by_user = {r.partition("@")[0].lower(): r for r in rcpts}
-    verified = [by_user.get(user.lower(), f"{user}@{domain}") for user in users]
-    return list(dict.fromkeys([*verified, *rcpts]))
+    verified = [_verified(unit, reply, by_user, domain) for unit, reply in _vrfys(session)]
+    return list(dict.fromkeys([*(v for v in verified if v), *rcpts]))
+
+
+def _verified(unit: Unit, reply: CapturedReply | None, by_user: dict, domain: str) -> str | None:
+    """A VRFY'd address: the VRFY's own when it gave one, a RCPT's for that user, the
+    mailbox its reply named (``250 <c3po@receiver.com>``), else the user at the RCPTs'
+    domain; None when there is none of these."""
+    user = unit.raw[5:].strip().decode("utf-8", "replace")
+    named = _MAILBOX.search(reply.text) if reply else None
+    if "@" in user or user.lower() in by_user:
+        return by_user.get(user.lower(), user)
+    if named:
+        return named.group(1)
+    return f"{user}@{domain}" if domain else None
+
+
+def _vrfys(session: Session) -> list[tuple[Unit, CapturedReply | None]]:
+    """Each VRFY with its reply (a turn's replies answer its units in order)."""
+    pairs = (itertools.zip_longest(t.units, t.replies) for t in session.turns)
+    return [(u, r) for pair in pairs for u, r in pair if u is not None and u.verb == "VRFY"]
 
 
 def _stored(raw: bytes) -> bytes:
