@@ -89,14 +89,16 @@ def _step(step: ScriptStep) -> list[str]:
 
 
 def _rule(rule: ReplyRule) -> list[str]:
+    """A rule as ``server.py`` makes them: a code and text, or raw bytes and a reset."""
+    lines = ["[[receiver.replies]]", f"on = {_s(rule.on)}", f"nth = {rule.nth}"]
+    if rule.raw is not None:
+        return [
+            *lines,
+            f"raw = {_s(rule.raw.decode('latin-1'))}",
+            f"reset = {str(rule.reset).lower()}",
+        ]
     text = rule.text if isinstance(rule.text, tuple | list) else (rule.text or "",)
-    return [
-        "[[receiver.replies]]",
-        f"on = {_s(rule.on)}",
-        f"nth = {rule.nth}",
-        f"code = {rule.code}",
-        f"text = {_strings(list(text))}",
-    ]
+    return [*lines, f"code = {rule.code}", f"text = {_strings(list(text))}"]
 
 
 def emit_scenario(scenario: Scenario, source: str, path: Path) -> Scenario:

@@ -5,7 +5,9 @@ Rules kept here:
 - The captured server becomes a ``ReceiverConfig``: its greeting's host name and text,
   and one ``ReplyRule`` per captured reply, ``on`` the command it answered and ``nth`` its
   occurrence in the session (the second RCPT answered otherwise than the first), with
-  the captured code and lines.  Every reply is scripted, so the receiver's own policy
+  the captured code and lines; a server that reset the connection where a reply was due
+  (the client's last unit unanswered) resets it there (``raw=b""``, ``reset``: an RST
+  instead of the reply).  Every reply is scripted, so the receiver's own policy
   decides only what a reply commits the session to (``policy`` rule 4); each captured
   RCPT address is one of its users and domains, so a recipient the captured server
   accepted has a mailbox to be stored in.
@@ -39,6 +41,7 @@ from harness.smtp.framing import ReceiveBuffer, dot_stuff
 from harness.smtp.policy import ReceiverConfig, ReplyRule
 from harness.smtp.readers import DataReader
 from harness.smtp.sender import MESSAGE, ScriptStep, SenderConfig
+from harness.smtp.state import END_OF_DATA
 
 _MAILBOX = re.compile(r"<([^<>@\s]+@[^<>@\s]+)>")  # a VRFY reply's mailbox (RFC 5321 §3.5.1)
 
@@ -50,7 +53,7 @@ def receiver_config(session: Session, base: ReceiverConfig) -> ReceiverConfig:
     where = f"{session.path}: session {session.number}"
     for turn in session.turns:
         for reply in turn.replies:
-            key = next((k for k in REPLY_ON if k.upper() == (reply.answers or "").upper()), None)
+            key = _key(reply.answers)
             if key is None or reply.code is None:
                 raise HarnessError(
                     f"{where}: step {reply.step}: a reply to {reply.answers or 'nothing'} "
@@ -58,6 +61,9 @@ def receiver_config(session: Session, base: ReceiverConfig) -> ReceiverConfig:
                 )
             seen[key] = seen.get(key, 0) + 1
             rules.append(ReplyRule(on=key, nth=seen[key], code=reply.code, text=reply.lines))
+    reset = _reset_at(session)
+    if reset is not None:
+        rules.append(ReplyRule(on=reset, nth=seen.get(reset, 0) + 1, raw=b"", reset=True))
     host, _, text = session.turns[0].replies[0].lines[0].partition(" ")
     rcpts = [u.argument for u in session.commands if u.verb == "RCPT" and u.argument]
     users = _more(base.users, [r.rpartition("@")[0] for r in rcpts])
@@ -65,6 +71,20 @@ def receiver_config(session: Session, base: ReceiverConfig) -> ReceiverConfig:
     return dataclasses.replace(
         base, hostname=host, greeting=text, rules=rules, users=users, domains=domains
     )
+
+
+def _key(answers: str | None) -> str | None:
+    """The reply rule key of what a reply answers (``REPLY_ON``), None when none is."""
+    return next((k for k in REPLY_ON if k.upper() == (answers or "").upper()), None)
+
+
+def _reset_at(session: Session) -> str | None:
+    """The key of the unit whose reply the server's RST took the place of, if any."""
+    last = session.turns[-1]
+    if not session.server_reset or len(last.units) <= len(last.replies):
+        return None
+    pending = last.units[len(last.replies)]
+    return _key(pending.verb) if pending.verb else END_OF_DATA
 
 
 def _more(given, added: list[str]) -> tuple[str, ...]:

@@ -15,7 +15,8 @@ Rules kept here:
   ``CapturedReply``.
 - Each captured reply carries the number of its ladder step, for the output and diff.
 - Who closed first is kept (``client_closes_first``), and whether the client's FIN came
-  before the server's last reply (``half_closed``: a FIN sent with QUIT, before its 221).
+  before the server's last reply (``half_closed``: a FIN sent with QUIT, before its 221),
+  and whether the server reset the connection (``server_reset``).
 - A ``Turn`` is what the client sent before it waited (its units, cut where the capture's
   segments were cut) and the replies that came before it sent again: a pipelined group is
   one turn.  The first turn sends nothing and waits for the greeting.
@@ -90,6 +91,7 @@ class Session:
     turns: list[Turn]
     client_closes_first: bool
     half_closed: bool = False  # the client's FIN came before the server's last reply
+    server_reset: bool = False  # the server ended the connection with an RST
 
     @property
     def commands(self) -> list[Unit]:
@@ -145,6 +147,7 @@ def read_session(path: str, number: int = 1) -> Session:
         turns=turns,
         client_closes_first=not fins or fins[0] == CLIENT,
         half_closed=client_fin is not None and client_fin < last_reply,
+        server_reset=any(e.kind == "rst" and e.direction != CLIENT for e in events),
     )
 
 
