@@ -177,8 +177,6 @@ def replay_command(
 ) -> None:
     if (side is None) == (not rerun_all):
         raise HarnessError("replay: give one of --as client, --as server or --rerun")
-    if rerun_all and mta:
-        raise HarnessError("replay: --rerun runs the scripted peers only: no --mta")
     if emit is not None:
         scen = load_scenario(scenario)
         options = ReplayOptions(number, maps, mta, timing, keep_going, "server")

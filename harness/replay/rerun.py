@@ -29,6 +29,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.errors import HarnessError
 from harness.ladder.compare import Verdict as LadderVerdict
 from harness.ladder.compare import compare, format_diff
 from harness.ladder.dissect import dissect
@@ -63,7 +64,9 @@ class RerunResult:
 
 def rerun(capture: Path, scenario: Scenario, folder: Path, options: ReplayOptions) -> RerunResult:
     """The captured exchange re-run in a fresh lab, and its ladder against the capture's."""
-    options = dataclasses.replace(options, side="server", mta=None)
+    if options.mta:
+        raise HarnessError("replay: --rerun runs the scripted peers only: no --mta")
+    options = dataclasses.replace(options, side="server")
     session, mapping = prepare(capture, scenario, options)
     folder.mkdir(parents=True, exist_ok=True)
     emitted = emit_scenario(
