@@ -19,8 +19,10 @@ use it, and the README's "pytest plugin" section has a three-test example:
   capture, its ladders, ``run.json``, the peers' and the DNS's logs, a real MTA's log, a
   traceback, and the golden's ladder (``golden-ladder.txt``/``.svg``) beside the run's.
 - ``replay(capture, **options)`` — ``smtp-harness replay CAPTURE --as client --lab`` with
-  the same options (``mta``, ``scenario``, ``session``, ``timing``, ``keep_going``,
-  ``maps``); returns a ``ReplayResult`` (``verdict``, ``diff``, ``diff_text``, ``client``).
+  the same options (``side``, ``mta``, ``scenario``, ``session``, ``timing``,
+  ``keep_going``, ``maps``; ``lab_id`` with ``target``: a running ``lab up`` lab;
+  ``rerun=True``: ``--rerun``); returns a ``ReplayResult`` (``verdict``, ``diff``,
+  ``diff_text``, ``client``), a ``RerunResult`` with ``rerun``.
 """
 
 from __future__ import annotations
@@ -221,16 +223,33 @@ def assert_ladder(request: pytest.FixtureRequest) -> Callable[..., None]:
 
 @pytest.fixture
 def replay(tmp_path: Path) -> Callable[..., object]:
-    """``replay(capture, *, scenario=None, **options)`` — replay a capture's client side in
-    a fresh lab (``harness.replay.run.ReplayOptions`` are the options)."""
+    """``replay(capture, *, scenario=None, lab_id=None, target=None, rerun=False, **options)``
+    — replay a capture's client side in a fresh lab (``harness.replay.run.ReplayOptions``
+    are the options), into the running ``lab up`` lab ``lab_id`` at its host ``target``,
+    or re-run it with both scripted peers (``rerun``)."""
+    from harness.replay.attach import replay_into
+    from harness.replay.rerun import rerun as rerun_capture
     from harness.replay.run import ReplayOptions
     from harness.replay.run import replay as run_replay
 
     runs = iter(range(1, 1000))
 
-    def run(capture: str | Path, *, scenario: str | Path | None = None, **options):
+    def run(
+        capture: str | Path,
+        *,
+        scenario: str | Path | None = None,
+        lab_id: str | None = None,
+        target: str | None = None,
+        rerun: bool = False,
+        **options,
+    ):
         folder = tmp_path / f"replay-{next(runs)}"
-        return run_replay(Path(capture), load_scenario(scenario), folder, ReplayOptions(**options))
+        given = (Path(capture), load_scenario(scenario), folder, ReplayOptions(**options))
+        if rerun:
+            return rerun_capture(*given)
+        if lab_id is not None or target is not None:
+            return replay_into(*given, lab_id or "", target or "")
+        return run_replay(*given)
 
     return run
 

@@ -498,7 +498,7 @@ def _build(path: Path, data: dict) -> Scenario:
         link_faults=_link_faults(network["faults"], topology),
         network_seed=network["seed"],
     )
-    _check_mta_sides(scenario)
+    check_mta_sides(scenario)
     return scenario
 
 
@@ -784,7 +784,9 @@ def _mta(given: dict, role: str) -> str | None:
     return name
 
 
-def _check_mta_sides(scenario: Scenario) -> None:
+def check_mta_sides(scenario: Scenario) -> None:
+    """A scenario's real MTAs (at most one side), each able to take its names (a replay
+    that puts one in a loaded scenario checks it here too)."""
     if scenario.receiver_mta and scenario.sender_mta:
         raise HarnessError("receiver.mta and sender.mta: one side must be a scripted peer")
     if scenario.sender_mta:

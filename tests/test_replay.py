@@ -3,6 +3,7 @@ per-reply judgement, and bad input (exit 2, one line, before any lab)."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 
 import pytest
@@ -146,9 +147,9 @@ def _replay(*args: str) -> subprocess.CompletedProcess:
         (("tests/data/fuzz/dns-naptr-not-utf8.pcap", "--as", "client", "--lab"), "no SMTP session"),
         ((SEED, "--as", "client", "--lab", "--session", "2"), "has 1 SMTP session(s)"),
         ((SEED, "--as", "client", "--lab", "--map", "who@x.org=y@z.org"), "--map"),
-        ((SEED, "--as", "client"), "--lab is required"),
+        ((SEED, "--as", "client"), "--lab or --lab-id ID --target HOST is required"),
         ((SEED, "--as", "client", "--lab", "--mta", "qmail"), "no such MTA"),
-        ((SEED, "--as", "server", "--lab", "--mta", "postfix"), "not done yet"),
+        ((SEED, "--lab"), "give one of --as client, --as server or --rerun"),
         ((SEED, "--as", "peer", "--lab"), "'peer' is not one of"),
         (
             (str(CORPUS / "smtp-starttls.pcap"), "--as", "client", "--lab"),
@@ -168,10 +169,15 @@ def test_bad_input_exits_2_with_one_line_and_no_lab(args, message):
 
 def test_help_documents_every_option_and_the_exit_codes():
     text = _replay("--help").stdout
-    for option in ("--as", "--lab", "--mta", "--scenario", "--session", "--timing", "--continue"):
-        assert option in text
-    for option in ("--map", "--out"):
-        assert option in text
+    documented = set(re.findall(r"^  (--[a-z-]+)", text, re.M))
+    assert documented == {
+        *("--as", "--rerun", "--lab", "--lab-id", "--target", "--mta", "--scenario"),
+        *("--session", "--timing", "--continue", "--map", "--emit-scenario", "--out"),
+    }
     flat = " ".join(text.split())
-    assert "Exit 0 when the live peer did as captured, 1 when it differs" in flat
-    assert "2 for bad input (nothing was run)" in flat and "3 harness error" in flat
+    said = "Exit 0 when the live peer did as captured (--rerun: the ladders are equal), 1 when"
+    assert f"{said} it differs" in flat
+    assert (
+        "2 for bad input (the capture, an option, a target outside a lab: nothing was run)" in flat
+    )
+    assert "3 harness error" in flat and "143 terminated (SIGTERM)" in flat

@@ -107,3 +107,62 @@ def test_the_emitted_seed_scenario_reruns_to_the_seed_ladder(tmp_path):
 def _server_side():
     seed, session = load_scenario(None), read_session(str(SEED))
     return seed, session, Mapping(session), ReplayOptions(side="server")
+
+
+@pytest.mark.lab
+def test_the_seed_as_server_with_postfix_as_the_live_client_is_judged_by_its_commands(
+    open_folder,
+):
+    out = open_folder / "run"
+    done, record = replay_cli(SEED, out, "--as", "server", "--mta", "postfix")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert (record["as"], record["verdict"], record["faults"]) == ("server", "fail", [])
+    assert (record["mta"]["name"], record["mta"]["role"]) == ("postfix", "sender")
+    steps = {s.index: s for s in read_session(str(SEED)).steps}
+    text = (out / "diff.txt").read_text()
+    diff = dict(re.findall(r"^\S+?:(\d+): error: (.*)$", text, re.M))
+    helo = next(i for i, s in steps.items() if s.text == "HELO mail.sender.com")
+    assert (
+        diff[str(helo)] == 'command differs: text "HELO mail.sender.com" -> "EHLO mail.sender.com"'
+    )
+    vrfys = [i for i, s in steps.items() if s.text.startswith("VRFY")]
+    assert len(vrfys) == 3 and all(str(i) in diff for i in vrfys)  # Postfix never verifies
+    content = next(i for i, s in steps.items() if s.kind == "content")
+    assert diff[str(content)].startswith("content differs")  # Postfix adds its Received
+    live = dissect(str(out / "capture.pcapng")).steps
+    assert any(s.text.startswith("MAIL FROM:<luke@sender.com>") for s in live)  # the envelope
+    delivered = {o["recipient"] for o in record["stored"]}
+    assert {"c3po@receiver.com", "r2d2@receiver.com"} <= delivered
+    assert "mta: postfix" in done.stdout and " as sender" in done.stdout
+
+
+def test_an_mta_cannot_send_for_a_null_reverse_path_one_line_exit_2(tmp_path):
+    dialogue = [(side, data.replace(b"<luke@sender.com>", b"<>")) for side, data in PIPELINED]
+    capture = seed_capture(tmp_path / "null.pcap", dialogue=dialogue)
+    done, record = replay_cli(capture, tmp_path / "run", "--as", "server", "--mta", "postfix")
+    assert (done.returncode, record) == (2, {}), done.stdout + done.stderr
+    assert done.stderr == (
+        "smtp-harness: error: sender.mail_from: postfix as sender needs a mailbox (luke's: "
+        "its bounces go there), not the null path\n"
+    )
+
+
+def test_verified_users_without_a_rcpt_are_the_addresses_their_vrfy_named(tmp_path):
+    dialogue = [
+        ("s", b"220 mail.receiver.com ESMTP\r\n"),
+        ("c", b"HELO mail.sender.com\r\n"),
+        ("s", b"250 mail.receiver.com\r\n"),
+        ("c", b"VRFY c3po\r\n"),
+        ("s", b"250 <c3po@receiver.com>\r\n"),
+        ("c", b"VRFY r2d2@receiver.com\r\n"),
+        ("s", b"252 cannot verify, will try\r\n"),
+        ("c", b"VRFY bb8\r\n"),  # no address anywhere: left out
+        ("s", b"550 no such user\r\n"),
+        ("c", b"MAIL FROM:<luke@sender.com>\r\n"),
+        ("s", b"451 try later\r\n"),
+        ("c", b"QUIT\r\n"),
+        ("s", b"221 bye\r\n"),
+    ]
+    session = read_session(str(seed_capture(tmp_path / "vrfy.pcap", dialogue=dialogue)))
+    sender = sender_config(session, Mapping(session), load_scenario(None).sender)
+    assert sender.recipients == ("c3po@receiver.com", "r2d2@receiver.com")

@@ -3,9 +3,13 @@
 Rules kept here:
 
 - The scenario is what ``--as server`` runs (``run.in_lab``): the captured server's
-  greeting and replies as ``[[receiver.replies]]`` (``nth`` per occurrence), the captured
-  client's HELO, envelope and message as ``[sender]``; the message goes in a file of its
-  own next to the scenario (``<FILE stem>.eml``), byte for byte.
+  greeting, users, domains and replies as ``[[receiver.replies]]`` (``nth`` per
+  occurrence), the captured client's HELO, envelope, close and message as ``[sender]``
+  (content it would not send so as a raw ``[[sender.script]]`` step); the message goes
+  in a file of its own next to the scenario (``<FILE stem>.eml``), byte for byte.
+- The scenario's DNS data (its zones folder, made absolute, and its ``records``,
+  ``no_glue``, ``glue`` and ``faults``) is kept, so the emitted scenario's lab answers as
+  the one the session was captured in (``--rerun`` runs it); its hosts are the default's.
 - Every string is written as a TOML basic string (JSON's escapes are TOML's), and the file
   is loaded back with ``load_scenario`` before it is reported written: a captured value the
   scenario grammar refuses (a reply text that is not printable ASCII, say) is a one-line
@@ -17,9 +21,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import tomli_w
+
 from harness.errors import HarnessError
 from harness.scenario import Scenario, load_scenario
 from harness.smtp.policy import ReplyRule
+from harness.smtp.sender import ScriptStep
+
+DNS_KEPT = ("records", "no_glue", "glue", "faults")  # [dns] keys besides zones
 
 
 def _s(value: str) -> str:
@@ -38,35 +47,58 @@ def scenario_toml(scenario: Scenario, source: str, message: Path) -> str:
         f"name = {_s('replay-' + Path(source).stem[:40])}",
         f"description = {_s('the captured session of ' + Path(source).name)}",
         "",
-        "[dns]",
-        f"zones = {_s(str(scenario.zones_dir))}",
+        _dns(scenario).rstrip("\n"),
         "",
         "[receiver]",
         f"hostname = {_s(receiver.hostname)}",
         f"greeting = {_s(receiver.greeting)}",
+        f"users = {_strings(receiver.users)}",
+        f"domains = {_strings(receiver.domains)}",
         "",
         "[sender]",
         f"helo = {_s(sender.helo_name)}",
         f"ehlo = {str(sender.ehlo).lower()}",
         f"vrfy = {str(sender.vrfy).lower()}",
+        f"half_close = {str(sender.half_close).lower()}",
         f"mail_from = {_s(sender.mail_from)}",
         f"recipients = {_strings(sender.recipients)}",
         f"message = {_s(message.name)}",
     ]
+    for step in sender.script:
+        lines += ["", *_step(step)]
     for rule in receiver.rules:
         lines += ["", *_rule(rule)]
     return "\n".join(lines) + "\n"
 
 
-def _rule(rule: ReplyRule) -> list[str]:
-    text = rule.text if isinstance(rule.text, tuple | list) else (rule.text or "",)
+def _dns(scenario: Scenario) -> str:
+    given = scenario.data.get("dns", {})
+    kept = {k: given[k] for k in DNS_KEPT if given.get(k)}
+    return tomli_w.dumps({"dns": {"zones": str(scenario.zones_dir.resolve()), **kept}})
+
+
+def _step(step: ScriptStep) -> list[str]:
+    """A raw step (the only kind ``server.py`` makes): its bytes as latin-1 characters."""
+    assert isinstance(step.send, bytes)
     return [
-        "[[receiver.replies]]",
-        f"on = {_s(rule.on)}",
-        f"nth = {rule.nth}",
-        f"code = {rule.code}",
-        f"text = {_strings(list(text))}",
+        "[[sender.script]]",
+        f"at = {_s(step.at)}",
+        f"position = {_s(step.position)}",
+        f"raw = {_s(step.send.decode('latin-1'))}",
     ]
+
+
+def _rule(rule: ReplyRule) -> list[str]:
+    """A rule as ``server.py`` makes them: a code and text, or raw bytes and a reset."""
+    lines = ["[[receiver.replies]]", f"on = {_s(rule.on)}", f"nth = {rule.nth}"]
+    if rule.raw is not None:
+        return [
+            *lines,
+            f"raw = {_s(rule.raw.decode('latin-1'))}",
+            f"reset = {str(rule.reset).lower()}",
+        ]
+    text = rule.text if isinstance(rule.text, tuple | list) else (rule.text or "",)
+    return [*lines, f"code = {rule.code}", f"text = {_strings(list(text))}"]
 
 
 def emit_scenario(scenario: Scenario, source: str, path: Path) -> Scenario:

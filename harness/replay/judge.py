@@ -13,7 +13,8 @@ Rules kept here:
   which depends on the peer), the captured ones renamed onto the lab's hosts and
   rewritten by the mapping, in ``harness.ladder.compare``'s way, contents by their digests
   too (the replay sends them byte for byte); a replay that stopped is compared up to the
-  reply it stopped at.  The diff is ``compare.format_diff``'s.
+  reply it stopped at, one that could not connect up to the greeting (its SYN answered
+  by a reset, or by nothing, differs there).  The diff is ``compare.format_diff``'s.
 """
 
 from __future__ import annotations
@@ -105,15 +106,16 @@ def _only(full: Ladder, steps: list[Step], conn: int | None) -> Ladder:
 
 
 def cut_after_reply(ladder: Ladder, replies: int | None) -> Ladder:
-    """The ladder up to its ``replies``-th reply step (all of it when None)."""
+    """The ladder up to its ``replies``-th reply step (all of it when None; 0: up to the
+    first reply, the greeting, excluded: a replay that could not connect)."""
     if replies is None:
         return ladder
-    seen = 0
-    for i, step in enumerate(ladder.steps):
-        seen += step.kind == StepKind.REPLY
-        if seen == replies:
-            return replace(ladder, steps=ladder.steps[: i + 1], coverage={})
-    return replace(ladder, coverage={})
+    at = [i for i, step in enumerate(ladder.steps) if step.kind == StepKind.REPLY]
+    if replies == 0:
+        end = at[0] if at else len(ladder.steps)
+    else:
+        end = at[replies - 1] + 1 if replies <= len(at) else len(ladder.steps)
+    return replace(ladder, steps=ladder.steps[:end], coverage={})
 
 
 def compare_session(live: Ladder, captured: Ladder, stopped_after: int | None) -> Verdict:

@@ -9,7 +9,12 @@ Rules kept here:
   scripted receiver as the scenario configures it, or ``mta`` (a real MTA,
   ``harness.mta.roles.to_mta``) in its place; everything is stopped by the ``with`` that
   started it, innermost first.  With ``side="server"`` the scripted receiver answers as
-  the captured server and the scripted sender is the live client (``server.py``).
+  the captured server and the scripted sender is the live client (``server.py``), or
+  ``mta`` as sender (``harness.mta.roles.from_mta``: the captured envelope and message
+  submitted to it, delivered by MX to the scripted receiver), checked as a scenario's
+  sending MTA is (``scenario.check_mta_sides``) before the lab exists.
+- ``judge_replay`` is the judgement of a live session wherever it ran (a fresh lab here,
+  a running one in ``attach.py``).
 - The run folder keeps ``capture.pcapng`` (the new capture) and its ladder (``ladder.*``),
   ``captured-ladder.txt``/``.json`` (the session as captured, on the lab's names),
   ``diff.txt`` and ``replay.json`` (mappings, each reply's judgement, verdict, faults).
@@ -36,8 +41,10 @@ from harness.lab import Lab
 from harness.ladder.compare import Verdict as LadderVerdict
 from harness.ladder.compare import format_diff
 from harness.ladder.dissect import dissect
+from harness.ladder.model import Ladder
 from harness.mta.base import adapters
-from harness.mta.roles import to_mta
+from harness.mta.roles import Exchange, from_mta, to_mta
+from harness.outcome import SendReport
 from harness.render import render
 from harness.replay.client import ReplayClient
 from harness.replay.judge import captured_ladder, compare_session, live_ladder
@@ -46,7 +53,7 @@ from harness.replay.server import receiver_config, sender_config
 from harness.replay.session import Session, read_session
 from harness.replay.stored import judge_smuggling, stored_outcomes
 from harness.runner import host_names, lab_dns, resolver_for, scripted_receiver, write_ladder
-from harness.scenario import Scenario
+from harness.scenario import Scenario, check_mta_sides
 from harness.smtp.peer import EventLog
 from harness.smtp.receiver import StoredMessage
 from harness.smtp.sender import Sender
@@ -75,6 +82,8 @@ class ReplayResult:
     faults: list[InternalFault] = field(default_factory=list)
     stored: list[StoredMessage] = field(default_factory=list)  # what the target stored
     smuggling: CheckOutcome | None = None  # stored.py's verdict
+    mta: dict | None = None  # the real MTA of the replay (roles.mta_record), either side
+    into: str | None = None  # the running lab replayed into (attach.py), None: a fresh one
 
     @property
     def verdict(self) -> Verdict:
@@ -96,8 +105,6 @@ def prepare(capture: Path, scenario: Scenario, options: ReplayOptions) -> tuple[
     if options.mta is not None and options.mta not in adapters():
         known = ", ".join(sorted(adapters()))
         raise HarnessError(f"--mta {options.mta!r}: no such MTA (known: {known})")
-    if options.mta is not None and options.side == "server":
-        raise HarnessError("--mta with --as server: a real MTA as the live client is not done yet")
     if scenario.sender_mta:
         raise HarnessError(
             f"{scenario.path}: sender.mta: the replay is the client; give a scenario "
@@ -111,14 +118,20 @@ def prepare(capture: Path, scenario: Scenario, options: ReplayOptions) -> tuple[
 
 def in_lab(scenario: Scenario, session: Session, mapping: Mapping, options: ReplayOptions):
     """The scenario the replay runs: an MTA as receiver, or the captured server's replies
-    for the scripted receiver and the captured client's envelope for the scripted sender."""
-    if options.mta:
-        knobs = {**scenario.mta_knobs, "receiver": scenario.mta_knobs.get("receiver", {})}
-        return dataclasses.replace(scenario, receiver_mta=options.mta, mta_knobs=knobs)
+    for the scripted receiver and the captured client's envelope for the scripted sender
+    (or for ``mta`` as sender)."""
     if options.side == "server":
         receiver = receiver_config(session, scenario.receiver)
         sender = sender_config(session, mapping, scenario.sender)
-        return dataclasses.replace(scenario, receiver=receiver, sender=sender)
+        served = dataclasses.replace(scenario, receiver=receiver, sender=sender)
+        if options.mta:
+            knobs = {**scenario.mta_knobs, "sender": {"family": scenario.families["sender"]}}
+            served = dataclasses.replace(served, sender_mta=options.mta, mta_knobs=knobs)
+            check_mta_sides(served)
+        return served
+    if options.mta:
+        knobs = {**scenario.mta_knobs, "receiver": scenario.mta_knobs.get("receiver", {})}
+        return dataclasses.replace(scenario, receiver_mta=options.mta, mta_knobs=knobs)
     return scenario
 
 
@@ -131,7 +144,9 @@ def replay(capture: Path, scenario: Scenario, folder: Path, options: ReplayOptio
     client_ip = scenario.topology.host(names[0]).ipv4
     mappings = mapping.lines(session, (client_ip, names[0]), (target.ipv4, names[1]))
 
-    def live(lab: Lab) -> Live:
+    def live(lab: Lab) -> Live | None:
+        if scenario.sender_mta:
+            return None  # the MTA is the live client (_exchange)
         factory = lab.socket_factory(scenario.sender_host)
         if options.side == "server":
             config = dataclasses.replace(scenario.sender, log_path=folder / "sender.jsonl")
@@ -148,68 +163,74 @@ def replay(capture: Path, scenario: Scenario, folder: Path, options: ReplayOptio
         )
 
     result = ReplayResult(session, folder, mappings, options.side)
-    result.faults, client, result.stored = _exchanged(scenario, folder, live)
+    result.faults, client, result.stored, result.mta = _exchanged(scenario, folder, live)
     result.client = client if isinstance(client, ReplayClient) else None
     if not result.faults:
-        _compare(result, scenario, mapping, names)
+        hosts = host_names(scenario.topology)
+        live_full = judge_replay(result, mapping, names, hosts, scenario.receiver_port)
+        result.smuggling = judge_smuggling(session, scenario, folder, live_full, result.stored)
     write_record(result)
     return result
 
 
 def _exchanged(
-    scenario: Scenario, folder: Path, live: Callable[[Lab], Live]
-) -> tuple[list[InternalFault], Live | None, list[StoredMessage]]:
+    scenario: Scenario, folder: Path, live: Callable[[Lab], Live | None]
+) -> tuple[list[InternalFault], Live | None, list[StoredMessage], dict | None]:
     faults: list[InternalFault] = []
-    stored: list[StoredMessage] = []
+    done = Exchange(SendReport({}), [], [])
     client = None
     try:
         with Lab(scenario.topology) as lab, lab_dns(lab, scenario, folder / "dns.jsonl") as dns:
             client = live(lab)
             try:
                 with Capture(lab, folder / "capture.pcapng"):
-                    faults += signals.run_async(_exchange(lab, scenario, folder, client, stored))
+                    done = signals.run_async(_exchange(lab, scenario, folder, client))
             finally:
                 faults += dns.internal_faults
     except HarnessError:
         raise
     except Exception as exc:  # our fault: the verdict is error, with the traceback kept
         faults.append(InternalFault.from_exception(getattr(exc, "where", "replay"), exc))
-    return faults + (client.internal_faults if client else []), client, stored
+    mine = client.internal_faults if client else []
+    faults += [f for f in done.faults if f not in mine]
+    return faults + mine, client, done.stored, done.mta
 
 
-async def _exchange(
-    lab: Lab, scenario: Scenario, folder: Path, client: Live, stored: list[StoredMessage]
-) -> list:
-    """The live session; what the target stored is added to ``stored``."""
+async def _exchange(lab: Lab, scenario: Scenario, folder: Path, client: Live | None) -> Exchange:
+    """The live session: what the target stored, the MTA's record, the peers' faults."""
     if scenario.receiver_mta:
-        done = await to_mta(lab, scenario, folder, client)  # type: ignore[arg-type]
-        stored += done.stored
-        return [f for f in done.faults if f not in client.internal_faults]
+        return await to_mta(lab, scenario, folder, client)  # type: ignore[arg-type]
     host = lab.host(scenario.receiver_host)
     receiver = scripted_receiver(lab, scenario, folder)
     async with receiver:
         await receiver.start(host.ipv4, scenario.receiver_port)
-        await client.send()
+        if client is None:  # an MTA as sender (rules above)
+            done = await from_mta(lab, scenario, folder, receiver)
+        else:
+            await client.send()
+            done = Exchange(SendReport({}), [], [])
         await receiver.idle()
-    stored += receiver.stored
-    return list(receiver.internal_faults)
+    faults = done.faults + list(receiver.internal_faults)
+    return dataclasses.replace(done, stored=receiver.stored, faults=faults)
 
 
-def _compare(result: ReplayResult, scenario: Scenario, mapping: Mapping, names) -> None:
+def judge_replay(
+    result: ReplayResult, mapping: Mapping, names: tuple[str, str], hosts: dict, port: int
+) -> Ladder:
+    """The live ladder (``hosts`` names its addresses) against the captured session's, the
+    captured one on the lab's ``names`` (client, target) and ``port``; the live ladder."""
     folder, session = result.folder, result.session
-    live_full = dissect(str(result.pcap), host_names(scenario.topology))
+    live_full = dissect(str(result.pcap), hosts)
     write_ladder(live_full, folder, title=f"replay of {session.path}")
-    captured = captured_ladder(
-        session, dissect(session.path), mapping, names, scenario.receiver_port
-    )
+    captured = captured_ladder(session, dissect(session.path), mapping, names, port)
     for suffix, fmt in (("txt", "text"), ("json", "json")):
         (folder / f"captured-ladder.{suffix}").write_text(render(captured, fmt), encoding="utf-8")
     client = result.client
     after = len(client.judged) if client and client.stopped is not None else None
     result.diff = compare_session(live_ladder(live_full, names), captured, after)
-    result.smuggling = judge_smuggling(session, scenario, folder, live_full, result.stored)
     result.diff_text = format_diff(result.diff, str(result.pcap), session.path)
     (folder / "diff.txt").write_text(result.diff_text, encoding="utf-8")
+    return live_full
 
 
 def write_record(result: ReplayResult) -> None:
@@ -220,6 +241,7 @@ def write_record(result: ReplayResult) -> None:
         "capture": result.session.path,
         "session": result.session.number,
         "as": result.side,
+        "lab": result.into,
         "verdict": str(result.verdict),
         "mappings": [dataclasses.asdict(m) for m in result.mappings],
         "replies": [
@@ -237,6 +259,7 @@ def write_record(result: ReplayResult) -> None:
         "mismatches": [m.note for m in result.diff.mismatches] if result.diff else [],
         "stored": [dataclasses.asdict(o) for o in stored_outcomes(result.stored)],
         "smuggling": _verdict_record(result.smuggling),
+        "mta": result.mta,
         "faults": [f.line() for f in result.faults],
     }
     text = json.dumps(record, indent=1, ensure_ascii=False) + "\n"

@@ -5,13 +5,23 @@ Rules kept here:
 - The captured server becomes a ``ReceiverConfig``: its greeting's host name and text,
   and one ``ReplyRule`` per captured reply, ``on`` the command it answered and ``nth`` its
   occurrence in the session (the second RCPT answered otherwise than the first), with
-  the captured code and lines.  Every reply is scripted, so the receiver's own policy
-  decides only what a reply commits the session to (``policy`` rule 4).
+  the captured code and lines; a server that reset the connection where a reply was due
+  (the client's last unit unanswered) resets it there (``raw=b""``, ``reset``: an RST
+  instead of the reply).  Every reply is scripted, so the receiver's own policy
+  decides only what a reply commits the session to (``policy`` rule 4); each captured
+  RCPT address is one of its users and domains, so a recipient the captured server
+  accepted has a mailbox to be stored in.
 - The live client is the scripted sender, configured from the captured client: its
-  HELO/EHLO name and verb, whether it verified (VRFY), MAIL FROM, every RCPT TO and the
-  message (the captured content, dot-unstuffed as a receiver stores it), each address
-  through the ``Mapping``.  Its own dialogue then runs (harness/smtp/sender.py rule 3)
-  and the ladders say where it differs from the captured client.
+  HELO/EHLO name and verb, whether it verified (VRFY: each user verified and never a
+  RCPT's is a recipient too, at the address the VRFY or its reply named, else at the
+  RCPTs' domain), MAIL FROM, every RCPT TO and the message (the captured content,
+  dot-unstuffed as a receiver stores it), each address
+  through the ``Mapping``, and its close (``half_close`` when the captured client's FIN
+  came before the 221).  Content the sender would not send so from the stored message
+  (a look-alike ending, bare line endings: not dot-stuffed CRLF lines) is sent instead as
+  captured, byte for byte, by a raw script step at ``<message>`` (up to the scenario's
+  ``MAX_RAW``).  Its own dialogue then runs (harness/smtp/sender.py rule 3) and the
+  ladders say where it differs from the captured client.
 - A captured reply with no readable code, or to a command the receiver cannot be scripted
   for, is refused (``HarnessError``) before a lab exists.
 """
@@ -19,16 +29,21 @@ Rules kept here:
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import re
 
 from harness.errors import HarnessError
 from harness.replay.script import Mapping
-from harness.replay.session import Session, Unit
-from harness.scenario import REPLY_ON
+from harness.replay.session import CapturedReply, Session, Unit
+from harness.scenario import MAX_RAW, REPLY_ON
 from harness.smtp.events import Content, Direction
-from harness.smtp.framing import ReceiveBuffer
+from harness.smtp.framing import ReceiveBuffer, dot_stuff
 from harness.smtp.policy import ReceiverConfig, ReplyRule
 from harness.smtp.readers import DataReader
-from harness.smtp.sender import SenderConfig
+from harness.smtp.sender import MESSAGE, ScriptStep, SenderConfig
+from harness.smtp.state import END_OF_DATA
+
+_MAILBOX = re.compile(r"<([^<>@\s]+@[^<>@\s]+)>")  # a VRFY reply's mailbox (RFC 5321 §3.5.1)
 
 
 def receiver_config(session: Session, base: ReceiverConfig) -> ReceiverConfig:
@@ -38,7 +53,7 @@ def receiver_config(session: Session, base: ReceiverConfig) -> ReceiverConfig:
     where = f"{session.path}: session {session.number}"
     for turn in session.turns:
         for reply in turn.replies:
-            key = next((k for k in REPLY_ON if k.upper() == (reply.answers or "").upper()), None)
+            key = _key(reply.answers)
             if key is None or reply.code is None:
                 raise HarnessError(
                     f"{where}: step {reply.step}: a reply to {reply.answers or 'nothing'} "
@@ -46,8 +61,34 @@ def receiver_config(session: Session, base: ReceiverConfig) -> ReceiverConfig:
                 )
             seen[key] = seen.get(key, 0) + 1
             rules.append(ReplyRule(on=key, nth=seen[key], code=reply.code, text=reply.lines))
+    reset = _reset_at(session)
+    if reset is not None:
+        rules.append(ReplyRule(on=reset, nth=seen.get(reset, 0) + 1, raw=b"", reset=True))
     host, _, text = session.turns[0].replies[0].lines[0].partition(" ")
-    return dataclasses.replace(base, hostname=host, greeting=text, rules=rules)
+    rcpts = [u.argument for u in session.commands if u.verb == "RCPT" and u.argument]
+    users = _more(base.users, [r.rpartition("@")[0] for r in rcpts])
+    domains = _more(base.domains, [r.rpartition("@")[2] for r in rcpts])
+    return dataclasses.replace(
+        base, hostname=host, greeting=text, rules=rules, users=users, domains=domains
+    )
+
+
+def _key(answers: str | None) -> str | None:
+    """The reply rule key of what a reply answers (``REPLY_ON``), None when none is."""
+    return next((k for k in REPLY_ON if k.upper() == (answers or "").upper()), None)
+
+
+def _reset_at(session: Session) -> str | None:
+    """The key of the unit whose reply the server's RST took the place of, if any."""
+    last = session.turns[-1]
+    if not session.server_reset or len(last.units) <= len(last.replies):
+        return None
+    pending = last.units[len(last.replies)]
+    return _key(pending.verb) if pending.verb else END_OF_DATA
+
+
+def _more(given, added: list[str]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys([*given, *(a for a in added if a)]))
 
 
 def sender_config(session: Session, mapping: Mapping, base: SenderConfig) -> SenderConfig:
@@ -55,34 +96,61 @@ def sender_config(session: Session, mapping: Mapping, base: SenderConfig) -> Sen
     commands = session.commands
     hello = next((u for u in commands if u.verb in ("HELO", "EHLO")), None)
     mail = next((u for u in commands if u.verb == "MAIL"), None)
-    recipients = [mapping.name(a) for a in _recipients(commands)]
+    recipients = [mapping.name(a) for a in _recipients(session)]
     content = next((u for t in session.turns for u in t.units if not u.verb), None)
     if hello is None or mail is None or not recipients:
         raise HarnessError(
             f"{session.path}: session {session.number}: no HELO/EHLO, MAIL and RCPT to "
             "configure the scripted sender with"
         )
+    message = _stored(content.raw) if content else b""
     return dataclasses.replace(
         base,
         recipients=tuple(recipients),
-        message=_stored(content.raw) if content else b"",
+        message=message,
         mail_from=mapping.name(mail.argument or ""),
         helo_name=mapping.name(hello.argument or ""),
         ehlo=hello.verb == "EHLO",
         vrfy=any(u.verb == "VRFY" for u in commands),
-        script=[],
+        half_close=session.half_closed,
+        script=_as_captured(content.raw, message) if content else [],
     )
 
 
-def _recipients(commands: list[Unit]) -> list[str]:
+def _as_captured(raw: bytes, message: bytes) -> list[ScriptStep]:
+    """A raw step sending the captured content when the sender would send other bytes."""
+    if dot_stuff(message) + b".\r\n" == raw or len(raw) > MAX_RAW:
+        return []
+    return [ScriptStep(at=MESSAGE, position="instead", send=raw)]
+
+
+def _recipients(session: Session) -> list[str]:
     """Every RCPT TO address, and before them each VRFY'd user that none of them names (the
-    seed verifies aibo, then never sends RCPT for it), at the first RCPT's domain."""
-    rcpts = [u.argument for u in commands if u.verb == "RCPT" and u.argument]
+    seed verifies aibo, then never sends RCPT for it)."""
+    rcpts = [u.argument for u in session.commands if u.verb == "RCPT" and u.argument]
     domain = rcpts[0].rpartition("@")[2] if rcpts else ""
-    users = [u.raw[5:].strip().decode("utf-8", "replace") for u in commands if u.verb == "VRFY"]
     by_user = {r.partition("@")[0].lower(): r for r in rcpts}
-    verified = [by_user.get(user.lower(), f"{user}@{domain}") for user in users]
-    return list(dict.fromkeys([*verified, *rcpts]))
+    verified = [_verified(unit, reply, by_user, domain) for unit, reply in _vrfys(session)]
+    return list(dict.fromkeys([*(v for v in verified if v), *rcpts]))
+
+
+def _verified(unit: Unit, reply: CapturedReply | None, by_user: dict, domain: str) -> str | None:
+    """A VRFY'd address: the VRFY's own when it gave one, a RCPT's for that user, the
+    mailbox its reply named (``250 <c3po@receiver.com>``), else the user at the RCPTs'
+    domain; None when there is none of these."""
+    user = unit.raw[5:].strip().decode("utf-8", "replace")
+    named = _MAILBOX.search(reply.text) if reply else None
+    if "@" in user or user.lower() in by_user:
+        return by_user.get(user.lower(), user)
+    if named:
+        return named.group(1)
+    return f"{user}@{domain}" if domain else None
+
+
+def _vrfys(session: Session) -> list[tuple[Unit, CapturedReply | None]]:
+    """Each VRFY with its reply (a turn's replies answer its units in order)."""
+    pairs = (itertools.zip_longest(t.units, t.replies) for t in session.turns)
+    return [(u, r) for pair in pairs for u, r in pair if u is not None and u.verb == "VRFY"]
 
 
 def _stored(raw: bytes) -> bytes:

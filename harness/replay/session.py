@@ -14,6 +14,9 @@ Rules kept here:
   are the client's bytes exactly (look-alike endings and all); each server reply is a
   ``CapturedReply``.
 - Each captured reply carries the number of its ladder step, for the output and diff.
+- Who closed first is kept (``client_closes_first``), and whether the client's FIN came
+  before the server's last reply (``half_closed``: a FIN sent with QUIT, before its 221),
+  and whether the server reset the connection (``server_reset``).
 - A ``Turn`` is what the client sent before it waited (its units, cut where the capture's
   segments were cut) and the replies that came before it sent again: a pipelined group is
   one turn.  The first turn sends nothing and waits for the greeting.
@@ -87,6 +90,8 @@ class Session:
     steps: list[Step]  # the session's steps in the capture's ladder (names: addresses)
     turns: list[Turn]
     client_closes_first: bool
+    half_closed: bool = False  # the client's FIN came before the server's last reply
+    server_reset: bool = False  # the server ended the connection with an RST
 
     @property
     def commands(self) -> list[Unit]:
@@ -130,6 +135,8 @@ def read_session(path: str, number: int = 1) -> Session:
     first = events[0].conn
     turns = _numbered(_Turns(where).build(events), steps)
     fins = [e.direction for e in events if e.kind == "fin"]
+    client_fin = next((e.time for e in events if e.kind == "fin" and e.direction == CLIENT), None)
+    last_reply = max((r.time for t in turns for r in t.replies), default=0)
     return Session(
         path=path,
         number=number,
@@ -139,6 +146,8 @@ def read_session(path: str, number: int = 1) -> Session:
         steps=steps,
         turns=turns,
         client_closes_first=not fins or fins[0] == CLIENT,
+        half_closed=client_fin is not None and client_fin < last_reply,
+        server_reset=any(e.kind == "rst" and e.direction != CLIENT for e in events),
     )
 
 
