@@ -110,7 +110,7 @@ def client_context(ca: Path | None, keylog: Path | None) -> ssl.SSLContext:
     taking any certificate (rule 3)."""
     if ca is not None:
         return _logging_keys(ssl.create_default_context(cafile=ca), keylog)
-    context = ssl.create_default_context()
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # not the machine's trust store
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
     return _logging_keys(context, keylog)
