@@ -340,3 +340,12 @@ def test_a_starttls_key_that_cannot_act_is_a_one_line_error(data, error) -> None
     with pytest.raises(HarnessError) as raised:
         _scenario(data)
     assert str(raised.value) == f"{Path(__file__)}: {error}"
+
+
+def test_half_close_is_not_tried_inside_tls(tmp_path, pki):
+    """Found in review: ``write_eof`` on a TLS stream raises (asyncio: "SSL doesn't support
+    half-closes"), a fault of ours; the QUIT goes out plainly inside TLS."""
+    config = sending(pki, "required", half_close=True)
+    report, _ = run(exchange(tmp_path, receiver=offering(tmp_path, pki), sender=config))
+    assert statuses(report) == SEED_OUTCOMES
+    assert [e["kind"] for e in report.transcript[-3:]] == ["reply", "eof", "close"]

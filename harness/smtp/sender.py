@@ -14,7 +14,8 @@ Rules kept here:
    221 *and* the receiver's FIN before closing: the receiver releases first (seed 29-33).
    With ``half_close`` our FIN leaves with QUIT, in one segment (Exim's way: the socket
    corked, QUIT written, our writing side shut, uncorked): we still read the 221 and the
-   receiver's FIN (§4.1.1.10: the receiver "MUST send a 221 OK reply" to QUIT).
+   receiver's FIN (§4.1.1.10: the receiver "MUST send a 221 OK reply" to QUIT).  Inside
+   TLS there is no half-close: ``half_close`` is not acted on there.
 4. Outcomes by the first digit (§4.2.1, §4.3.2): 4yz defers, 5yz rejects, per recipient at
    RCPT, for all remaining recipients elsewhere; a lost connection or a timeout before the
    reply to the end of data defers (§6.1: after "." the outcome is unknown, so retry).
@@ -427,7 +428,9 @@ class _Dialogue:
         if self.conn.state is State.TLS:
             return
         if self.conn.state is not State.CLOSED:
-            then = self._corked_half_close() if self.config.half_close else None
+            # TLS has no half-close (the close_notify closes both ways): a whole close there
+            half_close = self.config.half_close and not self.conn.in_tls
+            then = self._corked_half_close() if half_close else None
             await self._step("QUIT", None, lambda: self.conn.send_command("QUIT"), then)
         while not isinstance(await self._next(), ConnectionClosed):
             pass
