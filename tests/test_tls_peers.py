@@ -349,3 +349,41 @@ def test_half_close_is_not_tried_inside_tls(tmp_path, pki):
     report, _ = run(exchange(tmp_path, receiver=offering(tmp_path, pki), sender=config))
     assert statuses(report) == SEED_OUTCOMES
     assert [e["kind"] for e in report.transcript[-3:]] == ["reply", "eof", "close"]
+
+
+def test_a_script_step_at_the_inner_ehlo_sends_a_second_starttls_which_is_refused(tmp_path, pki):
+    """``ehlo_after_tls`` is an EHLO argument a script step can name (scenario.py)."""
+    scenario = _scenario(
+        {
+            "sender": {
+                "ehlo": True,
+                "starttls": "required",
+                "ehlo_after_tls": "inside.sender.com",
+                "script": [
+                    {"at": "EHLO", "argument": "inside.sender.com", "position": "after",
+                     "send": "STARTTLS"},
+                ],
+            }
+        }
+    )  # fmt: skip
+    config = sending(
+        pki, "required", ehlo_after_tls="inside.sender.com", script=scenario.sender.script
+    )
+    report, _ = run(exchange(tmp_path, receiver=offering(tmp_path, pki), sender=config))
+    assert statuses(report) == SEED_OUTCOMES
+    assert sent(report)[:4] == [
+        "EHLO mail.sender.com",
+        "STARTTLS",
+        "EHLO inside.sender.com",
+        "STARTTLS",
+    ]
+    replies = kinds(after(report.transcript, "tls"), "reply")
+    assert (replies[1]["code"], replies[1]["lines"]) == (503, ["5.5.1 TLS already active"])
+
+
+def test_starttls_given_in_extensions_is_listed_inside_tls_too(tmp_path, pki):
+    """A receiver built to fail the RFC 3207 §4.2 check: ``extensions`` are sent as given."""
+    extensions = ("PIPELINING", "STARTTLS")
+    before, inside = run(_talk(offering(tmp_path, pki, extensions=extensions), ["EHLO c"]))
+    assert before[1].endswith("|250-PIPELINING|250 STARTTLS")
+    assert inside == ["250-mail.receiver.com Hello c|250-PIPELINING|250 STARTTLS"]
