@@ -387,3 +387,29 @@ def test_starttls_given_in_extensions_is_listed_inside_tls_too(tmp_path, pki):
     before, inside = run(_talk(offering(tmp_path, pki, extensions=extensions), ["EHLO c"]))
     assert before[1].endswith("|250-PIPELINING|250 STARTTLS")
     assert inside == ["250-mail.receiver.com Hello c|250-PIPELINING|250 STARTTLS"]
+
+
+def test_swaks_verifies_the_receiver_and_delivers_inside_tls(tmp_path, pki):
+    """Another TLS stack (swaks: Perl's Net::SSLeay) takes our receiver's handshake, with
+    the run's CA and the host's name checked."""
+
+    async def swaks() -> tuple[int, str, Receiver]:
+        async with Receiver(offering(tmp_path, pki)) as rx:
+            _, port = await rx.start("127.0.0.1", 0)
+            process = await asyncio.create_subprocess_exec(
+                *("swaks", "--server", f"127.0.0.1:{port}", "--ehlo", "swaks.example"),
+                *("--to", "c3po@receiver.com", "--from", "luke@sender.com", "--tls"),
+                *("--tls-verify", "--tls-ca-path", str(pki.ca), "--tls-sni", "mail.receiver.com"),
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+            )
+            out, _ = await process.communicate()
+            await rx.idle()
+        return process.returncode, out.decode(), rx
+
+    code, said, rx = run(swaks())
+    assert code == 0, said
+    assert "=== TLS started with cipher TLSv1." in said
+    assert rx.internal_faults == []
+    (stored,) = rx.stored
+    assert stored.trace.startswith(b"Received: from swaks.example ([127.0.0.1])\r\n")
