@@ -413,3 +413,57 @@ def test_swaks_verifies_the_receiver_and_delivers_inside_tls(tmp_path, pki):
     assert rx.internal_faults == []
     (stored,) = rx.stored
     assert stored.trace.startswith(b"Received: from swaks.example ([127.0.0.1])\r\n")
+
+
+# --- handshakes that fail: the peer's doing, never a fault of ours -------------------------
+@pytest.mark.parametrize(
+    ("after_220", "timeout", "error"),
+    [
+        (b"EHLO still.plain\r\n", 30.0, "SSLError: [SSL: WRONG_VERSION_NUMBER]"),
+        (b"", 0.5, "ConnectionAbortedError: SSL handshake is taking longer than 0.5 seconds"),
+    ],
+    ids=["plaintext instead of a ClientHello", "silence"],
+)
+def test_a_client_that_does_not_shake_hands_ends_its_session_only(
+    tmp_path, pki, after_220, timeout, error
+):
+    """Found in review (silence): asyncio does not report a connection lost mid-handshake
+    to the protocol, so the session never ended and ``Receiver.idle`` waited forever."""
+
+    async def client() -> Receiver:
+        async with Receiver(offering(tmp_path, pki, timeout=timeout)) as rx:
+            _, port = await rx.start("127.0.0.1", 0)
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            await _reply(reader)
+            writer.write(b"EHLO c\r\nSTARTTLS\r\n")
+            await _reply(reader)
+            assert (await _reply(reader)).startswith("220 ")
+            writer.write(after_220)
+            assert await reader.read() == b""  # the receiver closed
+            writer.close()
+            await rx.idle()
+        return rx
+
+    rx = run(client())
+    assert rx.internal_faults == []
+    (failed,) = kinds(rx.log.entries, "tls-failed")
+    assert failed["error"].startswith(error)
+    assert rx.log.entries[-1]["kind"] == "close"
+
+
+def test_a_server_that_answers_220_but_no_handshake_defers(tmp_path, pki):
+    """STARTTLS listed and answered 220 by a reply rule with tls = "off": the server never
+    answers the ClientHello; the handshake times out."""
+    receiver = offering(
+        tmp_path,
+        pki,
+        tls="off",
+        extensions=("STARTTLS",),
+        rules=[ReplyRule(on="STARTTLS", code=220, text="2.0.0 go ahead")],
+    )
+    sender = sending(pki, "opportunistic", timeout=0.5)
+    report, rx = run(exchange(tmp_path, receiver=receiver, sender=sender))
+    assert statuses(report) == dict.fromkeys(RECIPIENTS, "deferred")
+    assert {o.stage for o in report.outcomes.values()} == {"STARTTLS"}
+    assert kinds(report.transcript, "tls-failed")
+    assert kinds(rx.log.entries, "tls-failed")[0]["error"].startswith("no TLS offered")

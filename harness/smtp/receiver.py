@@ -326,6 +326,8 @@ class _Session(asyncio.Protocol):
         self._resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.ended.done():  # rule 10: a failed handshake may end the session twice
+            return
         if exc is not None and not self.closing:  # the client reset: not our fault
             self._add("connection-lost", error=f"{type(exc).__name__}: {exc}")
         self.closing = True
@@ -661,6 +663,9 @@ class _Session(asyncio.Protocol):
         except OSError as exc:  # ssl.SSLError among them: the client's doing (rule 10)
             self._add("tls-failed", error=f"{type(exc).__name__}: {exc}")
             self._close()
+            # asyncio tells us of the lost connection unless it was lost mid-handshake
+            # (a timeout): then we end the session ourselves, once this wait is over
+            self._loop.call_soon(self.connection_lost, None)
 
     def _secured(self) -> None:
         if self.closing:
