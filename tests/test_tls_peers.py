@@ -431,17 +431,18 @@ def test_a_client_that_does_not_shake_hands_ends_its_session_only(
     to the protocol, so the session never ended and ``Receiver.idle`` waited forever."""
 
     async def client() -> Receiver:
-        async with Receiver(offering(tmp_path, pki, timeout=timeout)) as rx:
-            _, port = await rx.start("127.0.0.1", 0)
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            await _reply(reader)
-            writer.write(b"EHLO c\r\nSTARTTLS\r\n")
-            await _reply(reader)
-            assert (await _reply(reader)).startswith("220 ")
-            writer.write(after_220)
-            assert await reader.read() == b""  # the receiver closed
-            writer.close()
-            await rx.idle()
+        rx = Receiver(offering(tmp_path, pki, timeout=timeout))
+        _, port = await rx.start("127.0.0.1", 0)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        await _reply(reader)
+        writer.write(b"EHLO c\r\nSTARTTLS\r\n")
+        await _reply(reader)
+        assert (await _reply(reader)).startswith("220 ")
+        writer.write(after_220)
+        assert await reader.read() == b""  # the receiver closed
+        writer.close()
+        await asyncio.wait_for(rx.idle(), 10)  # a session that never ends fails here
+        await rx.stop()
         return rx
 
     rx = run(client())
@@ -467,3 +468,25 @@ def test_a_server_that_answers_220_but_no_handshake_defers(tmp_path, pki):
     assert {o.stage for o in report.outcomes.values()} == {"STARTTLS"}
     assert kinds(report.transcript, "tls-failed")
     assert kinds(rx.log.entries, "tls-failed")[0]["error"].startswith("no TLS offered")
+
+
+def test_a_receiver_stopped_mid_handshake_ends_the_session_as_cut_short(tmp_path, pki):
+    """Found in review: stopping cancels the handshake, and asyncio then never reports the
+    connection lost: ``Receiver.stop`` waited forever."""
+
+    async def stopped() -> Receiver:
+        rx = Receiver(offering(tmp_path, pki))
+        _, port = await rx.start("127.0.0.1", 0)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        await _reply(reader)
+        writer.write(b"EHLO c\r\nSTARTTLS\r\n")
+        await _reply(reader)
+        await _reply(reader)  # the 220: the receiver now waits for a ClientHello
+        await asyncio.wait_for(rx.stop(), 10)  # a session that never ends fails here
+        writer.close()
+        return rx
+
+    rx = run(stopped())
+    (fault,) = rx.internal_faults
+    assert fault.summary.startswith("session cut short: the receiver stopped")
+    assert rx.log.entries[-1]["kind"] == "close"

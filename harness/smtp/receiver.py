@@ -660,12 +660,15 @@ class _Session(asyncio.Protocol):
                 server_side=True,
                 ssl_handshake_timeout=self.config.timeout,
             )
-        except OSError as exc:  # ssl.SSLError among them: the client's doing (rule 10)
+        except BaseException as exc:
+            # asyncio does not tell the protocol of a connection lost mid-handshake (a
+            # timeout, a cancel): the session ends itself, once this wait is over
+            self._loop.call_soon(self.connection_lost, None)
+            if not isinstance(exc, OSError):  # cancelled: the receiver stops (rule 5)
+                raise
+            # ssl.SSLError among them: the client's doing (rule 10)
             self._add("tls-failed", error=f"{type(exc).__name__}: {exc}")
             self._close()
-            # asyncio tells us of the lost connection unless it was lost mid-handshake
-            # (a timeout): then we end the session ourselves, once this wait is over
-            self._loop.call_soon(self.connection_lost, None)
 
     def _secured(self) -> None:
         if self.closing:
