@@ -40,6 +40,13 @@ Rules kept here:
   The ladder is read from the raw capture, so the two agree frame for frame.
 - ``RunResult.assert_ok()`` fails with the verdict, every recipient's outcome ("c3po@...
   deferred at RCPT 450 4.2.0 ..."), every problem and fault, and where the files are.
+- TLS (RFC 3207): a scripted peer that speaks STARTTLS gets the run's PKI
+  (``harness.tls.pki.lab_pki(<folder>/tls)``, made on first use, so a real MTA on the
+  other side gets the same root through ``Site.pki``): the receiver its certificate for its
+  hostname, broken as ``[receiver] certificate`` says; a ``verify`` sender the root CA.
+  Both write their TLS secrets to ``<folder>/tls/keylog.txt`` (NSS key log, mode 0600);
+  ``run.json`` lists each handshake a scripted peer logged (``tls``: side, version,
+  cipher).
 - Only ``update_golden=True`` writes a golden capture; nothing else does.  A golden named
   ``.pcapng`` is the final capture as it is; any other is written as plain pcap.
 """
@@ -72,15 +79,18 @@ from harness.outcome import Outcome, OutcomeStatus, SendReport
 from harness.render import render
 from harness.runinfo import host_names
 from harness.scenario import Scenario
+from harness.smtp.policy import ReceiverConfig
 from harness.smtp.receiver import Receiver, StoredMessage
-from harness.smtp.sender import Sender
+from harness.smtp.sender import Sender, SenderConfig
 from harness.tls.keylog import KeyLog, from_capture
+from harness.tls.pki import CertVariant, lab_pki
 from harness.verdict import Verdict
 
 DNS_PORT = 53
 CAPTURE = "capture.pcapng"
 LOSSY_DNS_TRIES = 4
 LADDER_FORMATS = {"txt": "text", "svg": "svg", "html": "html", "json": "json"}
+TLS_FOLDER, KEYLOG = "tls", "keylog.txt"  # the run's PKI and the peers' TLS secrets
 
 
 @contextmanager
@@ -356,10 +366,23 @@ def lifelines(scenario: Scenario, mta: dict | None) -> dict[str, str]:
 
 def write_record(result: RunResult, started: str) -> None:
     """``run.json`` (and ``traceback.txt`` after a fault) in the run folder."""
-    runinfo.write_record(result.folder, runinfo.record(result, started))
+    record = runinfo.record(result, started)
+    record["tls"] = handshakes(result)
+    runinfo.write_record(result.folder, record)
     if result.faults:
         text = "\n".join(f"== {f.line()}\n{f.traceback}" for f in result.faults)
         (result.folder / "traceback.txt").write_text(text, encoding="utf-8")
+
+
+def handshakes(result: RunResult) -> list[dict]:
+    """Each TLS handshake a scripted peer logged: which side, version, cipher."""
+    logs = {"receiver": result.receiver_log, "sender": result.report.transcript}
+    return [
+        {"side": side, "version": e["version"], "cipher": e["cipher"]}
+        for side, log in logs.items()
+        for e in log
+        if e["kind"] == "tls"
+    ]
 
 
 def judge_wire(ladder: Ladder, pcap: Path, golden: Path, topology) -> list[str]:
@@ -393,7 +416,10 @@ def scripted_receiver(lab: Lab, scenario: Scenario, folder: Path) -> Receiver:
     """The scenario's scripted receiver for its lab host (not started): mail under
     ``<folder>/maildir``, its log ``<folder>/receiver.jsonl``."""
     rconf = dataclasses.replace(
-        scenario.receiver, maildir=folder / "maildir", log_path=folder / "receiver.jsonl"
+        scenario.receiver,
+        maildir=folder / "maildir",
+        log_path=folder / "receiver.jsonl",
+        **_receiver_tls(scenario.receiver, folder),
     )
     host = scenario.receiver_host
     return Receiver(
@@ -410,9 +436,30 @@ def receiver_addresses(lab: Lab, scenario: Scenario) -> list[str]:
     return host.addresses if scenario.families["receiver"] == "any" else [host.ipv4]
 
 
+def _receiver_tls(config: ReceiverConfig, folder: Path) -> dict:
+    """What the scripted receiver needs to offer STARTTLS: its credentials, the key log."""
+    if config.tls == "off":
+        return {}
+    pki = lab_pki(folder / TLS_FOLDER)
+    credentials = pki.server(config.hostname, CertVariant(config.certificate))
+    return {"credentials": credentials, "keylog": folder / TLS_FOLDER / KEYLOG}
+
+
+def _sender_tls(config: SenderConfig, folder: Path) -> dict:
+    """What the scripted sender needs for STARTTLS: the root CA to verify against, the key
+    log."""
+    if config.starttls == "never":
+        return {}
+    pki = lab_pki(folder / TLS_FOLDER)  # made even where unused: the key log's folder
+    ca = pki.ca if config.starttls == "verify" else None
+    return {"ca": ca, "keylog": folder / TLS_FOLDER / KEYLOG}
+
+
 def _scripted_sender(lab: Lab, scenario: Scenario, folder: Path) -> Sender:
+    config = scenario.sender
+    tls = _sender_tls(config, folder)
     return Sender(
-        dataclasses.replace(scenario.sender, log_path=folder / "sender.jsonl"),
+        dataclasses.replace(config, log_path=folder / "sender.jsonl", **tls),
         resolve=resolver_for(lab, scenario.sender_host, _dns_tries(scenario)),
         socket_factory=lab.socket_factory(scenario.sender_host),
     )

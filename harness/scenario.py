@@ -472,6 +472,7 @@ def _build(path: Path, data: dict) -> Scenario:
             raise HarnessError(f"{role}.host: no host named {section['host']!r} in the topology")
     mtas = {role: _mta(given[role], role) for role in sides}
     _check_families(sides, mtas)
+    _check_starttls(sides, mtas)
     recv, send = sides["receiver"], sides["sender"]
     sender = _sender_config(path, send, topology.host(send["host"]).fqdn)
     scenario = Scenario(
@@ -760,6 +761,32 @@ def _check_families(sides: dict[str, dict], mtas: dict[str, str | None]) -> None
         raise HarnessError("sender.family: the scripted sender knows IPv4 only (A records)")
 
 
+# keys that act only once STARTTLS is answered 220: (role, key, its default)
+_TLS_ONLY = (
+    ("receiver", "starttls_inject", None),
+    ("receiver", "starttls_plaintext", "discard"),
+    ("sender", "ehlo_after_tls", None),
+    ("sender", "starttls_inject", None),
+    ("sender", "starttls_plaintext", "discard"),
+)
+
+
+def _check_starttls(sides: dict[str, dict], mtas: dict[str, str | None]) -> None:
+    """The scripted peers' STARTTLS keys: the sender's policy needs EHLO (STARTTLS is an
+    EHLO extension, RFC 3207 §4), and a key that acts inside TLS needs TLS on its side."""
+    send = sides["sender"]
+    if not mtas["sender"] and send["starttls"] != "never" and not send["ehlo"]:
+        raise HarnessError(
+            f"sender.starttls: {shown(send['starttls'])} needs EHLO (STARTTLS is offered in "
+            "the EHLO reply, RFC 3207 §4): set sender.ehlo = true"
+        )
+    off = {"receiver": sides["receiver"]["tls"] == "off", "sender": send["starttls"] == "never"}
+    switch = {"receiver": 'receiver.tls is "off"', "sender": 'sender.starttls is "never"'}
+    for role, key, default in _TLS_ONLY:
+        if not mtas[role] and off[role] and sides[role][key] != default:
+            raise HarnessError(f"{role}.{key}: never acts: {switch[role]}")
+
+
 def _knobs(section: dict, role: str, mta: str) -> dict[str, str]:
     """The MTA's knobs (``Site.extra``) from the side's keys, each checked for ``mta``."""
     knobs = {key: section[key] for key in KNOB_KEYS[role]}
@@ -842,6 +869,10 @@ def _receiver_config(t: dict) -> ReceiverConfig:
         bad_lines=t["bad_lines"],
         rules=_reply_rules(t["replies"]),
         timeout=t["timeout_ms"] / 1000,
+        tls=t["tls"],
+        certificate=t["certificate"],
+        starttls_inject=_raw(t["starttls_inject"]),
+        starttls_plaintext=t["starttls_plaintext"],
     )
 
 
@@ -923,6 +954,10 @@ def _sender_config(path: Path, t: dict, fqdn: str | None) -> SenderConfig:
         use_glue=t["use_glue"],
         timeout=t["timeout_ms"] / 1000,
         half_close=t["half_close"],
+        starttls=t["starttls"],
+        ehlo_after_tls=t["ehlo_after_tls"],
+        starttls_inject=_raw(t["starttls_inject"]),
+        starttls_plaintext=t["starttls_plaintext"],
     )
     # steps are checked against what this sender sends (an MTA as sender has none: MTA_KEYS)
     config.script = [_script_step(s, i, config) for i, s in enumerate(t["script"])]
@@ -983,7 +1018,7 @@ def _script_argument(point: str, argument: str, where: str, config: SenderConfig
     """The argument must be one the sender sends at ``point``, or the step never fires."""
     sends = {
         "HELO": [config.helo_name],
-        "EHLO": [config.helo_name],
+        "EHLO": [config.helo_name, *filter(None, [config.ehlo_after_tls])],
         "VRFY": [r.partition("@")[0] for r in config.recipients],
         # the null path is matched by the whole argument (Sender._command: match or argument)
         "MAIL": [config.mail_from or "FROM:<>"],

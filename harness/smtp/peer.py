@@ -12,13 +12,21 @@ Rules kept here:
    ``per_turn=True`` inside an event loop, once per loop turn in which entries were added
    (one flush for the batch of entries a wakeup produces): either way everything is on
    disk by the time the peer waits.
+3. TLS (RFC 3207) is the stdlib's ``ssl`` under ``loop.start_tls``: a server context serves
+   the run's chain and key; a client context verifies against the run's CA and the MX
+   host's name (``verify``) or takes any certificate (``CERT_NONE``, no name check: the
+   other policies, RFC 7435 §3).  Both write their secrets in the NSS key log format to
+   the run's key log, made mode 0600 before the ssl module appends to it (it would make
+   it world-readable).  ``tls_summary`` is what the logs say of a finished handshake.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -88,3 +96,36 @@ class EventLog:
         if self._file:
             self._file.close()
             self._file = None
+
+
+def server_context(chain: Path, key: Path, keylog: Path | None) -> ssl.SSLContext:
+    """A TLS server serving ``chain`` with ``key`` (rule 3)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(chain, key)
+    return _logging_keys(context, keylog)
+
+
+def client_context(ca: Path | None, keylog: Path | None) -> ssl.SSLContext:
+    """A TLS client: verifying against ``ca`` and the server's name, or (``ca`` None)
+    taking any certificate (rule 3)."""
+    if ca is not None:
+        return _logging_keys(ssl.create_default_context(cafile=ca), keylog)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # not the machine's trust store
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return _logging_keys(context, keylog)
+
+
+def _logging_keys(context: ssl.SSLContext, keylog: Path | None) -> ssl.SSLContext:
+    if keylog is not None:
+        os.close(os.open(keylog, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
+        os.chmod(keylog, 0o600)
+        context.keylog_filename = str(keylog)
+    return context
+
+
+def tls_summary(transport: asyncio.BaseTransport) -> dict[str, Any]:
+    """The TLS version and cipher a handshake gave, and (on the client's side) the name it
+    sent (SNI)."""
+    tls = transport.get_extra_info("ssl_object")
+    return {"version": tls.version(), "cipher": tls.cipher()[0], "sni": tls.server_hostname}

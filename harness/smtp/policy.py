@@ -7,7 +7,7 @@ Rules kept here:
    timeout); nothing here reads a socket, a clock or the DNS.  A PTR lookup is a fact
    handed in (``with_ptr``), a rule's delay a number handed out.  The receiver's protocol
    (receiver.py) moves the bytes, waits and stores.
-2. Replies follow RFC 5321 unless a ``ReplyRule`` overrides them (rule 5): a line with
+2. Replies follow RFC 5321 unless a ``ReplyRule`` overrides them (rule 6): a line with
    NUL, bare CR or bare LF gets 500 (``bad_lines="accept"`` lets it through), an overlong
    line 500 always, an unknown verb 500, a syntax error 501, a command out of sequence 503
    (§4.2.4, §4.3.2), an unadvertised MAIL/RCPT parameter 555 (§4.1.1.11), a declared or
@@ -21,7 +21,18 @@ Rules kept here:
    applies it only when the reply *as sent* is 2yz or 3yz (a rule that turns a 250 into a
    550 commits nothing).  The reply to the end of a message ends the transaction whatever
    it says (``Decision.ends_transaction``; RFC 5321 §4.1.1.4, RFC 3030 §2).
-5. Reply rules: the first ``ReplyRule`` whose ``on`` (and ``argument``, and ``nth``: the
+5. STARTTLS (RFC 3207): with ``tls="offer"`` the EHLO reply lists STARTTLS (unless the
+   extensions already do) and STARTTLS gets 220, whose effect is the handshake; inside TLS
+   (``Facts.tls``) STARTTLS is not listed (§4.2: "A server MUST NOT return the STARTTLS
+   extension in response to an EHLO command received after a TLS handshake has completed";
+   an extension given in ``extensions`` is sent as given: a probe) and a second STARTTLS
+   gets 503 (RFC 5321 §4.2.4 "Bad sequence of commands": RFC 3207 §4.2, "A client MUST NOT
+   attempt to start a TLS session if a TLS session is already active", makes it a command
+   out of sequence, which is what 503 answers here).  With ``tls="off"`` STARTTLS is 502.
+   Once the handshake is done the session starts afresh (``after_tls``): nothing the
+   client said before is kept (§4.2, "The server MUST discard any knowledge obtained from
+   the client"); the PTR of its address, which it did not say, is.
+6. Reply rules: the first ``ReplyRule`` whose ``on`` (and ``argument``, and ``nth``: the
    how-manieth time ``on`` is answered in the session) matches replaces
    the reply: its code and text (``scripted``), or raw bytes whose code is read from their
    first line (``raw_reply``).  The idle timeout's 421 answers no command and no rule
@@ -35,14 +46,17 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import cached_property
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from harness.errors import HarnessError
 from harness.smtp.events import AnomalyKind, Command
 from harness.smtp.replies import parse_reply_line
 
+if TYPE_CHECKING:
+    from harness.tls.pki import ServerCredentials
+
 Text = str | Sequence[str]
-TIMEOUT = "<timeout>"  # the key the idle timeout's 421 is recorded under (rule 5)
+TIMEOUT = "<timeout>"  # the key the idle timeout's 421 is recorded under (rule 6)
 
 # MAIL/RCPT parameter -> the EHLO keyword that must have been advertised for it
 _PARAM_EXTENSION = {
@@ -59,6 +73,8 @@ CHOICES = {
     "ptr_check": ("accept", "note", "reject"),
     "ptr_at": ("helo", "connect", "never"),
     "bad_lines": ("reject", "accept"),
+    "tls": ("off", "offer"),
+    "starttls_plaintext": ("discard", "answer"),
 }
 
 
@@ -113,6 +129,14 @@ class ReceiverConfig:
     maildir: Path | None = None
     log_path: Path | None = None
     timeout: float = 300.0  # RFC 5321 §4.5.3.2.7: the server waits at least 5 minutes
+    tls: str = "off"  # offer: STARTTLS (rule 5)
+    certificate: str = "good"  # the harness.tls.pki.CertVariant the runner serves
+    starttls_inject: bytes | None = None  # a probe: raw bytes behind the 220, in its write
+    # "answer": the plaintext pipelined behind STARTTLS is answered inside TLS (a receiver
+    # built to fail the injection check, CVE-2011-0411); "discard" (RFC 3207 §4.2)
+    starttls_plaintext: str = "discard"
+    credentials: ServerCredentials | None = None  # the chain and key served (tls="offer")
+    keylog: Path | None = None  # where the TLS secrets go (NSS key log format)
 
     def __post_init__(self) -> None:
         for name, options in CHOICES.items():
@@ -142,6 +166,7 @@ class Effect(StrEnum):  # str hashing: it keys a table consulted on most replies
     RCPT = "rcpt"  # one more recipient
     DATA = "data"  # message content follows (after 354, or the octets of a BDAT chunk)
     RESET = "reset"  # RSET: a new transaction
+    STARTTLS = "starttls"  # the TLS handshake follows the 220 (rule 5)
     DELIVER = "deliver"  # store the content, once per recipient
 
 
@@ -168,6 +193,7 @@ class Facts(NamedTuple):
     esmtp: bool = False
     mail_from: str | None = None
     recipients: tuple[str, ...] = ()
+    tls: bool = False  # the session runs inside TLS (rule 5)
 
 
 # --- the greeting, the end of a message, the timeout --------------------------------------
@@ -229,6 +255,12 @@ def ptr_wanted(config: ReceiverConfig, cmd: Command | None) -> bool:
     return config.ptr_at == "helo" and cmd.verb in _HELLO and refusal(config, cmd) is None
 
 
+def after_tls(facts: Facts) -> Facts:
+    """The facts of the session a completed TLS handshake starts: nothing the client said
+    before, only the PTR of its address, which it did not say (rule 5)."""
+    return Facts(facts.ptr, tls=True)
+
+
 def with_ptr(facts: Facts, names: Sequence[str]) -> Facts:
     """The facts once the PTR lookup gave ``names`` (none: it failed)."""
     return facts._replace(ptr=tuple(names))
@@ -245,8 +277,23 @@ def _hello(config: ReceiverConfig, facts: Facts, cmd: Command) -> Decision:
                 550, "5.7.1 HELO name does not match the name of your address", note=note
             )
     hello = f"{config.hostname} Hello {cmd.argument}"
-    text = [hello, *config.extensions] if cmd.verb == "EHLO" else hello
+    text = [hello, *_extensions(config, facts)] if cmd.verb == "EHLO" else hello
     return Decision(250, text, Effect.GREET, False, note)
+
+
+def _extensions(config: ReceiverConfig, facts: Facts) -> tuple[str, ...]:
+    """The EHLO keywords: STARTTLS added before TLS when offered (rule 5)."""
+    if config.tls == "offer" and not facts.tls and "STARTTLS" not in config.advertised:
+        return (*config.extensions, "STARTTLS")
+    return config.extensions
+
+
+def _starttls(config: ReceiverConfig, facts: Facts, cmd: Command) -> Decision:
+    if config.tls != "offer":
+        return _FIXED["STARTTLS"]
+    if facts.tls:
+        return Decision(503, "5.5.1 TLS already active")
+    return _READY_FOR_TLS
 
 
 def _mail(config: ReceiverConfig, facts: Facts, cmd: Command) -> Decision:
@@ -321,6 +368,7 @@ _RCPT_OK = Decision(250, "OK", Effect.RCPT)
 _GO_AHEAD = Decision(354, "End data with <CR><LF>.<CR><LF>", Effect.DATA)
 _RESET = Decision(250, "2.0.0 OK", Effect.RESET)
 _ACCEPTED = Decision(250, "OK Mail accepted", Effect.DELIVER, True)
+_READY_FOR_TLS = Decision(220, "2.0.0 Ready to start TLS", Effect.STARTTLS)
 _FIXED: dict[str, Decision] = {
     "NOOP": Decision(250, "2.0.0 OK"),
     "HELP": Decision(214, "2.0.0 See RFC 5321"),
@@ -339,6 +387,7 @@ VERBS: dict[str, Verb] = {
     "RSET": _rset,
     "QUIT": _quit,
     **dict.fromkeys(_FIXED, _fixed),
+    "STARTTLS": _starttls,
 }
 
 
@@ -360,22 +409,22 @@ def settle(facts: Facts, decision: Decision, cmd: Command | None, code: int | No
 
 def _greeted(facts: Facts, cmd: Command | None) -> Facts:
     assert cmd is not None  # GREET is the effect of HELO/EHLO
-    return Facts(facts.ptr, cmd.argument, cmd.verb == "EHLO")
+    return Facts(facts.ptr, cmd.argument, cmd.verb == "EHLO", tls=facts.tls)
 
 
 def _mail_from(facts: Facts, cmd: Command | None) -> Facts:
     assert cmd is not None  # MAIL is the effect of a command
-    return Facts(facts.ptr, facts.helo, facts.esmtp, cmd.address)
+    return Facts(facts.ptr, facts.helo, facts.esmtp, cmd.address, tls=facts.tls)
 
 
 def _recipient(facts: Facts, cmd: Command | None) -> Facts:
     assert cmd is not None  # RCPT is the effect of a command
     recipients = (*facts.recipients, cmd.address or "")
-    return Facts(facts.ptr, facts.helo, facts.esmtp, facts.mail_from, recipients)
+    return Facts(facts.ptr, facts.helo, facts.esmtp, facts.mail_from, recipients, facts.tls)
 
 
 def _new_transaction(facts: Facts, cmd: Command | None) -> Facts:
-    return Facts(facts.ptr, facts.helo, facts.esmtp)
+    return Facts(facts.ptr, facts.helo, facts.esmtp, tls=facts.tls)
 
 
 def _unchanged(facts: Facts, cmd: Command | None) -> Facts:
@@ -389,11 +438,12 @@ _COMMIT: dict[Effect, Callable[[Facts, Command | None], Facts]] = {
     Effect.DATA: _unchanged,
     Effect.RESET: _new_transaction,
     Effect.DELIVER: _unchanged,  # the transaction ends with the reply (ends_transaction)
+    Effect.STARTTLS: _unchanged,  # the facts are forgotten once the handshake is done
 }
 _NEW_TRANSACTION = frozenset({Effect.GREET, Effect.RESET})
 
 
-# --- reply rules (rule 5) -----------------------------------------------------------------
+# --- reply rules (rule 6) -----------------------------------------------------------------
 def rule_for(
     rules: Sequence[ReplyRule], key: str, cmd: Command | None, seen: int = 1
 ) -> ReplyRule | None:

@@ -50,18 +50,35 @@ Rules kept here:
    reply (after 354: the client's content fills the receive window, a zero window); the
    idle timeout (rule 6) then ends the session, its 421 and close an RST since bytes are
    left unread.
+10. STARTTLS (policy rule 5): once the 220 is written (with ``starttls_inject``'s bytes
+   behind it, in the same write) reading stops and the handshake runs as a wait, with the
+   run's credentials (``loop.start_tls``); then the core reads a new session
+   (``secured()``, protocol rule 3) and the facts are forgotten but for the PTR, which
+   the client did not tell us.  What the client pipelined behind STARTTLS in plaintext is
+   reported and dropped by the core, unless ``starttls_plaintext="answer"`` (a receiver
+   built to fail the injection check): then it is answered inside TLS, as if sent there.
+   Bytes that come decrypted before the handshake's wait is over wait for the new
+   session.  A failed handshake (the client's alert, a reset, the timeout) is the
+   client's doing: logged as ``tls-failed``, the session closed.  The log's ``tls`` entry
+   says the version, the cipher and the EHLO name given before TLS; ``hello-in-tls`` the
+   names before and after.  A message received inside TLS is stored behind a
+   ``Received:`` trace field (RFC 5321 §4.4; "with ESMTPS", RFC 3848) naming the EHLO
+   name given inside TLS (``StoredMessage.trace``; ``data`` stays the content received).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
+import email.utils
 import fcntl
 import hashlib
 import ipaddress
 import itertools
 import re
 import socket
+import ssl
 import struct
 import termios
 import time
@@ -74,7 +91,7 @@ from typing import NamedTuple
 
 from dnslib import QTYPE, RCODE
 
-from harness.errors import InternalFault
+from harness.errors import InternalError, InternalFault
 from harness.smtp.events import (
     NEED_DATA,
     PAUSED,
@@ -87,7 +104,14 @@ from harness.smtp.events import (
     Event,
     Status,
 )
-from harness.smtp.peer import EventLog, Resolve, SocketFactory, family_of
+from harness.smtp.peer import (
+    EventLog,
+    Resolve,
+    SocketFactory,
+    family_of,
+    server_context,
+    tls_summary,
+)
 from harness.smtp.policy import (
     TIMEOUT,
     Decision,
@@ -96,6 +120,7 @@ from harness.smtp.policy import (
     ReceiverConfig,
     ReplyRule,
     Settled,
+    after_tls,
     answer,
     end_of_chunk,
     end_of_message,
@@ -117,6 +142,7 @@ __all__ = ["Answered", "Receiver", "ReceiverConfig", "ReplyRule", "StoredMessage
 HOLD_LIMIT = 1 << 20  # octets a client may send while one reply waits (rule 8)
 RESET_POLL_S = 0.005  # how often a reset looks whether its reply was acknowledged (rule 9)
 _PIECES = re.compile(rb"[^\n]*\n|[^\n]+")  # a reply's lines, for writing them one by one
+_UNPRINTABLE = re.compile(r"[^\x21-\x7e]")  # kept out of the trace field (rule 10)
 
 
 class Answered(NamedTuple):
@@ -141,6 +167,7 @@ class StoredMessage:
     mail_from: str
     path: Path | None
     data: bytes
+    trace: bytes = b""  # the Received: field stored before ``data`` (rule 10)
 
     @property
     def sha256(self) -> str:
@@ -161,6 +188,7 @@ class Receiver:
         self.resolve = resolve
         self.socket_factory = socket_factory
         self.log = EventLog(config.log_path, per_turn=True)
+        self.tls_context = _tls_context(config)
         self.stored: list[StoredMessage] = []
         self.answered: list[Answered] = []
         self.internal_faults: list[InternalFault] = []
@@ -241,6 +269,12 @@ class _Session(asyncio.Protocol):
         self._deadline = 0.0
         self._resetting = False
         self._deaf = False  # a rule's stop_reading: reading never resumes (rule 9)
+        # rule 10: the client's plaintext, kept only to answer it inside TLS
+        self._tap = bytearray() if self.config.starttls_plaintext == "answer" else None
+        self._kept = b""  # what the client pipelined behind STARTTLS
+        self._early: bytearray | None = None  # not None while the handshake runs
+        self._tls: dict[str, object] = {}  # what the handshake gave
+        self._helo_before: str | None = None  # the EHLO name given before TLS
 
     # --- transport callbacks -------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -256,6 +290,11 @@ class _Session(asyncio.Protocol):
         if self._resetting:  # rule 9: nothing more is judged, stored or answered
             self._add("ignored", size=len(data))
             return
+        if self._early is not None:  # rule 10: for the session inside TLS
+            self._early += data
+            return
+        if self._tap is not None and not self.conn.in_tls:
+            self._tap += data
         try:
             self.conn.receive_data(data)
         except Exception as exc:  # rule 5 (the core refuses bytes only after an EOF)
@@ -274,7 +313,9 @@ class _Session(asyncio.Protocol):
         elif not self.closing:  # rule 8: the wait is cut short, the EOF handled after it
             self._add("eof-while-waiting", waiting=self._waiting, unanswered=self._held)
             self._gone.set()
-        return True  # half-open: the session closes the transport itself (rule 4)
+        # half-open: the session closes the transport itself (rule 4); inside TLS the
+        # client's close_notify ends the connection (asyncio closes it: no half-open TLS)
+        return not self.conn.in_tls
 
     def pause_writing(self) -> None:
         self._write_blocked = True  # the client does not read its replies: stop reading too
@@ -285,6 +326,8 @@ class _Session(asyncio.Protocol):
         self._resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.ended.done():  # rule 10: a failed handshake may end the session twice
+            return
         if exc is not None and not self.closing:  # the client reset: not our fault
             self._add("connection-lost", error=f"{type(exc).__name__}: {exc}")
         self.closing = True
@@ -523,6 +566,8 @@ class _Session(asyncio.Protocol):
         """Commit what the reply commits to (store first, rule 3), then write it, at once or
         line by line."""
         data, code, texts = self._format(decision, rule)
+        if self.conn.state is State.TLS and self._early is None:  # a 220 to STARTTLS
+            data += self._behind_220(cmd)
         if decision.effect is not None or decision.ends_transaction:  # else nothing to commit
             self._commit(settle(self.facts, decision, cmd, code))
         argument, address = (None, None) if cmd is None else (cmd.argument, cmd.address)
@@ -551,6 +596,8 @@ class _Session(asyncio.Protocol):
             self.content = bytearray()
         elif effect is Effect.DELIVER:
             self._store(bytes(self.content or b""))
+        elif effect is Effect.GREET and facts.tls:
+            self._add("hello-in-tls", before=self._helo_before, after=facts.helo)
         self.facts = facts
         if over:
             self.content = self.chunk = None
@@ -575,6 +622,69 @@ class _Session(asyncio.Protocol):
         # 221 to QUIT and any 421 close the session in the core's state table (rule 4)
         elif self.conn.state is State.CLOSED or (rule is not None and rule.close):
             self._close()
+        elif self.conn.state is State.TLS and self._early is None:
+            self._secure()
+
+    # --- TLS (rule 10) -------------------------------------------------------------------
+    def _behind_220(self, cmd: Command | None) -> bytes:
+        """The 220 to STARTTLS goes out: keep what the client pipelined behind STARTTLS
+        (when it is to be answered); the probe's bytes go behind the 220."""
+        if self._tap is not None and cmd is not None:
+            self._kept = bytes(self._tap[cmd.offset + len(cmd.raw) :])
+            self._tap = None
+        inject = self.config.starttls_inject
+        return self.conn.send_raw(inject) if inject else b""
+
+    def _secure(self) -> None:
+        if self.receiver.tls_context is None:  # a reply rule's 220 with tls = "off"
+            self._add("tls-failed", error="no TLS offered: the client's bytes stay opaque")
+            return
+        self._drain_core()
+        self._early = bytearray()
+        self.transport.pause_reading()  # the handshake's bytes are not ours to read
+        self._wait(self._handshake, self._secured, "the TLS handshake")
+
+    def _drain_core(self) -> None:
+        """What the core says of the switch to TLS (the plaintext it dropped), logged
+        before the handshake (rule 7)."""
+        while (event := self.conn.next_event()) is not NEED_DATA and event is not PAUSED:
+            self._handle(event)
+
+    async def _handshake(self) -> None:
+        assert self.receiver.tls_context is not None  # see _secure
+        try:
+            self.transport = await self._loop.start_tls(
+                self.transport,
+                self,
+                self.receiver.tls_context,
+                server_side=True,
+                ssl_handshake_timeout=self.config.timeout,
+            )
+        except BaseException as exc:
+            # asyncio does not tell the protocol of a connection lost mid-handshake (a
+            # timeout, a cancel): the session ends itself, once this wait is over
+            self._loop.call_soon(self.connection_lost, None)
+            if not isinstance(exc, OSError):  # cancelled: the receiver stops (rule 5)
+                raise
+            # ssl.SSLError among them: the client's doing (rule 10)
+            self._add("tls-failed", error=f"{type(exc).__name__}: {exc}")
+            self._close()
+
+    def _secured(self) -> None:
+        if self.closing:
+            return
+        early, self._early = self._early or b"", None
+        self.conn.secured()
+        self._tls = tls_summary(self.transport)
+        self._helo_before = self.facts.helo
+        self._add("tls", **self._tls, ehlo_before=self._helo_before)
+        self.facts = after_tls(self.facts)
+        if self._kept:
+            text = self._kept[:512].decode("utf-8", "surrogateescape")
+            self._add("plaintext-answered", size=len(self._kept), data=text)
+            self.conn.receive_data(self._kept)
+        if early:
+            self.conn.receive_data(bytes(early))
 
     # --- DNS -----------------------------------------------------------------------------
     def _resolving(self, cmd: Command | None) -> bool:
@@ -600,8 +710,9 @@ class _Session(asyncio.Protocol):
         """One copy per accepted recipient, byte-exact."""
         mail_from = self.facts.mail_from or ""
         for recipient in self.facts.recipients:
-            path = self._write(recipient, data)
-            stored = StoredMessage(recipient, mail_from, path, data)
+            trace = self._trace(recipient) if self.facts.tls else b""
+            path = self._write(recipient, trace + data)
+            stored = StoredMessage(recipient, mail_from, path, data, trace)
             self.receiver.stored.append(stored)
             self._add(
                 "stored",
@@ -611,6 +722,17 @@ class _Session(asyncio.Protocol):
                 sha256=stored.sha256,
                 path=path,
             )
+
+    def _trace(self, recipient: str) -> bytes:
+        """The Received: field of a message taken inside TLS (rule 10)."""
+        helo = _UNPRINTABLE.sub("?", self.facts.helo or "")
+        when = email.utils.format_datetime(datetime.datetime.now(datetime.UTC))
+        tls = f"{self._tls.get('version')} {self._tls.get('cipher')}"
+        return (
+            f"Received: from {helo} ([{self.peer[0]}])\r\n"
+            f"\tby {self.config.hostname} with ESMTPS ({tls})\r\n"
+            f"\tfor <{_UNPRINTABLE.sub('?', recipient)}>; {when}\r\n"
+        ).encode("ascii")
 
     def _write(self, recipient: str, data: bytes) -> Path | None:
         if self.config.maildir is None:
@@ -622,6 +744,16 @@ class _Session(asyncio.Protocol):
         tmp = box / "tmp" / name
         tmp.write_bytes(data)
         return tmp.rename(box / "new" / name)
+
+
+def _tls_context(config: ReceiverConfig) -> ssl.SSLContext | None:
+    """The server context for ``tls = "offer"`` (rule 10); its credentials are the runner's
+    to give (``harness.tls.pki``)."""
+    if config.tls != "offer":
+        return None
+    if config.credentials is None:
+        raise InternalError('receiver: tls = "offer" without credentials to serve')
+    return server_context(config.credentials.chain, config.credentials.key, config.keylog)
 
 
 def _client_address(peername: tuple[str, int] | None) -> tuple[str, int]:

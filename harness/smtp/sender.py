@@ -14,7 +14,8 @@ Rules kept here:
    221 *and* the receiver's FIN before closing: the receiver releases first (seed 29-33).
    With ``half_close`` our FIN leaves with QUIT, in one segment (Exim's way: the socket
    corked, QUIT written, our writing side shut, uncorked): we still read the 221 and the
-   receiver's FIN (§4.1.1.10: the receiver "MUST send a 221 OK reply" to QUIT).
+   receiver's FIN (§4.1.1.10: the receiver "MUST send a 221 OK reply" to QUIT).  Inside
+   TLS there is no half-close: ``half_close`` is not acted on there.
 4. Outcomes by the first digit (§4.2.1, §4.3.2): 4yz defers, 5yz rejects, per recipient at
    RCPT, for all remaining recipients elsewhere; a lost connection or a timeout before the
    reply to the end of data defers (§6.1: after "." the outcome is unknown, so retry).
@@ -30,6 +31,19 @@ Rules kept here:
    (and a ``fault`` log entry); that domain's recipients still open get no outcome, and
    the other domains are still tried.  What the server does (refusals, 4yz, garbage,
    closing, silence) is an outcome, never a fault.
+8. STARTTLS by ``starttls`` (RFC 3207; the policies of ``harness.mta.base``): after EHLO,
+   when its reply lists STARTTLS, send it (``starttls_inject``'s bytes behind it in the same
+   write); after 220 the handshake (``loop.start_tls``, SNI the MX host's name; ``verify``
+   checks the chain against the run's CA and the name, the others take any certificate),
+   then the core reads a new session (``secured()``) and we EHLO again with
+   ``ehlo_after_tls`` (§4.2: the client SHOULD).  Not offered, or any reply but 220:
+   ``opportunistic`` goes on in plaintext (RFC 7435 §3), ``required`` and ``verify`` defer
+   every recipient at stage STARTTLS, after QUIT.  A failed handshake (a refused
+   certificate among them: its reason in the outcome's text) defers, without QUIT: the
+   connection is unusable.  What TLS decrypts is read from a new stream, so plaintext the
+   server sent behind its 220 is never taken for a reply inside TLS (§4.2): the core
+   reports and drops what it had of it, unless ``starttls_plaintext="keep"`` (a sender
+   built to fail the client-side injection check), which feeds it to the new session.
 """
 
 from __future__ import annotations
@@ -44,7 +58,7 @@ from pathlib import Path
 
 from dnslib import QTYPE, RCODE, DNSRecord
 
-from harness.errors import HarnessError, InternalFault
+from harness.errors import HarnessError, InternalError, InternalFault
 from harness.outcome import Outcome, SendReport
 from harness.smtp.commands import path_argument
 from harness.smtp.events import (
@@ -59,7 +73,14 @@ from harness.smtp.events import (
     Status,
 )
 from harness.smtp.framing import ReceiveBuffer
-from harness.smtp.peer import EventLog, Resolve, SocketFactory, family_of
+from harness.smtp.peer import (
+    EventLog,
+    Resolve,
+    SocketFactory,
+    client_context,
+    family_of,
+    tls_summary,
+)
 from harness.smtp.protocol import ClientConnection
 from harness.smtp.readers import DataReader
 from harness.smtp.state import GREETING, State
@@ -67,6 +88,7 @@ from harness.smtp.state import GREETING, State
 MESSAGE = "<message>"
 _UNKNOWN_USER = frozenset({550, 551, 553})  # VRFY replies that say "no such user" (§3.5.3)
 POSITIONS = ("before", "instead", "after")
+STARTTLS_POLICIES = ("never", "opportunistic", "required", "verify")  # harness.mta.base KNOBS
 
 
 @dataclass(frozen=True)
@@ -109,6 +131,16 @@ class SenderConfig:
     half_close: bool = False  # our FIN right after QUIT, before its 221 (rule 3)
     script: list[ScriptStep] = field(default_factory=list)
     log_path: Path | None = None
+    starttls: str = "never"  # rule 8: never, opportunistic, required, verify
+    ehlo_after_tls: str | None = None  # None: helo_name again
+    starttls_inject: bytes | None = None  # a probe: raw bytes behind STARTTLS, in its write
+    starttls_plaintext: str = "discard"  # "keep": bytes behind the 220 read inside TLS
+    ca: Path | None = None  # the run's root CA (verify)
+    keylog: Path | None = None  # where the TLS secrets go (NSS key log format)
+
+    def __post_init__(self) -> None:
+        if self.starttls not in STARTTLS_POLICIES:
+            raise HarnessError(f"sender starttls = {self.starttls!r}: expected {STARTTLS_POLICIES}")
 
 
 class _Settled(Exception):
@@ -135,6 +167,8 @@ class Sender:
         resolve: Resolve,
         socket_factory: SocketFactory = socket.socket,
     ) -> None:
+        if config.starttls == "verify" and config.ca is None:
+            raise InternalError('sender: starttls = "verify" without a CA to verify against')
         self.config = config
         self.resolve = resolve
         self.socket_factory = socket_factory
@@ -228,13 +262,11 @@ class Sender:
             self.log.add("connect-failed", to=list(target), error=f"{type(exc).__name__}: {exc}")
             raise _NextHost from None
         self.log.add("connected", local=list(sock.getsockname()[:2]))
-        dialogue = _Dialogue(self, reader, writer)
+        dialogue = _Dialogue(self, reader, writer, host)
         try:
             await dialogue.run(recipients)
         finally:
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
+            await dialogue.close()
             self.log.add("close")
 
 
@@ -246,13 +278,29 @@ class _Dialogue:
     """One SMTP session over an open connection (rules 3 and 4)."""
 
     def __init__(
-        self, sender: Sender, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        self,
+        sender: Sender,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        host: str,
     ) -> None:
         self.sender, self.config, self.log = sender, sender.config, sender.log
         self.reader, self.writer = reader, writer
+        self.host = host  # the MX host's name: the name its certificate must bear (rule 8)
         self.conn = ClientConnection()
+        # rule 8: the server's plaintext, kept only to read it inside TLS
+        self._tap = bytearray() if self.config.starttls_plaintext == "keep" else None
         self.open: list[str] = []  # recipients without an outcome yet
         self.content: _Content | None = None  # what we send after the last 354 (rule 6)
+
+    async def close(self) -> None:
+        """Close our end: the TLS stream's once there is one.  After a failed handshake
+        asyncio has closed the connection already, and the first stream hears nothing
+        more of it (its protocol was replaced): nothing to wait for then."""
+        self.writer.close()
+        if self.conn.state is not State.TLS:
+            with contextlib.suppress(OSError):
+                await self.writer.wait_closed()
 
     async def run(self, recipients: list[str]) -> None:
         self.open = list(recipients)
@@ -273,7 +321,9 @@ class _Dialogue:
                 await self._quit()
             raise _NextHost
         _require(greeting, GREETING)
-        await self._hello()
+        hello = await self._hello(self.config.helo_name)
+        if self.config.starttls != "never":
+            await self._secure(hello)
         if self.config.vrfy:
             await self._verify()
         if not self.open:
@@ -287,12 +337,68 @@ class _Dialogue:
         final = await self._step(MESSAGE, None, lambda: self.conn.send_data(self.config.message))
         self._finish(accepted, final)
 
-    async def _hello(self) -> None:
+    async def _hello(self, name: str) -> Reply:
         verb = "EHLO" if self.config.ehlo else "HELO"
-        reply = await self._command(verb, self.config.helo_name)
+        reply = await self._command(verb, name)
         if verb == "EHLO" and reply.code in (500, 502):
-            reply = await self._command("HELO", self.config.helo_name)
+            reply = await self._command("HELO", name)
         _require(reply, verb)
+        return reply
+
+    # --- STARTTLS (rule 8) ---------------------------------------------------------------
+    async def _secure(self, hello: Reply) -> None:
+        if hello.answers != "EHLO" or "STARTTLS" not in _keywords(hello):
+            self._without_tls(None, f"{self.host} does not offer STARTTLS")
+            return
+        reply = await self._step("STARTTLS", None, self._starttls)
+        if reply.code != 220:
+            self._without_tls(reply, "")
+            return
+        await self._handshake(reply)
+        await self._hello(self.config.ehlo_after_tls or self.config.helo_name)
+
+    def _starttls(self) -> bytes:
+        inject = self.config.starttls_inject
+        return self.conn.send_command("STARTTLS") + (self.conn.send_raw(inject) if inject else b"")
+
+    def _without_tls(self, reply: Reply | None, why: str) -> None:
+        """Plaintext for ``opportunistic``; every recipient deferred for the others."""
+        if self.config.starttls != "opportunistic":
+            raise _Settled(
+                "deferred", "STARTTLS", reply, f"{why} (starttls = {self.config.starttls})"
+            )
+        self.log.add("plaintext", why=why or f"STARTTLS answered {reply and reply.code}")
+
+    async def _handshake(self, ready: Reply) -> None:
+        """TLS on this connection, read from a new stream; the session starts afresh."""
+        ca = self.config.ca if self.config.starttls == "verify" else None
+        context = client_context(ca, self.config.keylog)
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader()
+        protocol = asyncio.StreamReaderProtocol(reader)
+        await self.writer.drain()
+        try:
+            transport = await loop.start_tls(
+                self.writer.transport,
+                protocol,
+                context,
+                server_hostname=self.host,
+                ssl_handshake_timeout=self.config.timeout,
+            )
+        except OSError as exc:  # ssl.SSLError among them
+            reason = getattr(exc, "verify_message", None) or str(exc)
+            self.log.add("tls-failed", error=f"{type(exc).__name__}: {exc}")
+            why = f"TLS with {self.host} failed: {reason}"
+            raise _Settled("deferred", "STARTTLS", text=why) from None
+        protocol.connection_made(transport)  # start_tls does not: the stream is new
+        self.reader, self.writer = reader, asyncio.StreamWriter(transport, protocol, reader, loop)
+        self.conn.secured()
+        self.log.add("tls", **tls_summary(transport))
+        if self._tap is not None:
+            kept = bytes(self._tap[ready.offset + len(ready.raw) :])
+            self._tap = None
+            self.log.add("plaintext-kept", size=len(kept), data=kept[:512].decode("latin-1"))
+            self.conn.receive_data(kept)
 
     async def _verify(self) -> None:
         for recipient in list(self.open):
@@ -317,9 +423,14 @@ class _Dialogue:
         self.open = [r for r in self.open if r not in accepted]
 
     async def _quit(self) -> None:
-        """QUIT, its 221, then the receiver's FIN (rule 3); nothing if the server closed."""
+        """QUIT, its 221, then the receiver's FIN (rule 3); nothing if the server closed or
+        a TLS handshake failed (rule 8)."""
+        if self.conn.state is State.TLS:
+            return
         if self.conn.state is not State.CLOSED:
-            then = self._corked_half_close() if self.config.half_close else None
+            # TLS has no half-close (the close_notify closes both ways): a whole close there
+            half_close = self.config.half_close and not self.conn.in_tls
+            then = self._corked_half_close() if half_close else None
             await self._step("QUIT", None, lambda: self.conn.send_command("QUIT"), then)
         while not isinstance(await self._next(), ConnectionClosed):
             pass
@@ -409,6 +520,8 @@ class _Dialogue:
                 data = await asyncio.wait_for(self.reader.read(65536), self.config.timeout)
             except (OSError, TimeoutError) as exc:
                 raise _Lost(f"{type(exc).__name__}: {exc}") from None
+            if self._tap is not None:
+                self._tap += data
             self.conn.receive_data(data)
         if isinstance(event, Anomaly):
             self.log.add("anomaly", anomaly=event.kind.value, offset=event.offset)
@@ -447,6 +560,11 @@ def _require(reply: Reply, stage: str) -> None:
     """Positive, or every open recipient is settled by the first digit (rule 4)."""
     if not reply.positive:
         raise _Settled("deferred" if reply.transient else "rejected", stage, reply)
+
+
+def _keywords(ehlo: Reply) -> set[str]:
+    """The extension keywords an EHLO reply lists (RFC 5321 §4.1.1.1)."""
+    return {line.split(" ", 1)[0].upper() for line in ehlo.lines[1:] if line}
 
 
 def _by_domain(recipients: tuple[str, ...]) -> dict[str, list[str]]:
