@@ -1,0 +1,143 @@
+"""Each real MTA with TLS in both roles, in a real lab (root, namespaces, real MTAs).
+
+Rules kept here:
+- Server role: a client in the lab's sender host (Python's smtplib and ssl, its socket made
+  in that namespace) delivers through STARTTLS to the MTA with ``tls = "offer"``, verifying
+  the certificate served against the run's CA and the MX host name: the certificate it was
+  served is the run's (subject and issuer read from it), and the message is stored.  With
+  ``tls = "off"`` STARTTLS is not in the EHLO reply.
+- Client role: two real MTAs in one lab, for the test only: each MTA as sender delivers to
+  Exim as receiver (``tls = "offer"``), whose log says whether TLS was used and which
+  certificate it served.  ``verify`` against the good certificate delivers in TLS; against
+  a certificate naming another host it defers; ``opportunistic`` against ``tls = "off"``
+  delivers in plaintext.
+- Nothing is mocked or skipped: a missing MTA fails.  Each folder is a 0755 one under /tmp
+  (``open_folder``: Exim and OpenSMTPD deliver as users of their own).
+"""
+
+from __future__ import annotations
+
+import smtplib
+import socket
+import ssl
+import time
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+
+from harness.dns import DnsServer
+from harness.lab import Lab
+from harness.lab.netns import SocketFactory
+from harness.mta.base import MtaAdapter, Site, adapters
+from harness.scenario import load_scenario
+from harness.tls.pki import LabPki, lab_pki
+
+pytestmark = pytest.mark.lab
+
+MTAS = ("postfix", "exim", "opensmtpd", "sendmail")
+SEED = load_scenario(None)
+RECEIVER, MX = "192.0.2.25", "mail.receiver.com"
+MESSAGE = b"From: luke@sender.com\r\nTo: c3po@receiver.com\r\nSubject: tls\r\n\r\nover TLS\r\n"
+TIMEOUT_S = 20.0
+
+
+class LabSmtp(smtplib.SMTP):
+    """smtplib with its socket made in a lab host."""
+
+    def __init__(self, socket_factory: SocketFactory) -> None:
+        self._factory = socket_factory
+        super().__init__(local_hostname="mail.sender.com", timeout=TIMEOUT_S)
+
+    def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
+        sock = self._factory(socket.AF_INET, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        sock.connect((host, port))
+        return sock
+
+
+def receiver(name: str, lab: Lab, folder: Path, pki: LabPki, **knobs: str) -> MtaAdapter:
+    site = Site(
+        lab, "receiver", folder / f"receiver-{name}", MX, "receiver.com", ("c3po", "r2d2"),
+        extra=knobs, pki=pki,
+    )  # fmt: skip
+    return adapters()[name](site, "receiver")
+
+
+def sender(name: str, lab: Lab, folder: Path, pki: LabPki, **knobs: str) -> MtaAdapter:
+    site = Site(
+        lab, "sender", folder / f"sender-{name}", "mail.sender.com", "sender.com", ("luke",),
+        extra=knobs, pki=pki,
+    )  # fmt: skip
+    return adapters()[name](site, "sender")
+
+
+def verifying_context(pki: LabPki) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(pki.ca))
+    context.check_hostname = True
+    return context
+
+
+def wait_for(mta: MtaAdapter, user: str, count: int = 1) -> list[bytes]:
+    deadline = time.monotonic() + TIMEOUT_S
+    while len(found := mta.mailbox(user)) < count:
+        assert time.monotonic() < deadline, f"{mta.name}: nothing stored: {mta.last_log_line()}"
+        time.sleep(0.05)
+    return found
+
+
+def wait_idle(mta: MtaAdapter) -> None:
+    deadline = time.monotonic() + mta.delivery_timeout_s
+    while not mta.idle():
+        assert time.monotonic() < deadline, f"{mta.name} still busy: {mta.last_log_line()}"
+        time.sleep(0.05)
+
+
+# --- the MTA as the server ------------------------------------------------------------------
+@pytest.mark.parametrize("name", MTAS)
+def test_mta_offers_starttls_with_the_runs_certificate_and_stores_the_message(
+    name: str, lab: Lab, dns: DnsServer, open_folder: Path
+) -> None:
+    pki = lab_pki(open_folder / "tls")
+    good = pki.server(MX)
+    with receiver(name, lab, open_folder, pki, tls="offer") as mta:
+        client = LabSmtp(lab.socket_factory("sender"))
+        try:
+            client.connect(RECEIVER, 25)
+            client.ehlo()
+            assert client.has_extn("starttls"), client.ehlo_resp
+            client._host = MX  # the name the certificate must carry (smtplib's SNI too)
+            code, _ = client.starttls(context=verifying_context(pki))
+            assert code == 220
+            served = x509.load_der_x509_certificate(client.sock.getpeercert(binary_form=True))
+            client.ehlo()
+            assert not client.has_extn("starttls")  # RFC 3207 §4.2: not again inside TLS
+            refused = client.sendmail("luke@sender.com", ["c3po@receiver.com"], MESSAGE)
+            client.quit()
+        finally:
+            client.close()
+        assert refused == {}
+        stored = wait_for(mta, "c3po")
+        assert mta.tls_policy()["tls"] == "offer"
+    leaf = x509.load_pem_x509_certificate(good.leaf.read_bytes())
+    assert served == leaf
+    assert served.subject.rfc4514_string() == f"CN={MX}"
+    assert served.issuer.rfc4514_string() == "CN=smtp-harness lab intermediate CA (test key)"
+    assert stored[0].replace(b"\r\n", b"\n").endswith(b"\nover TLS\n")
+
+
+@pytest.mark.parametrize("name", MTAS)
+def test_mta_with_tls_off_does_not_offer_starttls(
+    name: str, lab: Lab, dns: DnsServer, open_folder: Path
+) -> None:
+    pki = lab_pki(open_folder / "tls")
+    with receiver(name, lab, open_folder, pki, tls="off"):
+        client = LabSmtp(lab.socket_factory("sender"))
+        try:
+            client.connect(RECEIVER, 25)
+            code, _ = client.ehlo()
+            assert code == 250
+            assert not client.has_extn("starttls"), client.ehlo_resp
+            client.quit()
+        finally:
+            client.close()
