@@ -27,6 +27,7 @@ import pytest
 from cryptography import x509
 
 from harness.dns import DnsServer
+from harness.errors import HarnessError
 from harness.lab import Lab
 from harness.lab.netns import SocketFactory
 from harness.mta.base import MtaAdapter, Site, adapters
@@ -94,7 +95,10 @@ def wait_idle(mta: MtaAdapter) -> None:
 
 
 # --- the MTA as the server ------------------------------------------------------------------
-@pytest.mark.parametrize("name", MTAS)
+SERVERS = ("postfix", "exim", "sendmail")  # OpenSMTPD refuses tls = "offer" (below)
+
+
+@pytest.mark.parametrize("name", SERVERS)
 def test_mta_offers_starttls_with_the_runs_certificate_and_stores_the_message(
     name: str, lab: Lab, dns: DnsServer, open_folder: Path
 ) -> None:
@@ -126,6 +130,28 @@ def test_mta_offers_starttls_with_the_runs_certificate_and_stores_the_message(
     assert stored[0].replace(b"\r\n", b"\n").endswith(b"\nover TLS\n")
 
 
+def test_opensmtpd_refuses_to_offer_tls_with_the_labs_ecdsa_keys(
+    lab: Lab, dns: DnsServer, open_folder: Path
+) -> None:
+    """Measured: smtpd 6.8's privsep ECDSA signing fails with OpenSSL 3 ("missing private
+    key"), so the adapter refuses at load, and at start (defence in depth)."""
+    knobs = {"tls": "offer", "certificate": "good"}
+    with pytest.raises(HarnessError, match="cannot sign with an ECDSA key"):
+        adapters()["opensmtpd"].accepts("receiver", MX, "receiver.com", ("c3po",), knobs)
+    mta = receiver("opensmtpd", lab, open_folder, lab_pki(open_folder / "tls"), **knobs)
+    with pytest.raises(HarnessError, match="cannot sign with an ECDSA key"):
+        mta.start()
+    mta.stop()
+
+
+def test_opensmtpd_refuses_never_only_against_a_receiver_offering_starttls() -> None:
+    opensmtpd = adapters()["opensmtpd"]
+    names = ("mail.sender.com", "sender.com", ("luke",))
+    opensmtpd.accepts("sender", *names, {"starttls": "never"}, peer_offers_tls=False)
+    with pytest.raises(HarnessError, match="cannot turn STARTTLS off"):
+        opensmtpd.accepts("sender", *names, {"starttls": "never"}, peer_offers_tls=True)
+
+
 @pytest.mark.parametrize("name", MTAS)
 def test_mta_with_tls_off_does_not_offer_starttls(
     name: str, lab: Lab, dns: DnsServer, open_folder: Path
@@ -141,3 +167,66 @@ def test_mta_with_tls_off_does_not_offer_starttls(
             client.quit()
         finally:
             client.close()
+
+
+# --- the MTA as the client: each sender to Exim as receiver ---------------------------------
+def exim_received_line(exim: MtaAdapter) -> str:
+    """The ``<=`` line of Exim's main log (the message's arrival)."""
+    lines = [line for line in exim.log_path.read_text().splitlines() if " <= " in line]
+    assert len(lines) == 1, exim.log_path.read_text()
+    return lines[0]
+
+
+def deliver(
+    name: str, lab: Lab, folder: Path, starttls: str, **receiver_knobs: str
+) -> tuple[MtaAdapter, MtaAdapter, list[bytes]]:
+    """``name`` as sender with ``starttls`` delivers the message to Exim as receiver; the
+    adapters (stopped, queues read) and what Exim stored."""
+    pki = lab_pki(folder / "tls")
+    exim = receiver("exim", lab, folder, pki, **receiver_knobs)
+    mta = sender(name, lab, folder, pki, starttls=starttls)
+    with exim, mta:
+        mta.submit("luke@sender.com", ["c3po@receiver.com"], MESSAGE)
+        wait_idle(mta)
+        wait_idle(exim)
+        mta.queued = mta.queue()  # type: ignore[attr-defined]
+        stored = exim.mailbox("c3po")
+    return mta, exim, stored
+
+
+SENDERS = ("postfix", "exim", "opensmtpd", "sendmail")
+
+
+@pytest.mark.parametrize("name", SENDERS)
+def test_mta_sender_verifying_delivers_in_tls_to_the_good_certificate(
+    name: str, lab: Lab, dns: DnsServer, open_folder: Path
+) -> None:
+    mta, exim, stored = deliver(name, lab, open_folder, "verify", tls="offer")
+    assert len(stored) == 1, mta.last_log_line()
+    arrival = exim_received_line(exim)
+    assert " X=TLS1.3:" in arrival, arrival  # Exim: the cipher of the TLS session
+    assert b"with esmtps" in stored[0]
+    assert mta.tls_policy()["starttls"] == "verify"
+    assert (open_folder / "tls" / "exim-keylog.txt").stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.parametrize("name", SENDERS)
+def test_mta_sender_verifying_defers_against_a_certificate_for_another_name(
+    name: str, lab: Lab, dns: DnsServer, open_folder: Path
+) -> None:
+    mta, _, stored = deliver(
+        name, lab, open_folder, "verify", tls="offer", certificate="wrong-name"
+    )
+    assert stored == []
+    queued = [q.recipient for q in mta.queued]  # type: ignore[attr-defined]
+    assert queued == ["c3po@receiver.com"], mta.last_log_line()
+
+
+@pytest.mark.parametrize("name", SENDERS)
+def test_mta_sender_opportunistic_delivers_in_plaintext_when_tls_is_not_offered(
+    name: str, lab: Lab, dns: DnsServer, open_folder: Path
+) -> None:
+    mta, exim, stored = deliver(name, lab, open_folder, "opportunistic", tls="off")
+    assert len(stored) == 1, mta.last_log_line()
+    assert " X=" not in exim_received_line(exim)
+    assert b"with esmtp " in stored[0] or b"with esmtp\r\n" in stored[0]

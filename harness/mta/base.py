@@ -35,8 +35,8 @@ Rules kept here:
   MTA's words, what ``tls_policy()`` records for run.json) and its docstring.  A value the
   MTA cannot express is refused at scenario load (``accepts``, one line, with the reason):
   never a different policy in silence.  The MTA reads its own copies of the run's
-  credentials (``tls_files``: ``folder/tls``, 0700, the key 0600, owned by the user the MTA
-  reads them as), never the run's ``tls`` folder itself.
+  credentials (``tls_files``: ``folder/tls``, 0711, the key 0600, owned by the user the MTA
+  reads them as; the CA certificate is public, 0644), never the run's ``tls`` folder.
 
 Roles: as *sender* the MTA on mail.sender.com gets luke's message through ``submit`` and
 delivers it by MX; its bounces (RFC 3464 DSNs) are delivered locally, to luke's mailbox.
@@ -280,8 +280,9 @@ class MtaAdapter(ABC):
         return self.site.knob("starttls") if self.role == "sender" else "never"
 
     def tls_files(self, uid: int | None = None, gid: int | None = None) -> TlsFiles | None:
-        """Copies of what the MTA needs of the run's PKI under ``folder/tls`` (0700; the
-        key 0600), owned by ``uid``:``gid`` when the MTA reads them as that user: the CA,
+        """Copies of what the MTA needs of the run's PKI under ``folder/tls`` (0711; the
+        key 0600, the CA 0644), owned by ``uid``:``gid`` when the MTA reads them as that
+        user (or root, when not given; OpenSMTPD takes a CA file only from root): the CA,
         and as receiver offering TLS the chain and key for its host name, broken as the
         ``certificate`` knob says.  None when the knobs ask for no TLS."""
         site = self.site
@@ -290,8 +291,9 @@ class MtaAdapter(ABC):
         if site.pki is None:
             raise InternalError(f"{self.name}: TLS knobs set but the site has no PKI")
         own = self.folder / "tls"
-        own.mkdir(mode=0o700, exist_ok=True)
+        own.mkdir(mode=0o711, exist_ok=True)
         copies = {"ca": _private_copy(site.pki.ca, own / "ca.pem", uid, gid)}
+        copies["ca"].chmod(0o644)  # a certificate: public
         if self.offers_tls:
             creds: ServerCredentials = site.pki.server(site.hostname, site.knob("certificate"))
             copies["chain"] = _private_copy(creds.chain, own / "server.crt", uid, gid)
@@ -305,7 +307,7 @@ class MtaAdapter(ABC):
         quoted for the MTA's language, or refused as ``accepts`` refuses it (the scenario
         loader asked already: this is defence in depth).  ``start()`` calls it."""
         site = self.site
-        self.accepts(self.role, site.hostname, site.domain, site.users)
+        self.accepts(self.role, site.hostname, site.domain, site.users, site.extra)
         quoting.require_plain(self.name, self.folder)
         self._write_config()
 
