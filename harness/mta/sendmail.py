@@ -36,13 +36,17 @@ Rules kept here:
   returns).
 - TLS (``TLS_POLICY``; Sendmail's STARTTLS, OpenSSL): as receiver ``tls = "offer"`` is
   ``confSERVER_CERT``/``confSERVER_KEY`` (root's copies of the chain and key) with
-  ``confCACERT``/``confCACERT_PATH`` (the run's CA); ``"off"`` sets none of them (no
-  STARTTLS).  Measured: with those set the daemon still offers no STARTTLS (its TLS set-up
-  fails and says why only to syslog, which is not here), so ``tls = "offer"`` is refused
-  at scenario load until that is found (``tls_refusal``).  As sender Sendmail's
-  default is opportunistic (STARTTLS when offered, any certificate: ``${verify}`` is only
-  recorded); ``never`` is a ``try_tls`` ruleset (``LOCAL_TRY_TLS``) answering an error for
-  every server, which is how an access map's ``Try_TLS:`` NO entry turns STARTTLS off;
+  ``confCACERT``/``confCACERT_PATH``; ``"off"`` sets none of them (no STARTTLS).
+  Measured: Sendmail loads only the leaf of ``ServerCertFile``, and OpenSSL completes the
+  served chain from the CA file, so as receiver that file is the run's root plus the
+  chain's certificates after the leaf (``server-ca.pem``: the intermediate, none for
+  ``no-intermediate``, which is then served alone as it should be).  It refuses a
+  certificate or key below a world-writable directory (pytest's /tmp folders):
+  ``DontBlameSendmail = TrustStickyBit`` takes a sticky one as safe, as /tmp is.
+  As sender Sendmail's default is opportunistic (STARTTLS when offered, any certificate:
+  ``${verify}`` is only recorded); ``never`` is a ``try_tls`` ruleset (``LOCAL_TRY_TLS``)
+  answering an error for every server, which is how an access map's ``Try_TLS:`` NO entry
+  turns STARTTLS off;
   ``required`` and ``verify`` are ``tls_server`` rules (``LOCAL_TLS_SERVER``, what a
   ``TLS_Srv:`` entry does): required defers (4.7.0) when the server offered no STARTTLS
   (``${verify}`` NONE or CLEAR); verify defers unless ``${verify}`` is OK (the chain verified
@@ -124,10 +128,6 @@ R$-\t\t\t$#error $@ 5.1.1 $: "550 User unknown"
 """
 
 
-OFFER = (
-    'tls = "offer": this Sendmail offers no STARTTLS with the run\'s certificate yet (its '
-    "TLS set-up fails, and says why only to syslog)"
-)
 # the client's STARTTLS policy (rules above): constant m4 text, tab between LHS and RHS
 _CLIENT_TLS = {
     "never": """LOCAL_TRY_TLS
@@ -172,11 +172,6 @@ class Adapter(MtaAdapter):
             "verify": "tls_server: defer unless ${verify} OK and ${cn_subject} = ${server_name}",
         },
     }
-
-    @classmethod
-    def tls_refusal(cls, role: str, knobs: dict[str, str], peer_offers_tls: bool) -> str | None:
-        """``tls = "offer"``: not working yet (rules above)."""
-        return OFFER if role == "receiver" and knobs.get("tls", "off") == "offer" else None
 
     def __init__(self, site: Site, role: str) -> None:
         super().__init__(site, role)
@@ -296,7 +291,11 @@ class Adapter(MtaAdapter):
             return {}
         values = {"ca": str(tls.ca), "ca_path": str(tls.ca.parent)}
         if tls.chain is not None and tls.key is not None:
-            values |= {"cert": str(tls.chain), "key": str(tls.key)}
+            leaf = self.site.pki.server(self.site.hostname, self.site.knob("certificate")).leaf
+            issuers = tls.chain.read_bytes().replace(leaf.read_bytes(), b"", 1)
+            served = tls.ca.with_name("server-ca.pem")
+            served.write_bytes(tls.ca.read_bytes() + issuers)
+            values |= {"ca": str(served), "cert": str(tls.chain), "key": str(tls.key)}
         return values
 
     def _tls_lines(self, tokens: dict[str, str]) -> list[str]:
@@ -309,6 +308,7 @@ class Adapter(MtaAdapter):
         if "cert" in tokens:
             lines += [f"define(`confSERVER_CERT', `{tokens['cert']}')dnl"]
             lines += [f"define(`confSERVER_KEY', `{tokens['key']}')dnl"]
+            lines += ["define(`confDONT_BLAME_SENDMAIL', `TrustStickyBit')dnl"]  # rules above
         return lines
 
     def _mc(self, tokens: dict[str, str]) -> str:
