@@ -21,6 +21,7 @@ import smtplib
 import socket
 import ssl
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,7 @@ from harness.errors import HarnessError
 from harness.lab import Lab
 from harness.lab.netns import SocketFactory
 from harness.mta.base import MtaAdapter, Site, adapters
+from harness.runner import lab_dns
 from harness.scenario import load_scenario
 from harness.tls.pki import LabPki, lab_pki
 
@@ -73,10 +75,26 @@ def sender(name: str, lab: Lab, folder: Path, pki: LabPki, **knobs: str) -> MtaA
     return adapters()[name](site, "sender")
 
 
-def verifying_context(pki: LabPki) -> ssl.SSLContext:
+def verifying_context(pki: LabPki, keylog: Path | None = None) -> ssl.SSLContext:
     context = ssl.create_default_context(cafile=str(pki.ca))
     context.check_hostname = True
+    if keylog is not None:
+        context.keylog_filename = str(keylog)
     return context
+
+
+TRAFFIC_SECRETS = (
+    "CLIENT_HANDSHAKE_TRAFFIC_SECRET",
+    "SERVER_HANDSHAKE_TRAFFIC_SECRET",
+    "CLIENT_TRAFFIC_SECRET_0",
+    "SERVER_TRAFFIC_SECRET_0",
+)
+
+
+def traffic_secrets(keylog: Path) -> set[tuple[str, ...]]:
+    """The TLS 1.3 traffic secrets of an NSS key log: (label, client random, secret)."""
+    lines = (tuple(line.split()) for line in keylog.read_text().splitlines())
+    return {line for line in lines if len(line) == 3 and line[0] in TRAFFIC_SECRETS}
 
 
 def wait_for(mta: MtaAdapter, user: str, count: int = 1) -> list[bytes]:
@@ -104,6 +122,7 @@ def test_mta_offers_starttls_with_the_runs_certificate_and_stores_the_message(
 ) -> None:
     pki = lab_pki(open_folder / "tls")
     good = pki.server(MX)
+    ours = open_folder / "client-keylog.txt"
     with receiver(name, lab, open_folder, pki, tls="offer") as mta:
         client = LabSmtp(lab.socket_factory("sender"))
         try:
@@ -111,7 +130,7 @@ def test_mta_offers_starttls_with_the_runs_certificate_and_stores_the_message(
             client.ehlo()
             assert client.has_extn("starttls"), client.ehlo_resp
             client._host = MX  # the name the certificate must carry (smtplib's SNI too)
-            code, _ = client.starttls(context=verifying_context(pki))
+            code, _ = client.starttls(context=verifying_context(pki, ours))
             assert code == 220
             served = x509.load_der_x509_certificate(client.sock.getpeercert(binary_form=True))
             client.ehlo()
@@ -128,6 +147,11 @@ def test_mta_offers_starttls_with_the_runs_certificate_and_stores_the_message(
     assert served.subject.rfc4514_string() == f"CN={MX}"
     assert served.issuer.rfc4514_string() == "CN=smtp-harness lab intermediate CA (test key)"
     assert stored[0].replace(b"\r\n", b"\n").endswith(b"\nover TLS\n")
+    if name == "exim":  # GnuTLS's own key log (rule 10 of harness/mta/exim.py)
+        theirs = pki.folder / "exim-keylog.txt"
+        assert theirs.stat().st_mode & 0o777 == 0o600
+        assert len(traffic_secrets(ours)) == 4
+        assert traffic_secrets(theirs) == traffic_secrets(ours)
 
 
 REFUSED = {"opensmtpd": "cannot sign with an ECDSA key"}  # measured: privsep, OpenSSL 3
@@ -207,6 +231,7 @@ def deliver(
     pki = lab_pki(folder / "tls")
     exim = receiver("exim", lab, folder, pki, **receiver_knobs)
     mta = sender(name, lab, folder, pki, starttls=starttls)
+    folder.mkdir(mode=0o755, exist_ok=True)
     with exim, mta:
         mta.submit("luke@sender.com", ["c3po@receiver.com"], MESSAGE)
         wait_idle(mta)
@@ -252,3 +277,28 @@ def test_mta_sender_opportunistic_delivers_in_plaintext_when_tls_is_not_offered(
     assert len(stored) == 1, mta.last_log_line()
     assert " X=" not in exim_received_line(exim)
     assert b"with esmtp " in stored[0] or b"with esmtp\r\n" in stored[0]
+
+
+@pytest.mark.parametrize("name", SENDERS)
+def test_mta_sender_requiring_tls_takes_any_certificate_and_defers_without_starttls(
+    name: str, lab: Lab, dns: DnsServer, open_folder: Path, lab_factory: Callable[[], Lab]
+) -> None:
+    mta, exim, stored = deliver(
+        name, lab, open_folder, "required", tls="offer", certificate="self-signed"
+    )
+    assert len(stored) == 1, mta.last_log_line()
+    assert " X=TLS1.3:" in exim_received_line(exim)
+    other = lab_factory()
+    with lab_dns(other, SEED):
+        mta, _, stored = deliver(name, other, open_folder / "off", "required", tls="off")
+    assert stored == []
+    assert [q.recipient for q in mta.queued] == ["c3po@receiver.com"], mta.last_log_line()
+
+
+@pytest.mark.parametrize("name", [n for n in SENDERS if n != "opensmtpd"])  # it cannot
+def test_mta_sender_never_delivers_in_plaintext_to_a_receiver_offering_starttls(
+    name: str, lab: Lab, dns: DnsServer, open_folder: Path
+) -> None:
+    mta, exim, stored = deliver(name, lab, open_folder, "never", tls="offer")
+    assert len(stored) == 1, mta.last_log_line()
+    assert " X=" not in exim_received_line(exim)
