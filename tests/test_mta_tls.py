@@ -17,11 +17,13 @@ Rules kept here:
 
 from __future__ import annotations
 
+import re
 import smtplib
 import socket
 import ssl
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -31,9 +33,9 @@ from harness.dns import DnsServer
 from harness.errors import HarnessError
 from harness.lab import Lab
 from harness.lab.netns import SocketFactory
-from harness.mta.base import MtaAdapter, Site, adapters
+from harness.mta.base import MtaAdapter, QueuedRecipient, Site, adapters
 from harness.runner import lab_dns
-from harness.scenario import load_scenario
+from harness.scenario import load_scenario, scenario_from_data
 from harness.tls.pki import LabPki, lab_pki
 
 pytestmark = pytest.mark.lab
@@ -216,18 +218,32 @@ def test_mta_with_tls_off_does_not_offer_starttls(
 
 
 # --- the MTA as the client: each sender to Exim as receiver ---------------------------------
-def exim_received_line(exim: MtaAdapter) -> str:
-    """The ``<=`` line of Exim's main log (the message's arrival)."""
-    lines = [line for line in exim.log_path.read_text().splitlines() if " <= " in line]
-    assert len(lines) == 1, exim.log_path.read_text()
-    return lines[0]
+@dataclass
+class Delivery:
+    """One message from an MTA sender to Exim as receiver, both stopped."""
+
+    mta: MtaAdapter
+    exim: MtaAdapter
+    stored: list[bytes]  # what Exim stored for c3po
+    queued: list[QueuedRecipient]  # the sender's queue, read before it stopped
+
+    def arrival(self) -> str:
+        """The one ``<=`` line of Exim's main log (the message's arrival, with ``X=``
+        naming the TLS cipher when there was TLS)."""
+        assert len(self.stored) == 1, self.mta.last_log_line()
+        log = self.exim.log_path.read_text()
+        lines = [line for line in log.splitlines() if " <= " in line]
+        assert len(lines) == 1, log
+        return lines[0]
+
+    def assert_deferred(self) -> None:
+        assert self.stored == []
+        queued = [q.recipient for q in self.queued]
+        assert queued == ["c3po@receiver.com"], self.mta.last_log_line()
 
 
-def deliver(
-    name: str, lab: Lab, folder: Path, starttls: str, **receiver_knobs: str
-) -> tuple[MtaAdapter, MtaAdapter, list[bytes]]:
-    """``name`` as sender with ``starttls`` delivers the message to Exim as receiver; the
-    adapters (stopped, queues read) and what Exim stored."""
+def deliver(name: str, lab: Lab, folder: Path, starttls: str, **receiver_knobs: str) -> Delivery:
+    """``name`` as sender with ``starttls`` delivers the message to Exim as receiver."""
     pki = lab_pki(folder / "tls")
     exim = receiver("exim", lab, folder, pki, **receiver_knobs)
     mta = sender(name, lab, folder, pki, starttls=starttls)
@@ -236,24 +252,21 @@ def deliver(
         mta.submit("luke@sender.com", ["c3po@receiver.com"], MESSAGE)
         wait_idle(mta)
         wait_idle(exim)
-        mta.queued = mta.queue()  # type: ignore[attr-defined]
-        stored = exim.mailbox("c3po")
-    return mta, exim, stored
+        return Delivery(mta, exim, exim.mailbox("c3po"), mta.queue())
 
 
 SENDERS = ("postfix", "exim", "opensmtpd", "sendmail")
+IN_TLS = " X=TLS1.3:"  # Exim's arrival line: the TLS session's cipher
 
 
 @pytest.mark.parametrize("name", SENDERS)
 def test_mta_sender_verifying_delivers_in_tls_to_the_good_certificate(
     name: str, lab: Lab, dns: DnsServer, open_folder: Path
 ) -> None:
-    mta, exim, stored = deliver(name, lab, open_folder, "verify", tls="offer")
-    assert len(stored) == 1, mta.last_log_line()
-    arrival = exim_received_line(exim)
-    assert " X=TLS1.3:" in arrival, arrival  # Exim: the cipher of the TLS session
-    assert b"with esmtps" in stored[0]
-    assert mta.tls_policy()["starttls"] == "verify"
+    done = deliver(name, lab, open_folder, "verify", tls="offer")
+    assert IN_TLS in done.arrival()
+    assert b"with esmtps" in done.stored[0]
+    assert done.mta.tls_policy()["starttls"] == "verify"
     assert (open_folder / "tls" / "exim-keylog.txt").stat().st_mode & 0o777 == 0o600
 
 
@@ -261,44 +274,60 @@ def test_mta_sender_verifying_delivers_in_tls_to_the_good_certificate(
 def test_mta_sender_verifying_defers_against_a_certificate_for_another_name(
     name: str, lab: Lab, dns: DnsServer, open_folder: Path
 ) -> None:
-    mta, _, stored = deliver(
+    deliver(
         name, lab, open_folder, "verify", tls="offer", certificate="wrong-name"
-    )
-    assert stored == []
-    queued = [q.recipient for q in mta.queued]  # type: ignore[attr-defined]
-    assert queued == ["c3po@receiver.com"], mta.last_log_line()
+    ).assert_deferred()
 
 
 @pytest.mark.parametrize("name", SENDERS)
 def test_mta_sender_opportunistic_delivers_in_plaintext_when_tls_is_not_offered(
     name: str, lab: Lab, dns: DnsServer, open_folder: Path
 ) -> None:
-    mta, exim, stored = deliver(name, lab, open_folder, "opportunistic", tls="off")
-    assert len(stored) == 1, mta.last_log_line()
-    assert " X=" not in exim_received_line(exim)
-    assert b"with esmtp " in stored[0] or b"with esmtp\r\n" in stored[0]
+    done = deliver(name, lab, open_folder, "opportunistic", tls="off")
+    assert " X=" not in done.arrival()
+    assert re.search(rb"with esmtp\s", done.stored[0])
 
 
 @pytest.mark.parametrize("name", SENDERS)
 def test_mta_sender_requiring_tls_takes_any_certificate_and_defers_without_starttls(
     name: str, lab: Lab, dns: DnsServer, open_folder: Path, lab_factory: Callable[[], Lab]
 ) -> None:
-    mta, exim, stored = deliver(
-        name, lab, open_folder, "required", tls="offer", certificate="self-signed"
-    )
-    assert len(stored) == 1, mta.last_log_line()
-    assert " X=TLS1.3:" in exim_received_line(exim)
+    done = deliver(name, lab, open_folder, "required", tls="offer", certificate="self-signed")
+    assert IN_TLS in done.arrival()
     other = lab_factory()
     with lab_dns(other, SEED):
-        mta, _, stored = deliver(name, other, open_folder / "off", "required", tls="off")
-    assert stored == []
-    assert [q.recipient for q in mta.queued] == ["c3po@receiver.com"], mta.last_log_line()
+        deliver(name, other, open_folder / "off", "required", tls="off").assert_deferred()
 
 
 @pytest.mark.parametrize("name", [n for n in SENDERS if n != "opensmtpd"])  # it cannot
 def test_mta_sender_never_delivers_in_plaintext_to_a_receiver_offering_starttls(
     name: str, lab: Lab, dns: DnsServer, open_folder: Path
 ) -> None:
-    mta, exim, stored = deliver(name, lab, open_folder, "never", tls="offer")
-    assert len(stored) == 1, mta.last_log_line()
-    assert " X=" not in exim_received_line(exim)
+    assert " X=" not in deliver(name, lab, open_folder, "never", tls="offer").arrival()
+
+
+# --- scenario load and run.json -------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("data", "why"),
+    [
+        ({"receiver": {"mta": "opensmtpd", "tls": "offer"}}, "cannot sign with an ECDSA key"),
+        (
+            {"sender": {"mta": "opensmtpd", "starttls": "never"}, "receiver": {"tls": "offer"}},
+            "cannot turn STARTTLS off",
+        ),
+    ],
+)
+def test_a_tls_policy_an_mta_cannot_keep_is_refused_at_scenario_load(data: dict, why: str) -> None:
+    with pytest.raises(HarnessError, match=why) as refused:
+        scenario_from_data(data, Path(__file__))
+    assert "\n" not in str(refused.value)
+
+
+def test_run_json_records_the_mta_tls_policy_in_force(scenario_run: Callable) -> None:
+    result = scenario_run({"sender": {"mta": "postfix", "starttls": "opportunistic"}})
+    result.assert_ok()  # the scripted receiver offers no STARTTLS here: plaintext
+    assert result.mta["tls"] == {
+        "starttls": "opportunistic",
+        "starttls means": "smtp_tls_security_level = may",
+    }
+    assert (result.folder / "tls" / "ca.pem").is_file()
