@@ -24,8 +24,11 @@ Rules this script keeps:
   Python readers are timed inside the child (no interpreter start-up); tshark by wall clock,
   its ~0.3 s start-up included, as a user would run it.
 
+- ``--quick`` (or ``BENCH_QUICK=1`` in the environment) is the figure to work by: the product
+  path alone on the --packets file, one run of each command, in a minute or two.
+
 Usage: .venv/bin/python bench/bench_pcap.py [--packets 100000] [--big 1000000]
-       [--sessions 100000]
+       [--sessions 100000] [--quick]
 """
 
 from __future__ import annotations
@@ -246,11 +249,20 @@ def main() -> None:
     parser.add_argument("--packets", type=int, default=100_000)
     parser.add_argument("--big", type=int, default=1_000_000, help="size for the RSS check")
     parser.add_argument("--sessions", type=int, default=100_000, help="short sessions file")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        default=bool(os.environ.get("BENCH_QUICK")),
+        help="the product path on the --packets file only, one run each",
+    )
     parser.add_argument("--run", nargs=2, metavar=("READER", "FILE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.run:
         return _child(*args.run)
     began = time.perf_counter()
+    if args.quick:
+        small = generate(args.packets)
+        return _print_product(small, product(small, 1))
     small, sample, big = generate(args.packets), generate(SCAPY_PACKETS), generate(args.big)
     many = generate(0, sessions=args.sessions)
     print(f"input: {small.name}, {sample.name}, {big.name}, {many.name} in {CACHE}")

@@ -42,7 +42,6 @@ from typing import TextIO, TypeVar
 import click
 
 from harness.capture.pcapfile import annotations
-from harness.checks.offline import OfflineJudge
 from harness.errors import HarnessError, InternalError, InternalFault
 from harness.ladder.compare import compare, format_diff
 from harness.ladder.dissect import SMTP_PORTS, dissect
@@ -50,7 +49,6 @@ from harness.ladder.model import Ladder
 from harness.ladder.sessions import DEFAULT_IDLE, Flow, Splitter
 from harness.progress import Progress
 from harness.render import FORMATS, jsonl, render
-from harness.render import session as session_text
 from harness.verdict import ExitCode, Verdict
 
 T = TypeVar("T")
@@ -195,6 +193,9 @@ def _judge_capture(
     splitter: Splitter, file: str, fmt: str, only: int | None, out: TextIO
 ) -> ExitCode:
     """Judge each session as it ends; the worst exit code of them (0 with none)."""
+    from harness.checks.offline import OfflineJudge  # the judges: a third of start-up
+    from harness.render import session as session_text
+
     source, judge = splitter.source(file), OfflineJudge()
     code, sessions, failed = ExitCode.OK, 0, 0
     for flow in _flows(splitter, file):
