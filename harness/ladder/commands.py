@@ -6,7 +6,9 @@ Rules this module keeps:
   ``--format jsonl`` streams it, flow by flow as each ends (``harness.render.jsonl``),
   holding only the connections open at once.
 * Names: a pcapng's Name Resolution Blocks name its addresses (a run's capture.pcapng
-  names the lab's hosts), so no ``--host`` is needed; ``--host`` overrides them.  ``check``
+  names the lab's hosts), so no ``--host`` is needed; ``--host`` overrides them.  They are
+  read in the pass that reads the packets (``Dissector(file_names=True)``), but for
+  ``--expect``, which names both captures before either is read.  ``check``
   names both captures with the names of both (the run's first), so a named run and an
   unnamed golden compare as equals.
 * ``check RUN --expect GOLDEN`` exits 0 when the run does what the golden capture did,
@@ -41,7 +43,7 @@ from typing import TextIO, TypeVar
 
 import click
 
-from harness.capture.pcapfile import annotations
+from harness.capture.pcapfile import PcapError, annotations
 from harness.errors import HarnessError, InternalError, InternalFault
 from harness.ladder.compare import compare, format_diff
 from harness.ladder.dissect import SMTP_PORTS, dissect
@@ -101,15 +103,15 @@ def ladder(
 
     Exit 0, or 2 for bad input (an unreadable capture, a bad --host), 3 for a fault of
     the harness (its traceback is written to the file the message names)."""
-    names = guarded(file, lambda: file_names([file], _hosts(hosts)))
+    given = _hosts(hosts)
+    _readable(file)  # before --output is created
     if fmt == JSONL:
+        splitter = Splitter(given, ports=ports, idle=idle, file_names=True)
         with _writing(output) as out:
-            guarded(
-                file, lambda: _stream_ladder(Splitter(names, ports=ports, idle=idle), file, out)
-            )
+            guarded(file, lambda: _stream_ladder(splitter, file, out))
         return
-    options = {"smtp_ports": SMTP_PORTS | frozenset(ports), "idle": idle}
-    document = guarded(file, lambda: render(dissect(file, names, **options), fmt))
+    options = {"smtp_ports": SMTP_PORTS | frozenset(ports), "idle": idle, "file_names": True}
+    document = guarded(file, lambda: render(dissect(file, given, **options), fmt))
     with _writing(output) as out:
         out.write(document)
 
@@ -150,16 +152,18 @@ def check(
     GOLDEN one recorded from a run that was right (run --update-golden), compared as
     ladders: the steps, in order, each with its kind and details (--strict: every detail,
     where it fell too)."""
-    names = guarded(run, lambda: file_names([run, *([golden] if golden else [])], _hosts(hosts)))
+    given = _hosts(hosts)
     if golden is None:
         if strict:
             raise HarnessError("--strict applies only with --expect")
         with _writing(None) as out:
-            splitter = Splitter(names, ports=ports, idle=idle)
+            splitter = Splitter(given, ports=ports, idle=idle, file_names=True)
             code = guarded(run, lambda: _judge_capture(splitter, run, fmt, only, out))
         sys.exit(code)
-    given = [("--format", fmt != "text"), ("--session", only is not None), ("--port", ports)]
-    for option, used in given:
+    only_without = [("--format", fmt != "text"), ("--session", only is not None)]
+    only_without.append(("--port", ports))
+    names = guarded(run, lambda: file_names([run, golden], given))
+    for option, used in only_without:
         if used:
             raise HarnessError(f"{option} applies only without --expect")
     run_ladder: Ladder = guarded(run, lambda: dissect(run, names, idle=idle))
@@ -263,6 +267,14 @@ def file_names(files: list[str], given: dict[str, str]) -> dict[str, str]:
     for file in reversed(files):
         names |= annotations(file).names
     return names | given
+
+
+def _readable(file: str) -> None:
+    """A capture that cannot be opened is bad input, said as the reader says it."""
+    try:
+        open(file, "rb").close()
+    except OSError as exc:
+        raise PcapError(f"{file}: cannot read: {exc.strerror or exc}") from None
 
 
 def _hosts(pairs: tuple[str, ...]) -> dict[str, str]:

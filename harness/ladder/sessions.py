@@ -83,8 +83,10 @@ class Splitter(Dissector):
         *,
         ports: Iterable[int] = (),
         idle: float = DEFAULT_IDLE,
+        file_names: bool = False,
     ) -> None:
-        super().__init__(hosts, smtp_ports=SMTP_PORTS | frozenset(ports), idle=idle)
+        smtp_ports = SMTP_PORTS | frozenset(ports)
+        super().__init__(hosts, smtp_ports=smtp_ports, idle=idle, file_names=file_names)
         self._held: dict[int, list[Step]] = {}
         self._sessions = count(1)
         self.packets = 0  # the highest packet number a step has cited so far (progress)
