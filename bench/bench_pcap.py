@@ -19,13 +19,18 @@ Rules this script keeps:
   -T fields -e tcp.stream -e smtp.req.command -e smtp.req.parameter -e
   smtp.response.code -e smtp.rsp.parameter`` (the same information), in one run on the
   same file.  The ratio is tshark's time over ours (above 1: we are faster); peak RSS is
-  summed over our processes (one: there are no workers).
+  summed over our processes (one: there are no workers).  Our package is byte-compiled
+  first, as an install leaves it.
 - scapy is timed on the first 10,000 packets (it is ~20x slower) and its rate scaled.
   Python readers are timed inside the child (no interpreter start-up); tshark by wall clock,
   its ~0.3 s start-up included, as a user would run it.
 
+- ``--quick`` (or ``BENCH_QUICK=1`` in the environment) is the figure to work by: the product
+  path alone on the --packets file, one run of each command, in a minute or two.
+  ``--product``: the product path alone on all three files (the targets' figures).
+
 Usage: .venv/bin/python bench/bench_pcap.py [--packets 100000] [--big 1000000]
-       [--sessions 100000]
+       [--sessions 100000] [--quick | --product]
 """
 
 from __future__ import annotations
@@ -224,7 +229,11 @@ def _child_run(argv: list[str], out: int) -> tuple[float, int, bytes]:
 
 
 def product(path: Path, repeats: int) -> dict[str, tuple[float, int]]:
-    """name -> (best wall seconds, peak RSS in KiB) of each ``PRODUCT`` command on *path*."""
+    """name -> (best wall seconds, peak RSS in KiB) of each ``PRODUCT`` command on *path*.
+    The package is byte-compiled first, as an install leaves it: with
+    PYTHONDONTWRITEBYTECODE set and no __pycache__, each start would compile it again."""
+    compileall = [sys.executable, "-m", "compileall", "-q", str(ROOT / "harness")]
+    subprocess.run(compileall, check=True, env={**os.environ, "PYTHONDONTWRITEBYTECODE": ""})
     found = {}
     for name, argv in PRODUCT.items():
         extra = TSHARK_SMTP if name == "tshark" else name.split()[1:]
@@ -246,11 +255,25 @@ def main() -> None:
     parser.add_argument("--packets", type=int, default=100_000)
     parser.add_argument("--big", type=int, default=1_000_000, help="size for the RSS check")
     parser.add_argument("--sessions", type=int, default=100_000, help="short sessions file")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        default=bool(os.environ.get("BENCH_QUICK")),
+        help="the product path on the --packets file only, one run each",
+    )
+    parser.add_argument("--product", action="store_true", help="the product path alone")
     parser.add_argument("--run", nargs=2, metavar=("READER", "FILE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.run:
         return _child(*args.run)
     began = time.perf_counter()
+    if args.quick or args.product:
+        files = [generate(args.packets)]
+        if args.product:
+            files += [generate(args.big), generate(0, sessions=args.sessions)]
+        for path in files:
+            _print_product(path, product(path, 1))
+        return None
     small, sample, big = generate(args.packets), generate(SCAPY_PACKETS), generate(args.big)
     many = generate(0, sessions=args.sessions)
     print(f"input: {small.name}, {sample.name}, {big.name}, {many.name} in {CACHE}")

@@ -122,3 +122,62 @@ def test_json_ladder_of_binary_commands_is_utf8_on_stdout(tmp_path):
     ladder = Ladder.from_json(done.stdout.decode("utf-8"))  # strict: no lone surrogates
     command = next(s for s in ladder.steps if s.kind == "command")
     assert (command.text, command.get("verb")) == ("\\xff\\xfe\x00 x", "\\xff\\xfe\x00")
+
+
+def _named_seed(tmp_path, *, late: bool = False):
+    """The seed capture as a pcapng naming its hosts: the name block first, as a run
+    writes it, or (``late``) after every packet."""
+    from harness.capture.pcapng import NRB, rewrite
+
+    path = tmp_path / "seed.pcapng"
+    names = {"192.0.2.10": ["client-x"], "192.0.2.25": ["server-y"]}
+    rewrite(SEED, path, application="t", section_comments=(), names=names, comments={})
+    if late:
+        data, blocks, pos = path.read_bytes(), [], 0
+        while pos < len(data):
+            blocks.append(data[pos : pos + int.from_bytes(data[pos + 4 : pos + 8], "little")])
+            pos += len(blocks[-1])
+        nrb = next(b for b in blocks if int.from_bytes(b[:4], "little") == NRB)
+        path.write_bytes(b"".join([*(b for b in blocks if b is not nrb), nrb]))
+    return path
+
+
+def test_a_pcapng_cut_short_is_a_ladder_with_its_names_and_a_warning(tmp_path):
+    """Its names are read in the pass that reads its packets: a file cut short in its last
+    block is read up to it (pcapfile's rule), not refused by a pass of its own (main: exit
+    2, "truncated block")."""
+    path = _named_seed(tmp_path)
+    cut = tmp_path / "cut.pcapng"
+    cut.write_bytes(path.read_bytes()[:-30])
+    for fmt in ("jsonl", "json"):
+        done = smtp_harness("ladder", "--format", fmt, str(cut))
+        assert done.returncode == 0, done.stderr
+        assert b"client-x" in done.stdout and b"server-y" in done.stdout
+        assert b"capture cut short" in done.stdout
+    done = smtp_harness("check", str(cut))
+    assert done.returncode == 0 and b"(client-x -> server-y)" in done.stdout
+
+
+def test_a_late_name_block_names_what_begins_after_it(tmp_path):
+    """One pass: an NRB after every packet names no step, yet the hosts it names are the
+    ladder's; --host still wins over the file's names."""
+    import json
+
+    early = smtp_harness("ladder", "--format", "jsonl", str(_named_seed(tmp_path)))
+    late = smtp_harness("ladder", "--format", "jsonl", str(_named_seed(tmp_path, late=True)))
+    lines = [[json.loads(line) for line in done.stdout.splitlines()] for done in (early, late)]
+    assert {s["src"] for s in lines[0] if s["type"] == "step"} >= {"client-x", "server-y"}
+    assert not {"client-x", "server-y"} & {s["src"] for s in lines[1] if s["type"] == "step"}
+    assert (
+        lines[0][-1]["hosts"]
+        == lines[1][-1]["hosts"]
+        == {
+            "192.0.2.10": "client-x",
+            "192.0.2.25": "server-y",
+        }
+    )
+    given = smtp_harness(
+        "ladder", "--format", "jsonl", "--host", "192.0.2.10=me", str(_named_seed(tmp_path))
+    )
+    summary = json.loads(given.stdout.splitlines()[-1])
+    assert summary["hosts"] == {"192.0.2.10": "me", "192.0.2.25": "server-y"}

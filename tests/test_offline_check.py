@@ -415,3 +415,21 @@ def test_output_closed_early_is_one_line_and_exit_2():
     (line,) = child.stderr.read().decode().splitlines()
     child.stderr.close()
     assert line == "smtp-harness: error: stdout: closed before the end of the output"
+
+
+def test_exchanges_kept_for_one_ladder_never_answer_for_another():
+    """The judges' pairing is kept for the last ladder asked (checks.steps.exchanges): a
+    second ladder, a longer one, or a caller that changes its list gets its own answer."""
+    from harness.checks.steps import exchanges
+    from harness.ladder.model import Ladder
+
+    seed = dissect(str(SEED))
+    conn = commands(seed)[0].conn
+    first = exchanges(seed, conn)
+    first.clear()  # the caller's list, not the one kept
+    assert len(exchanges(seed, conn)) == len(commands(seed)) + 1  # the content too
+    cut = Ladder(steps=seed.steps[: seed.steps.index(commands(seed)[1])])
+    assert [x.unit for x in exchanges(cut, conn)] == commands(cut)
+    cut.steps.append(commands(seed)[1])
+    assert [x.unit for x in exchanges(cut, conn)] == commands(cut)
+    assert exchanges(cut, conn)[-1].reply is None  # its reply is not in this ladder

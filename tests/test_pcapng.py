@@ -189,3 +189,17 @@ def test_tshark_shows_the_names_with_no_lookup_and_the_comments(tmp_path) -> Non
     info = subprocess.run(["capinfos", str(path)], capture_output=True, text=True, timeout=60)
     assert "Capture application: smtp-harness 9" in info.stdout
     assert "scenario seed" in info.stdout
+
+
+def test_read_gives_each_name_block_as_it_passes_it(tmp_path) -> None:
+    """The names of an NRB reach the reader's caller before the records after it, in the
+    one pass that reads them (ours first, the big-endian one after its packet)."""
+    seen: list[object] = []
+    for record in read(str(write_pcapng(tmp_path / "c.pcapng")), names=seen.append):
+        seen.append(record.number)
+    assert seen == [annotations(str(tmp_path / "c.pcapng")).names, 1, 2, 3]
+    (tmp_path / "be.pcapng").write_bytes(big_endian_capture())
+    seen.clear()
+    for record in read(str(tmp_path / "be.pcapng"), names=seen.append):
+        seen.append(record.number)
+    assert seen == [1, {"192.0.2.9": "nine"}]

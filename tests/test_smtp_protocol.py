@@ -972,3 +972,24 @@ def test_unanswered_commands_cost_the_same_each(monkeypatch):
     obs.feed(S, b"220 hi\r\n")
     obs.feed(C, b"EHLO a\r\n" + b"NOOP\r\n" * 2000)
     assert lookups < 3 * 2001
+
+
+def test_a_capture_observer_is_freed_without_the_cyclic_gc():
+    """No reference cycle through its reply reader: a stream's observers go when their
+    connection does, however seldom the GC collects (``ladder``'s streaming sets it so)."""
+    import gc
+    import weakref
+
+    from harness.smtp.protocol import Observer
+
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        observer = Observer(capture=True, midstream=True)
+        observer.feed(Direction.SERVER, b"220 hi\r\n")
+        gone = weakref.ref(observer)
+        del observer
+        assert gone() is None
+    finally:
+        if enabled:
+            gc.enable()

@@ -21,7 +21,9 @@ Rules this module keeps:
 - ``annotations`` reads what a pcapng says about its frames, apart from them: the names of
   its Name Resolution Blocks (address -> the last name of its record, as Wireshark shows
   it), each packet's ``opt_comment`` options by frame number, and the section header's
-  ``shb_userappl`` and comments.  A pcap has none of these.
+  ``shb_userappl`` and comments.  A pcap has none of these.  ``read`` gives the names of
+  each Name Resolution Block as it passes it, so a streaming reader needs no pass of its
+  own for them.
 - Anything else that is not a well-formed capture raises ``PcapError``: one line naming the
   file and the byte offset of the offending header, record or block.  Records before the
   fault have already been yielded, so nothing readable is lost.
@@ -37,7 +39,7 @@ from __future__ import annotations
 import ipaddress
 import struct
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import BinaryIO, NamedTuple
 
 from harness.errors import HarnessError
@@ -80,7 +82,7 @@ _PCAPNG_SHB = b"\x0a\x0d\x0d\x0a"
 _PCAPNG_BOM = {b"\x4d\x3c\x2b\x1a": "<", b"\x1a\x2b\x3c\x4d": ">"}
 
 # pcapng block types
-_IDB, _OPB, _SPB, _EPB, _SHB = 1, 2, 3, 6, 0x0A0D0D0A
+_IDB, _OPB, _SPB, _NRB, _EPB, _SHB = 1, 2, 3, 4, 6, 0x0A0D0D0A
 # pcapng interface options
 _IF_TSRESOL, _IF_TSOFFSET = 9, 14
 
@@ -103,18 +105,25 @@ class Record(NamedTuple):
     offset: int  # byte offset of the record (pcap) or block (pcapng) in the file
 
 
-def read(path: str, warnings: Counter[str] | None = None) -> Iterator[Record]:
+Names = Callable[[dict[str, str]], None]
+
+
+def read(
+    path: str, warnings: Counter[str] | None = None, names: Names | None = None
+) -> Iterator[Record]:
     """Yield every record of the pcap or pcapng file at *path*, streaming.
 
     With *warnings*, a file cut short in its last record or block ends with one warning
-    counted there instead of a ``PcapError``."""
+    counted there instead of a ``PcapError``.  With *names*, each Name Resolution Block's
+    names (as ``annotations`` reads them) are given to it as the block is read, before the
+    records that follow it."""
     with open(path, "rb") as f:
         source = _Source(f, str(path), warnings)
         head = source.buf[:4]
         if not head:
             raise source.error(0, "empty file, not a pcap or pcapng capture")
         if head == _PCAPNG_SHB:
-            yield from _read_pcapng(source)
+            yield from _read_pcapng(source, names)
         elif head in _PCAP_MAGIC:
             yield from _read_pcap(source)
         else:
@@ -210,7 +219,7 @@ class _Interface(NamedTuple):
     offset: int
 
 
-def _read_pcapng(source: _Source) -> Iterator[Record]:
+def _read_pcapng(source: _Source, names: Names | None) -> Iterator[Record]:
     order = "<"
     interfaces: list[_Interface] = []
     number = 0
@@ -250,6 +259,8 @@ def _read_pcapng(source: _Source) -> Iterator[Record]:
                 raise source.error(pos, f"unsupported pcapng version {major}")
         elif btype == _IDB:
             interfaces.append(_interface(source, buf, pos, blen, order))
+        elif btype == _NRB and names is not None:
+            names(_name_records(buf[pos + 8 : pos + blen], order))
         pos += blen
 
 
@@ -304,9 +315,6 @@ def _interface(source: _Source, buf: bytes, pos: int, blen: int, order: str) -> 
             offset = struct.unpack_from(order + "q", buf, opt + 4)[0] * 1_000_000_000
         opt += 4 + (length + 3) // 4 * 4
     return _Interface(linktype, snaplen, mul, div, offset)
-
-
-_NRB = 4  # Name Resolution Block (read by annotations only)
 
 
 class Annotations(NamedTuple):

@@ -104,6 +104,8 @@ class OfflineJudge:
     def __init__(self, checks: Sequence[Check] | None = None) -> None:
         chosen = list(registry().values()) if checks is None else list(checks)
         self.checks = [(check, passive_reason(check)) for check in chosen]
+        # a lab-only check's n/a is the same in every session: made once (they are most)
+        self._lab_only = [not_applicable(reason) if reason else None for _, reason in self.checks]
 
     def session(self, flow: Flow, source: str, hosts: dict[str, str]) -> SessionReport:
         """The report of one SMTP or TLS session (``flow.session`` set)."""
@@ -113,8 +115,9 @@ class OfflineJudge:
         ends = Ends(client, server)
         run = _as_run(flow.ladder(source, hosts), ends, source)
         why_not, tls_at = unreadable(flow, ends), _encrypted_from(flow)
-        for check, reason in self.checks:
-            outcome = _judge(check, run, why_not or reason, tls_at)
+        unjudged = not_applicable(why_not) if why_not else None
+        for (check, _reason), lab_only in zip(self.checks, self._lab_only, strict=True):
+            outcome = unjudged or lab_only or _judge(check, run, tls_at)
             report.judged.append(Judged(check, outcome))
         return report
 
@@ -150,9 +153,7 @@ def _encrypted_from(flow: Flow) -> int | None:
     return next((step.index for step in flow.steps if step.kind == StepKind.TLS), None)
 
 
-def _judge(check: Check, run: RunResult, reason: str, tls_at: int | None) -> Outcome:
-    if reason:
-        return not_applicable(reason)
+def _judge(check: Check, run: RunResult, tls_at: int | None) -> Outcome:
     try:
         outcome = check.judge([run])
     except Exception as exc:  # a judge's bug: our fault, reported as an error verdict

@@ -151,8 +151,23 @@ def complete(step: Step) -> bool:
     return not step.get("incomplete")
 
 
+_LAST: list[tuple[list[Step], int, int, list[Exchange]]] = [([], 0, 0, [])]
+
+
 def exchanges(ladder: Ladder, conn: int) -> list[Exchange]:
-    """The client units of one SMTP connection, each paired with its reply (in order)."""
+    """The client units of one SMTP connection, each paired with its reply (in order).
+
+    Kept for the last ladder and connection asked (by identity and length: a ladder is only
+    read, rule 1): the judges of one session ask it dozens of times (``reply_to``)."""
+    steps, last = ladder.steps, _LAST[0]
+    if last[0] is steps and last[1] == len(steps) and last[2] == conn:
+        return list(last[3])
+    found = _pair(ladder, conn)
+    _LAST[0] = (steps, len(steps), conn, found)
+    return list(found)
+
+
+def _pair(ladder: Ladder, conn: int) -> list[Exchange]:
     owed: list[Step] = []
     units: list[Step] = []
     before: dict[int, Step | None] = {}

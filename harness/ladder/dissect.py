@@ -40,6 +40,9 @@ Rules this module keeps:
   per repair.
 - Names: ``hosts`` maps addresses to names; an address not in it is shown as is.  When
   both ends would get the same name (loopback captures), the server's gets ``:port``.
+  With ``file_names``, a pcapng's Name Resolution Blocks name addresses too (``hosts``
+  overriding them), read in the same pass as the packets: each names the connections and
+  DNS messages that begin after it (a run's capture.pcapng has its one before them all).
 - Nothing in a packet raises: garbage is skipped and counted in ``Ladder.warnings``; only
   an unreadable file raises ``PcapError`` (one line, with file and offset).  A file cut
   short in its last record is read up to it, with one warning saying where and what.
@@ -131,9 +134,12 @@ class Dissector:
         smtp_ports: frozenset[int] = SMTP_PORTS,
         idle: float = 600.0,
         keylog: KeyLog | None = None,
+        file_names: bool = False,
     ) -> None:
         self.keylog = keylog  # TLS secrets: the dialogue inside TLS is read with them
-        self.hosts = {addr: _clean(name) for addr, name in (hosts or {}).items()}
+        self._given = dict(hosts or {})
+        self._found: dict[str, str] | None = {} if file_names else None  # the file's names
+        self.hosts = {addr: _clean(name) for addr, name in self._given.items()}
         self.smtp_ports = smtp_ports  # a server port here is SMTP before any byte says so
         self.idle = idle  # seconds of capture time after which a silent connection ends
         self.warnings: Counter[str] = Counter()
@@ -144,8 +150,9 @@ class Dissector:
     def steps(self, path: str) -> Iterator[Step]:
         decoder = Decoder()
         reassembler = Reassembler(idle=self.idle)
+        named = None if self._found is None else self._named
         try:
-            for packet in decoder.decode_all(read(path, self.warnings)):
+            for packet in decoder.decode_all(read(path, self.warnings, named)):
                 if packet.proto == UDP:
                     yield from self._udp(packet)
                 else:
@@ -158,6 +165,14 @@ class Dissector:
         finally:
             self.warnings.update(decoder.warnings)
             self.warnings.update(reassembler.warnings)
+
+    def _named(self, names: dict[str, str]) -> None:
+        """A Name Resolution Block's names: ``hosts`` from now on, in the order the file
+        names them, each under the name ``hosts`` was given for it if it was."""
+        assert self._found is not None
+        self._found |= names
+        self.hosts.clear()
+        self.hosts.update((a, _clean(n)) for a, n in (self._found | self._given).items())
 
     def step(self, time: int, src: str, dst: str, kind: StepKind, text: str, **extra) -> Step:
         """A new step, numbered next; *extra* are evidence, conn and detail."""

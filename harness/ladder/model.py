@@ -86,7 +86,7 @@ Detail = tuple[tuple[str, Value], ...]
 
 def detail(**items: Value) -> Detail:
     """A step's detail from keyword arguments (None values left out)."""
-    return tuple((k, v) for k, v in items.items() if v is not None)
+    return tuple([(k, v) for k, v in items.items() if v is not None])  # a list: no generator
 
 
 def _frozen(value: Any) -> Value:

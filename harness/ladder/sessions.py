@@ -86,9 +86,12 @@ class Splitter(Dissector):
         ports: Iterable[int] = (),
         idle: float = DEFAULT_IDLE,
         keylog: KeyLog | None = None,
+        file_names: bool = False,
     ) -> None:
-        ports = SMTP_PORTS | frozenset(ports)
-        super().__init__(hosts, smtp_ports=ports, idle=idle, keylog=keylog)
+        smtp_ports = SMTP_PORTS | frozenset(ports)
+        super().__init__(
+            hosts, smtp_ports=smtp_ports, idle=idle, keylog=keylog, file_names=file_names
+        )
         self._held: dict[int, list[Step]] = {}
         self._sessions = count(1)
         self.packets = 0  # the highest packet number a step has cited so far (progress)

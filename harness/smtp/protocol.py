@@ -70,6 +70,7 @@ readers in readers.py, the state table in state.py):
 
 from __future__ import annotations
 
+import weakref
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
@@ -138,7 +139,8 @@ class Observer:
         self._client = _Side(CommandReader())
         self._capture = capture  # rule 9
         self._midstream = midstream  # until the first reply
-        answer = self._answer if capture else self.session.reply
+        me = weakref.ref(self)  # the reader holds no Observer: no cycle for the GC to find
+        answer = (lambda code: me()._answer(code)) if capture else self.session.reply
         self._server = _Side(ReplyReader(answer=answer))
         self._paused_on: str | None = None
         self._passed: tuple[str, ...] = ()  # the commands the reply being read passed over

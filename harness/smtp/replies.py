@@ -62,6 +62,8 @@ class ReplyBuilder:
         if not line.final:
             return None
         lines, self._lines = self._lines, []
+        if len(lines) == 1:  # most replies: one code, its error the only one
+            return line.code, (line.text,), line.error
         code = lines[0].code
         errors = [x.error for x in lines if x.error]
         codes = sorted({x.code for x in lines if x.code is not None})
