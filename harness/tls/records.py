@@ -118,7 +118,7 @@ class Established:
     issuer: str | None
     not_before: str | None
     not_after: str | None
-    end: int  # the client's TLS offset where its Finished record ends
+    end: int  # the client's TLS offset where the record ending the handshake for it ends
 
 
 @dataclass(frozen=True)
@@ -244,6 +244,7 @@ class TlsSession:
         self.sides = (_Side(), _Side())
         self.failed: str | None = None
         self.established = False
+        self._finished_by: set[int] = set()  # the sides whose Finished was read
         self.client_random = b""
         self.sni: str | None = None
         self.version = 0
@@ -298,8 +299,10 @@ class TlsSession:
 
     def _record(self, d: int, ctype: int, header: bytes, fragment: bytes) -> None:
         side = self.sides[d]
-        if ctype == CHANGE_CIPHER_SPEC:
-            if self.version != TLS13:
+        if ctype == CHANGE_CIPHER_SPEC:  # 1.3 (and before a ServerHello): compat only, §D.4
+            if self.version == TLS12:
+                if side.pending is None:  # no keys agreed: what follows cannot be read
+                    return self.fail(f"{SIDES[d]} ChangeCipherSpec before any key")
                 side.cipher, side.pending = side.pending, None
             return
         # 1.2 protects every record after ChangeCipherSpec, 1.3 those of type application data
@@ -430,14 +433,21 @@ class TlsSession:
                 self.certificate = None  # shown as no certificate, the rest still read
 
     def _finished(self, d: int) -> None:
+        """A Finished: the handshake is over once both sides sent theirs (RFC 5246 §7.3:
+        in a full 1.2 handshake the server's comes last; RFC 8446 §2: in 1.3 the client's)."""
+        if self.suite is None:
+            raise _Malformed("a Finished before any ServerHello")
         if self.version == TLS13:
             self.sides[d].cipher = _Cipher.tls13_from(self.suite, self._traffic[d])
-        if d == CLIENT and not self.established:
+        self._finished_by.add(d)
+        if len(self._finished_by) == 2 and not self.established:
             self.established = True
             self._events.append(self._established())
 
     def _key_update(self, d: int) -> None:
         suite = self.suite
+        if suite is None:
+            raise _Malformed("a KeyUpdate before any ServerHello")
         size = hashlib.new(suite.hash).digest_size
         secret = self._traffic[d] = hkdf_expand_label(
             self._traffic[d], "traffic upd", size, suite.hash
