@@ -66,7 +66,6 @@ from harness.checks.steps import (
     replies,
     reply_to,
     status,
-    stored_for,
     unlike,
     verb_of,
     where,
@@ -256,6 +255,13 @@ def _argument(step: Step) -> str:
     return step.text.partition(" ")[2].strip()  # a command's argument (steps.py's exception)
 
 
+def _stored_copies(run: RunResult, recipient: str) -> list[bytes]:
+    """Each copy as its mailbox holds it: the scripted receiver keeps its own ``Received:``
+    field apart (``StoredMessage.trace``), a real MTA's copy has it in the data."""
+    mine = recipient.lower()
+    return [m.trace + m.data for m in run.stored if m.recipient.lower() == mine]
+
+
 def _received(message: bytes) -> str | None:
     """The topmost Received: field, unfolded (the receiving side's own, RFC 5321 §4.4)."""
     head = message.replace(b"\r\n", b"\n").split(b"\n\n", 1)[0].decode("utf-8", "replace")
@@ -287,7 +293,7 @@ def _names(field: str, name: str) -> bool:
 def forgets_ehlo(seen: Seen) -> Outcome:
     before, inside = seen.found[0]
     old, new = _argument(before), _argument(inside)
-    copies = stored_for(seen.run, ONE[0])
+    copies = _stored_copies(seen.run, ONE[0])
     if not copies:
         return not_applicable("nothing was stored: no Received: field to read")
     field = _received(copies[0])
