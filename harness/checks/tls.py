@@ -54,6 +54,7 @@ from harness.checks.base import (
 )
 from harness.checks.esmtp import advertised
 from harness.checks.steps import (
+    CLIENT_UNITS,
     Exchange,
     accepted_data,
     after,
@@ -166,7 +167,9 @@ def inside_view(find: Finder) -> Finder:
     return found
 
 
-def _inside(run: RunResult, conn: int | None, kind: str = StepKind.COMMAND) -> list[Step]:
+def _inside(
+    run: RunResult, conn: int | None, kind: str | tuple[str, ...] = StepKind.COMMAND
+) -> list[Step]:
     return [s for s in where(run.ladder, kind, conn=conn) if in_tls(s)]
 
 
@@ -314,9 +317,20 @@ def _injected(run: RunResult) -> list[Step]:
 
 
 def _unasked(run: RunResult, conn: int | None) -> list[Step]:
-    """Replies inside TLS that answer no client unit sent inside TLS."""
-    answered = {x.reply.index for x in _exchanges_inside(run, conn) if x.reply is not None}
-    return [r for r in _inside(run, conn, StepKind.REPLY) if r.index not in answered]
+    """Replies inside TLS with no client unit sent inside TLS since the reply before: the
+    client of these setups is the scripted sender, which never pipelines, so each reply
+    it gets follows a unit of its own (an unsolicited 421 aside, RFC 5321 §3.8).  Counted
+    in capture order, not by the ladder's pairing: one extra reply shifts every pairing
+    after it (a 250 read as DATA's reply makes the message's lines commands)."""
+    owed, extra = False, []
+    for step in _inside(run, conn, (*CLIENT_UNITS, StepKind.REPLY)):
+        if step.kind != StepKind.REPLY:
+            owed = True
+        elif not owed and code(step) != 421:
+            extra.append(step)
+        else:
+            owed = False
+    return extra
 
 
 def _strangers(run: RunResult) -> list[str]:
@@ -339,7 +353,10 @@ def injection_server(seen: Seen) -> Outcome:
         for anomaly in _injected(run):
             extra = _unasked(run, anomaly.conn)
             if extra:
-                return failed("answered injected plaintext inside TLS", anomaly, *extra, run=n)
+                first = _inside(run, anomaly.conn, StepKind.REPLY)[0]
+                note = f"answered injected plaintext inside TLS ({len(extra)} replies unasked)"
+                cited = [first, *(r for r in extra if r.index != first.index)]
+                return failed(note, anomaly, *cited, run=n)
             strangers = _strangers(run)
             if strangers:
                 return failed(f"stored the injected mail for {strangers[0]}", anomaly, run=n)

@@ -1,0 +1,74 @@
+"""The STARTTLS checks (harness/checks/tls.py) in real labs: the harness column of
+``smtp-harness matrix --check 'tls.*'`` judged as fixtures/expected-matrix.toml records it
+(a rule not listed passes, an observation has its recorded value, never an error), and each
+injection probe failing against the scripted peer built to fail it (``[receiver]
+starttls_plaintext = "answer"``, ``[sender] starttls_plaintext = "keep"``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from harness.checks.base import REFERENCE, Check, Setup, registry
+from harness.checks.expected import DEFAULT_EXPECTED, load_expected
+from harness.checks.matrix import Column, Matrix
+from harness.verdict import Verdict
+
+pytestmark = pytest.mark.lab
+
+HARNESS = Column(REFERENCE, "0.1.0")
+TLS = {k: c for k, c in registry().items() if k.startswith("tls.")}
+CELLS = [(k, role) for k, c in sorted(TLS.items()) for role in c.roles]
+
+
+@pytest.fixture(scope="module")
+def tls_matrix(tmp_path_factory) -> Matrix:
+    return Matrix(
+        tmp_path_factory.mktemp("tls-matrix"), load_expected(DEFAULT_EXPECTED, registry())
+    )
+
+
+@pytest.mark.parametrize(("check_id", "role"), CELLS)
+def test_the_harness_column_gives_its_recorded_verdicts(tls_matrix, check_id, role) -> None:
+    cell = tls_matrix.cell(TLS[check_id], role, HARNESS)
+    assert cell.verdict is not Verdict.ERROR, cell.note
+    assert cell.difference == "match", (cell.verdict, cell.value, cell.note, cell.expected)
+    assert cell.evidence or cell.verdict == Verdict.NA, cell.note
+
+
+def _with(check: Check, section: str, keys: dict, setup: Setup) -> Check:
+    """``check`` over ``setup`` alone, with ``keys`` added to its ``section``."""
+    data = json.loads(json.dumps(setup.data))
+    data.setdefault(section, {}).update(keys)
+    built = Setup(f"{setup.name}-built-to-fail", data, setup.reference, setup.by_role)
+    return dataclasses.replace(check, setups=(built,))
+
+
+SERVER = TLS["tls.injection-server"]
+
+
+@pytest.mark.parametrize("setup", SERVER.setups, ids=lambda s: s.name)
+def test_a_receiver_answering_the_injected_commands_fails(tls_matrix, setup) -> None:
+    """Each probe (RSET, MAIL, a whole transaction behind STARTTLS) against a receiver
+    that answers, inside TLS, what was pipelined in plaintext: CVE-2011-0411's bug."""
+    check = _with(SERVER, "receiver", {"starttls_plaintext": "answer"}, setup)
+    cell = tls_matrix.cell(check, "receiver", HARNESS)
+    assert cell.verdict is Verdict.FAIL, cell.note
+    assert cell.note.startswith("answered injected plaintext inside TLS")
+    ladder = json.loads((cell.folders[0] / "ladder.json").read_text())
+    steps = {s["index"]: s for s in ladder["steps"]}
+    anomaly, *answers = (steps[i] for _run, i in cell.evidence)
+    assert anomaly["kind"] == "anomaly" and anomaly["src"] == "sender"
+    assert answers and all(s["kind"] == "reply" and s["detail"]["tls"] for s in answers)
+
+
+def test_a_sender_taking_the_injected_reply_fails(tls_matrix) -> None:
+    """A reply behind the 220, against a sender that takes it as a reply inside TLS."""
+    client = TLS["tls.injection-client"]
+    check = _with(client, "sender", {"starttls_plaintext": "keep"}, client.setups[0])
+    cell = tls_matrix.cell(check, "sender", HARNESS)
+    assert cell.verdict is Verdict.FAIL, cell.note
+    assert "the injected reply" in cell.note
