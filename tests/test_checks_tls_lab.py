@@ -72,3 +72,27 @@ def test_a_sender_taking_the_injected_reply_fails(tls_matrix) -> None:
     cell = tls_matrix.cell(check, "sender", HARNESS)
     assert cell.verdict is Verdict.FAIL, cell.note
     assert "the injected reply" in cell.note
+
+
+TLS_SESSION = {"receiver": {"tls": "offer"}, "sender": {"ehlo": True, "starttls": "required"}}
+CLOSES = [
+    (k, role) for k in sorted(registry()) if k.startswith("close.") for role in registry()[k].roles
+]
+
+
+@pytest.mark.parametrize(("check_id", "role"), CLOSES)
+def test_the_close_checks_judge_a_tls_session_as_a_plaintext_one(tls_matrix, check_id, role):
+    """Inside TLS the FINs follow asyncio's TLS close (the receiver's close_notify first,
+    then either FIN first): the verdicts and values do not depend on that order."""
+    check = registry()[check_id]
+    plain = tls_matrix.cell(check, role, HARNESS)
+    setup = check.setups[0]
+    data = json.loads(json.dumps(setup.data))
+    for section, keys in TLS_SESSION.items():
+        data.setdefault(section, {}).update(keys)
+    secured = Setup(f"{setup.name}-in-tls", data, {"sender": {"ehlo": True}}, setup.by_role)
+    cell = tls_matrix.cell(dataclasses.replace(check, setups=(secured,)), role, HARNESS)
+    ladder = json.loads((cell.folders[0] / "ladder.json").read_text())
+    assert any(s["kind"] == "tls-handshake" for s in ladder["steps"])
+    assert (cell.verdict, cell.value) == (plain.verdict, plain.value), cell.note
+    assert cell.verdict in (Verdict.PASS, Verdict.OBSERVED)

@@ -23,6 +23,10 @@ Rules kept here:
   extension not offered, 554 as §4.1 answers what it will not do), is deviation-known on
   4yz (a temporary refusal of what can never succeed) and fails on 220, any other reply,
   or a close without one (RFC 5321 §3.8).
+- Injection, server side: the scripted sender of those setups never pipelines, so a reply
+  inside TLS with no client unit since the previous reply answered the plaintext behind
+  STARTTLS; counted in capture order, never through the ladder's reply pairing (one
+  extra reply shifts every pairing after it).
 - Setups: on the side under test only ``tls``/``certificate`` (receiver) or ``starttls``
   (sender), keys a real MTA takes; the scripted peer's probes (reply rules, injections,
   EHLO names, a script step) on the other side; ``[sender] ehlo = true`` for the scripted
