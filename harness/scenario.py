@@ -822,9 +822,15 @@ def check_mta_sides(scenario: Scenario) -> None:
         if name is None:
             continue
         try:
-            adapters()[name].accepts(role, *site_names(scenario, role))
+            knobs, offers = scenario.mta_knobs[role], _scripted_receiver_offers_tls(scenario)
+            adapters()[name].accepts(role, *site_names(scenario, role), knobs, offers)
         except HarnessError as exc:
             raise HarnessError(f"{role}.mta: {name} cannot take these names: {exc}") from None
+
+
+def _scripted_receiver_offers_tls(scenario: Scenario) -> bool:
+    """Whether the scripted receiver (the MTA sender's peer) offers STARTTLS."""
+    return scenario.receiver_mta is None and scenario.receiver.tls == "offer"
 
 
 def _check_mta_sender(mta: str, scenario: Scenario) -> None:

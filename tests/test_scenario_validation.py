@@ -553,7 +553,7 @@ def test_mta_accepts_is_asked_at_load_and_its_refusal_names_the_key(monkeypatch)
     refusing one is stood in for here: what is tested is the loader's call and its error."""
     seen = []
 
-    def refuse(cls, role, hostname, domain, users):
+    def refuse(cls, role, hostname, domain, users, knobs=None, peer_offers_tls=False):
         seen.append((cls.name, role, hostname, domain, users))
         if "dnl" in users:
             raise HarnessError(f"user {users[-1]!r} cannot be quoted for m4")

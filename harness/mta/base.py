@@ -33,6 +33,13 @@ Rules kept here:
 - ``queue()`` reads what the MTA's queue holds, in the MTA's own words, before ``stop()``;
   a queue it cannot read is ``QueueUnreadable`` (naming the command, its exit status and
   its last line), never an empty list.
+- TLS (knobs ``tls``/``certificate`` as receiver, ``starttls`` as sender): every adapter maps
+  each value onto its MTA's own policy, written in its ``TLS_POLICY`` table (value -> the
+  MTA's words, what ``tls_policy()`` records for run.json) and its docstring.  A value the
+  MTA cannot express is refused at scenario load (``accepts``, one line, with the reason):
+  never a different policy in silence.  The MTA reads its own copies of the run's
+  credentials (``tls_files``: ``folder/tls``, 0711, the key 0600, owned by the user the MTA
+  reads them as; the CA certificate is public, 0644), never the run's ``tls`` folder.
 
 Roles: as *sender* the MTA on mail.sender.com gets luke's message through ``submit`` and
 delivers it by MX; its bounces (RFC 3464 DSNs) are delivered locally, to luke's mailbox.
@@ -42,6 +49,7 @@ local users it is given.  ``mailbox(user)``, ``idle()`` and ``queue()`` work in 
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import threading
@@ -57,7 +65,7 @@ from harness.errors import HarnessError, InternalError
 from harness.lab import Lab
 from harness.mta import debs, process, quoting
 from harness.mta.debs import Deb
-from harness.tls.pki import CertVariant, LabPki
+from harness.tls.pki import CertVariant, LabPki, ServerCredentials
 
 ROLES = ("sender", "receiver")
 # knob -> its values, the default first.  vrfy (receiver): "disabled" is the MTA's own way
@@ -124,6 +132,15 @@ def status_code_in(*texts: str) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class TlsFiles:
+    """An MTA's own copies of the run's TLS files (``MtaAdapter.tls_files``)."""
+
+    ca: Path  # the run's root: a verifying client's trust anchor
+    chain: Path | None = None  # receiver with tls = "offer": the served chain, leaf first
+    key: Path | None = None  # its private key, mode 0600
+
+
 @dataclass
 class Site:
     """Where and as whom an MTA runs in this run."""
@@ -182,6 +199,8 @@ class MtaAdapter(ABC):
     bounce_delay_s: ClassVar[float] = 0.0
     # a ``SHORT_TIMEOUTS_S`` key -> the MTA's own options for it (none: it has no knob)
     TIMEOUT_OPTIONS: ClassVar[dict[str, tuple[str, ...]]] = {}
+    # knob -> value -> the MTA's own words for that TLS policy (rules above)
+    TLS_POLICY: ClassVar[dict[str, dict[str, str]]]
 
     def __init__(self, site: Site, role: str) -> None:
         if role not in ROLES:
@@ -221,22 +240,84 @@ class MtaAdapter(ABC):
 
     # --- scenario values --------------------------------------------------------------------
     @classmethod
-    def accepts(cls, role: str, hostname: str, domain: str, users: tuple[str, ...]) -> None:
+    def accepts(
+        cls,
+        role: str,
+        hostname: str,
+        domain: str,
+        users: tuple[str, ...],
+        knobs: dict[str, str] | None = None,
+        peer_offers_tls: bool = False,
+    ) -> None:
         """Raise ``HarnessError`` naming the value when this MTA's configuration language
-        cannot carry one of these scenario names safely (called at scenario load, before any
-        lab exists; ``write_config`` refuses the same)."""
+        cannot carry one of these scenario names safely, or the MTA cannot keep the TLS
+        policy its ``knobs`` ask for against a peer that does (or does not) offer STARTTLS
+        (called at scenario load, before any lab exists; ``write_config`` refuses the
+        same)."""
         named = "HELO name" if role == "sender" else "host name"
         values = [(named, "host name", hostname), ("domain", "domain", domain)]
         values += [("user", "user", user) for user in users]
         for kind, carrier, value in values:
             quoting.require(cls.name, kind, value, cls.carriers[carrier])
+        refusal = cls.tls_refusal(role, knobs or {}, peer_offers_tls)
+        if refusal:
+            raise HarnessError(f"{cls.name}: {refusal}")
+
+    @classmethod
+    def tls_refusal(cls, role: str, knobs: dict[str, str], peer_offers_tls: bool) -> str | None:
+        """Why this MTA cannot keep the TLS policy of ``knobs`` (None: it can)."""
+        return None
+
+    def tls_policy(self) -> dict[str, str]:
+        """The TLS policy in force, for run.json: per TLS knob of the role, its value and
+        what it became in the MTA's own configuration (``TLS_POLICY``)."""
+        site, knobs = self.site, ("tls",) if self.role == "receiver" else ("starttls",)
+        policy = {knob: site.knob(knob) for knob in knobs}
+        if policy.get("tls") == "offer":
+            policy["certificate"] = site.knob("certificate")
+        for knob in knobs:
+            policy[f"{knob} means"] = self.TLS_POLICY[knob][site.knob(knob)]
+        return policy
+
+    @property
+    def offers_tls(self) -> bool:
+        """As receiver with ``tls = "offer"``: STARTTLS is advertised."""
+        return self.role == "receiver" and self.site.knob("tls") == "offer"
+
+    @property
+    def starttls(self) -> str:
+        """The sender's policy (``never`` as receiver: a receiver sends no mail out)."""
+        return self.site.knob("starttls") if self.role == "sender" else "never"
+
+    def tls_files(self, uid: int | None = None, gid: int | None = None) -> TlsFiles | None:
+        """Copies of what the MTA needs of the run's PKI under ``folder/tls`` (0711; the
+        key 0600, the CA 0644), owned by ``uid``:``gid`` when the MTA reads them as that
+        user (or root, when not given; OpenSMTPD takes a CA file only from root): the CA,
+        and as receiver offering TLS the chain and key for its host name, broken as the
+        ``certificate`` knob says.  None when the knobs ask for no TLS."""
+        site = self.site
+        if not (self.offers_tls or self.starttls != "never"):
+            return None
+        if site.pki is None:
+            raise InternalError(f"{self.name}: TLS knobs set but the site has no PKI")
+        own = self.folder / "tls"
+        own.mkdir(mode=0o711, exist_ok=True)
+        copies = {"ca": _private_copy(site.pki.ca, own / "ca.pem", uid, gid)}
+        copies["ca"].chmod(0o644)  # a certificate: public
+        if self.offers_tls:
+            creds: ServerCredentials = site.pki.server(site.hostname, site.knob("certificate"))
+            copies["chain"] = _private_copy(creds.chain, own / "server.crt", uid, gid)
+            copies["key"] = _private_copy(creds.key, own / "server.key", uid, gid)
+        if uid is not None:
+            os.chown(own, uid, -1 if gid is None else gid)
+        return TlsFiles(**copies)
 
     def write_config(self) -> None:
         """Write this instance's configuration under ``folder``: every scenario value
         quoted for the MTA's language, or refused as ``accepts`` refuses it (the scenario
         loader asked already: this is defence in depth).  ``start()`` calls it."""
         site = self.site
-        self.accepts(self.role, site.hostname, site.domain, site.users)
+        self.accepts(self.role, site.hostname, site.domain, site.users, site.extra)
         quoting.require_plain(self.name, self.folder)
         self._write_config()
 
@@ -381,6 +462,18 @@ class MtaAdapter(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _private_copy(source: Path, target: Path, uid: int | None, gid: int | None) -> Path:
+    """``source`` copied to ``target``, mode 0600 before a byte is written, owned by
+    ``uid``:``gid`` (when given)."""
+    target.unlink(missing_ok=True)
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(source.read_bytes())
+    if uid is not None:
+        os.chown(target, uid, -1 if gid is None else gid)
+    return target
 
 
 def without_leading_fields(

@@ -6,7 +6,7 @@ Rules kept here:
    site's domain is local (its users get Maildir mailboxes under ``mail/``; as sender,
    every other local part of its domain lands in ``mail/postmaster``, so its bounces are
    kept), every other domain goes out by MX (dnslookup router, smtp transport: EHLO with
-   the site's hostname, never TLS).  Spool, pid file, log (``exim.log``: main and panic
+   the site's hostname, TLS as rule 9 says).  Spool, pid file, log (``exim.log``: main and panic
    log) and the daemon's stderr (``exim.stderr``) live in the folder; nothing in /etc or
    /var.  Knobs (``harness.mta.base.KNOBS``): ``family = "any"`` is
    ``disable_ipv6 = false`` and, as receiver, the host's IPv6 address in
@@ -26,7 +26,7 @@ Rules kept here:
    (``host_lookup = *``), before its 220; it answers VRFY by routing the address
    (``acl_smtp_vrfy = accept``; a bare local part from a remote host gets 501, Exim's
    default) and refuses at RCPT what it cannot route (``verify = recipient``) or is not
-   for its domain.  No ident (RFC 1413) callback, no TLS: and no TLS set-up at
+   for its domain.  No ident (RFC 1413) callback; with ``tls = "off"`` no TLS set-up at
    all, so the daemon does not spend half a second making a self-signed certificate.
 4. A stored message is the bytes received after DATA (CRLF line ends: ``use_crlf``) behind
    exactly the trace fields in ``trace_fields["receiver"]``, in that order: Return-path,
@@ -54,6 +54,20 @@ Rules kept here:
    recipients); the reason is the last ``==`` (deferred) line of the main log for that
    message and recipient: what follows the address, e.g. ``R=outbound T=remote_smtp defer
    (-44) H=mail.receiver.com [192.0.2.25]: SMTP error ... 451 4.3.0 Try later``.
+9. TLS (``TLS_POLICY``; GnuTLS): as receiver ``tls = "offer"`` is ``tls_advertise_hosts =
+   *`` with ``tls_certificate``/``tls_privatekey`` (copies owned by Debian-exim, who reads
+   them in the receiving process), ``"off"`` advertises nothing and loads nothing.  As
+   sender the smtp transport's ``starttls``: never = ``hosts_avoid_tls = *``;
+   opportunistic = TLS when offered, plaintext when not or when the handshake fails
+   (``tls_tempfail_tryclear``, its default), the certificate checked against the run's CA
+   for the log only (``tls_try_verify_hosts = *``: ``CV=yes|no``); required =
+   ``hosts_require_tls = *`` (any certificate); verify = ``hosts_require_tls = *``,
+   ``tls_verify_hosts = *``, ``tls_verify_certificates`` the run's CA and
+   ``tls_verify_cert_hostnames = *`` (the MX host name).
+10. As receiver offering TLS, GnuTLS writes the daemon's TLS secrets in the NSS key log
+   format: ``SSLKEYLOGFILE`` (kept through ``keep_environment``) names ``spool/keylog.txt``
+   (0600, Debian-exim's), copied by ``stop()`` to ``<run>/tls/exim-keylog.txt`` (0600),
+   where the ladder finds every key log of the run.
 """
 
 from __future__ import annotations
@@ -103,6 +117,19 @@ class Adapter(MtaAdapter):
         "receiver": ("Return-path", "Envelope-to", "Delivery-date", "Received"),
     }
 
+    TLS_POLICY: ClassVar[dict[str, dict[str, str]]] = {  # rule 9
+        "tls": {
+            "off": "tls_advertise_hosts = (empty)",
+            "offer": "tls_advertise_hosts = *, tls_certificate, tls_privatekey",
+        },
+        "starttls": {
+            "never": "hosts_avoid_tls = *",
+            "opportunistic": "TLS when offered, tls_tempfail_tryclear, tls_try_verify_hosts = *",
+            "required": "hosts_require_tls = *",
+            "verify": "hosts_require_tls = *, tls_verify_hosts = *, tls_verify_cert_hostnames",
+        },
+    }
+
     def __init__(self, site: Site, role: str) -> None:
         super().__init__(site, role)
         self.config = self.folder / "exim.conf"
@@ -143,6 +170,7 @@ class Adapter(MtaAdapter):
     def stop(self) -> None:
         daemon, self._daemon = self._daemon, None
         process.terminate(self._stragglers(), children=[daemon] if daemon else [])
+        self._copy_keylog()
 
     # --- sender role -------------------------------------------------------------------------
     def _submit(self, mail_from: str, recipients: list[str], message: bytes) -> None:
@@ -193,12 +221,22 @@ class Adapter(MtaAdapter):
         users = (f"{quoting.exim_string(u)}: {quoting.mailbox_folder(u)}\n" for u in site.users)
         (self.folder / "users").write_text("".join(users))
         (self.folder / "domains").write_text(quoting.exim_string(site.domain) + "\n")
+        self.tls_files(exim.pw_uid, exim.pw_gid)
+        if self.offers_tls:
+            self.keylog.unlink(missing_ok=True)
+            os.close(os.open(self.keylog, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            os.chown(self.keylog, exim.pw_uid, exim.pw_gid)
         main = "".join(f"{key} = {value}\n" for key, value in self._main_options().items())
         transport = "".join(f"  {key} = {value}\n" for key, value in self.timeout_options().items())
         catchall = LOCAL_CATCHALL if self.role == "sender" else ""
+        client = "".join(f"  {key} = {value}\n" for key, value in self._client_tls().items())
         self.config.write_text(
             CONFIG.format(
-                main=main, transport=transport, catchall=catchall, catchall_box=CATCHALL, user=USER
+                main=main,
+                transport=transport + client,
+                catchall=catchall,
+                catchall_box=CATCHALL,
+                user=USER,
             )
         )
         self.config.chmod(0o644)  # Exim refuses a configuration others may write
@@ -214,7 +252,7 @@ class Adapter(MtaAdapter):
             "log_file_path": "$config_dir/%slog",
             "write_rejectlog": "false",
             "pid_file_path": "$config_dir/exim.pid",
-            "keep_environment": "LD_LIBRARY_PATH",
+            "keep_environment": "LD_LIBRARY_PATH : SSLKEYLOGFILE",
             "deliver_drop_privilege": "true",
             "disable_ipv6": "false" if site.knob("family") == "any" else "true",
             "local_interfaces": "<; " + " ; ".join(site.addresses),
@@ -223,13 +261,47 @@ class Adapter(MtaAdapter):
             "acl_smtp_rcpt": "check_rcpt",
             "acl_smtp_vrfy": "accept",
             "tls_advertise_hosts": "",
-            # expanded, so never preloaded; and never used, since TLS is never offered
+            # expanded, so never preloaded; and never used while TLS is not offered
             "tls_certificate": "$config_dir/unused.pem",
             "tls_verify_certificates": "",
         }
+        if self.offers_tls:
+            ours |= {
+                "tls_advertise_hosts": "*",
+                "tls_certificate": "$config_dir/tls/server.crt",
+                "tls_privatekey": "$config_dir/tls/server.key",
+            }
         if site.knob("vrfy") == "disabled":
             del ours["acl_smtp_vrfy"]
         return ours
+
+    def _client_tls(self) -> dict[str, str]:
+        """The smtp transport's TLS options for ``starttls`` (rule 9)."""
+        policy = self.starttls
+        if policy == "never":
+            return {"hosts_avoid_tls": "*", "tls_verify_certificates": ""}
+        options = {"tls_verify_certificates": "$config_dir/tls/ca.pem"}
+        if policy in ("required", "verify"):
+            options["hosts_require_tls"] = "*"
+        if policy == "verify":
+            options |= {"tls_verify_hosts": "*", "tls_verify_cert_hostnames": "*"}
+        return options
+
+    @property
+    def keylog(self) -> Path:
+        """Rule 10: where GnuTLS writes the daemon's TLS secrets."""
+        return self.spool / "keylog.txt"
+
+    def _copy_keylog(self) -> None:
+        """Rule 10: the daemon's key log into the run's tls folder, mode 0600."""
+        pki = self.site.pki
+        if not self.offers_tls or pki is None or not self.keylog.is_file():
+            return
+        target = pki.folder / "exim-keylog.txt"
+        target.unlink(missing_ok=True)
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(self.keylog.read_bytes())
 
     def _start_daemon(self) -> None:
         argv = [*self._exim(), "-bdf", "-oX", str(self.site.port), "-q1m"]
@@ -240,10 +312,13 @@ class Adapter(MtaAdapter):
                 stdin=subprocess.DEVNULL,
                 stdout=stderr,
                 stderr=stderr,
-                env=_environment(),
+                env=_environment() | self._keylog_environment(),
             )
         daemon = self._daemon
         self.await_listening(daemon.pid, lambda: daemon.poll() is None, why=self._why)
+
+    def _keylog_environment(self) -> dict[str, str]:
+        return {"SSLKEYLOGFILE": str(self.keylog)} if self.offers_tls else {}
 
     def _why(self) -> str:
         for path in (self.folder / "exim.stderr", self.log_path):
@@ -376,8 +451,6 @@ begin transports
 remote_smtp:
   driver = smtp
   helo_data = $primary_hostname
-  hosts_avoid_tls = *
-  tls_verify_certificates =
 {transport}
 local_maildir:
   driver = appendfile

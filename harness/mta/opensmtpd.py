@@ -46,6 +46,21 @@ Rules kept here:
   stays 300 s; its connect is the kernel's (``tcp_syn_retries`` 6: about 127 s), so the
   sender's host gets ``net.ipv4.tcp_syn_retries = 2`` (SYNs at 0, 1 and 3 s, given up at
   7 s), a sysctl of that host's network namespace only.
+- TLS (``TLS_POLICY``; OpenSMTPD's own OpenSSL code, not libtls): as receiver ``tls =
+  "offer"`` is a ``pki`` named by the host name (the chain and key: root.s 0600 copies,
+  read by the parent process) and ``tls pki`` on each ``listen on`` line; ``"off"`` has
+  neither.  Measured: with an ECDSA key (the lab's) the handshake fails in smtpd's privsep
+  signing ("elliptic curve routines::missing private key": its ECDSA engine hack does not
+  work with Debian 12's OpenSSL 3), so ``tls = "offer"`` is refused at scenario load.  An
+  RSA-2048 leaf fails the same way ("rsa routines::missing private key", measured): the
+  privsep key engine, not the key type, is what OpenSSL 3 breaks.
+  As sender (``relay`` action, by MX): opportunistic is smtpd's default (STARTTLS when
+  offered, no certificate required); required is ``relay tls no-verify`` (mandatory
+  STARTTLS, any certificate); verify is ``relay tls`` (mandatory STARTTLS, the chain
+  verified against the run's CA, given by ``ca`` for the site's host name).  smtpd.conf(5)
+  of 6.8 has no way to turn STARTTLS off on an MX relay (``smtp+notls://`` is for a fixed
+  relay host only): ``never`` is refused against a receiver that offers STARTTLS
+  (``tls_refusal``), and against one that does not it is what runs, recorded as such.
 - Waits: its resolver (libasr: resolv.conf's defaults, 4 tries, the timeout doubling from
   5 s) gives up on an unanswered MX question only after 5+10+20+40 = 75 s (measured:
   queries at 0, 5, 15 and 35 s), and a permanent failure becomes a bounce a second after
@@ -105,9 +120,18 @@ table users {users}
 match from {origin} for domain {domain} action "local"
 """
 _RELAY = """\
-action "relay" relay helo {hostname}{source}
+action "relay" relay helo {hostname}{source}{tls}
 match from local for any action "relay"
 """
+_RELAY_TLS = {"never": "", "opportunistic": "", "required": " tls no-verify", "verify": " tls"}
+ECDSA = (
+    'tls = "offer": OpenSMTPD 6.8 with OpenSSL 3 cannot sign in its privsep process (the '
+    'handshake fails: "missing private key", with an ECDSA key and with an RSA one alike)'
+)
+NEVER = (
+    "starttls = never: OpenSMTPD 6.8 cannot turn STARTTLS off when it relays by MX "
+    "(smtp+notls:// needs a fixed relay host), and this receiver offers STARTTLS"
+)
 
 
 class Adapter(MtaAdapter):
@@ -126,6 +150,16 @@ class Adapter(MtaAdapter):
     mailbox_line_end = b"\n"
     delivery_timeout_s = 90.0  # the resolver's 75 s, and a margin
     bounce_delay_s = 3.0
+    TLS_POLICY: ClassVar[dict[str, dict[str, str]]] = {  # rules above
+        "tls": {"off": "listen on ... (no tls)", "offer": "pki NAME cert/key, listen on ... tls"},
+        "starttls": {
+            "never": "relay (its default, opportunistic STARTTLS: it cannot be turned off; "
+            "accepted only against a receiver that does not offer STARTTLS)",
+            "opportunistic": "relay (its default: STARTTLS when offered)",
+            "required": "relay tls no-verify",
+            "verify": "relay tls, ca NAME cert (the run's CA)",
+        },
+    }
 
     def __init__(self, site: Site, role: str) -> None:
         super().__init__(site, role)
@@ -151,6 +185,15 @@ class Adapter(MtaAdapter):
     @property
     def mailboxes(self) -> Path:
         return self.folder / "maildir"
+
+    @classmethod
+    def tls_refusal(cls, role: str, knobs: dict[str, str], peer_offers_tls: bool) -> str | None:
+        """``never`` against a receiver offering STARTTLS, and ``tls = "offer"`` (rules
+        above)."""
+        if role == "receiver":
+            return ECDSA if knobs.get("tls", "off") == "offer" else None
+        never = knobs.get("starttls", "never") == "never"
+        return NEVER if never and peer_offers_tls else None
 
     # --- life cycle -----------------------------------------------------------------------
     def start(self) -> None:
@@ -246,12 +289,26 @@ class Adapter(MtaAdapter):
             rows.append(f"{user} {uid}:{gid}:{MAILBOXES}/{box}\n")
         users = self.folder / "users"
         users.write_text("".join(rows))
-        (self.folder / "smtpd.conf").write_text(self._config(users))
+        tls = self.tls_files()  # root: smtpd loads a CA file only when root owns it
+        (self.folder / "smtpd.conf").write_text(self._tls_config(tls) + self._config(users))
+
+    def _tls_config(self, tls: base.TlsFiles | None) -> str:
+        """The ``pki`` (receiver offering TLS) and ``ca`` (sender) lines, named by the host
+        name."""
+        if tls is None:
+            return ""
+        name, string = quoting.smtpd_string(self.site.hostname), quoting.smtpd_string
+        if tls.chain is not None and tls.key is not None:
+            cert, key = string(str(tls.chain)), string(str(tls.key))
+            return f"pki {name} cert {cert}\npki {name} key {key}\n"
+        return f"ca {name} cert {string(str(tls.ca))}\n"
 
     def _config(self, users: Path) -> str:
         site, string = self.site, quoting.smtpd_string
         sender = self.role == "sender"
         listen = f"port {self._port()} hostname {string(site.hostname)}"
+        if self.offers_tls:
+            listen += f" tls pki {string(site.hostname)}"
         where = ["lo"] if sender else site.addresses
         config = _CONFIG.format(
             users=string(f"file:{users}"),
@@ -261,7 +318,9 @@ class Adapter(MtaAdapter):
         )
         if not sender:
             return config
-        return config + _RELAY.format(hostname=string(site.hostname), source=self._source())
+        return config + _RELAY.format(
+            hostname=string(site.hostname), source=self._source(), tls=_RELAY_TLS[self.starttls]
+        )
 
     def _source(self) -> str:
         """``family = "ipv4"``: relay from the site's IPv4 address only (with "any"

@@ -7,7 +7,7 @@ Rules kept here:
    shlib, meta directories) point into the unpacked tree, and ``LD_LIBRARY_PATH`` reaches
    its daemons and postdrop through ``import_environment`` and ``export_environment``
    (Postfix clears its children's environment; the binaries' RUNPATH is /usr/lib/postfix).
-2. No chroot, no TLS, DNS only: the smtp client asks MX then A (it ignores glue) through
+2. No chroot, DNS only: the smtp client asks MX then A (it ignores glue) through
    the host's resolv.conf, i.e. the lab DNS.  Knobs (``harness.mta.base.KNOBS``):
    ``family`` is ``inet_protocols`` (ipv4, or all: then the receiver listens on the
    host's IPv6 address too); ``vrfy = "disabled"`` is ``disable_vrfy_command = yes``;
@@ -16,6 +16,16 @@ Rules kept here:
    The daemons run with a private /etc/hosts naming only localhost and the site itself,
    so smtpd's PTR lookup of its client at connect goes to the lab DNS instead of the
    lab's hosts file.
+   TLS (``TLS_POLICY``): as receiver ``tls = "off"`` is ``smtpd_tls_security_level =
+   none`` (no STARTTLS), ``"offer"`` is ``may`` with ``smtpd_tls_chain_files`` (the key,
+   then the chain: the run's certificate for the host name, as ``certificate`` says).  As
+   sender ``starttls`` is ``smtp_tls_security_level``: never = ``none``, opportunistic =
+   ``may`` (TLS when offered, plaintext after a failed handshake too), required =
+   ``encrypt`` (TLS or defer, no certificate check), verify = ``verify`` with
+   ``smtp_tls_CAfile`` the run's CA and ``smtp_tls_verify_cert_match = hostname`` (the MX
+   host name, from the insecure MX lookup).  With TLS in either role the ``tlsmgr``
+   service runs and both sides log at ``*_tls_loglevel = 1`` (the TLS connection line:
+   protocol, cipher, peer certificate's CN and whether it was verified).
 3. The site's domain is delivered by virtual(8) into Maildir mailboxes under the folder,
    one per ``site.users`` (named by ``quoting.mailbox_folder``, never by the user name),
    owned by the ``postfix`` user; any other address there is unknown: 550 at RCPT and at
@@ -96,6 +106,7 @@ anvil     unix  - - n - 1 anvil
 scache    unix  - - n - 1 scache
 postlog   unix-dgram n - n - 1 postlogd
 """
+TLSMGR = "tlsmgr    unix  - - n 1000? 1 tlsmgr\n"  # TLS session cache and PRNG (rule 2)
 
 
 class Adapter(MtaAdapter):
@@ -115,6 +126,24 @@ class Adapter(MtaAdapter):
         "receiver": ("Return-Path", "X-Original-To", "Delivered-To", "Received"),
     }
     mailbox_line_end = b"\n"
+    TLS_POLICY: ClassVar[dict[str, dict[str, str]]] = {  # rule 2
+        "tls": {
+            "off": "smtpd_tls_security_level = none",
+            "offer": "smtpd_tls_security_level = may, smtpd_tls_chain_files = key, chain",
+        },
+        "starttls": {
+            "never": "smtp_tls_security_level = none",
+            "opportunistic": "smtp_tls_security_level = may",
+            "required": "smtp_tls_security_level = encrypt",
+            "verify": "smtp_tls_security_level = verify, smtp_tls_verify_cert_match = hostname",
+        },
+    }
+    _SECURITY_LEVEL: ClassVar[dict[str, str]] = {
+        "never": "none",
+        "opportunistic": "may",
+        "required": "encrypt",
+        "verify": "verify",
+    }
 
     def __init__(self, site: Site, role: str) -> None:
         super().__init__(site, role)
@@ -229,8 +258,10 @@ class Adapter(MtaAdapter):
         (self.etc / "mailboxes").write_text("".join(boxes))
         hosts = f"127.0.0.1 localhost\n{site.address} {site.hostname}\n"
         (self.etc / "hosts").write_text(hosts)
-        (self.etc / "master.cf").write_text(MASTER_CF.format(port=site.port))
-        main = self._main_cf(uid, gid).items()
+        tls = self.tls_files(uid, gid)
+        master = MASTER_CF.format(port=site.port) + (TLSMGR if tls else "")
+        (self.etc / "master.cf").write_text(master)
+        main = (self._main_cf(uid, gid) | self._tls_cf(tls)).items()
         (self.etc / "main.cf").write_text(
             "".join(f"{k} = {quoting.postfix_value(v)}\n" for k, v in main)
         )
@@ -268,8 +299,6 @@ class Adapter(MtaAdapter):
             "mynetworks": "127.0.0.0/8",
             "smtp_host_lookup": "dns",
             "smtp_dns_support_level": "enabled",
-            "smtp_tls_security_level": "none",
-            "smtpd_tls_security_level": "none",
             "smtputf8_enable": "no",
             "alias_maps": "",
             "alias_database": "",
@@ -284,6 +313,25 @@ class Adapter(MtaAdapter):
             "disable_vrfy_command": "yes" if site.knob("vrfy") == "disabled" else "no",
             **self.timeout_options(),
         }
+
+    def _tls_cf(self, tls: base.TlsFiles | None) -> dict[str, str]:
+        """The TLS parameters of rule 2, paths as the daemons see them (on ``VIEW``)."""
+        level = self._SECURITY_LEVEL[self.starttls]
+        if tls is None:
+            return {"smtp_tls_security_level": level, "smtpd_tls_security_level": "none"}
+        view = f"{VIEW}/tls"
+        params = {
+            "smtp_tls_security_level": level,
+            "smtp_tls_CAfile": f"{view}/{tls.ca.name}",
+            "smtp_tls_verify_cert_match": "hostname",
+            "smtp_tls_loglevel": "1",
+            "smtpd_tls_security_level": "none",
+        }
+        if tls.chain is not None and tls.key is not None:
+            chain = f"{view}/{tls.key.name}, {view}/{tls.chain.name}"
+            params |= {"smtpd_tls_security_level": "may", "smtpd_tls_chain_files": chain}
+            params["smtpd_tls_loglevel"] = "1"
+        return params
 
     # --- running ------------------------------------------------------------------------
     def _run(self, argv: list[str], **kwargs: object) -> subprocess.CompletedProcess:

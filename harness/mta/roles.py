@@ -34,7 +34,8 @@ Rules kept here:
   once every recipient it accepted has a copy and the MTA is idle (bounded): a message it
   took that the sender did not mean to send (smuggled) is in a mailbox too.
 - ``Exchange.mta`` records the MTA for ``run.json``: name, role, upstream and Debian
-  versions, and every .deb it ran from with its sha256.
+  versions, every .deb it ran from with its sha256, and the TLS policy in force (the
+  role's TLS knobs and what each became in the MTA's own configuration).
 """
 
 from __future__ import annotations
@@ -113,6 +114,7 @@ def mta_record(mta: MtaAdapter) -> dict:
         "version": mta.version(),
         "package_version": mta.package_version(),
         "debs": [asdict(deb) for deb in mta.debs()],
+        "tls": mta.tls_policy(),
     }
 
 

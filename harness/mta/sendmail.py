@@ -22,19 +22,40 @@ Rules kept here:
   AAAA and PTR lookups from it instead of asking the lab DNS.  Ours names localhost and
   the site itself (with the kernel hostname as an alias: Sendmail looks its own name up at
   start-up, and must not ask the DNS for it).  Sendmail's own map lookups use DNS only.
-- Sendmail's behaviour on the wire is its default: EHLO ``$j`` (= ``site.hostname``), AAAA
-  before A, PIPELINING when offered, canonification lookups of envelope domains, VRFY
-  answered, PTR lookup at connect.  Knobs (``harness.mta.base.KNOBS``): ``family = "ipv4"``
-  is ``ClientPortOptions=Family=inet`` as sender and one ``inet`` daemon as receiver;
-  ``"any"`` leaves the client alone (IPv6 first) and adds an ``inet6`` daemon on the host's
-  IPv6 address; ``vrfy = "disabled"`` adds ``novrfy`` to ``PrivacyOptions`` (252, "Cannot
-  VRFY user"); ``timeouts = "short"`` defines ``confTO_CONNECT`` (``Timeout.connect``,
-  default 0: the kernel's, about 2 min), ``confTO_DATABLOCK`` and ``confTO_DATAFINAL`` (1 h
-  each), our numbers only.  Changed on purpose: no IDENT callback (``Timeout.ident=0``, as
-  Debian ships it); no interface probing at start-up (PTR queries for the host's own
-  addresses); load-average limits out of reach (a busy shared machine must not turn a
-  delivery into a deferral); interactive delivery (a received message is in its mailbox
-  before the 250 to the final dot; a submitted one is tried before ``submit`` returns).
+- Sendmail's behaviour on the wire is its default: EHLO ``$j`` (= ``site.hostname``),
+  AAAA before A, PIPELINING when offered, canonification lookups of envelope domains,
+  VRFY answered, PTR lookup at connect.  Knobs (``harness.mta.base.KNOBS``):
+  ``family = "ipv4"`` is ``ClientPortOptions=Family=inet`` as sender and one ``inet``
+  daemon as receiver; ``"any"`` leaves the client alone (IPv6 first) and adds an ``inet6``
+  daemon on the host's IPv6 address; ``vrfy = "disabled"`` adds ``novrfy`` to
+  ``PrivacyOptions`` (252, "Cannot VRFY user"); ``timeouts = "short"`` defines
+  ``confTO_CONNECT`` (``Timeout.connect``, default 0: the kernel's, about 2 min),
+  ``confTO_DATABLOCK`` and ``confTO_DATAFINAL`` (1 h each), our numbers only.  Changed on
+  purpose: no IDENT callback
+  (``Timeout.ident=0``, as Debian ships it); no interface probing at start-up (PTR queries
+  for the host's own addresses); load-average limits out of reach (a busy shared machine
+  must not turn a delivery into a deferral); interactive delivery (a received message is in
+  its mailbox before the 250 to the final dot; a submitted one is tried before ``submit``
+  returns).
+- TLS (``TLS_POLICY``; Sendmail's STARTTLS, OpenSSL): as receiver ``tls = "offer"`` is
+  ``confSERVER_CERT``/``confSERVER_KEY`` (root's copies of the chain and key) with
+  ``confCACERT``/``confCACERT_PATH``; ``"off"`` sets none of them (no STARTTLS).
+  Measured: Sendmail loads only the leaf of ``ServerCertFile``, and OpenSSL completes the
+  served chain from the CA file, so as receiver that file is the run's root plus the
+  chain's certificates after the leaf (``server-ca.pem``: the intermediate, none for
+  ``no-intermediate``, which is then served alone as it should be).  It refuses a
+  certificate or key below a world-writable directory (pytest's /tmp folders):
+  ``DontBlameSendmail = TrustStickyBit`` takes a sticky one as safe, as /tmp is.
+  As sender Sendmail's default is opportunistic (STARTTLS when offered, any certificate:
+  ``${verify}`` is only recorded); ``never`` is a ``try_tls`` ruleset (``LOCAL_TRY_TLS``)
+  answering an error for every server, which is how an access map's ``Try_TLS:`` NO entry
+  turns STARTTLS off (a 4.7.0 one: with a 5xx, measured, Sendmail delivers in plaintext
+  and still exits 65, EX_DATAERR);
+  ``required`` and ``verify`` are ``tls_server`` rules (``LOCAL_TLS_SERVER``, what a
+  ``TLS_Srv:`` entry does): required defers (4.7.0) when the server offered no STARTTLS
+  (``${verify}`` NONE or CLEAR); verify defers unless ``${verify}`` is OK (the chain verified
+  against ``confCACERT``) and the certificate's CN is the MX host name (``${server_name}``).
+  The rules are constant text: no scenario value is in them.
 - Local users are ``site.users`` and nobody else (others: 550 5.1.1 at VRFY and RCPT); as
   sender that is the local sender, whose mailbox gets the bounces.  The ``local`` mailer is
   ``folder/deliver``: one file per message under ``mail/<user>/new`` (the user name in
@@ -111,6 +132,25 @@ R$-\t\t\t$#error $@ 5.1.1 $: "550 User unknown"
 """
 
 
+# the client's STARTTLS policy (rules above): constant m4 text, tab between LHS and RHS
+_CLIENT_TLS = {
+    "never": """LOCAL_TRY_TLS
+R$*\t$#error $@ 4.7.0 $: "454 STARTTLS is off here: starttls = never"
+""",
+    "opportunistic": "",
+    "required": """LOCAL_TLS_SERVER
+RNONE\t$#error $@ 4.7.0 $: "454 STARTTLS is required here: the server offers none"
+RCLEAR\t$#error $@ 4.7.0 $: "454 STARTTLS is required here: it was not used"
+""",
+    "verify": """LOCAL_TLS_SERVER
+R$*\t$: $1 $| $&{cn_subject}
+ROK $| $&{server_name}\t$@ OK
+ROK $| $*\t$#error $@ 4.7.0 $: "454 the server certificate does not name the server"
+R$* $| $*\t$#error $@ 4.7.0 $: "454 a verified server certificate is required here"
+""",
+}
+
+
 class Adapter(MtaAdapter):
     name = "sendmail"
     packages = ("sendmail-bin", "sendmail-cf", "m4", "libwrap0")
@@ -126,6 +166,19 @@ class Adapter(MtaAdapter):
     trace_fields: ClassVar[dict[str, tuple[str, ...]]] = {
         "sender": ("Received",),
         "receiver": ("Return-Path", "Received"),
+    }
+
+    TLS_POLICY: ClassVar[dict[str, dict[str, str]]] = {  # rules above
+        "tls": {
+            "off": "no confSERVER_CERT: STARTTLS not offered",
+            "offer": "confSERVER_CERT, confSERVER_KEY, confCACERT",
+        },
+        "starttls": {
+            "never": "try_tls: error for every server (Try_TLS: NO)",
+            "opportunistic": "its default: STARTTLS when offered, any certificate",
+            "required": "tls_server: defer on ${verify} NONE or CLEAR",
+            "verify": "tls_server: defer unless ${verify} OK and ${cn_subject} = ${server_name}",
+        },
     }
 
     def __init__(self, site: Site, role: str) -> None:
@@ -206,7 +259,7 @@ class Adapter(MtaAdapter):
         deliver.chmod(0o755)
         (self.folder / "service.switch").write_text("hosts\tdns\naliases\tfiles\n")
         (self.folder / "hosts").write_text(self._hosts())
-        values = self._cf_values()
+        values = self._cf_values() | self._tls_values(self.tls_files())
         tokens = quoting.cf_placeholders(values)
         mc = self.folder / "sendmail.mc"
         mc.write_text(self._mc(tokens))
@@ -240,6 +293,32 @@ class Adapter(MtaAdapter):
             **{f"address{i}": address for i, address in enumerate(addresses)},
         }
 
+    def _tls_values(self, tls: base.TlsFiles | None) -> dict[str, str]:
+        """The TLS files' paths, by placeholder name (none without TLS)."""
+        if tls is None:
+            return {}
+        values = {"ca": str(tls.ca), "ca_path": str(tls.ca.parent)}
+        if tls.chain is not None and tls.key is not None:
+            leaf = self.site.pki.server(self.site.hostname, self.site.knob("certificate")).leaf
+            issuers = tls.chain.read_bytes().replace(leaf.read_bytes(), b"", 1)
+            served = tls.ca.with_name("server-ca.pem")
+            served.write_bytes(tls.ca.read_bytes() + issuers)
+            values |= {"ca": str(served), "cert": str(tls.chain), "key": str(tls.key)}
+        return values
+
+    def _tls_lines(self, tokens: dict[str, str]) -> list[str]:
+        """The m4 lines of the TLS knobs (rules above): defines, then the client's rules
+        (after the MAILER lines, as cf.m4 wants)."""
+        lines = []
+        if "ca" in tokens:
+            lines += [f"define(`confCACERT', `{tokens['ca']}')dnl"]
+            lines += [f"define(`confCACERT_PATH', `{tokens['ca_path']}')dnl"]
+        if "cert" in tokens:
+            lines += [f"define(`confSERVER_CERT', `{tokens['cert']}')dnl"]
+            lines += [f"define(`confSERVER_KEY', `{tokens['key']}')dnl"]
+            lines += ["define(`confDONT_BLAME_SENDMAIL', `TrustStickyBit')dnl"]  # rules above
+        return lines
+
     def _mc(self, tokens: dict[str, str]) -> str:
         """The m4 source of sendmail.cf for this site and role: constant text and
         ``tokens``, nothing else (see the rules)."""
@@ -272,9 +351,9 @@ class Adapter(MtaAdapter):
             f"LOCAL_DOMAIN(`{tokens['domain']}')dnl",
             f"LOCAL_DOMAIN(`{tokens['hostname']}')dnl",
         ]
-        lines += self._knob_lines(tokens)
+        lines += self._knob_lines(tokens) + self._tls_lines(tokens)
         lines += ["LOCAL_CONFIG", "C{HarnessUsers}" + tokens["users"], _ONLY_USERS]
-        lines += ["MAILER(`local')dnl", "MAILER(`smtp')dnl", ""]
+        lines += ["MAILER(`local')dnl", "MAILER(`smtp')dnl", _CLIENT_TLS[self.starttls], ""]
         return "\n".join(lines)
 
     def _knob_lines(self, tokens: dict[str, str]) -> list[str]:
