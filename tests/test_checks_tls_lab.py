@@ -96,3 +96,19 @@ def test_the_close_checks_judge_a_tls_session_as_a_plaintext_one(tls_matrix, che
     assert any(s["kind"] == "tls-handshake" for s in ladder["steps"])
     assert (cell.verdict, cell.value) == (plain.verdict, plain.value), cell.note
     assert cell.verdict in (Verdict.PASS, Verdict.OBSERVED)
+
+
+MTA_CELLS = [
+    # Exim drops the connection on the bytes behind the 220 ("synch error"), asyncio has
+    # closed the TLS transport on its EOF: once a harness fault (a second close)
+    ("exim", "sender", "tls.injection-client", Verdict.NA),
+    # after a 454 Sendmail's ${verify} is TEMP: the required policy once let it through
+    ("sendmail", "sender", "tls.454-required", Verdict.PASS),
+]
+
+
+@pytest.mark.parametrize(("mta", "role", "check_id", "verdict"), MTA_CELLS)
+def test_mta_cells_give_their_recorded_verdicts(open_folder, mta, role, check_id, verdict):
+    m = Matrix(open_folder, load_expected(DEFAULT_EXPECTED, registry()))
+    cell = m.cell(TLS[check_id], role, m.column(mta))
+    assert (cell.verdict, cell.difference) == (verdict, "match"), cell.note
