@@ -4,6 +4,9 @@ Rules:
 - ``HarnessError``: bad input (a file, a key, a value, an offset) or an unusable machine
   (missing privilege, a tool not installed): a one-line message that names the culprit.
   The CLI prints it as ``smtp-harness: error: ...`` and exits 2; never a traceback.
+- ``Unsupported`` (a ``HarnessError``): a setting an MTA's adapter refuses because the MTA
+  cannot keep it here (its TLS policy, ``MtaAdapter.tls_refusal``): exit 2 for ``run``; in
+  the matrix a cell nothing could exercise, n/a with the reason, never an error.
 - ``InternalError``: the harness's own fault (a bug, a scripted peer or the DNS server that
   raised, a capture that lost packets).  A run that meets one has the verdict ``error``,
   never pass or fail; the CLI exits 3 and writes the traceback into the run folder.
@@ -22,6 +25,19 @@ from dataclasses import dataclass
 
 class HarnessError(Exception):
     """A one-line, user-facing error (bad input or an unusable machine)."""
+
+
+class Unsupported(HarnessError):
+    """A scenario setting an MTA cannot keep (refused at scenario load): ``reason`` says
+    why, the message also where it was found."""
+
+    def __init__(self, reason: str, message: str | None = None) -> None:
+        super().__init__(message or reason)
+        self.reason = reason
+
+    def within(self, where: str) -> Unsupported:
+        """The same refusal, its message prefixed by ``where``."""
+        return Unsupported(self.reason, f"{where}: {self}")
 
 
 class LabError(HarnessError):

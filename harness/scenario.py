@@ -61,7 +61,7 @@ from dnslib import QTYPE, RR
 
 from harness.dns.faults import ACTIONS, FaultRule
 from harness.dns.zones import ZoneSet, parse_records, wire_problem
-from harness.errors import HarnessError
+from harness.errors import HarnessError, Unsupported
 from harness.formats import KEY as VERSION_KEY
 from harness.formats import Format, version_of
 from harness.grammar import RULES, Grammar, documentation_address, problem, require, shown
@@ -446,6 +446,8 @@ def scenario_from_data(data: dict, path: Path) -> Scenario:
         version_of(data, Format.SCENARIO, str(path))
     try:
         return _build(path, data)
+    except Unsupported as exc:
+        raise exc.within(str(path)) from None
     except HarnessError as exc:
         raise HarnessError(f"{path}: {exc}") from None
 
@@ -824,6 +826,8 @@ def check_mta_sides(scenario: Scenario) -> None:
         try:
             knobs, offers = scenario.mta_knobs[role], _scripted_receiver_offers_tls(scenario)
             adapters()[name].accepts(role, *site_names(scenario, role), knobs, offers)
+        except Unsupported as exc:
+            raise exc.within(f"{role}.mta") from None
         except HarnessError as exc:
             raise HarnessError(f"{role}.mta: {name} cannot take these names: {exc}") from None
 

@@ -8,6 +8,8 @@ Rules kept here:
 - A run folder is ``OUT/<mta>/<role>/<setup>``: capture.pcapng, ladder.svg, the peers' and
   the MTA's logs.  Setups that give the same scenario data run once per column and role;
   their cells share the folder.
+- A cell whose setup the column's MTA cannot play (``Unsupported``, refused at scenario
+  load: nothing ran) is n/a with the reason.
 - A cell is an error when a run raised a ``HarnessError``, recorded one of our faults
   (``RunResult.faults``: its verdict is error, whatever the wire shows), or its judge gave
   an error (``Check.judge``); any other exception is a bug and is not hidden.
@@ -48,7 +50,7 @@ from typing import TextIO
 from harness import __version__, progress
 from harness.checks.base import REFERENCE, ROLES, Check, Cite, Outcome, Setup
 from harness.checks.expected import Entry, Expected, difference
-from harness.errors import HarnessError
+from harness.errors import HarnessError, Unsupported
 from harness.mta.debs import Deb
 from harness.runner import RunResult, run_scenario
 from harness.scenario import FIXTURES
@@ -78,6 +80,7 @@ class Run:
     folder: Path
     result: RunResult | None = None
     error: str = ""
+    unsupported: str = ""  # why the column's MTA cannot play the setup (``Unsupported``)
 
 
 @dataclass(frozen=True)
@@ -143,6 +146,10 @@ class Matrix:
             return Cell(check, role, col, Verdict.ERROR, col.unavailable, expected)
         runs = [self._run(setup, col, role) for setup in check.setups]
         folders = tuple(r.folder for r in runs)
+        refused = next((r for r in runs if r.unsupported), None)
+        if refused is not None:
+            note = f"not exercised: {refused.unsupported}"
+            return Cell(check, role, col, Verdict.NA, note, expected)
         broken = next((r for r in runs if r.result is None), None)
         if broken is not None:
             return Cell(check, role, col, Verdict.ERROR, broken.error, expected, folders=folders)
@@ -171,6 +178,8 @@ class Matrix:
             try:
                 result = run_scenario(setup.scenario(col.mta, role), folder)
                 self._runs[key] = Run(folder, result)
+            except Unsupported as exc:
+                self._runs[key] = Run(folder, unsupported=exc.reason)
             except HarnessError as exc:
                 self._runs[key] = Run(folder, error=str(exc))
         return self._runs[key]

@@ -23,6 +23,10 @@ Rules kept here:
   extension not offered, 554 as §4.1 answers what it will not do), is deviation-known on
   4yz (a temporary refusal of what can never succeed) and fails on 220, any other reply,
   or a close without one (RFC 5321 §3.8).
+- Injection, server side: the scripted sender of those setups never pipelines, so a reply
+  inside TLS with no client unit since the previous reply answered the plaintext behind
+  STARTTLS; counted in capture order, never through the ladder's reply pairing (one
+  extra reply shifts every pairing after it).
 - Setups: on the side under test only ``tls``/``certificate`` (receiver) or ``starttls``
   (sender), keys a real MTA takes; the scripted peer's probes (reply rules, injections,
   EHLO names, a script step) on the other side; ``[sender] ehlo = true`` for the scripted
@@ -54,6 +58,7 @@ from harness.checks.base import (
 )
 from harness.checks.esmtp import advertised
 from harness.checks.steps import (
+    CLIENT_UNITS,
     Exchange,
     accepted_data,
     after,
@@ -66,7 +71,6 @@ from harness.checks.steps import (
     replies,
     reply_to,
     status,
-    stored_for,
     unlike,
     verb_of,
     where,
@@ -167,7 +171,9 @@ def inside_view(find: Finder) -> Finder:
     return found
 
 
-def _inside(run: RunResult, conn: int | None, kind: str = StepKind.COMMAND) -> list[Step]:
+def _inside(
+    run: RunResult, conn: int | None, kind: str | tuple[str, ...] = StepKind.COMMAND
+) -> list[Step]:
     return [s for s in where(run.ladder, kind, conn=conn) if in_tls(s)]
 
 
@@ -256,6 +262,13 @@ def _argument(step: Step) -> str:
     return step.text.partition(" ")[2].strip()  # a command's argument (steps.py's exception)
 
 
+def _stored_copies(run: RunResult, recipient: str) -> list[bytes]:
+    """Each copy as its mailbox holds it: the scripted receiver keeps its own ``Received:``
+    field apart (``StoredMessage.trace``), a real MTA's copy has it in the data."""
+    mine = recipient.lower()
+    return [m.trace + m.data for m in run.stored if m.recipient.lower() == mine]
+
+
 def _received(message: bytes) -> str | None:
     """The topmost Received: field, unfolded (the receiving side's own, RFC 5321 §4.4)."""
     head = message.replace(b"\r\n", b"\n").split(b"\n\n", 1)[0].decode("utf-8", "replace")
@@ -287,7 +300,7 @@ def _names(field: str, name: str) -> bool:
 def forgets_ehlo(seen: Seen) -> Outcome:
     before, inside = seen.found[0]
     old, new = _argument(before), _argument(inside)
-    copies = stored_for(seen.run, ONE[0])
+    copies = _stored_copies(seen.run, ONE[0])
     if not copies:
         return not_applicable("nothing was stored: no Received: field to read")
     field = _received(copies[0])
@@ -308,9 +321,20 @@ def _injected(run: RunResult) -> list[Step]:
 
 
 def _unasked(run: RunResult, conn: int | None) -> list[Step]:
-    """Replies inside TLS that answer no client unit sent inside TLS."""
-    answered = {x.reply.index for x in _exchanges_inside(run, conn) if x.reply is not None}
-    return [r for r in _inside(run, conn, StepKind.REPLY) if r.index not in answered]
+    """Replies inside TLS with no client unit sent inside TLS since the reply before: the
+    client of these setups is the scripted sender, which never pipelines, so each reply
+    it gets follows a unit of its own (an unsolicited 421 aside, RFC 5321 §3.8).  Counted
+    in capture order, not by the ladder's pairing: one extra reply shifts every pairing
+    after it (a 250 read as DATA's reply makes the message's lines commands)."""
+    owed, extra = False, []
+    for step in _inside(run, conn, (*CLIENT_UNITS, StepKind.REPLY)):
+        if step.kind != StepKind.REPLY:
+            owed = True
+        elif not owed and code(step) != 421:
+            extra.append(step)
+        else:
+            owed = False
+    return extra
 
 
 def _strangers(run: RunResult) -> list[str]:
@@ -333,7 +357,10 @@ def injection_server(seen: Seen) -> Outcome:
         for anomaly in _injected(run):
             extra = _unasked(run, anomaly.conn)
             if extra:
-                return failed("answered injected plaintext inside TLS", anomaly, *extra, run=n)
+                first = _inside(run, anomaly.conn, StepKind.REPLY)[0]
+                note = f"answered injected plaintext inside TLS ({len(extra)} replies unasked)"
+                cited = [first, *(r for r in extra if r.index != first.index)]
+                return failed(note, anomaly, *cited, run=n)
             strangers = _strangers(run)
             if strangers:
                 return failed(f"stored the injected mail for {strangers[0]}", anomaly, run=n)

@@ -61,7 +61,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from harness import message, progress
-from harness.errors import HarnessError, InternalError
+from harness.errors import HarnessError, InternalError, Unsupported
 from harness.lab import Lab
 from harness.mta import debs, process, quoting
 from harness.mta.debs import Deb
@@ -261,7 +261,7 @@ class MtaAdapter(ABC):
             quoting.require(cls.name, kind, value, cls.carriers[carrier])
         refusal = cls.tls_refusal(role, knobs or {}, peer_offers_tls)
         if refusal:
-            raise HarnessError(f"{cls.name}: {refusal}")
+            raise Unsupported(f"{cls.name}: {refusal}")
 
     @classmethod
     def tls_refusal(cls, role: str, knobs: dict[str, str], peer_offers_tls: bool) -> str | None:

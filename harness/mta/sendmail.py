@@ -52,8 +52,9 @@ Rules kept here:
   turns STARTTLS off (a 4.7.0 one: with a 5xx, measured, Sendmail delivers in plaintext
   and still exits 65, EX_DATAERR);
   ``required`` and ``verify`` are ``tls_server`` rules (``LOCAL_TLS_SERVER``, what a
-  ``TLS_Srv:`` entry does): required defers (4.7.0) when the server offered no STARTTLS
-  (``${verify}`` NONE or CLEAR); verify defers unless ``${verify}`` is OK (the chain verified
+  ``TLS_Srv:`` entry does): required defers (4.7.0) unless TLS is in use (``${verify}``
+  OK, NO, NOT or FAIL: any certificate; a 454 to STARTTLS is TEMP, measured, and NONE
+  is no STARTTLS offered); verify defers unless ``${verify}`` is OK (the chain verified
   against ``confCACERT``) and the certificate's CN is the MX host name (``${server_name}``).
   The rules are constant text: no scenario value is in them.
 - Local users are ``site.users`` and nobody else (others: 550 5.1.1 at VRFY and RCPT); as
@@ -140,7 +141,11 @@ R$*\t$#error $@ 4.7.0 $: "454 STARTTLS is off here: starttls = never"
     "opportunistic": "",
     "required": """LOCAL_TLS_SERVER
 RNONE\t$#error $@ 4.7.0 $: "454 STARTTLS is required here: the server offers none"
-RCLEAR\t$#error $@ 4.7.0 $: "454 STARTTLS is required here: it was not used"
+ROK\t$@ OK
+RNO\t$@ OK
+RNOT\t$@ OK
+RFAIL\t$@ OK
+R$*\t$#error $@ 4.7.0 $: "454 STARTTLS is required here: it was not used"
 """,
     "verify": """LOCAL_TLS_SERVER
 R$*\t$: $1 $| $&{cn_subject}
@@ -176,7 +181,7 @@ class Adapter(MtaAdapter):
         "starttls": {
             "never": "try_tls: error for every server (Try_TLS: NO)",
             "opportunistic": "its default: STARTTLS when offered, any certificate",
-            "required": "tls_server: defer on ${verify} NONE or CLEAR",
+            "required": "tls_server: defer unless ${verify} OK, NO, NOT or FAIL",
             "verify": "tls_server: defer unless ${verify} OK and ${cn_subject} = ${server_name}",
         },
     }

@@ -463,8 +463,12 @@ class _Session(asyncio.Protocol):
         self._add("fault", summary=fault.summary)
 
     def _close(self) -> None:
-        """Close first: what is written is flushed, then our FIN (rule 4)."""
+        """Close first: what is written is flushed, then our FIN (rule 4).  Once only: a
+        TLS transport asyncio closed itself (the client's EOF, no half-open TLS) forgets
+        its protocol when closed again."""
         self.closing = True
+        if self.transport.is_closing():
+            return
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
