@@ -1088,6 +1088,20 @@ def _refused_454(then: str) -> Callable[[], Wire]:
     return wire
 
 
+def _left_after_injection(then: str) -> Callable[[], Wire]:
+    """The client reads a reply injected behind the 220 and leaves that connection (closes
+    it, no TLS), then (``then`` = "plaintext") delivers on a new one - Exim does."""
+
+    def wire() -> Wire:
+        w, s = starttls(injected=INJECTED_REPLY)
+        s.close("client-first")
+        if then == "plaintext":
+            _plain(w.smtp())
+        return w
+
+    return wire
+
+
 def _stripped(delivered: bool) -> Callable[[], Wire]:
     def wire() -> Wire:
         s = Wire().seed_mx().smtp()
@@ -1202,8 +1216,16 @@ CASES.update(
         ),
         "tls.injection-client": Cases(
             "sender",
-            passing=(tls(_secured(_inner(), injected=INJECTED_REPLY), outcomes=DELIVERED_ONE),),
+            passing=(
+                tls(_secured(_inner(), injected=INJECTED_REPLY), outcomes=DELIVERED_ONE),
+                one(_left_after_injection("plaintext"), outcomes=DELIVERED_ONE),
+                one(_left_after_injection("nothing"), outcomes={C3PO: DEFERRED}),
+            ),
             failing=(
+                (  # OpenSMTPD 6.8: its mta process aborts on the injected reply (double free)
+                    Verdict.FAIL,
+                    one(_left_after_injection("nothing"), outcomes={C3PO: OutcomeStatus.LOST}),
+                ),
                 (
                     Verdict.FAIL,
                     tls(_secured(_took_injected, injected=INJECTED_REPLY), outcomes=DELIVERED_ONE),
@@ -1236,6 +1258,8 @@ CASES.update(
             failing=(
                 (Verdict.FAIL, one(_refused_454("plaintext"), outcomes=DELIVERED_ONE)),
                 (Verdict.FAIL, one(_refused_454("quit"), outcomes=DELIVERED_ONE)),
+                (Verdict.FAIL, one(_refused_454("quit"), outcomes={C3PO: OutcomeStatus.LOST})),
+                (Verdict.FAIL, one(_refused_454("quit"), outcomes={C3PO: OutcomeStatus.REJECTED})),
             ),
         ),
         "tls.downgrade": Cases(

@@ -66,7 +66,9 @@ from harness.checks.steps import (
     closes,
     code,
     commands,
+    describe,
     exchanges,
+    outcome,
     params,
     replies,
     reply_to,
@@ -447,9 +449,8 @@ def starttls_last(seen: Seen) -> Outcome:
 
 @inside_view
 def _fed_reply(run: RunResult) -> list[Step]:
-    """The server's plaintext behind its 220, on a connection that went on inside TLS."""
-    found = _plaintext(run, run.scenario.receiver_host)
-    return [a for a in found if _inside(run, a.conn)][:1]
+    """The server's plaintext behind its 220 to STARTTLS (the client read it, or could)."""
+    return _plaintext(run, run.scenario.receiver_host)[:1]
 
 
 @check(
@@ -459,18 +460,14 @@ def _fed_reply(run: RunResult) -> list[Step]:
     'was not obtained from the TLS negotiation itself"',
     SENDER,
     INJECTED_CLIENT,
-    requires=[
-        Precondition(
-            "a reply injected behind the 220, then a session inside TLS",
-            _fed_reply,
-            lab=QUEUE,
-        )
-    ],
+    requires=[Precondition("a reply injected behind the 220", _fed_reply, lab=QUEUE)],
 )
 def injection_client(seen: Seen) -> Outcome:
     run = seen.run
     anomaly = seen.found[0][0]
     inside = _exchanges_inside(run, anomaly.conn)
+    if not inside:
+        return _dropped_after_injection(run, anomaly)
     early = [x for x in inside[1:2] if x.pipelined_after == inside[0].unit]
     if early:  # the first command's reply was still owed: the injected one stood for it
         x = early[0]
@@ -485,6 +482,22 @@ def injection_client(seen: Seen) -> Outcome:
         return failed(f"the injected reply derailed the delivery: {wrong}", inside[0].unit)
     sent = [x.unit for x in inside if x.unit.kind == StepKind.CONTENT]
     return passed("waited for each reply inside TLS; delivered", inside[0].unit, *sent[:1])
+
+
+def _dropped_after_injection(run: RunResult, anomaly: Step) -> Outcome:
+    """The client left that connection instead of going on inside TLS: it took no reply
+    inside TLS, which passes unless the message was lost (RFC 5321 §6.1: "the SMTP client
+    ... is responsible for the message" until a 250; RFC 1047)."""
+    fates = {r: outcome(run, r) for r in run.scenario.sender.recipients}
+    lost = {r: describe(o) for r, o in fates.items() if o.status is OutcomeStatus.LOST}
+    if lost:
+        return failed(f"the client left the connection after the injected reply: {lost}", anomaly)
+    fates = sorted({o.status.value for o in fates.values()})
+    return passed(
+        f"the client left the connection after the injected reply, took none inside TLS; "
+        f"then {' and '.join(fates)}",
+        anomaly,
+    )
 
 
 def _knowledge_used(run: RunResult, conn: int | None) -> Step | None:
@@ -554,14 +567,19 @@ def policy_454(seen: Seen) -> Outcome:
 
 
 def _never_in_plaintext(run: RunResult, event: Step) -> Outcome:
-    """A required/verify policy's rule: no message left in plaintext, none delivered."""
+    """A required/verify policy's rule: no message left in plaintext, none delivered, and
+    each one deferred - not lost (RFC 5321 §6.1), nor bounced for a condition that may pass
+    (a 454 is temporary, §4.2.1)."""
     sent = _sent_in_plaintext(run)
     if sent:
         return failed("delivered in plaintext", event, sent[0])
     delivered = _delivered(run)
     if delivered:
         return failed(f"reported delivered: {delivered}", event)
-    return passed("no message left without TLS; not delivered", event)
+    wrong = unlike(run, OutcomeStatus.DEFERRED)
+    if wrong:
+        return failed(f"not deferred: {wrong}", event)
+    return passed("no message left without TLS; each one deferred", event)
 
 
 @check(
@@ -634,9 +652,9 @@ def downgrade_required(seen: Seen) -> Outcome:
     outcomes = [
         _never_in_plaintext(run, found[0]) for run, found in zip(seen.runs, seen.found, strict=True)
     ]
-    for n, outcome in enumerate(outcomes):
-        if outcome.verdict is not Verdict.PASS:
-            return failed(f"run {n + 1}: {outcome.note}", *outcome.steps(), run=n)
+    for n, result in enumerate(outcomes):
+        if result.verdict is not Verdict.PASS:
+            return failed(f"run {n + 1}: {result.note}", *result.steps(), run=n)
     return passed("deferred under required and verify", seen.found[0][0])
 
 

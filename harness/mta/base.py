@@ -101,6 +101,12 @@ class QueueUnreadable(InternalError):
     """The MTA's queue or log could not be read: the outcome cannot be known (an error)."""
 
 
+class MtaDied(Exception):
+    """The MTA's daemon exited during the run, not stopped by us (a crash: its fault, not
+    ours); with it went the queue of its private tree, so what it had not delivered is
+    lost (``harness.mta.roles``)."""
+
+
 _STATUS_CODE = re.compile(r"(?<![\d.])[245]\.\d{1,3}\.\d{1,3}(?!\.?\d)")  # RFC 3463 §2
 
 

@@ -262,10 +262,12 @@ class Adapter(MtaAdapter):
 
     def _envelopes(self) -> list[list[str]]:
         """``smtpctl show queue`` inside smtpd's mount namespace: each envelope's fields."""
-        if self._proc is None or self._proc.poll() is not None:
-            raise base.QueueUnreadable(
-                f"opensmtpd: smtpctl show queue: smtpd is not running (its queue lives in "
-                f"its own mount namespace; log: {self.last_log_line()})"
+        if self._proc is None:
+            raise base.QueueUnreadable("opensmtpd: smtpctl show queue: smtpd never started")
+        if self._proc.poll() is not None:
+            raise base.MtaDied(
+                f"smtpd exited ({self._proc.returncode}) during the run, and its queue (in its "
+                f"own mount namespace) with it; its log: {self.last_log_line()}"
             )
         trees = _trees()
         argv = ["nsenter", "-m", "-t", str(self._proc.pid), "setpriv", f"--egid={QUEUE_GROUP}"]

@@ -24,7 +24,8 @@ Rules kept here:
   4. the recipient in the MTA's queue: deferred, with the reason and status code the MTA
      gives (a ``delayed`` DSN adds its status);
   5. none of these: lost — the queue was read and does not hold it, no DSN came back and
-     nothing was stored (RFC 5321 §6.1), a fail of the run.
+     nothing was stored (RFC 5321 §6.1), a fail of the run; or the MTA's daemon died
+     during the run (``MtaDied``: a crash, not stopped by us), and its queue with it.
   A queue that cannot be read is a ``QueueUnreadable``: the harness's fault (an error),
   never a guess.  DSNs are read once the MTA is idle, and for up to its ``bounce_delay_s``
   more while a recipient is neither delivered nor covered by a DSN.
@@ -54,7 +55,7 @@ from pathlib import Path
 from harness.errors import HarnessError, InternalFault
 from harness.lab import Lab
 from harness.message import Allowance
-from harness.mta.base import MtaAdapter, QueuedRecipient, Site, adapters
+from harness.mta.base import MtaAdapter, MtaDied, QueuedRecipient, Site, adapters
 from harness.outcome import Dsn, Outcome, OutcomeStatus, SendReport
 from harness.scenario import Scenario
 from harness.smtp.receiver import Answered, Receiver, StoredMessage
@@ -173,6 +174,7 @@ async def from_mta(lab: Lab, scenario: Scenario, folder: Path, receiver: Receive
     conf = scenario.sender
     loop = asyncio.get_running_loop()
     await loop.run_in_executor(None, mta.start)
+    died: MtaDied | None = None
     try:
         submit = functools.partial(mta.submit, conf.mail_from, list(conf.recipients), conf.message)
         await loop.run_in_executor(None, submit)
@@ -181,9 +183,13 @@ async def from_mta(lab: Lab, scenario: Scenario, folder: Path, receiver: Receive
         pending = [r for r in conf.recipients if r.lower() not in stored]
         dsns = await loop.run_in_executor(None, bounces, mta, pending)
         queued = await loop.run_in_executor(None, mta.queue)
+    except MtaDied as exc:  # its crash: what it had not delivered is lost (rule 5)
+        died, dsns, queued = exc, [], []
     finally:
         await loop.run_in_executor(None, mta.stop)
     outcomes = mta_outcomes(conf.recipients, receiver.answered, receiver.stored, dsns, queued)
+    if died is not None:
+        outcomes = {r: _died(o, died) for r, o in outcomes.items()}
     report = SendReport(outcomes, dsns=dsns)
     allow = {"sender": mta.allowances("sender")}
     return Exchange(report, [], [], [], mta_record(mta), allow)
@@ -265,6 +271,14 @@ def mta_outcomes(
             outcome = _undelivered(rcpt, replies.get(key), found, waiting)
         outcomes[rcpt] = outcome
     return outcomes
+
+
+def _died(outcome: Outcome, died: MtaDied) -> Outcome:
+    """A recipient's outcome once the MTA died: lost, with why, unless it was delivered or
+    refused before (rule 5)."""
+    if outcome.status is not OutcomeStatus.LOST:
+        return outcome
+    return dataclasses.replace(outcome, text=f"the MTA died: {died}")
 
 
 def _undelivered(
