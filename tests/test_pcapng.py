@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import struct
 import subprocess
 from pathlib import Path
@@ -157,6 +158,17 @@ def test_rewrite_adds_names_and_comments_in_place(tmp_path) -> None:
     assert notes.comments == {2: ("step 9: x",)} and notes.names["192.0.2.25"] == "receiver"
     assert notes.section_comments == ("verdict: pass",)
     assert os.listdir(tmp_path) == ["capture.pcapng"]  # no temporary file left
+
+
+@pytest.mark.parametrize(("secrets", "mode"), [(b"", 0o644), (b"CLIENT_RANDOM 00 11\n", 0o600)])
+def test_a_capture_holding_a_key_log_is_readable_by_its_owner_only(tmp_path, secrets, mode):
+    """Issue 12: key logs stay mode 0600; a capture with a secrets block is one."""
+    path = write_pcapng(tmp_path / "capture.pcapng", names={}, comments={})
+    path.chmod(0o644)
+    rewrite(
+        path, path, application="a", section_comments=[], names={}, comments={}, secrets=secrets
+    )
+    assert stat.S_IMODE(path.stat().st_mode) == mode
 
 
 def test_a_failed_rewrite_leaves_the_target_as_it_was(tmp_path) -> None:

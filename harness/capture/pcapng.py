@@ -9,7 +9,8 @@ Rules kept here:
   Blocks.  The name block comes before every packet, so a reader in one pass (tshark) has
   the names for the first frame.  TLS key logs (NSS format) go in one Decryption Secrets
   Block (secrets type ``TLSK``, draft §4.7) right after it, before every packet too, so
-  tshark and Wireshark decrypt the TLS inside with no option.
+  tshark and Wireshark decrypt the TLS inside with no option.  A file with secrets is mode
+  0600 from its first byte (test keys of the run, but key material all the same).
 - A name record holds one address (IPv4 or IPv6) and its names, each UTF-8 and
   zero-terminated (draft §4.5), in the order given.  The name a reader shows is the last
   one: Wireshark lets each name of a record replace the one before, and
@@ -165,8 +166,11 @@ def rewrite(
     (rules above)."""
     target = Path(target)
     temporary = target.with_name(f".{target.name}.tmp")
+    mode = 0o600 if secrets else 0o644  # a key log is read by its owner only
     try:
-        with open(temporary, "wb") as f:
+        temporary.unlink(missing_ok=True)
+        with os.fdopen(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), "wb") as f:
+            os.fchmod(f.fileno(), mode)
             writer = PcapngWriter(
                 f,
                 application=application,

@@ -27,6 +27,7 @@ import re
 import struct
 from collections.abc import Iterable
 from enum import StrEnum
+from typing import BinaryIO
 
 from harness.errors import HarnessError
 
@@ -141,7 +142,9 @@ def from_capture(path: str | os.PathLike) -> KeyLog:
     return keylog
 
 
-def _read_blocks(f, path: str, keylog: KeyLog) -> None:
+def _read_blocks(f: BinaryIO, path: str, keylog: KeyLog) -> None:
+    """Each Decryption Secrets Block's TLS key log into ``keylog``; a damaged block ends
+    the scan (the capture reader reports the damage), a damaged secrets block is bad input."""
     order, pos = "<", f.seek(0)
     while len(head := f.read(12)) == 12:
         if head[:4] == _PCAPNG_MAGIC:
@@ -150,9 +153,14 @@ def _read_blocks(f, path: str, keylog: KeyLog) -> None:
         if blen < 12 or blen % 4 or blen > _MAX_BLOCK:
             return  # the capture reader reports a damaged file; the secrets end here
         if btype == DSB_TYPE:
-            body = head[8:12] + f.read(blen - 16)
+            where = f"{path}: secrets block at offset {pos}"
+            body = head[8:12] + f.read(blen - 16) if blen >= 20 else b""
+            if len(body) < 8:
+                raise HarnessError(f"{where}: {blen} octets, too short for its fields")
             secrets_type, size = struct.unpack_from(order + "II", body)
+            if 8 + size > len(body):
+                raise HarnessError(f"{where}: {size} octets of secrets in a {blen}-octet block")
             if secrets_type == TLS_KEY_LOG:
-                keylog.add_text(body[8 : 8 + size], f"{path}: secrets block at offset {pos}")
+                keylog.add_text(body[8 : 8 + size], where)
         pos += blen
         f.seek(pos)

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import datetime
 import os
-import re
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -37,11 +36,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from harness.errors import InternalError
+from harness.grammar import Grammar, problem
 
 VALID_FOR = datetime.timedelta(days=30)
 _BEFORE = datetime.timedelta(hours=1)  # valid from an hour before the run: clocks differ
 WRONG_NAME = "not-this-host.example"  # RFC 2606: a name that is nobody's
-_DNS_NAME = re.compile(r"(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.?)+")
 
 
 class CertVariant(StrEnum):
@@ -90,7 +89,7 @@ class LabPki:
     def server(self, name: str, variant: CertVariant = CertVariant.GOOD) -> ServerCredentials:
         """The credentials for a server called ``name``, broken as ``variant`` says."""
         variant = CertVariant(variant)
-        if not _DNS_NAME.fullmatch(name):
+        if problem(Grammar.DOMAIN, name.rstrip(".")) is not None:  # the scenario's grammar
             raise InternalError(f"lab PKI: {name!r} is not a DNS name")
         if (name, variant) not in self._issued:
             self._issued[name, variant] = self._issued_before(name, variant) or self._issue(
