@@ -12,6 +12,7 @@ from ladder_pcaps import seed_capture
 from test_replay import PIPELINED
 from test_replay_lab import SEED, replay_cli
 
+from harness.errors import HarnessError
 from harness.ladder.compare import compare, format_diff
 from harness.ladder.dissect import dissect
 from harness.replay.emit import emit_scenario
@@ -166,3 +167,93 @@ def test_verified_users_without_a_rcpt_are_the_addresses_their_vrfy_named(tmp_pa
     session = read_session(str(seed_capture(tmp_path / "vrfy.pcap", dialogue=dialogue)))
     sender = sender_config(session, Mapping(session), load_scenario(None).sender)
     assert sender.recipients == ("c3po@receiver.com", "r2d2@receiver.com")
+
+
+EXTRA = [
+    ("s", b"220 mail.receiver.com ESMTP\r\n"),
+    ("c", b"HELO mail.sender.com\r\n"),
+    ("s", b"250 mail.receiver.com\r\n"),
+    ("c", b"VRFY c3po\r\n"),
+    ("s", b"252 cannot verify\r\n"),
+    ("c", b"VRFY c3po@receiver.com\r\n"),  # c3po verified twice: the second is not its own
+    ("s", b"252 cannot verify\r\n"),
+    ("c", b"NOOP\r\n"),
+    ("s", b"250 OK\r\n"),
+    ("c", b"XYZZY\r\n"),
+    ("s", b"500 5.5.1 Command unrecognized\r\n"),  # what the scripted receiver says itself
+    ("c", b"mail FROM:<luke@sender.com>\r\n"),
+    ("s", b"250 OK\r\n"),
+    ("c", b"RCPT TO:<c3po@receiver.com>\r\n"),
+    ("s", b"250 OK\r\n"),
+    ("c", b"RSET\r\n"),
+    ("s", b"250 OK\r\n"),
+    ("c", b"QUIT\r\n"),
+    ("s", b"221 bye\r\n"),
+]
+
+
+def test_commands_the_sender_would_not_send_are_raw_steps_where_they_were_sent(tmp_path):
+    session = read_session(str(seed_capture(tmp_path / "extra.pcap", dialogue=EXTRA)))
+    sender = sender_config(session, Mapping(session), load_scenario(None).sender)
+    steps = [(s.at, s.position, s.argument, s.send) for s in sender.script]
+    assert steps == [
+        ("MAIL", "before", "luke@sender.com", b"VRFY c3po@receiver.com\r\n"),
+        ("MAIL", "before", "luke@sender.com", b"NOOP\r\n"),
+        ("MAIL", "before", "luke@sender.com", b"XYZZY\r\n"),
+        ("MAIL", "instead", "luke@sender.com", b"mail FROM:<luke@sender.com>\r\n"),
+        ("QUIT", "before", None, b"RSET\r\n"),  # no DATA: the sender's next is QUIT
+    ]
+    receiver = receiver_config(session, load_scenario(None).receiver)
+    assert "XYZZY" not in [r.on for r in receiver.rules]  # its own 500 is the captured one
+    emitted = emit_scenario(
+        in_lab(load_scenario(None), session, Mapping(session), ReplayOptions(side="server")),
+        "extra.pcap",
+        tmp_path / "extra.toml",
+    )
+    assert [(s.at, s.position, s.argument, s.send) for s in emitted.sender.script] == steps
+
+
+def test_a_vrfy_of_another_form_is_sent_instead_of_the_senders_own(tmp_path):
+    dialogue = [*EXTRA[:3], ("c", b"VRFY C3PO@receiver.com\r\n"), *EXTRA[4:5], *EXTRA[-2:]]
+    session = read_session(str(seed_capture(tmp_path / "vrfy.pcap", dialogue=dialogue)))
+    sender = sender_config(session, Mapping(session), load_scenario(None).sender)
+    assert sender.recipients[:1] == ("C3PO@receiver.com",)  # the address its VRFY named
+    assert [(s.at, s.position, s.argument, s.send) for s in sender.script] == [
+        ("VRFY", "instead", "C3PO", b"VRFY C3PO@receiver.com\r\n")
+    ]
+
+
+def test_an_unknown_verb_answered_otherwise_than_the_receiver_would_is_refused(tmp_path):
+    dialogue = [*EXTRA[:9], ("c", b"XYZZY\r\n"), ("s", b"250 magic\r\n"), *EXTRA[-2:]]
+    session = read_session(str(seed_capture(tmp_path / "xyzzy.pcap", dialogue=dialogue)))
+    with pytest.raises(HarnessError, match=r"step \d+: a reply to XYZZY cannot be scripted"):
+        receiver_config(session, load_scenario(None).receiver)
+
+
+@pytest.mark.parametrize("code", [421, 554])
+def test_a_session_refused_at_the_greeting_is_its_greeting_rule_and_the_given_sender(
+    code, tmp_path
+):
+    dialogue = [("s", b"%d mail.receiver.com not now\r\n" % code), *EXTRA[-2:]]
+    session = read_session(str(seed_capture(tmp_path / "refused.pcap", dialogue=dialogue)))
+    seed = load_scenario(None)
+    receiver = receiver_config(session, seed.receiver)
+    assert [(r.on, r.nth, r.code, r.text) for r in receiver.rules] == [
+        ("<greeting>", 1, code, ("mail.receiver.com not now",)),
+        ("QUIT", 1, 221, ("bye",)),
+    ]
+    sender = sender_config(session, Mapping(session), seed.sender)
+    assert (sender.recipients, sender.mail_from, sender.helo_name, sender.message) == (
+        seed.sender.recipients,  # the capture has none: the given scenario's
+        seed.sender.mail_from,
+        seed.sender.helo_name,
+        seed.sender.message,
+    )
+    assert sender.script == []  # QUIT is its own
+
+
+def test_a_server_that_opens_with_another_code_is_refused(tmp_path):
+    dialogue = [("s", b"250 mail.receiver.com hello\r\n"), *EXTRA[-2:]]
+    path = str(seed_capture(tmp_path / "250.pcap", dialogue=dialogue))
+    with pytest.raises(HarnessError, match=r"does not open with a greeting \(220, 421 or 554\)"):
+        read_session(path)

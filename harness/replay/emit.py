@@ -78,12 +78,15 @@ def _dns(scenario: Scenario) -> str:
 
 
 def _step(step: ScriptStep) -> list[str]:
-    """A raw step (the only kind ``server.py`` makes): its bytes as latin-1 characters."""
+    """A raw step (the only kind ``server.py`` makes): its bytes as latin-1 characters, at
+    the command its ``argument`` names."""
     assert isinstance(step.send, bytes)
+    argument = [] if step.argument is None else [f"argument = {_s(step.argument)}"]
     return [
         "[[sender.script]]",
         f"at = {_s(step.at)}",
         f"position = {_s(step.position)}",
+        *argument,
         f"raw = {_s(step.send.decode('latin-1'))}",
     ]
 
