@@ -244,8 +244,9 @@ def print_result(result: ReplayResult) -> None:
 
 def print_rerun(result: RerunResult) -> None:
     session = result.session
-    click.echo(f"re-run of {session.path}, session {session.number} (the scripted peers)")
-    click.echo("mapping:")
+    what = f"session {session.number}" if session else "its DNS questions (no SMTP session)"
+    click.echo(f"re-run of {result.capture}, {what} (the scripted peers)")
+    click.echo("mapping:" if result.mappings else "mapping: none (the lab's own names)")
     for mapped in result.mappings:
         click.echo(f"  {mapped.line()}")
     click.echo(f"scenario: {result.folder / EMITTED}")

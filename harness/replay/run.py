@@ -102,6 +102,13 @@ Live = ReplayClient | Sender  # what runs on the sender host: both have send(), 
 
 def prepare(capture: Path, scenario: Scenario, options: ReplayOptions) -> tuple[Session, Mapping]:
     """The session and its mapping, validated (before any lab)."""
+    validate(capture, scenario, options)
+    session = read_session(str(capture), options.session)
+    return session, Mapping(session, options.maps)
+
+
+def validate(capture: Path, scenario: Scenario, options: ReplayOptions) -> None:
+    """The options, the scenario and the capture's file, before it is read."""
     if options.mta is not None and options.mta not in adapters():
         known = ", ".join(sorted(adapters()))
         raise HarnessError(f"--mta {options.mta!r}: no such MTA (known: {known})")
@@ -112,8 +119,6 @@ def prepare(capture: Path, scenario: Scenario, options: ReplayOptions) -> tuple[
         )
     if not capture.is_file():
         raise HarnessError(f"{capture}: no such capture file")
-    session = read_session(str(capture), options.session)
-    return session, Mapping(session, options.maps)
 
 
 def in_lab(scenario: Scenario, session: Session, mapping: Mapping, options: ReplayOptions):
