@@ -48,6 +48,13 @@ def test_the_captured_server_is_one_rule_per_reply_and_the_client_its_envelope()
 def test_the_seed_as_server_against_the_scripted_sender_is_the_same(tmp_path):
     done, record = replay_cli(SEED, tmp_path, "--as", "server")
     assert done.returncode == 0, done.stdout + done.stderr
+    outcomes = {o["recipient"]: (o["status"], o["stage"], o["code"]) for o in record["outcomes"]}
+    assert outcomes == {  # the live client's own report: aibo refused at its VRFY
+        "c3po@receiver.com": ("delivered", "<end-of-data>", 250),
+        "r2d2@receiver.com": ("delivered", "<end-of-data>", 250),
+        "aibo@receiver.com": ("rejected", "VRFY", 550),
+    }
+    assert "  aibo@receiver.com: rejected at VRFY 550\n" in done.stdout
     assert (record["as"], record["verdict"], record["faults"]) == ("server", "pass", [])
     assert "same as" in (tmp_path / "diff.txt").read_text()
 
@@ -134,6 +141,9 @@ def test_the_seed_as_server_with_postfix_as_the_live_client_is_judged_by_its_com
     assert any(s.text.startswith("MAIL FROM:<luke@sender.com>") for s in live)  # the envelope
     delivered = {o["recipient"] for o in record["stored"]}
     assert {"c3po@receiver.com", "r2d2@receiver.com"} <= delivered
+    said = {o["recipient"]: o["status"] for o in record["outcomes"]}  # read from Postfix
+    assert set(said) == set(load_scenario(None).sender.recipients)
+    assert (said["c3po@receiver.com"], said["r2d2@receiver.com"]) == ("delivered", "delivered")
     assert "mta: postfix" in done.stdout and " as sender" in done.stdout
 
 

@@ -228,6 +228,10 @@ def print_result(result: ReplayResult) -> None:
     if result.mta:
         mta = result.mta
         click.echo(f"mta: {mta['name']} {mta['package_version']} as {mta['role']}")
+    if result.outcomes:
+        click.echo("outcomes (the live client's):")
+    for o in result.outcomes:
+        click.echo(f"  {o.recipient}: {o.status} at {o.stage} {o.code or ''}".rstrip())
     client = result.client
     if client is None:
         _print_diff(result)
