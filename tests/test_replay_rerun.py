@@ -30,7 +30,8 @@ SEED = ROOT / "pcaps" / "seed.pcap"
 # RST where a reply was due (after a RCPT, after the content), commands the emitted sender
 # sends only as script steps (a qualified VRFY; NOOP, RSET, XYZZY, a lower-case MAIL), a
 # session refused at its greeting (421, 554: QUIT only), and no SMTP session at all: DNS
-# stopped the sender (null MX, NXDOMAIN, SERVFAIL, a timeout) or its connection was refused
+# stopped the sender (null MX, NXDOMAIN, SERVFAIL, a timeout) or its connection was refused,
+# and a host of the cell's own that drops every packet (its [[hosts]] and [network] kept)
 REFERENCE_CELLS = [
     ("seed.exchange", "receiver"),
     ("dns.mx-preference", "sender"),
@@ -53,6 +54,7 @@ REFERENCE_CELLS = [
     ("dns.timeout-defers", "sender"),
     ("dns.mx-without-implicit", "sender"),
     ("dns.glue-use", "sender"),
+    ("tcp.syn-unanswered-next-mx", "sender"),
 ]
 _ERROR_STEP = re.compile(r"^\S+?:(\d+): error: (.*)$", re.MULTILINE)
 

@@ -12,6 +12,7 @@ from ladder_pcaps import seed_capture
 from test_replay import PIPELINED
 from test_replay_lab import SEED, replay_cli
 
+from harness.checks.base import REFERENCE, registry
 from harness.errors import HarnessError
 from harness.ladder.compare import compare, format_diff
 from harness.ladder.dissect import dissect
@@ -267,3 +268,14 @@ def test_a_server_that_opens_with_another_code_is_refused(tmp_path):
     path = str(seed_capture(tmp_path / "250.pcap", dialogue=dialogue))
     with pytest.raises(HarnessError, match=r"does not open with a greeting \(220, 421 or 554\)"):
         read_session(path)
+
+
+def test_the_emitted_scenario_keeps_the_given_hosts_link_faults_and_timeouts(tmp_path):
+    given = registry()["tcp.syn-unanswered-next-mx"].setups[0].scenario(REFERENCE, "sender")
+    given.sender.timeout, given.receiver.timeout = 7.5, 12.0
+    session = read_session(str(SEED))
+    played = in_lab(given, session, Mapping(session), ReplayOptions(side="server"))
+    emitted = emit_scenario(played, str(SEED), tmp_path / "kept.toml")
+    assert emitted.topology.host("silent").ipv4 == "192.0.2.26"
+    assert (emitted.link_faults, emitted.network_seed) == (given.link_faults, 1)
+    assert (emitted.sender.timeout, emitted.receiver.timeout) == (7.5, 12.0)
