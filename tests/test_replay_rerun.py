@@ -31,7 +31,8 @@ SEED = ROOT / "pcaps" / "seed.pcap"
 # sends only as script steps (a qualified VRFY; NOOP, RSET, XYZZY, a lower-case MAIL), a
 # session refused at its greeting (421, 554: QUIT only), and no SMTP session at all: DNS
 # stopped the sender (null MX, NXDOMAIN, SERVFAIL, a timeout) or its connection was refused,
-# and a host of the cell's own that drops every packet (its [[hosts]] and [network] kept)
+# a host of the cell's own that drops every packet (its [[hosts]] and [network] kept), and a
+# sender whose STARTTLS policy (required) makes it QUIT at a 454 or a STARTTLS not offered
 REFERENCE_CELLS = [
     ("seed.exchange", "receiver"),
     ("dns.mx-preference", "sender"),
@@ -55,6 +56,8 @@ REFERENCE_CELLS = [
     ("dns.mx-without-implicit", "sender"),
     ("dns.glue-use", "sender"),
     ("tcp.syn-unanswered-next-mx", "sender"),
+    ("tls.454-required", "sender"),
+    ("tls.downgrade-required", "sender"),
 ]
 _ERROR_STEP = re.compile(r"^\S+?:(\d+): error: (.*)$", re.MULTILINE)
 

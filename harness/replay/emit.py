@@ -9,8 +9,9 @@ Rules kept here:
   in a file of its own next to the scenario (``<FILE stem>.eml``), byte for byte.
 - The scenario's DNS data (its zones folder, made absolute, and its ``records``,
   ``no_glue``, ``glue`` and ``faults``) is kept, and so are its ``[[hosts]]`` and
-  ``[network]`` (the hosts its records name, the faults on their links) and both peers'
-  ``timeout_ms``, so the emitted scenario's lab answers and fails as the one the session
+  ``[network]`` (the hosts its records name, the faults on their links), both peers'
+  ``timeout_ms`` and the sender's ``starttls`` policy (what it does at a 454 or a
+  STARTTLS not offered), so the emitted scenario's lab answers and fails as the one the session
   was captured in (``--rerun`` runs it).
 - Every string is written as a TOML basic string (JSON's escapes are TOML's), and the file
   is loaded back with ``load_scenario`` before it is reported written: a captured value the
@@ -68,6 +69,7 @@ def scenario_toml(scenario: Scenario, source: str, message: Path) -> str:
         f"recipients = {_strings(sender.recipients)}",
         f"message = {_s(message.name)}",
         f"timeout_ms = {round(sender.timeout * 1000)}",
+        f"starttls = {_s(sender.starttls)}",
     ]
     for step in sender.script:
         lines += ["", *_step(step)]

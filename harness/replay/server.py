@@ -145,8 +145,8 @@ Anchor = tuple[str, str | None]  # (verb, argument): a command as a script step 
 def _own_lines(config: SenderConfig) -> dict[Anchor, list[tuple[str, Anchor]]]:
     """The commands the sender sends itself (harness/smtp/sender.py rule 3), by anchor
     (its argument lower-case), each line as it sends it and its anchor as given: its HELO
-    (or EHLO, and HELO as its fallback), VRFY for each recipient, MAIL, RCPT for each,
-    DATA and QUIT."""
+    (or EHLO, and HELO as its fallback), STARTTLS unless its policy is "never", VRFY for
+    each recipient, MAIL, RCPT for each, DATA and QUIT."""
     name, mail_from = config.helo_name, config.mail_from
     own: list[tuple[Anchor, str]] = [(("HELO", name), f"HELO {name}")]
     if config.ehlo:
@@ -156,6 +156,8 @@ def _own_lines(config: SenderConfig) -> dict[Anchor, list[tuple[str, Anchor]]]:
         own += [(("VRFY", u), f"VRFY {u}") for u in users]
     own.append((("MAIL", mail_from), f"MAIL {path_argument('FROM', mail_from)}"))
     own += [(("RCPT", r), f"RCPT {path_argument('TO', r)}") for r in config.recipients]
+    if config.starttls != "never":
+        own.append((("STARTTLS", None), "STARTTLS"))
     own += [(("DATA", None), "DATA"), (("QUIT", None), "QUIT")]
     lines: dict[Anchor, list[tuple[str, Anchor]]] = {}
     for anchor, line in own:
