@@ -44,7 +44,8 @@ session (its TCP and SMTP steps).  Captured addresses are mapped onto the lab's 
 (client) and receiver (server) hosts; HELO name, MAIL FROM and RCPT TO are kept unless
 --map rewrites them.  Every mapping is printed.  With --as server the captured server's
 replies are the scripted receiver's and the scripted sender (or --mta) is the live client.
-With --rerun both parts are scripted: the round trip from a capture to a scenario.
+With --rerun both parts are scripted: the round trip from a capture to a scenario (a
+capture with no SMTP session re-runs its MX questions with the scenario's sender).
 
 \b
 Where it runs: always in a lab.  --lab: a fresh one, the target its receiver host.
@@ -54,7 +55,8 @@ lab is started or stopped, its receiver's mail is not read.  --rerun: a fresh on
 
 \b
 The run folder holds capture.pcapng and ladder.* (the replay), captured-ladder.txt/.json
-(the session as captured, on the lab's names), diff.txt, replay.json, client.jsonl and
+(the session as captured, on the lab's names), diff.txt, replay.json (with --as server
+the live client's outcome for each recipient too), client.jsonl and
 the receiver's or MTA's logs; with --rerun, scenario.toml and scenario.eml (what ran),
 run/ (its run folder), diff.txt, captured-ladder.* and rerun.json.
 
