@@ -279,3 +279,18 @@ def test_the_emitted_scenario_keeps_the_given_hosts_link_faults_and_timeouts(tmp
     assert emitted.topology.host("silent").ipv4 == "192.0.2.26"
     assert (emitted.link_faults, emitted.network_seed) == (given.link_faults, 1)
     assert (emitted.sender.timeout, emitted.receiver.timeout) == (7.5, 12.0)
+
+
+def test_a_command_the_capture_has_no_reply_to_is_a_step_that_waits_for_none(tmp_path):
+    dialogue = [*EXTRA[:3], ("c", b"NOOP\r\n")]  # the server closed without answering it
+    session = read_session(str(seed_capture(tmp_path / "noop.pcap", dialogue=dialogue)))
+    sender = sender_config(session, Mapping(session), load_scenario(None).sender)
+    assert [(s.at, s.position, s.send, s.reply) for s in sender.script] == [
+        ("HELO", "after", b"NOOP\r\n", False)  # no command of its own follows
+    ]
+    emitted = emit_scenario(
+        in_lab(load_scenario(None), session, Mapping(session), ReplayOptions(side="server")),
+        "noop.pcap",
+        tmp_path / "noop.toml",
+    )
+    assert [s.reply for s in emitted.sender.script] == [False]

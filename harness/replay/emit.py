@@ -97,6 +97,7 @@ def _step(step: ScriptStep) -> list[str]:
         f"position = {_s(step.position)}",
         *argument,
         f"raw = {_s(step.send.decode('latin-1'))}",
+        f"reply = {str(step.reply).lower()}",
     ]
 
 

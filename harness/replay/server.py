@@ -20,10 +20,15 @@ Rules kept here:
   came before the 221).  Content the sender would not send so from the stored message
   (a look-alike ending, bare line endings: not dot-stuffed CRLF lines) is sent instead as
   captured, byte for byte, by a raw script step at ``<message>`` (up to the scenario's
-  ``MAX_RAW``).  Its own dialogue then runs (harness/smtp/sender.py rule 3) and the
-  ladders say where it differs from the captured client.
+  ``MAX_RAW``).  A captured command the sender would not send itself (a VRFY of
+  another form, NOOP, RSET, an unknown verb; one of its own written otherwise) is a raw
+  script step at the place it was sent (``_not_its_own``).  What the capture does not
+  show (a session refused at its greeting: no HELO, MAIL or RCPT) is the given
+  sender's.  Its own dialogue then runs (harness/smtp/sender.py rule 3) and the ladders
+  say where it differs from the captured client.
 - A captured reply with no readable code, or to a command the receiver cannot be scripted
-  for, is refused (``HarnessError``) before a lab exists.
+  for, is refused (``HarnessError``) before a lab exists; but a reply to an unknown verb
+  that is the receiver's own refusal of it (``policy.refusal``: 500 5.5.1) needs no rule.
 """
 
 from __future__ import annotations
@@ -180,23 +185,25 @@ def _not_its_own(session: Session, mapping: Mapping, config: SenderConfig) -> li
     """Raw script steps for the captured commands the sender would not send itself (a
     VRFY of another form, NOOP, RSET, an unknown verb): each before the next command of
     its own, so at the same place, or after its last when none follows; one of its own
-    sent otherwise (``mail FROM:``) is sent as captured instead of it."""
+    sent otherwise (``mail FROM:``) is sent as captured instead of it.  A step waits for
+    a reply when the captured command had one."""
     own, steps, pending = _own_lines(config), [], []
+    answered = {u.start for u, r in _pairs(session) if u is not None and r is not None}
     last: Anchor | None = None
     for unit in session.commands:
-        data = mapping.unit(unit)
+        data, replied = mapping.unit(unit), unit.start in answered
         anchor = next((a for a in _anchors(unit, mapping) if own.get(a)), None)
         if anchor is None:
-            pending.append(data)
+            pending.append((data, replied))
             continue
         line, last = own[anchor].pop(0)
         at, argument = last
-        steps += [ScriptStep(at, "before", argument, send=p) for p in pending]
+        steps += [ScriptStep(at, "before", argument, send=p, reply=r) for p, r in pending]
         if data != f"{line}\r\n".encode("utf-8", "surrogateescape"):
-            steps.append(ScriptStep(at, "instead", argument, send=data))
+            steps.append(ScriptStep(at, "instead", argument, send=data, reply=replied))
         pending = []
     if last is not None:
-        steps += [ScriptStep(last[0], "after", last[1], send=p) for p in pending]
+        steps += [ScriptStep(last[0], "after", last[1], send=p, reply=r) for p, r in pending]
     return steps
 
 
