@@ -9,13 +9,16 @@ import re
 import subprocess
 from pathlib import Path
 
+import dnslib
 import pytest
 from conftest import CLI, ROOT
+from ladder_pcaps import DNS as DNS_HOST
+from ladder_pcaps import SENDER, Capture
 from scapy.all import DNS, IP, UDP, rdpcap, wrpcap
 
 from harness.checks.base import REFERENCE, registry
 from harness.ladder.dissect import dissect
-from harness.replay.rerun import rerun
+from harness.replay.rerun import asked, rerun
 from harness.replay.run import ReplayOptions
 from harness.runner import run_scenario
 from harness.scenario import FIXTURES, load_scenario
@@ -24,7 +27,12 @@ SEED = ROOT / "pcaps" / "seed.pcap"
 # (check, role): reference cells of several kinds: MX choice, EHLO's fallback to HELO,
 # mixed RCPT replies, a refused MAIL (no RCPT: the recipients are the VRFY'd), a pipelined
 # group, dot-stuffing, a look-alike ending sent raw, a client's FIN with its QUIT, a server's
-# RST where a reply was due (after a RCPT, after the content)
+# RST where a reply was due (after a RCPT, after the content), commands the emitted sender
+# sends only as script steps (a qualified VRFY; NOOP, RSET, XYZZY, a lower-case MAIL), a
+# session refused at its greeting (421, 554: QUIT only), and no SMTP session at all: DNS
+# stopped the sender (null MX, NXDOMAIN, SERVFAIL, a timeout) or its connection was refused,
+# a host of the cell's own that drops every packet (its [[hosts]] and [network] kept), and a
+# sender whose STARTTLS policy (required) makes it QUIT at a 454 or a STARTTLS not offered
 REFERENCE_CELLS = [
     ("seed.exchange", "receiver"),
     ("dns.mx-preference", "sender"),
@@ -37,6 +45,19 @@ REFERENCE_CELLS = [
     ("tcp.half-close-221", "receiver"),
     ("tcp.reset-after-rcpt", "sender"),
     ("tcp.reset-before-250", "sender"),
+    ("session.vrfy-disabled-252", "receiver"),
+    ("session.noop", "receiver"),
+    ("session.greeting-421", "sender"),
+    ("session.greeting-554", "sender"),
+    ("dns.null-mx", "sender"),
+    ("dns.nxdomain-rejects", "sender"),
+    ("dns.servfail-defers", "sender"),
+    ("dns.timeout-defers", "sender"),
+    ("dns.mx-without-implicit", "sender"),
+    ("dns.glue-use", "sender"),
+    ("tcp.syn-unanswered-next-mx", "sender"),
+    ("tls.454-required", "sender"),
+    ("tls.downgrade-required", "sender"),
 ]
 _ERROR_STEP = re.compile(r"^\S+?:(\d+): error: (.*)$", re.MULTILINE)
 
@@ -78,8 +99,8 @@ def test_a_reference_cell_reruns_to_its_own_ladder(check_id, role, tmp_path):
     assert again.diff is not None and again.diff.ok, again.diff_text
     assert again.run.problems == []
     assert str(again.verdict) == "pass"
-    kinds = {s.kind for s in again.run.ladder.steps}
-    assert {"dns-query", "syn", "command", "reply"} <= kinds  # an exchange, not nothing
+    steps = again.run.ladder.steps
+    assert len(steps) == len(cell.ladder.steps) and "dns-query" in {s.kind for s in steps}
 
 
 @pytest.mark.lab
@@ -133,3 +154,63 @@ def test_the_replay_fixture_reruns_a_capture(replay):
     edited = replay(SEED, rerun=True, maps=("c3po@receiver.com=bb8@receiver.com",))
     assert str(edited.verdict) == "fail"  # the seed's RCPT was c3po's, not bb8's
     assert any("RCPT TO:<bb8@receiver.com>" in s.text for s in edited.run.ladder.steps)
+
+
+def _dns_only(path: Path, *names: str) -> Path:
+    capture = Capture()
+    for name in names:
+        query = dnslib.DNSRecord.question(name, "MX")
+        capture.dns(SENDER, DNS_HOST, query, reply=False)
+        answer = query.reply()
+        answer.header.rcode = dnslib.RCODE.NXDOMAIN
+        capture.dns(SENDER, DNS_HOST, answer, reply=True)
+    return capture.write(path)
+
+
+def test_no_smtp_session_asks_the_captured_mx_questions(tmp_path):
+    capture = _dns_only(tmp_path / "dns.pcap", "receiver.com", "example.org.")
+    asked_for = asked(load_scenario(None), dissect(str(capture)))
+    seed = load_scenario(None).sender.recipients  # all at receiver.com
+    assert asked_for.sender.recipients == (*seed, "postmaster@example.org")
+    assert (asked_for.sender.script, asked_for.receiver.rules) == ([], [])
+
+
+@pytest.mark.parametrize(
+    ("capture", "args", "said"),
+    [
+        (
+            "tests/data/fuzz/dns-naptr-not-utf8.pcap",
+            (),
+            "tests/data/fuzz/dns-naptr-not-utf8.pcap: no SMTP session and no MX question to re-run",
+        ),
+        (
+            "tests/data/fuzz/dns-naptr-not-utf8.pcap",
+            ("--session", "2"),
+            "tests/data/fuzz/dns-naptr-not-utf8.pcap: no SMTP session in the capture",
+        ),
+    ],
+)
+def test_no_smtp_session_and_nothing_to_ask_is_one_line_and_exit_2(capture, args, said, tmp_path):
+    done, record = rerun_cli(Path(capture), tmp_path / "run", *args)
+    assert (done.returncode, done.stderr, record) == (2, f"smtp-harness: error: {said}\n", {})
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_map_for_a_capture_with_no_smtp_session_is_one_line_and_exit_2(tmp_path):
+    capture = _dns_only(tmp_path / "dns.pcap", "receiver.com")
+    done, record = rerun_cli(capture, tmp_path / "run", "--map", "c3po@receiver.com=x@y.com")
+    said = f"--map 'c3po@receiver.com=x@y.com': {capture} has no SMTP session"
+    assert (done.returncode, done.stderr, record) == (2, f"smtp-harness: error: {said}\n", {})
+
+
+@pytest.mark.lab
+def test_a_dns_only_capture_reruns_its_questions_and_differs_where_the_answers_do(tmp_path):
+    capture = _dns_only(tmp_path / "dns.pcap", "nosuch.receiver.com")
+    done, record = rerun_cli(capture, tmp_path / "run")  # the seed's zones: NXDOMAIN too
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (record["session"], record["verdict"], record["mismatches"]) == (None, "pass", [])
+    assert "its DNS questions (no SMTP session)" in done.stdout
+    other = _dns_only(tmp_path / "other.pcap", "receiver.com")  # the seed's zones answer it
+    done, record = rerun_cli(other, tmp_path / "other")
+    assert (done.returncode, record["verdict"]) == (1, "fail"), done.stdout + done.stderr
+    assert 2 in _diff_steps(tmp_path / "other")  # the answer: an MX, not NXDOMAIN

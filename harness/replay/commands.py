@@ -44,7 +44,8 @@ session (its TCP and SMTP steps).  Captured addresses are mapped onto the lab's 
 (client) and receiver (server) hosts; HELO name, MAIL FROM and RCPT TO are kept unless
 --map rewrites them.  Every mapping is printed.  With --as server the captured server's
 replies are the scripted receiver's and the scripted sender (or --mta) is the live client.
-With --rerun both parts are scripted: the round trip from a capture to a scenario.
+With --rerun both parts are scripted: the round trip from a capture to a scenario (a
+capture with no SMTP session re-runs its MX questions with the scenario's sender).
 
 \b
 Where it runs: always in a lab.  --lab: a fresh one, the target its receiver host.
@@ -54,7 +55,8 @@ lab is started or stopped, its receiver's mail is not read.  --rerun: a fresh on
 
 \b
 The run folder holds capture.pcapng and ladder.* (the replay), captured-ladder.txt/.json
-(the session as captured, on the lab's names), diff.txt, replay.json, client.jsonl and
+(the session as captured, on the lab's names), diff.txt, replay.json (with --as server
+the live client's outcome for each recipient too), client.jsonl and
 the receiver's or MTA's logs; with --rerun, scenario.toml and scenario.eml (what ran),
 run/ (its run folder), diff.txt, captured-ladder.* and rerun.json.
 
@@ -228,6 +230,10 @@ def print_result(result: ReplayResult) -> None:
     if result.mta:
         mta = result.mta
         click.echo(f"mta: {mta['name']} {mta['package_version']} as {mta['role']}")
+    if result.outcomes:
+        click.echo("outcomes (the live client's):")
+    for o in result.outcomes:
+        click.echo(f"  {o.recipient}: {o.status} at {o.stage} {o.code or ''}".rstrip())
     client = result.client
     if client is None:
         _print_diff(result)
@@ -244,8 +250,9 @@ def print_result(result: ReplayResult) -> None:
 
 def print_rerun(result: RerunResult) -> None:
     session = result.session
-    click.echo(f"re-run of {session.path}, session {session.number} (the scripted peers)")
-    click.echo("mapping:")
+    what = f"session {session.number}" if session else "its DNS questions (no SMTP session)"
+    click.echo(f"re-run of {result.capture}, {what} (the scripted peers)")
+    click.echo("mapping:" if result.mappings else "mapping: none (the lab's own names)")
     for mapped in result.mappings:
         click.echo(f"  {mapped.line()}")
     click.echo(f"scenario: {result.folder / EMITTED}")

@@ -19,7 +19,10 @@ Rules kept here:
   ``captured-ladder.txt``/``.json`` (the session as captured, on the lab's names),
   ``diff.txt`` and ``replay.json`` (mappings, each reply's judgement, verdict, faults).
 - What the target stored is judged too (``stored.py``): each recipient's copies as an
-  outcome, and the smuggling verdict, both in ``replay.json`` and the output.
+  outcome, and the smuggling verdict, both in ``replay.json`` and the output.  With
+  ``side="server"`` the live client's own outcome for each recipient (the scripted
+  sender's report; an MTA's read from its queue, DSNs and what the receiver stored,
+  ``roles.from_mta``) is ``outcomes`` there too.
 - The verdict: ``error`` when the harness failed (a fault of ours, the receiver's, the
   DNS server's or the capture's) or the smuggling judge did, else ``fail`` when the
   ladders differ or a look-alike ended DATA, else ``pass``.
@@ -44,7 +47,7 @@ from harness.ladder.dissect import dissect
 from harness.ladder.model import Ladder
 from harness.mta.base import adapters
 from harness.mta.roles import Exchange, from_mta, to_mta
-from harness.outcome import SendReport
+from harness.outcome import Outcome, SendReport
 from harness.render import render
 from harness.replay.client import ReplayClient
 from harness.replay.judge import captured_ladder, compare_session, live_ladder
@@ -83,6 +86,7 @@ class ReplayResult:
     stored: list[StoredMessage] = field(default_factory=list)  # what the target stored
     smuggling: CheckOutcome | None = None  # stored.py's verdict
     mta: dict | None = None  # the real MTA of the replay (roles.mta_record), either side
+    outcomes: list[Outcome] = field(default_factory=list)  # the live client's, per recipient
     into: str | None = None  # the running lab replayed into (attach.py), None: a fresh one
 
     @property
@@ -102,6 +106,13 @@ Live = ReplayClient | Sender  # what runs on the sender host: both have send(), 
 
 def prepare(capture: Path, scenario: Scenario, options: ReplayOptions) -> tuple[Session, Mapping]:
     """The session and its mapping, validated (before any lab)."""
+    validate(capture, scenario, options)
+    session = read_session(str(capture), options.session)
+    return session, Mapping(session, options.maps)
+
+
+def validate(capture: Path, scenario: Scenario, options: ReplayOptions) -> None:
+    """The options, the scenario and the capture's file, before it is read."""
     if options.mta is not None and options.mta not in adapters():
         known = ", ".join(sorted(adapters()))
         raise HarnessError(f"--mta {options.mta!r}: no such MTA (known: {known})")
@@ -112,8 +123,6 @@ def prepare(capture: Path, scenario: Scenario, options: ReplayOptions) -> tuple[
         )
     if not capture.is_file():
         raise HarnessError(f"{capture}: no such capture file")
-    session = read_session(str(capture), options.session)
-    return session, Mapping(session, options.maps)
 
 
 def in_lab(scenario: Scenario, session: Session, mapping: Mapping, options: ReplayOptions):
@@ -163,7 +172,9 @@ def replay(capture: Path, scenario: Scenario, folder: Path, options: ReplayOptio
         )
 
     result = ReplayResult(session, folder, mappings, options.side)
-    result.faults, client, result.stored, result.mta = _exchanged(scenario, folder, live)
+    result.faults, client, done = _exchanged(scenario, folder, live)
+    result.stored, result.mta = done.stored, done.mta
+    result.outcomes = list(done.report.outcomes.values())
     result.client = client if isinstance(client, ReplayClient) else None
     if not result.faults:
         hosts = host_names(scenario.topology)
@@ -175,7 +186,7 @@ def replay(capture: Path, scenario: Scenario, folder: Path, options: ReplayOptio
 
 def _exchanged(
     scenario: Scenario, folder: Path, live: Callable[[Lab], Live | None]
-) -> tuple[list[InternalFault], Live | None, list[StoredMessage], dict | None]:
+) -> tuple[list[InternalFault], Live | None, Exchange]:
     faults: list[InternalFault] = []
     done = Exchange(SendReport({}), [], [])
     client = None
@@ -193,7 +204,7 @@ def _exchanged(
         faults.append(InternalFault.from_exception(getattr(exc, "where", "replay"), exc))
     mine = client.internal_faults if client else []
     faults += [f for f in done.faults if f not in mine]
-    return faults + mine, client, done.stored, done.mta
+    return faults + mine, client, done
 
 
 async def _exchange(lab: Lab, scenario: Scenario, folder: Path, client: Live | None) -> Exchange:
@@ -207,8 +218,7 @@ async def _exchange(lab: Lab, scenario: Scenario, folder: Path, client: Live | N
         if client is None:  # an MTA as sender (rules above)
             done = await from_mta(lab, scenario, folder, receiver)
         else:
-            await client.send()
-            done = Exchange(SendReport({}), [], [])
+            done = Exchange(await client.send(), [], [])
         await receiver.idle()
     faults = done.faults + list(receiver.internal_faults)
     return dataclasses.replace(done, stored=receiver.stored, faults=faults)
@@ -260,6 +270,7 @@ def write_record(result: ReplayResult) -> None:
         "stored": [dataclasses.asdict(o) for o in stored_outcomes(result.stored)],
         "smuggling": _verdict_record(result.smuggling),
         "mta": result.mta,
+        "outcomes": [dataclasses.asdict(o) for o in result.outcomes],
         "faults": [f.line() for f in result.faults],
     }
     text = json.dumps(record, indent=1, ensure_ascii=False) + "\n"

@@ -20,10 +20,15 @@ Rules kept here:
   came before the 221).  Content the sender would not send so from the stored message
   (a look-alike ending, bare line endings: not dot-stuffed CRLF lines) is sent instead as
   captured, byte for byte, by a raw script step at ``<message>`` (up to the scenario's
-  ``MAX_RAW``).  Its own dialogue then runs (harness/smtp/sender.py rule 3) and the
-  ladders say where it differs from the captured client.
+  ``MAX_RAW``).  A captured command the sender would not send itself (a VRFY of
+  another form, NOOP, RSET, an unknown verb; one of its own written otherwise) is a raw
+  script step at the place it was sent (``_not_its_own``).  What the capture does not
+  show (a session refused at its greeting: no HELO, MAIL or RCPT) is the given
+  sender's.  Its own dialogue then runs (harness/smtp/sender.py rule 3) and the ladders
+  say where it differs from the captured client.
 - A captured reply with no readable code, or to a command the receiver cannot be scripted
-  for, is refused (``HarnessError``) before a lab exists.
+  for, is refused (``HarnessError``) before a lab exists; but a reply to an unknown verb
+  that is the receiver's own refusal of it (``policy.refusal``: 500 5.5.1) needs no rule.
 """
 
 from __future__ import annotations
@@ -36,9 +41,10 @@ from harness.errors import HarnessError
 from harness.replay.script import Mapping
 from harness.replay.session import CapturedReply, Session, Unit
 from harness.scenario import MAX_RAW, REPLY_ON
+from harness.smtp.commands import parse_command, path_argument
 from harness.smtp.events import Content, Direction
 from harness.smtp.framing import ReceiveBuffer, dot_stuff
-from harness.smtp.policy import ReceiverConfig, ReplyRule
+from harness.smtp.policy import ReceiverConfig, ReplyRule, refusal, reply_texts
 from harness.smtp.readers import DataReader
 from harness.smtp.sender import MESSAGE, ScriptStep, SenderConfig
 from harness.smtp.state import END_OF_DATA
@@ -51,16 +57,17 @@ def receiver_config(session: Session, base: ReceiverConfig) -> ReceiverConfig:
     seen: dict[str, int] = {}
     rules = []
     where = f"{session.path}: session {session.number}"
-    for turn in session.turns:
-        for reply in turn.replies:
-            key = _key(reply.answers)
-            if key is None or reply.code is None:
-                raise HarnessError(
-                    f"{where}: step {reply.step}: a reply to {reply.answers or 'nothing'} "
-                    "cannot be scripted"
-                )
-            seen[key] = seen.get(key, 0) + 1
-            rules.append(ReplyRule(on=key, nth=seen[key], code=reply.code, text=reply.lines))
+    for unit, reply in _answered(session):
+        key = _key(reply.answers)
+        if key is None and _its_own(unit, reply, base):
+            continue
+        if key is None or reply.code is None:
+            raise HarnessError(
+                f"{where}: step {reply.step}: a reply to {reply.answers or 'nothing'} "
+                "cannot be scripted"
+            )
+        seen[key] = seen.get(key, 0) + 1
+        rules.append(ReplyRule(on=key, nth=seen[key], code=reply.code, text=reply.lines))
     reset = _reset_at(session)
     if reset is not None:
         rules.append(ReplyRule(on=reset, nth=seen.get(reset, 0) + 1, raw=b"", reset=True))
@@ -76,6 +83,30 @@ def receiver_config(session: Session, base: ReceiverConfig) -> ReceiverConfig:
 def _key(answers: str | None) -> str | None:
     """The reply rule key of what a reply answers (``REPLY_ON``), None when none is."""
     return next((k for k in REPLY_ON if k.upper() == (answers or "").upper()), None)
+
+
+def _pairs(session: Session) -> list[tuple[Unit | None, CapturedReply | None]]:
+    """Each unit with its reply (a turn's replies answer its units in order; the first
+    turn's greeting answers none)."""
+    turns = (itertools.zip_longest(t.units, t.replies) for t in session.turns)
+    return [pair for turn in turns for pair in turn]
+
+
+def _answered(session: Session) -> list[tuple[Unit | None, CapturedReply]]:
+    """Each captured reply with the unit it answers (None: the greeting, or nothing)."""
+    return [(u, r) for u, r in _pairs(session) if r is not None]
+
+
+def _its_own(unit: Unit | None, reply: CapturedReply, base: ReceiverConfig) -> bool:
+    """Whether the receiver answers the captured command (one no rule can key: an unknown
+    verb) as the captured server did, by its own refusal (``policy.refusal``)."""
+    if unit is None or not unit.verb or reply.code is None:
+        return False
+    decision = refusal(base, parse_command(unit.raw.rstrip(b"\r\n")))
+    return decision is not None and (decision.code, reply_texts(decision.code, decision.text)) == (
+        reply.code,
+        reply.lines,
+    )
 
 
 def _reset_at(session: Session) -> str | None:
@@ -98,23 +129,82 @@ def sender_config(session: Session, mapping: Mapping, base: SenderConfig) -> Sen
     mail = next((u for u in commands if u.verb == "MAIL"), None)
     recipients = [mapping.name(a) for a in _recipients(session)]
     content = next((u for t in session.turns for u in t.units if not u.verb), None)
-    if hello is None or mail is None or not recipients:
-        raise HarnessError(
-            f"{session.path}: session {session.number}: no HELO/EHLO, MAIL and RCPT to "
-            "configure the scripted sender with"
-        )
-    message = _stored(content.raw) if content else b""
-    return dataclasses.replace(
+    message = _stored(content.raw) if content else base.message
+    config = dataclasses.replace(
         base,
-        recipients=tuple(recipients),
+        recipients=tuple(recipients) or base.recipients,
         message=message,
-        mail_from=mapping.name(mail.argument or ""),
-        helo_name=mapping.name(hello.argument or ""),
-        ehlo=hello.verb == "EHLO",
-        vrfy=any(u.verb == "VRFY" for u in commands),
+        mail_from=mapping.name(mail.argument or "") if mail else base.mail_from,
+        helo_name=mapping.name(hello.argument or "") if hello else base.helo_name,
+        ehlo=hello.verb == "EHLO" if hello else base.ehlo,
+        vrfy=any(u.verb == "VRFY" for u in commands) or (base.vrfy and hello is None),
         half_close=session.half_closed,
-        script=_as_captured(content.raw, message) if content else [],
     )
+    steps = _as_captured(content.raw, message) if content else []
+    return dataclasses.replace(config, script=[*_not_its_own(session, mapping, config), *steps])
+
+
+Anchor = tuple[str, str | None]  # (verb, argument): a command as a script step names it
+
+
+def _own_lines(config: SenderConfig) -> dict[Anchor, list[tuple[str, Anchor]]]:
+    """The commands the sender sends itself (harness/smtp/sender.py rule 3), by anchor
+    (its argument lower-case), each line as it sends it and its anchor as given: its HELO
+    (or EHLO, and HELO as its fallback), STARTTLS unless its policy is "never", VRFY for
+    each recipient, MAIL, RCPT for each, DATA and QUIT."""
+    name, mail_from = config.helo_name, config.mail_from
+    own: list[tuple[Anchor, str]] = [(("HELO", name), f"HELO {name}")]
+    if config.ehlo:
+        own.append((("EHLO", name), f"EHLO {name}"))
+    if config.vrfy:
+        users = (r.partition("@")[0] for r in config.recipients)
+        own += [(("VRFY", u), f"VRFY {u}") for u in users]
+    own.append((("MAIL", mail_from), f"MAIL {path_argument('FROM', mail_from)}"))
+    own += [(("RCPT", r), f"RCPT {path_argument('TO', r)}") for r in config.recipients]
+    if config.starttls != "never":
+        own.append((("STARTTLS", None), "STARTTLS"))
+    own += [(("DATA", None), "DATA"), (("QUIT", None), "QUIT")]
+    lines: dict[Anchor, list[tuple[str, Anchor]]] = {}
+    for anchor, line in own:
+        verb, argument = anchor
+        lines.setdefault((verb, argument and argument.lower()), []).append((line, anchor))
+    return lines
+
+
+def _anchors(unit: Unit, mapping: Mapping) -> list[Anchor]:
+    """The sender's commands a captured one may be: itself; for ``VRFY user@domain`` the
+    sender's ``VRFY user`` too (sent otherwise)."""
+    if unit.verb == "VRFY":
+        user = unit.raw[5:].strip().decode("utf-8", "surrogateescape").lower()
+        return list(dict.fromkeys([("VRFY", user), ("VRFY", user.partition("@")[0])]))
+    named = unit.verb in ("HELO", "EHLO", "MAIL", "RCPT")
+    return [(unit.verb, mapping.name(unit.argument or "").lower() if named else None)]
+
+
+def _not_its_own(session: Session, mapping: Mapping, config: SenderConfig) -> list[ScriptStep]:
+    """Raw script steps for the captured commands the sender would not send itself (a
+    VRFY of another form, NOOP, RSET, an unknown verb): each before the next command of
+    its own, so at the same place, or after its last when none follows; one of its own
+    sent otherwise (``mail FROM:``) is sent as captured instead of it.  A step waits for
+    a reply when the captured command had one."""
+    own, steps, pending = _own_lines(config), [], []
+    answered = {u.start for u, r in _pairs(session) if u is not None and r is not None}
+    last: Anchor | None = None
+    for unit in session.commands:
+        data, replied = mapping.unit(unit), unit.start in answered
+        anchor = next((a for a in _anchors(unit, mapping) if own.get(a)), None)
+        if anchor is None:
+            pending.append((data, replied))
+            continue
+        line, last = own[anchor].pop(0)
+        at, argument = last
+        steps += [ScriptStep(at, "before", argument, send=p, reply=r) for p, r in pending]
+        if data != f"{line}\r\n".encode("utf-8", "surrogateescape"):
+            steps.append(ScriptStep(at, "instead", argument, send=data, reply=replied))
+        pending = []
+    if last is not None:
+        steps += [ScriptStep(last[0], "after", last[1], send=p, reply=r) for p, r in pending]
+    return steps
 
 
 def _as_captured(raw: bytes, message: bytes) -> list[ScriptStep]:
@@ -148,9 +238,8 @@ def _verified(unit: Unit, reply: CapturedReply | None, by_user: dict, domain: st
 
 
 def _vrfys(session: Session) -> list[tuple[Unit, CapturedReply | None]]:
-    """Each VRFY with its reply (a turn's replies answer its units in order)."""
-    pairs = (itertools.zip_longest(t.units, t.replies) for t in session.turns)
-    return [(u, r) for pair in pairs for u, r in pair if u is not None and u.verb == "VRFY"]
+    """Each VRFY with its reply."""
+    return [(u, r) for u, r in _pairs(session) if u is not None and u.verb == "VRFY"]
 
 
 def _stored(raw: bytes) -> bytes:

@@ -21,8 +21,10 @@ Rules kept here:
   segments were cut) and the replies that came before it sent again: a pipelined group is
   one turn.  The first turn sends nothing and waits for the greeting.
 - Not replayable, refused: no SMTP session, ``number`` out of range, bytes missing from
-  either direction (a gap), TLS after STARTTLS, a server that does not open with a 220
-  greeting, more than ``MAX_CLIENT_BYTES`` from the client or ``MAX_TURNS`` turns.
+  either direction (a gap), TLS after STARTTLS, a server that does not open with one of
+  the greetings RFC 5321 allows (``GREETINGS``: 220, or 554 "no SMTP service here",
+  §3.1, §4.3.2; 421 "service not available", §3.8), more than ``MAX_CLIENT_BYTES`` from
+  the client or ``MAX_TURNS`` turns.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from harness.smtp.protocol import Observer
 
 MAX_CLIENT_BYTES = 32 * 2**20  # as a scenario's message (scenario.MAX_MESSAGE)
 MAX_TURNS = 10_000
+GREETINGS = (220, 421, 554)  # the codes a connection may open with (rules above)
 SMTP_STEP_KINDS = (StepKind.COMMAND, StepKind.REPLY, StepKind.CONTENT, StepKind.BDAT)
 _DIRECTIONS = (Direction.CLIENT, Direction.SERVER)
 
@@ -231,8 +234,10 @@ class _Turns:
 
     def _check(self) -> None:
         greeting = self.turns[0].replies[:1]
-        if not greeting or greeting[0].code != 220:
-            raise HarnessError(f"{self.where}: the server does not open with a 220 greeting")
+        if not greeting or greeting[0].code not in GREETINGS:
+            raise HarnessError(
+                f"{self.where}: the server does not open with a greeting (220, 421 or 554)"
+            )
         if self.unit_end < len(self.stream):  # bytes no unit ended: send them as they are
             self._unit(len(self.stream))
         for turn in (t for t in self.turns if t.units):
