@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import click
@@ -28,6 +29,7 @@ from harness.replay.attach import NOT_READ, replay_into
 from harness.replay.emit import emit_scenario
 from harness.replay.rerun import EMITTED, RerunResult, rerun
 from harness.replay.run import ReplayOptions, ReplayResult, in_lab, prepare, replay
+from harness.replay.script import Mapped
 from harness.replay.stored import stored_outcomes
 from harness.scenario import load_scenario
 from harness.verdict import exit_code
@@ -224,9 +226,7 @@ def _check_where(fresh: bool, rerun_all: bool, lab_id: str | None, target: str |
 def print_result(result: ReplayResult) -> None:
     session = result.session
     click.echo(f"replay of {session.path}, session {session.number} (as {result.side})")
-    click.echo("mapping:")
-    for mapped in result.mappings:
-        click.echo(f"  {mapped.line()}")
+    _print_mappings(result.mappings, "mapping:")
     if result.mta:
         mta = result.mta
         click.echo(f"mta: {mta['name']} {mta['package_version']} as {mta['role']}")
@@ -248,13 +248,19 @@ def print_result(result: ReplayResult) -> None:
     _print_diff(result)
 
 
+def _print_mappings(mappings: Sequence[Mapped], header: str) -> None:
+    click.echo(header)
+    for mapped in mappings:
+        click.echo(f"  {mapped.line()}")
+
+
 def print_rerun(result: RerunResult) -> None:
     session = result.session
     what = f"session {session.number}" if session else "its DNS questions (no SMTP session)"
     click.echo(f"re-run of {result.capture}, {what} (the scripted peers)")
-    click.echo("mapping:" if result.mappings else "mapping: none (the lab's own names)")
-    for mapped in result.mappings:
-        click.echo(f"  {mapped.line()}")
+    _print_mappings(
+        result.mappings, "mapping:" if result.mappings else "mapping: none (the lab's own names)"
+    )
     click.echo(f"scenario: {result.folder / EMITTED}")
     if result.diff_text:
         click.echo("")

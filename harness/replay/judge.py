@@ -25,7 +25,7 @@ from dataclasses import dataclass, replace
 from harness.ladder.compare import Verdict, _quoted, compare
 from harness.ladder.model import Ladder, Step, StepKind
 from harness.ladder.normalise import Normaliser
-from harness.replay.script import MAPPED_VERBS
+from harness.replay.script import MAPPED_VERBS, Mapping
 from harness.replay.session import CapturedReply, Session
 from harness.smtp.events import Reply
 
@@ -59,7 +59,7 @@ def masked(code: int | None, lines: tuple[str, ...] | list[str]) -> str:
     return "\n".join(line[len(prefix) + 1 :] for line in text.split("\n"))
 
 
-def reply_differences(captured: CapturedReply, live: Reply, mapping) -> list[str]:
+def reply_differences(captured: CapturedReply, live: Reply, mapping: Mapping) -> list[str]:
     """What differs, each as ``what old -> new`` (rules above)."""
     out = []
     if captured.code != live.code:
@@ -76,7 +76,7 @@ def reply_differences(captured: CapturedReply, live: Reply, mapping) -> list[str
 
 
 def captured_ladder(
-    session: Session, full: Ladder, mapping, names: tuple[str, str], port: int
+    session: Session, full: Ladder, mapping: Mapping, names: tuple[str, str], port: int
 ) -> Ladder:
     """The session's captured steps on the lab's host names (rules above)."""
     client, server = names

@@ -125,7 +125,9 @@ def validate(capture: Path, scenario: Scenario, options: ReplayOptions) -> None:
         raise HarnessError(f"{capture}: no such capture file")
 
 
-def in_lab(scenario: Scenario, session: Session, mapping: Mapping, options: ReplayOptions):
+def in_lab(
+    scenario: Scenario, session: Session, mapping: Mapping, options: ReplayOptions
+) -> Scenario:
     """The scenario the replay runs: an MTA as receiver, or the captured server's replies
     for the scripted receiver and the captured client's envelope for the scripted sender
     (or for ``mta`` as sender)."""
