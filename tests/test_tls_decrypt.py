@@ -189,18 +189,39 @@ def test_each_supported_suite_is_decrypted_and_tshark_agrees(tmp_path, suite):
 
 
 def test_without_a_key_log_tls_is_opaque_and_a_warning_says_so():
+    """The records after the handshake stay opaque; the handshake itself is read in the
+    clear (the ServerHello is plaintext in every version): version, cipher, SNI, and in
+    TLS 1.3 no certificate (it is encrypted)."""
     ladder = dissect(str(CRAFTED / "starttls-tls13.pcap"), HOSTS)
-    assert [s.kind for s in ladder.steps if s.kind in ("tls", "tls-handshake")] == ["tls", "tls"]
+    kinds = [s.kind for s in ladder.steps if s.kind in ("tls", "tls-handshake")]
+    assert sorted(kinds) == ["tls", "tls", "tls-handshake"]
     assert not inner(ladder)
     warning = "TLS after STARTTLS on connection 1: no key log, the dialogue inside is not seen"
     assert ladder.warnings == {warning: 1}
+    clear, seen = handshake(ladder), handshake(decrypted(CRAFTED / "starttls-tls13.pcap"))
+    assert clear.get("decrypted") is False and seen.get("decrypted") is None
+    for key in ("version", "cipher", "sni"):
+        assert clear.get(key) == seen.get(key) is not None, key
+    assert clear.get("subject") is None and seen.get("subject") is not None
+
+
+def test_without_a_key_log_a_tls12_certificate_is_read_in_the_clear():
+    """Before TLS 1.3 the server's Certificate precedes ChangeCipherSpec (RFC 5246 §7.3)."""
+    pcap = CRAFTED / "starttls-tls12.pcap"
+    clear, seen = handshake(dissect(str(pcap), HOSTS)), handshake(decrypted(pcap))
+    assert clear.get("version") == "TLSv1.2" and clear.get("decrypted") is False
+    keys = ("cipher", "sni", "subject", "issuer", "not_before", "not_after")
+    assert [clear.get(k) for k in keys] == [seen.get(k) for k in keys]
+    assert clear.get("subject") is not None
 
 
 def test_a_key_log_without_the_sessions_secrets_names_the_client_random():
     ladder = decrypted(CRAFTED / "starttls-tls13.pcap", CRAFTED / "starttls-tls12.keylog")
     (warning,) = ladder.warnings
     assert "no key log entry CLIENT_HANDSHAKE_TRAFFIC_SECRET" in warning
-    assert [s.kind for s in ladder.steps if s.kind in ("tls", "tls-handshake")] == ["tls", "tls"]
+    kinds = [s.kind for s in ladder.steps if s.kind in ("tls", "tls-handshake")]
+    assert sorted(kinds) == ["tls", "tls", "tls-handshake"]
+    assert handshake(ladder).get("decrypted") is False
     assert not inner(ladder)
 
 
@@ -211,6 +232,9 @@ def test_a_cbc_suite_stays_opaque_with_a_warning_naming_why(tmp_path):
     assert "TLSv1.2 with cipher suite 0xc023: not supported" in warning
     assert [s.kind for s in ladder.steps if s.kind == "tls"] == ["tls", "tls"]
     assert not inner(ladder)
+    shake = handshake(ladder)  # what was negotiated is still shown, from the clear part
+    assert (shake.get("version"), shake.get("cipher")) == ("TLSv1.2", "0xc023")
+    assert shake.get("decrypted") is False and shake.get("subject") is not None
 
 
 def test_a_damaged_record_is_a_warning_and_the_steps_before_it_stay(tmp_path):
