@@ -325,8 +325,9 @@ def test_the_cli_decrypts_with_keylog_and_marks_the_steps_in_tls():
 
 def test_check_judges_the_dialogue_inside_tls():
     """With the key log the session's checks meet the transaction inside TLS (the delivery,
-    passes); without it nothing inside is judged (at most the plaintext before it, e.g.
-    tls.nothing-after-starttls, passes; nothing is observed) and the warning says why."""
+    passes); without it nothing inside is judged, and the checks about it say why (TLS not
+    decrypted: no key log, not "did not happen"), while the handshake, read in the clear,
+    still gives tls.version and tls.version-cipher; the warning says why."""
     pcap = CRAFTED / "starttls-tls12.pcap"
     keylog = str(pcap.with_suffix(".keylog"))
     seen = subprocess.run([*CLI, "check", str(pcap), "--keylog", keylog], capture_output=True)
@@ -335,10 +336,25 @@ def test_check_judges_the_dialogue_inside_tls():
     seen_text, blind_text = seen.stdout.decode(), blind.stdout.decode()
     assert "c3po@receiver.com: delivered (250 to <end-of-data>" in seen_text
     assert re.search(r"checks: [1-9]\d* pass", seen_text)
-    assert (
-        re.search(r"checks: (\d+ pass, )?\d+ n/a\n", blind_text) and "delivered" not in blind_text
-    )
+    assert "delivered" not in blind_text
     assert "no key log, the dialogue inside is not seen" in blind_text
+    done = subprocess.run(
+        [*CLI, "check", str(pcap), "--format", "jsonl"], capture_output=True, check=True
+    )
+    (session,) = [json.loads(line) for line in done.stdout.splitlines()[:1]]
+    judged = {c["id"]: c for c in session["checks"]}
+    for inside in ("tls.re-ehlo", "tls.no-starttls-after-tls", "tls.second-starttls-refused"):
+        assert (judged[inside]["verdict"], judged[inside]["note"]) == (
+            "n/a",
+            "TLS not decrypted: no key log",
+        ), inside
+    assert judged["tls.version"]["verdict"] == "pass"
+    assert (
+        judged["tls.version-cipher"]["value"] == "TLSv1.2 TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384"
+    )
+    assert judged["tls.version"]["evidence"] == judged["tls.version-cipher"]["evidence"] != []
+    failed = [c["id"] for c in judged.values() if c["verdict"] in ("fail", "error")]
+    assert not failed
 
 
 # --- the Decryption Secrets Block
