@@ -760,7 +760,7 @@ DEPRECATED = {  # each MUST NOT be used
     BOTH_TLS,
     requires=[Precondition("a TLS handshake's ServerHello", _negotiated)],
 )
-def version(seen: Seen) -> Outcome:
+def negotiated_version(seen: Seen) -> Outcome:
     shake = seen.found[0][0]
     got = str(shake.get("version"))
     if got in DEPRECATED:
