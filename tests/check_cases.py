@@ -1132,6 +1132,15 @@ _DELIVERED_PLAIN = tls(
 _GAVE_UP = tls(_secured(None, None), outcomes={C3PO: DEFERRED})
 
 
+def _clear_handshake(version: str, cipher: str) -> Detail:
+    """A handshake read in the clear (no key log): version and cipher, no certificate."""
+    return (("version", version), ("cipher", cipher), ("decrypted", False))
+
+
+TLS10 = _clear_handshake("TLSv1.0", "0x002f")  # TLS_RSA_WITH_AES_128_CBC_SHA
+TLS11 = _clear_handshake("TLSv1.1", "0xc009")  # TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA
+
+
 def _certificate(variant: str) -> dict[str, Cases]:
     return {
         f"tls.certificate-{variant}": Cases(
@@ -1288,11 +1297,20 @@ CASES.update(
             ),
         ),
         **{k: v for variant in VARIANTS for k, v in _certificate(variant).items()},
+        "tls.version": Cases(
+            "receiver",
+            passing=(tls(_secured()), tls(_secured(handshake=TLS12))),
+            failing=(
+                (Verdict.FAIL, tls(_secured(None, TLS10))),
+                (Verdict.FAIL, tls(_secured(None, TLS11))),
+            ),
+        ),
         "tls.version-cipher": Cases(
             "receiver",
             values=(
                 ("TLSv1.3 TLS_AES_256_GCM_SHA384", tls(_secured())),
                 ("TLSv1.2 ECDHE-ECDSA-AES256-GCM-SHA384", tls(_secured(handshake=TLS12))),
+                ("TLSv1.0 0x002f", tls(_secured(None, TLS10))),
             ),
         ),
     }

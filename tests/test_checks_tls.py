@@ -9,11 +9,11 @@ tests/test_checks_tls_lab.py.
 from __future__ import annotations
 
 import pytest
-from check_cases import C3PO, DELIVERED
-from tls_wire import starttls
-from wire import run_of, scenario_of
+from check_cases import C3PO, DEFERRED, DELIVERED, MAIL_BEHIND, TLS10, TLS11, _secured
+from tls_wire import READY, starttls, tls_run
+from wire import Wire, run_of, scenario_of
 
-from harness.checks.base import REFERENCE, Kind, registry
+from harness.checks.base import REFERENCE, Kind, Seen, registry
 from harness.checks.expected import Expected
 from harness.checks.matrix import Column, Matrix
 from harness.errors import HarnessError, Unsupported
@@ -32,6 +32,7 @@ RECEIVER_ROLE = {
     "tls.second-starttls-refused",
     "tls.injection-server",
     "tls.forgets-ehlo",
+    "tls.version",
     "tls.version-cipher",
 }
 CLIENT_HELLO = b"\x16\x03\x01\x00\x05\x01\x00\x00\x01\x00"  # an opaque TLS record
@@ -39,10 +40,10 @@ SERVER_HELLO = b"\x16\x03\x03\x00\x05\x02\x00\x00\x01\x00"
 
 
 def test_the_issue_s_checks_are_registered_with_their_kinds_and_roles() -> None:
-    assert len(TLS) == 21
+    assert len(TLS) == 22
     assert {k for k, c in TLS.items() if c.kind is Kind.OBSERVATION} == OBSERVATIONS
     assert {k for k, c in TLS.items() if "receiver" in c.roles} == RECEIVER_ROLE
-    assert TLS["tls.version-cipher"].roles == ("sender", "receiver")
+    assert TLS["tls.version-cipher"].roles == TLS["tls.version"].roles == ("sender", "receiver")
     assert all("MTA-STS" not in c.title for c in TLS.values())
 
 
@@ -62,6 +63,23 @@ def test_every_setup_loads_in_every_column(check_id) -> None:
                     continue
                 side = scenario.sender if role == "sender" else scenario.receiver
                 assert side is not None
+
+
+def _looks_inside(check) -> bool:
+    """The checks about the dialogue inside TLS (injection-server reads it in its judge)."""
+    return check.id == "tls.injection-server" or any(p.inside_tls for p in check.requires)
+
+
+def test_the_checks_about_the_inside_say_so() -> None:
+    inside = {k for k, c in TLS.items() if _looks_inside(c)}
+    assert inside == {
+        "tls.no-starttls-after-tls",
+        "tls.second-starttls-refused",
+        "tls.forgets-ehlo",
+        "tls.injection-server",
+        "tls.injection-client",
+        "tls.re-ehlo",
+    }
 
 
 def _undecrypted(delivered: bool):
@@ -93,6 +111,8 @@ def test_an_undecrypted_delivery_is_an_error_never_a_verdict(check_id, tmp_path)
         "tls.454-required",
         "tls.downgrade",  # n/a: STARTTLS was offered
         "tls.downgrade-required",
+        "tls.version",  # n/a: these records hold no ServerHello to read in the clear
+        "tls.version-cipher",
     }
     if check_id in plaintext:
         assert outcome.verdict in (Verdict.PASS, Verdict.NA), outcome
@@ -103,11 +123,19 @@ def test_an_undecrypted_delivery_is_an_error_never_a_verdict(check_id, tmp_path)
         assert "not decrypted" in outcome.note
 
 
-def test_an_undecrypted_session_that_delivered_nothing_is_not_exercised(tmp_path) -> None:
-    check = TLS["tls.re-ehlo"]
-    wire, _ = _undecrypted(False)
-    run = run_of(scenario_of(check, "sender"), wire, tmp_path)
-    assert check.judge([run]).verdict is Verdict.NA
+@pytest.mark.parametrize("check_id", sorted(k for k, c in TLS.items() if _looks_inside(c)))
+def test_an_undecrypted_session_that_delivered_nothing_is_still_an_error(check_id, tmp_path):
+    """TLS that happened and was not read is the lab's own failure (its key log is ours),
+    delivery or not: never n/a "did not happen" about a session that did."""
+    check = TLS[check_id]
+    role = check.roles[0]
+    runs = []
+    for i in range(len(check.setups)):
+        wire, _ = _undecrypted(False)
+        runs.append(run_of(scenario_of(check, role, i), wire, tmp_path / str(i)))
+    outcome = check.judge(runs)
+    assert outcome.verdict is Verdict.ERROR, outcome
+    assert "TLS on connection 1 was not decrypted" in outcome.note
 
 
 def test_an_injection_refused_before_tls_is_not_exercised_and_says_so(tmp_path) -> None:
@@ -145,3 +173,50 @@ def test_a_refused_setting_is_still_bad_input_for_run(tmp_path) -> None:
     assert refused.value.reason.startswith('opensmtpd: tls = "offer": ')
     assert str(refused.value).endswith(f"tls-receiver.toml: receiver.mta: {refused.value.reason}")
     assert isinstance(refused.value, HarnessError)  # exit 2 for run
+
+
+@pytest.mark.parametrize("ahead", [b"", b"RSET\r\n"])
+def test_one_command_behind_starttls_is_one_fail(ahead, tmp_path) -> None:
+    """MAIL behind STARTTLS: sent on its own, nothing-after-starttls fails; behind RSET (a
+    pipelined group), starttls-last-in-group does; the other check is n/a, never a second
+    fail for the same bytes."""
+    reply = "250 2.0.0 Ok\r\n" + READY if ahead else READY
+    verdicts = {}
+    for check_id in ("tls.nothing-after-starttls", "tls.starttls-last-in-group"):
+        check = TLS[check_id]
+        make = _secured(ahead=ahead, reply=reply, behind=MAIL_BEHIND)
+        scenario = scenario_of(check, "sender")
+        folder = tmp_path / check_id
+        verdicts[check_id] = check.judge([tls_run(scenario, folder, make(scenario, folder))])
+    failing = "tls.starttls-last-in-group" if ahead else "tls.nothing-after-starttls"
+    assert {k: o.verdict for k, o in verdicts.items()} == {
+        k: Verdict.FAIL if k == failing else Verdict.NA for k in verdicts
+    }
+
+
+def test_downgrade_required_passes_citing_both_runs(tmp_path) -> None:
+    """The pass is earned in each run: the judge itself cites the stripped EHLO reply of
+    the required run and of the verify one (the preconditions' steps are not enough)."""
+    check = TLS["tls.downgrade-required"]
+    runs = []
+    for i in range(2):
+        s = Wire().seed_mx().smtp()
+        s.ehlo("PIPELINING", "8BITMIME")
+        scenario = scenario_of(check, "sender", i)
+        runs.append(run_of(scenario, s.quit(), tmp_path / str(i), {C3PO: DEFERRED}))
+    found = tuple(tuple(check.requires[i].find(run)) for i, run in enumerate(runs))
+    own = check.judge_seen(Seen(tuple(runs), found))
+    assert own.verdict is Verdict.PASS
+    assert {run for run, _ in own.evidence} == {0, 1}
+    assert check.judge(runs).verdict is Verdict.PASS
+
+
+def test_tls_version_fails_below_tls12_and_says_which_rfc(tmp_path) -> None:
+    check = TLS["tls.version"]
+    scenario = scenario_of(check, "receiver")
+    for handshake, rfc in ((TLS10, "RFC 8996 §2"), (TLS11, "RFC 8996 §3")):
+        folder = tmp_path / rfc
+        ladder = _secured(None, handshake)(scenario, folder)
+        outcome = check.judge([tls_run(scenario, folder, ladder)])
+        assert outcome.verdict is Verdict.FAIL and rfc in outcome.note, outcome
+        assert outcome.evidence  # the handshake step

@@ -189,18 +189,39 @@ def test_each_supported_suite_is_decrypted_and_tshark_agrees(tmp_path, suite):
 
 
 def test_without_a_key_log_tls_is_opaque_and_a_warning_says_so():
+    """The records after the handshake stay opaque; the handshake itself is read in the
+    clear (the ServerHello is plaintext in every version): version, cipher, SNI, and in
+    TLS 1.3 no certificate (it is encrypted)."""
     ladder = dissect(str(CRAFTED / "starttls-tls13.pcap"), HOSTS)
-    assert [s.kind for s in ladder.steps if s.kind in ("tls", "tls-handshake")] == ["tls", "tls"]
+    kinds = [s.kind for s in ladder.steps if s.kind in ("tls", "tls-handshake")]
+    assert sorted(kinds) == ["tls", "tls", "tls-handshake"]
     assert not inner(ladder)
     warning = "TLS after STARTTLS on connection 1: no key log, the dialogue inside is not seen"
     assert ladder.warnings == {warning: 1}
+    clear, seen = handshake(ladder), handshake(decrypted(CRAFTED / "starttls-tls13.pcap"))
+    assert clear.get("decrypted") is False and seen.get("decrypted") is None
+    for key in ("version", "cipher", "sni"):
+        assert clear.get(key) == seen.get(key) is not None, key
+    assert clear.get("subject") is None and seen.get("subject") is not None
+
+
+def test_without_a_key_log_a_tls12_certificate_is_read_in_the_clear():
+    """Before TLS 1.3 the server's Certificate precedes ChangeCipherSpec (RFC 5246 §7.3)."""
+    pcap = CRAFTED / "starttls-tls12.pcap"
+    clear, seen = handshake(dissect(str(pcap), HOSTS)), handshake(decrypted(pcap))
+    assert clear.get("version") == "TLSv1.2" and clear.get("decrypted") is False
+    keys = ("cipher", "sni", "subject", "issuer", "not_before", "not_after")
+    assert [clear.get(k) for k in keys] == [seen.get(k) for k in keys]
+    assert clear.get("subject") is not None
 
 
 def test_a_key_log_without_the_sessions_secrets_names_the_client_random():
     ladder = decrypted(CRAFTED / "starttls-tls13.pcap", CRAFTED / "starttls-tls12.keylog")
     (warning,) = ladder.warnings
     assert "no key log entry CLIENT_HANDSHAKE_TRAFFIC_SECRET" in warning
-    assert [s.kind for s in ladder.steps if s.kind in ("tls", "tls-handshake")] == ["tls", "tls"]
+    kinds = [s.kind for s in ladder.steps if s.kind in ("tls", "tls-handshake")]
+    assert sorted(kinds) == ["tls", "tls", "tls-handshake"]
+    assert handshake(ladder).get("decrypted") is False
     assert not inner(ladder)
 
 
@@ -211,6 +232,9 @@ def test_a_cbc_suite_stays_opaque_with_a_warning_naming_why(tmp_path):
     assert "TLSv1.2 with cipher suite 0xc023: not supported" in warning
     assert [s.kind for s in ladder.steps if s.kind == "tls"] == ["tls", "tls"]
     assert not inner(ladder)
+    shake = handshake(ladder)  # what was negotiated is still shown, from the clear part
+    assert (shake.get("version"), shake.get("cipher")) == ("TLSv1.2", "0xc023")
+    assert shake.get("decrypted") is False and shake.get("subject") is not None
 
 
 def test_a_damaged_record_is_a_warning_and_the_steps_before_it_stay(tmp_path):
@@ -301,8 +325,9 @@ def test_the_cli_decrypts_with_keylog_and_marks_the_steps_in_tls():
 
 def test_check_judges_the_dialogue_inside_tls():
     """With the key log the session's checks meet the transaction inside TLS (the delivery,
-    passes); without it nothing inside is judged (at most the plaintext before it, e.g.
-    tls.nothing-after-starttls, passes; nothing is observed) and the warning says why."""
+    passes); without it nothing inside is judged, and the checks about it say why (TLS not
+    decrypted: no key log, not "did not happen"), while the handshake, read in the clear,
+    still gives tls.version and tls.version-cipher; the warning says why."""
     pcap = CRAFTED / "starttls-tls12.pcap"
     keylog = str(pcap.with_suffix(".keylog"))
     seen = subprocess.run([*CLI, "check", str(pcap), "--keylog", keylog], capture_output=True)
@@ -311,10 +336,25 @@ def test_check_judges_the_dialogue_inside_tls():
     seen_text, blind_text = seen.stdout.decode(), blind.stdout.decode()
     assert "c3po@receiver.com: delivered (250 to <end-of-data>" in seen_text
     assert re.search(r"checks: [1-9]\d* pass", seen_text)
-    assert (
-        re.search(r"checks: (\d+ pass, )?\d+ n/a\n", blind_text) and "delivered" not in blind_text
-    )
+    assert "delivered" not in blind_text
     assert "no key log, the dialogue inside is not seen" in blind_text
+    done = subprocess.run(
+        [*CLI, "check", str(pcap), "--format", "jsonl"], capture_output=True, check=True
+    )
+    (session,) = [json.loads(line) for line in done.stdout.splitlines()[:1]]
+    judged = {c["id"]: c for c in session["checks"]}
+    for inside in ("tls.re-ehlo", "tls.no-starttls-after-tls", "tls.second-starttls-refused"):
+        assert (judged[inside]["verdict"], judged[inside]["note"]) == (
+            "n/a",
+            "TLS not decrypted: no key log",
+        ), inside
+    assert judged["tls.version"]["verdict"] == "pass"
+    assert (
+        judged["tls.version-cipher"]["value"] == "TLSv1.2 TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384"
+    )
+    assert judged["tls.version"]["evidence"] == judged["tls.version-cipher"]["evidence"] != []
+    failed = [c["id"] for c in judged.values() if c["verdict"] in ("fail", "error")]
+    assert not failed
 
 
 # --- the Decryption Secrets Block

@@ -12,7 +12,8 @@ Rules kept here:
   with the reason; the judge never runs.  The steps found are evidence of every verdict.
   A precondition whose judge also reads what only a lab run has (the stored copies, the
   sender's queue, the scenario's users) says so in ``lab``: judging a passive capture
-  (``harness.checks.offline``) makes such a check n/a with that reason.
+  (``harness.checks.offline``) makes such a check n/a with that reason; one that looks
+  inside TLS says so in ``inside_tls``: in a capture whose TLS was not decrypted, n/a too.
 - A ``rule`` check judges: ``pass``, ``fail`` (a MUST broken) or ``deviation-known`` (a
   SHOULD broken, or a documented departure).  An ``observation`` reports a fact with
   several allowed answers (who closes first, when the PTR is asked): its verdict is
@@ -131,6 +132,7 @@ class Precondition:
     find: Callable[[RunResult], Sequence[Step]]  # the steps that show it; none: not exercised
     run: int = 0  # which of the check's runs it looks at
     lab: str = ""  # what only a lab run has that the judge reads too ("" : a capture will do)
+    inside_tls: bool = False  # it looks inside TLS: a capture not decrypted cannot show it
 
 
 @dataclass(frozen=True)

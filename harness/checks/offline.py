@@ -11,8 +11,12 @@ Rules kept here:
   what else of a lab run its judge reads (``Precondition.lab``).  A TLS session (implicit
   TLS, RFC 8314 §3) is n/a for every check: its SMTP is encrypted; so is a session of
   which the capture holds one direction only (a judge would take the missing side's
-  silence for the peer's).  In a session that went on in TLS after STARTTLS, a verdict
-  that cites a step from there on, or a fail that cites nothing, is n/a.
+  silence for the peer's).  In a session that went on in TLS after STARTTLS and was not
+  decrypted (an opaque ``tls`` step: no key log), a check that looks inside TLS
+  (``Precondition.inside_tls``) is n/a, ``UNDECRYPTED``: a passive capture without the
+  secrets is no fault of ours (in a lab run the key log is ours: there it is an error); any
+  other verdict that cites a step from there on, or a fail that cites nothing, is n/a.  The
+  ``tls-handshake`` step is read in the clear: citing it keeps a verdict.
 - Every other check is judged by ``Check.judge``: its preconditions decide n/a, and its
   verdict is earned (cited steps of the session) as in the matrix.  A judge that raises
   is our fault: an ``error`` naming the exception, never a pass or a fail.
@@ -40,6 +44,7 @@ from harness.smtp.commands import parse_command
 from harness.verdict import ExitCode, Verdict
 
 TLS_REASON = "the session is TLS from its first byte (RFC 8314 §3): its SMTP is not readable"
+UNDECRYPTED = "TLS not decrypted: no key log"
 _BY_DIGIT = {2: OutcomeStatus.DELIVERED, 4: OutcomeStatus.DEFERRED, 5: OutcomeStatus.REJECTED}
 _ENDS_DATA = frozenset({"<end-of-data>", "BDAT LAST"})  # what a reply to the message answers
 
@@ -106,6 +111,8 @@ class OfflineJudge:
         self.checks = [(check, passive_reason(check)) for check in chosen]
         # a lab-only check's n/a is the same in every session: made once (they are most)
         self._lab_only = [not_applicable(reason) if reason else None for _, reason in self.checks]
+        inside = [any(pre.inside_tls for pre in check.requires) for check in chosen]
+        self._inside_tls = [not_applicable(UNDECRYPTED) if i else None for i in inside]
 
     def session(self, flow: Flow, source: str, hosts: dict[str, str]) -> SessionReport:
         """The report of one SMTP or TLS session (``flow.session`` set)."""
@@ -116,8 +123,10 @@ class OfflineJudge:
         run = _as_run(flow.ladder(source, hosts), ends, source)
         why_not, tls_at = unreadable(flow, ends), _encrypted_from(flow)
         unjudged = not_applicable(why_not) if why_not else None
-        for (check, _reason), lab_only in zip(self.checks, self._lab_only, strict=True):
-            outcome = unjudged or lab_only or _judge(check, run, tls_at)
+        blind = tls_at is not None and not _decrypted(flow)
+        unseen = self._inside_tls if blind else [None] * len(self.checks)
+        for (check, _), lab_only, inside in zip(self.checks, self._lab_only, unseen, strict=True):
+            outcome = unjudged or lab_only or inside or _judge(check, run, tls_at)
             report.judged.append(Judged(check, outcome))
         return report
 
@@ -153,21 +162,30 @@ def _encrypted_from(flow: Flow) -> int | None:
     return next((step.index for step in flow.steps if step.kind == StepKind.TLS), None)
 
 
+def _decrypted(flow: Flow) -> bool:
+    """Whether a key log decrypted the session's handshake (one read in the clear only
+    says ``decrypted=False``)."""
+    shakes = [s for s in flow.steps if s.kind == StepKind.TLS_HANDSHAKE]
+    return any(s.get("decrypted") is not False for s in shakes)
+
+
 def _judge(check: Check, run: RunResult, tls_at: int | None) -> Outcome:
     try:
         outcome = check.judge([run])
     except Exception as exc:  # a judge's bug: our fault, reported as an error verdict
         return error(InternalFault.from_exception(f"judge of {check.id}", exc).line())
-    return _cleartext(outcome, tls_at)
+    return _cleartext(outcome, run.ladder, tls_at)
 
 
-def _cleartext(outcome: Outcome, tls_at: int | None) -> Outcome:
+def _cleartext(outcome: Outcome, ladder: Ladder, tls_at: int | None) -> Outcome:
     """A verdict stands only on what the capture could read: one that cites a step after
-    the session turned to TLS (STARTTLS, RFC 3207 §4), or a fail about something missing
-    (nothing cited) in such a session, is n/a: what came after is encrypted."""
+    the session turned to TLS (STARTTLS, RFC 3207 §4), bar the handshake read in the clear,
+    or a fail about something missing (nothing cited) in such a session, is n/a: what came
+    after is encrypted."""
     if tls_at is None or outcome.verdict in (Verdict.NA, Verdict.ERROR):
         return outcome
-    late = [index for _run, index in outcome.evidence if index >= tls_at]
+    clear = {s.index for s in ladder.steps if s.kind == StepKind.TLS_HANDSHAKE}
+    late = [index for _run, index in outcome.evidence if index >= tls_at and index not in clear]
     if late or not outcome.evidence:
         return not_applicable(
             f"the session went on in TLS from step {tls_at}: what it judged is encrypted"

@@ -6,7 +6,11 @@ Rules kept here:
   inside TLS with detail ``tls=True``; plaintext a peer sent behind STARTTLS or behind its
   220 is a ``plaintext after STARTTLS`` anomaly step from that peer (core rule 3), never a
   command or reply.  Judges read those details, never the text.
-- Exercised means seen: a check about what happens inside TLS needs steps inside TLS; a
+- Exercised means seen: a check about what happens inside TLS needs steps inside TLS
+  (``about_inside``): in a lab run, TLS the ladder could not read (an opaque ``tls`` step:
+  the run's own key log failed) is the harness's error, whatever else was found; a passive
+  capture with no key log makes such checks n/a (``harness.checks.offline``).  The
+  handshake's ServerHello is read in the clear, so ``tls.version`` needs no key log.  A
   policy check needs the event its policy answers (a 454, a stripped EHLO, a 220 before a
   bad certificate).  A run that never got there is n/a, with the reason.
 - Policies (``[sender] starttls``, ``harness.mta.base``): under ``opportunistic`` (RFC
@@ -15,14 +19,24 @@ Rules kept here:
   or over TLS to a certificate ``verify`` refuses, is a fail.  None of the four MTAs
   implements MTA-STS (RFC 8461): nothing here claims it.
 - Grading: RFC 3207 §4 says STARTTLS "must be the last command in a group" in lowercase
-  (RFC 8174 §2: not a BCP 14 keyword), but a command behind STARTTLS is also given before
-  the TLS negotiation, which the same section's uppercase MUST forbids ("the client MUST
-  start the TLS negotiation before giving any other SMTP commands"), and it is the
-  injection vector of CVE-2011-0411: so it fails.  A second STARTTLS inside TLS passes on
-  any 5yz (RFC 3207 names no code: 503 bad sequence, RFC 5321 §4.2.2, 502/500 for an
-  extension not offered, 554 as §4.1 answers what it will not do), is deviation-known on
-  4yz (a temporary refusal of what can never succeed) and fails on 220, any other reply,
-  or a close without one (RFC 5321 §3.8).
+  (RFC 8174 §2: not a BCP 14 keyword).  Its uppercase MUST ("After receiving a 220 response
+  to a STARTTLS command, the client MUST start the TLS negotiation before giving any other
+  SMTP commands") is about what the client does once the 220 came: a command pipelined
+  behind STARTTLS left before it, so that MUST does not reach it.  The grade rests on RFC
+  2920 §3.1 instead, which every pipelining client follows: "Additional commands added by
+  other SMTP extensions may only appear as the last command in a group unless otherwise
+  specified by the extensions that define the commands" (RFC 3207 specifies the same), and
+  on the harm: those commands are the injection vector of CVE-2011-0411 (a server that
+  buffers them answers them inside TLS, as if the client had sent them there): so it
+  fails.  One defect, one fail: bytes behind a STARTTLS that was itself pipelined behind
+  another command, or commands behind it read as such (no 220), are the group's
+  (tls.starttls-last-in-group); plaintext behind a STARTTLS sent on its own, dropped at its
+  220, is tls.nothing-after-starttls's.  Each check is n/a where the other judges.  (Bytes
+  a client sends after the 220 are read as TLS records: the ladder cannot tell them apart.)
+- A second STARTTLS inside TLS passes on any 5yz (RFC 3207 names no code: 503 bad
+  sequence, RFC 5321 §4.2.2, 502/500 for an extension not offered, 554 as §4.1 answers
+  what it will not do), is deviation-known on 4yz (a temporary refusal of what can never
+  succeed) and fails on 220, any other reply, or a close without one (RFC 5321 §3.8).
 - Injection, server side: the scripted sender of those setups never pipelines, so a reply
   inside TLS with no client unit since the previous reply answered the plaintext behind
   STARTTLS; counted in capture order, never through the ladder's reply pairing (one
@@ -151,26 +165,35 @@ def _handshakes(run: RunResult) -> list[Step]:
     return where(run.ladder, StepKind.TLS_HANDSHAKE)
 
 
-def _undecrypted(run: RunResult) -> bool:
-    """TLS records, no handshake seen through a key log, and a delivery reported: the
-    session went on inside TLS, and the ladder could not read it."""
-    if not where(run.ladder, StepKind.TLS) or _handshakes(run):
-        return False
-    found = run.report.outcomes.values()
-    return any(o.status is OutcomeStatus.DELIVERED for o in found)
+def _undecrypted(run: RunResult) -> list[int | None]:
+    """Connections whose TLS the ladder could not read: an opaque ``tls`` step, and no
+    handshake it decrypted (one read in the clear only says ``decrypted=False``).  A
+    connection whose handshake was decrypted was read; opaque records on it after that
+    are a second TLS within the first (a 220 to a second STARTTLS), which is judged."""
+    read = {h.conn for h in _handshakes(run) if h.get("decrypted") is not False}
+    opaque = {s.conn for s in where(run.ladder, StepKind.TLS) if s.conn not in read}
+    return sorted(opaque, key=lambda c: c or 0)
 
 
-def inside_view(find: Finder) -> Finder:
-    """A precondition about steps inside TLS: finding none in a ladder that could not see
-    inside TLS is the harness's fault (no key log), not a rule left unexercised."""
+def _seen_inside(run: RunResult) -> None:
+    """In a lab run the key log is ours: TLS that happened and was not decrypted leaves the
+    steps inside unseen, the harness's fault (``Unjudged``), never a rule unexercised."""
+    unread = _undecrypted(run)
+    if unread:
+        raise Unjudged(
+            f"TLS on connection {unread[0]} was not decrypted: the steps inside it are unseen"
+        )
 
-    def found(run: RunResult) -> list[Step]:
-        steps = find(run)
-        if not steps and _undecrypted(run):
-            raise Unjudged("TLS was not decrypted (no key log): the steps inside it are unseen")
-        return steps
 
-    return found
+def about_inside(says: str, find: Finder, lab: str = "") -> Precondition:
+    """A precondition about steps inside TLS (``inside_tls``: judging a passive capture
+    whose TLS was not decrypted makes its check n/a, ``harness.checks.offline``)."""
+
+    def found(run: RunResult) -> Sequence[Step]:
+        _seen_inside(run)
+        return find(run)
+
+    return Precondition(says, found, lab=lab, inside_tls=True)
 
 
 def _inside(
@@ -179,7 +202,6 @@ def _inside(
     return [s for s in where(run.ladder, kind, conn=conn) if in_tls(s)]
 
 
-@inside_view
 def _secured(run: RunResult) -> list[Step]:
     """Handshakes followed by a client command inside TLS on their connection."""
     return [h for h in _handshakes(run) if _inside(run, h.conn)]
@@ -201,7 +223,6 @@ def _delivered(run: RunResult) -> list[str]:
 
 
 # --- the receiver side ----------------------------------------------------------------------
-@inside_view
 def _ehlo_inside(run: RunResult) -> list[Step]:
     return [r for r in replies(run.ladder, "EHLO", 250) if in_tls(r)][:1]
 
@@ -213,7 +234,7 @@ def _ehlo_inside(run: RunResult) -> list[Step]:
     'command received after a TLS handshake has completed."',
     RECEIVER,
     TLS_RECEIVER,
-    requires=[Precondition("a 250 reply to EHLO inside TLS", _ehlo_inside)],
+    requires=[about_inside("a 250 reply to EHLO inside TLS", _ehlo_inside)],
 )
 def no_starttls_after_tls(seen: Seen) -> Outcome:
     for reply in [r for r in replies(seen.run.ladder, "EHLO", 250) if in_tls(r)]:
@@ -222,7 +243,6 @@ def no_starttls_after_tls(seen: Seen) -> Outcome:
     return passed("the EHLO reply inside TLS offers no STARTTLS", *seen.found[0])
 
 
-@inside_view
 def _second_starttls(run: RunResult) -> list[Step]:
     return [c for c in commands(run.ladder, "STARTTLS") if in_tls(c)][:1]
 
@@ -235,7 +255,7 @@ def _second_starttls(run: RunResult) -> list[Step]:
     "sequence), §4.2.4: 502 for what is not offered; §3.8: no close without a reply",
     RECEIVER,
     SECOND_STARTTLS,
-    requires=[Precondition("a STARTTLS from the client inside TLS", _second_starttls)],
+    requires=[about_inside("a STARTTLS from the client inside TLS", _second_starttls)],
 )
 def second_starttls(seen: Seen) -> Outcome:
     command = seen.found[0][0]
@@ -251,7 +271,6 @@ def second_starttls(seen: Seen) -> Outcome:
     return failed(f"a second STARTTLS answered {got}", command, reply)
 
 
-@inside_view
 def _forgets_find(run: RunResult) -> list[Step]:
     outside = [c for c in commands(run.ladder, "EHLO") if not in_tls(c)]
     inside = [c for c in commands(run.ladder, "EHLO") if in_tls(c)]
@@ -292,7 +311,7 @@ def _names(field: str, name: str) -> bool:
     RECEIVER,
     NEW_NAME,
     requires=[
-        Precondition(
+        about_inside(
             "an EHLO inside TLS naming another host than the EHLO before it",
             _forgets_find,
             lab="the copies the receiving side stored",
@@ -315,9 +334,9 @@ def forgets_ehlo(seen: Seen) -> Outcome:
     return not_applicable("the Received: field names neither EHLO name")
 
 
-@inside_view
 def _injected(run: RunResult) -> list[Step]:
     """Client plaintext behind STARTTLS on a connection that then went on inside TLS."""
+    _seen_inside(run)
     found = _plaintext(run, run.scenario.sender_host)
     return [a for a in found if _inside(run, a.conn)]
 
@@ -382,39 +401,47 @@ def _starttls_ready(run: RunResult) -> list[Step]:
     return _ready(run)[:1]
 
 
+def _starttls_exchanges(run: RunResult) -> list[Exchange]:
+    return [
+        x for x in all_exchanges(run.ladder) if verb_of(x.unit) == "STARTTLS" and not in_tls(x.unit)
+    ]
+
+
+def _alone(run: RunResult) -> list[Step]:
+    """220 replies to a STARTTLS sent on its own (not behind another command: a group
+    ending in STARTTLS is tls.starttls-last-in-group's)."""
+    ready = {r.index for r in _ready(run)}
+    found = _starttls_exchanges(run)
+    return [x.reply for x in found if x.reply and x.reply.index in ready and not x.pipelined_after]
+
+
 @check(
     "tls.nothing-after-starttls",
     "The client sends nothing after STARTTLS until the 220",
-    'RFC 3207 §4: "After receiving a 220 response to a STARTTLS command, the client MUST '
-    'start the TLS negotiation before giving any other SMTP commands."',
+    'RFC 3207 §4: "the STARTTLS command must be the last command in a group" and "After '
+    "receiving a 220 response to a STARTTLS command, the client MUST start the TLS "
+    'negotiation before giving any other SMTP commands": bytes behind STARTTLS reach the '
+    "server ahead of the negotiation (CVE-2011-0411); RFC 2920 §3.1",
     SENDER,
     TLS_SENDER,
-    requires=[Precondition("a 220 to the client's STARTTLS", _starttls_ready)],
+    requires=[Precondition("a 220 to a STARTTLS the client sent on its own", _alone)],
 )
 def nothing_after_starttls(seen: Seen) -> Outcome:
     run = seen.run
-    for ready in _ready(run):
+    for ready in seen.found[0]:
         early = _plaintext(run, run.scenario.sender_host, ready.conn)
         if early:
-            return failed("the client sent plaintext behind STARTTLS", *early[:1])
+            return failed("the client sent plaintext behind STARTTLS", ready, early[0])
     return passed("STARTTLS, then nothing until the 220", *seen.found[0])
 
 
 def _grouped(run: RunResult) -> list[Step]:
     """STARTTLS commands sent in a pipelined group: behind another command, or with
-    something behind them before their reply (plaintext dropped when a 220 came, commands
-    read as such when it was not a 220)."""
-    client = run.scenario.sender_host
+    commands behind them that the core read as such (their reply was not a 220)."""
     return [
         x.unit
-        for x in all_exchanges(run.ladder)
-        if verb_of(x.unit) == "STARTTLS"
-        and not in_tls(x.unit)
-        and (
-            x.pipelined_after is not None
-            or _behind(run, x.unit)
-            or _plaintext(run, client, x.unit.conn)
-        )
+        for x in _starttls_exchanges(run)
+        if x.pipelined_after is not None or _behind(run, x.unit)
     ]
 
 
@@ -431,9 +458,10 @@ def _behind(run: RunResult, starttls: Step) -> list[Step]:
 @check(
     "tls.starttls-last-in-group",
     "STARTTLS ends a pipelined group",
-    'RFC 3207 §4: "the STARTTLS command must be the last command in a group" '
-    "(lowercase; graded fail: the same section's MUST forbids any command before the TLS "
-    "negotiation); RFC 2920 §3.1",
+    'RFC 2920 §3.1: "Additional commands added by other SMTP extensions may only appear as '
+    'the last command in a group"; RFC 3207 §4: "the STARTTLS command must be the last '
+    'command in a group" (lowercase; graded fail: CVE-2011-0411, the commands behind it are '
+    "what a server injects into the TLS session)",
     SENDER,
     TLS_SENDER,
     requires=[Precondition("the client pipelined STARTTLS with other commands", _grouped)],
@@ -447,7 +475,6 @@ def starttls_last(seen: Seen) -> Outcome:
     return passed("STARTTLS was the last command of its group", *seen.found[0])
 
 
-@inside_view
 def _fed_reply(run: RunResult) -> list[Step]:
     """The server's plaintext behind its 220 to STARTTLS (the client read it, or could)."""
     return _plaintext(run, run.scenario.receiver_host)[:1]
@@ -460,7 +487,7 @@ def _fed_reply(run: RunResult) -> list[Step]:
     'was not obtained from the TLS negotiation itself"',
     SENDER,
     INJECTED_CLIENT,
-    requires=[Precondition("a reply injected behind the 220", _fed_reply, lab=QUEUE)],
+    requires=[about_inside("a reply injected behind the 220", _fed_reply, lab=QUEUE)],
 )
 def injection_client(seen: Seen) -> Outcome:
     run = seen.run
@@ -519,7 +546,7 @@ def _knowledge_used(run: RunResult, conn: int | None) -> Step | None:
     'such as the list of SMTP service extensions"',
     SENDER,
     TLS_SENDER,
-    requires=[Precondition("a client command inside TLS", _secured)],
+    requires=[about_inside("a client command inside TLS", _secured)],
 )
 def re_ehlo(seen: Seen) -> Outcome:
     run = seen.run
@@ -613,8 +640,8 @@ def _delivery(run: RunResult) -> str:
         return "delivered in plaintext"
     if [x for x in accepted_data(run.ladder) if in_tls(x.unit)]:
         return "delivered over TLS"
-    if _undecrypted(run):
-        raise Unjudged("delivered, and TLS was not decrypted (no key log): how is unseen")
+    if _undecrypted(run) and _delivered(run):
+        raise Unjudged("delivered, and TLS was not decrypted: how is unseen")
     return "not delivered"
 
 
@@ -655,7 +682,8 @@ def downgrade_required(seen: Seen) -> Outcome:
     for n, result in enumerate(outcomes):
         if result.verdict is not Verdict.PASS:
             return failed(f"run {n + 1}: {result.note}", *result.steps(), run=n)
-    return passed("deferred under required and verify", seen.found[0][0])
+    cited = tuple(c for n, result in enumerate(outcomes) for c in cites(result.steps(), n))
+    return Outcome(Verdict.PASS, cited, "deferred under required and verify")
 
 
 def _certificate_observation(variant: str) -> Callable[[Seen], Outcome]:
@@ -709,19 +737,46 @@ for _variant in VARIANTS:
     )(_certificate_rule(_variant))
 
 
-@inside_view
 def _negotiated(run: RunResult) -> list[Step]:
+    """The first handshake's facts: its ServerHello is in the clear, so a ladder shows them
+    with or without a key log."""
     return [h for h in _handshakes(run) if h.get("version") and h.get("cipher")][:1]
+
+
+ALLOWED = frozenset({"TLSv1.2", "TLSv1.3"})
+DEPRECATED = {  # each MUST NOT be used
+    "SSLv3": "RFC 7568 §3",
+    "TLSv1.0": "RFC 8996 §2",
+    "TLSv1.1": "RFC 8996 §3",
+}
+
+
+@check(
+    "tls.version",
+    "TLS 1.2 or 1.3 is negotiated, never TLS 1.1 or older",
+    'RFC 8996 §2: "TLS 1.0 MUST NOT be used"; §3: "TLS 1.1 MUST NOT be used"; RFC 7568 §3: '
+    '"SSLv3 MUST NOT be used"',
+    BOTH,
+    BOTH_TLS,
+    requires=[Precondition("a TLS handshake's ServerHello", _negotiated)],
+)
+def negotiated_version(seen: Seen) -> Outcome:
+    shake = seen.found[0][0]
+    got = str(shake.get("version"))
+    if got in DEPRECATED:
+        return failed(f"negotiated {got}: {DEPRECATED[got]} says it MUST NOT be used", shake)
+    if got in ALLOWED:
+        return passed(f"negotiated {got}", shake)
+    raise Unjudged(f"negotiated {got}: a version this check does not know")
 
 
 @check(
     "tls.version-cipher",
     "The TLS version and cipher negotiated",
-    "RFC 3207 §4.1: the parties decide on the privacy achieved; RFC 8996 deprecates TLS 1.0 "
-    "and 1.1",
+    "RFC 3207 §4.1: the parties decide on the privacy achieved (the version's rule is tls.version)",
     BOTH,
     BOTH_TLS,
-    requires=[Precondition("a completed TLS handshake", _negotiated)],
+    requires=[Precondition("a TLS handshake's ServerHello", _negotiated)],
     kind=Kind.OBSERVATION,
 )
 def version_cipher(seen: Seen) -> Outcome:

@@ -28,9 +28,11 @@ Rules this module keeps:
   inside content (DATA, a BDAT chunk) it counts towards the content's size and is shown
   as ``missing`` in it (the digest covers the captured bytes only); among commands and
   replies the lines it cut are anomaly steps.  The gap step says where the damage is.
-  Message content (DATA) and each BDAT chunk become one step; TLS after STARTTLS one
-  ``tls`` step per direction; each client line answering a 334 (RFC 4954 §4) one
-  ``auth-response`` step, as sent (``cancel=True`` for ``*``).
+  Message content (DATA) and each BDAT chunk become one step; TLS after STARTTLS a
+  ``tls-handshake`` step (read in the clear with no key log: version, cipher, SNI, and
+  before TLS 1.3 the certificate) and, unless decrypted, one ``tls`` step per direction;
+  each client line answering a 334 (RFC 4954 §4) one ``auth-response`` step, as sent
+  (``cancel=True`` for ``*``).
 - The core observes as a capture's observer (its rule 9): where the capture lost replies
   or the session's start (no handshake captured: ``midstream``), reply codes that answer
   one command only re-pair the replies, and a 354 the client's bytes show was sent is
@@ -515,12 +517,11 @@ class _Conn:
     def _tls_started(self, d: int, offset: int) -> None:
         """The 220 to STARTTLS: *d* carries TLS records from stream *offset* on."""
         self.tls_base[d] = offset
-        if self.d.keylog is None:
+        if self.d.keylog is None and d == CLIENT:
             warning = f"TLS after STARTTLS on connection {self.id}: no key log, "
-            if d == CLIENT:
-                self.d.warnings[warning + "the dialogue inside is not seen"] += 1
-        elif self.tls_session is None:
-            self.tls_session = TlsSession(self.d.keylog)
+            self.d.warnings[warning + "the dialogue inside is not seen"] += 1
+        # with no key log too: the handshake is read in the clear (version, cipher, SNI)
+        self.tls_session = self.tls_session or TlsSession(self.d.keylog)
 
     def _tls_feed(self, d: int, data: bytes, event: Event) -> Iterator[Step]:
         """TLS bytes: to the record layer; before the handshake is done also to the core,
@@ -542,16 +543,16 @@ class _Conn:
                 self._tls_problem(item)
 
     def _tls_problem(self, problem: Problem) -> None:
+        if self.d.keylog is None:
+            return  # said once already: no key log
         warning = f"TLS on connection {self.id}: {problem.reason}; "
         self.d.warnings[warning + "the records after it are not read"] += 1
 
     def _handshake(self, item: Established, event: Event) -> Step:
-        """The handshake as one step; the core reads the dialogue inside from here on."""
-        self.inside = True
-        if self.observer is None:  # implicit TLS: inside, the session starts with a greeting
-            self.observer, self.mode = Observer(capture=True), "smtp"
-        else:
-            self.observer.secured()
+        """The handshake as one step; once decrypted, the core reads the dialogue inside from
+        here on (read in the clear only, the records after it stay opaque)."""
+        if item.decrypted:
+            self._secured()
         server_end = self.tls_base[SERVER] + self.tls_session.sides[SERVER].offset
         evidence = self._evidence(CLIENT, self.tls_base[CLIENT] + item.end)
         evidence += self._evidence(SERVER, server_end)
@@ -563,9 +564,18 @@ class _Conn:
             issuer=item.issuer,
             not_before=item.not_before,
             not_after=item.not_after,
+            decrypted=None if item.decrypted else False,
         )
         text = f"{item.version} {item.cipher}" + (f" SNI {item.sni}" if item.sni else "")
+        text += "" if item.decrypted else " (read in the clear, not decrypted)"
         return self._new(event, CLIENT, StepKind.TLS_HANDSHAKE, text, _unique(evidence), info)
+
+    def _secured(self) -> None:
+        self.inside = True
+        if self.observer is None:  # implicit TLS: inside, the session starts with a greeting
+            self.observer, self.mode = Observer(capture=True), "smtp"
+        else:
+            self.observer.secured()
 
     def _plaintext(self, item: Plaintext, event: Event) -> Iterator[Step]:
         d = item.direction

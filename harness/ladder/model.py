@@ -48,8 +48,11 @@ class StepKind(StrEnum):
     CONTENT = "content"
     BDAT = "bdat"
     TLS = "tls"  # TLS records not decrypted (no key log): counted, not read
-    # a TLS handshake seen through a key log: detail version, cipher, sni, subject, issuer,
-    # not_before, not_after; every step read inside TLS carries detail tls=True
+    # a TLS handshake: detail version, cipher, sni, subject, issuer, not_before, not_after;
+    # every step read inside TLS carries detail tls=True.  The same step with no key log (or
+    # a suite not decrypted): read in the clear, with decrypted=False, version, cipher and
+    # sni, and the certificate's details only before TLS 1.3 (1.3 encrypts it); the records
+    # after it are then a ``tls`` step per direction
     TLS_HANDSHAKE = "tls-handshake"
     GAP = "gap"
     ANOMALY = "anomaly"

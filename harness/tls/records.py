@@ -27,12 +27,18 @@ Rules this module keeps:
   7905): the key block by the PRF from the logged master secret (RFC 5246 §5, §6.3),
   encryption from each side's ChangeCipherSpec on, GCM's explicit nonce, the additional
   data of §6.2.3.3.
-- ``Established`` comes at the client's Finished (the handshake is over); application data
-  comes as ``Plaintext`` with the offset in its direction's TLS bytes where its record ends.
-- What cannot be read (a suite outside the table, CBC included; no secret for the client
-  random; a record that fails authentication; a malformed message) is one ``Problem``
-  naming why; the session is then opaque in both directions for good.  Nothing a peer sent
-  raises.
+- ``Established`` comes once both Finished are read (the handshake is over, ``decrypted``);
+  application data comes as ``Plaintext`` with the offset in its direction's TLS bytes where
+  its record ends.
+- The handshake is read in the clear whatever the secrets: a session that will not be
+  decrypted (no key log, or no entry for its client random; a version or suite outside the
+  table, CBC and TLS 1.0/1.1 included) still gives its facts as ``Established`` with
+  ``decrypted`` False, then its ``Problem``: at the ServerHello in TLS 1.3 (all after it is
+  encrypted), at the first ChangeCipherSpec or alert before 1.3 (the certificate is in the
+  clear before it, RFC 5246 §7.3).
+- What cannot be read (the above; a record that fails authentication; a malformed message)
+  is one ``Problem`` naming why; the session is then opaque in both directions for good.
+  Nothing a peer sent raises.
 """
 
 from __future__ import annotations
@@ -119,6 +125,7 @@ class Established:
     not_before: str | None
     not_after: str | None
     end: int  # the client's TLS offset where the record ending the handshake for it ends
+    decrypted: bool = True  # False: read in the clear only, the records after it are not
 
 
 @dataclass(frozen=True)
@@ -239,8 +246,8 @@ class _Side:
 class TlsSession:
     """One TLS connection seen from the wire (rules above)."""
 
-    def __init__(self, keylog: KeyLog) -> None:
-        self.keylog = keylog
+    def __init__(self, keylog: KeyLog | None) -> None:
+        self.keylog = keylog or KeyLog()  # None: the handshake is read in the clear only
         self.sides = (_Side(), _Side())
         self.failed: str | None = None
         self.established = False
@@ -249,9 +256,11 @@ class TlsSession:
         self.sni: str | None = None
         self.version = 0
         self.suite: Suite | None = None
+        self.cipher = ""  # the suite's name (its code in hex when outside the table)
         self.secrets: Secrets = {}
         self.certificate: x509.Certificate | None = None
         self._traffic: dict[int, bytes] = {}  # 1.3: each direction's application secret
+        self._unreadable: str | None = None  # why the records after the clear part are not read
         self._events: list[Event] = []
 
     def feed(self, direction: int, data: bytes) -> list[Event]:
@@ -299,6 +308,8 @@ class TlsSession:
 
     def _record(self, d: int, ctype: int, header: bytes, fragment: bytes) -> None:
         side = self.sides[d]
+        if self._unreadable is not None and ctype in (CHANGE_CIPHER_SPEC, ALERT):
+            return self._clear_part_read()
         if ctype == CHANGE_CIPHER_SPEC:  # 1.3 (and before a ServerHello): compat only, §D.4
             if self.version == TLS12:
                 if side.pending is None:  # no keys agreed: what follows cannot be read
@@ -365,24 +376,40 @@ class TlsSession:
         chosen = r.extensions().get(EXT_SUPPORTED_VERSIONS)
         self.version = int.from_bytes(chosen, "big") if chosen and len(chosen) == 2 else legacy
         self.suite = SUITES.get(code)
+        self.cipher = self.suite.name if self.suite else f"{code:#06x}"
+        version = self.version_name
         if self.suite is None or self.version not in (TLS12, TLS13):
-            version = VERSIONS.get(self.version, f"{self.version:#06x}")
-            return self.fail(
+            return self._not_decrypted(
                 f"{version} with cipher suite {code:#06x}: not supported "
                 "(only the AEAD suites of TLS 1.2 and 1.3 are decrypted)"
             )
         if self.suite.version != self.version:
-            return self.fail(f"cipher suite {self.suite.name} with {VERSIONS[self.version]}")
+            return self._not_decrypted(f"cipher suite {self.suite.name} with {version}")
         self.secrets = self.keylog.get(self.client_random)
         if self.version == TLS13:
             self._keys13()
         else:
             self._keys12(server_random)
 
+    @property
+    def version_name(self) -> str:
+        return VERSIONS.get(self.version, f"{self.version:#06x}")
+
+    def _not_decrypted(self, reason: str) -> None:
+        """What follows will not be decrypted: the handshake is read on in the clear while
+        it is (before 1.3), then its facts and the ``Problem``."""
+        self._unreadable = reason
+        if self.version == TLS13:
+            self._clear_part_read()
+
+    def _clear_part_read(self) -> None:
+        self._events.append(self._established(decrypted=False))
+        self.fail(self._unreadable or "")
+
     def _missing(self, labels: tuple[Label, ...]) -> bool:
         missing = [label.value for label in labels if label not in self.secrets]
         if missing:
-            self.fail(
+            self._not_decrypted(
                 f"no key log entry {', '.join(missing)} for client random "
                 f"{self.client_random.hex()}"
             )
@@ -454,17 +481,18 @@ class TlsSession:
         )
         self.sides[d].cipher = _Cipher.tls13_from(suite, secret)
 
-    def _established(self) -> Established:
+    def _established(self, decrypted: bool = True) -> Established:
         cert = self.certificate
         return Established(
-            version=VERSIONS[self.version],
-            cipher=self.suite.name,
+            version=self.version_name,
+            cipher=self.cipher,
             sni=self.sni,
             subject=None if cert is None else cert.subject.rfc4514_string(),
             issuer=None if cert is None else cert.issuer.rfc4514_string(),
             not_before=None if cert is None else _iso(cert.not_valid_before_utc),
             not_after=None if cert is None else _iso(cert.not_valid_after_utc),
             end=self.sides[CLIENT].offset,
+            decrypted=decrypted,
         )
 
 
