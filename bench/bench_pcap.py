@@ -42,6 +42,7 @@ import struct
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -95,7 +96,7 @@ _SESSION = [  # (from client?, flags, payload); flags as in the TCP header
 _SHORT = [*_SESSION[:7], *_SESSION[18:]]  # greeting, EHLO, QUIT: 12 packets
 
 
-def _frames(count: int, session_script: list = _SESSION, concurrent: int = CONCURRENT):
+def frames(count: int, session_script: list = _SESSION, concurrent: int = CONCURRENT):
     """Yield *count* Ethernet frames of interleaved SMTP sessions."""
     eth = bytes.fromhex("020000000002020000000001") + b"\x08\x00"
     server = bytes([198, 51, 100, 25])
@@ -134,16 +135,21 @@ def generate(count: int, sessions: int = 0) -> Path:
     ``MANY_OPEN`` open at once), written if missing."""
     name = f"smtp-{sessions}-sessions" if sessions else f"smtp-{count}"
     path = CACHE / f"{name}.pcap"
-    frames = _frames(sessions * len(_SHORT), _SHORT, MANY_OPEN) if sessions else _frames(count)
+    made = frames(sessions * len(_SHORT), _SHORT, MANY_OPEN) if sessions else frames(count)
     if not path.exists():
         CACHE.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
-        with open(tmp, "wb") as f:
-            writer = PcapWriter(f)
-            for i, frame in enumerate(frames):
-                writer.write(1_700_000_000_000_000_000 + i * STEP_NS, frame)
+        write_frames(tmp, made)
         tmp.rename(path)
     return path
+
+
+def write_frames(path: Path, made: Iterable[bytes]) -> None:
+    """A pcap of *frames*, STEP_NS apart (the tests' many-session captures use it too)."""
+    with open(path, "wb") as f:
+        writer = PcapWriter(f)
+        for i, frame in enumerate(made):
+            writer.write(1_700_000_000_000_000_000 + i * STEP_NS, frame)
 
 
 # --- the readers, each run in a child: ``bench_pcap.py --run NAME FILE`` prints packets/s

@@ -24,8 +24,12 @@ Rules this module keeps:
   dialogue inside STARTTLS and port 465 (``harness.tls.records``); a bad key log line is
   bad input (file and line).  Without secrets, TLS after STARTTLS is one opaque step and a
   warning says the dialogue inside is not seen.
-* While a capture streams, the cyclic GC collects seldom (``_few_collections``): what
+* While a capture streams, the cyclic GC collects seldom (``few_collections``): what
   start-up made is frozen; a connection's objects hold no cycles, so memory stays flat.
+* ``ladder --format jsonl`` and ``check CAPTURE`` read a big capture (4 MiB and more) in
+  worker processes, one per core (two at most), each following its share of the flows
+  (``harness.ladder.parallel``); ``--jobs N`` sets how many.  The output is the one
+  process's, byte for byte; ``--session`` reads in one process (it stops at its session).
 * ``--port`` adds server ports read as SMTP, ``--idle`` the capture time after which a
   silent connection is finished and given out.  A progress bar goes to stderr when it is
   a terminal.
@@ -42,7 +46,6 @@ Rules this module keeps:
 from __future__ import annotations
 
 import contextlib
-import gc
 import ipaddress
 import os
 import sys
@@ -56,11 +59,12 @@ from harness.errors import HarnessError, InternalError, InternalFault
 from harness.ladder.compare import compare, format_diff
 from harness.ladder.dissect import SMTP_PORTS, dissect
 from harness.ladder.model import Ladder
+from harness.ladder.parallel import Coordinator, Job, few_collections, jobs_for, renderer
 from harness.ladder.sessions import DEFAULT_IDLE, Flow, Splitter
 from harness.progress import Progress
 from harness.render import FORMATS, jsonl, render
 from harness.tls.keylog import KeyLog, from_capture
-from harness.verdict import ExitCode, Verdict
+from harness.verdict import ExitCode
 
 T = TypeVar("T")
 
@@ -95,6 +99,13 @@ _KEYLOG = click.option(
     metavar="FILE",
     help="Decrypt TLS with this NSS key log (repeatable); a pcapng's own secrets need none.",
 )
+_JOBS = click.option(
+    "--jobs",
+    "-j",
+    type=click.IntRange(1, 16),
+    default=None,
+    help="Processes reading the capture (default: one per core, two at most, from 4 MiB).",
+)
 JSONL = "jsonl"
 
 
@@ -106,6 +117,7 @@ JSONL = "jsonl"
 @_IDLE
 @_HOST
 @_KEYLOG
+@_JOBS
 def ladder(
     file: str,
     fmt: str,
@@ -114,6 +126,7 @@ def ladder(
     idle: float,
     hosts: tuple[str, ...],
     keylogs: tuple[str, ...],
+    jobs: int | None,
 ) -> None:
     """Show the ladder of the capture FILE (pcap or pcapng).
 
@@ -126,9 +139,9 @@ def ladder(
     _readable(file)  # before --output is created
     keylog = guarded(file, lambda: secrets([file], keylogs))
     if fmt == JSONL:
-        splitter = Splitter(given, ports=ports, idle=idle, keylog=keylog, file_names=True)
+        job = _job(file, jobs_for(file, jobs), (ports, idle, keylog), given, "ladder", JSONL)
         with _writing(output) as out:
-            guarded(file, lambda: _stream_ladder(splitter, file, out))
+            guarded(file, lambda: _stream_ladder(job, out))
         return
     options = {"smtp_ports": SMTP_PORTS | frozenset(ports), "idle": idle, "keylog": keylog}
     document = guarded(file, lambda: render(dissect(file, given, **options, file_names=True), fmt))
@@ -153,6 +166,7 @@ def ladder(
 @_IDLE
 @_HOST
 @_KEYLOG
+@_JOBS
 def check(
     run: str,
     golden: str | None,
@@ -163,6 +177,7 @@ def check(
     idle: float,
     hosts: tuple[str, ...],
     keylogs: tuple[str, ...],
+    jobs: int | None,
 ) -> None:
     """Judge the SMTP sessions of the capture RUN, or compare it with a golden capture.
 
@@ -179,12 +194,13 @@ def check(
     if golden is None:
         if strict:
             raise HarnessError("--strict applies only with --expect")
+        workers = 1 if only is not None else jobs_for(run, jobs)
+        job = _job(run, workers, (ports, idle, keylog), given, "check", fmt)
         with _writing(None) as out:
-            splitter = Splitter(given, ports=ports, idle=idle, keylog=keylog, file_names=True)
-            code = guarded(run, lambda: _judge_capture(splitter, run, fmt, only, out))
+            code = guarded(run, lambda: _judge_capture(job, only, out))
         sys.exit(code)
     only_without = [("--format", fmt != "text"), ("--session", only is not None)]
-    only_without.append(("--port", ports))
+    only_without += [("--port", ports), ("--jobs", jobs is not None)]
     names = guarded(run, lambda: file_names([run, golden], given))
     for option, used in only_without:
         if used:
@@ -198,9 +214,23 @@ def check(
     sys.exit(ExitCode.OK if verdict.ok else ExitCode.FAIL)
 
 
+def _job(
+    file: str,
+    workers: int,
+    reading: tuple[tuple[int, ...], float, KeyLog | None],
+    hosts: dict[str, str],
+    mode: str,
+    fmt: str,
+) -> Job:
+    """The job of reading *file*: *reading* is (--port, --idle, the TLS secrets)."""
+    ports, idle, keylog = reading
+    options = {"ports": ports, "idle": idle, "keylog": keylog, "file_names": True}
+    return Job(file, 0, workers, options, hosts, mode, fmt, Splitter.source(file))
+
+
 def _flows(splitter: Splitter, file: str) -> Iterator[Flow]:
     """The capture's flows as they end, with a progress bar on a terminal."""
-    with _few_collections(), Progress(unit="packets") as bar:
+    with few_collections(), Progress(unit="packets") as bar:
         sessions = 0
         for flow in splitter.flows(file):
             sessions = flow.session or sessions
@@ -208,60 +238,71 @@ def _flows(splitter: Splitter, file: str) -> Iterator[Flow]:
             yield flow
 
 
-@contextlib.contextmanager
-def _few_collections() -> Iterator[None]:
-    """The cyclic GC set for a stream of short-lived objects, as it was after: what start-up
-    made is frozen (never traversed again), young objects are collected 14x less often, old
-    ones 5x and 10x (7% of a stream's time; a connection's objects hold no cycles)."""
-    threshold = gc.get_threshold()
-    gc.freeze()
-    gc.set_threshold(10_000, 50, 100)
-    try:
-        yield
-    finally:
-        gc.set_threshold(*threshold)
-        gc.unfreeze()
+def _coordinated(job: Job, out: TextIO) -> Coordinator:
+    """*job* read by its workers, the texts written to *out*; the coordinator, done."""
+    splitter = Splitter(job.hosts, **job.splitter)
+    with Progress(unit="packets") as bar, Coordinator(job, splitter, out, bar) as coordinator:
+        coordinator.run(job.path)
+    return coordinator
 
 
-def _stream_ladder(splitter: Splitter, file: str, out: TextIO) -> None:
+def _stream_ladder(job: Job, out: TextIO) -> None:
+    if job.workers > 1:
+        done = _coordinated(job, out)
+        counts = {"flows": done.totals.flows, "sessions": done.totals.sessions}
+        out.write(
+            jsonl.summary_line(job.source, done.splitter.hosts, done.warnings_all(), **counts)
+        )
+        return
+    splitter = Splitter(job.hosts, **job.splitter)
     flows = sessions = 0
-    for flow in _flows(splitter, file):
+    for flow in _flows(splitter, job.path):
         out.writelines(jsonl.flow_lines(flow))
         flows, sessions = flows + 1, flow.session or sessions
-    source = splitter.source(file)
     counts = {"flows": flows, "sessions": sessions}
-    out.write(jsonl.summary_line(source, splitter.hosts, dict(splitter.warnings), **counts))
+    warnings = dict(sorted(splitter.warnings.items()))
+    out.write(jsonl.summary_line(job.source, splitter.hosts, warnings, **counts))
 
 
-def _judge_capture(
-    splitter: Splitter, file: str, fmt: str, only: int | None, out: TextIO
-) -> ExitCode:
+def _judge_capture(job: Job, only: int | None, out: TextIO) -> ExitCode:
     """Judge each session as it ends; the worst exit code of them (0 with none)."""
-    from harness.checks.offline import OfflineJudge  # the judges: a third of start-up
     from harness.render import session as session_text
 
-    source, judge = splitter.source(file), OfflineJudge()
+    if job.workers > 1:
+        done = _coordinated(job, out)
+        code, sessions, failed = ExitCode(done.code), done.totals.sessions, done.failed
+        hosts, warnings = done.splitter.hosts, done.warnings_all()
+    else:
+        splitter = Splitter(job.hosts, **job.splitter)
+        code, sessions, failed = _judge_alone(job, splitter, only, out)
+        hosts, warnings = splitter.hosts, dict(sorted(splitter.warnings.items()))
+    if only is not None and sessions < only:
+        raise HarnessError(f"--session {only}: {job.path} has {sessions} SMTP session(s)")
+    if job.fmt == JSONL:
+        out.write(jsonl.summary_line(job.source, hosts, warnings, sessions=sessions))
+    elif only is None:
+        out.write(session_text.summary(sessions, failed, warnings))
+    return code
+
+
+def _judge_alone(
+    job: Job, splitter: Splitter, only: int | None, out: TextIO
+) -> tuple[ExitCode, int, int]:
+    """(worst exit code, sessions, sessions failed) of judging in this process alone."""
+    render = renderer(job, splitter)
     code, sessions, failed = ExitCode.OK, 0, 0
-    for flow in _flows(splitter, file):
+    for flow in _flows(splitter, job.path):
         if flow.session is None:
             continue
         sessions = flow.session
         if only is not None and flow.session != only:
             continue
-        report = judge.session(flow, source, splitter.hosts)
-        out.write(jsonl.session_line(report) if fmt == JSONL else session_text.render(report))
-        code = max(code, report.exit_code)
-        failed += bool(report.with_verdict(Verdict.FAIL))
+        text, flow_code, flow_failed = render(flow)
+        out.write(text)
+        code, failed = max(code, ExitCode(flow_code)), failed + flow_failed
         if only is not None:
             break
-    if only is not None and sessions < only:
-        raise HarnessError(f"--session {only}: {file} has {sessions} SMTP session(s)")
-    warnings = dict(splitter.warnings)
-    if fmt == JSONL:
-        out.write(jsonl.summary_line(source, splitter.hosts, warnings, sessions=sessions))
-    elif only is None:
-        out.write(session_text.summary(sessions, failed, warnings))
-    return code
+    return code, sessions, failed
 
 
 def _silence_stdout() -> None:

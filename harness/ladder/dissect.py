@@ -64,6 +64,7 @@ from collections import Counter, deque
 from collections.abc import Iterator
 from dataclasses import replace
 from itertools import count
+from typing import TYPE_CHECKING
 
 import dnslib
 
@@ -77,6 +78,9 @@ from harness.smtp.events import Direction
 from harness.smtp.protocol import Observer
 from harness.tls.keylog import KeyLog
 from harness.tls.records import Established, Plaintext, Problem, TlsSession
+
+if TYPE_CHECKING:
+    from harness.ladder.parallel import Share
 
 SMTP_PORTS = frozenset({25, 465, 587, 2525})
 DNS_PORT = 53
@@ -148,25 +152,39 @@ class Dissector:
         self.coverage: dict[int, Coverage] = {}
         self._index = count(1)
         self._conns: dict[int, _Conn] = {}
+        self.share: Share | None = None  # a worker's share of the flows (ladder.parallel)
 
     def steps(self, path: str) -> Iterator[Step]:
         decoder = Decoder()
         reassembler = Reassembler(idle=self.idle)
         named = None if self._found is None else self._named
+        share = self.share
+        file_warnings = self.warnings
+        if share is not None:
+            file_warnings = share.file_warnings(self.warnings, reassembler)
         try:
-            for packet in decoder.decode_all(read(path, self.warnings, named)):
-                if packet.proto == UDP:
+            for packet in decoder.decode_all(read(path, file_warnings, named)):
+                if share is not None:
+                    yield from share.route(packet, reassembler)
+                elif packet.proto == UDP:
                     yield from self._udp(packet)
                 else:
                     for event in reassembler.feed(packet):
                         yield from self._tcp(event)
             for event in reassembler.flush():
+                if share is not None:
+                    share.flushing(event)
                 yield from self._tcp(event)
         except OSError as exc:
             raise PcapError(f"{path}: cannot read: {exc.strerror or exc}") from None
         finally:
-            self.warnings.update(decoder.warnings)
+            file_warnings.update(decoder.warnings)
             self.warnings.update(reassembler.warnings)
+
+    def conn_label(self, conn: int) -> str:
+        """How a warning names connection *conn* (a worker's numbers are its own until the
+        merge: ``Share.label``)."""
+        return str(conn) if self.share is None else self.share.label(conn)
 
     def _named(self, names: dict[str, str]) -> None:
         """A Name Resolution Block's names: ``hosts`` from now on, in the order the file
@@ -178,6 +196,8 @@ class Dissector:
 
     def step(self, time: int, src: str, dst: str, kind: StepKind, text: str, **extra) -> Step:
         """A new step, numbered next; *extra* are evidence, conn and detail."""
+        if self.share is not None:
+            self.share.stepped()
         return Step(next(self._index), time, src, dst, kind, text, **extra)
 
     def _udp(self, packet: Packet) -> Iterator[Step]:
@@ -518,7 +538,7 @@ class _Conn:
         """The 220 to STARTTLS: *d* carries TLS records from stream *offset* on."""
         self.tls_base[d] = offset
         if self.d.keylog is None and d == CLIENT:
-            warning = f"TLS after STARTTLS on connection {self.id}: no key log, "
+            warning = f"TLS after STARTTLS on connection {self.d.conn_label(self.id)}: no key log, "
             self.d.warnings[warning + "the dialogue inside is not seen"] += 1
         # with no key log too: the handshake is read in the clear (version, cipher, SNI)
         self.tls_session = self.tls_session or TlsSession(self.d.keylog)
@@ -545,7 +565,7 @@ class _Conn:
     def _tls_problem(self, problem: Problem) -> None:
         if self.d.keylog is None:
             return  # said once already: no key log
-        warning = f"TLS on connection {self.id}: {problem.reason}; "
+        warning = f"TLS on connection {self.d.conn_label(self.id)}: {problem.reason}; "
         self.d.warnings[warning + "the records after it are not read"] += 1
 
     def _handshake(self, item: Established, event: Event) -> Step:
@@ -734,7 +754,8 @@ class _Conn:
     def _warn_resync(self, e: smtp.Resync, offset: int) -> None:
         """One warning per session, of its first repair, counted each time (core rule 9)."""
         if not self.resync_warning:
-            text = f"conn {self.id}: SMTP replies resynchronised at server offset {offset}: "
+            conn = self.d.conn_label(self.id)
+            text = f"conn {conn}: SMTP replies resynchronised at server offset {offset}: "
             text += f"the {e.code} answers {_clean(e.answers)}"
             if e.assumed:
                 text += f"; no reply captured for {', '.join(map(str, map(_clean, e.assumed)))}"

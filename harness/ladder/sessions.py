@@ -101,7 +101,13 @@ class Splitter(Dissector):
         """Connections whose steps are held (open, or waiting to be finished)."""
         return len(self._held)
 
-    def source(self, path: str) -> str:
+    def oldest_held(self) -> int | None:
+        """The number of the oldest step held (None when none is)."""
+        return min((steps[0].index for steps in self._held.values() if steps), default=None)
+
+    @staticmethod
+    def source(path: str) -> str:
+        """The capture's name as a ladder gives it."""
         return _clean(str(path)) or ""
 
     def flows(self, path: str) -> Iterator[Flow]:

@@ -545,6 +545,16 @@ class Reassembler:
         self._ids = count(1)
         self._sweep_at = 0
         self.warnings: Counter[str] = Counter()  # retransmitted SYN, SYN-ACK and FIN
+        self.born: list[int] | None = None  # a list: each connection's first packet, by id
+
+    def tick(self, time: int) -> list[Event]:
+        """Events of the connections finished by capture time *time* (closed for *linger*,
+        silent for *idle*): what feeding a TCP packet of that time would finish first, for
+        a reader given the packet of a connection it does not follow."""
+        out: list[Event] = []
+        if time >= self._sweep_at:
+            self._sweep(time, out)
+        return out
 
     def feed(self, packet: Packet) -> list[Event]:
         """Events caused by *packet* (any connection's); non-TCP packets cause none."""
@@ -580,6 +590,8 @@ class Reassembler:
         if d == SERVER:
             ends.reverse()
         conn = Connection(next(self._ids), *ends, roles, self._max_ahead, self.warnings)
+        if self.born is not None:
+            self.born.append(packet[0])
         conn._keys = ((src, sport, dst, dport), (dst, dport, src, sport))
         self._table[conn._keys[0]] = (conn, d)
         self._table[conn._keys[1]] = (conn, 1 - d)

@@ -1,0 +1,179 @@
+"""Worker processes by flow (harness.ladder.parallel): the output of N processes is the output
+of one, byte for byte; a worker's end is said, and nothing is left behind.
+
+The captures are real files read by real worker processes; the many-session capture is the
+bench's generator (interleaved sessions that end by linger at other sessions' packets, and
+some still open at the end of the file), written to the test's folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from array import array
+from pathlib import Path
+
+import pytest
+from conftest import CLI, ROOT
+
+from harness.ladder.packets import TCP, Packet
+from harness.ladder.parallel import Told, Totals, merge, owner
+from harness.verdict import ExitCode
+
+sys.path.insert(0, str(ROOT / "bench"))
+import bench_pcap
+
+CAPTURES = [  # a TLS session (key log in the file), DNS, damage and warnings, many flows
+    ROOT / "pcaps" / "seed.pcap",
+    *sorted((ROOT / "tests" / "crafted").rglob("*.pcap*")),
+    *sorted((ROOT / "tests" / "data" / "zeek").glob("*.pcap*")),
+]
+COMMANDS = {
+    "ladder-jsonl": ["ladder", "--format", "jsonl"],
+    "check": ["check"],
+    "check-jsonl": ["check", "--format", "jsonl"],
+}
+
+
+@pytest.fixture(scope="module")
+def many(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """20,000 packets of 8 interleaved SMTP sessions at a time (about 830 sessions)."""
+    path = tmp_path_factory.mktemp("many") / "many.pcap"
+    bench_pcap.write_frames(path, bench_pcap.frames(20_000))
+    return path
+
+
+def _run(args: list[str], capture: Path, jobs: int) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*CLI, *args, "--jobs", str(jobs), str(capture)], capture_output=True, timeout=600
+    )
+
+
+def _same(args: list[str], capture: Path, jobs: int) -> bytes:
+    """The output of *jobs* processes, once it is known to be one process's."""
+    one, several = _run(args, capture, 1), _run(args, capture, jobs)
+    assert several.stderr == one.stderr
+    assert several.returncode == one.returncode
+    assert several.stdout == one.stdout
+    return several.stdout
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_many_sessions_in_three_processes_are_one_processs_output(many: Path, command: str) -> None:
+    out = _same(COMMANDS[command], many, 3)
+    summary = json.loads(out.splitlines()[-1]) if command != "check" else None
+    if summary is not None:  # they read every session, not none
+        syns = sum(frame[47] == 0x02 for frame in bench_pcap.frames(20_000))  # TCP flags
+        assert summary["sessions"] == syns > 800
+
+
+@pytest.mark.parametrize("capture", CAPTURES, ids=lambda p: p.name)
+def test_each_test_capture_in_two_processes_is_one_processs_output(capture: Path) -> None:
+    for command in ("ladder-jsonl", "check"):
+        _same(COMMANDS[command], capture, 2)
+
+
+def _packet(src: bytes, dst: bytes, sport: int, dport: int) -> Packet:
+    return Packet(1, 0, src, dst, TCP, sport, dport, 0, 0, 0, 0, b"")
+
+
+def test_a_flow_is_one_workers_both_ways() -> None:
+    a, b = bytes([192, 0, 2, 7]), bytes([198, 51, 100, 25])
+    for workers in (2, 3, 5):
+        for port in range(1024, 1100):
+            assert owner(_packet(a, b, port, 25), workers) == owner(
+                _packet(b, a, 25, port), workers
+            )
+
+
+def test_flows_whose_address_and_port_step_together_still_spread() -> None:
+    """The bench's clients step address and port by one each: a sum of the two keeps its
+    parity, so an unmixed modulo gave every flow to one worker (found on the bench)."""
+    server = bytes([198, 51, 100, 25])
+    shares = [
+        owner(_packet(bytes([192, 0, 2, 1 + i]), server, 1024 + i, 25), 2) for i in range(200)
+    ]
+    assert 70 < shares.count(0) < 130
+
+
+def test_the_merge_numbers_as_one_process_does() -> None:
+    """Keys (packet << 40 | first packet of a connection the clock finished, or OWN): one
+    process made worker 1's step of packet 3 between worker 0's steps of packets 2 and 5;
+    its connection (first packet 3) second; its session ended first."""
+    own = (1 << 40) - 1
+    w0 = Told(array("q", [2 << 40 | own, 2 << 40 | own, 5 << 40 | own]), array("q", [2]), [])
+    w0.ends.append((5 << 40 | own, True))
+    w1 = Told(array("q", [3 << 40 | own, 5 << 40 | 3]), array("q", [3]), [(5 << 40 | 3, True)])
+    totals = Totals(steps=10, conns=4, sessions=1, flows=2)
+    numbers, order = merge([w0, w1], totals)
+    assert list(numbers[0].steps) == [11, 12, 15] and list(numbers[1].steps) == [13, 14]
+    assert list(numbers[0].conns) == [5] and list(numbers[1].conns) == [6]
+    assert list(numbers[1].sessions) == [2] and list(numbers[0].sessions) == [3]
+    assert order == [(1, 0), (0, 0)]
+    assert totals == Totals(steps=15, conns=6, sessions=3, flows=4)
+
+
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(p) for p in path.read_text().split()] if path.exists() else []
+
+
+@pytest.fixture(scope="module")
+def big(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """200,000 packets: a read in two processes that lasts seconds."""
+    path = tmp_path_factory.mktemp("big") / "big.pcap"
+    bench_pcap.write_frames(path, bench_pcap.frames(200_000))
+    return path
+
+
+def _with_worker(capture: Path, args: list[str]) -> tuple[subprocess.Popen, int]:
+    """A command on *capture* in two processes, and its worker's pid once it reads."""
+    proc = subprocess.Popen(
+        [*CLI, *args, "--jobs", "2", str(capture)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    for _ in range(600):
+        workers = _children(proc.pid)
+        if workers:
+            time.sleep(0.5)  # it is reading
+            return proc, workers[0]
+        time.sleep(0.05)
+    proc.kill()
+    raise AssertionError("no worker started")
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def test_a_worker_killed_is_our_fault_said_in_one_line(big: Path) -> None:
+    proc, worker = _with_worker(big, ["check"])
+    os.kill(worker, signal.SIGKILL)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == ExitCode.HARNESS_ERROR
+    lines = stderr.decode().strip().splitlines()
+    assert len(lines) == 1 and "worker 1 ended before its output" in lines[0]
+    assert "Traceback" not in stderr.decode()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_ends_the_command_and_its_workers(big: Path, sig: signal.Signals) -> None:
+    proc, worker = _with_worker(big, ["ladder", "--format", "jsonl"])
+    proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=300)
+    expected = ExitCode.SIGTERM if sig == signal.SIGTERM else ExitCode.SIGINT
+    assert proc.returncode == expected
+    assert b"Traceback" not in stderr
+    for _ in range(100):
+        if _gone(worker):
+            break
+        time.sleep(0.05)
+    assert _gone(worker)
