@@ -19,7 +19,8 @@ Rules this script keeps:
   -T fields -e tcp.stream -e smtp.req.command -e smtp.req.parameter -e
   smtp.response.code -e smtp.rsp.parameter`` (the same information), in one run on the
   same file.  The ratio is tshark's time over ours (above 1: we are faster); peak RSS is
-  summed over our processes (one: there are no workers).  Our package is byte-compiled
+  summed over our processes: each one's VmHWM, polled while it runs (with no workers, the
+  command's ru_maxrss).  Our package is byte-compiled
   first, as an install leaves it.
 - scapy is timed on the first 10,000 packets (it is ~20x slower) and its rate scaled.
   Python readers are timed inside the child (no interpreter start-up); tshark by wall clock,
@@ -41,6 +42,7 @@ import os
 import struct
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -222,16 +224,59 @@ def _measure(name: str, path: Path, packets: int) -> tuple[float, int]:
 
 
 def _child_run(argv: list[str], out: int) -> tuple[float, int, bytes]:
-    """(wall seconds, peak RSS in KiB, stdout) of one child; a failure ends the bench.
-    ``smtp-harness check`` exits 1 when a check failed: that is a result, not a failure."""
+    """(wall seconds, peak RSS in KiB summed over the child and its workers, stdout) of one
+    child; a failure ends the bench.  ``smtp-harness check`` exits 1 when a check failed:
+    that is a result, not a failure."""
     start = time.perf_counter()
     child = subprocess.Popen(argv, stdout=out, stderr=subprocess.DEVNULL)
+    workers = _Workers(child.pid)
     stdout = child.stdout.read() if child.stdout else b""
     _, status, usage = os.wait4(child.pid, 0)
     seconds = time.perf_counter() - start
     if os.waitstatus_to_exitcode(status) not in (0, 1):
         raise SystemExit(f"{' '.join(argv)} failed (status {status})")
-    return seconds, usage.ru_maxrss, stdout
+    peaks = workers.stop()
+    # wait4's ru_maxrss is the largest of the child and its workers: alone, it is exact
+    rss = sum(peaks.values()) if len(peaks) > 1 else max(usage.ru_maxrss, *peaks.values(), 0)
+    return seconds, rss, stdout
+
+
+class _Workers(threading.Thread):
+    """The peak RSS (VmHWM, KiB) of *pid* and of each process under it, read every 20 ms
+    while they run (the last 20 ms of a process's growth may be missed)."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.peaks, self.done = pid, {}, threading.Event()
+        self.start()
+
+    def run(self) -> None:
+        while not self.done.wait(0.02):
+            for pid in [self.pid, *_descendants(self.pid)]:
+                self.peaks[pid] = max(self.peaks.get(pid, 0), _peak_kib(pid))
+
+    def stop(self) -> dict[int, int]:
+        self.done.set()
+        self.join()
+        return {pid: peak for pid, peak in self.peaks.items() if peak}
+
+
+def _descendants(pid: int) -> list[int]:
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return []
+    found = [int(c) for c in children]
+    return found + [d for c in found for d in _descendants(c)]
+
+
+def _peak_kib(pid: int) -> int:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    line = next((li for li in status.splitlines() if li.startswith("VmHWM:")), "VmHWM: 0 kB")
+    return int(line.split()[1])
 
 
 def product(path: Path, repeats: int) -> dict[str, tuple[float, int]]:
