@@ -389,7 +389,9 @@ class _Conn:
         self.tls = [False, False]
         self.tls_session: TlsSession | None = None  # decrypting, with the dissector's key log
         self.tls_base: list[int | None] = [None, None]  # stream offset where TLS begins
-        self.records: tuple[deque, deque] = (deque(), deque())  # (plaintext end, stream end)
+        # (plaintext end, stream end) of the records read inside TLS: made once it is (an
+        # empty deque is 600 bytes, and a capture may hold thousands of connections open)
+        self.records: tuple[deque, deque] = ((), ())  # type: ignore[assignment]
         self.plain = [0, 0]  # octets of plaintext from inside TLS, per direction
         self.inside = False  # the observer reads the dialogue inside TLS
 
@@ -591,7 +593,7 @@ class _Conn:
         return self._new(event, CLIENT, StepKind.TLS_HANDSHAKE, text, _unique(evidence), info)
 
     def _secured(self) -> None:
-        self.inside = True
+        self.inside, self.records = True, (deque(), deque())
         if self.observer is None:  # implicit TLS: inside, the session starts with a greeting
             self.observer, self.mode = Observer(capture=True), "smtp"
         else:

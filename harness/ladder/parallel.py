@@ -62,8 +62,8 @@ from harness.ladder.packets import TCP, UDP, Packet
 from harness.ladder.sessions import SESSION_KINDS, Flow, Splitter
 from harness.ladder.tcpstream import Event, Reassembler
 
-BATCH = 16_384  # packets between two merges
-LEAD = 4  # batches a worker may run ahead of its numbers
+BATCH = 4096  # packets between two merges
+LEAD = 2  # batches a worker may run ahead of its numbers
 OWN = (1 << 40) - 1  # the key's second part for a packet's own connection
 MIN_BYTES = 4 << 20  # a smaller file is read by one process: a worker's start costs more
 _GOLDEN, _MASK64 = 0x9E3779B97F4A7C15, (1 << 64) - 1
