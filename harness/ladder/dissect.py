@@ -376,9 +376,11 @@ class _Conn:
         self.resync_warning = ""  # the one warning of this session's repaired pairing
         self.held: tuple[bytearray, bytearray] = (bytearray(), bytearray())
         self.start = [0, 0]  # stream offset of held[d][0]; then of the observer's offset 0
-        self.segments: tuple[deque, deque] = (deque(), deque())  # (start, end, first, last)
+        # lists, not deques: an empty deque is 600 bytes, and thousands of connections may be
+        # open; their heads are cut in one ``del`` per look
+        self.segments: tuple[list, list] = ([], [])  # (start, end, first, last)
         self.eof = [False, False]
-        self.pending: tuple[deque, deque] = (deque(), deque())  # unacked (end, step index)
+        self.pending: tuple[list, list] = ([], [])  # unacked (end, step index)
         self.acked = [0, 0]  # the highest offset the peer acknowledged, per direction
         self.units = 0
         self.unacked: list[int] = []
@@ -452,9 +454,10 @@ class _Conn:
         """Coverage of the peer's units; the ACK of a FIN is a step."""
         peer, acked = 1 - event.direction, event.offset
         self.acked[peer] = acked
-        pending = self.pending[peer]
-        while pending and pending[0][0] <= acked:
-            pending.popleft()
+        pending, done = self.pending[peer], 0
+        while done < len(pending) and pending[done][0] <= acked:
+            done += 1
+        del pending[:done]
         fin = self.fins.get(peer)
         if fin is not None and acked > fin:
             del self.fins[peer]
@@ -791,13 +794,15 @@ class _Conn:
 
     def _evidence(self, d: int, end: int) -> list[int]:
         """The packets carrying bytes before *end*; those wholly before it are dropped."""
-        segments, numbers = self.segments[d], []
-        while segments and segments[0][0] < end:
-            _, stop, first, last = segments[0]
+        segments, numbers, done = self.segments[d], [], 0
+        for start, stop, first, last in segments:
+            if start >= end:
+                break
             numbers += (first, last)
             if stop > end:
                 break
-            segments.popleft()
+            done += 1
+        del segments[:done]
         return numbers
 
     def _peek(self, d: int, offset: int) -> tuple[int, ...]:
