@@ -135,6 +135,7 @@ def _with_worker(capture: Path, args: list[str]) -> tuple[subprocess.Popen, int]
         [*CLI, *args, "--jobs", "2", str(capture)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
+        start_new_session=True,  # a group of its own, as a terminal's job
     )
     for _ in range(600):
         workers = _children(proc.pid)
@@ -164,13 +165,24 @@ def test_a_worker_killed_is_our_fault_said_in_one_line(big: Path) -> None:
     assert "Traceback" not in stderr.decode()
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_a_signal_ends_the_command_and_its_workers(big: Path, sig: signal.Signals) -> None:
+@pytest.mark.parametrize(
+    ("sig", "group"),
+    [(signal.SIGTERM, False), (signal.SIGINT, False), (signal.SIGINT, True)],
+    ids=["sigterm", "sigint", "ctrl-c-to-the-group"],
+)
+def test_a_signal_ends_the_command_and_its_workers(
+    big: Path, sig: signal.Signals, group: bool
+) -> None:
+    """Ctrl-C reaches the workers too (the terminal signals the process group): they leave
+    it to the command, which ends them and exits with the signal's code, not as our fault."""
     proc, worker = _with_worker(big, ["ladder", "--format", "jsonl"])
-    proc.send_signal(sig)
+    if group:
+        os.killpg(proc.pid, sig)
+    else:
+        proc.send_signal(sig)
     _, stderr = proc.communicate(timeout=300)
     expected = ExitCode.SIGTERM if sig == signal.SIGTERM else ExitCode.SIGINT
-    assert proc.returncode == expected
+    assert proc.returncode == expected, stderr
     assert b"Traceback" not in stderr
     for _ in range(100):
         if _gone(worker):

@@ -468,8 +468,14 @@ class Coordinator(Worker):
         ours, theirs = socket.socketpair()
         fd = theirs.fileno()
         command = [sys.executable, "-m", "harness.ladder.parallel", str(fd)]
+        # a process group of its own: Ctrl-C (to the terminal's group) is the command's to
+        # take, which ends its workers on its way out
         proc = subprocess.Popen(
-            command, pass_fds=[fd], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL
+            command,
+            pass_fds=[fd],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            process_group=0,
         )
         theirs.close()
         self._procs.append(proc)
