@@ -125,10 +125,11 @@ class _LineReader:
                 self._head = self._head or unit
                 continue
             head, self._head = self._head, None
-            if head is None:
-                line = _Line(
-                    unit.body, unit.offset, unit.raw, odd_bytes(unit.raw, unit.offset, direction)
-                )
+            if head is None:  # the common line: ends in LF, seldom holds an odd byte
+                raw, offset = unit.raw, unit.offset
+                body = raw[:-2] if raw.endswith(b"\r\n") else raw[:-1]
+                odd = odd_bytes(raw, offset, direction) if has_odd_bytes(raw) else []
+                line = _Line(body, offset, raw, odd)
             else:
                 cut = _too_long(head.offset, direction, self._limit)
                 anomalies = [*odd_bytes(head.raw, head.offset, direction), cut]
@@ -270,46 +271,49 @@ class ReplyReader:
         self.gap = self._lines.gap
         self._builder = ReplyBuilder()
         self._start = 0
-        self._raw: list[bytes] = []  # the lines so far, joined once the reply is complete
-        self._flaws: frozenset[AnomalyKind] = frozenset()
+        self._raw: list[bytes] = []  # the reply's lines so far (its builder's), joined at its end
+        self._flaws = _NO_FLAWS
 
     @property
     def idle(self) -> bool:
         """No reply nor line begun: the next bytes start a reply."""
-        return not self._builder.started and self._lines.idle
+        return not self._raw and self._lines.idle
 
     def read(self, buf: ReceiveBuffer, direction: Direction) -> list[Event] | None:
         line = self._lines.next_line(buf, direction)
         if line is None:
             return None
-        if line.body is None:
-            return line.anomalies
-        if not self._builder.started:
-            self._start, self._raw, self._flaws = line.offset, [], frozenset()
-        self._raw.append(line.raw)
-        self._flaws |= _flaws(line.anomalies)
-        done = self._builder.add(parse_reply_line(line.body))
+        body, offset, raw, anomalies = line
+        if body is None:
+            return anomalies
+        if not self._raw:
+            self._start, self._flaws = offset, _NO_FLAWS
+        self._raw.append(raw)
+        if anomalies:
+            self._flaws |= _flaws(anomalies)
+        done = self._builder.add(parse_reply_line(body))
         if done is None:
-            return line.anomalies
+            return anomalies
         code, lines, error = done
+        raw, self._raw = b"".join(self._raw), []
         reply = Reply(
             direction=direction,
             offset=self._start,
             code=code,
             lines=lines,
-            raw=b"".join(self._raw),
+            raw=raw,
             error=error,
             flaws=self._flaws,
             answers=self._answer(code) if self._answer else None,
         )
-        return [*line.anomalies, reply]
+        return [*anomalies, reply]
 
     def unfinished(self, buf: ReceiveBuffer, direction: Direction) -> list[Event]:
         """The reply begun: its lines so far and the partial line after them (rule 7)."""
         line = self._lines.rest(buf, direction)
         anomalies: list[Event] = [*line.anomalies] if line else []
         partial = line if line is not None and line.body is not None else None
-        if self._builder.started:
+        if self._raw:
             start, raw, code = self._start, b"".join(self._raw), self._builder.code
         elif partial is not None:
             start, raw, code = partial.offset, b"", parse_reply_line(partial.body).code
