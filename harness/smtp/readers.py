@@ -83,6 +83,7 @@ _DOT_AFTER_CR = re.compile(rb"\r\.(?=[\r\n])")  # a dot between a bare CR and a 
 _PLAIN_RUN = re.compile(  # lines the per-line fast path passes as they are (rule 1)
     rb"(?:(?:[^\r\n\x00.][^\r\n\x00]{0,%d})?\r\n)+" % (TEXT_LINE_LIMIT - 3)
 )
+_LONGEST = TEXT_LINE_LIMIT - 2  # the longest plain line, without its CRLF
 _NO_FLAWS: frozenset[AnomalyKind] = frozenset()
 _VERB_BYTES = frozenset(verb.encode() for verb in [*VERBS, "AUTH"])
 _AUTH_LINE = re.compile(rb"[A-Za-z0-9+/]*={0,2}|\*")  # base64 or the cancel (RFC 4954 §4)
@@ -128,8 +129,7 @@ class _LineReader:
             if head is None:  # the common line: ends in LF, seldom holds an odd byte
                 raw, offset = unit.raw, unit.offset
                 body = raw[:-2] if raw.endswith(b"\r\n") else raw[:-1]
-                odd = odd_bytes(raw, offset, direction) if has_odd_bytes(raw) else []
-                line = _Line(body, offset, raw, odd)
+                line = _Line(body, offset, raw, odd_bytes(raw, offset, direction))
             else:
                 cut = _too_long(head.offset, direction, self._limit)
                 anomalies = [*odd_bytes(head.raw, head.offset, direction), cut]
@@ -341,7 +341,7 @@ class DataReader:
         """Every buffered unit up to and including the end marker (rule 1)."""
         events: list[Event] | None = None
         while True:
-            if self._plain_runs and (run := buf.match(_PLAIN_RUN)):
+            if self._plain_runs and (run := _plain_run(buf.data)):
                 events = events if events is not None else []
                 events.append(self._plain(buf.next_unit_of(run), direction))
             if (unit := buf.next_unit(TEXT_LINE_LIMIT)) is None:
@@ -377,7 +377,8 @@ class DataReader:
 
     def _unit(self, unit: Unit, direction: Direction) -> list[Event]:
         raw = unit.raw
-        if unit.complete and raw[:1] != b"." and b"\r." not in raw and not has_odd_bytes(raw):
+        # find, not in: see framing.has_odd_bytes
+        if unit.complete and raw[:1] != b"." and raw.find(b"\r.") < 0 and not has_odd_bytes(raw):
             return [self._plain(unit, direction)]  # the common line
         events: list[Event] = [*odd_bytes(unit.raw, unit.offset, direction)]
         events += self._lookalikes(unit, direction)
@@ -393,7 +394,7 @@ class DataReader:
     def _lookalikes(self, unit: Unit, direction: Direction) -> list[Anomaly]:
         """Dots that some parser might take for the end of data (rule 3)."""
         raw = unit.raw
-        found = [m.start() for m in _DOT_AFTER_CR.finditer(raw)] if b"\r." in raw else []
+        found = [m.start() for m in _DOT_AFTER_CR.finditer(raw)] if raw.find(b"\r.") >= 0 else []
         if not self._continuing and raw[:1] == b"." and _DOT_ALONE.fullmatch(raw):
             found.insert(0, 0)
         if not found:
@@ -408,6 +409,30 @@ class DataReader:
             )
             for i in found
         ]
+
+
+def _plain_run(data: bytearray) -> int:
+    """The length of the run of plain lines ``data`` starts with (``_PLAIN_RUN``'s match, 0 if
+    none): when every line before the last CRLF, or before the first line with a leading
+    dot, is plain (the common case), a few searches at C speed tell it; otherwise the regex
+    finds where the run stops."""
+    if data[:1] == b".":
+        return 0
+    end = data.rfind(b"\r\n") + 2
+    dot = data.find(b"\n.", 0, end)
+    end = end if dot < 0 else dot + 1  # a leading dot ends the run (the end marker, mostly)
+    if end < 2:
+        return 0
+    crlf = data.count(b"\r\n", 0, end)
+    plain = (
+        data.find(b"\x00", 0, end) < 0
+        and data.count(b"\r", 0, end) == crlf == data.count(b"\n", 0, end)
+        and (end <= TEXT_LINE_LIMIT or max(map(len, data[: end - 2].split(b"\r\n"))) <= _LONGEST)
+    )
+    if plain:
+        return end
+    found = _PLAIN_RUN.match(data)
+    return found.end() if found else 0
 
 
 class ChunkReader:
