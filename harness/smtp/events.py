@@ -1,4 +1,4 @@
-"""What the SMTP core reports: small frozen records of what one side sent.
+"""What the SMTP core reports: small records of what one side sent.
 
 Rules kept here:
 
@@ -20,12 +20,18 @@ Rules kept here:
 5. Only a capture's observer infers (protocol.py rule 9): an ``inferred`` reply carries no
    bytes (``raw`` is empty) and a ``Resync`` says which commands' replies it took as not
    captured.  A peer's own events are never inferred.
+6. An event is a value: made once, never changed (``dataclasses.replace`` makes a changed
+   copy), equal and hashed by its fields.  It is a slotted dataclass, not a frozen one: a
+   frozen dataclass sets each field through ``object.__setattr__``, which tripled the cost
+   of making one, and the core makes one for every line it reads.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
+
+_record = dataclass(slots=True, kw_only=True, unsafe_hash=True)  # rule 6: a value, made cheaply
 
 
 class Direction(Enum):
@@ -56,13 +62,13 @@ class AnomalyKind(Enum):
     CUT_BY_GAP = "line cut by a gap"  # a command or reply line partly lost: dropped
 
 
-@dataclass(frozen=True, kw_only=True)
+@_record
 class Event:
     direction: Direction
     offset: int
 
 
-@dataclass(frozen=True, kw_only=True)
+@_record
 class Anomaly(Event):
     """An odd byte sequence at ``offset``; it is reported before the event that contains it."""
 
@@ -70,7 +76,7 @@ class Anomaly(Event):
     detail: str = ""
 
 
-@dataclass(frozen=True, kw_only=True)
+@_record
 class Command(Event):
     """One command line.  ``flaws`` are the line-level anomalies found in it (NUL, bare CR or
     LF, too long): a server answers those with 500, a ``syntax_error`` with 501 and a
@@ -94,7 +100,7 @@ class Command(Event):
         return "BDAT LAST" if self.last else self.verb
 
 
-@dataclass(frozen=True, kw_only=True)
+@_record
 class Reply(Event):
     """A complete reply, single or multi-line; ``code`` is None when unreadable."""
 
@@ -126,7 +132,7 @@ class Reply(Event):
         return self.code is None or self.code >= 500
 
 
-@dataclass(frozen=True, kw_only=True)
+@_record
 class AuthResponse(Event):
     """A line the client sent in answer to a 334 challenge (RFC 4954 §4): base64 as sent, or
     ``*`` to cancel the exchange.  Never upper-cased, never parsed as a command."""
@@ -138,7 +144,7 @@ class AuthResponse(Event):
         return self.raw.rstrip(b"\r\n") == b"*"
 
 
-@dataclass(frozen=True, kw_only=True)
+@_record
 class Resync(Event):
     """A capture's reply ``code`` answers ``answers``, not the older commands ``assumed``
     (rule 5): their replies are taken as not captured.  ``inferred``: the reply itself was
@@ -151,7 +157,7 @@ class Resync(Event):
     inferred: bool = False
 
 
-@dataclass(frozen=True, kw_only=True)
+@_record
 class Content(Event):
     """A piece of message content, exactly as stored: dot-unstuffed, line endings kept.  A
     peer's is one line (or a piece of an overlong one); a capture's may be a run of plain
@@ -160,14 +166,14 @@ class Content(Event):
     data: bytes
 
 
-@dataclass(frozen=True, kw_only=True)
+@_record
 class EndOfData(Event):
     """The CRLF.CRLF marker ending DATA; ``size`` is the unstuffed content length."""
 
     size: int
 
 
-@dataclass(frozen=True, kw_only=True)
+@_record
 class EndOfChunk(Event):
     """The end of a BDAT chunk (RFC 3030)."""
 
@@ -175,7 +181,7 @@ class EndOfChunk(Event):
     last: bool
 
 
-@dataclass(frozen=True, kw_only=True)
+@_record
 class Gap(Event):
     """``size`` octets missing from a capture, from ``offset`` on.  ``content``: they were
     message content (DATA or a BDAT chunk) and count towards its size."""
@@ -184,12 +190,12 @@ class Gap(Event):
     content: bool = False
 
 
-@dataclass(frozen=True, kw_only=True)
+@_record
 class TlsStarted(Event):
     """From here on this direction carries TLS records; the core no longer parses it."""
 
 
-@dataclass(frozen=True, kw_only=True)
+@_record
 class Opaque(Event):
     """``size`` bytes of TLS (or other unparsed) traffic."""
 
@@ -206,7 +212,7 @@ class UnitKind(Enum):
     AUTH_RESPONSE = "auth-response"  # a line answering a 334 (RFC 4954 §4)
 
 
-@dataclass(frozen=True, kw_only=True)
+@_record
 class Unfinished(Event):
     """A unit the stream ended inside (rule 4).  For a command or a reply, ``offset`` and
     ``raw`` are the whole unit as received (every line of a reply begun, the kept head of
@@ -219,7 +225,7 @@ class Unfinished(Event):
     code: int | None = None
 
 
-@dataclass(frozen=True, kw_only=True)
+@_record
 class ConnectionClosed(Event):
     """EOF in this direction; ``partial`` holds bytes that never formed a complete unit."""
 

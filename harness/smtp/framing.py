@@ -61,7 +61,7 @@ class ReceiveBuffer:
     """Bytes received in one direction and not yet consumed, with their stream offset."""
 
     def __init__(self) -> None:
-        self._data = bytearray()
+        self.data = bytearray()  # the buffered bytes: callers read them, only methods change them
         self.offset = 0  # stream offset of the first unconsumed byte
         self.eof = False
         self.hole = 0  # octets missing right after the buffered ones (rule 5)
@@ -70,7 +70,7 @@ class ReceiveBuffer:
         self._searched = 0  # leading bytes already known to hold no LF
 
     def __len__(self) -> int:
-        return len(self._data)
+        return len(self.data)
 
     def feed(self, data: bytes) -> None:
         if self._ended and data:
@@ -79,7 +79,7 @@ class ReceiveBuffer:
         if self.hole:
             self._behind.append(data)
         elif data:
-            self._data += data
+            self.data += data
         else:
             self.eof = True
 
@@ -94,7 +94,7 @@ class ReceiveBuffer:
 
     def pass_hole(self, n: int) -> None:
         """Consume ``n`` missing octets (all buffered bytes must be consumed first)."""
-        assert not self._data and 0 < n <= self.hole, "a reader passed a hole out of turn"
+        assert not self.data and 0 < n <= self.hole, "a reader passed a hole out of turn"
         self.offset += n
         self.hole -= n
         while not self.hole and self._behind:
@@ -102,56 +102,54 @@ class ReceiveBuffer:
             if isinstance(item, int):
                 self.hole = item
             elif item:
-                self._data += item
+                self.data += item
             else:
                 self.eof = True
 
     def peek(self, start: int = 0, stop: int | None = None) -> bytes:
         """The buffered bytes (those from *start* to *stop*), left in the buffer."""
-        return bytes(self._data[start:stop])
+        return bytes(self.data[start:stop])
 
     def find(self, sub: bytes, start: int = 0) -> int:
         """Where *sub* first begins in the buffered bytes, from *start* on; -1 if nowhere."""
-        return self._data.find(sub, start)
+        return self.data.find(sub, start)
 
     def take(self, n: int) -> bytes:
-        taken = bytes(self._data[:n])
-        del self._data[:n]
+        taken = bytes(self.data[:n])
+        del self.data[:n]
         self.offset += len(taken)
         self._searched = 0
         return taken
 
-    def match(self, pattern: re.Pattern[bytes]) -> int:
-        """The length of *pattern*'s match at the start of the buffered bytes (0: none)."""
-        found = pattern.match(self._data)
-        return found.end() if found else 0
-
     def next_unit_of(self, n: int) -> Unit:
         """The next ``n`` octets as one complete unit: whole lines the caller has matched."""
-        return self._unit(n, complete=True)
+        offset = self.offset
+        return Unit(self.take(n), offset, True)
 
     def next_unit(self, limit: int) -> Unit | None:
         """The next unit, a piece of an overlong one, or None if more bytes are needed."""
-        lf = self._data.find(b"\n", self._searched, limit)
+        data, offset = self.data, self.offset
+        lf = data.find(b"\n", self._searched, limit)
         if lf >= 0:
-            return self._unit(lf + 1, complete=True)
-        if len(self._data) < limit:
-            self._searched = len(self._data)
+            return Unit(self.take(lf + 1), offset, True)
+        if len(data) < limit:
+            self._searched = len(data)
             return None
-        end = limit - 1 if self._data[limit - 1] == 0x0D else limit
-        return self._unit(end, complete=False)
-
-    def _unit(self, n: int, *, complete: bool) -> Unit:
-        offset = self.offset
-        return Unit(self.take(n), offset, complete)
+        end = limit - 1 if data[limit - 1] == 0x0D else limit
+        return Unit(self.take(end), offset, False)
 
 
-has_odd_bytes = _ODD_BYTES.search  # truthy if ``raw`` holds a bare CR, a bare LF or NUL
+def has_odd_bytes(raw: bytes) -> bool:
+    """Whether ``raw`` holds a bare CR, a bare LF or NUL: counted at C speed, where a regex
+    search would try its pattern at every octet (and ``find``, not ``in``: CPython's ``in``
+    first tries the operand as an integer, and formats the TypeError it raises)."""
+    crlf = raw.count(b"\r\n")
+    return raw.find(b"\x00") >= 0 or raw.count(b"\r") != crlf or raw.count(b"\n") != crlf
 
 
 def odd_bytes(raw: bytes, offset: int, direction: Direction) -> list[Anomaly]:
     """Bare CR, bare LF and NUL in ``raw`` (which starts at stream ``offset``)."""
-    if _ODD_BYTES.search(raw) is None:  # the common case: one C call, no list built
+    if not has_odd_bytes(raw):  # the common case: no list built
         return []
     return [
         Anomaly(direction=direction, offset=offset + m.start(), kind=_ODD_KIND[m.group()])

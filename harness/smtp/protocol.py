@@ -159,7 +159,7 @@ class Observer:
 
         The client's bytes are parsed first, one unit at a time: a reply may let the client's
         buffered bytes be parsed (354 after DATA), and the replies after it may answer them."""
-        self.receive_data(direction, data)
+        self._side(direction).buffer.feed(data)
         return self._parse()
 
     def skip(self, direction: Direction, n: int) -> list[Event]:
@@ -170,15 +170,13 @@ class Observer:
 
     def _parse(self) -> list[Event]:
         events: list[Event] = []
+        client, server = self._client, self._server
         while True:
-            while (step := self.step(CLIENT)) is not None or (
-                step := self.step(SERVER)
-            ) is not None:
-                events += step
+            while self._step(client, CLIENT, events) or self._step(server, SERVER, events):
+                pass
             paused_on_data = self._capture and self._paused_on == "DATA"
-            if not paused_on_data or (inferred := self._infer_354()) is None:
+            if not paused_on_data or not self._infer_354(events):
                 return events
-            events += inferred
 
     def _answer(self, code: int | None) -> str | None:
         """A capture's reply ``code``, paired by what it can answer (rule 9 a, b)."""
@@ -193,12 +191,12 @@ class Observer:
         self._passed = passed or ()
         return session.reply(code)
 
-    def _infer_354(self) -> list[Event] | None:
+    def _infer_354(self, out: list[Event]) -> bool:
         """The 354 the capture lacks, if the client's bytes after DATA show it was sent
-        (rule 9 c)."""
+        (rule 9 c): its events added to ``out``; whether it was."""
         server = self._server.buffer
-        if len(server) or server.hole or not self._data_ended():
-            return None
+        if server.data or server.hole or not self._data_ended():
+            return False
         self._passed = self.session.skip_to(ONLY_ANSWERS[354]) or ()
         answers = self.session.reply(354)
         reply = Reply(
@@ -210,7 +208,8 @@ class Observer:
             answers=answers,
             inferred=True,
         )
-        return self._apply(reply)
+        self._apply(reply, out)
+        return True
 
     def _data_ended(self) -> bool:
         """The client's bytes after DATA hold CRLF.CRLF and then a whole valid command."""
@@ -239,10 +238,12 @@ class Observer:
         direction is not between replies (its bytes must be read: ``receive_data``)."""
         side = self._side(direction)
         reader, buf = side.reader, side.buffer
-        if not isinstance(reader, ReplyReader) or not reader.idle or len(buf) or buf.hole:
+        if not isinstance(reader, ReplyReader) or not reader.idle or buf.data or buf.hole:
             return None
         buf.offset += len(data)
-        return self._after_reply(self.session.reply(code), code)
+        events: list[Event] = []
+        self._after_reply(self.session.reply(code), code, events)
+        return events
 
     def paused(self, direction: Direction) -> bool:
         return self._side(direction).reader is None
@@ -250,33 +251,43 @@ class Observer:
     def pending(self, direction: Direction) -> bool:
         """Bytes or a gap not yet parsed, or an EOF not yet reported, in ``direction``."""
         buf = self._side(direction).buffer
-        return bool(len(buf) or buf.hole) or (buf.eof and not self._side(direction).closed)
+        return bool(buf.data or buf.hole) or (buf.eof and not self._side(direction).closed)
 
     def step(self, direction: Direction) -> list[Event] | None:
         """Parse one unit in ``direction``: its events, or None if nothing can be parsed."""
-        side = self._side(direction)
+        events: list[Event] = []
+        return events if self._step(self._side(direction), direction, events) else None
+
+    def _step(self, side: _Side, direction: Direction, out: list[Event]) -> bool:
+        """``step``, its events added to ``out``; whether a unit was parsed."""
         reader, buf = side.reader, side.buffer
-        if reader is None or (not len(buf) and not buf.eof and not buf.hole and reader.needs_bytes):
-            return None  # paused, or nothing to parse nor to report (most calls)
+        if reader is None or not (
+            buf.data or buf.hole or (buf.eof and not side.closed) or not reader.needs_bytes
+        ):
+            return False  # paused, or nothing to parse nor to report (most calls)
         events = reader.read(buf, direction)
         if events is None and buf.hole:
             events = reader.gap(buf, direction)
         if events is not None:
-            return [out for event in events for out in self._apply(event)]
+            apply = self._apply
+            for event in events:
+                apply(event, out)
+            return True
         if buf.eof and not side.closed:  # rule 8
             side.closed = True
-            unfinished = reader.unfinished(buf, direction)
-            closed = ConnectionClosed(
-                direction=direction, offset=buf.offset, partial=buf.take(len(buf))
+            out += reader.unfinished(buf, direction)
+            out.append(
+                ConnectionClosed(direction=direction, offset=buf.offset, partial=buf.take(len(buf)))
             )
             if direction is SERVER and self._capture and self._paused_on is not None:
                 self._paused_on, self._scanned = None, 0  # rule 9 d
                 self._client.reader = CommandReader()
-            return [*unfinished, closed]
-        return None
+            return True
+        return False
 
-    def _apply(self, event: Event) -> list[Event]:
-        """Update the session and the reading modes for ``event``; annotate it."""
+    def _apply(self, event: Event, out: list[Event]) -> None:
+        """Update the session and the reading modes for ``event``; add it, annotated, to
+        ``out``."""
         match event:
             case Command():
                 if not self.session.command(event.key):  # commands arrive in order (default)
@@ -289,18 +300,22 @@ class Observer:
                 self.session.command(AUTH)
                 self._client.reader, self._paused_on = None, AUTH
             case Reply():  # already applied to the session as it was read (readers rule 5)
-                after = self._after_reply(event.answers, event.code)
-                return [*self._resync(event), event, *after]
+                if self._passed or event.inferred:
+                    out += self._resync(event)
+                out.append(event)
+                self._after_reply(event.answers, event.code, out)
+                return
             case EndOfData():
                 self.session.command(END_OF_DATA)
                 self._client.reader = CommandReader()
             case EndOfChunk():
                 self._client.reader = CommandReader()
-        return [event]
+        out.append(event)
 
     def _resync(self, reply: Reply) -> list[Event]:
-        """The ``Resync`` of a reply that passed over older commands (rule 9), if it did."""
-        if not (self._passed or reply.inferred) or reply.code is None or reply.answers is None:
+        """The ``Resync`` of a reply that passed over older commands or was inferred (rule 9),
+        if it answers a command."""
+        if reply.code is None or reply.answers is None:
             return []
         passed, self._passed = self._passed, ()
         resync = Resync(
@@ -313,13 +328,12 @@ class Observer:
         )
         return [resync]
 
-    def _after_reply(self, answered: str | None, code: int | None) -> list[Event]:
+    def _after_reply(self, answered: str | None, code: int | None, out: list[Event]) -> None:
         if self.session.state is State.TLS:
-            return self._start_tls()
-        if answered is not None and answered == self._paused_on:
+            out += self._start_tls()
+        elif answered is not None and answered == self._paused_on:
             self._paused_on, self._scanned = None, 0
             self._client.reader = self._resumed(answered, code)
-        return []
 
     def _resumed(self, answered: str, code: int | None) -> Reader:
         """The reader of the client's bytes after the reply to the command they waited on."""

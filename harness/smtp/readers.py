@@ -83,6 +83,7 @@ _DOT_AFTER_CR = re.compile(rb"\r\.(?=[\r\n])")  # a dot between a bare CR and a 
 _PLAIN_RUN = re.compile(  # lines the per-line fast path passes as they are (rule 1)
     rb"(?:(?:[^\r\n\x00.][^\r\n\x00]{0,%d})?\r\n)+" % (TEXT_LINE_LIMIT - 3)
 )
+_LONGEST = TEXT_LINE_LIMIT - 2  # the longest plain line, without its CRLF
 _NO_FLAWS: frozenset[AnomalyKind] = frozenset()
 _VERB_BYTES = frozenset(verb.encode() for verb in [*VERBS, "AUTH"])
 _AUTH_LINE = re.compile(rb"[A-Za-z0-9+/]*={0,2}|\*")  # base64 or the cancel (RFC 4954 §4)
@@ -125,10 +126,10 @@ class _LineReader:
                 self._head = self._head or unit
                 continue
             head, self._head = self._head, None
-            if head is None:
-                line = _Line(
-                    unit.body, unit.offset, unit.raw, odd_bytes(unit.raw, unit.offset, direction)
-                )
+            if head is None:  # the common line: ends in LF, seldom holds an odd byte
+                raw, offset = unit.raw, unit.offset
+                body = raw[:-2] if raw.endswith(b"\r\n") else raw[:-1]
+                line = _Line(body, offset, raw, odd_bytes(raw, offset, direction))
             else:
                 cut = _too_long(head.offset, direction, self._limit)
                 anomalies = [*odd_bytes(head.raw, head.offset, direction), cut]
@@ -270,46 +271,49 @@ class ReplyReader:
         self.gap = self._lines.gap
         self._builder = ReplyBuilder()
         self._start = 0
-        self._raw: list[bytes] = []  # the lines so far, joined once the reply is complete
-        self._flaws: frozenset[AnomalyKind] = frozenset()
+        self._raw: list[bytes] = []  # the reply's lines so far (its builder's), joined at its end
+        self._flaws = _NO_FLAWS
 
     @property
     def idle(self) -> bool:
         """No reply nor line begun: the next bytes start a reply."""
-        return not self._builder.started and self._lines.idle
+        return not self._raw and self._lines.idle
 
     def read(self, buf: ReceiveBuffer, direction: Direction) -> list[Event] | None:
         line = self._lines.next_line(buf, direction)
         if line is None:
             return None
-        if line.body is None:
-            return line.anomalies
-        if not self._builder.started:
-            self._start, self._raw, self._flaws = line.offset, [], frozenset()
-        self._raw.append(line.raw)
-        self._flaws |= _flaws(line.anomalies)
-        done = self._builder.add(parse_reply_line(line.body))
+        body, offset, raw, anomalies = line
+        if body is None:
+            return anomalies
+        if not self._raw:
+            self._start, self._flaws = offset, _NO_FLAWS
+        self._raw.append(raw)
+        if anomalies:
+            self._flaws |= _flaws(anomalies)
+        done = self._builder.add(parse_reply_line(body))
         if done is None:
-            return line.anomalies
+            return anomalies
         code, lines, error = done
+        raw, self._raw = b"".join(self._raw), []
         reply = Reply(
             direction=direction,
             offset=self._start,
             code=code,
             lines=lines,
-            raw=b"".join(self._raw),
+            raw=raw,
             error=error,
             flaws=self._flaws,
             answers=self._answer(code) if self._answer else None,
         )
-        return [*line.anomalies, reply]
+        return [*anomalies, reply]
 
     def unfinished(self, buf: ReceiveBuffer, direction: Direction) -> list[Event]:
         """The reply begun: its lines so far and the partial line after them (rule 7)."""
         line = self._lines.rest(buf, direction)
         anomalies: list[Event] = [*line.anomalies] if line else []
         partial = line if line is not None and line.body is not None else None
-        if self._builder.started:
+        if self._raw:
             start, raw, code = self._start, b"".join(self._raw), self._builder.code
         elif partial is not None:
             start, raw, code = partial.offset, b"", parse_reply_line(partial.body).code
@@ -337,7 +341,7 @@ class DataReader:
         """Every buffered unit up to and including the end marker (rule 1)."""
         events: list[Event] | None = None
         while True:
-            if self._plain_runs and (run := buf.match(_PLAIN_RUN)):
+            if self._plain_runs and (run := _plain_run(buf.data)):
                 events = events if events is not None else []
                 events.append(self._plain(buf.next_unit_of(run), direction))
             if (unit := buf.next_unit(TEXT_LINE_LIMIT)) is None:
@@ -373,7 +377,8 @@ class DataReader:
 
     def _unit(self, unit: Unit, direction: Direction) -> list[Event]:
         raw = unit.raw
-        if unit.complete and raw[:1] != b"." and b"\r." not in raw and not has_odd_bytes(raw):
+        # find, not in: see framing.has_odd_bytes
+        if unit.complete and raw[:1] != b"." and raw.find(b"\r.") < 0 and not has_odd_bytes(raw):
             return [self._plain(unit, direction)]  # the common line
         events: list[Event] = [*odd_bytes(unit.raw, unit.offset, direction)]
         events += self._lookalikes(unit, direction)
@@ -389,7 +394,7 @@ class DataReader:
     def _lookalikes(self, unit: Unit, direction: Direction) -> list[Anomaly]:
         """Dots that some parser might take for the end of data (rule 3)."""
         raw = unit.raw
-        found = [m.start() for m in _DOT_AFTER_CR.finditer(raw)] if b"\r." in raw else []
+        found = [m.start() for m in _DOT_AFTER_CR.finditer(raw)] if raw.find(b"\r.") >= 0 else []
         if not self._continuing and raw[:1] == b"." and _DOT_ALONE.fullmatch(raw):
             found.insert(0, 0)
         if not found:
@@ -404,6 +409,30 @@ class DataReader:
             )
             for i in found
         ]
+
+
+def _plain_run(data: bytearray) -> int:
+    """The length of the run of plain lines ``data`` starts with (``_PLAIN_RUN``'s match, 0 if
+    none): when every line before the last CRLF, or before the first line with a leading
+    dot, is plain (the common case), a few searches at C speed tell it; otherwise the regex
+    finds where the run stops."""
+    if data[:1] == b".":
+        return 0
+    end = data.rfind(b"\r\n") + 2
+    dot = data.find(b"\n.", 0, end)
+    end = end if dot < 0 else dot + 1  # a leading dot ends the run (the end marker, mostly)
+    if end < 2:
+        return 0
+    crlf = data.count(b"\r\n", 0, end)
+    plain = (
+        data.find(b"\x00", 0, end) < 0
+        and data.count(b"\r", 0, end) == crlf == data.count(b"\n", 0, end)
+        and (end <= TEXT_LINE_LIMIT or max(map(len, data[: end - 2].split(b"\r\n"))) <= _LONGEST)
+    )
+    if plain:
+        return end
+    found = _PLAIN_RUN.match(data)
+    return found.end() if found else 0
 
 
 class ChunkReader:

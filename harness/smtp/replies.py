@@ -15,16 +15,16 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from harness.errors import HarnessError
 
-_REPLY_LINE = re.compile(rb"([0-9]{3})([ -]?)(.*)", re.DOTALL)
 _VALID_CODE = re.compile(r"[2-5][0-5][0-9]")
+_SEPARATORS = (b" ", b"-", b"")  # the 4th octet of a reply line; "" when it is the code alone
+_FIRST_DIGITS, _SECOND_DIGITS = b"2345", b"012345"  # rule 1
 
 
-@dataclass(frozen=True, slots=True)
-class ReplyLine:
+class ReplyLine(NamedTuple):  # a tuple: one is made per reply line, and tuples are cheap
     code: int | None  # None: not a reply line
     final: bool
     text: str
@@ -33,13 +33,13 @@ class ReplyLine:
 
 def parse_reply_line(line: bytes) -> ReplyLine:
     """Parse one reply line given without its line ending."""
-    m = _REPLY_LINE.fullmatch(line)
-    if m is None or (m.group(2) == b"" and m.group(3)):
+    digits, separator = line[:3], line[3:4]
+    if len(digits) < 3 or not digits.isdigit() or separator not in _SEPARATORS:
         return ReplyLine(None, True, line.decode("utf-8", "surrogateescape"), "not a reply line")
-    code = m.group(1).decode()
-    error = None if _VALID_CODE.fullmatch(code) else f"reply code {code} out of range"
-    text = m.group(3).decode("utf-8", "surrogateescape")
-    return ReplyLine(int(code), m.group(2) != b"-", text, error)
+    valid = digits[0] in _FIRST_DIGITS and digits[1] in _SECOND_DIGITS
+    error = None if valid else f"reply code {digits.decode()} out of range"
+    text = line[4:].decode("utf-8", "surrogateescape")
+    return ReplyLine(int(digits), separator != b"-", text, error)
 
 
 class ReplyBuilder:

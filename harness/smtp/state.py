@@ -39,6 +39,10 @@ class State(Enum):
     TLS = "TLS (opaque)"
     CLOSED = "closed"
 
+    # members are singletons: hashed by identity, in C (Enum's own hash is a Python call,
+    # and the tables below look a state up for each command and each reply)
+    __hash__ = object.__hash__
+
 
 GREETING = "<greeting>"  # the server's first reply answers this
 END_OF_DATA = "<end-of-data>"  # the reply after CRLF.CRLF answers this
