@@ -2,7 +2,8 @@
 and the command need.  Every worker imports ``harness.ladder.sessions``, so what it pulls in
 is paid once per process: ``cryptography`` (via the TLS record layer) waits for a connection
 that carries TLS, ``asyncio`` for a command that runs a loop, the SVG and HTML renderers for
-their format, the ladder comparison for ``check --expect``.  Each test runs a fresh
+their format, the ladder comparison for ``check --expect``, the lab PKI's certificates for a
+lab that makes them.  Each test runs a fresh
 interpreter and reads its ``sys.modules``; none measures time or memory."""
 
 from __future__ import annotations
@@ -53,6 +54,14 @@ def test_the_stream_reader_imports_neither_cryptography_nor_asyncio() -> None:
     modules = _modules_after("import harness.ladder.sessions")
     assert "harness.ladder.dissect" in modules
     assert not [m for m in (*DEFERRED, *RENDERERS) if m in modules]
+
+
+def test_the_offline_judges_import_no_cryptography() -> None:
+    """``check``'s judges import the runner, and with it the lab PKI: its certificates wait
+    for a PKI to be made."""
+    modules = _modules_after("import harness.checks.offline")
+    assert {"harness.runner", "harness.tls.pki"} <= modules
+    assert not [m for m in ("cryptography", "harness.tls.certs") if m in modules]
 
 
 @pytest.mark.parametrize("fmt", ["jsonl", "json", "text"])
