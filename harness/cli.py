@@ -14,27 +14,24 @@ assembles them and enforces the CLI contract, the same for every command:
   module, imported when that command runs (or shows its help); ``smtp-harness --help``
   lists them from the table's one-line summaries, importing none (a test holds each
   summary equal to its command's own).  The ending signals are blocked while a command's
-  modules import (as ``harness.entry`` blocks them while the harness starts): one that
-  arrives then lands after the import, as the quiet 130/143, never inside a module's
-  body as a half-made class (a "bug", exit 3).
+  modules import (``harness.signals.imported``, as ``harness.entry`` blocks them while the
+  harness starts): one that arrives then lands after the import, as the quiet 130/143,
+  never inside a module's body as a half-made class (a "bug", exit 3).
 """
 
 from __future__ import annotations
 
-import importlib
-import signal
 import sys
-import tempfile
 import traceback
 from dataclasses import dataclass
 
 import click
 
+from harness import signals
 from harness.errors import HarnessError, InternalError
 from harness.verdict import EXIT_CODES_HELP, ExitCode
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
-ENDING = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
 EPILOG = EXIT_CODES_HELP
 
 
@@ -47,12 +44,7 @@ class Lazy:
     summary: str  # its help's first line, for the command list
 
     def load(self) -> click.Command:
-        held = signal.pthread_sigmask(signal.SIG_BLOCK, ENDING)
-        try:
-            module = importlib.import_module(self.module)
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, held)  # a pending one lands here
-        command = getattr(module, self.attribute)
+        command = getattr(signals.imported(self.module), self.attribute)
         _documented(command)
         return command
 
@@ -154,6 +146,8 @@ def _say_notes(exc: BaseException) -> None:
 
 def _kept(exc: BaseException) -> str:
     """The traceback of ``exc`` in a file of its own; its path."""
+    import tempfile  # only for a fault: 1 MB resident (random, shutil) start-up never needs
+
     with tempfile.NamedTemporaryFile(
         "w", prefix="smtp-harness-traceback-", suffix=".txt", delete=False, encoding="utf-8"
     ) as f:

@@ -20,19 +20,25 @@ Rules kept here:
     the hook that saw it, through a trace function.  A tracer that was running (coverage,
     a debugger) stops there: Python removes the trace function of a thread where one
     raised.
+- Importing this module loads no ``asyncio``: ``run_async`` imports it, and the handler
+  looks for a running loop only once something has (``_asyncio``).  ``imported`` is the one
+  way to import a module a command needs late: with the ending signals blocked.
 - Once ``settle(True)`` has run (the command has its exit code) ``end`` does nothing: a signal
   then changes neither the code nor what is printed.
 """
 
 from __future__ import annotations
 
-import asyncio
+import importlib
 import signal
 import sys
 import threading
 from collections.abc import Callable, Coroutine
-from types import CodeType, FrameType
-from typing import Any, TypeVar
+from types import CodeType, FrameType, ModuleType
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    import asyncio
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -116,8 +122,24 @@ def install() -> None:
         _previous_hook, sys.unraisablehook = sys.unraisablehook, _unraisable
 
 
+def imported(name: str) -> ModuleType:
+    """The module *name*, imported (if it is not yet) with the ending signals blocked in this
+    thread: one that arrives meanwhile lands after, as its quiet 130/143, never inside the
+    module's body (where Python 3.11 makes it a RuntimeError, an enum's ``__set_name__``:
+    "a bug").  For the imports deferred until a command needs them."""
+    module = sys.modules.get(name)
+    if module is not None:
+        return module
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, ENDING)
+    try:
+        return importlib.import_module(name)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)  # a pending one lands here
+
+
 def run_async(main: Coroutine[Any, Any, T]) -> T:
     """``asyncio.run(main)``, ending with the signal that cancelled it, if one did."""
+    asyncio = imported("asyncio")  # here, not at the top: ``_asyncio`` says why
     raise_noted()  # one noted before, in a loop nobody ended with it
     try:
         result = asyncio.run(main)
@@ -133,7 +155,7 @@ def _end_now(signum: int) -> None:
     if loop is None:
         raise ending(signum)
     if _noted:
-        if (task := asyncio.current_task(loop)) is not None:
+        if (task := _asyncio().current_task(loop)) is not None:
             _struck.append(task)
         raise ending(signum)
     _noted.append(signum)
@@ -144,16 +166,26 @@ def _end_now(signum: int) -> None:
 def _cancel_all(loop: asyncio.AbstractEventLoop) -> None:
     """Cancel every task but the loop's own shutdown (``asyncio.run`` closing: cancelled,
     its executor thread would still set its result, and asyncio log InvalidStateError)."""
-    for task in asyncio.all_tasks(loop):
+    for task in _asyncio().all_tasks(loop):
         if getattr(task.get_coro(), "__qualname__", "") not in LOOP_SHUTDOWN:
             task.cancel()
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:
+    """The loop running in this thread, if any: none while asyncio is not (wholly) imported."""
+    get = getattr(_asyncio(), "get_running_loop", None)
     try:
-        return asyncio.get_running_loop()
+        return None if get is None else get()
     except RuntimeError:
         return None
+
+
+def _asyncio() -> ModuleType | None:
+    """``asyncio`` once something imported it (``run_async``, a lab's modules), else None: no
+    loop can run before.  Deferred: asyncio (and ssl under it) is 10 MB resident that
+    ``ladder`` and ``check`` never need; and the handler imports nothing (it may land while
+    a module is half imported)."""
+    return sys.modules.get("asyncio")
 
 
 def _on_stack(frame: FrameType | None, codes: set[CodeType]) -> bool:

@@ -198,3 +198,33 @@ def test_a_signal_as_asyncio_run_shuts_down_its_executor_is_quiet() -> None:
     future's result, and asyncio logged InvalidStateError with a traceback."""
     done = _run(SIGTERM_AS_ASYNCIO_RUN_SHUTS_DOWN)
     assert (done.stdout, done.stderr) == ("ended 143\n", "")
+
+
+A_SIGNAL_WHILE_A_LATE_IMPORT_RUNS = """
+import os, signal, sys
+from harness import signals
+signals.install()
+sys.path.insert(0, sys.argv[1])
+try:
+    signals.imported("late_module")
+finally:  # the module is whole when the signal lands, or gone if it landed inside
+    print(getattr(sys.modules.get("late_module"), "Kind", "gone"), flush=True)
+"""
+LATE_MODULE = """
+import enum, os, signal
+os.kill(os.getpid(), signal.SIGTERM)  # lands while the module body runs, unless blocked
+
+
+class Kind(enum.Enum):  # Python 3.11 turns a signal's exception here into a RuntimeError
+    A = "a"
+    B = "b"
+"""
+
+
+def test_a_signal_during_a_late_import_lands_after_it(tmp_path) -> None:
+    """``signals.imported`` (a renderer, the TLS record layer imported mid-command): the
+    module is whole, then the signal ends the process as the quiet 143."""
+    (tmp_path / "late_module.py").write_text(LATE_MODULE)
+    done = _run(A_SIGNAL_WHILE_A_LATE_IMPORT_RUNS, str(tmp_path))
+    assert done.returncode == ExitCode.SIGTERM, done.stderr
+    assert done.stdout == "<enum 'Kind'>\n" and "Traceback" not in done.stderr

@@ -64,10 +64,12 @@ from collections import Counter, deque
 from collections.abc import Iterator
 from dataclasses import replace
 from itertools import count
+from types import ModuleType
 from typing import TYPE_CHECKING
 
 import dnslib
 
+from harness import signals
 from harness.capture.pcapfile import PcapError, read
 from harness.ladder.model import Coverage, Detail, Ladder, Step, StepKind, detail
 from harness.ladder.packets import UDP, Decoder, Packet, flag_names, format_addr
@@ -77,10 +79,10 @@ from harness.smtp.commands import parse_command
 from harness.smtp.events import Direction
 from harness.smtp.protocol import Observer
 from harness.tls.keylog import KeyLog
-from harness.tls.records import Established, Plaintext, Problem, TlsSession
 
 if TYPE_CHECKING:
     from harness.ladder.parallel import Share
+    from harness.tls.records import Established, Plaintext, Problem, TlsSession
 
 SMTP_PORTS = frozenset({25, 465, 587, 2525})
 DNS_PORT = 53
@@ -512,7 +514,7 @@ class _Conn:
                 yield from self._feed(d, bytes(held[d][skip[d] :]), event)
                 continue
             if decision == "tls" and self.d.keylog is not None:  # implicit TLS (RFC 8314 §3)
-                self.tls_session = self.tls_session or TlsSession(self.d.keylog)
+                self.tls_session = self.tls_session or _tls_records().TlsSession(self.d.keylog)
                 self.tls_base[d] = self.start[d]
                 yield from self._tls_feed(d, bytes(held[d]), event)
                 continue
@@ -546,12 +548,12 @@ class _Conn:
             warning = f"TLS after STARTTLS on connection {self.d.conn_label(self.id)}: no key log, "
             self.d.warnings[warning + "the dialogue inside is not seen"] += 1
         # with no key log too: the handshake is read in the clear (version, cipher, SNI)
-        self.tls_session = self.tls_session or TlsSession(self.d.keylog)
+        self.tls_session = self.tls_session or _tls_records().TlsSession(self.d.keylog)
 
     def _tls_feed(self, d: int, data: bytes, event: Event) -> Iterator[Step]:
         """TLS bytes: to the record layer; before the handshake is done also to the core,
         which counts them (an opaque ``tls`` step if the records cannot be read)."""
-        session = self.tls_session
+        session, records = self.tls_session, _tls_records()
         found = session.feed(d, data)
         if self.observer is not None and not self.inside:
             yield from self._steps(self.observer.feed(_SMTP_DIRECTION[d], data), event)
@@ -560,11 +562,11 @@ class _Conn:
             info = detail(offset=event.offset)
             yield self._new(event, d, StepKind.TLS, "TLS", (event.first,), info)
         for item in found:
-            if isinstance(item, Established):
+            if isinstance(item, records.Established):
                 yield self._handshake(item, event)
-            elif isinstance(item, Plaintext) and self.inside:
+            elif isinstance(item, records.Plaintext) and self.inside:
                 yield from self._plaintext(item, event)
-            elif isinstance(item, Problem):
+            elif isinstance(item, records.Problem):
                 self._tls_problem(item)
 
     def _tls_problem(self, problem: Problem) -> None:
@@ -865,3 +867,10 @@ def _clean(text: str | None) -> str | None:
 
 def _unique(numbers: list[int]) -> tuple[int, ...]:
     return tuple(sorted(set(numbers)))
+
+
+def _tls_records() -> ModuleType:
+    """``harness.tls.records``, imported when a connection first carries TLS: it loads
+    ``cryptography`` (a third of the dissector's resident memory), which a capture without
+    TLS never needs (``tests/test_lean.py`` holds it out of such a run)."""
+    return signals.imported("harness.tls.records")

@@ -9,23 +9,26 @@ Rules kept here:
 2. Columns are ``Ladder.participants`` (order of first appearance); every step keeps its
    number and goes from its ``src`` column to its ``dst`` column, labelled by
    ``style.label`` (a diagram may draw one arrow for the steps one packet carried).
-3. ``render(ladder, fmt, ...)`` is the one entry point; ``FORMATS`` names the formats.
+3. ``render(ladder, fmt, ...)`` is the one entry point; ``FORMATS`` names the formats, each
+   renderer's module imported when its format is first asked for.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
+from harness import signals
 from harness.errors import HarnessError
 from harness.ladder.model import Ladder
-from harness.render import html, json, mermaid, svg, text
 
-FORMATS: dict[str, Callable[..., str]] = {
-    "text": text.render,
-    "svg": svg.render,
-    "html": html.render,
-    "mermaid": mermaid.render,
-    "json": json.render,
+# format -> the module that renders it, imported when that format is asked for: SVG and HTML
+# bring urllib and xml (10 MB resident) that a text or JSON ladder never needs
+FORMATS: dict[str, str] = {
+    "text": "harness.render.text",
+    "svg": "harness.render.svg",
+    "html": "harness.render.html",
+    "mermaid": "harness.render.mermaid",
+    "json": "harness.render.json",
 }
 
 
@@ -38,7 +41,7 @@ def render(
 ) -> str:
     """*ladder* as a document in format *fmt* (one of ``FORMATS``)."""
     try:
-        renderer = FORMATS[fmt]
+        module = FORMATS[fmt]
     except KeyError:
         raise HarnessError(f"unknown format {fmt!r} (one of {', '.join(FORMATS)})") from None
-    return renderer(ladder, lifelines=lifelines, title=title)
+    return signals.imported(module).render(ladder, lifelines=lifelines, title=title)

@@ -20,6 +20,9 @@ Rules kept here:
    A leaf is issued once per (name, variant) and run, on demand; asking again returns the
    same files.  Names are validated by the scenario before they reach here; a name that
    is not a DNS name is our fault (``InternalError``).
+6. ``cryptography`` is loaded (``harness.tls.certs``, the keys and certificates) when a PKI
+   is first made or loaded, not with this module: every process that imports the runner
+   (``check``'s offline judges too) imports this one.
 """
 
 from __future__ import annotations
@@ -29,14 +32,15 @@ import os
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
+from harness import signals
 from harness.errors import InternalError
 from harness.grammar import Grammar, problem
+
+if TYPE_CHECKING:
+    from harness.tls.certs import Authority
 
 VALID_FOR = datetime.timedelta(days=30)
 _BEFORE = datetime.timedelta(hours=1)  # valid from an hour before the run: clocks differ
@@ -65,21 +69,14 @@ class ServerCredentials:
 
 
 @dataclass
-class _Authority:
-    name: x509.Name
-    key: ec.EllipticCurvePrivateKey
-    certificate: x509.Certificate | None  # None while signing itself
-
-
-@dataclass
 class LabPki:
     """The run's CA (``ca``: the root's PEM, a verifying peer's trust anchor) and the
     server certificates issued from it, under ``folder``."""
 
     folder: Path
     now: datetime.datetime
-    _root: _Authority
-    _intermediate: _Authority
+    _root: Authority
+    _intermediate: Authority
     _issued: dict[tuple[str, CertVariant], ServerCredentials] = field(default_factory=dict)
 
     @property
@@ -102,10 +99,11 @@ class LabPki:
         return creds if all(p.exists() for p in (creds.chain, creds.key, creds.leaf)) else None
 
     def _issue(self, name: str, variant: CertVariant) -> ServerCredentials:
-        key = ec.generate_private_key(ec.SECP256R1())
-        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, _subject_name(name, variant))])
-        issuer = _self_issuer(subject, key) if variant is CertVariant.SELF_SIGNED else None
-        leaf = _certificate(
+        certs = _certs()
+        key = certs.new_key()
+        subject = certs.name(_subject_name(name, variant))
+        issuer = certs.self_issuer(subject, key) if variant is CertVariant.SELF_SIGNED else None
+        leaf = certs.certificate(
             subject,
             key,
             issuer or self._intermediate,
@@ -115,9 +113,9 @@ class LabPki:
         alone = variant in (CertVariant.SELF_SIGNED, CertVariant.NO_INTERMEDIATE)
         chain = [leaf] if alone else [leaf, self._intermediate.certificate]
         creds = _credentials(self.folder, name, variant)
-        _write_private(creds.key, _key_pem(key))
-        _write_public(creds.chain, b"".join(map(_pem, chain)))
-        _write_public(creds.leaf, _pem(leaf))
+        _write_private(creds.key, certs.key_pem(key))
+        _write_public(creds.chain, b"".join(map(certs.pem, chain)))
+        _write_public(creds.leaf, certs.pem(leaf))
         return creds
 
 
@@ -136,12 +134,9 @@ def lab_pki(folder: Path) -> LabPki:
     """The run's PKI in ``folder``: loaded when an earlier call made it, else made (rule 5)."""
     if not (folder / "intermediate.key").exists():
         return make_lab_pki(folder)
+    certs = _certs()
     root, intermediate = (
-        _Authority(
-            x509.load_pem_x509_certificate((folder / pem).read_bytes()).subject,
-            serialization.load_pem_private_key((folder / key).read_bytes(), None),
-            x509.load_pem_x509_certificate((folder / pem).read_bytes()),
-        )
+        certs.loaded((folder / key).read_bytes(), (folder / pem).read_bytes())
         for key, pem in (("ca.key", "ca.pem"), ("intermediate.key", "intermediate.pem"))
     )
     return LabPki(folder, root.certificate.not_valid_before_utc + _BEFORE, root, intermediate)
@@ -154,83 +149,21 @@ def make_lab_pki(folder: Path, now: datetime.datetime | None = None) -> LabPki:
     os.chmod(folder, 0o700)
     now = now or datetime.datetime.now(datetime.UTC)
     start, end = now - _BEFORE, now + VALID_FOR
-    root = _authority("smtp-harness lab root CA (test key)", None, start, end)
-    intermediate = _authority("smtp-harness lab intermediate CA (test key)", root, start, end)
-    _write_private(folder / "ca.key", _key_pem(root.key))
-    _write_private(folder / "intermediate.key", _key_pem(intermediate.key))
-    _write_public(folder / "ca.pem", _pem(root.certificate))
-    _write_public(folder / "intermediate.pem", _pem(intermediate.certificate))
+    certs = _certs()
+    root = certs.authority("smtp-harness lab root CA (test key)", None, start, end)
+    intermediate = certs.authority("smtp-harness lab intermediate CA (test key)", root, start, end)
+    _write_private(folder / "ca.key", certs.key_pem(root.key))
+    _write_private(folder / "intermediate.key", certs.key_pem(intermediate.key))
+    _write_public(folder / "ca.pem", certs.pem(root.certificate))
+    _write_public(folder / "intermediate.pem", certs.pem(intermediate.certificate))
     return LabPki(folder, now, root, intermediate)
 
 
-def _authority(
-    common_name: str,
-    parent: _Authority | None,
-    start: datetime.datetime,
-    end: datetime.datetime,
-) -> _Authority:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    issuer = parent or _self_issuer(name, key)
-    return _Authority(name, key, _certificate(name, key, issuer, start, end, ca=True))
-
-
-def _self_issuer(name: x509.Name, key: ec.EllipticCurvePrivateKey) -> _Authority:
-    """The issuer of a self-signed certificate: itself (its certificate is not needed to
-    sign)."""
-    return _Authority(name, key, None)
-
-
-def _certificate(
-    subject: x509.Name,
-    key: ec.EllipticCurvePrivateKey,
-    issuer: _Authority,
-    start: datetime.datetime,
-    end: datetime.datetime,
-    *,
-    ca: bool = False,
-    san: str | None = None,
-) -> x509.Certificate:
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(issuer.name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(end)
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.key.public_key()), False
-        )
-    )
-    if ca:
-        usage = _key_usage(cert_sign=True)
-        builder = builder.add_extension(usage, critical=True)
-    else:
-        builder = builder.add_extension(_key_usage(cert_sign=False), critical=True)
-        builder = builder.add_extension(
-            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
-        )
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName([x509.DNSName(san or "")]), critical=False
-        )
-    return builder.sign(issuer.key, hashes.SHA256())
-
-
-def _key_usage(cert_sign: bool) -> x509.KeyUsage:
-    return x509.KeyUsage(
-        digital_signature=True,
-        content_commitment=False,
-        key_encipherment=False,
-        data_encipherment=False,
-        key_agreement=False,
-        key_cert_sign=cert_sign,
-        crl_sign=cert_sign,
-        encipher_only=False,
-        decipher_only=False,
-    )
+def _certs() -> ModuleType:
+    """``harness.tls.certs``, imported when a PKI is first made or loaded: it loads
+    ``cryptography`` (10 MB resident), which every process that imports the runner (``check``
+    through its offline judges) would pay without ever making a certificate."""
+    return signals.imported("harness.tls.certs")
 
 
 def _subject_name(name: str, variant: CertVariant) -> str:
@@ -244,18 +177,6 @@ def _validity(
     if variant is CertVariant.EXPIRED:
         return now - VALID_FOR - datetime.timedelta(days=1), now - datetime.timedelta(days=1)
     return now - _BEFORE, now + VALID_FOR
-
-
-def _pem(certificate: x509.Certificate) -> bytes:
-    return certificate.public_bytes(serialization.Encoding.PEM)
-
-
-def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
 
 
 def _write_private(path: Path, data: bytes) -> None:
