@@ -37,6 +37,7 @@ CLIENT_UNITS = (StepKind.COMMAND, StepKind.CONTENT, StepKind.BDAT)
 Record = tuple[str, str, str]  # (name, type, rdata) of one DNS resource record
 T = TypeVar("T")
 _FOR = "steps"  # the key of (the steps, their number) the kept answers were computed for
+_UNKNOWN = object()  # not asked yet (None is an answer)
 
 
 def per_ladder(query: Callable[..., T]) -> Callable[..., T]:
@@ -48,9 +49,9 @@ def per_ladder(query: Callable[..., T]) -> Callable[..., T]:
     def asked(ladder: Ladder, *args: object) -> T:
         known = _known(ladder)
         key = (name, *args)
-        if key not in known:
-            known[key] = query(ladder, *args)
-        found = known[key]
+        found = known.get(key, _UNKNOWN)
+        if found is _UNKNOWN:
+            found = known[key] = query(ladder, *args)
         return list(found) if type(found) is list else found  # type: ignore[return-value]
 
     return asked
@@ -68,15 +69,18 @@ def _known(ladder: Ladder) -> dict[object, object]:
 
 def where(ladder: Ladder, kind: str | Iterable[str], **match: object) -> list[Step]:
     """Steps of ``kind`` whose attributes (src, dst, conn) equal ``match``."""
-    kinds = (kind,) if isinstance(kind, str) else tuple(kind)
-    return _where(ladder, kinds, tuple(match.items()))
+    known = _known(ladder)
+    key = ("where", kind if isinstance(kind, str) else tuple(kind), *match.items())
+    found = known.get(key)
+    if found is None:
+        found = known[key] = _where(ladder, key[1], match)
+    return list(found)  # type: ignore[call-overload]
 
 
-@per_ladder
-def _where(ladder: Ladder, kinds: tuple[str, ...], match: tuple[tuple[str, object], ...]):
-    wanted = set(kinds)
+def _where(ladder: Ladder, kind: str | tuple[str, ...], match: dict[str, object]) -> list[Step]:
+    wanted = {kind} if isinstance(kind, str) else set(kind)
     found = [s for s in ladder.steps if s.kind in wanted]
-    for key, value in match:  # one pass per attribute: no generator per step
+    for key, value in match.items():  # one pass per attribute: no generator per step
         found = [s for s in found if getattr(s, key) == value]
     return found
 
