@@ -37,6 +37,7 @@ from __future__ import annotations
 import bisect
 import copy
 import fnmatch
+import functools
 import importlib
 import json
 from collections.abc import Callable, Iterable, Sequence
@@ -134,6 +135,11 @@ class Precondition:
     lab: str = ""  # what only a lab run has that the judge reads too ("" : a capture will do)
     inside_tls: bool = False  # it looks inside TLS: a capture not decrypted cannot show it
 
+    @functools.cached_property
+    def unexercised(self) -> Outcome:
+        """The n/a when it finds nothing (made once: most checks of a session end here)."""
+        return not_applicable(f"not exercised: it needs {self.says}, which did not happen")
+
 
 @dataclass(frozen=True)
 class Seen:
@@ -201,9 +207,7 @@ class Check:
             for pre in self.requires:
                 steps = tuple(pre.find(results[pre.run]))
                 if not steps:
-                    return not_applicable(
-                        f"not exercised: it needs {pre.says}, which did not happen"
-                    )
+                    return pre.unexercised
                 found.append(steps)
             outcome = self.judge_seen(Seen(tuple(results), tuple(found)))
         except Unjudged as exc:

@@ -33,8 +33,8 @@ from harness.checks.base import (
     observed,
     passed,
 )
-from harness.checks.steps import closes, code, commands, reply_to, smtp_conns
-from harness.ladder.model import Step
+from harness.checks.steps import closes, code, commands, per_ladder, reply_to, smtp_conns
+from harness.ladder.model import Ladder, Step
 from harness.runner import RunResult
 
 QUIT_DELAY_MS = 300  # far beyond a client's close after QUIT, far below its QUIT timeout
@@ -46,13 +46,19 @@ SLOW_221 = Setup(
 
 def _last(run: RunResult) -> tuple[Step | None, Step | None, list[Step]]:
     """(QUIT, its reply, FIN/RST steps) of the last SMTP connection."""
-    conns = smtp_conns(run.ladder)
+    quit_, reply, ends = _last_end(run.ladder)
+    return quit_, reply, list(ends)
+
+
+@per_ladder
+def _last_end(ladder: Ladder) -> tuple[Step | None, Step | None, list[Step]]:
+    conns = smtp_conns(ladder)
     if not conns:
         return None, None, []
     conn = conns[-1]
-    quit_ = next((c for c in commands(run.ladder, "QUIT") if c.conn == conn), None)
-    reply = reply_to(run.ladder, quit_) if quit_ else None
-    return quit_, reply, closes(run.ladder, conn)
+    quit_ = next((c for c in commands(ladder, "QUIT") if c.conn == conn), None)
+    reply = reply_to(ladder, quit_) if quit_ else None
+    return quit_, reply, closes(ladder, conn)
 
 
 def _quit_sent(run: RunResult) -> list[Step]:

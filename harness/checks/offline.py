@@ -109,10 +109,16 @@ class OfflineJudge:
     def __init__(self, checks: Sequence[Check] | None = None) -> None:
         chosen = list(registry().values()) if checks is None else list(checks)
         self.checks = [(check, passive_reason(check)) for check in chosen]
-        # a lab-only check's n/a is the same in every session: made once (they are most)
-        self._lab_only = [not_applicable(reason) if reason else None for _, reason in self.checks]
-        inside = [any(pre.inside_tls for pre in check.requires) for check in chosen]
-        self._inside_tls = [not_applicable(UNDECRYPTED) if i else None for i in inside]
+        # a lab-only check's n/a is the same in every session: judged once (they are most)
+        self._lab_only = [
+            Judged(check, not_applicable(reason)) if reason else None
+            for check, reason in self.checks
+        ]
+        undecrypted = not_applicable(UNDECRYPTED)
+        self._inside_tls = [
+            Judged(check, undecrypted) if any(pre.inside_tls for pre in check.requires) else None
+            for check in chosen
+        ]
 
     def session(self, flow: Flow, source: str, hosts: dict[str, str]) -> SessionReport:
         """The report of one SMTP or TLS session (``flow.session`` set)."""
@@ -122,12 +128,15 @@ class OfflineJudge:
         ends = Ends(client, server)
         run = _as_run(flow.ladder(source, hosts), ends, source)
         why_not, tls_at = unreadable(flow, ends), _encrypted_from(flow)
-        unjudged = not_applicable(why_not) if why_not else None
+        if why_not:
+            unjudged = not_applicable(why_not)
+            report.judged = [Judged(check, unjudged) for check, _ in self.checks]
+            return report
         blind = tls_at is not None and not _decrypted(flow)
         unseen = self._inside_tls if blind else [None] * len(self.checks)
         for (check, _), lab_only, inside in zip(self.checks, self._lab_only, unseen, strict=True):
-            outcome = unjudged or lab_only or inside or _judge(check, run, tls_at)
-            report.judged.append(Judged(check, outcome))
+            judged = lab_only or inside or Judged(check, _judge(check, run, tls_at))
+            report.judged.append(judged)
         return report
 
 

@@ -3,6 +3,11 @@
 Rules kept here:
 - Only reads: nothing here changes a ladder or a run.  Hosts are the scenario's own names
   (``run.scenario.sender_host`` / ``receiver_host``), never addresses.
+- A ladder's answers are computed once (``per_ladder``): every judge of a session asks the
+  same few questions (its commands, the pairing of its replies, its closes), so the first
+  asks and the others read the answer kept in the ladder's ``queries``.  A list answer is
+  a copy for each caller; the kept answers are dropped when the ladder's steps are another
+  list or another length (whoever built it may still be adding steps).
 - Judges read a step's ``detail`` (DNS qname, qtype, rcode, records; a reply's code and
   what it answers; a command's verb), never its rendered ``text``; a command's argument
   is the one exception, read back into the core's own parser (``params``).
@@ -17,8 +22,10 @@ Rules kept here:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import functools
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from harness.checks.base import Unjudged
 from harness.ladder.model import Ladder, Step, StepKind
@@ -28,12 +35,51 @@ from harness.smtp.commands import parse_command
 
 CLIENT_UNITS = (StepKind.COMMAND, StepKind.CONTENT, StepKind.BDAT)
 Record = tuple[str, str, str]  # (name, type, rdata) of one DNS resource record
+T = TypeVar("T")
+_FOR = "steps"  # the key of (the steps, their number) the kept answers were computed for
+_UNKNOWN = object()  # not asked yet (None is an answer)
+
+
+def per_ladder(query: Callable[..., T]) -> Callable[..., T]:
+    """``query(ladder, *args)`` computed once for a ladder and the same arguments (positional
+    and hashable); a list it answers is copied for each caller."""
+    name = query.__qualname__  # a string key: the ladder stays picklable
+
+    @functools.wraps(query)
+    def asked(ladder: Ladder, *args: object) -> T:
+        known = _known(ladder)
+        key = (name, *args)
+        found = known.get(key, _UNKNOWN)
+        if found is _UNKNOWN:
+            found = known[key] = query(ladder, *args)
+        return list(found) if type(found) is list else found  # type: ignore[return-value]
+
+    return asked
+
+
+def _known(ladder: Ladder) -> dict[object, object]:
+    """The answers kept for ``ladder``, emptied if its steps are not those they came from."""
+    queries, steps = ladder.queries, ladder.steps
+    kept = queries.get(_FOR)
+    if kept is None or kept[0] is not steps or kept[1] != len(steps):  # type: ignore[index]
+        queries.clear()
+        queries[_FOR] = (steps, len(steps))
+    return queries
 
 
 def where(ladder: Ladder, kind: str | Iterable[str], **match: object) -> list[Step]:
     """Steps of ``kind`` whose attributes (src, dst, conn) equal ``match``."""
-    kinds = {kind} if isinstance(kind, str) else set(kind)
-    found = [s for s in ladder.steps if s.kind in kinds]
+    known = _known(ladder)
+    key = ("where", kind if isinstance(kind, str) else tuple(kind), *match.items())
+    found = known.get(key)
+    if found is None:
+        found = known[key] = _where(ladder, key[1], match)
+    return list(found)  # type: ignore[call-overload]
+
+
+def _where(ladder: Ladder, kind: str | tuple[str, ...], match: dict[str, object]) -> list[Step]:
+    wanted = {kind} if isinstance(kind, str) else set(kind)
+    found = [s for s in ladder.steps if s.kind in wanted]
     for key, value in match.items():  # one pass per attribute: no generator per step
         found = [s for s in found if getattr(s, key) == value]
     return found
@@ -45,6 +91,7 @@ def syns(run: RunResult, dst: str | None = None) -> list[Step]:
     return [s for s in steps if dst is None or s.dst == dst]
 
 
+@per_ladder
 def commands(ladder: Ladder, verb: str | None = None) -> list[Step]:
     steps = where(ladder, StepKind.COMMAND)
     return [s for s in steps if verb is None or verb_of(s) == verb]
@@ -151,23 +198,9 @@ def complete(step: Step) -> bool:
     return not step.get("incomplete")
 
 
-_LAST: list[tuple[list[Step], int, int, list[Exchange]]] = [([], 0, 0, [])]
-
-
+@per_ladder
 def exchanges(ladder: Ladder, conn: int) -> list[Exchange]:
-    """The client units of one SMTP connection, each paired with its reply (in order).
-
-    Kept for the last ladder and connection asked (by identity and length: a ladder is only
-    read, rule 1): the judges of one session ask it dozens of times (``reply_to``)."""
-    steps, last = ladder.steps, _LAST[0]
-    if last[0] is steps and last[1] == len(steps) and last[2] == conn:
-        return list(last[3])
-    found = _pair(ladder, conn)
-    _LAST[0] = (steps, len(steps), conn, found)
-    return list(found)
-
-
-def _pair(ladder: Ladder, conn: int) -> list[Exchange]:
+    """The client units of one SMTP connection, each paired with its reply (in order)."""
     owed: list[Step] = []
     units: list[Step] = []
     before: dict[int, Step | None] = {}
@@ -195,12 +228,14 @@ def _owed_bdat(previous: list[Step], owed: list[Step]) -> bool:
     return bool(previous) and verb_of(previous[0]) == "BDAT" and previous[0] in owed
 
 
+@per_ladder
 def smtp_conns(ladder: Ladder) -> list[int]:
     """Connections that carried SMTP, in order of first appearance."""
     steps = where(ladder, (StepKind.COMMAND, StepKind.REPLY))
     return list(dict.fromkeys(s.conn for s in steps if s.conn is not None))
 
 
+@per_ladder
 def all_exchanges(ladder: Ladder) -> list[Exchange]:
     return [x for conn in smtp_conns(ladder) for x in exchanges(ladder, conn)]
 
@@ -211,6 +246,7 @@ def greeting(ladder: Ladder, conn: int) -> Step | None:
     return next((s for s in replies if s.get("answers") == "<greeting>"), None)
 
 
+@per_ladder
 def greetings(ladder: Ladder, wanted: int | None = None) -> list[Step]:
     """Complete greetings of every connection (with code ``wanted``, if given)."""
     found = (greeting(ladder, conn) for conn in smtp_conns(ladder))
@@ -220,9 +256,17 @@ def greetings(ladder: Ladder, wanted: int | None = None) -> list[Step]:
 def reply_to(ladder: Ladder, unit: Step) -> Step | None:
     """The reply to one command or content step."""
     assert unit.conn is not None  # SMTP steps always belong to a connection
-    return next((x.reply for x in exchanges(ladder, unit.conn) if x.unit == unit), None)
+    found = _by_unit(ladder, unit.conn).get(unit.index)
+    return found.reply if found is not None and found.unit == unit else None
 
 
+@per_ladder
+def _by_unit(ladder: Ladder, conn: int) -> dict[int, Exchange]:
+    """The exchanges of one connection by their unit's step number."""
+    return {x.unit.index: x for x in exchanges(ladder, conn)}
+
+
+@per_ladder
 def replies(ladder: Ladder, answers: str, wanted: int | None = None) -> list[Step]:
     """Complete replies answering ``answers`` (a verb, "<end-of-data>"), with code ``wanted``."""
     return [
@@ -236,6 +280,7 @@ def code(step: Step | None) -> int | None:
     return None if step is None else int(step.get("code") or 0) or None
 
 
+@per_ladder
 def accepted_data(ladder: Ladder) -> list[Exchange]:
     """Message contents the receiver answered with 2yz."""
     return [

@@ -84,6 +84,7 @@ from harness.checks.steps import (
     exchanges,
     outcome,
     params,
+    per_ladder,
     replies,
     reply_to,
     status,
@@ -91,7 +92,7 @@ from harness.checks.steps import (
     verb_of,
     where,
 )
-from harness.ladder.model import Step, StepKind
+from harness.ladder.model import Ladder, Step, StepKind
 from harness.outcome import OutcomeStatus
 from harness.runner import RunResult
 from harness.smtp.events import AnomalyKind
@@ -170,8 +171,15 @@ def _undecrypted(run: RunResult) -> list[int | None]:
     handshake it decrypted (one read in the clear only says ``decrypted=False``).  A
     connection whose handshake was decrypted was read; opaque records on it after that
     are a second TLS within the first (a 220 to a second STARTTLS), which is judged."""
-    read = {h.conn for h in _handshakes(run) if h.get("decrypted") is not False}
-    opaque = {s.conn for s in where(run.ladder, StepKind.TLS) if s.conn not in read}
+    return _unread(run.ladder)
+
+
+@per_ladder
+def _unread(ladder: Ladder) -> list[int | None]:
+    read = {
+        h.conn for h in where(ladder, StepKind.TLS_HANDSHAKE) if h.get("decrypted") is not False
+    }
+    opaque = {s.conn for s in where(ladder, StepKind.TLS) if s.conn not in read}
     return sorted(opaque, key=lambda c: c or 0)
 
 

@@ -4,7 +4,8 @@ Rules this module keeps:
 
 - A ladder is an ordered list of ``Step`` records, numbered from 1 in the order of the
   packet that completed them, plus metadata: the source file, the address -> name map, the
-  decoder's warning counts and, per TCP connection, its ACK ``Coverage``.
+  decoder's warning counts and, per TCP connection, its ACK ``Coverage``.  Its ``queries``
+  are a cache of the judges' questions, not data.
 - A step is small and immutable: who sent it (``src``) to whom (``dst``), as host names
   where known, else ``addr`` (or ``addr:port`` for the server when both ends share an
   address); its ``kind`` (a ``StepKind``); a one-line ``text`` (multi-line for a
@@ -166,6 +167,11 @@ class Ladder:
     hosts: dict[str, str] = field(default_factory=dict)  # address -> host name
     warnings: dict[str, int] = field(default_factory=dict)
     coverage: dict[int, Coverage] = field(default_factory=dict)  # by connection id
+    # what the judges asked of the ladder, kept by ``harness.checks.steps``: not data (no
+    # JSON, no part of equality, not carried over by ``dataclasses.replace``)
+    queries: dict[object, object] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     @property
     def participants(self) -> list[str]:
