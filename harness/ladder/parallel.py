@@ -78,7 +78,7 @@ def owner(packet: Packet, workers: int) -> int:
     (Fibonacci hashing), so flows that differ in step in address and port still spread."""
     src, dst = int.from_bytes(packet.src, "big"), int.from_bytes(packet.dst, "big")
     mixed = ((src ^ dst) + packet.sport + packet.dport) * _GOLDEN & _MASK64
-    return (mixed >> 32) % workers
+    return (mixed * workers) >> 64  # the top bits, the best mixed (bit 32 split 52/48)
 
 
 def jobs_for(path: str, asked: int | None) -> int:
@@ -253,7 +253,7 @@ class Worker:
         self._conn_map = array("q")  # local connection id - 1 -> its number
 
     # what a worker does with a batch and where its numbers come from: by its kind
-    def told(self, batch: int, told: Told, final: bool) -> None:
+    def told(self, batch: int, told: Told) -> None:
         raise NotImplementedError
 
     def numbers(self, block: bool) -> tuple[int, Numbers] | None:
@@ -267,11 +267,11 @@ class Worker:
             for flow in self.splitter.flows(path):
                 self._ended.append(flow)
                 self._ends.append((self.share.clock, flow.kind in SESSION_KINDS))
-        self.batch_done(final=True)
+        self.batch_done()
         while self._waiting:
             self._number(block=True)
 
-    def batch_done(self, final: bool = False) -> None:
+    def batch_done(self) -> None:
         """Tell the batch just read; render what the numbers that came allow."""
         share = self.share
         conns = share.born[self._conns_told :]
@@ -279,7 +279,7 @@ class Worker:
         told = Told(share.keys, conns, self._ends)
         self._waiting[self.batch] = self._ended
         share.keys, self._ended, self._ends = array("q"), [], []
-        self.told(self.batch, told, final)
+        self.told(self.batch, told)
         self.batch += 1
         while self._number(block=len(self._waiting) > LEAD):
             pass
@@ -399,8 +399,8 @@ class _Piped(Worker):
         except (EOFError, OSError):
             self.inbox.put(None)
 
-    def told(self, batch: int, told: Told, final: bool) -> None:
-        self.pipe.send(("told", batch, told, final))
+    def told(self, batch: int, told: Told) -> None:
+        self.pipe.send(("told", batch, told))
 
     def numbers(self, block: bool) -> tuple[int, Numbers] | None:
         try:
@@ -444,7 +444,7 @@ class Coordinator(Worker):
         self._pipes: list[Connection] = []
         self._inbox: queue.Queue = queue.Queue()
         self._told: dict[int, dict[int, Told]] = {}  # batch -> worker -> what it told
-        self._finals: set[int] = set()
+        self._merged = 0  # the next batch to merge
         self._order: dict[int, list[tuple[int, int]]] = {}  # batch -> merged flow order
         self._texts: dict[int, dict[int, list[Rendered]]] = {}
         self._mine: list[tuple[int, Numbers]] = []  # numbers for worker 0, not yet taken
@@ -495,14 +495,19 @@ class Coordinator(Worker):
             self._inbox.put((me, ("gone",)))
 
     # --- worker 0's side
-    def told(self, batch: int, told: Told, final: bool) -> None:
-        self._take(0, ("told", batch, told, final))
-        while len(self._told.get(batch, ())) < self.job.workers:
+    def told(self, batch: int, told: Told) -> None:
+        """Its own batch told; what the others sent meanwhile taken, never waited for (it
+        runs ahead as a worker does, waiting only in ``numbers``)."""
+        self._take(0, ("told", batch, told))
+        while not self._inbox.empty():
             self._take(*self._inbox.get())
-        self._merge(batch)
 
     def numbers(self, block: bool) -> tuple[int, Numbers] | None:
-        return self._mine.pop(0) if self._mine else None
+        while not self._mine:
+            if not block:
+                return None
+            self._take(*self._inbox.get())
+        return self._mine.pop(0)
 
     def rendered(self, batch: int, texts: list[Rendered]) -> None:
         self._take(0, ("rendered", batch, texts))
@@ -524,10 +529,11 @@ class Coordinator(Worker):
     def _take(self, me: int, message: tuple) -> None:
         kind = message[0]
         if kind == "told":
-            _, batch, told, final = message
+            _, batch, told = message
             self._told.setdefault(batch, {})[me] = told
-            if final:
-                self._finals.add(me)
+            while len(self._told.get(self._merged, ())) == self.job.workers:
+                self._merge(self._merged)
+                self._merged += 1
         elif kind == "rendered":
             self._texts.setdefault(message[1], {})[me] = message[2]
             self._write()
