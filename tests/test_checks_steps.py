@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from harness.checks.base import SEED, Check, Precondition, passed
+from harness.checks.offline import Ends, _as_run
 from harness.checks.steps import commands, reply_to, smtp_conns, where
 from harness.ladder.model import Ladder, Step, StepKind, detail
 
@@ -57,3 +59,31 @@ def test_kept_answers_are_not_ladder_data() -> None:
     assert fresh == ladder and fresh.to_json() == ladder.to_json()
     other = dataclasses.replace(ladder, steps=ladder.steps[:1])
     assert not other.queries and commands(other) == []
+
+
+def test_a_precondition_that_needs_a_kind_of_step_is_not_looked_for_without_one() -> None:
+    """``Precondition.needs``: a ladder with none of those kinds is not exercised, and the
+    find (the costly part) never runs; with one, the find decides."""
+    looked: list[int] = []
+
+    def find(run):
+        looked.append(len(run.ladder.steps))
+        return [s for s in run.ladder.steps if s.kind == StepKind.RST]
+
+    pre = Precondition("the receiver's RST", find, needs=(StepKind.RST,))
+    check = Check(
+        "x.y",
+        "t",
+        "RFC 0",
+        ("receiver",),
+        (SEED,),
+        lambda seen: passed("ok", *seen.found[0]),
+        (pre,),
+    )
+    quiet = Ladder([Step(1, 0, "a", "b", StepKind.SYN, "SYN", (1,), 1)])
+    reset = Ladder([*quiet.steps, Step(2, 0, "b", "a", StepKind.RST, "RST", (2,), 1)])
+    ends = Ends("a", "b")
+    assert check.judge([_as_run(quiet, ends, "x")]) is pre.unexercised
+    assert looked == []
+    assert check.judge([_as_run(reset, ends, "x")]).verdict.value == "pass"
+    assert looked == [2]

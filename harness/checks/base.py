@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from harness.errors import HarnessError, InternalError
-from harness.ladder.model import Step
+from harness.ladder.model import Step, StepKind
 from harness.runner import RunResult
 from harness.scenario import FIXTURES, Scenario, scenario_from_data
 from harness.verdict import Verdict
@@ -134,6 +134,9 @@ class Precondition:
     run: int = 0  # which of the check's runs it looks at
     lab: str = ""  # what only a lab run has that the judge reads too ("" : a capture will do)
     inside_tls: bool = False  # it looks inside TLS: a capture not decrypted cannot show it
+    # kinds of step without one of which ``find`` finds nothing (the RST a reset needs): a
+    # ladder with none is not exercised, told by one scan instead of the find's queries
+    needs: tuple[StepKind, ...] = ()
 
     @functools.cached_property
     def unexercised(self) -> Outcome:
@@ -205,7 +208,10 @@ class Check:
         found: list[tuple[Step, ...]] = []
         try:
             for pre in self.requires:
-                steps = tuple(pre.find(results[pre.run]))
+                run = results[pre.run]
+                if pre.needs and not any(step.kind in pre.needs for step in run.ladder.steps):
+                    return pre.unexercised
+                steps = tuple(pre.find(run))
                 if not steps:
                     return pre.unexercised
                 found.append(steps)

@@ -223,6 +223,9 @@ def _receiver_reset(run: RunResult, after: Step) -> Step | None:
     return next((s for s in ends if s.index > after.index and _reset_by(s, server)), None)
 
 
+RESET = (StepKind.RST,)  # what every reset check needs in a ladder
+
+
 def _reset_by(step: Step, host: str) -> bool:
     return step.kind == StepKind.RST and step.src == host
 
@@ -302,7 +305,9 @@ SECTION_3_8 = (
     SECTION_3_8,
     SENDER,
     RESET_AFTER_RCPT,
-    requires=[Precondition("a 250 to RCPT, then the receiver's RST", _reset_after_rcpt)],
+    requires=[
+        Precondition("a 250 to RCPT, then the receiver's RST", _reset_after_rcpt, needs=RESET)
+    ],
 )
 def reset_after_rcpt(seen: Seen) -> Outcome:
     return _deferred_after(seen, "the reset after the 250 to RCPT")
@@ -314,7 +319,9 @@ def reset_after_rcpt(seen: Seen) -> Outcome:
     SECTION_3_8,
     SENDER,
     RESET_AFTER_354,
-    requires=[Precondition("a 354 to DATA, then the receiver's RST", _reset_after_354)],
+    requires=[
+        Precondition("a 354 to DATA, then the receiver's RST", _reset_after_354, needs=RESET)
+    ],
 )
 def reset_after_354(seen: Seen) -> Outcome:
     return _deferred_after(seen, "the reset after the 354")
@@ -365,7 +372,11 @@ def zero_window_data(seen: Seen) -> Outcome:
     SENDER,
     RESET_BEFORE_250,
     requires=[
-        Precondition("the message, then the receiver's RST before any reply", _reset_before_reply)
+        Precondition(
+            "the message, then the receiver's RST before any reply",
+            _reset_before_reply,
+            needs=RESET,
+        )
     ],
 )
 def reset_before_250(seen: Seen) -> Outcome:
@@ -378,7 +389,9 @@ def reset_before_250(seen: Seen) -> Outcome:
     "RFC 5321 §6.1: with the 250 the receiver has accepted responsibility for the message",
     SENDER,
     RESET_AFTER_250,
-    requires=[Precondition("a 250 to the message, then the receiver's RST", _reset_after_250)],
+    requires=[
+        Precondition("a 250 to the message, then the receiver's RST", _reset_after_250, needs=RESET)
+    ],
 )
 def reset_after_250(seen: Seen) -> Outcome:
     run = seen.run

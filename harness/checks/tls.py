@@ -193,6 +193,9 @@ def _seen_inside(run: RunResult) -> None:
         )
 
 
+_HANDSHAKE = (StepKind.TLS_HANDSHAKE,)  # what the version checks need in a ladder
+
+
 def about_inside(says: str, find: Finder, lab: str = "") -> Precondition:
     """A precondition about steps inside TLS (``inside_tls``: judging a passive capture
     whose TLS was not decrypted makes its check n/a, ``harness.checks.offline``)."""
@@ -766,7 +769,7 @@ DEPRECATED = {  # each MUST NOT be used
     '"SSLv3 MUST NOT be used"',
     BOTH,
     BOTH_TLS,
-    requires=[Precondition("a TLS handshake's ServerHello", _negotiated)],
+    requires=[Precondition("a TLS handshake's ServerHello", _negotiated, needs=_HANDSHAKE)],
 )
 def negotiated_version(seen: Seen) -> Outcome:
     shake = seen.found[0][0]
@@ -784,7 +787,7 @@ def negotiated_version(seen: Seen) -> Outcome:
     "RFC 3207 §4.1: the parties decide on the privacy achieved (the version's rule is tls.version)",
     BOTH,
     BOTH_TLS,
-    requires=[Precondition("a TLS handshake's ServerHello", _negotiated)],
+    requires=[Precondition("a TLS handshake's ServerHello", _negotiated, needs=_HANDSHAKE)],
     kind=Kind.OBSERVATION,
 )
 def version_cipher(seen: Seen) -> Outcome:
