@@ -39,7 +39,7 @@ from harness.lab import Lab
 from harness.mta import debs, exim, opensmtpd, postfix, quoting, sendmail
 from harness.mta.base import MtaAdapter, Site, adapters
 from harness.runner import resolver_for
-from harness.scenario import load_scenario
+from harness.scenario import load_scenario, scenario_from_data
 from harness.smtp.sender import Sender
 
 pytestmark = pytest.mark.lab  # root: the writers chown to the MTAs' users, Exim drops to its own
@@ -511,3 +511,23 @@ def test_control_opensmtpd_runs_a_domain_written_unquoted_at_start(
         while not sentinel.hits:
             assert time.monotonic() < deadline, adapter.last_log_line()
             time.sleep(0.05)
+
+
+KNOBS = [("receiver", "tls"), ("receiver", "certificate"), ("sender", "starttls")]
+KNOBS += [("sender", "timeouts")]  # the TLS and timeout knobs: each reaches every adapter
+
+
+@pytest.mark.parametrize(("section", "key"), KNOBS)
+@pytest.mark.parametrize("name", sorted(payloads()))
+def test_a_knob_that_reaches_an_mta_is_refused_at_load_unless_one_of_its_words(
+    section: str, key: str, name: str, tmp_path: Path
+) -> None:
+    """The knobs reach the adapters as one of a closed set of words, which the adapters map
+    to their own constants; a payload is refused at load, in one line naming key and value,
+    before any lab or configuration exists."""
+    payload = payloads()[name].replace(HIT, "/bin/true")
+    data = {section: {"mta": "postfix", key: payload}}
+    with pytest.raises(HarnessError) as refused:
+        scenario_from_data(data, tmp_path / "knob.toml")
+    message = str(refused.value)
+    assert f"{section}.{key}" in message and "\n" not in message and "\r" not in message
