@@ -67,3 +67,9 @@ class SendReport:
 
     def status(self, recipient: str) -> OutcomeStatus:
         return self.outcomes[recipient].status
+
+
+def describe(outcome: Outcome) -> str:
+    """One recipient's outcome in a line: "c3po@receiver.com deferred at RCPT 450 4.2.0 ..."."""
+    said = f"{outcome.code or ''} {outcome.text}".strip()
+    return f"{outcome.recipient} {outcome.status} at {outcome.stage} {said}".rstrip()

@@ -57,9 +57,8 @@ import dataclasses
 import functools
 import shutil
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness import runinfo, signals
@@ -75,19 +74,18 @@ from harness.ladder.model import Ladder, StepKind
 from harness.message import ORIGINATING, RECEIVING, Allowance
 from harness.message import compare as compare_message
 from harness.mta.roles import Exchange, from_mta, to_mta
-from harness.outcome import Outcome, OutcomeStatus, SendReport
+from harness.outcome import OutcomeStatus, SendReport, describe
 from harness.render import render
+from harness.result import CAPTURE, RunResult
 from harness.runinfo import host_names
 from harness.scenario import Scenario
 from harness.smtp.policy import ReceiverConfig
-from harness.smtp.receiver import Receiver, StoredMessage
+from harness.smtp.receiver import Receiver
 from harness.smtp.sender import Sender, SenderConfig
 from harness.tls.keylog import KeyLog, from_capture
 from harness.tls.pki import CertVariant, lab_pki
-from harness.verdict import Verdict
 
 DNS_PORT = 53
-CAPTURE = "capture.pcapng"
 LOSSY_DNS_TRIES = 4
 LADDER_FORMATS = {"txt": "text", "svg": "svg", "html": "html", "json": "json"}
 TLS_FOLDER, KEYLOG = "tls", "keylog.txt"  # the run's PKI and the peers' TLS secrets
@@ -130,60 +128,6 @@ def _dns_tries(scenario: Scenario) -> int:
     """Our peers' UDP tries: more on lossy links (two tries both lost at 5% loss on each of
     two links is a run in a hundred: the impairment table's loss rows saw it)."""
     return LOSSY_DNS_TRIES if any(f.loss for f in scenario.link_faults) else 2
-
-
-@dataclass
-class RunResult:
-    scenario: Scenario
-    folder: Path
-    report: SendReport
-    stored: list[StoredMessage]
-    receiver_log: list[dict]
-    dns_log: list
-    ladder: Ladder
-    problems: list[str] = field(default_factory=list)
-    faults: list[InternalFault] = field(default_factory=list)
-    mta: dict | None = None  # the real MTA of the run: name, role, versions, .debs
-    # where a failing ``assert_ok`` keeps the run's files, returning their folder (the pytest
-    # plugin's runs/pytest-artefacts/<test>); None: they stay in ``folder``
-    keep: Callable[[RunResult], Path] | None = field(default=None, repr=False, compare=False)
-
-    def assert_ok(self) -> None:
-        """``AssertionError`` unless the verdict is pass, saying why: the verdict, each
-        recipient's outcome, each problem (the ladder diff against the golden among them)
-        and fault, and the folder holding the run's files."""
-        __tracebackhide__ = True  # pytest shows the message, not this frame
-        if self.ok:
-            return
-        kept = self.keep(self) if self.keep is not None else self.folder
-        raise AssertionError(self.explained(kept.resolve()))
-
-    def explained(self, files: Path) -> str:
-        """What ``assert_ok`` says, the run's files being in ``files``."""
-        lines = [f"scenario {self.scenario.name}: {self.verdict}", "outcomes:"]
-        lines += [f"  {describe(o)}" for o in self.report.outcomes.values()] or ["  (none)"]
-        for title, entries in (("problems", self.problems), ("faults", self.faults)):
-            texts = [e if isinstance(e, str) else e.line() for e in entries]
-            lines += [f"{title}:"] * bool(texts)
-            lines += [f"  {t}".replace("\n", "\n    ") for t in texts]
-        return "\n".join([*lines, f"artefacts: {files}"])
-
-    network: dict | None = None  # the link faults that ran: engine, seed, faults (impair.py)
-    warnings: list[str] = field(default_factory=list)  # e.g. connections open at capture end
-
-    @property
-    def verdict(self) -> Verdict:
-        if self.faults:
-            return Verdict.ERROR
-        return Verdict.FAIL if self.problems else Verdict.PASS
-
-    @property
-    def ok(self) -> bool:
-        return self.verdict is Verdict.PASS
-
-    @property
-    def pcap(self) -> Path:
-        return self.folder / CAPTURE
 
 
 def run_scenario(
@@ -496,12 +440,6 @@ def _outcome_problems(result: RunResult) -> list[str]:
             )
             problems.append(f"expected {status} {sorted(wanted)}, got {got}: {detail}")
     return problems
-
-
-def describe(outcome: Outcome) -> str:
-    """One recipient's outcome in a line: "c3po@receiver.com deferred at RCPT 450 4.2.0 ..."."""
-    said = f"{outcome.code or ''} {outcome.text}".strip()
-    return f"{outcome.recipient} {outcome.status} at {outcome.stage} {said}".rstrip()
 
 
 def wire_contents(result: RunResult) -> list[bytes]:

@@ -24,7 +24,7 @@ from wire import DNS, MESSAGE, RECEIVER, SILENT, Smtp, Wire, run_of, stuffed
 from harness.checks.tls import INJECTIONS, VARIANTS
 from harness.ladder.model import Detail, Ladder
 from harness.outcome import OutcomeStatus
-from harness.runner import RunResult
+from harness.result import RunResult
 from harness.scenario import FIXTURES, Scenario
 from harness.verdict import Verdict
 

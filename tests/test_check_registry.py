@@ -10,6 +10,7 @@ steps (except check zero, whose rule is the whole seed).
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 
 import pytest
@@ -95,6 +96,40 @@ def test_nothing_on_the_wire_never_passes(check_id, status, tmp_path) -> None:
         ]
         outcome = check.judge(runs)
         assert outcome.verdict in (Verdict.NA, Verdict.FAIL, Verdict.ERROR), (role, outcome)
+
+
+GATED = [
+    (check_id, n)
+    for check_id, check in CHECKS.items()
+    for n, pre in enumerate(check.requires)
+    if pre.needs or pre.verbs or pre.codes
+]
+
+
+@pytest.mark.parametrize(("check_id", "n"), GATED, ids=lambda x: str(x))
+def test_a_gate_never_hides_what_its_find_finds(check_id, n, tmp_path) -> None:
+    """``Precondition.needs/verbs/codes`` say what a find cannot do without: over every run
+    of the check's cases in which the find finds something, the gate lets it through (a
+    wrong gate would turn an exercised rule into n/a), and at least one case exercises it;
+    with what the gate names taken out of the ladder, the precondition is not exercised."""
+    check, cases = CHECKS[check_id], CASES[check_id]
+    pre = check.requires[n]
+    builds = [*cases.passing, *(b for _, b in cases.failing), *(b for _, b in cases.values)]
+    found = 0
+    for i, build in enumerate(builds):
+        run = build(_scenarios(check, cases.role), tmp_path / f"case{i}")[pre.run]
+        if pre.find(run):
+            found += 1
+            assert not pre.absent(run.ladder), f"case {i}: the gate hides what the find found"
+            named = set(pre.needs) | set(pre.verbs) | set(pre.codes)
+            kept = [s for s in run.ladder.steps if not named & _what(s)]
+            assert pre.absent(dataclasses.replace(run.ladder, steps=kept)), f"case {i}"
+    assert found, f"no case of {check_id} exercises precondition {n}: the gate is untested"
+
+
+def _what(step) -> set:
+    """What a gate may name of a step: its kind, a command's verb, a reply's code."""
+    return {step.kind, step.get("verb"), step.get("code")} - {None}
 
 
 def test_the_registry_order_is_the_modules_order_whatever_was_imported_first() -> None:

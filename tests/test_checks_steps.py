@@ -5,6 +5,7 @@ data, and a caller's copy cannot change them."""
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 from harness.checks.base import SEED, Check, Precondition, passed
 from harness.checks.offline import Ends, _as_run
@@ -83,7 +84,7 @@ def test_a_precondition_that_needs_a_kind_of_step_is_not_looked_for_without_one(
     quiet = Ladder([Step(1, 0, "a", "b", StepKind.SYN, "SYN", (1,), 1)])
     reset = Ladder([*quiet.steps, Step(2, 0, "b", "a", StepKind.RST, "RST", (2,), 1)])
     ends = Ends("a", "b")
-    assert check.judge([_as_run(quiet, ends, "x")]) is pre.unexercised
+    assert check.judge([_as_run(quiet, ends, Path("x"))]) is pre.unexercised
     assert looked == []
-    assert check.judge([_as_run(reset, ends, "x")]).verdict.value == "pass"
+    assert check.judge([_as_run(reset, ends, Path("x"))]).verdict.value == "pass"
     assert looked == [2]

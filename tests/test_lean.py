@@ -56,12 +56,39 @@ def test_the_stream_reader_imports_neither_cryptography_nor_asyncio() -> None:
     assert not [m for m in (*DEFERRED, *RENDERERS) if m in modules]
 
 
-def test_the_offline_judges_import_no_cryptography() -> None:
-    """``check``'s judges import the runner, and with it the lab PKI: its certificates wait
-    for a PKI to be made."""
-    modules = _modules_after("import harness.checks.offline")
-    assert {"harness.runner", "harness.tls.pki"} <= modules
-    assert not [m for m in ("cryptography", "harness.tls.certs") if m in modules]
+LAB_ONLY = (  # what runs a lab: judging a capture has no use for it
+    "harness.runner",
+    "harness.scenario",
+    "harness.lab.lab",
+    "harness.dns.server",
+    "harness.mta.base",
+    "harness.tls.pki",
+    "asyncio",
+    "cryptography",
+)
+
+
+def test_the_offline_judges_import_nothing_that_runs_a_lab() -> None:
+    """``check CAPTURE``'s judges, every check registered, load no runner, scenario, lab,
+    DNS server, MTA adapter, PKI or asyncio (each worker paid ~7 MB and 0.3 s for them):
+    ``harness.result`` is the run's data alone, and ``harness.lab``/``harness.dns`` import
+    what runs a lab when it is first asked for."""
+    modules = _modules_after("from harness.checks.offline import OfflineJudge; OfflineJudge()")
+    assert {"harness.result", "harness.checks.tls", "harness.lab.topology"} <= modules
+    assert not [m for m in LAB_ONLY if m in modules]
+
+
+def test_the_lazy_packages_still_give_every_name() -> None:
+    """``from harness.lab import Lab`` and ``from harness.dns import DnsServer`` still work:
+    the name is imported from its module when asked for; a wrong name is an AttributeError."""
+    import harness.dns
+    import harness.lab
+
+    for package in (harness.dns, harness.lab):
+        for name in package.__all__:
+            assert getattr(package, name) is not None, name
+        with pytest.raises(AttributeError, match="no attribute 'Nope'"):
+            package.Nope  # noqa: B018
 
 
 @pytest.mark.parametrize("fmt", ["jsonl", "json", "text"])

@@ -9,7 +9,10 @@ Rules kept here:
 - ``requires`` states what must have happened for the rule to be exercised ("an MX answer
   with a null MX reached the sender"): each ``Precondition`` finds the steps that show it,
   and is tested before the judge runs.  One that finds nothing makes the verdict ``n/a``,
-  with the reason; the judge never runs.  The steps found are evidence of every verdict.
+  with the reason; the judge never runs.  What its find cannot do without (a kind of step,
+  a command verb, a reply code: ``needs``, ``verbs``, ``codes``) it may say: a ladder with
+  none of one of them is n/a the same, by a look-up, the find never run.  The steps found
+  are evidence of every verdict.
   A precondition whose judge also reads what only a lab run has (the stored copies, the
   sender's queue, the scenario's users) says so in ``lab``: judging a passive capture
   (``harness.checks.offline``) makes such a check n/a with that reason; one that looks
@@ -34,7 +37,6 @@ Rules kept here:
 
 from __future__ import annotations
 
-import bisect
 import copy
 import fnmatch
 import functools
@@ -43,17 +45,20 @@ import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
+from harness.checks.queries import present
 from harness.errors import HarnessError, InternalError
-from harness.ladder.model import Step, StepKind
-from harness.runner import RunResult
-from harness.scenario import FIXTURES, Scenario, scenario_from_data
+from harness.ladder.model import Ladder, Step, StepKind
+from harness.result import RunResult
 from harness.verdict import Verdict
+
+if TYPE_CHECKING:
+    from harness.scenario import Scenario
 
 ROLES = ("sender", "receiver")
 SENDER, RECEIVER, BOTH = ("sender",), ("receiver",), ROLES
 REFERENCE = "harness"  # the column where our scripted peers play the role under test
-SCENARIO_DIR = FIXTURES / "scenarios" / "checks"  # anchors the setups' relative paths
 MODULES = ("seed", "dns", "session", "esmtp", "data", "close", "tcp", "tls")
 
 Cite = tuple[int, int]  # (run, step index): a step of one of the check's runs
@@ -82,7 +87,8 @@ class Outcome:
     value: str | None = None  # an observation's value
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "verdict", Verdict(self.verdict))
+        if self.verdict.__class__ is not Verdict:  # a string from JSON
+            object.__setattr__(self, "verdict", Verdict(self.verdict))
 
     def steps(self, run: int = 0) -> tuple[int, ...]:
         """The cited step indexes of one run."""
@@ -134,9 +140,23 @@ class Precondition:
     run: int = 0  # which of the check's runs it looks at
     lab: str = ""  # what only a lab run has that the judge reads too ("" : a capture will do)
     inside_tls: bool = False  # it looks inside TLS: a capture not decrypted cannot show it
-    # kinds of step without one of which ``find`` finds nothing (the RST a reset needs): a
-    # ladder with none is not exercised, told by one scan instead of the find's queries
+    # what ``find`` finds nothing without: a kind of step (the RST a reset needs), a command
+    # verb (STARTTLS), a reply code (554); a ladder with none of one of them is not
+    # exercised, told by a look-up in what it has (``queries.present``), the find never run
     needs: tuple[StepKind, ...] = ()
+    verbs: tuple[str, ...] = ()
+    codes: tuple[int, ...] = ()
+
+    def absent(self, ladder: Ladder) -> bool:
+        """Whether the ladder lacks what ``find`` needs (then it would find nothing)."""
+        if not (self.needs or self.verbs or self.codes):
+            return False
+        has = present(ladder)
+        return (
+            bool(self.needs and has.kinds.isdisjoint(self.needs))
+            or bool(self.verbs and has.verbs.isdisjoint(self.verbs))
+            or bool(self.codes and has.codes.isdisjoint(self.codes))
+        )
 
     @functools.cached_property
     def unexercised(self) -> Outcome:
@@ -182,7 +202,9 @@ class Setup:
         return data
 
     def scenario(self, mta: str, role: str) -> Scenario:
-        path = SCENARIO_DIR / f"{self.name}.toml"  # virtual: anchors relative paths only
+        from harness.scenario import FIXTURES, scenario_from_data  # a lab's, not a capture's
+
+        path = FIXTURES / "scenarios" / "checks" / f"{self.name}.toml"  # anchors relative paths
         return scenario_from_data(self.scenario_data(mta, role), path)
 
     def key(self, mta: str, role: str) -> str:
@@ -209,7 +231,7 @@ class Check:
         try:
             for pre in self.requires:
                 run = results[pre.run]
-                if pre.needs and not any(step.kind in pre.needs for step in run.ladder.steps):
+                if pre.absent(run.ladder):
                     return pre.unexercised
                 steps = tuple(pre.find(run))
                 if not steps:
@@ -245,9 +267,7 @@ class Check:
 def _has_step(run: RunResult, index: int) -> bool:
     """Whether step ``index`` is in the run's ladder (numbered from 1, or, for one session
     of a capture, with the capture's own numbers: ascending, with holes)."""
-    steps = run.ladder.steps
-    at = bisect.bisect_left(steps, index, key=lambda step: step.index)
-    return at < len(steps) and steps[at].index == index
+    return index in present(run.ladder).numbers
 
 
 _REGISTRY: dict[str, Check] = {}

@@ -35,7 +35,7 @@ from harness.checks.base import (
 )
 from harness.checks.steps import closes, code, commands, per_ladder, reply_to, smtp_conns
 from harness.ladder.model import Ladder, Step
-from harness.runner import RunResult
+from harness.result import RunResult
 
 QUIT_DELAY_MS = 300  # far beyond a client's close after QUIT, far below its QUIT timeout
 SLOW_221 = Setup(

@@ -40,7 +40,7 @@ from harness.checks.steps import (
 )
 from harness.ladder.model import Step, StepKind
 from harness.outcome import OutcomeStatus
-from harness.runner import RunResult
+from harness.result import RunResult
 from harness.smtp.events import AnomalyKind
 
 RCPT = "c3po@receiver.com"

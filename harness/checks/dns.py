@@ -55,7 +55,7 @@ from harness.checks.steps import (
 )
 from harness.ladder.model import Step, StepKind
 from harness.outcome import OutcomeStatus
-from harness.runner import RunResult
+from harness.result import RunResult
 
 DEAD = "down.receiver.com. A 192.0.2.53"  # an MX host with nothing on port 25: RST
 TRAP = "192.0.2.53"  # inconsistent glue, the DNS host (RST on port 25): a SYN there is the

@@ -40,7 +40,7 @@ from harness.checks.steps import (
 )
 from harness.ladder.model import Step
 from harness.outcome import OutcomeStatus
-from harness.runner import RunResult
+from harness.result import RunResult
 
 EHLO = {"sender": {"ehlo": True}}
 ONE = ["c3po@receiver.com"]

@@ -39,7 +39,7 @@ from harness.ladder.dissect import endpoint_names
 from harness.ladder.model import Ladder, Step, StepKind
 from harness.ladder.sessions import Flow, FlowKind
 from harness.outcome import OutcomeStatus, SendReport
-from harness.runner import RunResult
+from harness.result import RunResult
 from harness.smtp.commands import parse_command
 from harness.verdict import ExitCode, Verdict
 
@@ -109,16 +109,19 @@ class OfflineJudge:
     def __init__(self, checks: Sequence[Check] | None = None) -> None:
         chosen = list(registry().values()) if checks is None else list(checks)
         self.checks = [(check, passive_reason(check)) for check in chosen]
-        # a lab-only check's n/a is the same in every session: judged once (they are most)
+        # a lab-only check's n/a is the same in every session: judged once (they are most);
+        # the others are judged in their places of the list, in the same order
         self._lab_only = [
             Judged(check, not_applicable(reason)) if reason else None
             for check, reason in self.checks
         ]
         undecrypted = not_applicable(UNDECRYPTED)
-        self._inside_tls = [
-            Judged(check, undecrypted) if any(pre.inside_tls for pre in check.requires) else None
-            for check in chosen
+        self._judged_here = [
+            (at, check, Judged(check, undecrypted) if _inside_tls(check) else None)
+            for at, (check, reason) in enumerate(self.checks)
+            if not reason
         ]
+        self._folders: dict[str, Path] = {}
 
     def session(self, flow: Flow, source: str, hosts: dict[str, str]) -> SessionReport:
         """The report of one SMTP or TLS session (``flow.session`` set)."""
@@ -126,25 +129,30 @@ class OfflineJudge:
         client, server = endpoint_names(hosts, flow.client[0], flow.server)
         report = SessionReport(flow, client, server, recipients(flow.steps))
         ends = Ends(client, server)
-        run = _as_run(flow.ladder(source, hosts), ends, source)
         why_not, tls_at = unreadable(flow, ends), _encrypted_from(flow)
         if why_not:
             unjudged = not_applicable(why_not)
             report.judged = [Judged(check, unjudged) for check, _ in self.checks]
             return report
+        folder = self._folders.get(source) or self._folders.setdefault(source, Path(source))
+        run = _as_run(flow.ladder(source, hosts), ends, folder)
         blind = tls_at is not None and not _decrypted(flow)
-        unseen = self._inside_tls if blind else [None] * len(self.checks)
-        for (check, _), lab_only, inside in zip(self.checks, self._lab_only, unseen, strict=True):
-            judged = lab_only or inside or Judged(check, _judge(check, run, tls_at))
-            report.judged.append(judged)
+        judged: list[Judged | None] = list(self._lab_only)
+        for at, check, unseen in self._judged_here:
+            judged[at] = (blind and unseen) or Judged(check, _judge(check, run, tls_at))
+        report.judged = judged  # type: ignore[assignment]  # every place is filled
         return report
 
 
-def _as_run(ladder: Ladder, ends: Ends, source: str) -> RunResult:
+def _inside_tls(check: Check) -> bool:
+    return any(pre.inside_tls for pre in check.requires)
+
+
+def _as_run(ladder: Ladder, ends: Ends, folder: Path) -> RunResult:
     """A run of nothing but the session's ladder: what a passive capture gives a judge."""
     return RunResult(
         scenario=ends,  # type: ignore[arg-type]  # only who is who: see passive_reason
-        folder=Path(source),
+        folder=folder,
         report=SendReport({}),
         stored=[],
         receiver_log=[],

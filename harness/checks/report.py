@@ -37,7 +37,7 @@ from harness.checks.base import REFERENCE
 from harness.checks.expected import Expected
 from harness.checks.matrix import Cell, Column
 from harness.formats import WRITES, Format
-from harness.runner import CAPTURE
+from harness.result import CAPTURE
 from harness.verdict import Verdict
 
 VERDICT_CLASS = {

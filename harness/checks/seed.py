@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from harness.checks.base import BOTH, Outcome, Seen, check, failed, known, passed
 from harness.checks.steps import closes, commands, records, smtp_conns, verb_of
 from harness.ladder.model import Ladder, Step
-from harness.runner import RunResult
+from harness.result import RunResult
 
 S, D, R = "sender", "dns", "receiver"
 

@@ -44,7 +44,7 @@ from harness.checks.steps import (
 )
 from harness.ladder.model import Step
 from harness.outcome import OutcomeStatus
-from harness.runner import RunResult
+from harness.result import RunResult
 
 EHLO = {"sender": {"ehlo": True}}
 TWO = ["c3po@receiver.com", "r2d2@receiver.com"]
@@ -129,7 +129,7 @@ def _greeted(wanted: int, says: str, lines: int = 1, lab: str = "") -> Precondit
         found = greetings(run.ladder, wanted)
         return [g for g in found if int(g.get("lines") or 1) >= lines]
 
-    return Precondition(says, find, lab=lab)
+    return Precondition(says, find, lab=lab, codes=(wanted,))
 
 
 @check(
@@ -211,7 +211,7 @@ def _refused_ehlo(run: RunResult) -> list[Step]:
     "RFC 5321 §3.2: a client refused EHLO falls back to HELO; §4.1.4",
     SENDER,
     EHLO_502,
-    requires=[Precondition("an EHLO answered 500 or 502", _refused_ehlo)],
+    requires=[Precondition("an EHLO answered 500 or 502", _refused_ehlo, codes=(500, 502))],
 )
 def ehlo_fallback(seen: Seen) -> Outcome:
     run, (_ehlo, refusal) = seen.run, seen.found[0]
@@ -349,7 +349,9 @@ def _sent(prefix: str, *, exact: bool = False, lab: str = "") -> Precondition:
         sent = commands(run.ladder)
         return [c for c in sent if c.text == prefix or (not exact and c.text.startswith(prefix))]
 
-    return Precondition(f"the command {prefix!r}", find, lab=lab)
+    verb = prefix.partition(" ")[0].upper()  # the verb of every command the prefix starts
+    verbs = (verb,) if exact or " " in prefix else ()
+    return Precondition(f"the command {prefix!r}", find, lab=lab, verbs=verbs)
 
 
 def _answered(seen: Seen, wanted: set[int], what: str) -> Outcome:

@@ -3,11 +3,9 @@
 Rules kept here:
 - Only reads: nothing here changes a ladder or a run.  Hosts are the scenario's own names
   (``run.scenario.sender_host`` / ``receiver_host``), never addresses.
-- A ladder's answers are computed once (``per_ladder``): every judge of a session asks the
-  same few questions (its commands, the pairing of its replies, its closes), so the first
-  asks and the others read the answer kept in the ladder's ``queries``.  A list answer is
-  a copy for each caller; the kept answers are dropped when the ladder's steps are another
-  list or another length (whoever built it may still be adding steps).
+- A ladder's answers are computed once (``per_ladder``, kept as ``harness.checks.queries``
+  says): every judge of a session asks the same few questions (its commands, the pairing
+  of its replies, its closes), so the first asks and the others read the answer kept.
 - Judges read a step's ``detail`` (DNS qname, qtype, rcode, records; a reply's code and
   what it answers; a command's verb), never its rendered ``text``; a command's argument
   is the one exception, read back into the core's own parser (``params``).
@@ -22,67 +20,17 @@ Rules kept here:
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TypeVar
 
 from harness.checks.base import Unjudged
+from harness.checks.queries import per_ladder, where
 from harness.ladder.model import Ladder, Step, StepKind
 from harness.outcome import Outcome, OutcomeStatus
-from harness.runner import RunResult
+from harness.result import RunResult
 from harness.smtp.commands import parse_command
 
 CLIENT_UNITS = (StepKind.COMMAND, StepKind.CONTENT, StepKind.BDAT)
 Record = tuple[str, str, str]  # (name, type, rdata) of one DNS resource record
-T = TypeVar("T")
-_FOR = "steps"  # the key of (the steps, their number) the kept answers were computed for
-_UNKNOWN = object()  # not asked yet (None is an answer)
-
-
-def per_ladder(query: Callable[..., T]) -> Callable[..., T]:
-    """``query(ladder, *args)`` computed once for a ladder and the same arguments (positional
-    and hashable); a list it answers is copied for each caller."""
-    name = query.__qualname__  # a string key: the ladder stays picklable
-
-    @functools.wraps(query)
-    def asked(ladder: Ladder, *args: object) -> T:
-        known = _known(ladder)
-        key = (name, *args)
-        found = known.get(key, _UNKNOWN)
-        if found is _UNKNOWN:
-            found = known[key] = query(ladder, *args)
-        return list(found) if type(found) is list else found  # type: ignore[return-value]
-
-    return asked
-
-
-def _known(ladder: Ladder) -> dict[object, object]:
-    """The answers kept for ``ladder``, emptied if its steps are not those they came from."""
-    queries, steps = ladder.queries, ladder.steps
-    kept = queries.get(_FOR)
-    if kept is None or kept[0] is not steps or kept[1] != len(steps):  # type: ignore[index]
-        queries.clear()
-        queries[_FOR] = (steps, len(steps))
-    return queries
-
-
-def where(ladder: Ladder, kind: str | Iterable[str], **match: object) -> list[Step]:
-    """Steps of ``kind`` whose attributes (src, dst, conn) equal ``match``."""
-    known = _known(ladder)
-    key = ("where", kind if isinstance(kind, str) else tuple(kind), *match.items())
-    found = known.get(key)
-    if found is None:
-        found = known[key] = _where(ladder, key[1], match)
-    return list(found)  # type: ignore[call-overload]
-
-
-def _where(ladder: Ladder, kind: str | tuple[str, ...], match: dict[str, object]) -> list[Step]:
-    wanted = {kind} if isinstance(kind, str) else set(kind)
-    found = [s for s in ladder.steps if s.kind in wanted]
-    for key, value in match.items():  # one pass per attribute: no generator per step
-        found = [s for s in found if getattr(s, key) == value]
-    return found
 
 
 def syns(run: RunResult, dst: str | None = None) -> list[Step]:

@@ -75,7 +75,7 @@ from harness.checks.steps import (
 from harness.lab.topology import default_topology
 from harness.ladder.model import Step, StepKind
 from harness.outcome import OutcomeStatus
-from harness.runner import RunResult
+from harness.result import RunResult
 from harness.smtp.commands import parse_command
 from harness.verdict import Verdict
 
@@ -357,6 +357,7 @@ def _window_closed(run: RunResult) -> list[Step]:
             "a 354 to DATA, then the message never complete on the wire (a closed window) "
             "and no reply to it",
             _window_closed,
+            codes=(354,),
         )
     ],
 )

@@ -94,7 +94,7 @@ from harness.checks.steps import (
 )
 from harness.ladder.model import Ladder, Step, StepKind
 from harness.outcome import OutcomeStatus
-from harness.runner import RunResult
+from harness.result import RunResult
 from harness.smtp.events import AnomalyKind
 from harness.verdict import Verdict
 
@@ -194,17 +194,24 @@ def _seen_inside(run: RunResult) -> None:
 
 
 _HANDSHAKE = (StepKind.TLS_HANDSHAKE,)  # what the version checks need in a ladder
+_TLS_AT_ALL = (StepKind.TLS_HANDSHAKE, StepKind.TLS)  # what a step inside TLS needs
+_STARTTLS = ("STARTTLS",)  # the verb every STARTTLS exchange needs
 
 
-def about_inside(says: str, find: Finder, lab: str = "") -> Precondition:
+def about_inside(
+    says: str, find: Finder, lab: str = "", needs: tuple[StepKind, ...] = ()
+) -> Precondition:
     """A precondition about steps inside TLS (``inside_tls``: judging a passive capture
-    whose TLS was not decrypted makes its check n/a, ``harness.checks.offline``)."""
+    whose TLS was not decrypted makes its check n/a, ``harness.checks.offline``).  A find of
+    steps read inside TLS needs ``_TLS_AT_ALL``: the dissector marks them after a decrypted
+    handshake's step, and TLS not decrypted is a ``tls`` step, which ``_seen_inside`` must
+    still see."""
 
     def found(run: RunResult) -> Sequence[Step]:
         _seen_inside(run)
         return find(run)
 
-    return Precondition(says, found, lab=lab, inside_tls=True)
+    return Precondition(says, found, lab=lab, inside_tls=True, needs=needs)
 
 
 def _inside(
@@ -245,7 +252,7 @@ def _ehlo_inside(run: RunResult) -> list[Step]:
     'command received after a TLS handshake has completed."',
     RECEIVER,
     TLS_RECEIVER,
-    requires=[about_inside("a 250 reply to EHLO inside TLS", _ehlo_inside)],
+    requires=[about_inside("a 250 reply to EHLO inside TLS", _ehlo_inside, needs=_TLS_AT_ALL)],
 )
 def no_starttls_after_tls(seen: Seen) -> Outcome:
     for reply in [r for r in replies(seen.run.ladder, "EHLO", 250) if in_tls(r)]:
@@ -266,7 +273,9 @@ def _second_starttls(run: RunResult) -> list[Step]:
     "sequence), §4.2.4: 502 for what is not offered; §3.8: no close without a reply",
     RECEIVER,
     SECOND_STARTTLS,
-    requires=[about_inside("a STARTTLS from the client inside TLS", _second_starttls)],
+    requires=[
+        about_inside("a STARTTLS from the client inside TLS", _second_starttls, needs=_TLS_AT_ALL)
+    ],
 )
 def second_starttls(seen: Seen) -> Outcome:
     command = seen.found[0][0]
@@ -435,7 +444,9 @@ def _alone(run: RunResult) -> list[Step]:
     "server ahead of the negotiation (CVE-2011-0411); RFC 2920 §3.1",
     SENDER,
     TLS_SENDER,
-    requires=[Precondition("a 220 to a STARTTLS the client sent on its own", _alone)],
+    requires=[
+        Precondition("a 220 to a STARTTLS the client sent on its own", _alone, verbs=_STARTTLS)
+    ],
 )
 def nothing_after_starttls(seen: Seen) -> Outcome:
     run = seen.run
@@ -475,7 +486,9 @@ def _behind(run: RunResult, starttls: Step) -> list[Step]:
     "what a server injects into the TLS session)",
     SENDER,
     TLS_SENDER,
-    requires=[Precondition("the client pipelined STARTTLS with other commands", _grouped)],
+    requires=[
+        Precondition("the client pipelined STARTTLS with other commands", _grouped, verbs=_STARTTLS)
+    ],
 )
 def starttls_last(seen: Seen) -> Outcome:
     run = seen.run
@@ -557,7 +570,7 @@ def _knowledge_used(run: RunResult, conn: int | None) -> Step | None:
     'such as the list of SMTP service extensions"',
     SENDER,
     TLS_SENDER,
-    requires=[about_inside("a client command inside TLS", _secured)],
+    requires=[about_inside("a client command inside TLS", _secured, needs=_TLS_AT_ALL)],
 )
 def re_ehlo(seen: Seen) -> Outcome:
     run = seen.run
@@ -595,7 +608,7 @@ def _after_454(run: RunResult, refusal: Step) -> str:
     'not to continue the SMTP session"; RFC 7435: cleartext is allowed',
     SENDER,
     to_sender("tls-454", replies=REFUSED_454),
-    requires=[Precondition("a 454 to STARTTLS", _refused_454)],
+    requires=[Precondition("a 454 to STARTTLS", _refused_454, codes=(454,))],
     kind=Kind.OBSERVATION,
 )
 def policy_454(seen: Seen) -> Outcome:
@@ -628,7 +641,7 @@ def _never_in_plaintext(run: RunResult, event: Step) -> Outcome:
     "plaintext",
     SENDER,
     to_sender("tls-454-required", "required", replies=REFUSED_454),
-    requires=[Precondition("a 454 to STARTTLS", _refused_454, lab=QUEUE)],
+    requires=[Precondition("a 454 to STARTTLS", _refused_454, lab=QUEUE, codes=(454,))],
 )
 def required_454(seen: Seen) -> Outcome:
     return _never_in_plaintext(seen.run, seen.found[0][0])

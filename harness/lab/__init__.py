@@ -1,6 +1,21 @@
-"""The lab: hosts in network namespaces on a private bridge (see lab.py for the rules)."""
+"""The lab: hosts in network namespaces on a private bridge (see lab.py for the rules).
 
-from harness.lab.lab import Lab, clean_stale
+The topology is imported with the package; ``Lab`` and ``clean_stale`` (``harness.lab.lab``:
+namespaces, processes, the bridge) when first asked for, so a module that reads only the
+topology (a check's setups) does not load what runs a lab.
+"""
+
+from typing import Any
+
 from harness.lab.topology import Host, Topology, default_topology, topology_from_dict
 
 __all__ = ["Host", "Lab", "Topology", "clean_stale", "default_topology", "topology_from_dict"]
+_FROM_LAB = frozenset({"Lab", "clean_stale"})
+
+
+def __getattr__(name: str) -> Any:
+    if name in _FROM_LAB:
+        from harness.lab import lab
+
+        return getattr(lab, name)
+    raise AttributeError(f"module 'harness.lab' has no attribute {name!r}")

@@ -29,7 +29,7 @@ from harness.ladder.model import Ladder
 from harness.outcome import Outcome as Delivery
 from harness.outcome import OutcomeStatus, SendReport
 from harness.replay.session import Session
-from harness.runner import RunResult
+from harness.result import RunResult
 from harness.scenario import Scenario
 from harness.smtp.receiver import StoredMessage
 

@@ -1,0 +1,101 @@
+"""A ladder's answers, kept: the questions every judge of a session asks, computed once.
+
+Rules kept here:
+- Only reads: nothing here changes a ladder.  The answers are kept in the ladder's
+  ``queries`` (a cache, no part of the ladder's data), under string keys (the ladder stays
+  picklable), and dropped when the ladder's steps are another list or another length
+  (whoever built it may still be adding steps).
+- ``per_ladder(query)``: ``query(ladder, *args)`` computed once per ladder and arguments; a
+  list it answers is a copy for each caller, so no caller changes another's answer.
+- ``where``: the steps of some kinds whose attributes (src, dst, conn) equal those given.
+- ``present``: what kinds of step, command verbs and reply codes the ladder has at all, and
+  its step numbers, in one scan: a precondition that needs one of them is told "not
+  exercised" by a set look-up (``harness.checks.base.Precondition``), and a cited step is
+  found the same way.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from harness.ladder.model import Ladder, Step, StepKind
+
+T = TypeVar("T")
+_FOR = "steps"  # the key of (the steps, their number) the kept answers were computed for
+_UNKNOWN = object()  # not asked yet (None is an answer)
+
+
+def per_ladder(query: Callable[..., T]) -> Callable[..., T]:
+    """``query(ladder, *args)`` computed once for a ladder and the same arguments (positional
+    and hashable); a list it answers is copied for each caller."""
+    name = query.__qualname__
+
+    @functools.wraps(query)
+    def asked(ladder: Ladder, *args: object) -> T:
+        known = kept(ladder)
+        key = (name, *args)
+        found = known.get(key, _UNKNOWN)
+        if found is _UNKNOWN:
+            found = known[key] = query(ladder, *args)
+        return list(found) if type(found) is list else found  # type: ignore[return-value]
+
+    return asked
+
+
+def kept(ladder: Ladder) -> dict[object, object]:
+    """The answers kept for ``ladder``, emptied if its steps are not those they came from."""
+    queries, steps = ladder.queries, ladder.steps
+    mark = queries.get(_FOR)
+    if mark is None or mark[0] is not steps or mark[1] != len(steps):  # type: ignore[index]
+        queries.clear()
+        queries[_FOR] = (steps, len(steps))
+    return queries
+
+
+def where(ladder: Ladder, kind: str | Iterable[str], **match: object) -> list[Step]:
+    """Steps of ``kind`` whose attributes (src, dst, conn) equal ``match``."""
+    known = kept(ladder)
+    key = ("where", kind if isinstance(kind, str) else tuple(kind), *match.items())
+    found = known.get(key)
+    if found is None:
+        found = known[key] = _where(ladder, key[1], match)
+    return list(found)  # type: ignore[call-overload]
+
+
+def _where(ladder: Ladder, kind: str | tuple[str, ...], match: dict[str, object]) -> list[Step]:
+    wanted = {kind} if isinstance(kind, str) else set(kind)
+    found = [s for s in ladder.steps if s.kind in wanted]
+    for key, value in match.items():  # one pass per attribute: no generator per step
+        found = [s for s in found if getattr(s, key) == value]
+    return found
+
+
+@dataclass(frozen=True, slots=True)
+class Present:
+    """What a ladder has at all: its kinds of step, its commands' verbs, its replies' codes,
+    its step numbers."""
+
+    kinds: frozenset[str]
+    verbs: frozenset[str]
+    codes: frozenset[int]
+    numbers: frozenset[int]
+
+
+@per_ladder
+def present(ladder: Ladder) -> Present:
+    """The kinds, verbs, codes and numbers of the ladder's steps, in one scan."""
+    kinds: set[str] = set()
+    verbs: set[str] = set()
+    codes: set[int] = set()
+    for step in ladder.steps:
+        kind = step.kind
+        kinds.add(kind)
+        if kind == StepKind.COMMAND:
+            verbs.add(str(step.get("verb") or ""))
+        elif kind == StepKind.REPLY:
+            codes.add(int(step.get("code") or 0))
+    numbers = frozenset([step.index for step in ladder.steps])
+    return Present(frozenset(kinds), frozenset(verbs), frozenset(codes), numbers)
