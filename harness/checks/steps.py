@@ -190,8 +190,17 @@ def all_exchanges(ladder: Ladder) -> list[Exchange]:
 
 def greeting(ladder: Ladder, conn: int) -> Step | None:
     """The greeting of one connection (complete or not)."""
-    replies = where(ladder, StepKind.REPLY, conn=conn)
-    return next((s for s in replies if s.get("answers") == "<greeting>"), None)
+    return _greetings_by_conn(ladder).get(conn)
+
+
+@per_ladder
+def _greetings_by_conn(ladder: Ladder) -> dict[int | None, Step]:
+    """The first reply answering ``<greeting>`` of each connection."""
+    found: dict[int | None, Step] = {}
+    for step in where(ladder, StepKind.REPLY):
+        if step.conn not in found and step.get("answers") == "<greeting>":
+            found[step.conn] = step
+    return found
 
 
 @per_ladder
