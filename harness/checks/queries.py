@@ -89,16 +89,12 @@ class Present:
 
 @per_ladder
 def present(ladder: Ladder) -> Present:
-    """The kinds, verbs, codes and numbers of the ladder's steps, in one scan."""
-    kinds: set[str] = set()
-    verbs: set[str] = set()
-    codes: set[int] = set()
-    for step in ladder.steps:
-        kind = step.kind
-        kinds.add(kind)
-        if kind == StepKind.COMMAND:
-            verbs.add(str(step.get("verb") or ""))
-        elif kind == StepKind.REPLY:
-            codes.add(int(step.get("code") or 0))
-    numbers = frozenset([step.index for step in ladder.steps])
-    return Present(frozenset(kinds), frozenset(verbs), frozenset(codes), numbers)
+    """The kinds, verbs, codes and numbers of the ladder's steps (a list each: no generator
+    per step)."""
+    steps = ladder.steps
+    return Present(
+        frozenset([s.kind for s in steps]),
+        frozenset([str(s.get("verb") or "") for s in steps if s.kind is StepKind.COMMAND]),
+        frozenset([int(s.get("code") or 0) for s in steps if s.kind is StepKind.REPLY]),
+        frozenset([s.index for s in steps]),
+    )

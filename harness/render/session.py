@@ -35,7 +35,7 @@ def render(report: SessionReport) -> str:
     if flow.kind is FlowKind.TLS:
         lines.append(f"  {TLS_REASON}")
     lines += [f"  {_recipient(r)}" for r in report.recipients]
-    counts = Counter(j.outcome.verdict for j in report.judged)
+    counts = Counter([j.outcome.verdict for j in report.judged])
     lines.append("  checks: " + ", ".join(f"{counts[v]} {v}" for v in _ORDER if counts[v]))
     for judged in report.with_verdict(Verdict.KNOWN, Verdict.OBSERVED):
         outcome = judged.outcome
