@@ -147,9 +147,14 @@ class Precondition:
     verbs: tuple[str, ...] = ()
     codes: tuple[int, ...] = ()
 
+    @functools.cached_property
+    def gated(self) -> bool:
+        """Whether it names what its find needs (``absent`` can tell anything)."""
+        return bool(self.needs or self.verbs or self.codes)
+
     def absent(self, ladder: Ladder) -> bool:
         """Whether the ladder lacks what ``find`` needs (then it would find nothing)."""
-        if not (self.needs or self.verbs or self.codes):
+        if not self.gated:
             return False
         has = present(ladder)
         return (
@@ -231,7 +236,7 @@ class Check:
         try:
             for pre in self.requires:
                 run = results[pre.run]
-                if pre.absent(run.ladder):
+                if pre.gated and pre.absent(run.ladder):
                     return pre.unexercised
                 steps = tuple(pre.find(run))
                 if not steps:

@@ -191,15 +191,15 @@ def _judge(check: Check, run: RunResult, tls_at: int | None) -> Outcome:
         outcome = check.judge([run])
     except Exception as exc:  # a judge's bug: our fault, reported as an error verdict
         return error(InternalFault.from_exception(f"judge of {check.id}", exc).line())
-    return _cleartext(outcome, run.ladder, tls_at)
+    return outcome if tls_at is None else _cleartext(outcome, run.ladder, tls_at)
 
 
-def _cleartext(outcome: Outcome, ladder: Ladder, tls_at: int | None) -> Outcome:
+def _cleartext(outcome: Outcome, ladder: Ladder, tls_at: int) -> Outcome:
     """A verdict stands only on what the capture could read: one that cites a step after
     the session turned to TLS (STARTTLS, RFC 3207 §4), bar the handshake read in the clear,
     or a fail about something missing (nothing cited) in such a session, is n/a: what came
     after is encrypted."""
-    if tls_at is None or outcome.verdict in (Verdict.NA, Verdict.ERROR):
+    if outcome.verdict in (Verdict.NA, Verdict.ERROR):
         return outcome
     clear = {s.index for s in ladder.steps if s.kind == StepKind.TLS_HANDSHAKE}
     late = [index for _run, index in outcome.evidence if index >= tls_at and index not in clear]
