@@ -235,8 +235,9 @@ class Share:
                     self.clock = number << 40 | OWN
                     yield from d._udp(packet)
                 continue
-            for event in tick(packet[1]):
-                yield from self._finished(number, event)
+            if packet[1] >= reassembler.sweep_at:
+                for event in tick(packet[1]):
+                    yield from self._finished(number, event)
             if packet.__class__ is not Record:  # a record: another worker's TCP packet
                 self.clock = number << 40 | OWN
                 for event in feed(packet):
