@@ -531,3 +531,56 @@ def test_writer_round_trips_origlen():
     buffer = io.BytesIO()
     PcapWriter(buffer, 101).write(5, b"abc", origlen=1500)
     assert struct.unpack_from("<IIII", buffer.getvalue(), 24) == (0, 0, 3, 1500)
+
+
+def _decoded_both_ways(record: pcapfile.Record, keep=None) -> None:
+    """``decode_all``'s fast path gives what ``decode`` gives: the packet, or the same count;
+    with *keep*, a refused TCP packet comes out as its record, and only such a one."""
+    one, many = Decoder(), Decoder()
+    packet = one.decode(record)
+    out = list(many.decode_all([record], keep))
+    assert (many.warnings, many.ignored) == (one.warnings, one.ignored)
+    if packet is None:
+        assert out == []
+    elif keep is not None and packet.proto == 6 and not keep(*packet[2:4], *packet[5:7]):
+        assert out == [record]
+    else:
+        assert out == [packet]
+        assert type(out[0]) is type(packet)
+
+
+@settings(max_examples=600, deadline=None)
+@given(
+    edits=st.lists(st.tuples(st.integers(0, 59), st.integers(0, 255)), max_size=4),
+    cut=st.integers(0, 80),
+    pad=st.integers(0, 8),
+    refuse=st.booleans(),
+)
+def test_fast_decoding_is_decode(edits, cut, pad, refuse):
+    """Damage to the Ethernet, IPv4 and TCP headers (version, IHL, total length, fragment
+    bits, protocol, data offset), a frame cut or padded: each decoded as ``decode`` does."""
+    frame = bytearray(eth(IP4_TCP) + bytes(pad))
+    for position, value in edits:
+        frame[position] = value
+    data = bytes(frame[: len(frame) - cut])
+    keep = (lambda *_: False) if refuse else None
+    _decoded_both_ways(pcapfile.Record(7, T0, 1, data, len(data), len(data), 0), keep)
+
+
+@pytest.mark.parametrize("ip", [IP4_TCP, IP6_TCP], ids=["ipv4", "ipv6"])
+@pytest.mark.parametrize("tags", [(), (0x8100,)], ids=["plain", "vlan"])
+def test_keep_refuses_tcp_on_every_path(ip, tags):
+    """A refused TCP packet is its record whether the fast path read it or ``decode`` did;
+    keep is asked the packet's own (src, dst, sport, dport)."""
+    asked = []
+    data = eth(ip, *tags)
+    record = pcapfile.Record(3, T0, 1, data, len(data), len(data), 0)
+    _decoded_both_ways(record, lambda *fields: asked.append(fields) or False)
+    packet = Decoder().decode(record)
+    assert asked[0] == (packet.src, packet.dst, packet.sport, packet.dport) == asked[-1]
+    _decoded_both_ways(record, lambda *_: True)
+
+
+def test_keep_leaves_udp_decoded():
+    data = eth(bytes(IP(src="192.0.2.1", dst="192.0.2.53") / UDP(sport=5353, dport=53) / b"q"))
+    _decoded_both_ways(pcapfile.Record(1, T0, 1, data, len(data), len(data), 0), lambda *_: False)

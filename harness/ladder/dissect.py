@@ -165,14 +165,16 @@ class Dissector:
         if share is not None:
             file_warnings = share.file_warnings(self.warnings, reassembler)
         try:
-            for packet in decoder.decode_all(read(path, file_warnings, named)):
-                if share is not None:
-                    yield from share.route(packet, reassembler)
-                elif packet.proto == UDP:
-                    yield from self._udp(packet)
-                else:
-                    for event in reassembler.feed(packet):
-                        yield from self._tcp(event)
+            records = read(path, file_warnings, named)
+            if share is not None:  # a worker: its own flows decoded, others' ticked
+                yield from share.steps(decoder, records, reassembler)
+            else:
+                for packet in decoder.decode_all(records):
+                    if packet.proto == UDP:
+                        yield from self._udp(packet)
+                    else:
+                        for event in reassembler.feed(packet):
+                            yield from self._tcp(event)
             for event in reassembler.flush():
                 if share is not None:
                     share.flushing(event)

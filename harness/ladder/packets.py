@@ -23,6 +23,12 @@ Rules this module keeps:
   are skipped; ESP and anything after it are ignored.
 - Addresses stay packed (4 or 16 bytes): ``format_addr`` turns them into text when shown.
   Checksums are not verified: offloading makes them wrong in most local captures.
+- ``decode_all`` reads the commonest frame (Ethernet, an option-less IPv4 header, TCP) with
+  one ``struct`` call and only the checks ``decode`` makes of it; any other frame, or one
+  those checks refuse, goes through ``decode``, so the packet, the warning or the count is
+  the one ``decode`` gives.  With ``keep``, a TCP packet of a flow it refuses comes out as
+  its record, undecoded (a reader that does not follow the flow needs only its number and
+  time).
 """
 
 from __future__ import annotations
@@ -62,6 +68,10 @@ _IPV4 = struct.Struct("!BxHxxHxB").unpack_from  # version/IHL, total length, fra
 _IPV6 = struct.Struct("!4xHB").unpack_from  # payload length, next header
 _TCP = struct.Struct("!HHIIHH").unpack_from  # ports, seq, ack, offset/flags, window
 _UDP = struct.Struct("!HHH").unpack_from  # ports, length
+# Ethernet type, IPv4 version/IHL, total length, fragment, proto, addresses; TCP's fields
+_ETH_IPV4_TCP = struct.Struct("!12xHBxHxxHxBxx4s4sHHIIHH").unpack_from
+_ETH_IPV4_TCP_SIZE = 50  # the bytes it reads: 14 of Ethernet, 20 of IPv4, 16 of TCP
+_L4 = 34  # where TCP starts in such a frame
 
 _new = tuple.__new__  # builds a NamedTuple without its Python-level __new__ (2x faster)
 
@@ -81,6 +91,9 @@ class Packet(NamedTuple):
     flags: int  # the TCP flag byte: FIN SYN RST PSH ACK URG ECE CWR
     window: int
     payload: bytes
+
+
+Keep = Callable[[bytes, bytes, int, int], bool]  # of a TCP packet's src, dst, sport, dport
 
 
 class _Malformed(Exception):
@@ -164,12 +177,41 @@ class Decoder:
         finally:
             self._depth -= 1
 
-    def decode_all(self, records: Iterable[Record]) -> Iterator[Packet]:
-        """The packets among *records*, in order."""
-        decode = self.decode
+    def decode_all(
+        self, records: Iterable[Record], keep: Keep | None = None
+    ) -> Iterator[Packet | Record]:
+        """The packets among *records*, in order; with *keep*, a TCP packet whose
+        (src, dst, sport, dport) it refuses comes out as its record."""
+        decode, ethernet = self.decode, pcapfile.LINKTYPE_ETHERNET
         for record in records:
+            data = record[3]
+            if record[2] == ethernet and len(data) >= _ETH_IPV4_TCP_SIZE:
+                (ethertype, vihl, total, fragment, proto, src, dst, sport, dport, seq, ack, flags,
+                 window) = _ETH_IPV4_TCP(data, 0)  # fmt: skip
+                end = _L4 - 20 + total if total else len(data)
+                start = _L4 + (flags >> 12) * 4
+                if (
+                    ethertype == _ETH_IPV4
+                    and vihl == 0x45
+                    and proto == TCP
+                    and not fragment & 0x3FFF
+                    and _L4 + 20 <= start <= end <= len(data)
+                ):
+                    if keep is not None and not keep(src, dst, sport, dport):
+                        yield record
+                        continue
+                    yield _new(
+                        Packet,
+                        (record[0], record[1], src, dst, TCP, sport, dport, seq, ack, flags & 0xFF,
+                         window, data[start:end]),
+                    )  # fmt: skip
+                    continue
             packet = decode(record)
-            if packet is not None:
+            if packet is None:
+                continue
+            if keep is not None and packet[4] == TCP and not keep(*packet[2:4], *packet[5:7]):
+                yield record
+            else:
                 yield packet
 
 

@@ -6,9 +6,11 @@ Rules this module keeps:
 - A flow is never split.  A packet belongs to worker ``owner(packet, workers)``, a function
   of its 4-tuple that is the same in both directions (addresses XOR-ed, ports added, then mixed), so
   every packet of a TCP connection, and of a UDP DNS exchange, goes to one worker.  Each
-  worker reads and decodes the whole file (a tenth of the work) and follows only its own
-  flows; another's TCP packet only ticks its clock (``Reassembler.tick``), so a worker
-  finishes its connections (linger, idle) at the packet one process would.
+  worker reads the whole file and follows only its own flows; another's TCP packet is not
+  decoded (``Decoder.decode_all`` hands ``owned_by`` its raw fields first, and gives the
+  record back) and only ticks the clock (``Reassembler.tick``), so a worker finishes its
+  connections (linger, idle) at the packet one process would.  A frame the fast path
+  cannot place (VLAN, IPv6, tunnels, fragments, damage) is decoded whole first, as before.
 - Numbers are one process's.  One process numbers steps, connections and sessions in the
   order it makes them, and that order is a key: the number of the packet being read when a
   step was made, then, for a step of a connection the clock finished (closed for linger,
@@ -56,9 +58,10 @@ from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection
 from typing import Any
 
+from harness.capture.pcapfile import Record
 from harness.errors import HarnessError, InternalError, InternalFault
 from harness.ladder.model import Coverage, Step
-from harness.ladder.packets import TCP, UDP, Packet
+from harness.ladder.packets import UDP, Decoder, Keep, Packet
 from harness.ladder.sessions import SESSION_KINDS, Flow, Splitter
 from harness.ladder.tcpstream import Event, Reassembler
 
@@ -68,6 +71,7 @@ OWN = (1 << 40) - 1  # the key's second part for a packet's own connection
 MIN_BYTES = 4 << 20  # a smaller file is read by one process: a worker's start costs more
 _GOLDEN, _MASK64 = 0x9E3779B97F4A7C15, (1 << 64) - 1
 _LABEL = re.compile("\x00([0-9]+)\x00")
+_int = int.from_bytes
 
 Rendered = tuple[str, int, bool]  # (text, exit code, failed) of one flow
 Render = Callable[[Flow], Rendered]
@@ -76,9 +80,19 @@ Render = Callable[[Flow], Rendered]
 def owner(packet: Packet, workers: int) -> int:
     """The worker that follows *packet*'s flow: the same for both directions, and mixed
     (Fibonacci hashing), so flows that differ in step in address and port still spread."""
-    src, dst = int.from_bytes(packet.src, "big"), int.from_bytes(packet.dst, "big")
-    mixed = ((src ^ dst) + packet.sport + packet.dport) * _GOLDEN & _MASK64
+    return flow_owner(packet.src, packet.dst, packet.sport, packet.dport, workers)
+
+
+def flow_owner(src: bytes, dst: bytes, sport: int, dport: int, workers: int) -> int:
+    """``owner`` of the flow of these packed addresses and ports."""
+    mixed = ((_int(src, "big") ^ _int(dst, "big")) + sport + dport) * _GOLDEN & _MASK64
     return (mixed * workers) >> 64  # the top bits, the best mixed (bit 32 split 52/48)
+
+
+def owned_by(me: int, workers: int) -> Keep:
+    """Whether worker *me* follows the flow of (src, dst, sport, dport): ``Decoder.decode_all``
+    hands it the fields of each TCP frame before decoding the rest."""
+    return lambda src, dst, sport, dport: flow_owner(src, dst, sport, dport, workers) == me
 
 
 def jobs_for(path: str, asked: int | None) -> int:
@@ -203,28 +217,31 @@ class Share:
     def stepped(self) -> None:
         self.keys.append(self.clock)
 
-    def route(self, packet: Packet, reassembler: Reassembler) -> Iterator[Step]:
-        """The steps *packet* makes in this worker: its own flow's, if it is one of ours;
-        those of our connections its time finishes, in any case (a TCP packet's)."""
-        number = packet.number
-        while number > self.batch_end:
-            self.worker.batch_done()
-            self.batch_end += BATCH
-        self.last = number
-        mine = owner(packet, self.workers) == self.me
-        if packet.proto == UDP:
-            if mine:
+    def steps(
+        self, decoder: Decoder, records: Iterator[Record], reassembler: Reassembler
+    ) -> Iterator[Step]:
+        """The steps the records make in this worker: its own flows', and those of its
+        connections a TCP packet's time finishes (any flow's: another's is not decoded)."""
+        tick, feed, d = reassembler.tick, reassembler.feed, self._d
+        workers, me = self.workers, self.me
+        for packet in decoder.decode_all(records, owned_by(me, workers)):
+            number = packet[0]
+            while number > self.batch_end:
+                self.worker.batch_done()
+                self.batch_end += BATCH
+            self.last = number
+            if packet.__class__ is not Record and packet[4] == UDP:
+                if flow_owner(packet[2], packet[3], packet[5], packet[6], workers) == me:
+                    self.clock = number << 40 | OWN
+                    yield from d._udp(packet)
+                continue
+            if packet[1] >= reassembler.sweep_at:
+                for event in tick(packet[1]):
+                    yield from self._finished(number, event)
+            if packet.__class__ is not Record:  # a record: another worker's TCP packet
                 self.clock = number << 40 | OWN
-                yield from self._d._udp(packet)
-            return
-        if packet.proto != TCP:
-            return
-        for event in reassembler.tick(packet.time):
-            yield from self._finished(number, event)
-        if mine:
-            self.clock = number << 40 | OWN
-            for event in reassembler.feed(packet):
-                yield from self._d._tcp(event)
+                for event in feed(packet):
+                    yield from d._tcp(event)
 
     def flushing(self, event: Event) -> None:
         """An event of the end of the capture: keyed as if a packet after the last one

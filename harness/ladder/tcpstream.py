@@ -543,7 +543,7 @@ class Reassembler:
         self._table: dict[tuple, tuple[Connection, int]] = {}  # 4-tuple -> (conn, direction)
         self._live: dict[int, Connection] = {}
         self._ids = count(1)
-        self._sweep_at = 0
+        self.sweep_at = 0  # capture time before which a packet finishes no connection
         self.warnings: Counter[str] = Counter()  # retransmitted SYN, SYN-ACK and FIN
         self.born: list[int] | None = None  # a list: each connection's first packet, by id
 
@@ -552,7 +552,7 @@ class Reassembler:
         silent for *idle*): what feeding a TCP packet of that time would finish first, for
         a reader given the packet of a connection it does not follow."""
         out: list[Event] = []
-        if time >= self._sweep_at:
+        if time >= self.sweep_at:
             self._sweep(time, out)
         return out
 
@@ -561,7 +561,7 @@ class Reassembler:
         out: list[Event] = []
         if packet[4] != TCP:
             return out
-        if packet[1] >= self._sweep_at:
+        if packet[1] >= self.sweep_at:
             self._sweep(packet[1], out)
         key = (packet[2], packet[5], packet[3], packet[6])
         found = self._table.get(key)
@@ -600,7 +600,7 @@ class Reassembler:
 
     def _sweep(self, now: int, out: list[Event]) -> None:
         """Finish the connections closed for *linger* or silent for *idle*."""
-        self._sweep_at = now + _SECOND
+        self.sweep_at = now + _SECOND
         for conn in list(self._live.values()):
             if conn._closing and now - conn._closed_at > self._linger:
                 self._finish(conn, conn._closing, out)
