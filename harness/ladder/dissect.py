@@ -164,19 +164,27 @@ class Dissector:
         file_warnings = self.warnings
         if share is not None:
             file_warnings = share.file_warnings(self.warnings, reassembler)
+        out: list[Step] = []  # the steps of one packet: every handler appends to it
+        handle = self._handle
         try:
             for packet in decoder.decode_all(read(path, file_warnings, named)):
                 if share is not None:
                     yield from share.route(packet, reassembler)
-                elif packet.proto == UDP:
-                    yield from self._udp(packet)
+                    continue
+                if packet.proto == UDP:
+                    out += self._udp(packet)
                 else:
                     for event in reassembler.feed(packet):
-                        yield from self._tcp(event)
+                        handle(event, out)
+                if out:
+                    yield from out
+                    out.clear()
             for event in reassembler.flush():
                 if share is not None:
                     share.flushing(event)
-                yield from self._tcp(event)
+                handle(event, out)
+                yield from out  # each event's before the next (a worker keys them by it)
+                out.clear()
         except OSError as exc:
             raise PcapError(f"{path}: cannot read: {exc.strerror or exc}") from None
         finally:
@@ -202,9 +210,10 @@ class Dissector:
             self.share.stepped()
         return Step(next(self._index), time, src, dst, kind, text, **extra)
 
-    def _udp(self, packet: Packet) -> Iterator[Step]:
+    def _udp(self, packet: Packet) -> list[Step]:
+        """The step of a UDP packet: a DNS message's, if it is one."""
         if DNS_PORT not in (packet.sport, packet.dport):
-            return
+            return []
         src, dst = format_addr(packet.src), format_addr(packet.dst)
         if packet.sport == DNS_PORT:
             client, server = endpoint_names(self.hosts, dst, (src, DNS_PORT))
@@ -212,8 +221,7 @@ class Dissector:
         else:
             names = endpoint_names(self.hosts, src, (dst, DNS_PORT))
         step = self.dns_step(packet.payload, packet.time, names, (packet.number,), None, "udp")
-        if step is not None:
-            yield step
+        return [] if step is None else [step]
 
     def dns_step(
         self,
@@ -233,11 +241,18 @@ class Dissector:
         info += (("transport", transport),)
         return self.step(time, *names, kind, text, evidence=evidence, conn=conn, detail=info)
 
-    def _tcp(self, event: Event) -> Iterator[Step]:
+    def _tcp(self, event: Event) -> list[Step]:
+        """The steps a reassembler event completes (``Share.route`` takes them so)."""
+        out: list[Step] = []
+        self._handle(event, out)
+        return out
+
+    def _handle(self, event: Event, out: list[Step]) -> None:
+        """The steps a reassembler event completes, appended to *out*."""
         conn = self._conns.get(event.conn.id)
         if conn is None:
             conn = self._conns[event.conn.id] = _Conn(self, event.conn)
-        yield from conn.handle(event)
+        conn.handle(event, out)
         if event.kind == "close":
             del self._conns[event.conn.id]
             if conn.mode == "smtp":
@@ -399,34 +414,32 @@ class _Conn:
         self.plain = [0, 0]  # octets of plaintext from inside TLS, per direction
         self.inside = False  # the observer reads the dialogue inside TLS
 
-    def handle(self, event: Event) -> Iterator[Step]:
-        kind, d = event.kind, event.direction
-        if kind in _CONTROL:
-            yield from self._control(event)
-        elif kind == "rst":
-            info = detail(offset=event.offset)
-            yield self._new(event, d, StepKind.RST, "RST", (event.first,), info)
-        elif kind == "ack":
-            yield from self._ack(event)
-        elif kind == "data":
-            yield from self._data(d, event)
-        elif kind == "gap":
-            yield from self._gap(event)
-        elif kind == "overlap":
-            self.d.warnings["overlap"] += 1
-            text = f"retransmission differs ({event.length} bytes)"
-            yield self._new(event, d, _ANOMALY, text, (event.first,), detail(offset=event.offset))
-        elif kind == "bad-flags":  # RST with SYN: tcpstream takes none of it
-            self.d.warnings["bad-flags"] += 1
-            text = f"{flag_names(event.length)}: RST first, no SYN, FIN or data (RFC 9293 §3.10.7)"
-            info = detail(offset=event.offset, anomaly="bad-flags")
-            yield self._new(event, d, _ANOMALY, text, (event.first,), info)
-        elif kind == "after-fin":
-            self.d.warnings["data-after-fin"] += 1
-            text = f"{event.length} bytes after FIN, not part of the stream"
-            yield self._new(event, d, _ANOMALY, text, (event.first,), detail(offset=event.offset))
-        elif kind == "close":
-            yield from self._close(event)
+    def handle(self, event: Event, out: list[Step]) -> None:
+        """The steps *event* completes, appended to *out* (one list the caller drains: no
+        generator frame per event and level)."""
+        _HANDLERS[event.kind](self, event, out)
+
+    def _rst(self, event: Event, out: list[Step]) -> None:
+        info = detail(offset=event.offset)
+        out.append(self._new(event, event.direction, StepKind.RST, "RST", (event.first,), info))
+
+    def _overlap(self, event: Event, out: list[Step]) -> None:
+        self.d.warnings["overlap"] += 1
+        text = f"retransmission differs ({event.length} bytes)"
+        self._anomaly(event, text, detail(offset=event.offset), out)
+
+    def _bad_flags(self, event: Event, out: list[Step]) -> None:  # RST with SYN: none taken
+        self.d.warnings["bad-flags"] += 1
+        text = f"{flag_names(event.length)}: RST first, no SYN, FIN or data (RFC 9293 §3.10.7)"
+        self._anomaly(event, text, detail(offset=event.offset, anomaly="bad-flags"), out)
+
+    def _after_fin(self, event: Event, out: list[Step]) -> None:
+        self.d.warnings["data-after-fin"] += 1
+        text = f"{event.length} bytes after FIN, not part of the stream"
+        self._anomaly(event, text, detail(offset=event.offset), out)
+
+    def _anomaly(self, event: Event, text: str, info: Detail, out: list[Step]) -> None:
+        out.append(self._new(event, event.direction, _ANOMALY, text, (event.first,), info))
 
     def _new(
         self,
@@ -442,17 +455,17 @@ class _Conn:
             event.time, src, dst, kind, text, evidence=evidence, conn=self.id, detail=info
         )
 
-    def _control(self, event: Event) -> Iterator[Step]:
+    def _control(self, event: Event, out: list[Step]) -> None:
         d, (kind, text) = event.direction, _CONTROL[event.kind]
         info = detail(offset=event.offset)
         if kind is StepKind.SYN:
             text += f" to port {event.conn.server[1]}"
         if kind is StepKind.FIN:
             self.fins[d] = event.offset
-            yield from self._eof(d, event)
-        yield self._new(event, d, kind, text, (event.first,), info)
+            self._eof(d, event, out)
+        out.append(self._new(event, d, kind, text, (event.first,), info))
 
-    def _ack(self, event: Event) -> Iterator[Step]:
+    def _ack(self, event: Event, out: list[Step]) -> None:
         """Coverage of the peer's units; the ACK of a FIN is a step."""
         peer, acked = 1 - event.direction, event.offset
         self.acked[peer] = acked
@@ -466,9 +479,10 @@ class _Conn:
             self.fins_acked += 1
             kind = StepKind.FIN_ACK if self.fins_acked == 1 else StepKind.CLOSE_ACK
             info = detail(offset=acked)
-            yield self._new(event, event.direction, kind, "ACK of FIN", (event.first,), info)
+            out.append(self._new(event, event.direction, kind, "ACK of FIN", (event.first,), info))
 
-    def _data(self, d: int, event: Event) -> Iterator[Step]:
+    def _data(self, event: Event, out: list[Step]) -> None:
+        d = event.direction
         if self.mode in ("sniff", "smtp") or self.tls_session is not None:
             segment = (event.offset, event.offset + event.length, event.first, event.last)
             self.segments[d].append(segment)
@@ -476,34 +490,34 @@ class _Conn:
             if not self.held[d]:
                 self.start[d] = event.offset
             self.held[d].extend(event.data)
-            yield from self._sniff(event)
+            self._sniff(event, out)
         elif self.mode == "smtp":
-            yield from self._feed(d, event.data, event)
+            self._feed(d, event.data, event, out)
         elif self.mode == "tls" and self.tls_session is not None:
-            yield from self._tls_feed(d, event.data, event)
+            self._tls_feed(d, event.data, event, out)
         elif self.mode == "tls" and not self.tls[d]:
             self.tls[d] = True
             info = detail(offset=event.offset)
-            yield self._new(event, d, StepKind.TLS, "TLS", (event.first,), info)
+            out.append(self._new(event, d, StepKind.TLS, "TLS", (event.first,), info))
         elif self.mode == "dns":
-            yield from self._dns(d, event)
+            self._dns(d, event, out)
 
-    def _sniff(self, event: Event) -> Iterator[Step]:
+    def _sniff(self, event: Event, out: list[Step]) -> None:
         """Decide what the held bytes are, if they tell already."""
         held = (bytes(self.held[0]), bytes(self.held[1]))
         decision, skip = classify(*held, smtp_port=self.smtp_port)
         if decision == "wait" and max(map(len, held)) > SNIFF_LIMIT:
             decision = "other"
         if decision != "wait":
-            yield from self._decided(decision, skip, event)
+            self._decided(decision, skip, event, out)
 
-    def _settle(self, event: Event, fallback: str) -> Iterator[Step]:
+    def _settle(self, event: Event, fallback: str, out: list[Step]) -> None:
         """No more bytes will come before a decision is needed (gap, FIN, close)."""
         if self.mode == "sniff":
             decision, skip = classify(*map(bytes, self.held), smtp_port=self.smtp_port)
-            yield from self._decided(fallback if decision == "wait" else decision, skip, event)
+            self._decided(fallback if decision == "wait" else decision, skip, event, out)
 
-    def _decided(self, decision: str, skip: tuple[int, int], event: Event) -> Iterator[Step]:
+    def _decided(self, decision: str, skip: tuple[int, int], event: Event, out: list[Step]) -> None:
         """Switch to *decision* and replay the held bytes in it."""
         held, self.held, self.mode = self.held, (bytearray(), bytearray()), decision
         for d in (CLIENT, SERVER):
@@ -511,33 +525,37 @@ class _Conn:
                 self.observer = self.observer or Observer(capture=True, midstream=self.midstream)
                 self.start[d] += skip[d]
                 self._evidence(d, self.start[d])
-                yield from self._feed(d, bytes(held[d][skip[d] :]), event)
+                self._feed(d, bytes(held[d][skip[d] :]), event, out)
                 continue
             if decision == "tls" and self.d.keylog is not None:  # implicit TLS (RFC 8314 §3)
                 self.tls_session = self.tls_session or _tls_records().TlsSession(self.d.keylog)
                 self.tls_base[d] = self.start[d]
-                yield from self._tls_feed(d, bytes(held[d]), event)
+                self._tls_feed(d, bytes(held[d]), event, out)
                 continue
             if decision == "tls" and held[d]:
                 self.tls[d] = True
                 info = detail(offset=self.start[d])
-                yield self._new(event, d, StepKind.TLS, "TLS", self._peek(d, self.start[d]), info)
+                out.append(
+                    self._new(event, d, StepKind.TLS, "TLS", self._peek(d, self.start[d]), info)
+                )
             self.segments[d].clear()
 
-    def _feed(self, d: int, data: bytes, event: Event) -> Iterator[Step]:
+    def _feed(self, d: int, data: bytes, event: Event, out: list[Step]) -> None:
         """Bytes (b"": the end of the stream) to the SMTP core; the steps they complete."""
         if self.observer is None or (not data and not self.eof[d]):
             return
         if data and self.tls_session is not None and self.tls_base[d] is not None:
-            yield from self._tls_feed(d, data, event)
+            self._tls_feed(d, data, event, out)
             return
-        yield from self._steps(self.observer.feed(_SMTP_DIRECTION[d], data), event)
+        self._steps(self.observer.feed(_SMTP_DIRECTION[d], data), event, out)
 
-    def _steps(self, events: list[smtp.Event], event: Event) -> Iterator[Step]:
+    def _steps(self, events: list[smtp.Event], event: Event, out: list[Step]) -> None:
         for smtp_event in events:
             step = self._smtp(smtp_event, event)
             if step is not None:
-                yield replace(step, detail=(*step.detail, ("tls", True))) if self.inside else step
+                out.append(
+                    replace(step, detail=(*step.detail, ("tls", True))) if self.inside else step
+                )
 
     # --- inside TLS, with a key log
 
@@ -550,22 +568,22 @@ class _Conn:
         # with no key log too: the handshake is read in the clear (version, cipher, SNI)
         self.tls_session = self.tls_session or _tls_records().TlsSession(self.d.keylog)
 
-    def _tls_feed(self, d: int, data: bytes, event: Event) -> Iterator[Step]:
+    def _tls_feed(self, d: int, data: bytes, event: Event, out: list[Step]) -> None:
         """TLS bytes: to the record layer; before the handshake is done also to the core,
         which counts them (an opaque ``tls`` step if the records cannot be read)."""
         session, records = self.tls_session, _tls_records()
         found = session.feed(d, data)
         if self.observer is not None and not self.inside:
-            yield from self._steps(self.observer.feed(_SMTP_DIRECTION[d], data), event)
+            self._steps(self.observer.feed(_SMTP_DIRECTION[d], data), event, out)
         elif session.failed and not self.inside and not self.tls[d]:  # implicit TLS
             self.tls[d] = True
             info = detail(offset=event.offset)
-            yield self._new(event, d, StepKind.TLS, "TLS", (event.first,), info)
+            out.append(self._new(event, d, StepKind.TLS, "TLS", (event.first,), info))
         for item in found:
             if isinstance(item, records.Established):
-                yield self._handshake(item, event)
+                out.append(self._handshake(item, event))
             elif isinstance(item, records.Plaintext) and self.inside:
-                yield from self._plaintext(item, event)
+                self._plaintext(item, event, out)
             elif isinstance(item, records.Problem):
                 self._tls_problem(item)
 
@@ -604,11 +622,11 @@ class _Conn:
         else:
             self.observer.secured()
 
-    def _plaintext(self, item: Plaintext, event: Event) -> Iterator[Step]:
+    def _plaintext(self, item: Plaintext, event: Event, out: list[Step]) -> None:
         d = item.direction
         self.plain[d] += len(item.data)
         self.records[d].append((self.plain[d], self.tls_base[d] + item.end))
-        yield from self._steps(self.observer.feed(_SMTP_DIRECTION[d], item.data), event)
+        self._steps(self.observer.feed(_SMTP_DIRECTION[d], item.data), event, out)
 
     def _at(self, d: int, offset: int) -> int:
         """The stream offset of the core's *offset*; inside TLS, where the record carrying
@@ -620,27 +638,29 @@ class _Conn:
             records.popleft()
         return records[0][1] if records else self.tls_base[d]
 
-    def _gap(self, event: Event) -> Iterator[Step]:
+    def _gap(self, event: Event, out: list[Step]) -> None:
         d = event.direction
         text = f"{event.length} bytes missing from the capture"
-        yield self._new(event, d, StepKind.GAP, text, (event.first,), detail(offset=event.offset))
-        yield from self._settle(event, "smtp" if self.smtp_port else "other")
+        out.append(
+            self._new(event, d, StepKind.GAP, text, (event.first,), detail(offset=event.offset))
+        )
+        self._settle(event, "smtp" if self.smtp_port else "other", out)
         if self.tls_session is not None and self.tls_base[d] is not None:
             for problem in self.tls_session.skip(d, event.length):
                 self._tls_problem(problem)
             if self.inside:
                 return  # the core reads no more of the dialogue inside
         if self.mode == "smtp" and self.observer is not None:
-            yield from self._steps(self.observer.skip(_SMTP_DIRECTION[d], event.length), event)
+            self._steps(self.observer.skip(_SMTP_DIRECTION[d], event.length), event, out)
 
-    def _eof(self, d: int, event: Event) -> Iterator[Step]:
+    def _eof(self, d: int, event: Event, out: list[Step]) -> None:
         if d == SERVER:
-            yield from self._settle(event, "other")
+            self._settle(event, "other", out)
         if not self.eof[d]:
             self.eof[d] = True
-            yield from self._feed(d, b"", event)
+            self._feed(d, b"", event, out)
 
-    def _dns(self, d: int, event: Event) -> Iterator[Step]:
+    def _dns(self, d: int, event: Event, out: list[Step]) -> None:
         buf = self.held[d]
         buf.extend(event.data)
         while len(buf) >= 2 and len(buf) >= 2 + int.from_bytes(buf[:2], "big"):
@@ -650,14 +670,14 @@ class _Conn:
             names = self.names if d == CLIENT else self.names[::-1]
             step = self.d.dns_step(message, event.time, names, (event.first,), self.id, "tcp")
             if step is not None:
-                yield step
+                out.append(step)
 
-    def _close(self, event: Event) -> Iterator[Step]:
-        yield from self._settle(event, "other")
+    def _close(self, event: Event, out: list[Step]) -> None:
+        self._settle(event, "other", out)
         for d in (CLIENT, SERVER):
-            yield from self._eof(d, event)
+            self._eof(d, event, out)
             if self.observer and self.observer.paused(_SMTP_DIRECTION[d]) and self.segments[d]:
-                yield self._unparsed(d, event)
+                out.append(self._unparsed(d, event))
         for pending in self.pending:
             self.unacked += [index for _, index in pending]
             pending.clear()
@@ -812,6 +832,19 @@ class _Conn:
             if start <= offset < stop:
                 return _unique([first, last])
         return ()
+
+
+_HANDLERS = {  # reassembler event kind -> its handler
+    **dict.fromkeys(_CONTROL, _Conn._control),
+    "rst": _Conn._rst,
+    "ack": _Conn._ack,
+    "data": _Conn._data,
+    "gap": _Conn._gap,
+    "overlap": _Conn._overlap,
+    "bad-flags": _Conn._bad_flags,
+    "after-fin": _Conn._after_fin,
+    "close": _Conn._close,
+}
 
 
 def classify(client: bytes, server: bytes, *, smtp_port: bool) -> tuple[str, tuple[int, int]]:

@@ -127,13 +127,13 @@ class Splitter(Dissector):
         """The SMTP and TLS sessions of the capture at *path*, each as it ends."""
         return (flow for flow in self.flows(path) if flow.session is not None)
 
-    def _tcp(self, event: Event) -> Iterator[Step]:
+    def _handle(self, event: Event, out: list[Step]) -> None:
         conn = self._conns.get(event.conn.id)
-        yield from super()._tcp(event)
+        super()._handle(event, out)
         if event.kind == "close":
             mode = conn.mode if conn is not None else "other"
             c = event.conn
-            yield _Ended(c.id, mode, c.client, c.server, c.end or "")  # type: ignore[misc]
+            out.append(_Ended(c.id, mode, c.client, c.server, c.end or ""))  # type: ignore[arg-type]
 
     def _flow(self, ended: _Ended) -> Flow:
         steps = self._held.pop(ended.conn, [])
