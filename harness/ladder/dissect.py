@@ -71,7 +71,7 @@ import dnslib
 
 from harness import signals
 from harness.capture.pcapfile import PcapError, read
-from harness.ladder.model import Coverage, Detail, Ladder, Step, StepKind, detail
+from harness.ladder.model import Coverage, Detail, Ladder, Step, StepKind, detail, new_step
 from harness.ladder.packets import UDP, Decoder, Packet, flag_names, format_addr
 from harness.ladder.tcpstream import CLIENT, SERVER, Connection, Event, Reassembler
 from harness.smtp import events as smtp
@@ -204,11 +204,21 @@ class Dissector:
         self.hosts.clear()
         self.hosts.update((a, _clean(n)) for a, n in (self._found | self._given).items())
 
-    def step(self, time: int, src: str, dst: str, kind: StepKind, text: str, **extra) -> Step:
-        """A new step, numbered next; *extra* are evidence, conn and detail."""
+    def step(
+        self,
+        time: int,
+        src: str,
+        dst: str,
+        kind: StepKind,
+        text: str,
+        evidence: tuple[int, ...],
+        conn: int | None,
+        info: Detail,
+    ) -> Step:
+        """A new step, numbered next."""
         if self.share is not None:
             self.share.stepped()
-        return Step(next(self._index), time, src, dst, kind, text, **extra)
+        return new_step(next(self._index), time, src, dst, kind, text, evidence, conn, info)
 
     def _udp(self, packet: Packet) -> list[Step]:
         """The step of a UDP packet: a DNS message's, if it is one."""
@@ -239,7 +249,7 @@ class Dissector:
             return None
         kind, text, info = describe_dns(record)
         info += (("transport", transport),)
-        return self.step(time, *names, kind, text, evidence=evidence, conn=conn, detail=info)
+        return self.step(time, *names, kind, text, evidence, conn, info)
 
     def _tcp(self, event: Event) -> list[Step]:
         """The steps a reassembler event completes (``Share.route`` takes them so)."""
@@ -384,7 +394,8 @@ class _Conn:
     def __init__(self, dissector: Dissector, conn: Connection) -> None:
         self.d = dissector
         self.id = conn.id
-        self.names = endpoint_names(dissector.hosts, conn.client[0], conn.server)
+        names = endpoint_names(dissector.hosts, conn.client[0], conn.server)
+        self.ends = (names, names[::-1])  # (src, dst) by direction: CLIENT, SERVER
         port = conn.server[1]
         self.mode = "dns" if port == DNS_PORT else "sniff"
         self.smtp_port = port in dissector.smtp_ports
@@ -450,10 +461,8 @@ class _Conn:
         evidence: tuple[int, ...],
         info: Detail,
     ) -> Step:
-        src, dst = self.names if d == CLIENT else self.names[::-1]
-        return self.d.step(
-            event.time, src, dst, kind, text, evidence=evidence, conn=self.id, detail=info
-        )
+        src, dst = self.ends[d]
+        return self.d.step(event.time, src, dst, kind, text, evidence, self.id, info)
 
     def _control(self, event: Event, out: list[Step]) -> None:
         d, (kind, text) = event.direction, _CONTROL[event.kind]
@@ -667,8 +676,9 @@ class _Conn:
             size = int.from_bytes(buf[:2], "big")
             message = bytes(buf[2 : 2 + size])
             del buf[: 2 + size]
-            names = self.names if d == CLIENT else self.names[::-1]
-            step = self.d.dns_step(message, event.time, names, (event.first,), self.id, "tcp")
+            step = self.d.dns_step(
+                message, event.time, self.ends[d], (event.first,), self.id, "tcp"
+            )
             if step is not None:
                 out.append(step)
 
@@ -880,6 +890,8 @@ def _tunnel(client: bytes, server: bytes) -> tuple[str, tuple[int, int]]:
 
 def _lines(raw: bytes) -> str:
     """Lines without their CRLF (or LF), as text joined by LF; bad bytes escaped."""
+    if raw.find(b"\n") == len(raw) - 1 and raw.endswith(b"\r\n"):
+        return _text(raw[:-2])  # one CRLF line, the common unit
     lines = raw.split(b"\n")
     if len(lines) > 1 and not lines[-1]:
         lines.pop()
@@ -899,6 +911,9 @@ def _clean(text: str | None) -> str | None:
 
 
 def _unique(numbers: list[int]) -> tuple[int, ...]:
+    if len(numbers) == 2:  # one segment's (first, last), the common evidence
+        first, last = numbers
+        return (first,) if first == last else (first, last) if first < last else (last, first)
     return tuple(sorted(set(numbers)))
 
 
