@@ -262,11 +262,17 @@ class Dissector:
         conn = self._conns.get(event.conn.id)
         if conn is None:
             conn = self._conns[event.conn.id] = _Conn(self, event.conn)
-        conn.handle(event, out)
+            if event.kind == "close":  # no event before its end: it carried nothing
+                conn.mode = "other"
+        _HANDLERS[event.kind](conn, event, out)  # no generator frame per event and level
         if event.kind == "close":
             del self._conns[event.conn.id]
             if conn.mode == "smtp":
                 self.coverage[event.conn.id] = conn.coverage()
+            self._closed(event, conn.mode, out)
+
+    def _closed(self, event: Event, mode: str, out: list[Step]) -> None:
+        """Connection *event* closed, its last steps in *out*, having carried *mode*."""
 
 
 def describe_dns(record: dnslib.DNSRecord) -> tuple[StepKind, str, Detail]:
@@ -425,11 +431,6 @@ class _Conn:
         self.plain = [0, 0]  # octets of plaintext from inside TLS, per direction
         self.inside = False  # the observer reads the dialogue inside TLS
 
-    def handle(self, event: Event, out: list[Step]) -> None:
-        """The steps *event* completes, appended to *out* (one list the caller drains: no
-        generator frame per event and level)."""
-        _HANDLERS[event.kind](self, event, out)
-
     def _rst(self, event: Event, out: list[Step]) -> None:
         info = detail(offset=event.offset)
         out.append(self._new(event, event.direction, StepKind.RST, "RST", (event.first,), info))
@@ -466,7 +467,7 @@ class _Conn:
 
     def _control(self, event: Event, out: list[Step]) -> None:
         d, (kind, text) = event.direction, _CONTROL[event.kind]
-        info = detail(offset=event.offset)
+        info = (("offset", event.offset),)  # detail(offset=...), the offset being an int
         if kind is StepKind.SYN:
             text += f" to port {event.conn.server[1]}"
         if kind is StepKind.FIN:
@@ -487,7 +488,7 @@ class _Conn:
             del self.fins[peer]
             self.fins_acked += 1
             kind = StepKind.FIN_ACK if self.fins_acked == 1 else StepKind.CLOSE_ACK
-            info = detail(offset=acked)
+            info = (("offset", acked),)
             out.append(self._new(event, event.direction, kind, "ACK of FIN", (event.first,), info))
 
     def _data(self, event: Event, out: list[Step]) -> None:
@@ -844,7 +845,7 @@ class _Conn:
         return ()
 
 
-_HANDLERS = {  # reassembler event kind -> its handler
+_HANDLERS = {  # reassembler event kind -> the handler appending the steps it completes
     **dict.fromkeys(_CONTROL, _Conn._control),
     "rst": _Conn._rst,
     "ack": _Conn._ack,
