@@ -709,8 +709,7 @@ class _Conn:
 
     def _smtp(self, e: smtp.Event, event: Event) -> Step | None:
         d = CLIENT if e.direction is Direction.CLIENT else SERVER  # no Enum hashing
-        offset = self._at(d, e.offset)
-        match e:
+        match e:  # where a unit ends, or (first: _at forgets the records before) it begins
             case smtp.Command():
                 if e.chunk_size is not None:
                     self.chunk_last = e.last
@@ -740,10 +739,11 @@ class _Conn:
             case smtp.EndOfData():
                 return self._content(d, event, StepKind.CONTENT, self._at(d, e.offset + 3))
             case smtp.EndOfChunk():
-                return self._content(d, event, StepKind.BDAT, offset, last=e.last)
+                return self._content(d, event, StepKind.BDAT, self._at(d, e.offset), last=e.last)
             case smtp.TlsStarted():
-                self._tls_started(d, offset)
+                self._tls_started(d, self._at(d, e.offset))
             case smtp.Opaque():
+                offset = self._at(d, e.offset)
                 if self.tls_session is not None and not self.tls_session.failed:
                     return None  # the records are read: the handshake step cites them
                 evidence = _unique(self._evidence(d, self._at(d, e.offset + e.size)))
@@ -751,6 +751,7 @@ class _Conn:
                     self.tls[d] = True
                     return self._new(event, d, StepKind.TLS, "TLS", evidence, detail(offset=offset))
             case smtp.Anomaly():
+                offset = self._at(d, e.offset)
                 text = e.kind.value + (f": {_clean(e.detail)}" if e.detail else "")
                 info = detail(offset=offset, anomaly=e.kind.value)
                 return self._new(event, d, _ANOMALY, text, self._peek(d, offset), info)
@@ -762,7 +763,7 @@ class _Conn:
                     d, event, _AUTH, _lines(e.raw), self._at(d, e.offset + len(e.raw)), info
                 )
             case smtp.Resync():
-                self._warn_resync(e, offset)
+                self._warn_resync(e, self._at(d, e.offset))
         return None
 
     def _inferred(self, d: int, event: Event, e: smtp.Reply) -> Step:
