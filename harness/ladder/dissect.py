@@ -3,7 +3,9 @@
 Rules this module keeps:
 
 - Streaming: ``iter_steps`` yields each step as soon as the packet that completes it has
-  been read; memory is bounded by the connections open at once, not by the file.
+  been read; memory is bounded by the connections open at once, not by the file.  The
+  handlers append a packet's steps to one list that ``steps`` drains (no generator frame
+  per event and level); ``_tcp`` and ``_udp`` give an event's or datagram's as a list.
 - Steps come out in the order of the packet that completed them, numbered from 1.  Their
   evidence is every packet that carried a byte of them (a content step lists all of its
   packets; a control step its one packet).
