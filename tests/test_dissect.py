@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import random
@@ -24,7 +25,7 @@ from ladder_pcaps import (
 
 from harness.capture.pcapfile import PcapError, read
 from harness.ladder.dissect import dissect, iter_steps
-from harness.ladder.model import Ladder
+from harness.ladder.model import Ladder, Step, StepKind, new_step
 from harness.render import render
 from harness.smtp.events import PAUSED, AuthResponse, Command, Direction, Reply, Resync
 from harness.smtp.protocol import Observer, ServerConnection
@@ -597,3 +598,13 @@ def test_an_auth_exchange_is_paused_like_data_and_answers_the_auth():
     ]
     (response,) = [e for e in events if isinstance(e, AuthResponse)]
     assert response.raw == b"AGEAYg==\r\n" and not response.cancel
+
+
+def test_new_step_makes_the_step_the_constructor_makes():
+    """The dissector's constructor (``model.new_step``): the same value, as frozen."""
+    values = (7, 10**18, "client", "server", StepKind.REPLY, "250 ok", (3, 4), 2, (("code", 250),))
+    made, built = new_step(*values), Step(*values)
+    assert made == built and hash(made) == hash(built) and repr(made) == repr(built)
+    assert Step.from_dict(made.to_dict()) == built
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        made.text = "changed"  # type: ignore[misc]

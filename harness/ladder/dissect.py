@@ -3,7 +3,9 @@
 Rules this module keeps:
 
 - Streaming: ``iter_steps`` yields each step as soon as the packet that completes it has
-  been read; memory is bounded by the connections open at once, not by the file.
+  been read; memory is bounded by the connections open at once, not by the file.  The
+  handlers append a packet's steps to one list that ``steps`` drains (no generator frame
+  per event and level); ``_tcp`` and ``_udp`` give an event's or datagram's as a list.
 - Steps come out in the order of the packet that completed them, numbered from 1.  Their
   evidence is every packet that carried a byte of them (a content step lists all of its
   packets; a control step its one packet).
@@ -71,7 +73,7 @@ import dnslib
 
 from harness import signals
 from harness.capture.pcapfile import PcapError, read
-from harness.ladder.model import Coverage, Detail, Ladder, Step, StepKind, detail
+from harness.ladder.model import Coverage, Detail, Ladder, Step, StepKind, detail, new_step
 from harness.ladder.packets import UDP, Decoder, Packet, flag_names, format_addr
 from harness.ladder.tcpstream import CLIENT, SERVER, Connection, Event, Reassembler
 from harness.smtp import events as smtp
@@ -164,6 +166,8 @@ class Dissector:
         file_warnings = self.warnings
         if share is not None:
             file_warnings = share.file_warnings(self.warnings, reassembler)
+        out: list[Step] = []  # the steps of one packet: every handler appends to it
+        handle = self._handle
         try:
             records = read(path, file_warnings, named)
             if share is not None:  # a worker: its own flows decoded, others' ticked
@@ -171,14 +175,19 @@ class Dissector:
             else:
                 for packet in decoder.decode_all(records):
                     if packet.proto == UDP:
-                        yield from self._udp(packet)
+                        out += self._udp(packet)
                     else:
                         for event in reassembler.feed(packet):
-                            yield from self._tcp(event)
+                            handle(event, out)
+                    if out:
+                        yield from out
+                        out.clear()
             for event in reassembler.flush():
                 if share is not None:
                     share.flushing(event)
-                yield from self._tcp(event)
+                handle(event, out)
+                yield from out  # each event's before the next (a worker keys them by it)
+                out.clear()
         except OSError as exc:
             raise PcapError(f"{path}: cannot read: {exc.strerror or exc}") from None
         finally:
@@ -198,15 +207,26 @@ class Dissector:
         self.hosts.clear()
         self.hosts.update((a, _clean(n)) for a, n in (self._found | self._given).items())
 
-    def step(self, time: int, src: str, dst: str, kind: StepKind, text: str, **extra) -> Step:
-        """A new step, numbered next; *extra* are evidence, conn and detail."""
+    def step(
+        self,
+        time: int,
+        src: str,
+        dst: str,
+        kind: StepKind,
+        text: str,
+        evidence: tuple[int, ...],
+        conn: int | None,
+        info: Detail,
+    ) -> Step:
+        """A new step, numbered next."""
         if self.share is not None:
             self.share.stepped()
-        return Step(next(self._index), time, src, dst, kind, text, **extra)
+        return new_step(next(self._index), time, src, dst, kind, text, evidence, conn, info)
 
-    def _udp(self, packet: Packet) -> Iterator[Step]:
+    def _udp(self, packet: Packet) -> list[Step]:
+        """The step of a UDP packet: a DNS message's, if it is one."""
         if DNS_PORT not in (packet.sport, packet.dport):
-            return
+            return []
         src, dst = format_addr(packet.src), format_addr(packet.dst)
         if packet.sport == DNS_PORT:
             client, server = endpoint_names(self.hosts, dst, (src, DNS_PORT))
@@ -214,8 +234,7 @@ class Dissector:
         else:
             names = endpoint_names(self.hosts, src, (dst, DNS_PORT))
         step = self.dns_step(packet.payload, packet.time, names, (packet.number,), None, "udp")
-        if step is not None:
-            yield step
+        return [] if step is None else [step]
 
     def dns_step(
         self,
@@ -233,17 +252,30 @@ class Dissector:
             return None
         kind, text, info = describe_dns(record)
         info += (("transport", transport),)
-        return self.step(time, *names, kind, text, evidence=evidence, conn=conn, detail=info)
+        return self.step(time, *names, kind, text, evidence, conn, info)
 
-    def _tcp(self, event: Event) -> Iterator[Step]:
+    def _tcp(self, event: Event) -> list[Step]:
+        """The steps a reassembler event completes (``Share.steps`` takes them so)."""
+        out: list[Step] = []
+        self._handle(event, out)
+        return out
+
+    def _handle(self, event: Event, out: list[Step]) -> None:
+        """The steps a reassembler event completes, appended to *out*."""
         conn = self._conns.get(event.conn.id)
         if conn is None:
             conn = self._conns[event.conn.id] = _Conn(self, event.conn)
-        yield from conn.handle(event)
+            if event.kind == "close":  # no event before its end: it carried nothing
+                conn.mode = "other"
+        _HANDLERS[event.kind](conn, event, out)  # no generator frame per event and level
         if event.kind == "close":
             del self._conns[event.conn.id]
             if conn.mode == "smtp":
                 self.coverage[event.conn.id] = conn.coverage()
+            self._closed(event, conn.mode, out)
+
+    def _closed(self, event: Event, mode: str, out: list[Step]) -> None:
+        """Connection *event* closed, its last steps in *out*, having carried *mode*."""
 
 
 def describe_dns(record: dnslib.DNSRecord) -> tuple[StepKind, str, Detail]:
@@ -371,7 +403,8 @@ class _Conn:
     def __init__(self, dissector: Dissector, conn: Connection) -> None:
         self.d = dissector
         self.id = conn.id
-        self.names = endpoint_names(dissector.hosts, conn.client[0], conn.server)
+        names = endpoint_names(dissector.hosts, conn.client[0], conn.server)
+        self.ends = (names, names[::-1])  # (src, dst) by direction: CLIENT, SERVER
         port = conn.server[1]
         self.mode = "dns" if port == DNS_PORT else "sniff"
         self.smtp_port = port in dissector.smtp_ports
@@ -401,34 +434,27 @@ class _Conn:
         self.plain = [0, 0]  # octets of plaintext from inside TLS, per direction
         self.inside = False  # the observer reads the dialogue inside TLS
 
-    def handle(self, event: Event) -> Iterator[Step]:
-        kind, d = event.kind, event.direction
-        if kind in _CONTROL:
-            yield from self._control(event)
-        elif kind == "rst":
-            info = detail(offset=event.offset)
-            yield self._new(event, d, StepKind.RST, "RST", (event.first,), info)
-        elif kind == "ack":
-            yield from self._ack(event)
-        elif kind == "data":
-            yield from self._data(d, event)
-        elif kind == "gap":
-            yield from self._gap(event)
-        elif kind == "overlap":
-            self.d.warnings["overlap"] += 1
-            text = f"retransmission differs ({event.length} bytes)"
-            yield self._new(event, d, _ANOMALY, text, (event.first,), detail(offset=event.offset))
-        elif kind == "bad-flags":  # RST with SYN: tcpstream takes none of it
-            self.d.warnings["bad-flags"] += 1
-            text = f"{flag_names(event.length)}: RST first, no SYN, FIN or data (RFC 9293 §3.10.7)"
-            info = detail(offset=event.offset, anomaly="bad-flags")
-            yield self._new(event, d, _ANOMALY, text, (event.first,), info)
-        elif kind == "after-fin":
-            self.d.warnings["data-after-fin"] += 1
-            text = f"{event.length} bytes after FIN, not part of the stream"
-            yield self._new(event, d, _ANOMALY, text, (event.first,), detail(offset=event.offset))
-        elif kind == "close":
-            yield from self._close(event)
+    def _rst(self, event: Event, out: list[Step]) -> None:
+        info = detail(offset=event.offset)
+        out.append(self._new(event, event.direction, StepKind.RST, "RST", (event.first,), info))
+
+    def _overlap(self, event: Event, out: list[Step]) -> None:
+        self.d.warnings["overlap"] += 1
+        text = f"retransmission differs ({event.length} bytes)"
+        self._anomaly(event, text, detail(offset=event.offset), out)
+
+    def _bad_flags(self, event: Event, out: list[Step]) -> None:  # RST with SYN: none taken
+        self.d.warnings["bad-flags"] += 1
+        text = f"{flag_names(event.length)}: RST first, no SYN, FIN or data (RFC 9293 §3.10.7)"
+        self._anomaly(event, text, detail(offset=event.offset, anomaly="bad-flags"), out)
+
+    def _after_fin(self, event: Event, out: list[Step]) -> None:
+        self.d.warnings["data-after-fin"] += 1
+        text = f"{event.length} bytes after FIN, not part of the stream"
+        self._anomaly(event, text, detail(offset=event.offset), out)
+
+    def _anomaly(self, event: Event, text: str, info: Detail, out: list[Step]) -> None:
+        out.append(self._new(event, event.direction, _ANOMALY, text, (event.first,), info))
 
     def _new(
         self,
@@ -439,22 +465,20 @@ class _Conn:
         evidence: tuple[int, ...],
         info: Detail,
     ) -> Step:
-        src, dst = self.names if d == CLIENT else self.names[::-1]
-        return self.d.step(
-            event.time, src, dst, kind, text, evidence=evidence, conn=self.id, detail=info
-        )
+        src, dst = self.ends[d]
+        return self.d.step(event.time, src, dst, kind, text, evidence, self.id, info)
 
-    def _control(self, event: Event) -> Iterator[Step]:
+    def _control(self, event: Event, out: list[Step]) -> None:
         d, (kind, text) = event.direction, _CONTROL[event.kind]
-        info = detail(offset=event.offset)
+        info = (("offset", event.offset),)  # detail(offset=...), the offset being an int
         if kind is StepKind.SYN:
             text += f" to port {event.conn.server[1]}"
         if kind is StepKind.FIN:
             self.fins[d] = event.offset
-            yield from self._eof(d, event)
-        yield self._new(event, d, kind, text, (event.first,), info)
+            self._eof(d, event, out)
+        out.append(self._new(event, d, kind, text, (event.first,), info))
 
-    def _ack(self, event: Event) -> Iterator[Step]:
+    def _ack(self, event: Event, out: list[Step]) -> None:
         """Coverage of the peer's units; the ACK of a FIN is a step."""
         peer, acked = 1 - event.direction, event.offset
         self.acked[peer] = acked
@@ -467,10 +491,11 @@ class _Conn:
             del self.fins[peer]
             self.fins_acked += 1
             kind = StepKind.FIN_ACK if self.fins_acked == 1 else StepKind.CLOSE_ACK
-            info = detail(offset=acked)
-            yield self._new(event, event.direction, kind, "ACK of FIN", (event.first,), info)
+            info = (("offset", acked),)
+            out.append(self._new(event, event.direction, kind, "ACK of FIN", (event.first,), info))
 
-    def _data(self, d: int, event: Event) -> Iterator[Step]:
+    def _data(self, event: Event, out: list[Step]) -> None:
+        d = event.direction
         if self.mode in ("sniff", "smtp") or self.tls_session is not None:
             segment = (event.offset, event.offset + event.length, event.first, event.last)
             self.segments[d].append(segment)
@@ -478,34 +503,34 @@ class _Conn:
             if not self.held[d]:
                 self.start[d] = event.offset
             self.held[d].extend(event.data)
-            yield from self._sniff(event)
+            self._sniff(event, out)
         elif self.mode == "smtp":
-            yield from self._feed(d, event.data, event)
+            self._feed(d, event.data, event, out)
         elif self.mode == "tls" and self.tls_session is not None:
-            yield from self._tls_feed(d, event.data, event)
+            self._tls_feed(d, event.data, event, out)
         elif self.mode == "tls" and not self.tls[d]:
             self.tls[d] = True
             info = detail(offset=event.offset)
-            yield self._new(event, d, StepKind.TLS, "TLS", (event.first,), info)
+            out.append(self._new(event, d, StepKind.TLS, "TLS", (event.first,), info))
         elif self.mode == "dns":
-            yield from self._dns(d, event)
+            self._dns(d, event, out)
 
-    def _sniff(self, event: Event) -> Iterator[Step]:
+    def _sniff(self, event: Event, out: list[Step]) -> None:
         """Decide what the held bytes are, if they tell already."""
         held = (bytes(self.held[0]), bytes(self.held[1]))
         decision, skip = classify(*held, smtp_port=self.smtp_port)
         if decision == "wait" and max(map(len, held)) > SNIFF_LIMIT:
             decision = "other"
         if decision != "wait":
-            yield from self._decided(decision, skip, event)
+            self._decided(decision, skip, event, out)
 
-    def _settle(self, event: Event, fallback: str) -> Iterator[Step]:
+    def _settle(self, event: Event, fallback: str, out: list[Step]) -> None:
         """No more bytes will come before a decision is needed (gap, FIN, close)."""
         if self.mode == "sniff":
             decision, skip = classify(*map(bytes, self.held), smtp_port=self.smtp_port)
-            yield from self._decided(fallback if decision == "wait" else decision, skip, event)
+            self._decided(fallback if decision == "wait" else decision, skip, event, out)
 
-    def _decided(self, decision: str, skip: tuple[int, int], event: Event) -> Iterator[Step]:
+    def _decided(self, decision: str, skip: tuple[int, int], event: Event, out: list[Step]) -> None:
         """Switch to *decision* and replay the held bytes in it."""
         held, self.held, self.mode = self.held, (bytearray(), bytearray()), decision
         for d in (CLIENT, SERVER):
@@ -513,33 +538,37 @@ class _Conn:
                 self.observer = self.observer or Observer(capture=True, midstream=self.midstream)
                 self.start[d] += skip[d]
                 self._evidence(d, self.start[d])
-                yield from self._feed(d, bytes(held[d][skip[d] :]), event)
+                self._feed(d, bytes(held[d][skip[d] :]), event, out)
                 continue
             if decision == "tls" and self.d.keylog is not None:  # implicit TLS (RFC 8314 §3)
                 self.tls_session = self.tls_session or _tls_records().TlsSession(self.d.keylog)
                 self.tls_base[d] = self.start[d]
-                yield from self._tls_feed(d, bytes(held[d]), event)
+                self._tls_feed(d, bytes(held[d]), event, out)
                 continue
             if decision == "tls" and held[d]:
                 self.tls[d] = True
                 info = detail(offset=self.start[d])
-                yield self._new(event, d, StepKind.TLS, "TLS", self._peek(d, self.start[d]), info)
+                out.append(
+                    self._new(event, d, StepKind.TLS, "TLS", self._peek(d, self.start[d]), info)
+                )
             self.segments[d].clear()
 
-    def _feed(self, d: int, data: bytes, event: Event) -> Iterator[Step]:
+    def _feed(self, d: int, data: bytes, event: Event, out: list[Step]) -> None:
         """Bytes (b"": the end of the stream) to the SMTP core; the steps they complete."""
         if self.observer is None or (not data and not self.eof[d]):
             return
         if data and self.tls_session is not None and self.tls_base[d] is not None:
-            yield from self._tls_feed(d, data, event)
+            self._tls_feed(d, data, event, out)
             return
-        yield from self._steps(self.observer.feed(_SMTP_DIRECTION[d], data), event)
+        self._steps(self.observer.feed(_SMTP_DIRECTION[d], data), event, out)
 
-    def _steps(self, events: list[smtp.Event], event: Event) -> Iterator[Step]:
+    def _steps(self, events: list[smtp.Event], event: Event, out: list[Step]) -> None:
         for smtp_event in events:
             step = self._smtp(smtp_event, event)
             if step is not None:
-                yield replace(step, detail=(*step.detail, ("tls", True))) if self.inside else step
+                out.append(
+                    replace(step, detail=(*step.detail, ("tls", True))) if self.inside else step
+                )
 
     # --- inside TLS, with a key log
 
@@ -552,22 +581,22 @@ class _Conn:
         # with no key log too: the handshake is read in the clear (version, cipher, SNI)
         self.tls_session = self.tls_session or _tls_records().TlsSession(self.d.keylog)
 
-    def _tls_feed(self, d: int, data: bytes, event: Event) -> Iterator[Step]:
+    def _tls_feed(self, d: int, data: bytes, event: Event, out: list[Step]) -> None:
         """TLS bytes: to the record layer; before the handshake is done also to the core,
         which counts them (an opaque ``tls`` step if the records cannot be read)."""
         session, records = self.tls_session, _tls_records()
         found = session.feed(d, data)
         if self.observer is not None and not self.inside:
-            yield from self._steps(self.observer.feed(_SMTP_DIRECTION[d], data), event)
+            self._steps(self.observer.feed(_SMTP_DIRECTION[d], data), event, out)
         elif session.failed and not self.inside and not self.tls[d]:  # implicit TLS
             self.tls[d] = True
             info = detail(offset=event.offset)
-            yield self._new(event, d, StepKind.TLS, "TLS", (event.first,), info)
+            out.append(self._new(event, d, StepKind.TLS, "TLS", (event.first,), info))
         for item in found:
             if isinstance(item, records.Established):
-                yield self._handshake(item, event)
+                out.append(self._handshake(item, event))
             elif isinstance(item, records.Plaintext) and self.inside:
-                yield from self._plaintext(item, event)
+                self._plaintext(item, event, out)
             elif isinstance(item, records.Problem):
                 self._tls_problem(item)
 
@@ -606,11 +635,11 @@ class _Conn:
         else:
             self.observer.secured()
 
-    def _plaintext(self, item: Plaintext, event: Event) -> Iterator[Step]:
+    def _plaintext(self, item: Plaintext, event: Event, out: list[Step]) -> None:
         d = item.direction
         self.plain[d] += len(item.data)
         self.records[d].append((self.plain[d], self.tls_base[d] + item.end))
-        yield from self._steps(self.observer.feed(_SMTP_DIRECTION[d], item.data), event)
+        self._steps(self.observer.feed(_SMTP_DIRECTION[d], item.data), event, out)
 
     def _at(self, d: int, offset: int) -> int:
         """The stream offset of the core's *offset*; inside TLS, where the record carrying
@@ -622,44 +651,47 @@ class _Conn:
             records.popleft()
         return records[0][1] if records else self.tls_base[d]
 
-    def _gap(self, event: Event) -> Iterator[Step]:
+    def _gap(self, event: Event, out: list[Step]) -> None:
         d = event.direction
         text = f"{event.length} bytes missing from the capture"
-        yield self._new(event, d, StepKind.GAP, text, (event.first,), detail(offset=event.offset))
-        yield from self._settle(event, "smtp" if self.smtp_port else "other")
+        out.append(
+            self._new(event, d, StepKind.GAP, text, (event.first,), detail(offset=event.offset))
+        )
+        self._settle(event, "smtp" if self.smtp_port else "other", out)
         if self.tls_session is not None and self.tls_base[d] is not None:
             for problem in self.tls_session.skip(d, event.length):
                 self._tls_problem(problem)
             if self.inside:
                 return  # the core reads no more of the dialogue inside
         if self.mode == "smtp" and self.observer is not None:
-            yield from self._steps(self.observer.skip(_SMTP_DIRECTION[d], event.length), event)
+            self._steps(self.observer.skip(_SMTP_DIRECTION[d], event.length), event, out)
 
-    def _eof(self, d: int, event: Event) -> Iterator[Step]:
+    def _eof(self, d: int, event: Event, out: list[Step]) -> None:
         if d == SERVER:
-            yield from self._settle(event, "other")
+            self._settle(event, "other", out)
         if not self.eof[d]:
             self.eof[d] = True
-            yield from self._feed(d, b"", event)
+            self._feed(d, b"", event, out)
 
-    def _dns(self, d: int, event: Event) -> Iterator[Step]:
+    def _dns(self, d: int, event: Event, out: list[Step]) -> None:
         buf = self.held[d]
         buf.extend(event.data)
         while len(buf) >= 2 and len(buf) >= 2 + int.from_bytes(buf[:2], "big"):
             size = int.from_bytes(buf[:2], "big")
             message = bytes(buf[2 : 2 + size])
             del buf[: 2 + size]
-            names = self.names if d == CLIENT else self.names[::-1]
-            step = self.d.dns_step(message, event.time, names, (event.first,), self.id, "tcp")
+            step = self.d.dns_step(
+                message, event.time, self.ends[d], (event.first,), self.id, "tcp"
+            )
             if step is not None:
-                yield step
+                out.append(step)
 
-    def _close(self, event: Event) -> Iterator[Step]:
-        yield from self._settle(event, "other")
+    def _close(self, event: Event, out: list[Step]) -> None:
+        self._settle(event, "other", out)
         for d in (CLIENT, SERVER):
-            yield from self._eof(d, event)
+            self._eof(d, event, out)
             if self.observer and self.observer.paused(_SMTP_DIRECTION[d]) and self.segments[d]:
-                yield self._unparsed(d, event)
+                out.append(self._unparsed(d, event))
         for pending in self.pending:
             self.unacked += [index for _, index in pending]
             pending.clear()
@@ -680,8 +712,7 @@ class _Conn:
 
     def _smtp(self, e: smtp.Event, event: Event) -> Step | None:
         d = CLIENT if e.direction is Direction.CLIENT else SERVER  # no Enum hashing
-        offset = self._at(d, e.offset)
-        match e:
+        match e:  # where a unit ends, or (first: _at forgets the records before) it begins
             case smtp.Command():
                 if e.chunk_size is not None:
                     self.chunk_last = e.last
@@ -711,10 +742,11 @@ class _Conn:
             case smtp.EndOfData():
                 return self._content(d, event, StepKind.CONTENT, self._at(d, e.offset + 3))
             case smtp.EndOfChunk():
-                return self._content(d, event, StepKind.BDAT, offset, last=e.last)
+                return self._content(d, event, StepKind.BDAT, self._at(d, e.offset), last=e.last)
             case smtp.TlsStarted():
-                self._tls_started(d, offset)
+                self._tls_started(d, self._at(d, e.offset))
             case smtp.Opaque():
+                offset = self._at(d, e.offset)
                 if self.tls_session is not None and not self.tls_session.failed:
                     return None  # the records are read: the handshake step cites them
                 evidence = _unique(self._evidence(d, self._at(d, e.offset + e.size)))
@@ -722,6 +754,7 @@ class _Conn:
                     self.tls[d] = True
                     return self._new(event, d, StepKind.TLS, "TLS", evidence, detail(offset=offset))
             case smtp.Anomaly():
+                offset = self._at(d, e.offset)
                 text = e.kind.value + (f": {_clean(e.detail)}" if e.detail else "")
                 info = detail(offset=offset, anomaly=e.kind.value)
                 return self._new(event, d, _ANOMALY, text, self._peek(d, offset), info)
@@ -733,7 +766,7 @@ class _Conn:
                     d, event, _AUTH, _lines(e.raw), self._at(d, e.offset + len(e.raw)), info
                 )
             case smtp.Resync():
-                self._warn_resync(e, offset)
+                self._warn_resync(e, self._at(d, e.offset))
         return None
 
     def _inferred(self, d: int, event: Event, e: smtp.Reply) -> Step:
@@ -816,6 +849,19 @@ class _Conn:
         return ()
 
 
+_HANDLERS = {  # reassembler event kind -> the handler appending the steps it completes
+    **dict.fromkeys(_CONTROL, _Conn._control),
+    "rst": _Conn._rst,
+    "ack": _Conn._ack,
+    "data": _Conn._data,
+    "gap": _Conn._gap,
+    "overlap": _Conn._overlap,
+    "bad-flags": _Conn._bad_flags,
+    "after-fin": _Conn._after_fin,
+    "close": _Conn._close,
+}
+
+
 def classify(client: bytes, server: bytes, *, smtp_port: bool) -> tuple[str, tuple[int, int]]:
     """What a connection carries, from its first bytes: (decision, bytes to skip per side).
 
@@ -849,6 +895,8 @@ def _tunnel(client: bytes, server: bytes) -> tuple[str, tuple[int, int]]:
 
 def _lines(raw: bytes) -> str:
     """Lines without their CRLF (or LF), as text joined by LF; bad bytes escaped."""
+    if raw.find(b"\n") == len(raw) - 1 and raw.endswith(b"\r\n"):
+        return _text(raw[:-2])  # one CRLF line, the common unit
     lines = raw.split(b"\n")
     if len(lines) > 1 and not lines[-1]:
         lines.pop()
@@ -868,6 +916,9 @@ def _clean(text: str | None) -> str | None:
 
 
 def _unique(numbers: list[int]) -> tuple[int, ...]:
+    if len(numbers) == 2:  # one segment's (first, last), the common evidence
+        first, last = numbers
+        return (first,) if first == last else (first, last) if first < last else (last, first)
     return tuple(sorted(set(numbers)))
 
 

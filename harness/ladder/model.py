@@ -147,6 +147,40 @@ class Step:
         )
 
 
+def new_step(
+    index: int,
+    time: int,
+    src: str,
+    dst: str,
+    kind: StepKind,
+    text: str,
+    evidence: tuple[int, ...],
+    conn: int | None,
+    detail: Detail,
+) -> Step:
+    """``Step(...)`` of values already in form (``kind`` a ``StepKind``), at half the cost:
+    each slot set by its descriptor, where the frozen ``__init__`` calls
+    ``object.__setattr__`` by name for each and then ``__post_init__`` (the dissector makes
+    a step per command, reply and TCP control packet)."""
+    step = _blank(Step)
+    _index(step, index)
+    _time(step, time)
+    _src(step, src)
+    _dst(step, dst)
+    _kind(step, kind)
+    _text(step, text)
+    _evidence(step, evidence)
+    _conn(step, conn)
+    _detail(step, detail)
+    return step
+
+
+_blank = object.__new__
+_index, _time, _src, _dst, _kind, _text, _evidence, _conn, _detail = (
+    getattr(Step, name).__set__ for name in Step.__slots__
+)
+
+
 @dataclass(frozen=True, slots=True)
 class Coverage:
     """How many SMTP units (commands, replies, content, chunks) the peer acknowledged."""

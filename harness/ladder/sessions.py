@@ -112,28 +112,27 @@ class Splitter(Dissector):
 
     def flows(self, path: str) -> Iterator[Flow]:
         """Every flow of the capture at *path*, each as it ends."""
+        held = self._held
         for item in self.steps(str(path)):
-            if isinstance(item, _Ended):
-                yield self._flow(item)
+            if item.__class__ is _Ended:
+                yield self._flow(item)  # type: ignore[arg-type]
                 continue
             if item.evidence and item.evidence[-1] > self.packets:
                 self.packets = item.evidence[-1]
             if item.conn is None:
                 yield Flow(FlowKind.DNS, [item])
+            elif (steps := held.get(item.conn)) is not None:
+                steps.append(item)
             else:
-                self._held.setdefault(item.conn, []).append(item)
+                held[item.conn] = [item]
 
     def sessions(self, path: str) -> Iterator[Flow]:
         """The SMTP and TLS sessions of the capture at *path*, each as it ends."""
         return (flow for flow in self.flows(path) if flow.session is not None)
 
-    def _tcp(self, event: Event) -> Iterator[Step]:
-        conn = self._conns.get(event.conn.id)
-        yield from super()._tcp(event)
-        if event.kind == "close":
-            mode = conn.mode if conn is not None else "other"
-            c = event.conn
-            yield _Ended(c.id, mode, c.client, c.server, c.end or "")  # type: ignore[misc]
+    def _closed(self, event: Event, mode: str, out: list[Step]) -> None:
+        c = event.conn
+        out.append(_Ended(c.id, mode, c.client, c.server, c.end or ""))  # type: ignore[arg-type]
 
     def _flow(self, ended: _Ended) -> Flow:
         steps = self._held.pop(ended.conn, [])

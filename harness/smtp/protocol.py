@@ -159,7 +159,7 @@ class Observer:
 
         The client's bytes are parsed first, one unit at a time: a reply may let the client's
         buffered bytes be parsed (354 after DATA), and the replies after it may answer them."""
-        self._side(direction).buffer.feed(data)
+        (self._client if direction is CLIENT else self._server).buffer.feed(data)  # _side
         return self._parse()
 
     def skip(self, direction: Direction, n: int) -> list[Event]:

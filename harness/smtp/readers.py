@@ -128,8 +128,11 @@ class _LineReader:
             head, self._head = self._head, None
             if head is None:  # the common line: ends in LF, seldom holds an odd byte
                 raw, offset = unit.raw, unit.offset
-                body = raw[:-2] if raw.endswith(b"\r\n") else raw[:-1]
-                line = _Line(body, offset, raw, odd_bytes(raw, offset, direction))
+                if raw.endswith(b"\r\n") and raw.count(b"\r") == 1 and raw.find(b"\x00") < 0:
+                    line = _Line(raw[:-2], offset, raw, [])  # its one LF, after its one CR
+                else:
+                    body = raw[:-2] if raw.endswith(b"\r\n") else raw[:-1]
+                    line = _Line(body, offset, raw, odd_bytes(raw, offset, direction))
             else:
                 cut = _too_long(head.offset, direction, self._limit)
                 anomalies = [*odd_bytes(head.raw, head.offset, direction), cut]
