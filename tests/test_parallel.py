@@ -155,9 +155,21 @@ def _gone(pid: int) -> bool:
     return False
 
 
-def test_a_worker_killed_is_our_fault_said_in_one_line(big: Path) -> None:
+@pytest.mark.parametrize("stopped", [False, True], ids=["running", "while-the-command-waits"])
+def test_a_worker_killed_is_our_fault_said_in_one_line(big: Path, stopped: bool) -> None:
+    """Killed while the command waits (SIGSTOP), the worker is gone before the command reads
+    its end of the pipe: the command may be sending it numbers then (a broken pipe, which
+    once came out as a second line), or hear of its end first; one line either way."""
     proc, worker = _with_worker(big, ["check"])
+    if stopped:
+        os.kill(proc.pid, signal.SIGSTOP)
     os.kill(worker, signal.SIGKILL)
+    if stopped:
+        for _ in range(100):
+            if _gone(worker) or Path(f"/proc/{worker}/stat").read_text().split()[2] == "Z":
+                break
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGCONT)
     _, stderr = proc.communicate(timeout=300)
     assert proc.returncode == ExitCode.HARNESS_ERROR
     lines = stderr.decode().strip().splitlines()

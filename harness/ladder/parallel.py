@@ -56,7 +56,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, NoReturn
 
 from harness.capture.pcapfile import Record
 from harness.errors import HarnessError, InternalError, InternalFault
@@ -561,8 +561,12 @@ class Coordinator(Worker):
         elif kind == "fault":
             raise InternalError(f"harness fault on {self.job.path}: worker {me}: {message[1]}")
         else:
-            code = self._procs[me - 1].wait()
-            raise InternalError(f"worker {me} ended before its output (exit code {code})")
+            self._lost(me)
+
+    def _lost(self, me: int) -> NoReturn:
+        """Worker *me* ended before it said it was done (its pipe closed): our fault."""
+        code = self._procs[me - 1].wait()
+        raise InternalError(f"worker {me} ended before its output (exit code {code})")
 
     def _merge(self, batch: int) -> None:
         told = self._told.pop(batch)
@@ -570,7 +574,10 @@ class Coordinator(Worker):
         self._order[batch] = order
         self._mine.append((batch, numbers[0]))
         for me, pipe in enumerate(self._pipes, 1):
-            pipe.send((batch, numbers[me]))
+            try:
+                pipe.send((batch, numbers[me]))
+            except OSError:  # it ended, and its end of the pipe with it, before we were told
+                self._lost(me)
         if self.progress is not None:
             self.progress.advance(
                 self.share.last - self.progress.done, sessions=self.totals.sessions

@@ -56,11 +56,12 @@ Rules this module keeps:
 from __future__ import annotations
 
 import bisect
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from itertools import count
 from typing import NamedTuple
 
+from harness.fifo import Fifo
 from harness.ladder.packets import ACK, FIN, RST, SYN, TCP, Packet, format_addr
 
 CLIENT, SERVER = 0, 1
@@ -130,7 +131,7 @@ class _Half:
         self.acked = -1  # highest offset the peer acknowledged (0: the SYN)
         self.pending: list[tuple[int, bytes, int]] = []  # (offset, data, packet), sorted
         self.pending_bytes = 0
-        self.history: deque[tuple[int, bytes]] = deque()  # recently delivered (offset, data)
+        self.history: Fifo[tuple[int, bytes]] = Fifo()  # recently delivered (offset, data)
         self.history_bytes = 0
         self.fin: int | None = None  # offset of the FIN, once seen
         self.fin_number = 0

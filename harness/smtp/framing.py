@@ -65,7 +65,9 @@ class ReceiveBuffer:
         self.offset = 0  # stream offset of the first unconsumed byte
         self.eof = False
         self.hole = 0  # octets missing right after the buffered ones (rule 5)
-        self._behind: deque[bytes | int] = deque()  # what arrived after the hole, in order
+        # what arrived after the hole, in order (made at the first hole: most streams have
+        # none, and an empty deque costs 600 bytes)
+        self._behind: deque[bytes | int] | None = None
         self._ended = False  # EOF fed, perhaps still behind a hole
         self._searched = 0  # leading bytes already known to hold no LF
 
@@ -77,7 +79,7 @@ class ReceiveBuffer:
             raise RuntimeError("data received after EOF")
         self._ended = self._ended or not data
         if self.hole:
-            self._behind.append(data)
+            self._later(data)
         elif data:
             self.data += data
         else:
@@ -88,9 +90,14 @@ class ReceiveBuffer:
         if self._ended:
             raise RuntimeError("gap reported after EOF")
         if n > 0 and self.hole:
-            self._behind.append(n)
+            self._later(n)
         elif n > 0:
             self.hole = n
+
+    def _later(self, item: bytes | int) -> None:
+        if self._behind is None:
+            self._behind = deque()
+        self._behind.append(item)
 
     def pass_hole(self, n: int) -> None:
         """Consume ``n`` missing octets (all buffered bytes must be consumed first)."""

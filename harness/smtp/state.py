@@ -22,9 +22,10 @@ Rules kept here:
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Iterable
 from enum import Enum
+
+from harness.fifo import Fifo
 
 
 class State(Enum):
@@ -111,7 +112,7 @@ class Session:
         starts, which has no greeting and awaits EHLO (RFC 3207 §4.2: both ends discard
         what they knew, and the client SHOULD send EHLO first)."""
         self.state = State.HELLO if after_tls else State.GREETING
-        self._waiting: deque[str] = deque() if after_tls else deque([GREETING])
+        self._waiting: Fifo[str] = Fifo() if after_tls else Fifo([GREETING])
         self._expected = self.state
 
     @property
