@@ -65,7 +65,7 @@ from harness.ladder.packets import UDP, Decoder, Keep, Packet
 from harness.ladder.sessions import SESSION_KINDS, Flow, Splitter
 from harness.ladder.tcpstream import Event, Reassembler
 
-BATCH = 4096  # packets between two merges
+BATCH = 2048  # packets between two merges
 LEAD = 2  # batches a worker may run ahead of its numbers
 OWN = (1 << 40) - 1  # the key's second part for a packet's own connection
 MIN_BYTES = 4 << 20  # a smaller file is read by one process: a worker's start costs more
