@@ -129,8 +129,13 @@ def big(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def _with_worker(capture: Path, args: list[str]) -> tuple[subprocess.Popen, int]:
-    """A command on *capture* in two processes, and its worker's pid once it reads."""
+def _with_worker(
+    capture: Path, args: list[str], stop: bool = False
+) -> tuple[subprocess.Popen, int]:
+    """A command on *capture* in two processes, and its worker's pid once it reads; with
+    *stop*, the worker is stopped (SIGSTOP) as soon as it is seen, so it cannot have
+    finished its share however slow the machine, while the command reads on to the end of
+    its lead and waits for it."""
     proc = subprocess.Popen(
         [*CLI, *args, "--jobs", "2", str(capture)],
         stdout=subprocess.DEVNULL,
@@ -140,7 +145,9 @@ def _with_worker(capture: Path, args: list[str]) -> tuple[subprocess.Popen, int]
     for _ in range(600):
         workers = _children(proc.pid)
         if workers:
-            time.sleep(0.5)  # it is reading
+            if stop:
+                os.kill(workers[0], signal.SIGSTOP)
+            time.sleep(0.5)  # it is reading (or stopped while the command reads)
             return proc, workers[0]
         time.sleep(0.05)
     proc.kill()
@@ -157,10 +164,12 @@ def _gone(pid: int) -> bool:
 
 @pytest.mark.parametrize("stopped", [False, True], ids=["running", "while-the-command-waits"])
 def test_a_worker_killed_is_our_fault_said_in_one_line(big: Path, stopped: bool) -> None:
-    """Killed while the command waits (SIGSTOP), the worker is gone before the command reads
-    its end of the pipe: the command may be sending it numbers then (a broken pipe, which
-    once came out as a second line), or hear of its end first; one line either way."""
-    proc, worker = _with_worker(big, ["check"])
+    """The worker, stopped as soon as it is seen (it cannot have finished its share, however
+    loaded the machine), is killed: while the command reads on, or while the command is
+    stopped too, so that it is gone before the command looks (the command may be sending it
+    its job or numbers then, into a broken pipe, or hear of its end first).  One line, our
+    fault, either way."""
+    proc, worker = _with_worker(big, ["check"], stop=True)
     if stopped:
         os.kill(proc.pid, signal.SIGSTOP)
     os.kill(worker, signal.SIGKILL)

@@ -498,7 +498,10 @@ class Coordinator(Worker):
         self._procs.append(proc)
         pipe = Connection(ours.detach())
         self._pipes.append(pipe)
-        pipe.send(replace(self.job, me=me))
+        try:
+            pipe.send(replace(self.job, me=me))
+        except OSError:  # it ended before it was told its job
+            self._lost(me)
         threading.Thread(target=self._receive, args=(me, pipe), daemon=True).start()
 
     def _receive(self, me: int, pipe: Connection) -> None:
