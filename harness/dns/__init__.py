@@ -4,11 +4,13 @@
 applied and every query recorded in a ``QueryLog``; ``query``/``aquery`` are the stub
 resolver our own peers use.  Each name is imported from its module when first asked for:
 a module that needs only the zones' grammar (``harness.grammar``) does not load the
-server and asyncio.
+server and asyncio.  The deferred import is ``signals.imported``: a signal that arrives
+meanwhile lands after it, never inside it.
 """
 
-import importlib
 from typing import Any
+
+from harness import signals
 
 _HOMES = {
     "FaultRule": "faults",
@@ -29,4 +31,4 @@ def __getattr__(name: str) -> Any:
     home = _HOMES.get(name)
     if home is None:
         raise AttributeError(f"module 'harness.dns' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"harness.dns.{home}"), name)
+    return getattr(signals.imported(f"harness.dns.{home}"), name)

@@ -64,8 +64,9 @@ def lab_up(scenario: Path | None, receiver: str | None, capture: bool, out: Path
     # script) stays ignored.
     with contextlib.suppress(KeyboardInterrupt):
         from harness import signals
-        from harness.lab import up
-        from harness.runner import lab_dns
+
+        up = signals.imported("harness.lab.up")  # a Ctrl-C meanwhile lands after the import
+        lab_dns = signals.imported("harness.runner").lab_dns
 
         scen = up.up_scenario(scenario, receiver)
         with Lab(scen.topology, purpose="up") as running, contextlib.ExitStack() as stack:
