@@ -25,6 +25,7 @@ from ladder_pcaps import (
 )
 
 from harness.capture.pcapfile import PcapWriter
+from harness.checks import offline
 from harness.checks.base import registry
 from harness.checks.offline import OfflineJudge, recipients
 from harness.checks.steps import commands, reply_to
@@ -196,6 +197,49 @@ def test_checks_that_need_a_lab_are_na_with_why(tmp_path):
     assert "'seed'" in verdicts["seed.exchange"]["note"]
     assert verdicts["esmtp.pipelining-advertised-only"]["verdict"] == "n/a"  # PIPELINING
     assert verdicts["close.client-waits-221"]["verdict"] == "pass"
+
+
+@pytest.mark.parametrize(
+    ("check_id", "cut", "who"),
+    [
+        ("tcp.reset-after-rcpt", 7, "s"),  # the receiver's RST after its 250 to RCPT
+        ("tcp.reset-after-354", 9, "s"),  # after its 354
+        ("tcp.reset-before-250", 10, "s"),  # after the message, before any reply
+        ("tcp.reset-after-250", 11, "s"),  # after its 250 to the message
+    ],
+)
+def test_a_judge_of_the_sender_s_queue_is_na_with_why(tmp_path, check_id, cut, who):
+    """What became of a recipient after a reset (RFC 5321 §3.8: "as if a 451 response had
+    been received") is in the sender's queue, which a capture does not hold: n/a naming it,
+    never an error of ours (the judge read a lab run's outcomes)."""
+    cap = Capture()
+    session(cap, ONE_RCPT[:cut], cport=40001, close=False).rst(who)
+    done = smtp_harness("check", "--format", "jsonl", str(cap.write(tmp_path / "rst.pcap")))
+    (first, *_rest) = lines(done.stdout)
+    verdicts = {c["id"]: c for c in first["checks"]}
+    assert verdicts[check_id]["verdict"] == "n/a"
+    assert verdicts[check_id]["note"] == "needs a lab: its judge reads the sender's queue " + (
+        "(what became of each recipient)"
+    )
+    assert [c["id"] for c in first["checks"] if c["verdict"] == "error"] == []
+
+
+def test_a_planned_na_is_what_the_judge_itself_says(tmp_path):
+    """``OfflineJudge`` skips a check whose first precondition lacks what the session has
+    (its plan, kept per kinds, verbs and codes): every verdict, note and citation is the
+    one ``Check.judge`` gives, on sessions with different plans and a plan used twice."""
+    path = two_sessions(tmp_path / "two.pcap", second=[*ONE_RCPT[:-1]])
+    splitter = Splitter({}, file_names=True)
+    judge = OfflineJudge()
+    for flow in [f for f in splitter.flows(str(path)) if f.session is not None] * 2:
+        report = judge.session(flow, "two.pcap", splitter.hosts)
+        run = offline._as_run(
+            flow.ladder("two.pcap"), offline.Ends(report.client, report.server), path
+        )
+        for judged in report.judged:
+            if not offline.passive_reason(judged.check):
+                assert judged.outcome == judged.check.judge([run]), judged.check.id
+    assert len(judge._plans) == 2  # the two sessions differ in what they have (221 or not)
 
 
 def test_per_recipient_outcomes_as_the_replies_show_them(tmp_path):

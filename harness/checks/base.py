@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
-from harness.checks.queries import present
+from harness.checks.queries import Present, present
 from harness.errors import HarnessError, InternalError
 from harness.ladder.model import Ladder, Step, StepKind
 from harness.result import RunResult
@@ -58,6 +58,7 @@ if TYPE_CHECKING:
 
 ROLES = ("sender", "receiver")
 SENDER, RECEIVER, BOTH = ("sender",), ("receiver",), ROLES
+QUEUE = "the sender's queue (what became of each recipient)"  # a lab run's alone (``lab``)
 REFERENCE = "harness"  # the column where our scripted peers play the role under test
 MODULES = ("seed", "dns", "session", "esmtp", "data", "close", "tcp", "tls")
 
@@ -154,9 +155,10 @@ class Precondition:
 
     def absent(self, ladder: Ladder) -> bool:
         """Whether the ladder lacks what ``find`` needs (then it would find nothing)."""
-        if not self.gated:
-            return False
-        has = present(ladder)
+        return self.gated and self.lacks(present(ladder))
+
+    def lacks(self, has: Present) -> bool:
+        """Whether a ladder that has ``has`` lacks what ``find`` needs."""
         return (
             bool(self.needs and has.kinds.isdisjoint(self.needs))
             or bool(self.verbs and has.verbs.isdisjoint(self.verbs))

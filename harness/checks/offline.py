@@ -29,11 +29,13 @@ Rules kept here:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.checks.base import Check, Outcome, error, not_applicable, registry
+from harness.checks.queries import Present, present
 from harness.errors import InternalFault
 from harness.ladder.dissect import endpoint_names
 from harness.ladder.model import Ladder, Step, StepKind
@@ -47,6 +49,7 @@ TLS_REASON = "the session is TLS from its first byte (RFC 8314 §3): its SMTP is
 UNDECRYPTED = "TLS not decrypted: no key log"
 _BY_DIGIT = {2: OutcomeStatus.DELIVERED, 4: OutcomeStatus.DEFERRED, 5: OutcomeStatus.REJECTED}
 _ENDS_DATA = frozenset({"<end-of-data>", "BDAT LAST"})  # what a reply to the message answers
+PLANS = 4096  # plans kept (by what a session's ladder has); then forgotten and made again
 
 
 def passive_reason(check: Check) -> str:
@@ -93,8 +96,22 @@ class SessionReport:
     recipients: list[Recipient] = field(default_factory=list)
     judged: list[Judged] = field(default_factory=list)
 
+    @functools.cached_property
+    def places(self) -> dict[Verdict, list[int]]:
+        """The places in ``judged`` of each verdict (one pass over it, made when first asked:
+        ``judged`` is complete by then)."""
+        found: dict[Verdict, list[int]] = {}
+        for at, judged in enumerate(self.judged):
+            found.setdefault(judged.outcome.verdict, []).append(at)
+        return found
+
+    def count(self, verdict: Verdict) -> int:
+        return len(self.places.get(verdict, ()))
+
     def with_verdict(self, *verdicts: Verdict) -> list[Judged]:
-        return [j for j in self.judged if j.outcome.verdict in verdicts]
+        """The judged checks with one of ``verdicts``, in the order of ``judged``."""
+        places = [at for verdict in verdicts for at in self.places.get(verdict, ())]
+        return [self.judged[at] for at in sorted(places)]
 
     @property
     def exit_code(self) -> ExitCode:
@@ -121,6 +138,7 @@ class OfflineJudge:
             for at, (check, reason) in enumerate(self.checks)
             if not reason
         ]
+        self._plans: dict[tuple[frozenset, ...], list[Planned]] = {}
         self._folders: dict[str, Path] = {}
 
     def session(self, flow: Flow, source: str, hosts: dict[str, str]) -> SessionReport:
@@ -138,10 +156,38 @@ class OfflineJudge:
         run = _as_run(flow.ladder(source, hosts), ends, folder)
         blind = tls_at is not None and not _decrypted(flow)
         judged: list[Judged | None] = list(self._lab_only)
-        for at, check, unseen in self._judged_here:
-            judged[at] = (blind and unseen) or Judged(check, _judge(check, run, tls_at))
+        for at, check, unseen, unexercised in self._plan(present(run.ladder)):
+            judged[at] = (
+                (blind and unseen) or unexercised or Judged(check, _judge(check, run, tls_at))
+            )
         report.judged = judged  # type: ignore[assignment]  # every place is filled
         return report
+
+    def _plan(self, has: Present) -> list[Planned]:
+        """The judgeable checks, each with its n/a made already when a ladder that has
+        ``has`` lacks what its first precondition needs (``Check.judge`` would say just
+        that, its first precondition being the first it asks): most sessions have the same
+        few kinds, verbs and codes, so most checks of a session are never called."""
+        key = (has.kinds, has.verbs, has.codes)
+        plan = self._plans.get(key)
+        if plan is None:
+            if len(self._plans) >= PLANS:
+                self._plans.clear()
+            plan = self._plans[key] = [
+                (at, check, unseen, _unexercised(check, has))
+                for at, check, unseen in self._judged_here
+            ]
+        return plan
+
+
+Planned = tuple[int, Check, Judged | None, Judged | None]  # place, check, if blind, if lacking
+
+
+def _unexercised(check: Check, has: Present) -> Judged | None:
+    """The check's n/a in a ladder that has ``has``, if its first precondition lacks it."""
+    first = check.requires[0]  # a judgeable check has one (``passive_reason``)
+    assert first.run == 0  # and one run
+    return Judged(check, first.unexercised) if first.gated and first.lacks(has) else None
 
 
 def _inside_tls(check: Check) -> bool:

@@ -47,6 +47,7 @@ Rules kept here:
 from __future__ import annotations
 
 from harness.checks.base import (
+    QUEUE,
     RECEIVER,
     SENDER,
     Kind,
@@ -306,7 +307,9 @@ SECTION_3_8 = (
     SENDER,
     RESET_AFTER_RCPT,
     requires=[
-        Precondition("a 250 to RCPT, then the receiver's RST", _reset_after_rcpt, needs=RESET)
+        Precondition(
+            "a 250 to RCPT, then the receiver's RST", _reset_after_rcpt, lab=QUEUE, needs=RESET
+        )
     ],
 )
 def reset_after_rcpt(seen: Seen) -> Outcome:
@@ -320,7 +323,9 @@ def reset_after_rcpt(seen: Seen) -> Outcome:
     SENDER,
     RESET_AFTER_354,
     requires=[
-        Precondition("a 354 to DATA, then the receiver's RST", _reset_after_354, needs=RESET)
+        Precondition(
+            "a 354 to DATA, then the receiver's RST", _reset_after_354, lab=QUEUE, needs=RESET
+        )
     ],
 )
 def reset_after_354(seen: Seen) -> Outcome:
@@ -357,6 +362,7 @@ def _window_closed(run: RunResult) -> list[Step]:
             "a 354 to DATA, then the message never complete on the wire (a closed window) "
             "and no reply to it",
             _window_closed,
+            lab=QUEUE,
             codes=(354,),
         )
     ],
@@ -376,6 +382,7 @@ def zero_window_data(seen: Seen) -> Outcome:
         Precondition(
             "the message, then the receiver's RST before any reply",
             _reset_before_reply,
+            lab=QUEUE,
             needs=RESET,
         )
     ],
@@ -391,7 +398,12 @@ def reset_before_250(seen: Seen) -> Outcome:
     SENDER,
     RESET_AFTER_250,
     requires=[
-        Precondition("a 250 to the message, then the receiver's RST", _reset_after_250, needs=RESET)
+        Precondition(
+            "a 250 to the message, then the receiver's RST",
+            _reset_after_250,
+            lab=QUEUE,
+            needs=RESET,
+        )
     ],
 )
 def reset_after_250(seen: Seen) -> Outcome:

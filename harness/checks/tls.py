@@ -54,6 +54,7 @@ from collections.abc import Callable, Sequence
 
 from harness.checks.base import (
     BOTH,
+    QUEUE,
     RECEIVER,
     SENDER,
     Kind,
@@ -110,7 +111,6 @@ INJECTIONS = {
     "Subject: injected\r\n\r\ninjected\r\n.\r\n",
 }
 Finder = Callable[[RunResult], Sequence[Step]]
-QUEUE = "the sender's queue (what became of each recipient)"
 
 
 # --- setups ---------------------------------------------------------------------------------

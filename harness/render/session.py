@@ -13,7 +13,6 @@ Rules kept here:
 from __future__ import annotations
 
 import bisect
-from collections import Counter
 
 from harness.checks.offline import TLS_REASON, Judged, Recipient, SessionReport
 from harness.ladder.model import Step
@@ -35,8 +34,8 @@ def render(report: SessionReport) -> str:
     if flow.kind is FlowKind.TLS:
         lines.append(f"  {TLS_REASON}")
     lines += [f"  {_recipient(r)}" for r in report.recipients]
-    counts = Counter([j.outcome.verdict for j in report.judged])
-    lines.append("  checks: " + ", ".join(f"{counts[v]} {v}" for v in _ORDER if counts[v]))
+    counts = [(report.count(verdict), verdict) for verdict in _ORDER]
+    lines.append("  checks: " + ", ".join(f"{n} {verdict}" for n, verdict in counts if n))
     for judged in report.with_verdict(Verdict.KNOWN, Verdict.OBSERVED):
         outcome = judged.outcome
         lines.append(f"  {outcome.verdict} {judged.check.id}: {outcome.value or outcome.note}")
