@@ -19,6 +19,7 @@ from conftest import PYTHON
 from wire import run_of, scenario_of
 
 from harness.checks.base import MODULES, Check, Kind, registry
+from harness.checks.queries import present
 from harness.outcome import OutcomeStatus
 from harness.verdict import Verdict
 
@@ -122,8 +123,13 @@ def test_a_gate_never_hides_what_its_find_finds(check_id, n, tmp_path) -> None:
             found += 1
             assert not pre.absent(run.ladder), f"case {i}: the gate hides what the find found"
             named = set(pre.needs) | set(pre.verbs) | set(pre.codes)
-            kept = [s for s in run.ladder.steps if not named & _what(s)]
-            assert pre.absent(dataclasses.replace(run.ladder, steps=kept)), f"case {i}"
+            kept = dataclasses.replace(
+                run.ladder, steps=[s for s in run.ladder.steps if not named & _what(s)]
+            )
+            assert pre.absent(kept), f"case {i}"
+            if n == 0 and len(check.setups) == 1:  # what ``check`` plans without the judge
+                assert check.lacking(present(run.ladder)) is None, f"case {i}"
+                assert check.lacking(present(kept)) is pre.unexercised, f"case {i}"
     assert found, f"no case of {check_id} exercises precondition {n}: the gate is untested"
 
 

@@ -249,6 +249,15 @@ class Check:
             return error(str(exc))
         return self._earned(outcome, results, found)
 
+    def lacking(self, has: Present) -> Outcome | None:
+        """The n/a ``judge`` gives a single run whose ladder has ``has``, when the first
+        precondition (the first it asks) lacks what its find needs; None when that takes
+        the judgement itself (or the check compares several runs)."""
+        if len(self.setups) != 1 or not self.requires:
+            return None
+        first = self.requires[0]
+        return first.unexercised if first.gated and first.lacks(has) else None
+
     def _earned(
         self, outcome: Outcome, results: Sequence[RunResult], found: list[tuple[Step, ...]]
     ) -> Outcome:

@@ -98,8 +98,8 @@ class SessionReport:
 
     @functools.cached_property
     def places(self) -> dict[Verdict, list[int]]:
-        """The places in ``judged`` of each verdict (one pass over it, made when first asked:
-        ``judged`` is complete by then)."""
+        """The places in ``judged`` of each verdict (one pass over it; ``OfflineJudge``
+        makes a report with every check judged)."""
         found: dict[Verdict, list[int]] = {}
         for at, judged in enumerate(self.judged):
             found.setdefault(judged.outcome.verdict, []).append(at)
@@ -145,13 +145,17 @@ class OfflineJudge:
         """The report of one SMTP or TLS session (``flow.session`` set)."""
         assert flow.client is not None and flow.server is not None  # a session is a connection
         client, server = endpoint_names(hosts, flow.client[0], flow.server)
-        report = SessionReport(flow, client, server, recipients(flow.steps))
         ends = Ends(client, server)
+        return SessionReport(
+            flow, client, server, recipients(flow.steps), self._judged(flow, source, hosts, ends)
+        )
+
+    def _judged(self, flow: Flow, source: str, hosts: dict[str, str], ends: Ends) -> list[Judged]:
+        """Every check's verdict on the session, in the order of ``checks``."""
         why_not, tls_at = unreadable(flow, ends), _encrypted_from(flow)
         if why_not:
             unjudged = not_applicable(why_not)
-            report.judged = [Judged(check, unjudged) for check, _ in self.checks]
-            return report
+            return [Judged(check, unjudged) for check, _ in self.checks]
         folder = self._folders.get(source) or self._folders.setdefault(source, Path(source))
         run = _as_run(flow.ladder(source, hosts), ends, folder)
         blind = tls_at is not None and not _decrypted(flow)
@@ -160,8 +164,7 @@ class OfflineJudge:
             judged[at] = (
                 (blind and unseen) or unexercised or Judged(check, _judge(check, run, tls_at))
             )
-        report.judged = judged  # type: ignore[assignment]  # every place is filled
-        return report
+        return judged  # type: ignore[return-value]  # every place is filled
 
     def _plan(self, has: Present) -> list[Planned]:
         """The judgeable checks, each with its n/a made already when a ladder that has
@@ -174,8 +177,7 @@ class OfflineJudge:
             if len(self._plans) >= PLANS:
                 self._plans.clear()
             plan = self._plans[key] = [
-                (at, check, unseen, _unexercised(check, has))
-                for at, check, unseen in self._judged_here
+                (at, check, unseen, _lacking(check, has)) for at, check, unseen in self._judged_here
             ]
         return plan
 
@@ -183,11 +185,9 @@ class OfflineJudge:
 Planned = tuple[int, Check, Judged | None, Judged | None]  # place, check, if blind, if lacking
 
 
-def _unexercised(check: Check, has: Present) -> Judged | None:
-    """The check's n/a in a ladder that has ``has``, if its first precondition lacks it."""
-    first = check.requires[0]  # a judgeable check has one (``passive_reason``)
-    assert first.run == 0  # and one run
-    return Judged(check, first.unexercised) if first.gated and first.lacks(has) else None
+def _lacking(check: Check, has: Present) -> Judged | None:
+    outcome = check.lacking(has)
+    return None if outcome is None else Judged(check, outcome)
 
 
 def _inside_tls(check: Check) -> bool:
