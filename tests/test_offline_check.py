@@ -242,6 +242,33 @@ def test_a_planned_na_is_what_the_judge_itself_says(tmp_path):
     assert len(judge._plans) == 2  # the two sessions differ in what they have (221 or not)
 
 
+def test_a_blind_plan_is_what_the_judge_itself_says():
+    """In a session whose TLS was not decrypted (no key log), the plan (kept per kinds,
+    verbs and codes, used twice here) gives a check that looks inside TLS its n/a
+    ``UNDECRYPTED``, and every other judgeable check the verdict its judge gives, read in
+    the clear."""
+    path = ROOT / "tests" / "crafted" / "tls" / "starttls-tls13.pcap"
+    splitter = Splitter({}, file_names=True)
+    judge = OfflineJudge()
+    flows = [f for f in splitter.flows(str(path)) if f.session is not None]
+    assert flows
+    for flow in flows * 2:
+        report = judge.session(flow, path.name, splitter.hosts)
+        ends = offline.Ends(report.client, report.server)
+        run = offline._as_run(flow.ladder(path.name, splitter.hosts), ends, path)
+        tls_at = offline._encrypted_from(flow)
+        assert tls_at is not None and not offline._decrypted(flow)
+        for judged in report.judged:
+            if offline.passive_reason(judged.check):
+                continue
+            want = (
+                offline.not_applicable(offline.UNDECRYPTED)
+                if offline._inside_tls(judged.check)
+                else offline._judge(judged.check, run, tls_at)
+            )
+            assert judged.outcome == want, judged.check.id
+
+
 def test_per_recipient_outcomes_as_the_replies_show_them(tmp_path):
     dialogue = [
         *ONE_RCPT[:5],

@@ -65,7 +65,7 @@ LINKTYPES = frozenset(
     }
 )
 
-CHUNK = 1 << 20
+CHUNK = 1 << 18  # bytes read at a time: a refill briefly holds three (old, read, joined)
 CUT_SHORT = "capture cut short"  # how the warning of a file cut short begins
 MAX_CAPLEN = 262_144
 MAX_BLOCK = 4 << 20

@@ -62,9 +62,12 @@ NO_8BITMIME = _esmtp("no-8bitmime", ["PIPELINING", "SIZE 10240000"], message="8b
 def advertised(reply: Step) -> dict[str, str]:
     """The EHLO keywords of a 250 reply to EHLO, upper-cased, with their parameters (the
     lines after the first, RFC 5321 §4.1.1.1 ehlo-line)."""
-    lines = reply.text.split("\n")[1:]
-    words = (line[4:].split(" ", 1) for line in lines)
-    return {w[0].upper(): (w[1] if len(w) > 1 else "") for w in words if w and w[0]}
+    found: dict[str, str] = {}
+    for line in reply.text.split("\n")[1:]:  # a loop: no list per line, no generator
+        keyword, _, parameters = line[4:].partition(" ")
+        if keyword:
+            found[keyword.upper()] = parameters
+    return found
 
 
 def _ehlo_reply(

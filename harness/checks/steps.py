@@ -20,7 +20,7 @@ Rules kept here:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from harness.checks.base import Unjudged
 from harness.checks.queries import per_ladder, where
@@ -30,6 +30,10 @@ from harness.result import RunResult
 from harness.smtp.commands import parse_command
 
 CLIENT_UNITS = (StepKind.COMMAND, StepKind.CONTENT, StepKind.BDAT)
+# kinds read once here: an enum member read off its class costs ~70 ns, in a loop per step
+_REPLY, _BDAT = StepKind.REPLY, StepKind.BDAT
+_PAIRED = (*CLIENT_UNITS, StepKind.REPLY)  # what ``exchanges`` pairs
+_MESSAGES = (StepKind.CONTENT, StepKind.BDAT)  # message content, whole or by chunk
 Record = tuple[str, str, str]  # (name, type, rdata) of one DNS resource record
 
 
@@ -132,9 +136,9 @@ def rcode(step: Step) -> str:
 
 
 # --- SMTP -----------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Exchange:
-    """A client unit (command or content) and the reply it got, and what was owed before."""
+class Exchange(NamedTuple):
+    """A client unit (command or content) and the reply it got, and what was owed before
+    (a named tuple: made at a third of a frozen dataclass's cost, one per client unit)."""
 
     unit: Step
     reply: Step | None
@@ -154,13 +158,13 @@ def exchanges(ladder: Ladder, conn: int) -> list[Exchange]:
     before: dict[int, Step | None] = {}
     replies: dict[int, Step] = {}
     shares: dict[int, int] = {}  # a BDAT chunk -> its command, whose reply answers both
-    for step in where(ladder, (*CLIENT_UNITS, StepKind.REPLY), conn=conn):
-        if step.kind == StepKind.REPLY:
+    for step in where(ladder, _PAIRED, conn=conn):
+        if step.kind == _REPLY:
             if step.get("answers") != "<greeting>" and owed and complete(step):
                 replies[owed.pop(0).index] = step
             continue
         units.append(step)
-        if step.kind == StepKind.BDAT and _owed_bdat(units[-2:-1], owed):
+        if step.kind == _BDAT and _owed_bdat(units[-2:-1], owed):
             shares[step.index] = units[-2].index
             before[step.index] = before[units[-2].index]
             continue
@@ -214,7 +218,9 @@ def reply_to(ladder: Ladder, unit: Step) -> Step | None:
     """The reply to one command or content step."""
     assert unit.conn is not None  # SMTP steps always belong to a connection
     found = _by_unit(ladder, unit.conn).get(unit.index)
-    return found.reply if found is not None and found.unit == unit else None
+    if found is None or (found.unit is not unit and found.unit != unit):  # `is`: no field compare
+        return None
+    return found.reply
 
 
 @per_ladder
@@ -243,13 +249,13 @@ def accepted_data(ladder: Ladder) -> list[Exchange]:
     return [
         x
         for x in all_exchanges(ladder)
-        if x.unit.kind in (StepKind.CONTENT, StepKind.BDAT) and (code(x.reply) or 0) // 100 == 2
+        if x.unit.kind in _MESSAGES and (code(x.reply) or 0) // 100 == 2
     ]
 
 
 def contents(ladder: Ladder) -> list[Step]:
     """Every message content (DATA) or BDAT chunk the client sent."""
-    return where(ladder, (StepKind.CONTENT, StepKind.BDAT))
+    return where(ladder, _MESSAGES)
 
 
 def closes(ladder: Ladder, conn: int) -> list[Step]:

@@ -72,6 +72,7 @@ from harness.checks.base import (
     passed,
 )
 from harness.checks.esmtp import advertised
+from harness.checks.queries import present
 from harness.checks.steps import (
     CLIENT_UNITS,
     Exchange,
@@ -176,6 +177,8 @@ def _undecrypted(run: RunResult) -> list[int | None]:
 
 @per_ladder
 def _unread(ladder: Ladder) -> list[int | None]:
+    if StepKind.TLS not in present(ladder).kinds:  # no opaque step: nothing unread
+        return []
     read = {
         h.conn for h in where(ladder, StepKind.TLS_HANDSHAKE) if h.get("decrypted") is not False
     }
