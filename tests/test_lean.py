@@ -17,6 +17,7 @@ import pytest
 from conftest import ROOT
 
 PLAIN = ROOT / "tests" / "crafted" / "smtp" / "d7-auth.pcap"  # SMTP with AUTH, no TLS
+NO_CONTENT = ROOT / "tests" / "crafted" / "tcp" / "quit-after-fin.pcap"  # EHLO, no DATA
 TLS = ROOT / "tests" / "crafted" / "tls" / "starttls-tls13.pcap"
 DEFERRED = ("cryptography", "asyncio", "ssl", "harness.tls.records", "harness.ladder.compare")
 RENDERERS = ("harness.render.svg", "harness.render.html", "harness.render.mermaid")
@@ -54,6 +55,26 @@ def test_the_stream_reader_imports_neither_cryptography_nor_asyncio() -> None:
     modules = _modules_after("import harness.ladder.sessions")
     assert "harness.ladder.dissect" in modules
     assert not [m for m in (*DEFERRED, *RENDERERS) if m in modules]
+
+
+def test_a_worker_loads_no_multiprocessing_package() -> None:
+    """What a worker process imports (``python -m harness.ladder.parallel``): its pipe is
+    ``harness.ladder.pipe``, not ``multiprocessing`` (~2 MiB resident in each process)."""
+    code = "import harness.ladder.parallel, harness.checks.offline, harness.render.jsonl"
+    modules = _modules_after(code)
+    assert "harness.ladder.pipe" in modules
+    assert not [m for m in modules if m.split(".")[0] in ("multiprocessing", "_multiprocessing")]
+
+
+def test_openssl_digests_wait_for_the_first_message_content(tmp_path) -> None:
+    """A capture with no DATA nor BDAT content needs no SHA-256, so no ``hashlib`` (OpenSSL's
+    libcrypto, ~3 MiB resident); one with content loads it and shows the digest."""
+    modules, out = _command_modules(tmp_path, "ladder", "--format", "jsonl", str(NO_CONTENT))
+    assert '"verb":"QUIT"' in out and '"kind":"content"' not in out
+    assert not {"hashlib", "_hashlib"} & modules
+    modules, out = _command_modules(tmp_path, "ladder", "--format", "jsonl", str(PLAIN))
+    assert '"kind":"content"' in out and '"sha256":' in out
+    assert "hashlib" in modules
 
 
 LAB_ONLY = (  # what runs a lab: judging a capture has no use for it

@@ -210,3 +210,28 @@ def test_a_signal_ends_the_command_and_its_workers(
             break
         time.sleep(0.05)
     assert _gone(worker)
+
+
+def test_a_pipe_gives_the_messages_in_order_then_eof_at_the_close() -> None:
+    """``harness.ladder.pipe``: what one end sends the other receives, in order and equal; a
+    closed end, or one closed in the middle of a message, is ``EOFError`` to the other."""
+    import pickle
+    import socket
+
+    from harness.ladder.pipe import Pipe
+
+    ours, theirs = (Pipe(s) for s in socket.socketpair())
+    messages = [("told", 1, {"a": [1, 2]}), b"x" * 300_000, None]
+    for message in messages:
+        ours.send(message)
+    assert [theirs.recv() for _ in messages] == messages
+    ours.close()
+    with pytest.raises(EOFError):
+        theirs.recv()
+    theirs.close()
+    left, right = socket.socketpair()
+    data = pickle.dumps("a whole message")
+    left.sendall(len(data).to_bytes(8, "big") + data[:5])  # cut after five octets
+    left.close()
+    with pytest.raises(EOFError):
+        Pipe(right).recv()

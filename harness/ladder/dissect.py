@@ -61,7 +61,6 @@ Rules this module keeps:
 
 from __future__ import annotations
 
-import hashlib
 from collections import Counter, deque
 from collections.abc import Iterator
 from dataclasses import replace
@@ -83,6 +82,8 @@ from harness.smtp.protocol import Observer
 from harness.tls.keylog import KeyLog
 
 if TYPE_CHECKING:
+    from hashlib import _Hash as Hash
+
     from harness.ladder.parallel import Share
     from harness.tls.records import Established, Plaintext, Problem, TlsSession
 
@@ -366,7 +367,7 @@ class _Content:
         self.missing = 0  # octets a gap took from the capture, counted in size
         self.lines = 0
         self.first_line = b""
-        self.digest = hashlib.sha256()
+        self.digest = _sha256()
         self.evidence: list[int] = []
 
     def add(self, data: bytes, evidence: list[int]) -> None:
@@ -920,6 +921,13 @@ def _unique(numbers: list[int]) -> tuple[int, ...]:
         first, last = numbers
         return (first,) if first == last else (first, last) if first < last else (last, first)
     return tuple(sorted(set(numbers)))
+
+
+def _sha256() -> Hash:
+    """A new SHA-256 of content, ``hashlib`` imported with the first: it loads OpenSSL's
+    libcrypto, 3.7 MiB resident in each process, which a capture without message content
+    never needs (``tests/test_lean.py`` holds it out of such a run)."""
+    return signals.imported("hashlib").sha256()
 
 
 def _tls_records() -> ModuleType:

@@ -55,13 +55,13 @@ from array import array
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
-from multiprocessing.connection import Connection
 from typing import Any, NoReturn
 
 from harness.capture.pcapfile import Record
 from harness.errors import HarnessError, InternalError, InternalFault
 from harness.ladder.model import Coverage, Step
 from harness.ladder.packets import UDP, Decoder, Keep, Packet
+from harness.ladder.pipe import Pipe
 from harness.ladder.sessions import SESSION_KINDS, Flow, Splitter
 from harness.ladder.tcpstream import Event, Reassembler
 
@@ -402,7 +402,7 @@ class _Piped(Worker):
     """A worker in a process of its own: told and numbered over its end of a socket pair;
     a thread takes the numbers as they come, so the coordinator's sends never wait."""
 
-    def __init__(self, job: Job, pipe: Connection) -> None:
+    def __init__(self, job: Job, pipe: Pipe) -> None:
         splitter = _splitter(job)
         super().__init__(splitter, renderer(job, splitter), job.me, job.workers)
         self.pipe = pipe
@@ -434,7 +434,7 @@ class _Piped(Worker):
 
 def _child(fd: int) -> None:
     """A worker process's life: its job, its pass, its warnings; a fault said, not shown."""
-    pipe = Connection(fd)
+    pipe = Pipe.from_fd(fd)
     try:
         job: Job = pipe.recv()
         worker = _Piped(job, pipe)
@@ -458,7 +458,7 @@ class Coordinator(Worker):
         self.totals = Totals()
         self.code, self.failed = 0, 0
         self._procs: list[subprocess.Popen] = []
-        self._pipes: list[Connection] = []
+        self._pipes: list[Pipe] = []
         self._inbox: queue.Queue = queue.Queue()
         self._told: dict[int, dict[int, Told]] = {}  # batch -> worker -> what it told
         self._merged = 0  # the next batch to merge
@@ -496,7 +496,7 @@ class Coordinator(Worker):
         )
         theirs.close()
         self._procs.append(proc)
-        pipe = Connection(ours.detach())
+        pipe = Pipe(ours)
         self._pipes.append(pipe)
         try:
             pipe.send(replace(self.job, me=me))
@@ -504,7 +504,7 @@ class Coordinator(Worker):
             self._lost(me)
         threading.Thread(target=self._receive, args=(me, pipe), daemon=True).start()
 
-    def _receive(self, me: int, pipe: Connection) -> None:
+    def _receive(self, me: int, pipe: Pipe) -> None:
         try:
             while True:
                 message = pipe.recv()
