@@ -9,16 +9,18 @@ Rules this script keeps:
   reused on later runs.  The sessions file holds short sessions (greeting, EHLO, QUIT),
   ``MANY_OPEN`` of them open at once.
 - Each reader runs in a child process of its own, so its peak RSS (ru_maxrss, from wait4)
-  is its own; a figure is the best of REPEATS runs (one run on the big files).
+  is its own; a reader's figure is the best of REPEATS runs (one run on the big file).
 - The first table ("reassembly") is the reader, decoder and TCP reassembly alone: no SMTP,
   no ladder, no output.  Ours does more than its peers there (decode every layer,
   reassemble, emit events); dpkt and scapy only get each packet's TCP flags and payload,
   tshark prints them.
 - The product path is what a user runs: both commands as processes, their output to
-  /dev/null, timed by wall clock with start-up included, against ``tshark -r FILE -Y smtp
+  /dev/null, timed by wall clock with start-up included, best of REPEATS rounds (each round
+  runs tshark and both commands in turn), against ``tshark -r FILE -Y smtp
   -T fields -e tcp.stream -e smtp.req.command -e smtp.req.parameter -e
-  smtp.response.code -e smtp.rsp.parameter`` (the same information), in one run on the
-  same file.  The ratio is tshark's time over ours (above 1: we are faster); peak RSS is
+  smtp.response.code -e smtp.rsp.parameter`` (the same information) on the same file.  The
+  ratio is tshark's best time over ours (above 1: we are faster), the rounds' own ratios'
+  range beside it (the spread the machine's drift leaves); peak RSS is the highest of the rounds,
   summed over our processes: each one's VmHWM, polled while it runs (with no workers, the
   command's ru_maxrss).  Our package is byte-compiled
   first, as an install leaves it.
@@ -27,8 +29,9 @@ Rules this script keeps:
   its ~0.3 s start-up included, as a user would run it.
 
 - ``--quick`` (or ``BENCH_QUICK=1`` in the environment) is the figure to work by: the product
-  path alone on the --packets file, one run of each command, in a minute or two.
-  ``--product``: the product path alone on all three files (the targets' figures).
+  path alone on the --packets file, one round, in a minute or two.
+  ``--product``: the product path alone on all three files, REPEATS rounds each (the
+  targets' figures).
 
 Usage: .venv/bin/python bench/bench_pcap.py [--packets 100000] [--big 1000000]
        [--sessions 100000] [--quick | --product]
@@ -279,26 +282,38 @@ def _peak_kib(pid: int) -> int:
     return int(line.split()[1])
 
 
-def product(path: Path, repeats: int) -> dict[str, tuple[float, int]]:
-    """name -> (best wall seconds, peak RSS in KiB) of each ``PRODUCT`` command on *path*.
-    The package is byte-compiled first, as an install leaves it: with
-    PYTHONDONTWRITEBYTECODE set and no __pycache__, each start would compile it again."""
+def product(path: Path, rounds: int) -> dict[str, list[tuple[float, int]]]:
+    """name -> [(wall seconds, peak RSS in KiB)] of each ``PRODUCT`` command on *path*, one
+    per round; each round runs every command once, in turn, so a drift of the machine's
+    speed (it moves by a quarter within minutes here) falls on all of them alike.  The
+    package is byte-compiled first, as an install leaves it: with PYTHONDONTWRITEBYTECODE
+    set and no __pycache__, each start would compile it again."""
     compileall = [sys.executable, "-m", "compileall", "-q", str(ROOT / "harness")]
     subprocess.run(compileall, check=True, env={**os.environ, "PYTHONDONTWRITEBYTECODE": ""})
-    found = {}
-    for name, argv in PRODUCT.items():
-        extra = TSHARK_SMTP if name == "tshark" else name.split()[1:]
-        runs = [_child_run([*argv, str(path), *extra], subprocess.DEVNULL) for _ in range(repeats)]
-        found[name] = (min(r[0] for r in runs), max(r[1] for r in runs))
+    found: dict[str, list[tuple[float, int]]] = {name: [] for name in PRODUCT}
+    for _ in range(rounds):
+        for name, argv in PRODUCT.items():
+            extra = TSHARK_SMTP if name == "tshark" else name.split()[1:]
+            seconds, rss, _ = _child_run([*argv, str(path), *extra], subprocess.DEVNULL)
+            found[name].append((seconds, rss))
     return found
 
 
-def _print_product(path: Path, figures: dict[str, tuple[float, int]]) -> None:
-    print(f"product path on {path.name} (wall clock, start-up included):")
-    tshark = figures["tshark"][0]
-    for name, (seconds, rss) in figures.items():
-        ratio = "" if name == "tshark" else f"   tshark/ours {tshark / seconds:5.2f}x"
-        print(f"  {name:22} {seconds:7.1f} s   peak RSS {rss / 1024:6.1f} MiB{ratio}")
+def _print_product(path: Path, figures: dict[str, list[tuple[float, int]]]) -> None:
+    """Each command's best time and highest peak RSS; the ratio is of the best times, with
+    the range of the rounds' own ratios beside it when there were several."""
+    rounds = len(figures["tshark"])
+    print(f"product path on {path.name} (wall clock, start-up included, best of {rounds}):")
+    tshark = [seconds for seconds, _ in figures["tshark"]]
+    for name, runs in figures.items():
+        seconds, rss = min(s for s, _ in runs), max(r for _, r in runs)
+        line = f"  {name:22} {seconds:7.1f} s   peak RSS {rss / 1024:6.1f} MiB"
+        if name != "tshark":
+            line += f"   tshark/ours {min(tshark) / seconds:5.2f}x"
+            ratios = [t / s for t, (s, _) in zip(tshark, runs, strict=True)]
+            if rounds > 1:
+                line += f" (rounds {min(ratios):.2f}x-{max(ratios):.2f}x)"
+        print(line)
 
 
 def main() -> None:
@@ -323,7 +338,7 @@ def main() -> None:
         if args.product:
             files += [generate(args.big), generate(0, sessions=args.sessions)]
         for path in files:
-            _print_product(path, product(path, 1))
+            _print_product(path, product(path, 1 if args.quick else REPEATS))
         return None
     small, sample, big = generate(args.packets), generate(SCAPY_PACKETS), generate(args.big)
     many = generate(0, sessions=args.sessions)
@@ -341,9 +356,8 @@ def main() -> None:
     print(f"  reassembly peak RSS at {args.packets:,} packets: {rss['reassembly'] / 1024:.1f} MiB")
     print(f"  reassembly peak RSS at {args.big:,} packets: {big_rss / 1024:.1f} MiB")
     print(f"  ({big_rate:,.0f} packets/s)")
-    _print_product(small, product(small, REPEATS))
-    _print_product(big, product(big, 1))
-    _print_product(many, product(many, 1))
+    for path in (small, big, many):
+        _print_product(path, product(path, REPEATS))
     print(f"total {time.perf_counter() - began:.0f} s")
 
 

@@ -269,6 +269,32 @@ def test_a_blind_plan_is_what_the_judge_itself_says():
             assert judged.outcome == want, judged.check.id
 
 
+@pytest.mark.parametrize(
+    "capture",
+    [
+        "tls/starttls-tls13.pcap",
+        "smtp/d7-auth.pcap",
+        "smtp/one-sided.pcap",
+        "tls/implicit-tls13.pcap",
+    ],
+)
+def test_the_places_a_report_is_given_are_those_of_its_verdicts(capture):
+    """A report's ``places`` (each verdict's places in ``judged``, made from the plan's and
+    the judges' verdicts as they come) are those one pass over ``judged`` finds: sessions
+    judged in the clear, blind (TLS not decrypted), unreadable (one-sided, implicit TLS),
+    each plan used twice."""
+    path = ROOT / "tests" / "crafted" / capture
+    splitter = Splitter({}, file_names=True)
+    judge = OfflineJudge()
+    flows = [f for f in splitter.flows(str(path)) if f.session is not None]
+    assert flows
+    for flow in flows * 2:
+        report = judge.session(flow, path.name, splitter.hosts)
+        given = {verdict: sorted(at) for verdict, at in report.places.items() if at}
+        assert given == offline.places_of(report.judged)
+        assert sum(map(len, given.values())) == len(report.judged) == len(judge.checks)
+
+
 def test_per_recipient_outcomes_as_the_replies_show_them(tmp_path):
     dialogue = [
         *ONE_RCPT[:5],

@@ -29,7 +29,6 @@ Rules kept here:
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,15 +104,13 @@ class SessionReport:
     server: str
     recipients: list[Recipient] = field(default_factory=list)
     judged: list[Judged] = field(default_factory=list)
+    # the places in ``judged`` of each verdict, in any order: given by ``OfflineJudge``
+    # (its plan has those of the verdicts made before judging), else found in one pass
+    places: dict[Verdict, list[int]] = field(default_factory=dict)
 
-    @functools.cached_property
-    def places(self) -> dict[Verdict, list[int]]:
-        """The places in ``judged`` of each verdict (one pass over it; ``OfflineJudge``
-        makes a report with every check judged)."""
-        found: dict[Verdict, list[int]] = {}
-        for at, judged in enumerate(self.judged):
-            found.setdefault(judged.outcome.verdict, []).append(at)
-        return found
+    def __post_init__(self) -> None:
+        if self.judged and not self.places:
+            self.places = places_of(self.judged)
 
     def count(self, verdict: Verdict) -> int:
         return len(self.places.get(verdict, ()))
@@ -128,6 +125,15 @@ class SessionReport:
         if self.with_verdict(Verdict.ERROR):
             return ExitCode.HARNESS_ERROR
         return ExitCode.FAIL if self.with_verdict(Verdict.FAIL) else ExitCode.OK
+
+
+def places_of(judged: Iterable[Judged | None]) -> dict[Verdict, list[int]]:
+    """The places of each verdict in *judged* (a None, a verdict not made yet, has none)."""
+    found: dict[Verdict, list[int]] = {}
+    for at, one in enumerate(judged):
+        if one is not None:
+            found.setdefault(one.outcome.verdict, []).append(at)
+    return found
 
 
 class OfflineJudge:
@@ -156,16 +162,18 @@ class OfflineJudge:
         """The report of one SMTP or TLS session (``flow.session`` set)."""
         assert flow.client is not None and flow.server is not None  # a session is a connection
         client, server = endpoint_names(hosts, flow.client[0], flow.server)
-        ends = Ends(client, server)
-        return SessionReport(
-            flow, client, server, recipients(flow.steps), self._judged(flow, source, hosts, ends)
-        )
+        judged, places = self._judged(flow, source, hosts, Ends(client, server))
+        return SessionReport(flow, client, server, recipients(flow.steps), judged, places)
 
-    def _judged(self, flow: Flow, source: str, hosts: dict[str, str], ends: Ends) -> list[Judged]:
-        """Every check's verdict on the session, in the order of ``checks``."""
+    def _judged(
+        self, flow: Flow, source: str, hosts: dict[str, str], ends: Ends
+    ) -> tuple[list[Judged], dict[Verdict, list[int]]]:
+        """Every check's verdict on the session, in the order of ``checks``; the places of
+        each verdict in that list."""
         why_not = unreadable(flow, ends)
         if why_not:
-            return list(self._unjudged(why_not))
+            unjudged = self._unjudged(why_not)
+            return list(unjudged), {Verdict.NA: list(range(len(unjudged)))}
         folder = self._folders.get(source) or self._folders.setdefault(source, Path(source))
         run = _as_run(flow.ladder(source, hosts), ends, folder)
         has = present(run.ladder)
@@ -173,9 +181,12 @@ class OfflineJudge:
         blind = tls_at is not None and not _decrypted(flow)
         plan = self._plan(has)[blind]
         judged = list(plan.filled)
+        places = {verdict: list(at) for verdict, at in plan.places.items()}
         for at, check in plan.judged:
-            judged[at] = Judged(check, _judge(check, run, tls_at))
-        return judged  # type: ignore[return-value]  # every place is filled
+            outcome = _judge(check, run, tls_at)
+            judged[at] = Judged(check, outcome)
+            places.setdefault(outcome.verdict, []).append(at)
+        return judged, places  # type: ignore[return-value]  # every place is filled
 
     def _unjudged(self, why_not: str) -> tuple[Judged, ...]:
         """Every check n/a with why no check can judge the session: made once per reason
@@ -212,7 +223,9 @@ class OfflineJudge:
         filled = list(self._lab_only)
         for at, _check, judged in made:
             filled[at] = judged
-        return Plan(tuple(filled), tuple((at, check) for at, check, judged in made if not judged))
+        judged = tuple((at, check) for at, check, judged in made if not judged)
+        places = {verdict: tuple(at) for verdict, at in places_of(filled).items()}
+        return Plan(tuple(filled), judged, places)
 
 
 @dataclass(frozen=True)
@@ -222,6 +235,7 @@ class Plan:
 
     filled: tuple[Judged | None, ...]  # in the order of ``OfflineJudge.checks``; None: judged
     judged: tuple[tuple[int, Check], ...]  # the places to judge, in order, and their checks
+    places: dict[Verdict, tuple[int, ...]]  # the places of each verdict in ``filled``
 
 
 def _lacking(check: Check, has: Present) -> Judged | None:
