@@ -242,20 +242,26 @@ def test_a_planned_na_is_what_the_judge_itself_says(tmp_path):
     assert len(judge._plans) == 2  # the two sessions differ in what they have (221 or not)
 
 
+def _judged_twice(path: Path):
+    """(flow, report, hosts, judge) of each session of *path*, all judged twice by one
+    ``OfflineJudge`` (the second time by the plans the first made)."""
+    splitter = Splitter({}, file_names=True)
+    judge = OfflineJudge()
+    flows = [f for f in splitter.flows(str(path)) if f.session is not None]
+    assert flows
+    for flow in flows * 2:
+        yield flow, judge.session(flow, path.name, splitter.hosts), splitter.hosts, judge
+
+
 def test_a_blind_plan_is_what_the_judge_itself_says():
     """In a session whose TLS was not decrypted (no key log), the plan (kept per kinds,
     verbs and codes, used twice here) gives a check that looks inside TLS its n/a
     ``UNDECRYPTED``, and every other judgeable check the verdict its judge gives, read in
     the clear."""
     path = ROOT / "tests" / "crafted" / "tls" / "starttls-tls13.pcap"
-    splitter = Splitter({}, file_names=True)
-    judge = OfflineJudge()
-    flows = [f for f in splitter.flows(str(path)) if f.session is not None]
-    assert flows
-    for flow in flows * 2:
-        report = judge.session(flow, path.name, splitter.hosts)
+    for flow, report, hosts, _judge in _judged_twice(path):
         ends = offline.Ends(report.client, report.server)
-        run = offline._as_run(flow.ladder(path.name, splitter.hosts), ends, path)
+        run = offline._as_run(flow.ladder(path.name, hosts), ends, path)
         tls_at = offline._encrypted_from(flow)
         assert tls_at is not None and not offline._decrypted(flow)
         for judged in report.judged:
@@ -283,13 +289,7 @@ def test_the_places_a_report_is_given_are_those_of_its_verdicts(capture):
     the judges' verdicts as they come) are those one pass over ``judged`` finds: sessions
     judged in the clear, blind (TLS not decrypted), unreadable (one-sided, implicit TLS),
     each plan used twice."""
-    path = ROOT / "tests" / "crafted" / capture
-    splitter = Splitter({}, file_names=True)
-    judge = OfflineJudge()
-    flows = [f for f in splitter.flows(str(path)) if f.session is not None]
-    assert flows
-    for flow in flows * 2:
-        report = judge.session(flow, path.name, splitter.hosts)
+    for _flow, report, _hosts, judge in _judged_twice(ROOT / "tests" / "crafted" / capture):
         given = {verdict: sorted(at) for verdict, at in report.places.items() if at}
         assert given == offline.places_of(report.judged)
         assert sum(map(len, given.values())) == len(report.judged) == len(judge.checks)
