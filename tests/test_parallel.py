@@ -217,14 +217,17 @@ def test_a_pipe_gives_the_messages_in_order_then_eof_at_the_close() -> None:
     closed end, or one closed in the middle of a message, is ``EOFError`` to the other."""
     import pickle
     import socket
+    import threading
 
     from harness.ladder.pipe import Pipe
 
     ours, theirs = (Pipe(s) for s in socket.socketpair())
-    messages = [("told", 1, {"a": [1, 2]}), b"x" * 300_000, None]
-    for message in messages:
-        ours.send(message)
+    messages = [("told", 1, {"a": [1, 2]}), b"x" * 3_000_000, None]  # beyond a socket buffer
+    sender = threading.Thread(target=lambda: [ours.send(m) for m in messages], daemon=True)
+    sender.start()  # a send waits while the socket's buffer is full: the reader drains it
     assert [theirs.recv() for _ in messages] == messages
+    sender.join(timeout=60)
+    assert not sender.is_alive()
     ours.close()
     with pytest.raises(EOFError):
         theirs.recv()
