@@ -9,7 +9,7 @@ Rules this script keeps:
   reused on later runs.  The sessions file holds short sessions (greeting, EHLO, QUIT),
   ``MANY_OPEN`` of them open at once.
 - Each reader runs in a child process of its own, so its peak RSS (ru_maxrss, from wait4)
-  is its own; a reader's figure is the best of REPEATS runs (one run on the big file).
+  is its own; a reader's figure is the best of REPEATS runs.
 - The first table ("reassembly") is the reader, decoder and TCP reassembly alone: no SMTP,
   no ladder, no output.  Ours does more than its peers there (decode every layer,
   reassemble, emit events); dpkt and scapy only get each packet's TCP flags and payload,
@@ -20,10 +20,10 @@ Rules this script keeps:
   -T fields -e tcp.stream -e smtp.req.command -e smtp.req.parameter -e
   smtp.response.code -e smtp.rsp.parameter`` (the same information) on the same file.  The
   ratio is tshark's best time over ours (above 1: we are faster), the rounds' own ratios'
-  range beside it (the spread the machine's drift leaves); peak RSS is the highest of the rounds,
-  summed over our processes: each one's VmHWM, polled while it runs (with no workers, the
-  command's ru_maxrss).  Our package is byte-compiled
-  first, as an install leaves it.
+  range beside it (the spread the machine's drift leaves); peak RSS is the highest of the
+  rounds, summed over our processes: each one's VmHWM, polled while it runs (with no
+  workers, the command's ru_maxrss).  Our package is byte-compiled first, as an install
+  leaves it.
 - scapy is timed on the first 10,000 packets (it is ~20x slower) and its rate scaled.
   Python readers are timed inside the child (no interpreter start-up); tshark by wall clock,
   its ~0.3 s start-up included, as a user would run it.
@@ -310,8 +310,8 @@ def _print_product(path: Path, figures: dict[str, list[tuple[float, int]]]) -> N
         line = f"  {name:22} {seconds:7.1f} s   peak RSS {rss / 1024:6.1f} MiB"
         if name != "tshark":
             line += f"   tshark/ours {min(tshark) / seconds:5.2f}x"
-            ratios = [t / s for t, (s, _) in zip(tshark, runs, strict=True)]
             if rounds > 1:
+                ratios = [t / s for t, (s, _) in zip(tshark, runs, strict=True)]
                 line += f" (rounds {min(ratios):.2f}x-{max(ratios):.2f}x)"
         print(line)
 
