@@ -28,6 +28,7 @@ from harness.capture.pcapfile import PcapWriter
 from harness.checks import offline
 from harness.checks.base import registry
 from harness.checks.offline import OfflineJudge, recipients
+from harness.checks.queries import present
 from harness.checks.steps import commands, reply_to
 from harness.ladder.dissect import dissect
 from harness.ladder.sessions import Flow, Splitter
@@ -270,7 +271,7 @@ def test_a_blind_plan_is_what_the_judge_itself_says():
             want = (
                 offline.not_applicable(offline.UNDECRYPTED)
                 if offline._inside_tls(judged.check)
-                else offline._judge(judged.check, run, tls_at)
+                else offline._judge(judged.check, run, present(run.ladder), tls_at)
             )
             assert judged.outcome == want, judged.check.id
 

@@ -19,8 +19,9 @@ from pathlib import Path
 import pytest
 from conftest import CLI, ROOT
 
+from harness.ladder import parallel
 from harness.ladder.packets import TCP, Packet
-from harness.ladder.parallel import Told, Totals, merge, owner
+from harness.ladder.parallel import Told, Totals, merge, owned_by, owner
 from harness.verdict import ExitCode
 
 sys.path.insert(0, str(ROOT / "bench"))
@@ -87,6 +88,20 @@ def test_a_flow_is_one_workers_both_ways() -> None:
             assert owner(_packet(a, b, port, 25), workers) == owner(
                 _packet(b, a, 25, port), workers
             )
+
+
+def test_a_worker_s_kept_owners_are_the_hash_s_answers_past_their_limit() -> None:
+    """``owned_by`` keeps each direction's answer, at most ``OWNERS_KEPT``, then forgets them:
+    over three times that many flows, asked twice each way, it answers as ``owner`` does."""
+    server = bytes([198, 51, 100, 25])
+    keeps = [owned_by(me, 2) for me in (0, 1)]
+    for _ in range(2):
+        for i in range(3 * parallel.OWNERS_KEPT):
+            client, port = bytes([192, 0, 2, i % 250]), 1024 + i
+            want = owner(_packet(client, server, port, 25), 2)
+            for me, keep in enumerate(keeps):
+                assert keep(client, server, port, 25) == (want == me)
+                assert keep(server, client, 25, port) == (want == me)
 
 
 def test_flows_whose_address_and_port_step_together_still_spread() -> None:

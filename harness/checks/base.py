@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING
 
 from harness.checks.queries import Present, present
 from harness.errors import HarnessError, InternalError
-from harness.ladder.model import Ladder, Step, StepKind
+from harness.ladder.model import Step, StepKind
 from harness.result import RunResult
 from harness.verdict import Verdict
 
@@ -157,12 +157,9 @@ class Precondition:
         """Whether it names what its find needs (``absent`` can tell anything)."""
         return bool(self.needs or self.verbs or self.codes)
 
-    def absent(self, ladder: Ladder) -> bool:
-        """Whether the ladder lacks what ``find`` needs (then it would find nothing)."""
-        return self.gated and self.lacks(present(ladder))
-
     def lacks(self, has: Present) -> bool:
-        """Whether a ladder that has ``has`` lacks what ``find`` needs."""
+        """Whether a ladder that has ``has`` (``present``) lacks what ``find`` needs (then
+        it would find nothing)."""
         return (
             bool(self.needs and has.kinds.isdisjoint(self.needs))
             or bool(self.verbs and has.verbs.isdisjoint(self.verbs))
@@ -234,15 +231,16 @@ class Check:
     requires: tuple[Precondition, ...] = ()
     kind: Kind = Kind.RULE
 
-    def judge(self, results: Sequence[RunResult]) -> Outcome:
-        """The verdict over one run per setup, earned by the rules above."""
+    def judge(self, results: Sequence[RunResult], has: Present | None = None) -> Outcome:
+        """The verdict over one run per setup, earned by the rules above; ``has``: what the
+        first run's ladder has (``present``), when the caller knows it already."""
         if len(results) != len(self.setups):
             raise InternalError(f"{self.id}: {len(results)} runs for {len(self.setups)} setups")
         found: list[tuple[Step, ...]] = []
         try:
             for pre in self.requires:
                 run = results[pre.run]
-                if pre.gated and pre.absent(run.ladder):
+                if pre.gated and pre.lacks(has if has and not pre.run else present(run.ladder)):
                     return pre.unexercised
                 steps = tuple(pre.find(run))
                 if not steps:
@@ -251,7 +249,7 @@ class Check:
             outcome = self.judge_seen(Seen(tuple(results), tuple(found)))
         except Unjudged as exc:
             return error(str(exc))
-        return self._earned(outcome, results, found)
+        return self._earned(outcome, results, found, has)
 
     def lacking(self, has: Present) -> Outcome | None:
         """The n/a ``judge`` gives a single run whose ladder has ``has``, when the first
@@ -263,7 +261,11 @@ class Check:
         return first.unexercised if first.gated and first.lacks(has) else None
 
     def _earned(
-        self, outcome: Outcome, results: Sequence[RunResult], found: list[tuple[Step, ...]]
+        self,
+        outcome: Outcome,
+        results: Sequence[RunResult],
+        found: list[tuple[Step, ...]],
+        has: Present | None,
     ) -> Outcome:
         """The outcome with the preconditions' steps cited, or an error if it is not earned."""
         verdict = outcome.verdict
@@ -278,7 +280,7 @@ class Check:
         evidence = tuple(sorted(set(given).union(outcome.evidence)))
         if not evidence and verdict is not _FAIL:
             return error(f"judge bug: {verdict} without evidence ({outcome.note})")
-        unknown = _unknown(evidence, results)
+        unknown = _unknown(evidence, results, has)
         if unknown is not None:
             run, index = unknown
             return error(f"judge bug: cited step {index} of run {run + 1} does not exist")
@@ -287,11 +289,13 @@ class Check:
         return Outcome(verdict, evidence, outcome.note, outcome.value)
 
 
-def _unknown(evidence: Iterable[Cite], results: Sequence[RunResult]) -> Cite | None:
+def _unknown(
+    evidence: Iterable[Cite], results: Sequence[RunResult], has: Present | None = None
+) -> Cite | None:
     """The first cited step that is not in its run's ladder (numbered from 1, or, for one
     session of a capture, with the capture's own numbers: ascending, with holes), or None;
-    each run's numbers are looked up once."""
-    numbers: dict[int, frozenset[int]] = {}
+    each run's numbers are looked up once (the first run's are in ``has``, if given)."""
+    numbers: dict[int, frozenset[int]] = {} if has is None else {0: has.numbers}
     for run, index in evidence:
         if not 0 <= run < len(results):
             return run, index

@@ -82,7 +82,8 @@ def _ehlo_reply(
                 return [reply]
         return []
 
-    return Precondition(says, find, lab=lab)
+    # gated by what the find cannot do without: a 250 reply, and a MAIL if it needs one
+    return Precondition(says, find, lab=lab, verbs=("MAIL",) if then_mail else (), codes=(250,))
 
 
 def _pipelined(run: RunResult):

@@ -183,7 +183,7 @@ class OfflineJudge:
         judged = list(plan.filled)
         places = {verdict: list(at) for verdict, at in plan.places.items()}
         for at, check in plan.judged:
-            outcome = _judge(check, run, tls_at)
+            outcome = _judge(check, run, has, tls_at)
             judged[at] = Judged(check, outcome)
             places.setdefault(outcome.verdict, []).append(at)
         return judged, places  # type: ignore[return-value]  # every place is filled
@@ -297,9 +297,9 @@ def _decrypted(flow: Flow) -> bool:
     return any(s.get("decrypted") is not False for s in shakes)
 
 
-def _judge(check: Check, run: RunResult, tls_at: int | None) -> Outcome:
+def _judge(check: Check, run: RunResult, has: Present, tls_at: int | None) -> Outcome:
     try:
-        outcome = check.judge([run])
+        outcome = check.judge([run], has)
     except Exception as exc:  # a judge's bug: our fault, reported as an error verdict
         return error(InternalFault.from_exception(f"judge of {check.id}", exc).line())
     return outcome if tls_at is None else _cleartext(outcome, run.ladder, tls_at)

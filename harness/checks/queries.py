@@ -8,10 +8,13 @@ Rules kept here:
 - ``per_ladder(query)``: ``query(ladder, *args)`` computed once per ladder and arguments; a
   list it answers is a copy for each caller, so no caller changes another's answer.
 - ``where``: the steps of some kinds whose attributes (src, dst, conn) equal those given.
-- ``present``: what kinds of step, command verbs and reply codes the ladder has at all, and
-  its step numbers, in one scan: a precondition that needs one of them is told "not
-  exercised" by a set look-up (``harness.checks.base.Precondition``), and a cited step is
-  found the same way.
+- ``index``: one scan of the ladder, made the first time anything is asked of it: its steps
+  by kind, its commands by verb, its replies by what they answer, each connection's first
+  greeting, the connections that carried SMTP, and what it has at all (``present``: the
+  kinds, verbs, codes and step numbers; a precondition that needs one of them is told "not
+  exercised" by a set look-up, ``harness.checks.base.Precondition``, and a cited step is
+  found the same way).  The questions judges ask most are read off it: one scan of a
+  short session costs what two of those questions cost asked each by its own scan.
 """
 
 from __future__ import annotations
@@ -70,8 +73,16 @@ def where(ladder: Ladder, kind: str | Iterable[str], **match: object) -> list[St
 
 
 def _where(ladder: Ladder, kind: str | tuple[str, ...], match: dict[str, object]) -> list[Step]:
-    wanted = {kind} if isinstance(kind, str) else set(kind)
-    found = [s for s in ladder.steps if s.kind in wanted]
+    by_kind = index(ladder).by_kind
+    if isinstance(kind, str):
+        found = by_kind.get(kind, [])
+    else:  # several kinds, in the ladder's order: a scan, unless at most one is there
+        there = [k for k in kind if k in by_kind]
+        if len(there) < 2:
+            found = by_kind[there[0]] if there else []
+        else:
+            wanted = set(there)
+            found = [s for s in ladder.steps if s.kind in wanted]
     for key, value in match.items():  # one pass per attribute: no generator per step
         found = [s for s in found if getattr(s, key) == value]
     return found
@@ -88,14 +99,58 @@ class Present:
     numbers: frozenset[int]
 
 
+@dataclass(frozen=True, slots=True)
+class Index:
+    """A ladder in one scan.  Every list is in the ladder's order and is the index's own:
+    a caller that hands one on copies it."""
+
+    by_kind: dict[str, list[Step]]
+    by_verb: dict[str, list[Step]]  # commands, by ``verb`` ("" for none)
+    by_answer: dict[object, list[Step]]  # replies, by ``answers`` (None for none)
+    greetings: dict[int | None, Step]  # each connection's first reply to "<greeting>"
+    smtp_conns: list[int]  # connections with a command or a reply, in order of appearance
+    present: Present
+
+
 @per_ladder
-def present(ladder: Ladder) -> Present:
-    """The kinds, verbs, codes and numbers of the ladder's steps (a list each: no generator
-    per step; the kinds in locals: an enum member read off its class costs ~70 ns)."""
-    steps, command, reply = ladder.steps, StepKind.COMMAND, StepKind.REPLY
-    return Present(
-        frozenset([s.kind for s in steps]),
-        frozenset([str(s.get("verb") or "") for s in steps if s.kind is command]),
-        frozenset([int(s.get("code") or 0) for s in steps if s.kind is reply]),
-        frozenset([s.index for s in steps]),
+def index(ladder: Ladder) -> Index:
+    """The ladder's ``Index``: one pass, no generator, the kinds in locals (an enum member
+    read off its class costs ~70 ns)."""
+    command, reply = StepKind.COMMAND, StepKind.REPLY
+    by_kind: dict[str, list[Step]] = {}
+    by_verb: dict[str, list[Step]] = {}
+    by_answer: dict[object, list[Step]] = {}
+    greetings: dict[int | None, Step] = {}
+    conns: dict[int, None] = {}
+    codes: set[int] = set()
+    for step in ladder.steps:
+        kind = step.kind
+        same = by_kind.get(kind)
+        if same is None:
+            by_kind[kind] = [step]
+        else:
+            same.append(step)
+        if kind is command:
+            by_verb.setdefault(str(step.get("verb") or ""), []).append(step)
+        elif kind is reply:
+            answers = step.get("answers")
+            by_answer.setdefault(answers, []).append(step)
+            codes.add(int(step.get("code") or 0))
+            if answers == "<greeting>" and step.conn not in greetings:
+                greetings[step.conn] = step
+        else:
+            continue
+        if step.conn is not None:
+            conns[step.conn] = None
+    has = Present(
+        frozenset(by_kind),
+        frozenset(by_verb),
+        frozenset(codes),
+        frozenset([s.index for s in ladder.steps]),
     )
+    return Index(by_kind, by_verb, by_answer, greetings, list(conns), has)
+
+
+def present(ladder: Ladder) -> Present:
+    """The kinds, verbs, codes and numbers of the ladder's steps."""
+    return index(ladder).present

@@ -23,7 +23,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from harness.checks.base import Unjudged
-from harness.checks.queries import per_ladder, where
+from harness.checks.queries import index, per_ladder, where
 from harness.ladder.model import Ladder, Step, StepKind
 from harness.outcome import Outcome, OutcomeStatus
 from harness.result import RunResult
@@ -43,10 +43,11 @@ def syns(run: RunResult, dst: str | None = None) -> list[Step]:
     return [s for s in steps if dst is None or s.dst == dst]
 
 
-@per_ladder
 def commands(ladder: Ladder, verb: str | None = None) -> list[Step]:
-    steps = where(ladder, StepKind.COMMAND)
-    return [s for s in steps if verb is None or verb_of(s) == verb]
+    """The commands (with ``verb``, if given), in order."""
+    if verb is None:
+        return where(ladder, StepKind.COMMAND)
+    return list(index(ladder).by_verb.get(verb, ()))
 
 
 def verb_of(step: Step) -> str:
@@ -180,11 +181,9 @@ def _owed_bdat(previous: list[Step], owed: list[Step]) -> bool:
     return bool(previous) and verb_of(previous[0]) == "BDAT" and previous[0] in owed
 
 
-@per_ladder
 def smtp_conns(ladder: Ladder) -> list[int]:
     """Connections that carried SMTP, in order of first appearance."""
-    steps = where(ladder, (StepKind.COMMAND, StepKind.REPLY))
-    return list(dict.fromkeys(s.conn for s in steps if s.conn is not None))
+    return list(index(ladder).smtp_conns)
 
 
 @per_ladder
@@ -193,18 +192,9 @@ def all_exchanges(ladder: Ladder) -> list[Exchange]:
 
 
 def greeting(ladder: Ladder, conn: int) -> Step | None:
-    """The greeting of one connection (complete or not)."""
-    return _greetings_by_conn(ladder).get(conn)
-
-
-@per_ladder
-def _greetings_by_conn(ladder: Ladder) -> dict[int | None, Step]:
-    """The first reply answering ``<greeting>`` of each connection."""
-    found: dict[int | None, Step] = {}
-    for step in where(ladder, StepKind.REPLY):
-        if step.conn not in found and step.get("answers") == "<greeting>":
-            found[step.conn] = step
-    return found
+    """The greeting of one connection (complete or not): its first reply answering
+    ``<greeting>``."""
+    return index(ladder).greetings.get(conn)
 
 
 @per_ladder
@@ -232,11 +222,8 @@ def _by_unit(ladder: Ladder, conn: int) -> dict[int, Exchange]:
 @per_ladder
 def replies(ladder: Ladder, answers: str, wanted: int | None = None) -> list[Step]:
     """Complete replies answering ``answers`` (a verb, "<end-of-data>"), with code ``wanted``."""
-    return [
-        s
-        for s in where(ladder, StepKind.REPLY)
-        if s.get("answers") == answers and complete(s) and wanted in (None, code(s))
-    ]
+    found = index(ladder).by_answer.get(answers, ())
+    return [s for s in found if complete(s) and wanted in (None, code(s))]
 
 
 def code(step: Step | None) -> int | None:

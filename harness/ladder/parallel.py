@@ -75,6 +75,7 @@ MIN_BYTES = 4 << 20  # a smaller file is read by one process: a worker's start c
 # many-session file), so it follows 19 parts of flows to each other worker's 20
 SHARE, COORDINATOR_PARTS = 20, 19
 _LESS = SHARE - COORDINATOR_PARTS
+OWNERS_KEPT = 4096  # flow directions whose owner a worker keeps (under 1 MiB)
 _GOLDEN, _MASK64 = 0x9E3779B97F4A7C15, (1 << 64) - 1
 _LABEL = re.compile("\x00([0-9]+)\x00")
 _int = int.from_bytes
@@ -99,8 +100,21 @@ def flow_owner(src: bytes, dst: bytes, sport: int, dport: int, workers: int) -> 
 
 def owned_by(me: int, workers: int) -> Keep:
     """Whether worker *me* follows the flow of (src, dst, sport, dport): ``Decoder.decode_all``
-    hands it the fields of each TCP frame before decoding the rest."""
-    return lambda src, dst, sport, dport: flow_owner(src, dst, sport, dport, workers) == me
+    hands it the fields of each TCP frame before decoding the rest.  Each direction's answer
+    is kept (a third of the hash's cost, for every frame of the file), at most OWNERS_KEPT
+    of them, then forgotten."""
+    known: dict[tuple[bytes, bytes, int, int], bool] = {}
+
+    def keep(src: bytes, dst: bytes, sport: int, dport: int) -> bool:
+        key = (src, dst, sport, dport)
+        mine = known.get(key)
+        if mine is None:
+            if len(known) >= OWNERS_KEPT:
+                known.clear()
+            mine = known[key] = flow_owner(src, dst, sport, dport, workers) == me
+        return mine
+
+    return keep
 
 
 def jobs_for(path: str, asked: int | None) -> int:
