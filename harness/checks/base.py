@@ -154,7 +154,7 @@ class Precondition:
 
     @functools.cached_property
     def gated(self) -> bool:
-        """Whether it names what its find needs (``absent`` can tell anything)."""
+        """Whether it names what its find needs (``lacks`` can tell anything)."""
         return bool(self.needs or self.verbs or self.codes)
 
     def lacks(self, has: Present) -> bool:
@@ -240,8 +240,10 @@ class Check:
         try:
             for pre in self.requires:
                 run = results[pre.run]
-                if pre.gated and pre.lacks(has if has and not pre.run else present(run.ladder)):
-                    return pre.unexercised
+                if pre.gated:
+                    known = has if has is not None and not pre.run else present(run.ladder)
+                    if pre.lacks(known):
+                        return pre.unexercised
                 steps = tuple(pre.find(run))
                 if not steps:
                     return pre.unexercised
