@@ -54,7 +54,7 @@ import sys
 import threading
 from array import array
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Any, NoReturn
 
@@ -65,6 +65,7 @@ from harness.ladder.packets import UDP, Decoder, Keep, Packet
 from harness.ladder.pipe import Pipe
 from harness.ladder.sessions import SESSION_KINDS, Flow, Splitter
 from harness.ladder.tcpstream import Event, Reassembler
+from harness.render.flows import Render, Rendered, flow_renderer
 
 BATCH = 2048  # packets between two merges
 LEAD = 2  # batches a worker may run ahead of its numbers
@@ -79,9 +80,6 @@ OWNERS_KEPT = 4096  # flow directions whose owner a worker keeps (under 1 MiB)
 _GOLDEN, _MASK64 = 0x9E3779B97F4A7C15, (1 << 64) - 1
 _LABEL = re.compile("\x00([0-9]+)\x00")
 _int = int.from_bytes
-
-Rendered = tuple[str, int, bool]  # (text, exit code, failed) of one flow
-Render = Callable[[Flow], Rendered]
 
 
 def owner(packet: Packet, workers: int) -> int:
@@ -398,26 +396,8 @@ def _splitter(job: Job) -> Splitter:
     return Splitter(job.hosts, **job.splitter)
 
 
-def renderer(job: Job, splitter: Splitter) -> Render:
-    """How *job* renders a flow: its ladder lines, or its session's judgement."""
-    from harness.render import jsonl
-
-    if job.mode == "ladder":
-        return lambda flow: ("".join(jsonl.flow_lines(flow)), 0, False)
-    from harness.checks.offline import OfflineJudge
-    from harness.render import session as session_text
-    from harness.verdict import Verdict
-
-    judge = OfflineJudge()
-    text = jsonl.session_line if job.fmt == "jsonl" else session_text.render
-
-    def render(flow: Flow) -> Rendered:
-        if flow.session is None:
-            return "", 0, False
-        report = judge.session(flow, job.source, splitter.hosts)
-        return text(report), int(report.exit_code), bool(report.with_verdict(Verdict.FAIL))
-
-    return render
+def _render(job: Job, splitter: Splitter) -> Render:
+    return flow_renderer(job.mode, job.fmt, job.source, splitter.hosts)
 
 
 class _Piped(Worker):
@@ -426,7 +406,7 @@ class _Piped(Worker):
 
     def __init__(self, job: Job, pipe: Pipe) -> None:
         splitter = _splitter(job)
-        super().__init__(splitter, renderer(job, splitter), job.me, job.workers)
+        super().__init__(splitter, _render(job, splitter), job.me, job.workers)
         self.pipe = pipe
         self.inbox: queue.Queue = queue.Queue()
         threading.Thread(target=self._receive, daemon=True).start()
@@ -475,7 +455,7 @@ class Coordinator(Worker):
     writes the texts in order (``out``).  ``run`` returns the worst exit code rendered."""
 
     def __init__(self, job: Job, splitter: Splitter, out: Any, progress: Any = None) -> None:
-        super().__init__(splitter, renderer(job, splitter), 0, job.workers)
+        super().__init__(splitter, _render(job, splitter), 0, job.workers)
         self.job, self.out, self.progress = job, out, progress
         self.totals = Totals()
         self.code, self.failed = 0, 0
