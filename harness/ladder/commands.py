@@ -63,7 +63,6 @@ from harness.ladder.parallel import Coordinator, Job, few_collections, jobs_for
 from harness.ladder.sessions import DEFAULT_IDLE, Flow, Splitter
 from harness.progress import Progress
 from harness.render import FORMATS, jsonl, render
-from harness.render.flows import flow_renderer
 from harness.tls.keylog import KeyLog, from_capture
 from harness.verdict import ExitCode
 
@@ -292,7 +291,7 @@ def _judge_alone(
     job: Job, splitter: Splitter, only: int | None, out: TextIO
 ) -> tuple[ExitCode, int, int]:
     """(worst exit code, sessions, sessions failed) of judging in this process alone."""
-    render = flow_renderer(job.mode, job.fmt, job.source, splitter.hosts)
+    render = job.renderer(splitter.hosts)
     code, sessions, failed = ExitCode.OK, 0, 0
     for flow in _flows(splitter, job.path):
         if flow.session is None:

@@ -391,13 +391,13 @@ class Job:
     fmt: str  # check's format: "text" or "jsonl"
     source: str = ""
 
+    def renderer(self, hosts: dict[str, str]) -> Render:
+        """How this job renders a flow (``flow_renderer``), hosts named by *hosts*."""
+        return flow_renderer(self.mode, self.fmt, self.source, hosts)
+
 
 def _splitter(job: Job) -> Splitter:
     return Splitter(job.hosts, **job.splitter)
-
-
-def _render(job: Job, splitter: Splitter) -> Render:
-    return flow_renderer(job.mode, job.fmt, job.source, splitter.hosts)
 
 
 class _Piped(Worker):
@@ -406,7 +406,7 @@ class _Piped(Worker):
 
     def __init__(self, job: Job, pipe: Pipe) -> None:
         splitter = _splitter(job)
-        super().__init__(splitter, _render(job, splitter), job.me, job.workers)
+        super().__init__(splitter, job.renderer(splitter.hosts), job.me, job.workers)
         self.pipe = pipe
         self.inbox: queue.Queue = queue.Queue()
         threading.Thread(target=self._receive, daemon=True).start()
@@ -455,7 +455,7 @@ class Coordinator(Worker):
     writes the texts in order (``out``).  ``run`` returns the worst exit code rendered."""
 
     def __init__(self, job: Job, splitter: Splitter, out: Any, progress: Any = None) -> None:
-        super().__init__(splitter, _render(job, splitter), 0, job.workers)
+        super().__init__(splitter, job.renderer(splitter.hosts), 0, job.workers)
         self.job, self.out, self.progress = job, out, progress
         self.totals = Totals()
         self.code, self.failed = 0, 0
